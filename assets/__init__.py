@@ -1,0 +1,1 @@
+"""Dagster assets of datalab (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""Dagster checks of datalab (see DESIGN.md)."""

@@ -1,0 +1,265 @@
+"""The lab's catalog: receipts, processing state, versions and the audit log.
+
+One SQLAlchemy schema, SQLite file by default and PostgreSQL by URL
+(``DATALAB_CATALOG_URL``), so the embedded lab and a shared deployment run
+the same code. The pyiceberg SQL catalog lives in the same database.
+
+Writes are small and transactional: a receipt is written in one transaction
+with its files and its audit entry, so after a crash it is complete or absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+metadata = sa.MetaData()
+
+deliveries = sa.Table(
+    "dl_deliveries",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False, index=True),
+    sa.Column("contract_id", sa.String(200), nullable=False, index=True),
+    sa.Column("contract_version", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reasons", sa.Text, nullable=False, default="[]"),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("rows", sa.BigInteger),
+    sa.Column("idem_key", sa.String(64), nullable=False, unique=True),
+    sa.Column("received_at", sa.String(40), nullable=False),
+    sa.Column("pushed_by", sa.String(200), nullable=False),
+)
+
+delivery_files = sa.Table(
+    "dl_delivery_files",
+    metadata,
+    sa.Column("delivery_id", sa.String(64), sa.ForeignKey("dl_deliveries.id"), primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("rows", sa.BigInteger),
+    sa.Column("format", sa.String(32)),
+    sa.Column("compression", sa.String(16)),
+    sa.Column("stored_path", sa.String(512), nullable=False),
+    sa.Column("reasons", sa.Text, nullable=False, default="[]"),
+)
+
+processing = sa.Table(
+    "dl_processing",
+    metadata,
+    sa.Column("delivery_id", sa.String(64), sa.ForeignKey("dl_deliveries.id"), primary_key=True),
+    sa.Column("stage", sa.String(16), nullable=False),
+    sa.Column("raw_path", sa.String(512)),
+    sa.Column("curated_path", sa.String(512)),
+    sa.Column("stats", sa.Text, nullable=False, default="{}"),
+    sa.Column("validation_ok", sa.Boolean),
+    sa.Column("validation", sa.Text),
+    sa.Column("updated_at", sa.String(40), nullable=False),
+)
+
+watermarks = sa.Table(
+    "dl_watermarks",
+    metadata,
+    sa.Column("contract_id", sa.String(200), primary_key=True),
+    sa.Column("delivery_id", sa.String(64), primary_key=True),
+    sa.Column("entity", sa.String(200), primary_key=True),
+    sa.Column("max_time", sa.BigInteger, nullable=False),
+    sa.Column("received_at", sa.String(40), nullable=False),
+)
+
+dataset_versions = sa.Table(
+    "dl_dataset_versions",
+    metadata,
+    sa.Column("dataset", sa.String(128), primary_key=True),
+    sa.Column("version", sa.String(32), primary_key=True),
+    sa.Column("table_ident", sa.String(200), nullable=False),
+    sa.Column("snapshot_id", sa.BigInteger, nullable=False),
+    sa.Column("content_key", sa.String(64), nullable=False),
+    sa.Column("manifest_path", sa.String(512), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, default="active"),
+    sa.Column("created_at", sa.String(40), nullable=False),
+)
+
+audit = sa.Table(
+    "dl_audit",
+    metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("ts", sa.String(40), nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("subject", sa.String(300), nullable=False),
+    sa.Column("decision", sa.String(16), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+# One row that every audit append updates in its transaction: a portable way
+# to serialise appends (row lock on PostgreSQL, write lock on SQLite) so the
+# hash chain never forks when two processes write at once.
+audit_head = sa.Table(
+    "dl_audit_head",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+GENESIS = "0" * 64
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _entry_hash(prev_hash: str, entry: dict[str, Any]) -> str:
+    body = json.dumps(entry, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+@dataclass
+class AuditEntry:
+    seq: int
+    ts: str
+    actor: str
+    action: str
+    subject: str
+    decision: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:  # pragma: no cover - trivial
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+_ENGINES: dict[str, Engine] = {}
+
+
+class Catalog:
+    """Access to the lab's tables. Cheap to create; engines are shared per URL."""
+
+    def __init__(self, url: str):
+        self.url = url
+        if url not in _ENGINES:
+            if url.startswith("sqlite:///"):
+                from pathlib import Path
+
+                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            engine = _make_engine(url)
+            metadata.create_all(engine)
+            _ENGINES[url] = engine
+        self.engine = _ENGINES[url]
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # -- audit -------------------------------------------------------------
+
+    def audit(
+        self,
+        actor: str,
+        action: str,
+        subject: str,
+        decision: str,
+        detail: dict[str, Any] | None = None,
+        conn: Connection | None = None,
+    ) -> int:
+        """Append one hash-chained entry; returns its sequence number."""
+        if conn is None:
+            with self.begin() as c:
+                return self.audit(actor, action, subject, decision, detail, c)
+        head = conn.execute(sa.select(audit_head).where(audit_head.c.id == 1)).first()
+        if head is None:
+            conn.execute(audit_head.insert().values(id=1, seq=0, hash=GENESIS))
+            prev_seq, prev_hash = 0, GENESIS
+        else:
+            # UPDATE first takes the lock, then we read the head we now own.
+            conn.execute(audit_head.update().where(audit_head.c.id == 1).values(seq=audit_head.c.seq))
+            head = conn.execute(sa.select(audit_head).where(audit_head.c.id == 1)).one()
+            prev_seq, prev_hash = head.seq, head.hash
+        entry = {
+            "seq": prev_seq + 1,
+            "ts": now_iso(),
+            "actor": actor,
+            "action": action,
+            "subject": subject,
+            "decision": decision,
+            "detail": detail or {},
+        }
+        h = _entry_hash(prev_hash, entry)
+        conn.execute(
+            audit.insert().values(
+                **{**entry, "detail": json.dumps(entry["detail"], sort_keys=True, default=str)},
+                prev_hash=prev_hash,
+                hash=h,
+            )
+        )
+        conn.execute(
+            audit_head.update().where(audit_head.c.id == 1).values(seq=entry["seq"], hash=h)
+        )
+        return entry["seq"]
+
+    def audit_entries(
+        self, action: str | None = None, subject: str | None = None
+    ) -> list[AuditEntry]:
+        q = sa.select(audit).order_by(audit.c.seq)
+        if action:
+            q = q.where(audit.c.action == action)
+        if subject:
+            q = q.where(audit.c.subject == subject)
+        with self.begin() as conn:
+            return [
+                AuditEntry(r.seq, r.ts, r.actor, r.action, r.subject, r.decision, json.loads(r.detail))
+                for r in conn.execute(q)
+            ]
+
+    def verify_audit(self) -> list[str]:
+        """Recompute the chain; returns the problems found (empty when intact)."""
+        problems: list[str] = []
+        prev_hash, expected_seq = GENESIS, 1
+        with self.begin() as conn:
+            for r in conn.execute(sa.select(audit).order_by(audit.c.seq)):
+                if r.seq != expected_seq:
+                    problems.append(f"entry {expected_seq} is missing (next is {r.seq})")
+                entry = {
+                    "seq": r.seq,
+                    "ts": r.ts,
+                    "actor": r.actor,
+                    "action": r.action,
+                    "subject": r.subject,
+                    "decision": r.decision,
+                    "detail": json.loads(r.detail),
+                }
+                if r.prev_hash != prev_hash:
+                    problems.append(f"entry {r.seq}: previous hash does not match entry {r.seq - 1}")
+                if _entry_hash(r.prev_hash, entry) != r.hash:
+                    problems.append(f"entry {r.seq}: content does not match its hash (edited)")
+                prev_hash, expected_seq = r.hash, r.seq + 1
+            head = conn.execute(sa.select(audit_head)).first()
+        if head is not None and (head.seq != expected_seq - 1 or head.hash != prev_hash):
+            problems.append(f"the log ends at entry {expected_seq - 1} but the head says {head.seq}")
+        return problems

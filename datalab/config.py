@@ -1,0 +1,114 @@
+"""Where the lab keeps things, read from the environment once per call.
+
+Every path the lab writes is derived here from ``$DATALAB_HOME`` so that the
+embedded default (one directory, no servers) and a shared deployment use the
+same layout; tests point ``DATALAB_HOME`` at a temp dir and get a whole lab.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_SAFE_SEGMENT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def safe_segment(value: str, what: str) -> str:
+    """Return ``value`` if it can be used as one path segment, else raise.
+
+    Tenant names, contract slugs and delivery ids end up in file paths; they
+    come from contracts and requests, so they are checked here rather than
+    trusted (no ``..``, no separators, no hidden files).
+    """
+    if not isinstance(value, str) or not _SAFE_SEGMENT.match(value) or ".." in value:
+        raise ValueError(
+            f"{what} {value!r} is not allowed in a path: use 1-64 characters "
+            "of a-z, 0-9, '.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def _repo_contracts_dir() -> Path:
+    # The package is installed editable from the repository, whose top level
+    # holds data_contracts/ (the design card's layout).
+    return Path(__file__).resolve().parent.parent / "data_contracts"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved settings of one lab."""
+
+    home: Path
+    catalog_url: str
+    contracts_dir: Path
+    engine: str
+    site: str | None
+
+    @property
+    def landing(self) -> Path:
+        return self.home / "landing"
+
+    @property
+    def staging(self) -> Path:
+        return self.home / "staging"
+
+    @property
+    def raw(self) -> Path:
+        return self.home / "raw"
+
+    @property
+    def curated(self) -> Path:
+        return self.home / "curated"
+
+    @property
+    def validation(self) -> Path:
+        return self.home / "validation"
+
+    @property
+    def gx_root(self) -> Path:
+        return self.home / "gx"
+
+    @property
+    def data_docs(self) -> Path:
+        return self.home / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site"
+
+    @property
+    def warehouse(self) -> Path:
+        return self.home / "warehouse"
+
+    @property
+    def versions(self) -> Path:
+        return self.home / "versions"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def secrets(self) -> Path:
+        return self.home / "secrets"
+
+    def tenant_landing(self, tenant: str, area: str) -> Path:
+        """The firm's own landing area: ``accepted`` or ``quarantine``."""
+        if area not in ("accepted", "quarantine"):
+            raise ValueError(f"unknown landing area {area!r}")
+        return self.landing / safe_segment(tenant, "tenant") / area
+
+
+def settings() -> Settings:
+    """Read the settings from the environment (cheap; call when needed)."""
+    home = Path(os.environ.get("DATALAB_HOME", ".datalab")).expanduser().resolve()
+    url = os.environ.get("DATALAB_CATALOG_URL") or f"sqlite:///{home / 'catalog.db'}"
+    contracts = Path(os.environ.get("DATALAB_CONTRACTS", str(_repo_contracts_dir())))
+    engine = os.environ.get("DATALAB_ENGINE", "auto").lower()
+    if engine not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"DATALAB_ENGINE={engine!r}: use auto, cpu or gpu")
+    return Settings(
+        home=home,
+        catalog_url=url,
+        contracts_dir=contracts.expanduser().resolve(),
+        engine=engine,
+        site=os.environ.get("DATALAB_SITE"),
+    )

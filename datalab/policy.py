@@ -1,0 +1,194 @@
+"""Sovereignty policies: what a firm allows, and how inputs combine.
+
+Kept small and explicit (after ODRL usage policies as used by IDS / EDC and
+Catena-X). A dataset's effective policy is the combination of its inputs'
+policies, and every field records which input set it, so a refusal can name
+the rule and the input that caused it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from datalab.errors import PolicyRefused
+
+EU = frozenset(
+    "AT BE BG HR CY CZ DK EE FI FR DE GR IE IT LV LT LU MT NL PL PT RO SK SI ES SE".split()
+)
+EEA = EU | {"IS", "LI", "NO"}
+REGIONS: dict[str, frozenset[str]] = {"EU": EU, "EEA": frozenset(EEA)}
+# ISO 3166-1 alpha-2 codes the lab accepts for residency and sites.
+COUNTRIES = frozenset(EEA | {"CH", "GB", "US", "CA", "JP", "KR", "SG", "IN", "CN", "BR", "AU"})
+
+CLASSIFICATIONS = ("public", "internal", "confidential", "restricted")
+FIELDS = (
+    "residency",
+    "purposes",
+    "prohibited_purposes",
+    "classification",
+    "license",
+    "retention_until",
+    "personal_data",
+    "export_control",
+)
+
+
+def expand_residency(codes: list[str]) -> frozenset[str]:
+    """Country codes covered by a residency list (regions expanded)."""
+    out: set[str] = set()
+    for c in codes:
+        out |= REGIONS.get(c, {c})
+    return frozenset(out)
+
+
+def compress_residency(countries: frozenset[str]) -> list[str]:
+    """Show a country set the way people write it: EEA or EU where whole."""
+    if countries == REGIONS["EEA"]:
+        return ["EEA"]
+    if countries == EU:
+        return ["EU"]
+    if EU <= countries:
+        return ["EU", *sorted(countries - EU)]
+    return sorted(countries)
+
+
+def purpose_allowed(purpose: str, allowed: list[str], prohibited: list[str]) -> tuple[bool, str]:
+    """Is ``purpose`` allowed? Purposes form a dotted hierarchy.
+
+    ``model-training.fine-tuning`` is part of ``model-training``: allowing the
+    parent allows the child; prohibiting the parent prohibits the child.
+    Returns (allowed, reason).
+    """
+    lineage = [".".join(purpose.split(".")[: i + 1]) for i in range(purpose.count(".") + 1)]
+    for p in lineage:
+        if p in prohibited:
+            return False, f"purpose '{purpose}' is prohibited ('{p}' in prohibited_purposes)"
+    if any(p in allowed for p in lineage):
+        return True, "allowed"
+    return False, f"purpose '{purpose}' is not among the allowed purposes {sorted(allowed)}"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One input's (or a combination's) sovereignty policy."""
+
+    residency: tuple[str, ...]
+    purposes: tuple[str, ...]
+    prohibited_purposes: tuple[str, ...] = ()
+    classification: str = "internal"
+    license: tuple[str, ...] = ()
+    retention_until: dt.date | None = None
+    personal_data: bool = False
+    export_control: bool = False
+    # field -> list of inputs (contract ids) that set it; filled by combine().
+    sources: dict[str, list[str]] = field(default_factory=dict, compare=False, hash=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "") -> Policy:
+        lic = d.get("license") or []
+        lic = [lic] if isinstance(lic, str) else list(lic)
+        ret = d.get("retention_until")
+        if isinstance(ret, str):
+            ret = dt.date.fromisoformat(ret)
+        p = cls(
+            residency=tuple(d.get("residency") or ()),
+            purposes=tuple(d.get("purposes") or ()),
+            prohibited_purposes=tuple(d.get("prohibited_purposes") or ()),
+            classification=d.get("classification", "internal"),
+            license=tuple(lic),
+            retention_until=ret,
+            personal_data=bool(d.get("personal_data", False)),
+            export_control=bool(d.get("export_control", False)),
+            sources={f: [source] for f in FIELDS} if source else {},
+        )
+        return p
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "residency": list(self.residency),
+            "purposes": list(self.purposes),
+            "prohibited_purposes": list(self.prohibited_purposes),
+            "classification": self.classification,
+            "license": list(self.license),
+            "retention_until": self.retention_until.isoformat() if self.retention_until else None,
+            "personal_data": self.personal_data,
+            "export_control": self.export_control,
+            "sources": self.sources,
+        }
+
+    def check_purpose(self, purpose: str) -> None:
+        ok, reason = purpose_allowed(purpose, list(self.purposes), list(self.prohibited_purposes))
+        if not ok:
+            rule = "prohibited_purposes" if "prohibited" in reason else "purposes"
+            who = ", ".join(self.sources.get(rule, [])) or "the dataset policy"
+            raise PolicyRefused(rule, f"{reason}; set by {who}")
+
+    def check_site(self, site: str, country: str) -> None:
+        if country not in expand_residency(list(self.residency)):
+            who = ", ".join(self.sources.get("residency", [])) or "the dataset policy"
+            raise PolicyRefused(
+                "residency",
+                f"site '{site}' ({country}) is outside the allowed residency "
+                f"{list(self.residency)} set by {who}",
+            )
+
+    def check_retention(self, today: dt.date | None = None) -> None:
+        today = today or dt.date.today()
+        if self.retention_until and today > self.retention_until:
+            who = ", ".join(self.sources.get("retention_until", [])) or "the dataset policy"
+            raise PolicyRefused(
+                "retention_until",
+                f"the data had to be deleted after {self.retention_until} (set by {who})",
+            )
+
+
+def combine(policies: list[Policy]) -> Policy:
+    """Combine input policies as DESIGN.md says, never more permissive than any.
+
+    residency and purposes intersect, prohibited purposes unite,
+    classification takes the maximum, licences accumulate, retention takes
+    the earliest date, personal_data and export_control are true if any is.
+    Each field remembers which inputs set it (for ``policy explain``).
+    """
+    if not policies:
+        raise ValueError("no input policies to combine")
+    res = expand_residency(list(policies[0].residency))
+    purposes = set(policies[0].purposes)
+    for p in policies[1:]:
+        res &= expand_residency(list(p.residency))
+        purposes &= set(p.purposes)
+    prohibited = sorted({x for p in policies for x in p.prohibited_purposes})
+    # A purpose allowed by all but prohibited by one is not allowed.
+    purposes = {x for x in purposes if purpose_allowed(x, [x], prohibited)[0]}
+    cls_rank = max(CLASSIFICATIONS.index(p.classification) for p in policies)
+    licenses = sorted({x for p in policies for x in p.license})
+    dates = [p.retention_until for p in policies if p.retention_until]
+    retention = min(dates) if dates else None
+
+    def who(pred: Any) -> list[str]:
+        return sorted({s for p in policies if pred(p) for s in p.sources.get("residency", [])})
+
+    sources = {
+        "residency": who(lambda p: expand_residency(list(p.residency)) != res or len(policies) == 1)
+        or who(lambda p: True),
+        "purposes": who(lambda p: set(p.purposes) != purposes) or who(lambda p: True),
+        "prohibited_purposes": who(lambda p: bool(p.prohibited_purposes)),
+        "classification": who(lambda p: CLASSIFICATIONS.index(p.classification) == cls_rank),
+        "license": who(lambda p: bool(p.license)),
+        "retention_until": who(lambda p: p.retention_until == retention and retention is not None),
+        "personal_data": who(lambda p: p.personal_data),
+        "export_control": who(lambda p: p.export_control),
+    }
+    return Policy(
+        residency=tuple(compress_residency(frozenset(res))),
+        purposes=tuple(sorted(purposes)),
+        prohibited_purposes=tuple(prohibited),
+        classification=CLASSIFICATIONS[cls_rank],
+        license=tuple(licenses),
+        retention_until=retention,
+        personal_data=any(p.personal_data for p in policies),
+        export_control=any(p.export_control for p in policies),
+        sources=sources,
+    )

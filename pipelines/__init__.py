@@ -1,0 +1,1 @@
+"""Dagster pipelines of datalab (see DESIGN.md)."""
