@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -81,16 +82,23 @@ def _lines(sample: bytes, n: int = 20) -> list[bytes]:
 
 
 def sniff_delimiter(sample: bytes) -> str | None:
-    """The delimiter that splits the first lines into a constant count > 1."""
+    """The delimiter that splits most of the first lines into the same count > 1.
+
+    Most, not all: a file with a few broken lines must still be recognised so
+    that the line check can name those lines instead of a vague refusal.
+    """
     lines = _lines(sample)
     if not lines:
         return None
+    need = max(1, int(len(lines) * 0.8))
     for d in (b"\t", b",", b";", b"|"):
-        counts = {ln.count(d) for ln in lines}
-        if len(counts) == 1 and counts.pop() > 0:
+        counts = Counter(ln.count(d) for ln in lines)
+        n, freq = counts.most_common(1)[0]
+        if n > 0 and freq >= need:
             return d.decode()
-    counts = {len(ln.split()) for ln in lines}
-    if len(counts) == 1 and counts.pop() > 1:
+    counts = Counter(len(ln.split()) for ln in lines)
+    n, freq = counts.most_common(1)[0]
+    if n > 1 and freq >= need:
         return "whitespace"
     return None
 

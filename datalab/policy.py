@@ -49,6 +49,8 @@ def compress_residency(countries: frozenset[str]) -> list[str]:
         return ["EEA"]
     if countries == EU:
         return ["EU"]
+    if REGIONS["EEA"] <= countries:
+        return ["EEA", *sorted(countries - REGIONS["EEA"])]
     if EU <= countries:
         return ["EU", *sorted(countries - EU)]
     return sorted(countries)

@@ -1,0 +1,117 @@
+"""Asset factories for time-series contracts: raw and curated, one partition per delivery.
+
+Each contract yields ``<tenant>/<product>/raw`` and ``<tenant>/<product>/curated``
+on a dynamic partitions definition named after the contract; a sensor adds a
+partition for every accepted delivery. The curated asset carries the
+contract's Great Expectations suite as a blocking check (``checks/``).
+Work is done by the core (``datalab``); the assets add partitions and the
+metadata a data engineer reads in the UI.
+"""
+
+
+import dagster as dg
+from dagster import AssetExecutionContext
+import polars as pl
+
+from checks.validation import suite_check_spec, run_suite_check
+from datalab import curate, ingest
+from datalab.config import settings
+from datalab.contract import Contract
+from datalab.engine import Engine, peak_rss_mb
+
+
+def key_prefix(contract: Contract) -> list[str]:
+    return [contract.tenant.replace("-", "_"), contract.product.replace("-", "_")]
+
+
+def partitions_for(contract: Contract) -> dg.DynamicPartitionsDefinition:
+    return dg.DynamicPartitionsDefinition(name=f"{contract.slug}__deliveries")
+
+
+def _preview(path: str, n: int = 10) -> dg.MetadataValue:
+    df = pl.read_parquet(path, n_rows=n)
+    return dg.MetadataValue.md(df.to_pandas().to_markdown(index=False) if hasattr(df.to_pandas(), "to_markdown") else str(df))
+
+
+def _md_table(df: pl.DataFrame) -> dg.MetadataValue:
+    cols = df.columns
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in df.iter_rows()]
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def build_timeseries_assets(contract: Contract) -> list[dg.AssetsDefinition]:
+    parts = partitions_for(contract)
+    prefix = key_prefix(contract)
+    raw_key = dg.AssetKey([*prefix, "raw"])
+    tags = {"tenant": contract.tenant, "kind": contract.kind}
+
+    @dg.asset(
+        key=raw_key,
+        partitions_def=parts,
+        group_name=contract.slug,
+        description=f"{contract.name}: each delivery parsed with the contract's types into the long table (Parquet).",
+        metadata={"contract": contract.id, "contract_version": contract.version},
+        tags=tags,
+        kinds={"polars", "parquet"},
+    )
+    def raw(context: AssetExecutionContext) -> dg.MaterializeResult:
+        d = context.partition_key
+        st = ingest.ingest_raw(contract, d)
+        path = ingest.raw_path(contract, d, settings())
+        return dg.MaterializeResult(metadata={
+            "delivery_id": d,
+            "files": st["files"],
+            "records": st["records"],
+            "rows": dg.MetadataValue.int(st["rows"]),
+            "bytes_in": dg.MetadataValue.int(st["bytes_in"]),
+            "bytes_out": dg.MetadataValue.int(st["bytes_out"]),
+            "seconds": dg.MetadataValue.float(st["seconds"]),
+            "path": dg.MetadataValue.path(str(path)),
+            "preview": _md_table(pl.read_parquet(path, n_rows=10)),
+        })
+
+    @dg.asset(
+        key=dg.AssetKey([*prefix, "curated"]),
+        partitions_def=parts,
+        deps=[raw_key],
+        group_name=contract.slug,
+        description=f"{contract.name}: curated (UTC, de-duplicated, SI units, flags) and validated against the contract's suite.",
+        check_specs=[suite_check_spec(contract, dg.AssetKey([*prefix, "curated"]))],
+        metadata={"contract": contract.id},
+        tags=tags,
+        kinds={"polars", "parquet", "great_expectations"},
+    )
+    def curated(context: AssetExecutionContext) -> dg.MaterializeResult:
+        d = context.partition_key
+        engine = Engine()
+        st = curate.curate_delivery(contract, d, engine)
+        path = curate.curated_path(contract, d, settings())
+        sensors = pl.DataFrame([{"sensor": k, **{x: v[x] for x in ("unit", "n", "min", "max", "mean", "out_of_range", "outliers")}}
+                                for k, v in st["sensors"].items()])
+        check = run_suite_check(contract, d, path, context)
+        eng = st["engine"]
+        return dg.MaterializeResult(
+            metadata={
+                "delivery_id": d,
+                "rows_in": dg.MetadataValue.int(st["rows_in"]),
+                "rows_out": dg.MetadataValue.int(st["rows_out"]),
+                "exact_duplicates_removed": dg.MetadataValue.int(st["exact_duplicates_removed"]),
+                "values_converted": dg.MetadataValue.int(st["values_converted"]),
+                **{f: dg.MetadataValue.int(st[f]) for f in curate.FLAGS},
+                "constant_sensors": ", ".join(st["constant_sensors"]) or "none",
+                "pseudonymised_columns": ", ".join(st["pseudonymised_columns"]) or "none",
+                "engine": eng["engine"],
+                "device": eng["device"],
+                "engine_fallback": eng["fallback"] or "none",
+                "curation_seconds": dg.MetadataValue.float(st["seconds"]),
+                "peak_rss_mb": dg.MetadataValue.float(round(peak_rss_mb(), 1)),
+                "bytes": dg.MetadataValue.int(st["bytes_out"]),
+                "path": dg.MetadataValue.path(str(path)),
+                "sensors": _md_table(sensors),
+                "preview": _md_table(pl.read_parquet(path, n_rows=10)),
+            },
+            check_results=[check],
+        )
+
+    return [raw, curated]

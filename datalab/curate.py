@@ -1,0 +1,235 @@
+"""Curation of time series: one Polars LazyFrame plan, run by the engine.
+
+The plan (``build_plan``) takes the raw long table of one delivery and
+returns the curated one. It uses only expressions, joins and group-bys that
+the Polars GPU engine implements (no Python UDFs, no ``map_elements``): unit
+conversions, sensor limits, pseudonyms and watermarks come in as small
+tables that the plan joins, so the same plan runs on GPU or CPU.
+
+Nothing is deleted silently except exact duplicate rows; every other defect
+becomes a boolean flag column:
+
+* ``flag_missing``        the reading has no value
+* ``flag_unit_unknown``   the reading's unit cannot be converted to the canonical unit
+* ``flag_out_of_range``   outside the contract's minimum/maximum (after conversion)
+* ``flag_key_duplicate``  another reading has the same entity, time and sensor
+* ``flag_outlier``        in range but further than ``outlier_mad`` robust deviations
+                          (1.4826 x MAD) from the median of its entity and sensor
+* ``flag_gap_before``     more than ``gap_factor`` expected steps since the previous reading
+* ``flag_late``           not later than what earlier deliveries already covered
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import sqlalchemy as sa
+
+from datalab import catalog as cat
+from datalab import pseudonym, state, units
+from datalab.config import Settings, safe_segment, settings
+from datalab.contract import Contract
+from datalab.engine import Engine, EngineRun
+from datalab.ingest import raw_path
+
+FLAGS = (
+    "flag_missing", "flag_unit_unknown", "flag_out_of_range", "flag_key_duplicate",
+    "flag_outlier", "flag_gap_before", "flag_late",
+)
+KEY = ["entity", "time", "sensor"]
+
+
+def curated_path(contract: Contract, delivery_id: str, s: Settings) -> Path:
+    return s.curated / contract.tenant / contract.product / f"{safe_segment(delivery_id, 'delivery id')}.parquet"
+
+
+def sensor_table(contract: Contract) -> pl.DataFrame:
+    """Per measurement: canonical unit and limits (joined by the plan)."""
+    ms = contract.measurements
+    return pl.DataFrame({
+        "sensor": [m.name for m in ms],
+        "unit": [m.unit for m in ms],
+        "_min": [float(m.minimum) if m.minimum is not None else None for m in ms],
+        "_max": [float(m.maximum) if m.maximum is not None else None for m in ms],
+    }, schema={"sensor": pl.String, "unit": pl.String, "_min": pl.Float64, "_max": pl.Float64})
+
+
+def conversion_table(contract: Contract) -> pl.DataFrame:
+    """Every known spelling of a unit -> each canonical unit it converts to."""
+    targets = {m.unit for m in contract.measurements if m.unit}
+    extra = targets | {m.source_unit for m in contract.measurements if m.source_unit}
+    rows = units.conversion_rows(targets, extra_spellings=extra)
+    return pl.DataFrame(
+        {
+            "raw_unit": [r["raw_unit"] for r in rows],
+            "unit": [r["unit"] for r in rows],
+            "_factor": [r["factor"] for r in rows],
+            "_offset": [r["offset"] for r in rows],
+        },
+        schema={"raw_unit": pl.String, "unit": pl.String, "_factor": pl.Float64, "_offset": pl.Float64},
+    )
+
+
+def build_plan(
+    contract: Contract,
+    raw: pl.LazyFrame,
+    watermarks: pl.DataFrame | None = None,
+    pseudonyms: dict[str, pl.DataFrame] | None = None,
+) -> pl.LazyFrame:
+    """The curation plan for one delivery's raw long table."""
+    cur = contract.curation
+    time_is_ts = contract.time.logical_type == "timestamp"
+    attrs = [a.name for a in contract.attributes]
+    lf = raw.unique(maintain_order=False)  # exact duplicates: the only deletion
+    lf = lf.join(sensor_table(contract).lazy(), on="sensor", how="left")
+    lf = lf.join(conversion_table(contract).lazy(), on=["raw_unit", "unit"], how="left")
+    lf = lf.with_columns(
+        value=pl.col("raw_value") * pl.col("_factor") + pl.col("_offset"),
+        flag_missing=pl.col("raw_value").is_null(),
+        flag_unit_unknown=pl.col("raw_value").is_not_null() & pl.col("_factor").is_null(),
+    ).with_columns(
+        flag_out_of_range=pl.col("value").is_not_null()
+        & ((pl.col("value") < pl.col("_min").fill_null(float("-inf"))) | (pl.col("value") > pl.col("_max").fill_null(float("inf")))),
+    )
+    # Key duplicates: count per key, joined back (group_by + join run on GPU).
+    dup = lf.group_by(KEY).agg(_n=pl.len())
+    lf = lf.join(dup, on=KEY, how="left").with_columns(flag_key_duplicate=pl.col("_n") > 1)
+    # Robust outliers per entity and sensor among in-range values.
+    good = lf.filter(pl.col("value").is_not_null() & ~pl.col("flag_out_of_range"))
+    med = good.group_by(["entity", "sensor"]).agg(_med=pl.col("value").median())
+    mad = good.join(med, on=["entity", "sensor"]).with_columns(_dev=(pl.col("value") - pl.col("_med")).abs()) \
+        .group_by(["entity", "sensor"]).agg(_mad=pl.col("_dev").median())
+    lf = lf.join(med, on=["entity", "sensor"], how="left").join(mad, on=["entity", "sensor"], how="left")
+    lf = lf.with_columns(
+        flag_outlier=(~pl.col("flag_out_of_range") & pl.col("value").is_not_null() & (pl.col("_mad") > 0)
+                      & ((pl.col("value") - pl.col("_med")).abs() > cur.outlier_mad * 1.4826 * pl.col("_mad"))).fill_null(False)
+    )
+    # Gaps: sort by series and time; a step larger than gap_factor x expected.
+    tnum = pl.col("time").cast(pl.Int64) if time_is_ts else pl.col("time")
+    lf = lf.sort(["entity", "sensor", "time"]).with_columns(_t=tnum)
+    same_series = (pl.col("entity") == pl.col("entity").shift(1)) & (pl.col("sensor") == pl.col("sensor").shift(1))
+    if cur.expected_step:
+        lf = lf.with_columns(
+            flag_gap_before=(same_series & ((pl.col("_t") - pl.col("_t").shift(1)) > cur.gap_factor * cur.expected_step)).fill_null(False)
+        )
+    else:
+        lf = lf.with_columns(flag_gap_before=pl.lit(False))
+    # Late rows: at or before the watermark of earlier deliveries for that entity.
+    if watermarks is not None and not watermarks.is_empty():
+        lf = lf.join(watermarks.lazy().select("entity", "_wm"), on="entity", how="left") \
+            .with_columns(flag_late=(pl.col("_t") <= pl.col("_wm")).fill_null(False))
+    else:
+        lf = lf.with_columns(flag_late=pl.lit(False))
+    # Pseudonymise personal attributes by joining a value -> pseudonym table.
+    for col, table in (pseudonyms or {}).items():
+        lf = lf.join(table.lazy().rename({"_orig": col}), on=col, how="left") \
+            .with_columns(pl.col("_pseudo").alias(col)).drop("_pseudo")
+    cols = ["delivery_id", "entity", "time", "sensor", "value", "unit", "raw_value", "raw_unit", *attrs, *FLAGS]
+    if cur.resample_us and time_is_ts:
+        every = f"{cur.resample_us}us"
+        lf = lf.with_columns(pl.col("time").dt.truncate(every)).group_by(
+            ["delivery_id", "entity", "time", "sensor", "unit", *attrs]
+        ).agg(
+            pl.col("value").mean(), pl.col("raw_value").mean(), pl.col("raw_unit").first(),
+            *[pl.col(f).any() for f in FLAGS], n_samples=pl.len(),
+        )
+        cols.append("n_samples")
+    return lf.select(cols)
+
+
+def watermark_table(contract: Contract, delivery_id: str, s: Settings) -> pl.DataFrame:
+    """Per entity, the latest time covered by deliveries received before this one."""
+    c = cat.Catalog(s.catalog_url)
+    d, w = cat.deliveries, cat.watermarks
+    with c.begin() as conn:
+        me = conn.execute(sa.select(d.c.received_at).where(d.c.id == delivery_id)).scalar_one()
+        rows = conn.execute(
+            sa.select(w.c.entity, sa.func.max(w.c.max_time))
+            .where(w.c.contract_id == contract.id, w.c.received_at < me, w.c.delivery_id != delivery_id)
+            .group_by(w.c.entity)
+        ).all()
+    return pl.DataFrame(rows, schema={"entity": pl.String, "_wm": pl.Int64}, orient="row")
+
+
+def _record_watermarks(contract: Contract, delivery_id: str, out: Path, s: Settings) -> None:
+    time_is_ts = contract.time.logical_type == "timestamp"
+    t = pl.col("time").cast(pl.Int64) if time_is_ts else pl.col("time")
+    wm = pl.scan_parquet(out).group_by("entity").agg(t.max().alias("m")).collect()
+    c = cat.Catalog(s.catalog_url)
+    with c.begin() as conn:
+        me = conn.execute(sa.select(cat.deliveries.c.received_at).where(cat.deliveries.c.id == delivery_id)).scalar_one()
+        conn.execute(cat.watermarks.delete().where(cat.watermarks.c.delivery_id == delivery_id))
+        for ent, m in wm.iter_rows():
+            if m is not None:
+                conn.execute(cat.watermarks.insert().values(
+                    contract_id=contract.id, delivery_id=delivery_id, entity=ent, max_time=int(m), received_at=me))
+
+
+def profile(contract: Contract, path: Path) -> dict[str, Any]:
+    """Counts and per-sensor statistics of a curated file (one pass over Parquet)."""
+    lf = pl.scan_parquet(path)
+    agg = lf.select(
+        rows=pl.len(),
+        entities=pl.col("entity").n_unique(),
+        values_converted=(pl.col("value").is_not_null() & (pl.col("value") != pl.col("raw_value"))).sum(),
+        time_min=pl.col("time").min(),
+        time_max=pl.col("time").max(),
+        **{f: pl.col(f).sum() for f in FLAGS},
+    ).collect().row(0, named=True)
+    per = lf.group_by("sensor").agg(
+        n=pl.len(), nulls=pl.col("value").null_count(), min=pl.col("value").min(), max=pl.col("value").max(),
+        mean=pl.col("value").mean(), std=pl.col("value").std(), unit=pl.col("unit").first(),
+        out_of_range=pl.col("flag_out_of_range").sum(), outliers=pl.col("flag_outlier").sum(),
+    ).sort("sensor").collect()
+    sensors = {r["sensor"]: {k: v for k, v in r.items() if k != "sensor"} for r in per.iter_rows(named=True)}
+    constant = sorted(k for k, v in sensors.items() if v["n"] > 1 and (v["std"] == 0.0 or v["min"] == v["max"]))
+    return {
+        **{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in agg.items()},
+        "flags": {f: int(agg[f]) for f in FLAGS},
+        "sensors": sensors,
+        "constant_sensors": constant,
+    }
+
+
+def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None = None, s: Settings | None = None) -> dict[str, Any]:
+    """Curate one ingested delivery; writes the curated Parquet and returns its counts."""
+    s = s or settings()
+    engine = engine or Engine()
+    src = raw_path(contract, delivery_id, s)
+    out = curated_path(contract, delivery_id, s)
+    t0 = time.perf_counter()
+    raw = pl.scan_parquet(src)
+    rows_in = raw.select(pl.len()).collect().item()
+    pseudonyms = {
+        a.name: pseudonym.mapping(raw.select(a.name).unique().collect().get_column(a.name), f"{contract.tenant}:{a.name}", s)
+        for a in contract.attributes if a.personal
+    }
+    plan = build_plan(contract, raw, watermark_table(contract, delivery_id, s), pseudonyms)
+    run: EngineRun = engine.sink_parquet(plan, out)
+    prof = profile(contract, out)
+    _record_watermarks(contract, delivery_id, out, s)
+    stats = {
+        "rows_in": rows_in,
+        "rows_out": prof["rows"],
+        "exact_duplicates_removed": rows_in - prof["rows"],
+        "values_converted": int(prof["values_converted"]),
+        **prof["flags"],
+        "entities": prof["entities"],
+        "time_min": prof["time_min"],
+        "time_max": prof["time_max"],
+        "constant_sensors": prof["constant_sensors"],
+        "sensors": prof["sensors"],
+        "pseudonymised_columns": sorted(pseudonyms),
+        "engine": run.to_dict(),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "bytes_out": out.stat().st_size,
+    }
+    state.set_stage(delivery_id, "curated", s=s, curated_path=str(out.relative_to(s.home)), stats={"curated": stats})
+    return stats
+
+
+__all__ = ["FLAGS", "build_plan", "curate_delivery", "curated_path", "json", "profile"]

@@ -1,0 +1,293 @@
+"""The landing zone: every push gets a receipt at once, and no byte is lost.
+
+A push copies each file into staging while hashing it, checks its structure
+against the contract (streamed, never loaded whole), then moves the bytes
+into the firm's own area, content-addressed and read-only:
+``landing/<tenant>/accepted/<sha[:2]>/<sha256>`` or ``.../quarantine/...``
+for rejected deliveries, which are kept with their reasons, never dropped.
+The receipt, its files and the audit entry are written in one transaction,
+after the bytes are in place, so a crash leaves a receipt complete or absent.
+Re-pushing identical bytes under the same contract returns the first receipt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import sqlalchemy as sa
+
+from datalab import catalog as cat
+from datalab.config import Settings, settings
+from datalab.contract import Contract
+from datalab.errors import NotFound
+from datalab.formats import FileRejected, describe, sniff
+
+Progress = Callable[[str, int, int], None]  # (file name, bytes done, bytes total)
+CHUNK = 8 << 20
+
+
+@dataclass
+class FileReceipt:
+    name: str
+    sha256: str
+    bytes: int
+    rows: int | None
+    format: str | None
+    compression: str | None
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Receipt:
+    delivery_id: str
+    tenant: str
+    contract_id: str
+    contract_version: str
+    status: str  # accepted | rejected
+    reasons: list[str]
+    bytes: int
+    rows: int | None
+    received_at: str
+    pushed_by: str
+    files: list[FileReceipt]
+    duplicate: bool = False  # True when this push repeated an earlier one
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == "accepted"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def safe_name(name: str) -> str:
+    """A delivered file's name reduced to a harmless base name.
+
+    Names come from outside (CLI arguments, HTTP form fields): directories,
+    drive letters, control characters and dot-files are stripped so the name
+    can be shown and stored but never used to reach a path.
+    """
+    base = PureWindowsPath(PurePosixPath(name).name).name
+    base = "".join(ch for ch in base if ch.isprintable() and ch not in '/\\:*?"<>|')
+    base = base.lstrip(".").strip()[:200]
+    return base or "unnamed"
+
+
+def new_delivery_id() -> str:
+    return f"d-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(4)}"
+
+
+def _stage(src: Path, dst: Path, limit: int, name: str, progress: Progress | None) -> tuple[str, int, bool]:
+    """Copy ``src`` to ``dst`` while hashing; stops storing past ``limit``.
+
+    Returns (sha256, bytes, over_limit). The hash always covers the whole
+    file, so the receipt identifies exactly what was pushed.
+    """
+    h = hashlib.sha256()
+    total = src.stat().st_size
+    done = 0
+    over = total > limit
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while chunk := fin.read(CHUNK):
+            h.update(chunk)
+            done += len(chunk)
+            if not over:
+                fout.write(chunk)
+            if progress:
+                progress(name, done, total)
+    return h.hexdigest(), done, over
+
+
+def _idem_key(contract: Contract, shas: list[str]) -> str:
+    body = json.dumps([contract.tenant, contract.id, contract.version, sorted(shas)])
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def push(
+    contract: Contract,
+    files: list[Path | tuple[str, Path]],
+    actor: str = "cli",
+    progress: Progress | None = None,
+    s: Settings | None = None,
+) -> Receipt:
+    """Land one delivery (one or more files) under ``contract``; returns its receipt."""
+    s = s or settings()
+    catalog = cat.Catalog(s.catalog_url)
+    if not files:
+        raise ValueError("a delivery needs at least one file")
+    staging = s.staging / secrets.token_hex(8)
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        staged: list[tuple[str, Path, str, int, bool]] = []
+        for item in files:
+            name, src = (item if isinstance(item, tuple) else (item.name, item))
+            name = safe_name(name)
+            src = Path(src)
+            if not src.is_file():
+                raise NotFound(f"{src}: no such file")
+            dst = staging / f"{len(staged):04d}"
+            sha, size, over = _stage(src, dst, contract.max_file_bytes, name, progress)
+            staged.append((name, dst, sha, size, over))
+        return _land(contract, staged, actor, catalog, s)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_file(contract: Contract, name: str, path: Path, size: int, over: bool) -> FileReceipt:
+    from datalab.readers import TimeseriesReader
+
+    fr = FileReceipt(name=name, sha256="", bytes=size, rows=None, format=None, compression=None)
+    if over:
+        fr.reasons.append(
+            f"{name}: {size:,} bytes exceeds the contract's limit of {contract.max_file_bytes:,} bytes "
+            "(rule: limits.max_file_bytes); the bytes were not stored"
+        )
+        return fr
+    try:
+        sn = sniff(path, name, contract.layout.delimiter)
+    except FileRejected as e:
+        fr.reasons += e.reasons
+        return fr
+    fr.format, fr.compression = describe(sn), sn.compression
+    if contract.kind != "timeseries":
+        fr.reasons.append(f"{name}: contract kind {contract.kind!r} is not handled by the time-series reader")
+        return fr
+    reader = TimeseriesReader(contract, path, name, sn)
+    for _ in reader.batches():
+        pass
+    fr.rows = reader.records
+    fr.reasons += reader.problems.reasons()
+    if not reader.problems and reader.records == 0:
+        fr.reasons.append(f"{name}: no data rows (rule: rowCount > 0)")
+    return fr
+
+
+def _land(contract: Contract, staged: list, actor: str, catalog: cat.Catalog, s: Settings) -> Receipt:
+    key = _idem_key(contract, [x[2] for x in staged])
+    existing = _receipt_by_key(catalog, key)
+    if existing is not None:
+        existing.duplicate = True
+        catalog.audit(actor, "push", existing.delivery_id, "duplicate",
+                      {"contract": contract.id, "tenant": contract.tenant, "of": existing.delivery_id})
+        return existing
+    reasons: list[str] = []
+    if contract.status != "active":
+        reasons.append(f"contract {contract.id} is {contract.status}; pushes need an active contract (rule: status)")
+    checked = []
+    for name, path, sha, size, over in staged:
+        fr = _check_file(contract, name, path, size, over)
+        fr.sha256 = sha
+        reasons += fr.reasons
+        checked.append((fr, path, over))
+    status = "rejected" if reasons else "accepted"
+    area = "accepted" if status == "accepted" else "quarantine"
+    stored: list[str] = []
+    for fr, path, over in checked:
+        if over:
+            stored.append("")
+            continue
+        rel = Path("landing") / contract.tenant / area / fr.sha256[:2] / fr.sha256
+        dst = s.home / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.exists():
+            path.unlink()
+        else:
+            os.chmod(path, 0o444)
+            os.replace(path, dst)
+        stored.append(str(rel))
+    rec = Receipt(
+        delivery_id=new_delivery_id(),
+        tenant=contract.tenant,
+        contract_id=contract.id,
+        contract_version=contract.version,
+        status=status,
+        reasons=reasons,
+        bytes=sum(fr.bytes for fr, _, _ in checked),
+        rows=sum(fr.rows or 0 for fr, _, _ in checked),
+        received_at=cat.now_iso(),
+        pushed_by=actor,
+        files=[fr for fr, _, _ in checked],
+    )
+    with catalog.begin() as conn:
+        conn.execute(cat.deliveries.insert().values(
+            id=rec.delivery_id, tenant=rec.tenant, contract_id=rec.contract_id,
+            contract_version=rec.contract_version, status=rec.status, reasons=json.dumps(reasons),
+            bytes=rec.bytes, rows=rec.rows, idem_key=key, received_at=rec.received_at, pushed_by=actor,
+        ))
+        for i, (fr, rel) in enumerate(zip(rec.files, stored, strict=True)):
+            conn.execute(cat.delivery_files.insert().values(
+                delivery_id=rec.delivery_id, position=i, name=fr.name, sha256=fr.sha256, bytes=fr.bytes,
+                rows=fr.rows, format=fr.format, compression=fr.compression, stored_path=rel,
+                reasons=json.dumps(fr.reasons),
+            ))
+        catalog.audit(actor, "push", rec.delivery_id, status, {
+            "contract": contract.id, "tenant": contract.tenant, "bytes": rec.bytes, "rows": rec.rows,
+            "sha256": [f.sha256 for f in rec.files], "reasons": len(reasons),
+        }, conn=conn)
+    return rec
+
+
+def _row_to_receipt(conn: sa.Connection, r: sa.Row) -> Receipt:
+    files = [
+        FileReceipt(f.name, f.sha256, f.bytes, f.rows, f.format, f.compression, json.loads(f.reasons))
+        for f in conn.execute(
+            sa.select(cat.delivery_files).where(cat.delivery_files.c.delivery_id == r.id).order_by(cat.delivery_files.c.position)
+        )
+    ]
+    return Receipt(r.id, r.tenant, r.contract_id, r.contract_version, r.status, json.loads(r.reasons),
+                   r.bytes, r.rows, r.received_at, r.pushed_by, files)
+
+
+def _receipt_by_key(catalog: cat.Catalog, key: str) -> Receipt | None:
+    with catalog.begin() as conn:
+        r = conn.execute(sa.select(cat.deliveries).where(cat.deliveries.c.idem_key == key)).first()
+        return _row_to_receipt(conn, r) if r else None
+
+
+def get_receipt(delivery_id: str, tenant: str | None = None, s: Settings | None = None) -> Receipt:
+    """One receipt; with ``tenant``, only that firm's (others look absent)."""
+    s = s or settings()
+    catalog = cat.Catalog(s.catalog_url)
+    q = sa.select(cat.deliveries).where(cat.deliveries.c.id == delivery_id)
+    if tenant is not None:
+        q = q.where(cat.deliveries.c.tenant == tenant)
+    with catalog.begin() as conn:
+        r = conn.execute(q).first()
+        if r is None:
+            raise NotFound(f"no delivery {delivery_id!r}")
+        return _row_to_receipt(conn, r)
+
+
+def list_receipts(
+    tenant: str | None = None, contract_id: str | None = None, status: str | None = None,
+    s: Settings | None = None,
+) -> list[Receipt]:
+    s = s or settings()
+    catalog = cat.Catalog(s.catalog_url)
+    q = sa.select(cat.deliveries).order_by(cat.deliveries.c.received_at, cat.deliveries.c.id)
+    for col, val in ((cat.deliveries.c.tenant, tenant), (cat.deliveries.c.contract_id, contract_id),
+                     (cat.deliveries.c.status, status)):
+        if val is not None:
+            q = q.where(col == val)
+    with catalog.begin() as conn:
+        return [_row_to_receipt(conn, r) for r in conn.execute(q)]
+
+
+def stored_files(delivery_id: str, s: Settings | None = None) -> list[tuple[str, Path, str]]:
+    """(original name, stored path, sha256) of a delivery's files, in push order."""
+    s = s or settings()
+    catalog = cat.Catalog(s.catalog_url)
+    with catalog.begin() as conn:
+        rows = conn.execute(
+            sa.select(cat.delivery_files).where(cat.delivery_files.c.delivery_id == delivery_id)
+            .order_by(cat.delivery_files.c.position)
+        ).all()
+    return [(r.name, s.home / r.stored_path, r.sha256) for r in rows if r.stored_path]

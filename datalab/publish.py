@@ -1,0 +1,238 @@
+"""Publishing: immutable, semantically versioned Iceberg snapshots with a manifest.
+
+Each publish that changes the data writes an Iceberg snapshot (pyiceberg SQL
+catalog in the lab's catalog database, warehouse under ``$DATALAB_HOME``),
+tags it ``v<version>`` and writes a manifest and a card beside it. The
+version number comes from the schema diff: patch for new data, minor for an
+added column, major for a removed or retyped column. A major change starts a
+new table (``<name>__v<major>``) because Iceberg cannot retype columns, so
+every older version keeps pointing at its own, untouched data files; that is
+what makes an old version pullable bit for bit a year later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import sqlalchemy as sa
+
+from datalab import catalog as cat
+from datalab import contract as contracts_mod
+from datalab import datasets, state
+from datalab.config import Settings, settings
+from datalab.errors import DatalabError, NotFound
+
+NAMESPACE = "datalab"
+
+
+@dataclass
+class PublishResult:
+    dataset: str
+    version: str | None
+    created: bool
+    message: str
+    manifest: dict[str, Any] | None = None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def iceberg_catalog(s: Settings) -> Any:
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    s.warehouse.mkdir(parents=True, exist_ok=True)
+    c = SqlCatalog("datalab", uri=s.catalog_url, warehouse=s.warehouse.as_uri())
+    c.create_namespace_if_not_exists(NAMESPACE)
+    return c
+
+
+def schema_of(df: pl.DataFrame | pl.LazyFrame) -> dict[str, str]:
+    sch = df.collect_schema() if isinstance(df, pl.LazyFrame) else df.schema
+    return {k: str(v) for k, v in sch.items()}
+
+
+def bump(prev: str | None, old: dict[str, str] | None, new: dict[str, str]) -> tuple[str, str]:
+    """Next version and why: major (removed/retyped), minor (added), patch (data)."""
+    if prev is None or old is None:
+        return "1.0.0", "first version"
+    ma, mi, pa = (int(x) for x in prev.split("."))
+    removed = sorted(set(old) - set(new))
+    retyped = sorted(k for k in set(old) & set(new) if old[k] != new[k])
+    added = sorted(set(new) - set(old))
+    if removed or retyped:
+        return f"{ma + 1}.0.0", f"major: removed {removed} retyped {retyped}"
+    if added:
+        return f"{ma}.{mi + 1}.0", f"minor: added {added}"
+    return f"{ma}.{mi}.{pa + 1}", "patch: new data"
+
+
+def latest(dataset: str, s: Settings) -> dict[str, Any] | None:
+    versions = list_versions(dataset, s)
+    return versions[-1] if versions else None
+
+
+def _vkey(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split("."))
+
+
+def list_versions(dataset: str, s: Settings | None = None) -> list[dict[str, Any]]:
+    s = s or settings()
+    c = cat.Catalog(s.catalog_url)
+    with c.begin() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(sa.select(cat.dataset_versions).where(cat.dataset_versions.c.dataset == dataset))]
+    return sorted(rows, key=lambda r: _vkey(r["version"]))
+
+
+def read_manifest(dataset: str, version: str | None, s: Settings | None = None) -> dict[str, Any]:
+    s = s or settings()
+    rows = list_versions(dataset, s)
+    if not rows:
+        raise NotFound(f"dataset {dataset!r} has no published version")
+    if version in (None, "latest"):
+        row = rows[-1]
+    else:
+        row = next((r for r in rows if r["version"] == version.removeprefix("v")), None)
+        if row is None:
+            raise NotFound(f"dataset {dataset!r} has no version {version!r} (published: {', '.join(r['version'] for r in rows)})")
+    m = json.loads((s.home / row["manifest_path"]).read_text())
+    m["status"] = row["status"]
+    return m
+
+
+def publish(name: str, actor: str = "cli", s: Settings | None = None) -> PublishResult:
+    """Publish a new version of dataset ``name`` if its inputs changed."""
+    s = s or settings()
+    t0 = time.perf_counter()
+    contracts = contracts_mod.load_all(s.contracts_dir)
+    spec = datasets.load_spec(s.contracts_dir, name, contracts)
+    sites = datasets.load_sites(s.contracts_dir)
+    catalog = cat.Catalog(s.catalog_url)
+    try:
+        policy = datasets.effective_policy(spec, contracts, sites)
+    except DatalabError as e:
+        catalog.audit(actor, "publish", name, "refused", {"reason": str(e), "site": spec.site})
+        raise
+    included, excluded = [], []
+    for cid in spec.inputs:
+        for d in state.accepted(cid, s):
+            if d["stage"] == "validated" and d["validation_ok"]:
+                included.append({"contract": cid, **d})
+            else:
+                why = "validation failed" if d["stage"] == "failed" or d["validation_ok"] is False else f"not yet processed (stage {d['stage'] or 'landed'})"
+                excluded.append({"delivery_id": d["id"], "contract": cid, "reason": why})
+    if not included:
+        raise DatalabError(f"dataset {name}: no validated delivery to publish yet ({len(excluded)} excluded)")
+    frames = []
+    for d in included:
+        c = contracts[d["contract"]]
+        frames.append(pl.scan_parquet(s.home / d["curated_path"]).with_columns(
+            tenant=pl.lit(c.tenant), contract_id=pl.lit(c.id), contract_version=pl.lit(d["contract_version"])))
+    # Align attribute columns across inputs; order columns deterministically.
+    lf = pl.concat(frames, how="diagonal_relaxed")
+    lf = lf.drop([c for c in spec.drop_columns if c in lf.collect_schema()])
+    new_schema = schema_of(lf)
+    prev = latest(name, s)
+    prev_manifest = read_manifest(name, prev["version"], s) if prev else None
+    delivery_ids = sorted(d["id"] for d in included)
+    content_key = hashlib.sha256(json.dumps([delivery_ids, new_schema, policy.to_dict(), spec.site], sort_keys=True, default=str).encode()).hexdigest()
+    if prev is not None and prev["content_key"] == content_key:
+        return PublishResult(name, prev["version"], False, f"nothing changed since {prev['version']}: no new version")
+    version, why = bump(prev["version"] if prev else None, prev_manifest["schema"] if prev_manifest else None, new_schema)
+    major = version.split(".")[0]
+    ident = f"{NAMESPACE}.{name.replace('-', '_')}__v{major}"
+    ice = iceberg_catalog(s)
+    import pyarrow as pa  # noqa: F401  (pyiceberg needs it loaded)
+
+    prev_ids = set(prev_manifest["lineage"]["deliveries"]) if prev_manifest else set()
+    same_table = prev_manifest is not None and prev_manifest["table"] == ident
+    append_only = same_table and why.startswith("patch") and prev_ids <= set(delivery_ids)
+    if append_only:
+        new_ids = [d for d in delivery_ids if d not in prev_ids]
+        data = lf.filter(pl.col("delivery_id").is_in(new_ids)).sort(["contract_id", "delivery_id", "entity", "sensor", "time"]).collect()
+    else:
+        data = lf.sort(["contract_id", "delivery_id", "entity", "sensor", "time"]).collect()
+    arrow = data.to_arrow()
+    if not ice.table_exists(ident):
+        tbl = ice.create_table(ident, schema=arrow.schema)
+    else:
+        tbl = ice.load_table(ident)
+        if not append_only:
+            with tbl.update_schema() as upd:
+                upd.union_by_name(arrow.schema)
+            tbl = ice.load_table(ident)
+    if append_only:
+        tbl.append(arrow)
+    else:
+        tbl.overwrite(arrow)
+    tbl = ice.load_table(ident)
+    snap = tbl.current_snapshot()
+    tbl.manage_snapshots().create_tag(snap.snapshot_id, f"v{version}").commit()
+    with tbl.transaction() as tx:
+        tx.set_properties({
+            "datalab.dataset": name, "datalab.version": version,
+            "datalab.policy": json.dumps(policy.to_dict(), sort_keys=True, default=str),
+            "datalab.export_control": str(policy.export_control).lower(),
+            "datalab.classification": policy.classification,
+        })
+    known = {f["path"]: f for f in (prev_manifest or {}).get("files", [])}
+    files = []
+    for task in tbl.scan(snapshot_id=snap.snapshot_id).plan_files():
+        p = Path(task.file.file_path.removeprefix("file://"))
+        rel = str(p.relative_to(s.home))
+        f = known.get(rel) or {"path": rel, "sha256": sha256_file(p), "bytes": p.stat().st_size, "rows": task.file.record_count}
+        files.append(f)
+    files.sort(key=lambda f: f["path"])
+    full = lf.select(pl.len()).collect().item() if append_only else len(data)
+    per_contract = lf.group_by("contract_id").agg(pl.len()).sort("contract_id").collect()
+    val = {d["id"]: (state.get(d["id"], s) or {}).get("validation") for d in included}
+    curated_stats = {d["id"]: (state.get(d["id"], s) or {}).get("stats", {}).get("curated", {}) for d in included}
+    manifest = {
+        "dataset": name,
+        "title": spec.title,
+        "description": spec.description,
+        "version": version,
+        "version_reason": why,
+        "created_at": cat.now_iso(),
+        "site": {"name": spec.site, "country": sites[spec.site].country, "operator": sites[spec.site].operator},
+        "table": ident,
+        "snapshot_id": snap.snapshot_id,
+        "schema": new_schema,
+        "rows": full,
+        "rows_per_contract": dict(per_contract.iter_rows()),
+        "files": files,
+        "lineage": {
+            "contracts": [{"id": c, "version": contracts[c].version, "tenant": contracts[c].tenant, "path": str(contracts[c].path.relative_to(s.contracts_dir))} for c in spec.inputs],
+            "deliveries": delivery_ids,
+            "excluded": excluded,
+        },
+        "curation": {k: {x: v.get(x) for x in ("rows_in", "rows_out", "exact_duplicates_removed", "values_converted", "flag_missing", "flag_unit_unknown", "flag_out_of_range", "flag_key_duplicate", "flag_outlier", "flag_gap_before", "flag_late", "constant_sensors", "engine")} for k, v in curated_stats.items()},
+        "validation": {k: {"success": (v or {}).get("success"), "evaluated": (v or {}).get("evaluated"), "failed": (v or {}).get("failed")} for k, v in val.items()},
+        "policy": policy.to_dict(),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    vdir = s.versions / name / version
+    vdir.mkdir(parents=True, exist_ok=True)
+    (vdir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    from datalab.card import render_card
+
+    (vdir / "card.md").write_text(render_card(manifest, contracts))
+    with catalog.begin() as conn:
+        conn.execute(cat.dataset_versions.insert().values(
+            dataset=name, version=version, table_ident=ident, snapshot_id=snap.snapshot_id,
+            content_key=content_key, manifest_path=str((vdir / "manifest.json").relative_to(s.home)),
+            status="active", created_at=manifest["created_at"]))
+        catalog.audit(actor, "publish", f"{name}@{version}", "published", {
+            "reason": why, "rows": full, "deliveries": len(delivery_ids), "excluded": len(excluded),
+            "site": spec.site, "snapshot_id": snap.snapshot_id}, conn=conn)
+    return PublishResult(name, version, True, why, manifest)

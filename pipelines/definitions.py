@@ -1,0 +1,75 @@
+"""The lab's Dagster definitions, built from the contracts in ``data_contracts/``.
+
+Per time-series contract: raw and curated assets on a dynamic partition per
+delivery, the blocking suite check, an ingest job and a sensor that adds a
+partition and requests a run for every accepted delivery. Per dataset spec:
+a dataset asset and a publish job. ``workspace.yaml`` loads this module; the
+``datalab`` CLI runs the same jobs in-process.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from assets.datasets import build_dataset_asset
+from assets.timeseries import build_timeseries_assets, partitions_for
+from datalab import contract as contracts_mod
+from datalab import datasets, state
+from datalab.config import settings
+from datalab.contract import Contract
+
+SENSOR_SECONDS = int(os.environ.get("DATALAB_SENSOR_SECONDS", "30"))
+MAX_RUNS_PER_TICK = 25
+
+
+def ingest_job_name(c: Contract) -> str:
+    return f"ingest__{c.slug}"
+
+
+def publish_job_name(dataset: str) -> str:
+    return f"publish__{dataset.replace('-', '_')}"
+
+
+def _sensor(c: Contract, job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
+    parts = partitions_for(c)
+
+    @dg.sensor(name=f"deliveries__{c.slug}", job=job, minimum_interval_seconds=SENSOR_SECONDS,
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description=f"Adds a partition and requests an ingest run for each accepted delivery of {c.id}.")
+    def deliveries(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        pending = state.pending(c.id)
+        known = set(context.instance.get_dynamic_partitions(parts.name))
+        new = [d for d in pending if d not in known][:MAX_RUNS_PER_TICK]
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(partition_key=d, run_key=d) for d in new],
+            dynamic_partitions_requests=[parts.build_add_request(new)] if new else [],
+        )
+
+    return deliveries
+
+
+def build_definitions() -> dg.Definitions:
+    s = settings()
+    contracts = contracts_mod.load_all(s.contracts_dir)
+    assets, jobs, sensors = [], [], []
+    for c in sorted(contracts.values(), key=lambda c: c.slug):
+        if c.kind != "timeseries":
+            continue
+        built = build_timeseries_assets(c)
+        assets += built
+        job = dg.define_asset_job(ingest_job_name(c), selection=dg.AssetSelection.assets(*built),
+                                  partitions_def=partitions_for(c), tags={"tenant": c.tenant})
+        jobs.append(job)
+        sensors.append(_sensor(c, job))
+    for name in datasets.list_specs(s.contracts_dir):
+        spec = datasets.load_spec(s.contracts_dir, name, contracts)
+        a = build_dataset_asset(spec, contracts)
+        assets.append(a)
+        jobs.append(dg.define_asset_job(publish_job_name(name), selection=dg.AssetSelection.assets(a)))
+    return dg.Definitions(assets=assets, jobs=jobs, sensors=sensors,
+                          executor=dg.in_process_executor)
+
+
+defs = build_definitions()
