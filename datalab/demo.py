@@ -1,0 +1,114 @@
+"""The end-to-end demo on the embedded default (no servers, no GPU, no network).
+
+Three firms push two batches of sample deliveries (one deliberately broken
+delivery is rejected with its reasons), the real C-MAPSS and hydraulic files
+are pushed too, everything runs through the Dagster definitions in-process,
+``plant-telemetry`` is published as 1.0.0 and then 1.0.1, and an ML team
+pulls both, once for an allowed purpose and once for a refused one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from datalab import contract as contracts_mod
+from datalab import landing, pull, sample
+from datalab.config import settings
+from datalab.errors import PolicyRefused
+
+FIRMS = [
+    "urn:datalab:bavaria-spindle:spindle-telemetry",
+    "urn:datalab:lyon-presses:press-line",
+    "urn:datalab:oulu-pumps:pump-telemetry",
+]
+REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "realdata"
+
+
+def _real_dir() -> Path | None:
+    import os
+
+    for p in (os.environ.get("DATALAB_REALDATA"), REAL, Path("../shared/realdata")):
+        if p and Path(p).is_dir():
+            return Path(p)
+    return None
+
+
+def run_demo(out: Console, rows: int, real: bool, pipelines: Any) -> None:
+    s = settings()
+    t0 = time.perf_counter()
+    cs = contracts_mod.load_all(s.contracts_dir)
+    work = s.home / "demo-inbox"
+    work.mkdir(parents=True, exist_ok=True)
+    receipts = []
+    out.rule("1. member firms push batch 1")
+    start1 = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
+    for i, cid in enumerate(FIRMS):
+        c = cs[cid]
+        gen = sample.generate(c, rows, seed=100 + i, start=start1)
+        p = sample.write(gen, work / f"{c.product}-batch1.csv")
+        receipts.append(landing.push(c, [p], actor=f"firm:{c.tenant}"))
+    bad = work / "spindle-telemetry-broken.csv"
+    bad.write_text("machine_id;ts;sensor;value;unit\nBSW-M01;2026-01-05T00:00:00Z;spindle_temp;41.2;Cel\n")
+    receipts.append(landing.push(cs[FIRMS[0]], [bad], actor="firm:bavaria-spindle"))
+    bad2 = work / "spindle-telemetry-typos.csv"
+    bad2.write_text("machine_id,ts,sensor,value,unit\nBSW-M01,2026-01-05T00:00:00Z,spindle_temp,41.2,Cel\n"
+                    "BSW-M01,2026-01-05T00:00:01Z,spindle_temp,4l.3,Cel\nBSW-M01,yesterday,oil_pressure,5.1,bar\n")
+    receipts.append(landing.push(cs[FIRMS[0]], [bad2], actor="firm:bavaria-spindle"))
+    if real and (rd := _real_dir()):
+        receipts.append(landing.push(cs["urn:datalab:open-benchmarks:cmapss-fd001"], [rd / "cmapss/train_FD001.txt"], actor="firm:open-benchmarks"))
+        receipts.append(landing.push(cs["urn:datalab:open-benchmarks:hydraulic-rig"], [rd / "hydraulic/TS1.txt", rd / "hydraulic/VS1.txt"], actor="firm:open-benchmarks"))
+    for r in receipts:
+        mark = "[green]accepted[/]" if r.accepted else "[red]rejected[/]"
+        out.print(f"{mark} {r.delivery_id} {r.contract_id.split(':')[-1]}: {r.rows or 0:,} rows{' (duplicate)' if r.duplicate else ''}")
+        for why in r.reasons:
+            out.print(f"    reason: {why}", markup=False, highlight=False)
+    out.rule("2. Dagster: ingest, curate, validate (in-process)")
+    runs = pipelines.run_pending(on_event=lambda x: out.print(f"  {'✓' if x.validation_ok else '✗'} {x.delivery_id} {x.contract_id.split(':')[-1]}: {x.message}"))
+    out.rule("3. publish")
+    v1 = pipelines.publish("plant-telemetry")
+    out.print(f"plant-telemetry@{v1['version']}: {v1['why']}, {v1['rows']:,} rows; residency {v1['residency']}; purposes {v1['purposes']}")
+    if real and _real_dir():
+        for name in ("turbofan-cmapss", "hydraulic-rig"):
+            m = pipelines.publish(name)
+            out.print(f"{name}@{m['version']}: {m['rows']:,} rows")
+    out.rule("4. batch 2 (later readings, some late) and a new version")
+    start2 = start1 + dt.timedelta(hours=6)
+    for i, cid in enumerate(FIRMS):
+        c = cs[cid]
+        gen = sample.generate(c, rows, seed=200 + i, start=start2, defects=sample.Defects(late=25))
+        p = sample.write(gen, work / f"{c.product}-batch2.csv")
+        r = landing.push(c, [p], actor=f"firm:{c.tenant}")
+        receipts.append(r)
+        out.print(f"{'accepted' if r.accepted else 'rejected'} {r.delivery_id} {c.product}: {r.rows:,} rows")
+    runs += pipelines.run_pending(on_event=lambda x: out.print(f"  {'✓' if x.validation_ok else '✗'} {x.delivery_id}: {x.message}"))
+    v2 = pipelines.publish("plant-telemetry")
+    out.print(f"plant-telemetry@{v2['version']}: {v2['why']}, {v2['rows']:,} rows")
+    out.rule("5. an ML team pulls")
+    pulled = s.home / "pulled"
+    results = []
+    for v in (v1["version"], v2["version"]):
+        res = pull.pull(f"plant-telemetry@{v}", "predictive-maintenance", pulled, actor="team:ml-maintenance")
+        results.append(res)
+        out.print(f"[green]pulled[/] plant-telemetry@{v} for predictive-maintenance: {res.rows:,} rows -> {res.directory}")
+    try:
+        pull.pull(f"plant-telemetry@{v2['version']}", "model-training", pulled, actor="team:ml-foundation")
+    except PolicyRefused as e:
+        out.print(f"[yellow]refused[/] plant-telemetry@{v2['version']} for model-training: {e}", highlight=False)
+    out.rule("summary")
+    t = Table("", "value")
+    t.add_row("deliveries accepted / rejected", f"{sum(r.accepted for r in receipts)} / {sum(not r.accepted for r in receipts)}")
+    t.add_row("deliveries validated / failed", f"{sum(bool(r.validation_ok) for r in runs)} / {sum(not r.validation_ok for r in runs)}")
+    t.add_row("plant-telemetry versions", f"{v1['version']} ({v1['rows']:,} rows), {v2['version']} ({v2['rows']:,} rows)")
+    t.add_row("lab home", str(s.home))
+    t.add_row("pulled to", str(pulled))
+    t.add_row("Data Docs", str(s.data_docs / "index.html"))
+    t.add_row("audit log", "datalab audit show / datalab audit verify")
+    t.add_row("Dagster UI", f"DATALAB_HOME={s.home} datalab ui  (then http://127.0.0.1:3000)")
+    t.add_row("seconds", f"{time.perf_counter() - t0:.1f}")
+    out.print(t)

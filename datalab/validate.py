@@ -1,0 +1,1116 @@
+"""Validation of curated time-series tables with Great Expectations (GX 1.x).
+
+The contract is the single source of the rules: :func:`derive_suite` turns an
+ODCS contract into a list of :class:`ExpectationSpec` (plain data, no GX
+objects, so it is cheap, testable and printable), hand-written additions come
+from ``checks/suites/<slug>.json`` (:func:`load_handwritten`), and
+:func:`validate` runs both against one curated table and returns a
+:class:`ValidationReport` that names, for every failure, the column, the
+sensor, how many values broke the rule and a few of them.
+
+The table being validated is the curated *long* table: one row per reading
+with ``delivery_id, entity, time, sensor, value, unit, raw_value, raw_unit``,
+the contract's attribute columns and the curation flags. Curation keeps
+out-of-range readings and key duplicates (it flags them, it never deletes
+them), so range and uniqueness expectations carry the tolerance the contract
+grants (``mostly``) instead of demanding perfection.
+
+GX is heavy (seconds to import) and is only needed when a table is actually
+validated, so it is imported inside the functions that run it; importing this
+module stays cheap for the CLI and the pull client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import time as _time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from datalab.config import safe_segment, settings
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import pandas as pd
+    import polars as pl
+
+    from datalab.contract import Column, Contract
+
+log = logging.getLogger(__name__)
+
+# Columns every curated long table has, before the contract's attributes.
+BASE_COLUMNS: tuple[str, ...] = (
+    "delivery_id",
+    "entity",
+    "time",
+    "sensor",
+    "value",
+    "unit",
+    "raw_value",
+    "raw_unit",
+)
+# Curation flags (Boolean), after the attributes.
+FLAG_COLUMNS: tuple[str, ...] = (
+    "flag_missing",
+    "flag_key_duplicate",
+    "flag_unit_unknown",
+    "flag_out_of_range",
+    "flag_outlier",
+    "flag_gap_before",
+    "flag_late",
+)
+# What curation writes in place of a personal attribute: "ps_" + 16 hex chars.
+PSEUDONYM_REGEX = r"^ps_[0-9a-f]{16}$"
+KEY_COLUMNS: tuple[str, ...] = ("entity", "time", "sensor")
+
+# Names GX gives the objects of one contract; all keyed by the contract slug so
+# that contracts never step on each other's suites or validation definitions.
+DATASOURCE_NAME = "datalab"
+BATCH_DEFINITION_NAME = "whole_table"
+DOCS_SITE_NAME = "local_site"
+# How many unexpected values GX keeps per expectation (SUMMARY format); the
+# report shows the first SAMPLE_SIZE of them, Data Docs shows them all.
+PARTIAL_UNEXPECTED_COUNT = 20
+SAMPLE_SIZE = 5
+
+_DEFAULT_SUITES_DIR = Path(__file__).resolve().parent.parent / "checks" / "suites"
+_EQ_CONDITION = re.compile(r"""^\s*([A-Za-z_][A-Za-z0-9_]*)\s*==\s*(["'])(.*)\2\s*$""")
+_HANDWRITTEN_KEYS = {"type", "kwargs", "sensor", "notes", "meta"}
+_BAD_FRACTION_METRICS = ("nullValues", "missingValues", "invalidValues", "duplicateValues")
+
+
+# --------------------------------------------------------------------------
+# the data model
+
+
+@dataclass
+class ExpectationSpec:
+    """One expectation derived from the contract, before it becomes a GX object.
+
+    Kept as plain data so that the derivation can be read, diffed and tested
+    without GX, and so that every failure can be traced back to the contract
+    field (``source``) that asked for it.
+    """
+
+    type: str  # GX snake-case name, e.g. "expect_column_values_to_be_between"
+    kwargs: dict[str, Any]
+    source: str  # where it comes from, for people
+    sensor: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "kwargs": _jsonable(self.kwargs),
+            "source": self.source,
+            "sensor": self.sensor,
+        }
+
+
+@dataclass
+class ValidationReport:
+    """The outcome of one validation run, independent of GX's own objects."""
+
+    success: bool
+    suite: str
+    evaluated: int
+    successful: int
+    failed: int
+    results: list[dict[str, Any]]
+    docs_path: str | None
+    seconds: float
+    run_name: str = ""
+    contract_id: str = ""
+    contract_version: str = ""
+    rows: int = 0
+    report_path: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def failed_results(self) -> list[dict[str, Any]]:
+        """The results of the expectations that failed, in suite order."""
+        return [r for r in self.results if not r.get("success")]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (values already made JSON-safe)."""
+        return _jsonable(asdict(self))
+
+    def summary(self) -> str:
+        """One line per failure, for logs and the CLI."""
+        head = (
+            f"suite {self.suite}: {'passed' if self.success else 'FAILED'} "
+            f"({self.successful}/{self.evaluated} expectations, {self.rows} rows, {self.seconds:.1f}s)"
+        )
+        return "\n".join([head, *(f"  - {r['message']}" for r in self.failed_results())])
+
+
+# --------------------------------------------------------------------------
+# deriving the suite from the contract
+
+
+def _fmt_num(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _rule_operator(rule: dict[str, Any]) -> tuple[str, Any] | None:
+    """The one ``mustBe*`` operator of a quality rule and its operand."""
+    ops = [(k, v) for k, v in rule.items() if isinstance(k, str) and k.startswith("must")]
+    return ops[0] if len(ops) == 1 else None
+
+
+def _rule_text(rule: dict[str, Any]) -> str:
+    op = _rule_operator(rule)
+    unit = rule.get("unit", "rows")
+    return f"{rule.get('metric')} {op[0]} {op[1]} {unit}" if op else str(rule.get("metric"))
+
+
+def mostly_from_rule(rule: dict[str, Any]) -> tuple[float, str]:
+    """The GX ``mostly`` a bad-value rule grants, and a note on how it was read.
+
+    The rule bounds the share of *bad* values; ``mostly`` is the share of
+    *good* values GX demands, so ``mustBeLessThan p`` (percent) becomes
+    ``mostly = 1 - p/100``. GX compares ``good share >= mostly``, so strict
+    and inclusive upper bounds collapse onto the same value (the difference is
+    a single row at the boundary). A limit in ``rows`` cannot be turned into a
+    share before the rows are counted, so it falls back to ``mostly = 1.0``
+    (strict) unless the limit is zero, where both readings agree. Operators
+    that do not bound bad values from above (``mustBeGreaterThan`` ...) give
+    no tolerance to grant, so they also yield 1.0, with a note.
+    """
+    op = _rule_operator(rule)
+    if op is None:
+        return 1.0, f"{rule.get('metric')}: no single mustBe* operator; mostly=1.0"
+    name, operand = op
+    if name in ("mustBe", "mustBeLessThan", "mustBeLessOrEqualTo"):
+        limit = operand
+    elif name == "mustBeBetween" and isinstance(operand, (list, tuple)) and len(operand) == 2:
+        limit = operand[1]  # only the upper bound is a tolerance
+    else:
+        return 1.0, f"{_rule_text(rule)} is not an upper bound on bad values; mostly=1.0"
+    if not isinstance(limit, (int, float)) or isinstance(limit, bool):
+        return 1.0, f"{_rule_text(rule)}: limit is not a number; mostly=1.0"
+    if limit <= 0:
+        return 1.0, f"{_rule_text(rule)} -> mostly=1.0"
+    if rule.get("unit", "rows") == "percent":
+        mostly = min(1.0, max(0.0, 1.0 - float(limit) / 100.0))
+        return round(mostly, 10), f"{_rule_text(rule)} -> mostly={round(mostly, 10):g}"
+    return (
+        1.0,
+        f"{_rule_text(rule)}: a row limit cannot be a share before counting rows; mostly=1.0",
+    )
+
+
+def _property_rule(col: Column, metrics: tuple[str, ...]) -> tuple[int, dict[str, Any]] | None:
+    for j, rule in enumerate(col.quality):
+        if (
+            isinstance(rule, dict)
+            and rule.get("type", "library") == "library"
+            and rule.get("metric") in metrics
+        ):
+            return j, rule
+    return None
+
+
+def _sensor_condition(name: str) -> dict[str, str]:
+    # Written in the legacy string form because it is readable in specs, JSON
+    # reports and hand-written suites; _build_expectation turns it into a GX
+    # Condition object (the string form is deprecated since GX 1.9).
+    return {"row_condition": f'sensor=="{name}"', "condition_parser": "pandas"}
+
+
+def _row_count_kwargs(name: str, operand: Any) -> dict[str, Any] | None:
+    """``rowCount`` operator -> kwargs of expect_table_row_count_to_be_between."""
+    if name == "mustBeGreaterThan":
+        return {"min_value": operand, "strict_min": True}
+    if name == "mustBeGreaterOrEqualTo":
+        return {"min_value": operand}
+    if name == "mustBeLessThan":
+        return {"max_value": operand, "strict_max": True}
+    if name == "mustBeLessOrEqualTo":
+        return {"max_value": operand}
+    if name == "mustBe":
+        return {"min_value": operand, "max_value": operand}
+    if name == "mustBeBetween" and isinstance(operand, (list, tuple)) and len(operand) == 2:
+        return {"min_value": operand[0], "max_value": operand[1]}
+    return None  # mustNotBe, mustNotBeBetween: not expressible as one range
+
+
+def _custom_spec(rule: dict[str, Any], where: str, col: Column | None) -> ExpectationSpec | None:
+    """A ``type: custom, engine: great-expectations`` rule, as written.
+
+    On a measurement property a column expectation without a column (or
+    naming the property) is aimed at ``value`` for that sensor, since the
+    long table has no column per sensor.
+    """
+    impl = rule.get("implementation") or {}
+    etype = impl.get("type") or impl.get("expectation_type")
+    if not isinstance(etype, str):
+        log.warning("%s: custom rule without an expectation type; ignored", where)
+        return None
+    kwargs = dict(impl.get("kwargs") or {})
+    sensor = None
+    if col is not None and etype.startswith("expect_column_") and "column_list" not in kwargs:
+        if col.role == "measurement":
+            if kwargs.get("column") in (None, col.name):
+                kwargs["column"] = "value"
+                kwargs.update(_sensor_condition(col.name))
+                sensor = col.name
+        elif col.role == "entity":
+            kwargs.setdefault("column", "entity")
+        elif col.role == "time":
+            kwargs.setdefault("column", "time")
+        else:
+            kwargs.setdefault("column", col.name)
+    return ExpectationSpec(etype, kwargs, f"{where} (custom)", sensor)
+
+
+def expected_columns(contract: Contract) -> list[str]:
+    """Every column the curated long table of ``contract`` must have."""
+    return [*BASE_COLUMNS, *(a.name for a in contract.attributes), *FLAG_COLUMNS]
+
+
+def derive_suite(contract: Contract) -> list[ExpectationSpec]:
+    """The expectations a curated table of ``contract`` must meet.
+
+    Each spec names the contract field it comes from. The order is stable
+    (table, entity, time, sensors, per-sensor rules, attributes, table
+    rules) so that Data Docs and reports read the same from run to run.
+    """
+    specs: list[ExpectationSpec] = []
+    props = "schema[0].properties"
+    index = {c.name: i for i, c in enumerate(contract.columns)}
+
+    def where(col: Column) -> str:
+        return f"{props}[{index[col.name]}] ({col.name})"
+
+    specs.append(
+        ExpectationSpec(
+            "expect_table_columns_to_match_set",
+            {"column_set": expected_columns(contract), "exact_match": False},
+            f"{props} (curated long layout: base columns, attributes, flags)",
+        )
+    )
+
+    # entity: stored as a string whatever the contract's type (curation casts it)
+    ent = contract.entity
+    specs.append(
+        ExpectationSpec(
+            "expect_column_values_to_not_be_null", {"column": "entity"}, f"{where(ent)}.role=entity"
+        )
+    )
+    if ent.pattern:
+        specs.append(
+            ExpectationSpec(
+                "expect_column_values_to_match_regex",
+                {"column": "entity", "regex": ent.pattern},
+                f"{where(ent)}.logicalTypeOptions.pattern",
+            )
+        )
+    if ent.enum:
+        specs.append(
+            ExpectationSpec(
+                "expect_column_values_to_be_in_set",
+                {"column": "entity", "value_set": [str(v) for v in ent.enum]},
+                f"{where(ent)}.enum",
+            )
+        )
+
+    tcol = contract.time
+    specs.append(
+        ExpectationSpec(
+            "expect_column_values_to_not_be_null", {"column": "time"}, f"{where(tcol)}.role=time"
+        )
+    )
+    if tcol.logical_type != "timestamp" and (tcol.minimum is not None or tcol.maximum is not None):
+        # An integer index (cycle, seconds) keeps its values, so its range holds.
+        specs.append(
+            ExpectationSpec(
+                "expect_column_values_to_be_between",
+                {"column": "time", "min_value": tcol.minimum, "max_value": tcol.maximum},
+                f"{where(tcol)}.logicalTypeOptions",
+            )
+        )
+
+    measurements = contract.measurements
+    specs.append(
+        ExpectationSpec(
+            "expect_column_values_to_not_be_null",
+            {"column": "sensor"},
+            f"{props} (role=measurement)",
+        )
+    )
+    specs.append(
+        ExpectationSpec(
+            "expect_column_values_to_be_in_set",
+            {"column": "sensor", "value_set": [m.name for m in measurements]},
+            f"{props} (names of the measurements)",
+        )
+    )
+
+    for m in measurements:
+        cond = _sensor_condition(m.name)
+        if m.unit:
+            specs.append(
+                ExpectationSpec(
+                    "expect_column_values_to_be_in_set",
+                    {"column": "unit", "value_set": [m.unit], **cond},
+                    f"{where(m)}.customProperties.unit",
+                    m.name,
+                )
+            )
+        if m.minimum is not None or m.maximum is not None:
+            found = _property_rule(m, ("invalidValues",))
+            mostly, note = (
+                mostly_from_rule(found[1]) if found else (1.0, "no invalidValues rule; mostly=1.0")
+            )
+            src = f"{where(m)}.logicalTypeOptions"
+            src += f"; mostly from .quality[{found[0]}] ({note})" if found else f"; {note}"
+            specs.append(
+                ExpectationSpec(
+                    "expect_column_values_to_be_between",
+                    {
+                        "column": "value",
+                        "min_value": m.minimum,
+                        "max_value": m.maximum,
+                        "mostly": mostly,
+                        **cond,
+                    },
+                    src,
+                    m.name,
+                )
+            )
+        null_rule = _property_rule(m, ("nullValues", "missingValues"))
+        if m.required or null_rule:
+            if null_rule:
+                mostly, note = mostly_from_rule(null_rule[1])
+                req = "required; " if m.required else ""
+                src = f"{where(m)}.{req}quality[{null_rule[0]}] ({note})"
+            else:
+                mostly, src = 1.0, f"{where(m)}.required (no nullValues rule; mostly=1.0)"
+            specs.append(
+                ExpectationSpec(
+                    "expect_column_values_to_not_be_null",
+                    {"column": "value", "mostly": mostly, **cond},
+                    src,
+                    m.name,
+                )
+            )
+        for j, rule in enumerate(m.quality):
+            if not isinstance(rule, dict):
+                continue
+            qw = f"{where(m)}.quality[{j}]"
+            if rule.get("type") == "custom":
+                spec = _custom_spec(rule, qw, m)
+                if spec:
+                    specs.append(spec)
+            elif (
+                rule.get("type", "library") == "library" and rule.get("metric") == "duplicateValues"
+            ):
+                mostly, note = mostly_from_rule(rule)
+                specs.append(
+                    ExpectationSpec(
+                        "expect_compound_columns_to_be_unique",
+                        {"column_list": list(KEY_COLUMNS), "mostly": mostly, **cond},
+                        f"{qw} ({note})",
+                        m.name,
+                    )
+                )
+            elif rule.get("type", "library") == "library" and rule.get("metric") == "rowCount":
+                op = _rule_operator(rule)
+                kw = _row_count_kwargs(*op) if op else None
+                if kw is None:
+                    log.warning("%s: rowCount %s cannot be expressed as a range; ignored", qw, op)
+                    continue
+                specs.append(
+                    ExpectationSpec(
+                        "expect_table_row_count_to_be_between",
+                        {**kw, **cond},
+                        f"{qw} ({_rule_text(rule)})",
+                        m.name,
+                    )
+                )
+
+    for a in contract.attributes:
+        if a.personal:
+            # Curation replaces personal values by pseudonyms before anything is
+            # stored; the contract's pattern describes the clear value, so it
+            # must NOT match here: a clear value would mean a privacy leak.
+            specs.append(
+                ExpectationSpec(
+                    "expect_column_values_to_match_regex",
+                    {"column": a.name, "regex": PSEUDONYM_REGEX},
+                    f"{where(a)}.customProperties.personal (pseudonymised)",
+                )
+            )
+        elif a.pattern and a.logical_type == "string":
+            found = _property_rule(a, ("invalidValues",))
+            mostly, note = mostly_from_rule(found[1]) if found else (1.0, "mostly=1.0")
+            specs.append(
+                ExpectationSpec(
+                    "expect_column_values_to_match_regex",
+                    {"column": a.name, "regex": a.pattern, "mostly": mostly},
+                    f"{where(a)}.logicalTypeOptions.pattern; {note}",
+                )
+            )
+        if a.enum and not a.personal:
+            found = _property_rule(a, ("invalidValues",))
+            mostly, note = mostly_from_rule(found[1]) if found else (1.0, "mostly=1.0")
+            specs.append(
+                ExpectationSpec(
+                    "expect_column_values_to_be_in_set",
+                    {"column": a.name, "value_set": list(a.enum), "mostly": mostly},
+                    f"{where(a)}.enum; {note}",
+                )
+            )
+        if (a.minimum is not None or a.maximum is not None) and a.logical_type in (
+            "number",
+            "integer",
+        ):
+            found = _property_rule(a, ("invalidValues",))
+            mostly, note = mostly_from_rule(found[1]) if found else (1.0, "mostly=1.0")
+            specs.append(
+                ExpectationSpec(
+                    "expect_column_values_to_be_between",
+                    {
+                        "column": a.name,
+                        "min_value": a.minimum,
+                        "max_value": a.maximum,
+                        "mostly": mostly,
+                    },
+                    f"{where(a)}.logicalTypeOptions; {note}",
+                )
+            )
+        null_rule = _property_rule(a, ("nullValues", "missingValues"))
+        if a.required or null_rule:
+            mostly, note = mostly_from_rule(null_rule[1]) if null_rule else (1.0, "mostly=1.0")
+            specs.append(
+                ExpectationSpec(
+                    "expect_column_values_to_not_be_null",
+                    {"column": a.name, "mostly": mostly},
+                    f"{where(a)}.{'required' if a.required else 'quality'}; {note}",
+                )
+            )
+        for j, rule in enumerate(a.quality):
+            if isinstance(rule, dict) and rule.get("type") == "custom":
+                spec = _custom_spec(rule, f"{where(a)}.quality[{j}]", a)
+                if spec:
+                    specs.append(spec)
+
+    # custom rules on the entity and time properties
+    for col in (ent, tcol):
+        for j, rule in enumerate(col.quality):
+            if isinstance(rule, dict) and rule.get("type") == "custom":
+                spec = _custom_spec(rule, f"{where(col)}.quality[{j}]", col)
+                if spec:
+                    specs.append(spec)
+
+    for i, rule in enumerate(contract.quality):
+        qw = f"schema[0].quality[{i}]"
+        if not isinstance(rule, dict):
+            continue
+        if rule.get("type") == "custom":
+            spec = _custom_spec(rule, qw, None)
+            if spec:
+                specs.append(spec)
+            continue
+        if rule.get("type", "library") != "library":
+            continue  # text rules are for people
+        metric = rule.get("metric")
+        if metric == "rowCount":
+            op = _rule_operator(rule)
+            kw = _row_count_kwargs(*op) if op else None
+            if kw is None:
+                log.warning("%s: rowCount %s cannot be expressed as a range; ignored", qw, op)
+                continue
+            specs.append(
+                ExpectationSpec(
+                    "expect_table_row_count_to_be_between", kw, f"{qw} ({_rule_text(rule)})"
+                )
+            )
+        elif metric in ("nullValues", "missingValues"):
+            mostly, note = mostly_from_rule(rule)
+            specs.append(
+                ExpectationSpec(
+                    "expect_column_values_to_not_be_null",
+                    {"column": "value", "mostly": mostly},
+                    f"{qw} ({note})",
+                )
+            )
+        elif metric == "duplicateValues":
+            mostly, note = mostly_from_rule(rule)
+            specs.append(
+                ExpectationSpec(
+                    "expect_compound_columns_to_be_unique",
+                    {"column_list": list(KEY_COLUMNS), "mostly": mostly},
+                    f"{qw} ({note})",
+                )
+            )
+        elif metric == "invalidValues":
+            # Table-wide invalid readings: curation flags every reading outside
+            # its sensor's range, so the flag's share is the invalid share.
+            mostly, note = mostly_from_rule(rule)
+            specs.append(
+                ExpectationSpec(
+                    "expect_column_values_to_be_in_set",
+                    {"column": "flag_out_of_range", "value_set": [False], "mostly": mostly},
+                    f"{qw} ({note})",
+                )
+            )
+    return specs
+
+
+# --------------------------------------------------------------------------
+# hand-written suites
+
+
+def _sensor_of(kwargs: dict[str, Any]) -> str | None:
+    rc = kwargs.get("row_condition")
+    m = _EQ_CONDITION.match(rc) if isinstance(rc, str) else None
+    return m.group(3) if m and m.group(1) == "sensor" else None
+
+
+def load_handwritten(contract: Contract, suites_dir: Path | None = None) -> list[ExpectationSpec]:
+    """Hand-written expectations from ``<suites_dir>/<contract.slug>.json``.
+
+    The file is a JSON list of ``{"type": ..., "kwargs": {...}}`` (optional
+    ``sensor``, ``notes``, ``meta``). A missing file means no additions. A
+    malformed file raises ``ValueError`` naming the file and the entry, because
+    silently skipping a check someone wrote is worse than stopping.
+    """
+    base = Path(suites_dir) if suites_dir is not None else _DEFAULT_SUITES_DIR
+    path = base / f"{contract.slug}.json"
+    if not path.is_file():
+        return []
+    shown = f"checks/suites/{path.name}" if suites_dir is None else str(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(doc, list):
+        raise ValueError(
+            f"{path}: a suite file must be a JSON list of {{'type': ..., 'kwargs': {{...}}}}"
+        )
+    specs: list[ExpectationSpec] = []
+    for i, entry in enumerate(doc):
+        at = f"{path}: entry {i}"
+        if not isinstance(entry, dict):
+            raise ValueError(
+                f"{at}: must be an object with 'type' and 'kwargs', got {type(entry).__name__}"
+            )
+        unknown = set(entry) - _HANDWRITTEN_KEYS
+        if unknown:
+            raise ValueError(
+                f"{at}: unknown key(s) {sorted(unknown)} (allowed: {sorted(_HANDWRITTEN_KEYS)})"
+            )
+        etype = entry.get("type")
+        if not isinstance(etype, str) or not re.match(r"^expect_[a-z0-9_]+$", etype):
+            raise ValueError(
+                f"{at}: 'type' must be a GX expectation name like 'expect_column_values_to_be_between', got {etype!r}"
+            )
+        kwargs = entry.get("kwargs", {})
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"{at}: 'kwargs' must be an object, got {type(kwargs).__name__}")
+        sensor = entry.get("sensor")
+        if sensor is not None and not isinstance(sensor, str):
+            raise ValueError(f"{at}: 'sensor' must be a string")
+        specs.append(
+            ExpectationSpec(etype, dict(kwargs), f"{shown}[{i}]", sensor or _sensor_of(kwargs))
+        )
+    return specs
+
+
+# --------------------------------------------------------------------------
+# running GX
+
+
+def _import_gx() -> Any:
+    """Import GX with analytics off.
+
+    The lab holds other firms' data under sovereignty rules; nothing about
+    it, not even usage events, may leave the machine. GX reads the switch
+    when it is imported, so the environment is set first.
+    """
+    os.environ["GX_ANALYTICS_ENABLED"] = "False"
+    import great_expectations as gx
+
+    return gx
+
+
+@contextlib.contextmanager
+def _gx_lock(root: Path) -> Iterator[None]:
+    """Serialise GX work on one lab across processes.
+
+    The file context keeps its datasources in one YAML file and checks that
+    a suite is unchanged on disk before running it; two processes updating
+    the same suite (or the Data Docs index) at once would trip over each
+    other. An advisory lock on the GX root keeps them in turn.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(root / ".datalab-gx.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _context(root: Path) -> Any:
+    """The lab's file data context, created on first use, progress bars off."""
+    gx = _import_gx()
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="file", project_root_dir=str(root))
+    with contextlib.suppress(Exception):
+        ctx.enable_analytics(False)
+    bars = ctx.variables.progress_bars
+    if bars is None or bars.get("globally", True) or bars.get("metric_calculations", True):
+        # tqdm bars on every validation clutter logs of batch runs (Dagster).
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+        ctx.variables.save()
+    return ctx
+
+
+def _batch_definition(ctx: Any, slug: str) -> Any:
+    """Get or create datasource, dataframe asset and batch definition.
+
+    Get-or-create (not add_or_update) keeps their ids stable, so stored
+    validation definitions of other contracts stay valid.
+    """
+    try:
+        ds = ctx.data_sources.get(DATASOURCE_NAME)
+    except (KeyError, ValueError, LookupError):
+        ds = ctx.data_sources.add_pandas(DATASOURCE_NAME)
+    try:
+        asset = ds.get_asset(slug)
+    except (KeyError, ValueError, LookupError):
+        asset = ds.add_dataframe_asset(slug)
+    try:
+        return asset.get_batch_definition(BATCH_DEFINITION_NAME)
+    except (KeyError, ValueError, LookupError):
+        return asset.add_batch_definition_whole_dataframe(BATCH_DEFINITION_NAME)
+
+
+def _fingerprint(contract: Contract, specs: list[ExpectationSpec], gx_version: str) -> str:
+    """What the stored suite was built from; equal means it can be reused as is."""
+    body = json.dumps(
+        [contract.id, contract.version, gx_version, [s.to_dict() for s in specs]],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _stored_validation_definition(ctx: Any, slug: str, fingerprint: str, batch_def: Any) -> Any:
+    """The stored validation definition of ``slug`` if it is current, else None.
+
+    Updating a suite in GX compares every new expectation with every stored
+    one, and storing a validation definition or checkpoint updates the suite
+    again: seconds per run for a contract with many sensors. Most runs
+    validate against an unchanged contract, so an unchanged suite (same
+    fingerprint) and batch definition are reused as stored.
+    """
+    try:
+        vd = ctx.validation_definitions.get(slug)
+    except Exception:  # not stored yet, or stored by an older layout
+        return None
+    meta = vd.suite.meta or {}
+    if meta.get("datalab_fingerprint") != fingerprint or vd.batch_definition.id != batch_def.id:
+        return None
+    return vd
+
+
+def _stored_checkpoint(ctx: Any, slug: str, vd: Any, result_format: dict[str, Any]) -> Any:
+    """The stored checkpoint of ``slug`` if it runs ``vd`` the lab's way, else None."""
+    try:
+        cp = ctx.checkpoints.get(slug)
+    except Exception:
+        return None
+    actions = [(a.type, list(getattr(a, "site_names", []) or [])) for a in cp.actions]
+    stored_format = cp.result_format if isinstance(cp.result_format, dict) else {}
+    same_format = {k: getattr(v, "value", v) for k, v in stored_format.items()} == result_format
+    if (
+        [v.id for v in cp.validation_definitions] != [vd.id]
+        or actions != [("update_data_docs", [DOCS_SITE_NAME])]
+        or not same_format
+    ):
+        return None
+    return cp
+
+
+def _runner(
+    ctx: Any,
+    contract: Contract,
+    specs: list[ExpectationSpec],
+    *,
+    build_docs: bool,
+    result_format: dict[str, Any],
+) -> Any:
+    """The checkpoint (with Data Docs) or validation definition to run.
+
+    Everything is named by the contract slug: one suite, one validation
+    definition and one checkpoint per contract, rewritten when the contract
+    (or the hand-written suite) changes and reused when it does not.
+    """
+    gx = _import_gx()
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    slug = contract.slug
+    batch_def = _batch_definition(ctx, slug)
+    fingerprint = _fingerprint(contract, specs, gx.__version__)
+    vd = _stored_validation_definition(ctx, slug, fingerprint, batch_def)
+    if vd is None:
+        suite = gx.ExpectationSuite(
+            name=slug,
+            expectations=[_build_expectation(spec, i) for i, spec in enumerate(specs)],
+            meta={
+                "contract_id": contract.id,
+                "contract_version": contract.version,
+                "derived_by": __name__,
+                "datalab_fingerprint": fingerprint,
+            },
+        )
+        vd = gx.ValidationDefinition(name=slug, data=batch_def, suite=suite)
+        if not build_docs:
+            # stores the suite too (GX cascades), once
+            return ctx.validation_definitions.add_or_update(vd)
+    elif not build_docs:
+        log.debug("suite %s unchanged: reusing the stored validation definition", slug)
+        return vd
+    else:
+        checkpoint = _stored_checkpoint(ctx, slug, vd, result_format)
+        if checkpoint is not None:
+            log.debug("suite %s unchanged: reusing the stored checkpoint", slug)
+            return checkpoint
+    # stores the validation definition and the suite too (GX cascades)
+    return ctx.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=slug,
+            validation_definitions=[vd],
+            actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE_NAME])],
+            result_format=result_format,
+        )
+    )
+
+
+def _row_condition(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Turn ``col=="x"`` (pandas parser) into a GX Condition object.
+
+    String row conditions are deprecated since GX 1.9 and warn on every
+    expectation; the simple equality the lab writes maps exactly onto
+    ``Column(col) == "x"``. Anything else is passed on as written.
+    """
+    rc = kwargs.get("row_condition")
+    if not isinstance(rc, str) or kwargs.get("condition_parser") not in (None, "pandas"):
+        return kwargs
+    m = _EQ_CONDITION.match(rc)
+    if not m:
+        return kwargs
+    from great_expectations.expectations.row_conditions import Column as GxColumn
+
+    out = {k: v for k, v in kwargs.items() if k != "condition_parser"}
+    out["row_condition"] = GxColumn(m.group(1)) == m.group(3)
+    return out
+
+
+def _build_expectation(spec: ExpectationSpec, index: int) -> Any:
+    from great_expectations.expectations.registry import get_expectation_impl
+
+    try:
+        cls = get_expectation_impl(spec.type)
+    except Exception as e:
+        raise ValueError(f"{spec.source}: unknown expectation type {spec.type!r}") from e
+    kwargs = _row_condition(dict(spec.kwargs))
+    kwargs.setdefault("catch_exceptions", True)
+    kwargs["meta"] = {
+        **(kwargs.get("meta") or {}),
+        "datalab": {"index": index, "source": spec.source, "sensor": spec.sensor},
+    }
+    kwargs.setdefault("notes", f"From {spec.source}")
+    try:
+        return cls(**kwargs)
+    except Exception as e:  # pydantic validation of the kwargs
+        raise ValueError(f"{spec.source}: invalid kwargs for {spec.type}: {e}") from e
+
+
+def _to_pandas(frame: pl.DataFrame | pl.LazyFrame | Path | str) -> pd.DataFrame:
+    import polars as pl
+
+    if isinstance(frame, (str, Path)):
+        path = Path(frame)
+        if not path.exists():
+            raise FileNotFoundError(f"no curated table at {path}")
+        if path.is_dir():
+            frame = pl.scan_parquet(path / "**" / "*.parquet")
+        elif path.suffix == ".parquet":
+            frame = pl.scan_parquet(path)
+        else:
+            raise ValueError(f"{path}: expected a Parquet file or a directory of Parquet files")
+    if isinstance(frame, pl.LazyFrame):
+        frame = frame.collect()
+    if not isinstance(frame, pl.DataFrame):
+        raise TypeError(
+            f"expected a polars DataFrame, LazyFrame or a path, got {type(frame).__name__}"
+        )
+    # One conversion; Datetime("us", "UTC") stays tz-aware in pandas.
+    return frame.to_pandas()
+
+
+# --------------------------------------------------------------------------
+# turning GX results into readable dicts
+
+
+def _jsonable(x: Any) -> Any:
+    """Make ``x`` JSON-safe: NaN/inf -> None, timestamps -> ISO text, numpy -> Python."""
+    if x is None or isinstance(x, (bool, str)):
+        return x
+    if isinstance(x, int):
+        return int(x)
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (dt.datetime, dt.date, dt.time)):
+        return x.isoformat()
+    if isinstance(x, Path):
+        return str(x)
+    item = getattr(x, "item", None)  # numpy scalars
+    if callable(item):
+        try:
+            return _jsonable(item())
+        except (TypeError, ValueError):
+            pass
+    isoformat = getattr(x, "isoformat", None)  # pandas Timestamp, NaT
+    if callable(isoformat):
+        try:
+            text = isoformat()
+        except (TypeError, ValueError):
+            return None
+        return None if text == "NaT" else text
+    tolist = getattr(x, "tolist", None)
+    if callable(tolist):
+        return _jsonable(tolist())
+    if type(x).__name__ in ("NAType", "NaTType"):
+        return None
+    if hasattr(x, "to_json_dict"):
+        return _jsonable(x.to_json_dict())
+    return str(x)
+
+
+def _columns_of(kwargs: dict[str, Any]) -> str | None:
+    if isinstance(kwargs.get("column"), str):
+        return kwargs["column"]
+    for key in ("column_list", "column_A"):
+        if key in kwargs:
+            cols = (
+                kwargs[key]
+                if key == "column_list"
+                else [kwargs["column_A"], kwargs.get("column_B")]
+            )
+            return ", ".join(str(c) for c in cols)
+    return None
+
+
+def _message(r: dict[str, Any]) -> str:
+    """One sentence a person can act on, for a result dict."""
+    what = r["type"].removeprefix("expect_").replace("_", " ")
+    target = f"column {r['column']}" if r["column"] else "table"
+    if r["sensor"]:
+        target += f" (sensor {r['sensor']})"
+    status = "passed" if r["success"] else "FAILED"
+    text = f"{status}: {target}: {what}"
+    kw = r.get("kwargs") or {}
+    if "min_value" in kw or "max_value" in kw:
+        text += f" [{kw.get('min_value')}, {kw.get('max_value')}]"
+    if r.get("exception"):
+        return f"{text}: error: {r['exception']} (from {r['source']})"
+    if r.get("unexpected_count") is not None:
+        allowed = 100.0 * (1.0 - (r["mostly"] if r["mostly"] is not None else 1.0))
+        pct = r.get("unexpected_percent")
+        text += (
+            f": {r['unexpected_count']} of {r.get('element_count')} rows unexpected"
+            f" ({(pct or 0.0):.2f}%, allowed {allowed:.2f}%)"
+        )
+        if r.get("sample_values") and not r["success"]:
+            text += f"; e.g. {', '.join(json.dumps(v) for v in r['sample_values'])}"
+    elif r.get("observed_value") is not None:
+        text += f": observed {json.dumps(r['observed_value'])}"
+    details = r.get("details") or {}
+    mismatched = details.get("mismatched") if isinstance(details, dict) else None
+    if isinstance(mismatched, dict) and mismatched.get("missing"):
+        text += f"; missing columns {mismatched['missing']}"
+    return f"{text} (from {r['source']})"
+
+
+def _exception_message(info: Any) -> str | None:
+    """The message of an exception GX caught while computing a result.
+
+    GX gives either one ``{raised_exception, exception_message, ...}`` dict
+    or, when several metrics failed, a dict of them keyed by metric.
+    """
+    if not isinstance(info, dict):
+        return None
+    if "raised_exception" in info:
+        return str(info.get("exception_message")) if info.get("raised_exception") else None
+    for value in info.values():
+        if isinstance(value, dict) and value.get("raised_exception"):
+            return str(value.get("exception_message"))
+    return None
+
+
+def _samples(values: Any) -> list[Any]:
+    """Up to SAMPLE_SIZE *distinct* unexpected values, JSON-safe, in GX's order.
+
+    Distinct because five copies of the same bad value say less than five
+    different ones (an unknown sensor repeats on every row).
+    """
+    out: list[Any] = []
+    seen: set[str] = set()
+    for v in values or []:
+        j = _jsonable(v)
+        key = json.dumps(j, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(j)
+            if len(out) == SAMPLE_SIZE:
+                break
+    return out
+
+
+def _result_dict(res: Any, specs: list[ExpectationSpec]) -> dict[str, Any]:
+    cfg = res.expectation_config
+    meta = ((cfg.meta or {}) if cfg is not None else {}).get("datalab") or {}
+    idx = meta.get("index")
+    spec = specs[idx] if isinstance(idx, int) and 0 <= idx < len(specs) else None
+    kwargs = dict(spec.kwargs) if spec else dict(cfg.kwargs if cfg is not None else {})
+    result = res.result or {}
+    exc_msg = _exception_message(res.exception_info)
+    out: dict[str, Any] = {
+        "type": spec.type if spec else cfg.type,
+        "column": _columns_of(kwargs),
+        "sensor": spec.sensor if spec else meta.get("sensor"),
+        "source": spec.source if spec else meta.get("source", ""),
+        "success": bool(res.success),
+        "mostly": kwargs.get("mostly", 1.0)
+        if "unexpected_count" in result or "mostly" in kwargs
+        else None,
+        "unexpected_count": result.get("unexpected_count"),
+        "unexpected_percent": result.get("unexpected_percent"),
+        "element_count": result.get("element_count"),
+        "missing_count": result.get("missing_count"),
+        "sample_values": _samples(result.get("partial_unexpected_list")),
+        "observed_value": result.get("observed_value"),
+        "kwargs": kwargs,
+        "index": idx if isinstance(idx, int) else len(specs),
+    }
+    if "details" in result:
+        out["details"] = result["details"]
+    if exc_msg:
+        out["exception"] = exc_msg
+    out = _jsonable(out)
+    out["message"] = _message(out)
+    return out
+
+
+def _docs_index(ctx: Any, root: Path) -> str | None:
+    """The local Data Docs index.html, as GX reports it (absolute path)."""
+    from urllib.parse import unquote, urlparse
+
+    try:
+        sites = ctx.get_docs_sites_urls(site_name=DOCS_SITE_NAME, only_if_exists=True)
+    except Exception:  # an unusual site config: fall back to the lab's layout
+        sites = []
+    for site in sites or []:
+        url = site.get("site_url") if isinstance(site, dict) else None
+        if url and url.startswith("file://"):
+            path = Path(unquote(urlparse(url).path))
+            if path.is_file():
+                return str(path.resolve())
+    fallback = settings().data_docs / "index.html"
+    return str(fallback) if fallback.is_file() else None
+
+
+def validate(
+    contract: Contract,
+    frame: pl.DataFrame | pl.LazyFrame | Path,
+    *,
+    run_name: str,
+    build_docs: bool = True,
+    suites_dir: Path | None = None,
+) -> ValidationReport:
+    """Validate a curated long table against ``contract`` (and its hand-written suite).
+
+    Suites, validation definitions, results and Data Docs persist in the
+    lab's GX file context (``settings().gx_root``); the suite is rewritten on
+    every run so contract changes take effect. ``run_name`` (the delivery id)
+    becomes the GX run name, so Data Docs list each delivery's run, and names
+    the report written to ``settings().validation / f"{run_name}.json"``.
+    """
+    t0 = _time.perf_counter()
+    safe_segment(run_name, "run name")
+    specs = derive_suite(contract) + load_handwritten(contract, suites_dir)
+    df = _to_pandas(frame)
+
+    s = settings()
+    _import_gx()
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    result_format = {
+        "result_format": "SUMMARY",
+        "partial_unexpected_count": PARTIAL_UNEXPECTED_COUNT,
+    }
+    run_id = RunIdentifier(run_name=run_name, run_time=dt.datetime.now(dt.UTC))
+    root = s.gx_root
+    with _gx_lock(root):
+        ctx = _context(root)
+        runner = _runner(ctx, contract, specs, build_docs=build_docs, result_format=result_format)
+        if build_docs:
+            cp_result = runner.run(batch_parameters={"dataframe": df}, run_id=run_id)
+            suite_results = list(cp_result.run_results.values())
+        else:
+            suite_results = [
+                runner.run(
+                    batch_parameters={"dataframe": df}, result_format=result_format, run_id=run_id
+                )
+            ]
+        docs_path = _docs_index(ctx, root) if build_docs else None
+
+    results = [_result_dict(r, specs) for sr in suite_results for r in sr.results]
+    results.sort(key=lambda r: r["index"])  # GX may reorder; reports follow the suite
+    successful = sum(1 for r in results if r["success"])
+    report = ValidationReport(
+        success=all(r["success"] for r in results) and len(results) == len(specs),
+        suite=contract.slug,
+        evaluated=len(results),
+        successful=successful,
+        failed=len(results) - successful,
+        results=results,
+        docs_path=docs_path,
+        seconds=0.0,
+        run_name=run_name,
+        contract_id=contract.id,
+        contract_version=contract.version,
+        rows=len(df),
+    )
+    if len(results) != len(specs):
+        report.notes.append(f"{len(specs)} expectations in the suite but {len(results)} results")
+    out = s.validation / f"{run_name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report.report_path = str(out)
+    report.seconds = round(_time.perf_counter() - t0, 3)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+    tmp.replace(out)
+    return report
