@@ -1,0 +1,175 @@
+"""End to end through a real Dagster instance in a temp dir: push -> run -> publish -> pull."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+import datalab
+from datalab import catalog as cat
+from datalab import landing, publish, pull, sample, state
+from datalab.config import settings
+from datalab.errors import DatalabError, PolicyRefused
+from tests.conftest import CMAPSS, HYDRAULIC, PRESS, PUMPS, ROOT, SPINDLE
+
+pytestmark = pytest.mark.slow
+START = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def _push_batch(contracts, tmp: Path, seed: int, start: dt.datetime, rows: int = 3_000, ids=(SPINDLE, PRESS, PUMPS), defects=None):
+    recs = []
+    for i, cid in enumerate(ids):
+        c = contracts[cid]
+        p = sample.write(sample.generate(c, rows, seed=seed + i, start=start, defects=defects), tmp / f"{c.product}-{seed}.csv")
+        recs.append(landing.push(c, [p], actor=f"firm:{c.tenant}"))
+    return recs
+
+
+def test_spine_end_to_end(lab: Path, tmp_path: Path, contracts) -> None:
+    from pipelines import runner
+
+    recs = _push_batch(contracts, tmp_path, 10, START)
+    assert all(r.accepted for r in recs)
+    runs = runner.run_pending()
+    assert [r.validation_ok for r in runs] == [True, True, True]
+    # the Dagster instance recorded the materialisations with their metadata
+    import dagster as dg
+
+    inst = runner.instance()
+    ev = inst.get_latest_materialization_event(dg.AssetKey(["bavaria_spindle", "spindle_telemetry", "curated"]))
+    md = ev.asset_materialization.metadata
+    assert md["rows_in"].value > 0 and md["engine"].value == "cpu" and "exact_duplicates_removed" in md
+    v1 = runner.publish("plant-telemetry")
+    assert v1["version"] == "1.0.0" and v1["new_version"]
+    assert v1["residency"] == "DE" and "model-training" not in v1["purposes"]
+    again = runner.publish("plant-telemetry")
+    assert not again["new_version"] and again["version"] == "1.0.0"
+    _push_batch(contracts, tmp_path, 20, START + dt.timedelta(hours=1))
+    assert all(r.validation_ok for r in runner.run_pending())
+    v2 = runner.publish("plant-telemetry")
+    assert v2["version"] == "1.0.1" and v2["rows"] > v1["rows"]
+    # pull both, checksums verified against the manifest, old version bit for bit
+    a = pull.pull("plant-telemetry@1.0.0", "research", tmp_path / "pull-a", actor="team:ml")
+    b = pull.pull("plant-telemetry@1.0.1", "predictive-maintenance", tmp_path / "pull-b", actor="team:ml")
+    again_a = pull.pull("plant-telemetry@1.0.0", "research", tmp_path / "pull-c", actor="team:ml")
+    assert [_sha(p) for p in a.files] == [_sha(p) for p in again_a.files]
+    m1 = json.loads((a.directory / "manifest.json").read_text())
+    assert [f["sha256"] for f in m1["files"]] == [_sha(p) for p in a.files]
+    assert (a.directory / "card.md").read_text().startswith("# Plant telemetry")
+    import polars as pl
+
+    assert pl.read_parquet(a.files).height == m1["rows"] == v1["rows"]
+    assert pl.read_parquet(b.files).height == v2["rows"]
+    assert datalab.open("plant-telemetry", version="1.0.1", purpose="research").select(pl.len()).collect().item() == v2["rows"]
+    # personal data never in clear, lineage names every delivery
+    df = pl.read_parquet(b.files)
+    assert df["operator_badge"].drop_nulls().str.contains(r"^ps_").all()
+    assert set(m1["lineage"]["deliveries"]) == {r.delivery_id for r in recs}
+    # a purpose outside the policy is refused, names the rule and input, and is audited
+    with pytest.raises(PolicyRefused, match="prohibited_purposes.*lyon-presses"):
+        pull.pull("plant-telemetry@1.0.1", "model-training", tmp_path / "pull-d", actor="team:ml")
+    refusals = [e for e in cat.Catalog(settings().catalog_url).audit_entries(action="pull") if e.decision == "refused"]
+    assert refusals and refusals[-1].detail["purpose"] == "model-training" and refusals[-1].actor == "team:ml"
+    assert cat.Catalog(settings().catalog_url).verify_audit() == []
+
+
+def test_failing_expectation_blocks_publishing(lab: Path, tmp_path: Path, contracts) -> None:
+    from pipelines import runner
+
+    _push_batch(contracts, tmp_path, 30, START, ids=(PUMPS,))
+    runner.run_pending()
+    s = settings()
+    bad = _push_batch(contracts, tmp_path, 40, START + dt.timedelta(hours=2), ids=(PUMPS,), defects=sample.Defects(spikes=0.2))[0]
+    assert bad.accepted  # structurally fine: the spikes are numbers
+    runs = runner.run_pending()
+    assert [r.validation_ok for r in runs] == [False]
+    st = state.get(bad.delivery_id, s)
+    assert st["stage"] == "failed"
+    failed = [r for r in st["validation"]["results"] if not r["success"]]
+    assert any(r.get("sensor") and r["unexpected_count"] > 0 for r in failed)
+    spec = tmp_path / "contracts"
+    shutil.copytree(ROOT / "data_contracts", spec)
+    (spec / "datasets" / "pumps-only.yaml").write_text(yaml.safe_dump({"name": "pumps-only", "site": "kajaani", "inputs": [PUMPS]}))
+    import os
+
+    os.environ["DATALAB_CONTRACTS"] = str(spec)
+    try:
+        res = publish.publish("pumps-only")
+        assert res.created
+        assert bad.delivery_id not in res.manifest["lineage"]["deliveries"]
+        assert {e["delivery_id"]: e["reason"] for e in res.manifest["lineage"]["excluded"]}[bad.delivery_id] == "validation failed"
+    finally:
+        os.environ["DATALAB_CONTRACTS"] = str(ROOT / "data_contracts")
+
+
+def test_schema_change_bumps_minor_and_major(lab: Path, tmp_path: Path, contracts, monkeypatch) -> None:
+    from pipelines import runner
+
+    spec = tmp_path / "contracts"
+    shutil.copytree(ROOT / "data_contracts", spec)
+    monkeypatch.setenv("DATALAB_CONTRACTS", str(spec))
+    ds = spec / "datasets" / "mini.yaml"
+    ds.write_text(yaml.safe_dump({"name": "mini", "site": "munich", "inputs": [PUMPS]}))
+    _push_batch(contracts, tmp_path, 50, START, ids=(PUMPS, PRESS))
+    runner.run_pending()
+    v1 = publish.publish("mini")
+    assert v1.version == "1.0.0"
+    ds.write_text(yaml.safe_dump({"name": "mini", "site": "munich", "inputs": [PUMPS, PRESS]}))
+    v2 = publish.publish("mini")
+    assert v2.version == "1.1.0" and "operator_badge" in v2.message
+    ds.write_text(yaml.safe_dump({"name": "mini", "site": "munich", "inputs": [PUMPS, PRESS], "drop_columns": ["raw_unit"]}))
+    v3 = publish.publish("mini")
+    assert v3.version == "2.0.0" and "raw_unit" in v3.message and v3.manifest["table"].endswith("__v2")
+    # every version still pulls, checksums verified
+    for v in ("1.0.0", "1.1.0", "2.0.0"):
+        r = pull.pull(f"mini@{v}", "research", tmp_path / f"p{v}", actor="team:ml")
+        assert r.rows == publish.read_manifest("mini", v)["rows"]
+    # a site outside an input's residency is refused and audited
+    ds.write_text(yaml.safe_dump({"name": "mini", "site": "virginia", "inputs": [PUMPS]}))
+    with pytest.raises(PolicyRefused, match="virginia.*outside"):
+        publish.publish("mini")
+
+
+def test_tampered_audit_and_data_detected(lab: Path, tmp_path: Path, contracts) -> None:
+    from pipelines import runner
+
+    _push_batch(contracts, tmp_path, 60, START, ids=(PUMPS,))
+    runner.run_pending()
+    spec = ROOT / "data_contracts"
+    assert spec.exists()
+    c = cat.Catalog(settings().catalog_url)
+    assert c.verify_audit() == []
+    with c.begin() as conn:
+        conn.execute(sa.update(cat.audit).where(cat.audit.c.seq == 1).values(actor="someone-else"))
+    assert any("edited" in p for p in c.verify_audit())
+
+
+def test_real_sensor_sets_published_and_pulled(lab: Path, tmp_path: Path, realdata: Path, contracts) -> None:
+    from pipelines import runner
+
+    r1 = landing.push(contracts[CMAPSS], [realdata / "cmapss/train_FD001.txt"])
+    r2 = landing.push(contracts[HYDRAULIC], [realdata / "hydraulic/TS1.txt", realdata / "hydraulic/VS1.txt"])
+    assert r1.accepted and r2.accepted
+    runs = runner.run_pending()
+    assert all(r.validation_ok for r in runs) and len(runs) == 2
+    t = runner.publish("turbofan-cmapss")
+    h = runner.publish("hydraulic-rig")
+    assert t["rows"] == 20_631 * 24 and h["rows"] == 2 * 2_205 * 60
+    m = publish.read_manifest("turbofan-cmapss", "1.0.0")
+    cur = m["curation"][r1.delivery_id]
+    assert sorted(cur["constant_sensors"]) == sorted(["setting3", "s1", "s5", "s10", "s16", "s18", "s19"])
+    res = pull.pull("hydraulic-rig@1.0.0", "benchmarking", tmp_path / "h", actor="team:bench")
+    assert res.rows == 264_600
+    with pytest.raises(DatalabError):
+        pull.pull("hydraulic-rig@9.9.9", "benchmarking", tmp_path / "h", actor="team:bench")
