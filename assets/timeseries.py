@@ -10,10 +10,10 @@ metadata a data engineer reads in the UI.
 
 
 import dagster as dg
-from dagster import AssetExecutionContext
 import polars as pl
+from dagster import AssetExecutionContext
 
-from checks.validation import suite_check_spec, run_suite_check
+from checks.validation import run_suite_check, suite_check_spec
 from datalab import curate, ingest
 from datalab.config import settings
 from datalab.contract import Contract

@@ -10,7 +10,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 
-def open(name: str, version: str | None = None, purpose: str | None = None, **kw: Any) -> Any:  # noqa: A001
+def open(name: str, version: str | None = None, purpose: str | None = None, **kw: Any) -> Any:
     """Open a published dataset version as a Polars LazyFrame, after the policy check.
 
     ``datalab.open("plant-telemetry", version="1.0.0", purpose="research")``.

@@ -15,7 +15,7 @@ from typing import Any
 from datalab.errors import PolicyRefused
 
 EU = frozenset(
-    "AT BE BG HR CY CZ DK EE FI FR DE GR IE IT LV LT LU MT NL PL PT RO SK SI ES SE".split()
+    ["AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "IE", "IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE"]
 )
 EEA = EU | {"IS", "LI", "NO"}
 REGIONS: dict[str, frozenset[str]] = {"EU": EU, "EEA": frozenset(EEA)}
@@ -51,7 +51,7 @@ def compress_residency(countries: frozenset[str]) -> list[str]:
         return ["EU"]
     if REGIONS["EEA"] <= countries:
         return ["EEA", *sorted(countries - REGIONS["EEA"])]
-    if EU <= countries:
+    if countries >= EU:
         return ["EU", *sorted(countries - EU)]
     return sorted(countries)
 

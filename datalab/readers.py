@@ -364,7 +364,7 @@ class TimeseriesReader:
                 continue
             if not seen_header:
                 seen_header = True
-                if not self._check_header([k for k in keys if k != "_line"] + [r for r in required if r not in keys and False]):
+                if not self._check_header([k for k in keys if k != "_line"]):
                     return
             unknown = set(keys) - set(allowed)
             for k in sorted(unknown):
@@ -530,4 +530,4 @@ def read_all(contract: Contract, path: Path, name: str, sniffed: Sniffed) -> tup
     return df, r
 
 
-__all__ = ["Problems", "TimeseriesReader", "long_schema", "read_all", "io"]
+__all__ = ["Problems", "TimeseriesReader", "io", "long_schema", "read_all"]

@@ -83,7 +83,8 @@ SAMPLE_SIZE = 5
 
 _DEFAULT_SUITES_DIR = Path(__file__).resolve().parent.parent / "checks" / "suites"
 _EQ_CONDITION = re.compile(r"""^\s*([A-Za-z_][A-Za-z0-9_]*)\s*==\s*(["'])(.*)\2\s*$""")
-_HANDWRITTEN_KEYS = {"type", "kwargs", "sensor", "notes", "meta"}
+# "notes" is a comment for the people who maintain the file; it is not run.
+_HANDWRITTEN_KEYS = {"type", "kwargs", "sensor", "notes"}
 _BAD_FRACTION_METRICS = ("nullValues", "missingValues", "invalidValues", "duplicateValues")
 
 
@@ -154,10 +155,6 @@ class ValidationReport:
 # deriving the suite from the contract
 
 
-def _fmt_num(x: float) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
-
-
 def _rule_operator(rule: dict[str, Any]) -> tuple[str, Any] | None:
     """The one ``mustBe*`` operator of a quality rule and its operand."""
     ops = [(k, v) for k, v in rule.items() if isinstance(k, str) and k.startswith("must")]
@@ -177,7 +174,8 @@ def mostly_from_rule(rule: dict[str, Any]) -> tuple[float, str]:
     *good* values GX demands, so ``mustBeLessThan p`` (percent) becomes
     ``mostly = 1 - p/100``. GX compares ``good share >= mostly``, so strict
     and inclusive upper bounds collapse onto the same value (the difference is
-    a single row at the boundary). A limit in ``rows`` cannot be turned into a
+    a single row at the boundary). ``mustBe p`` with p > 0 is read as "at
+    most p" (GX cannot demand an exact share). A limit in ``rows`` cannot be turned into a
     share before the rows are counted, so it falls back to ``mostly = 1.0``
     (strict) unless the limit is zero, where both readings agree. Operators
     that do not bound bad values from above (``mustBeGreaterThan`` ...) give
@@ -579,7 +577,8 @@ def load_handwritten(contract: Contract, suites_dir: Path | None = None) -> list
     """Hand-written expectations from ``<suites_dir>/<contract.slug>.json``.
 
     The file is a JSON list of ``{"type": ..., "kwargs": {...}}`` (optional
-    ``sensor``, ``notes``, ``meta``). A missing file means no additions. A
+    ``sensor`` to label the result, ``notes`` for people). A missing file
+    means no additions. A
     malformed file raises ``ValueError`` naming the file and the entry, because
     silently skipping a check someone wrote is worse than stopping.
     """

@@ -18,7 +18,6 @@ from datalab import state
 from datalab.config import settings
 from datalab.errors import DatalabError
 
-
 # In-process runs log to the console at DEBUG by default; the CLI prints its
 # own summary, and the full event log stays in the instance for the UI.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}

@@ -77,7 +77,7 @@ def test_spine_end_to_end(lab: Path, tmp_path: Path, contracts) -> None:
     assert df["operator_badge"].drop_nulls().str.contains(r"^ps_").all()
     assert set(m1["lineage"]["deliveries"]) == {r.delivery_id for r in recs}
     # a purpose outside the policy is refused, names the rule and input, and is audited
-    with pytest.raises(PolicyRefused, match="prohibited_purposes.*lyon-presses"):
+    with pytest.raises(PolicyRefused, match=r"prohibited_purposes.*lyon-presses"):
         pull.pull("plant-telemetry@1.0.1", "model-training", tmp_path / "pull-d", actor="team:ml")
     refusals = [e for e in cat.Catalog(settings().catalog_url).audit_entries(action="pull") if e.decision == "refused"]
     assert refusals and refusals[-1].detail["purpose"] == "model-training" and refusals[-1].actor == "team:ml"
@@ -137,7 +137,7 @@ def test_schema_change_bumps_minor_and_major(lab: Path, tmp_path: Path, contract
         assert r.rows == publish.read_manifest("mini", v)["rows"]
     # a site outside an input's residency is refused and audited
     ds.write_text(yaml.safe_dump({"name": "mini", "site": "virginia", "inputs": [PUMPS]}))
-    with pytest.raises(PolicyRefused, match="virginia.*outside"):
+    with pytest.raises(PolicyRefused, match=r"virginia.*outside"):
         publish.publish("mini")
 
 

@@ -24,7 +24,7 @@ def test_combination_rules() -> None:
     assert p.classification == "confidential" and p.personal_data and not p.export_control
     assert p.license == ("A", "B") and p.retention_until == dt.date(2029, 6, 30)
     assert p.sources["prohibited_purposes"] == ["B"] and p.sources["retention_until"] == ["B"]
-    with pytest.raises(PolicyRefused, match="prohibited.*set by B"):
+    with pytest.raises(PolicyRefused, match=r"prohibited.*set by B"):
         p.check_purpose("model-training")
     p.check_purpose("research")
 
@@ -38,7 +38,7 @@ def test_purpose_hierarchy() -> None:
 def test_site_outside_residency_names_rule() -> None:
     p = Policy.from_dict({"residency": ["EU"], "purposes": ["research"]}, "C")
     p.check_site("munich", "DE")
-    with pytest.raises(PolicyRefused, match="residency.*virginia"):
+    with pytest.raises(PolicyRefused, match=r"residency.*virginia"):
         p.check_site("virginia", "US")
 
 

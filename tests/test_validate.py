@@ -7,6 +7,7 @@ costs about a second); one test builds them and checks the index.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import subprocess
@@ -150,7 +151,10 @@ def test_derive_suite_for_bavaria(contracts: dict[str, Contract]) -> None:
     rows = next(s for s in specs if s.type == "expect_table_row_count_to_be_between")
     assert rows.kwargs == {"min_value": 0, "strict_min": True}
     dup = next(s for s in specs if s.type == "expect_compound_columns_to_be_unique")
-    assert dup.kwargs == {"column_list": ["entity", "time", "sensor"], "mostly": pytest.approx(0.95)}
+    assert dup.kwargs == {
+        "column_list": ["entity", "time", "sensor"],
+        "mostly": pytest.approx(0.95),
+    }
     regex = next(s for s in specs if s.type == "expect_column_values_to_match_regex")
     assert regex.kwargs == {"column": "entity", "regex": "^BSW-M[0-9]{2}$"}
 
@@ -173,8 +177,54 @@ def test_derive_suite_for_integer_entity_and_time(contracts: dict[str, Contract]
     assert dup.kwargs["mostly"] == 1.0  # duplicateValues mustBe 0
 
 
+def test_row_count_operators_and_custom_rules(contracts: dict[str, Contract]) -> None:
+    c = contracts[BAVARIA]
+    temp = c.column("spindle_temp")
+    custom_on_sensor = {
+        "type": "custom",
+        "engine": "great-expectations",
+        "implementation": {
+            "type": "expect_column_mean_to_be_between",
+            "kwargs": {"min_value": 10, "max_value": 90},
+        },
+    }
+    custom_on_table = {
+        "type": "custom",
+        "engine": "great-expectations",
+        "implementation": {
+            "type": "expect_column_values_to_not_be_null",
+            "kwargs": {"column": "raw_value"},
+        },
+    }
+    changed = dataclasses.replace(
+        c,
+        columns=tuple(
+            dataclasses.replace(col, quality=(*col.quality, custom_on_sensor))
+            if col is temp
+            else col
+            for col in c.columns
+        ),
+        quality=(
+            {"metric": "rowCount", "mustBeBetween": [10, 1000]},
+            {"metric": "rowCount", "mustBeLessThan": 5000},
+            custom_on_table,
+        ),
+    )
+    specs = derive_suite(changed)
+    counts = [s.kwargs for s in specs if s.type == "expect_table_row_count_to_be_between"]
+    assert counts == [{"min_value": 10, "max_value": 1000}, {"max_value": 5000, "strict_max": True}]
+    [mean] = [s for s in specs if s.type == "expect_column_mean_to_be_between"]
+    assert mean.sensor == "spindle_temp" and mean.kwargs["column"] == "value"
+    assert mean.kwargs["row_condition"] == 'sensor=="spindle_temp"'
+    assert "quality[1] (custom)" in mean.source
+    [raw] = [s for s in specs if s.kwargs.get("column") == "raw_value"]
+    assert raw.source == "schema[0].quality[2] (custom)" and raw.sensor is None
+
+
 def test_personal_attribute_expects_pseudonyms(contracts: dict[str, Contract]) -> None:
-    on_badge = [s for s in derive_suite(contracts[LYON]) if s.kwargs.get("column") == "operator_badge"]
+    on_badge = [
+        s for s in derive_suite(contracts[LYON]) if s.kwargs.get("column") == "operator_badge"
+    ]
     assert [s.kwargs.get("regex") for s in on_badge] == [PSEUDONYM_REGEX]
     assert "personal" in on_badge[0].source
 
@@ -254,10 +304,13 @@ def test_out_of_range_sensor_fails_with_count_and_samples(contracts: dict[str, C
     assert report.failed == 1  # only that sensor's range: the other sensors are fine
 
 
-def test_out_of_range_within_tolerance_passes(contracts: dict[str, Contract]) -> None:
+def test_out_of_range_within_tolerance_passes(
+    contracts: dict[str, Contract], tmp_path: Path
+) -> None:
     c = contracts[BAVARIA]
     df = spoil(curated(c, ["BSW-M01", "BSW-M02"]), "vibration", 50, 900.0)  # 2 % < 3 %
-    report = validate(c, df, run_name="d-warm", build_docs=False)
+    df.write_parquet(tmp_path / "curated.parquet")  # a curated table on disk works too
+    report = validate(c, tmp_path / "curated.parquet", run_name="d-warm", build_docs=False)
     assert report.success, report.summary()
     [r] = [
         r
@@ -298,18 +351,23 @@ def test_personal_attribute_in_clear_fails(contracts: dict[str, Contract]) -> No
     assert validate(c, pseudo, run_name="d-pseudo", build_docs=False).success
 
 
-def test_integer_time_contract_passes_and_catches_bad_entity(
+def test_integer_time_contract_flags_only_the_missing_readings(
     contracts: dict[str, Contract],
 ) -> None:
+    # One run (C-MAPSS has 24 sensors, about 80 expectations): the exact set of
+    # failures shows that everything else in the clean frame passes.
     c = contracts[CMAPSS]
     df = curated(c, ["1", "2"], n=20)
     assert df.schema["time"] == pl.Int64
-    assert validate(c, df, run_name="d-cmapss", build_docs=False).success
     nulls = df.with_columns(
         pl.when(pl.int_range(pl.len()) < 5).then(None).otherwise(pl.col("value")).alias("value")
     )
     report = validate(c, nulls, run_name="d-cmapss-nulls", build_docs=False)
-    assert {r["sensor"] for r in report.failed_results()} == {"setting1", None}
+    failed = {(r["sensor"], r["source"].split(" ")[0]) for r in report.failed_results()}
+    # setting1 is required (nullValues mustBe 0 on the table as well)
+    assert failed == {("setting1", "schema[0].properties[2]"), (None, "schema[0].quality[1]")}
+    assert all(r["unexpected_count"] == 5 for r in report.failed_results())
+    assert report.evaluated == len(derive_suite(c)) and report.rows == 24 * 2 * 20
 
 
 def test_two_runs_in_a_row_and_handwritten_suite(

@@ -1,0 +1,142 @@
+"""Push -> published version for one large delivery, beside a plain Polars script.
+
+    .venv/bin/python benchmarks/e2e.py --rows 10000000
+
+Generates a bavaria-spindle delivery (long CSV with every defect), then runs,
+each in its own process so peak memory is its own:
+
+* ``datalab``: push (hash + structure check), raw ingest, curation plan,
+  Great Expectations suite, Iceberg publish; wall time per stage;
+* ``polars``: a plain Polars script doing the same curation (parse, UTC,
+  exact de-duplication, unit conversion, range and key-duplicate flags) and
+  writing Parquet, without checks, receipts, validation or versioning.
+
+Prints rows/s, MB/s and peak RSS for each, side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SPINDLE = "urn:datalab:bavaria-spindle:spindle-telemetry"
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_datalab(path: Path) -> dict:
+    from datalab import contract, curate, ingest, landing, publish, validate
+    from datalab.config import settings
+
+    s = settings()
+    c = contract.load_all(s.contracts_dir)[SPINDLE]
+    stages = {}
+    t = time.perf_counter()
+    rec = landing.push(c, [path])
+    stages["push"] = time.perf_counter() - t
+    assert rec.accepted, rec.reasons
+    t = time.perf_counter()
+    ingest.ingest_raw(c, rec.delivery_id)
+    stages["ingest"] = time.perf_counter() - t
+    t = time.perf_counter()
+    st = curate.curate_delivery(c, rec.delivery_id)
+    stages["curate"] = time.perf_counter() - t
+    t = time.perf_counter()
+    rep = validate.validate(c, curate.curated_path(c, rec.delivery_id, s), run_name=rec.delivery_id, build_docs=False)
+    from datalab import state
+
+    state.set_stage(rec.delivery_id, "validated" if rep.success else "failed", s=s, validation_ok=rep.success, validation=rep.to_dict())
+    stages["validate"] = time.perf_counter() - t
+    spec_dir = Path(tempfile.mkdtemp())
+    import shutil
+
+    shutil.copytree(s.contracts_dir, spec_dir / "c")
+    (spec_dir / "c" / "datasets" / "bench.yaml").write_text(f"name: bench\nsite: munich\ninputs: [{SPINDLE}]\n")
+    os.environ["DATALAB_CONTRACTS"] = str(spec_dir / "c")
+    t = time.perf_counter()
+    res = publish.publish("bench")
+    stages["publish"] = time.perf_counter() - t
+    return {"rows": st["rows_out"], "stages": stages, "validation_ok": rep.success, "version": res.version}
+
+
+def run_polars(path: Path, out: Path) -> dict:
+    import polars as pl
+
+    t = time.perf_counter()
+    conv = pl.DataFrame({"unit": ["[degF]", "psi", "[in_i]/s", "Hz", "[psi]"], "f": [5 / 9, 1 / 14.5037738, 25.4, 60.0, 1 / 14.5037738],
+                         "o": [-32 * 5 / 9, 0.0, 0.0, 0.0, 0.0]})
+    lim = pl.DataFrame({"sensor": ["spindle_temp", "oil_pressure", "vibration", "spindle_speed"], "lo": [-20.0, 0, 0, 0], "hi": [150.0, 250, 50, 24000]})
+    lf = pl.scan_csv(path, schema_overrides={"value": pl.Float64, "ts": pl.String})
+    ts = pl.col("ts").str.replace("Z$", "+00:00")
+    lf = (
+        lf.unique()
+        .with_columns(time=ts.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%z", strict=False).dt.convert_time_zone("UTC")
+                      .fill_null(ts.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", strict=False).dt.replace_time_zone("Europe/Berlin", ambiguous="earliest").dt.convert_time_zone("UTC")))
+        .join(conv.lazy(), on="unit", how="left")
+        .with_columns(value=pl.col("value") * pl.col("f").fill_null(1.0) + pl.col("o").fill_null(0.0))
+        .join(lim.lazy(), on="sensor", how="left")
+        .with_columns(out_of_range=(pl.col("value") < pl.col("lo")) | (pl.col("value") > pl.col("hi")),
+                      key_dup=pl.len().over(["machine_id", "time", "sensor"]) > 1)
+        .drop("f", "o", "lo", "hi", "ts")
+    )
+    lf.sink_parquet(out)
+    rows = pl.scan_parquet(out).select(pl.len()).collect().item()
+    return {"rows": rows, "stages": {"curate": time.perf_counter() - t}}
+
+
+def worker(kind: str, path: Path) -> None:
+    t = time.perf_counter()
+    res = run_datalab(path) if kind == "datalab" else run_polars(path, Path(tempfile.mkdtemp()) / "out.parquet")
+    res["seconds"] = time.perf_counter() - t
+    res["peak_rss_mb"] = rss_mb()
+    print("RESULT " + json.dumps(res))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--worker")
+    ap.add_argument("--file", type=Path)
+    a = ap.parse_args()
+    if a.worker:
+        return worker(a.worker, a.file)
+    work = Path(tempfile.mkdtemp(prefix="datalab-bench-"))
+    sys.path.insert(0, str(ROOT))
+    from datalab import contract, sample
+
+    c = contract.load_all(ROOT / "data_contracts")[SPINDLE]
+    t = time.perf_counter()
+    path = sample.write(sample.generate(c, a.rows, seed=42), work / "delivery.csv")
+    mb = path.stat().st_size / 1e6
+    print(f"generated {a.rows:,} readings, {mb:,.0f} MB CSV in {time.perf_counter() - t:.1f} s -> {path}")
+    results = {}
+    for kind in ("polars", "datalab"):
+        env = {**os.environ, "DATALAB_HOME": str(work / f"home-{kind}"), "DATALAB_ENGINE": os.environ.get("DATALAB_ENGINE", "cpu")}
+        p = subprocess.run([sys.executable, __file__, "--worker", kind, "--file", str(path)], env=env, capture_output=True, text=True, cwd=ROOT)
+        line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            print(p.stdout[-2000:], p.stderr[-4000:])
+            raise SystemExit(f"{kind} failed")
+        results[kind] = json.loads(line[7:])
+    print(f"\n{'':28}{'rows':>12}{'seconds':>10}{'rows/s':>14}{'MB/s':>8}{'peak RSS MB':>13}")
+    for kind, label in (("polars", "plain Polars script"), ("datalab", "datalab push->published")):
+        r = results[kind]
+        print(f"{label:28}{r['rows']:>12,}{r['seconds']:>10.1f}{r['rows'] / r['seconds']:>14,.0f}{mb / r['seconds']:>8.1f}{r['peak_rss_mb']:>13,.0f}")
+    st = results["datalab"]["stages"]
+    total = sum(st.values())
+    print("\ndatalab stages: " + ", ".join(f"{k} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in st.items()))
+    print(f"validation passed: {results['datalab']['validation_ok']}; version {results['datalab']['version']}")
+
+
+if __name__ == "__main__":
+    main()
