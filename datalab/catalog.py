@@ -169,6 +169,14 @@ class Catalog:
                 Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             engine = _make_engine(url)
             metadata.create_all(engine)
+            # The audit head row exists before any append, so every append
+            # serialises on its row lock (two first appends cannot race).
+            try:
+                with engine.begin() as conn:
+                    if conn.execute(sa.select(audit_head.c.id)).first() is None:
+                        conn.execute(audit_head.insert().values(id=1, seq=0, hash=GENESIS))
+            except sa.exc.IntegrityError:
+                pass  # another process created it first
             _ENGINES[url] = engine
         self.engine = _ENGINES[url]
 
@@ -192,15 +200,11 @@ class Catalog:
         if conn is None:
             with self.begin() as c:
                 return self.audit(actor, action, subject, decision, detail, c)
-        head = conn.execute(sa.select(audit_head).where(audit_head.c.id == 1)).first()
-        if head is None:
-            conn.execute(audit_head.insert().values(id=1, seq=0, hash=GENESIS))
-            prev_seq, prev_hash = 0, GENESIS
-        else:
-            # UPDATE first takes the lock, then we read the head we now own.
-            conn.execute(audit_head.update().where(audit_head.c.id == 1).values(seq=audit_head.c.seq))
-            head = conn.execute(sa.select(audit_head).where(audit_head.c.id == 1)).one()
-            prev_seq, prev_hash = head.seq, head.hash
+        # UPDATE first takes the row (or database) lock, then we read the
+        # head we now own: concurrent appends queue here instead of forking.
+        conn.execute(audit_head.update().where(audit_head.c.id == 1).values(seq=audit_head.c.seq))
+        head = conn.execute(sa.select(audit_head).where(audit_head.c.id == 1)).one()
+        prev_seq, prev_hash = head.seq, head.hash
         entry = {
             "seq": prev_seq + 1,
             "ts": now_iso(),
