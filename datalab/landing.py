@@ -77,7 +77,7 @@ def safe_name(name: str) -> str:
     """
     base = PureWindowsPath(PurePosixPath(name).name).name
     base = "".join(ch for ch in base if ch.isprintable() and ch not in '/\\:*?"<>|')
-    base = base.lstrip(".").strip()[:200]
+    base = base.strip().lstrip(".").strip()[:200]
     return base or "unnamed"
 
 

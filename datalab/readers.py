@@ -350,7 +350,7 @@ class TimeseriesReader:
             if df.is_empty():
                 continue
             rows, keys = [], Counter()
-            for ln, text in df.iter_rows():
+            for text, ln in df.select("line", "_line").iter_rows():
                 try:
                     obj = json.loads(text)
                     if not isinstance(obj, dict):
