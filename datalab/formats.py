@@ -55,9 +55,11 @@ def open_stream(path: Path, compression: str | None) -> BinaryIO:
     if compression == "gzip":
         return gzip.open(path, "rb")  # type: ignore[return-value]
     if compression == "zstd":
-        import zstandard
+        # Arrow's zstd stream raises on a truncated frame (zstandard's reader
+        # returns EOF silently); buffering adds readline for header sniffing.
+        import pyarrow as pa
 
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)  # type: ignore[return-value]
+        return io.BufferedReader(pa.CompressedInputStream(pa.OSFile(str(path)), "zstd"))  # type: ignore[arg-type]
     return open(path, "rb")
 
 

@@ -30,7 +30,9 @@ from datalab.contract import Column, Contract
 from datalab.formats import Sniffed, open_stream
 
 MAX_DETAILED = 20  # problems listed one by one per file; the rest are counted per rule
-BATCH_BYTES = 32 << 20
+# Small blocks read on this thread: pyarrow's threaded reader reads ~32 blocks
+# ahead, which would hold ~1 GiB of a large file in memory.
+BATCH_BYTES = 2 << 20
 
 TIME_DTYPES = {"timestamp": pl.Datetime("us", "UTC"), "integer": pl.Int64, "number": pl.Int64}
 VALUE_DTYPES = {
@@ -159,7 +161,7 @@ class TimeseriesReader:
         """(first line number, lines as Utf8) per batch; bad UTF-8 reported."""
         enc = self.lay.encoding.lower().replace("_", "-")
         read_opts = pacsv.ReadOptions(
-            column_names=["line"], skip_rows=skip, block_size=BATCH_BYTES,
+            column_names=["line"], skip_rows=skip, block_size=BATCH_BYTES, use_threads=False,
             encoding="utf8" if enc in ("utf-8", "utf8") else enc,
         )
         bad_rows: list[int] = []
@@ -437,15 +439,21 @@ class TimeseriesReader:
             return naive
         return aware.dt.convert_time_zone("UTC").fill_null(naive)
 
-    def _required(self, df: pl.DataFrame, col: str, unit: str) -> pl.DataFrame:
-        nulls = df.get_column(col).is_null()
-        if nulls.any():
-            for ln in df.get_column("_line").filter(nulls).head(MAX_DETAILED):
+    def _required(self, df: pl.DataFrame, cols: list[str], unit: str, source: pl.DataFrame) -> pl.DataFrame:
+        """Drop rows lacking a required value. Only values empty in the file are
+        reported here: one that failed to parse was already reported by ``_cast``."""
+        drop = pl.Series("drop", [False] * len(df), dtype=pl.Boolean)
+        for col in cols:
+            nulls = df.get_column(col).is_null()
+            raw = source.get_column(col)
+            empty = raw.is_null() | (raw.cast(pl.String).str.strip_chars() == "")
+            report = nulls & empty
+            for ln in df.get_column("_line").filter(report).head(MAX_DETAILED):
                 self.problems.add("required", f"{unit} {ln}, column {col!r}: empty, but the contract requires a value")
-            for _ in range(int(nulls.sum()) - min(int(nulls.sum()), MAX_DETAILED)):
-                self.problems.counts["required"] += 1
-            df = df.filter(~nulls)
-        return df
+            n = int(report.sum())
+            self.problems.counts["required"] += n - min(n, MAX_DETAILED)
+            drop = drop | nulls
+        return df.filter(~drop) if drop.any() else df
 
     def _typed_long(self, df: pl.DataFrame, header: list[str], unit: str = "line") -> pl.DataFrame | None:
         c, lay = self.c, self.lay
@@ -462,8 +470,7 @@ class TimeseriesReader:
         ]
         typed = df.select("_line", *exprs)
         typed = typed.with_columns(pl.col(ent.source_name).cast(pl.String))
-        for col in (ent.source_name, tim.source_name):
-            typed = self._required(typed, col, unit)
+        typed = self._required(typed, [ent.source_name, tim.source_name], unit, df)
         base = [pl.col(ent.source_name).alias("entity"), pl.col(tim.source_name).alias("time")]
         attr_exprs = [pl.col(a.source_name).alias(a.name) for a in attrs]
         missing_attrs = [pl.lit(None, VALUE_DTYPES[a.logical_type]).alias(a.name) for a in c.attributes if a not in attrs and a.name != lay.row_attribute]

@@ -168,20 +168,7 @@ def _zstd(data: bytes) -> bytes:
     [
         ("small.csv.gz", _gzip, 50),
         ("large.csv.gz", _gzip, 20_000),  # more than the 64 KiB sniffed
-        pytest.param(
-            "small.csv.zst",
-            _zstd,
-            50,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "formats.sniff/_read_sample: zstandard's stream_reader returns b'' at the "
-                    "end of a truncated frame instead of raising, so a truncated zstd file is "
-                    "rejected as 'the file holds no data (only blank space)' rather than as "
-                    "corrupt/truncated (and a large truncated one is read as if complete)"
-                ),
-            ),
-        ),
+        ("small.csv.zst", _zstd, 50),
     ],
 )
 def test_truncated_compressed_file_rejected(lab, contracts, tmp_path, name, compress, n):
@@ -197,21 +184,7 @@ def test_truncated_compressed_file_rejected(lab, contracts, tmp_path, name, comp
     ("name", "compress", "compression"),
     [
         ("ok.csv.gz", _gzip, "gzip"),
-        pytest.param(
-            "ok.csv.zst",
-            _zstd,
-            "zstd",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=io.UnsupportedOperation,
-                reason=(
-                    "readers.TimeseriesReader._first_line calls .readline() on the stream from "
-                    "formats.open_stream, but zstandard's ZstdDecompressionReader does not "
-                    "support readline: any zstd file under a contract with a header makes push() "
-                    "raise io.UnsupportedOperation, with no receipt and the staged bytes deleted"
-                ),
-            ),
-        ),
+        ("ok.csv.zst", _zstd, "zstd"),
     ],
 )
 def test_valid_compressed_csv_accepted(lab, contracts, tmp_path, name, compress, compression):
@@ -310,15 +283,6 @@ def test_bad_value_named_with_line_and_column(lab, contracts, tmp_path, bad, par
     assert not has(rec, "line 2") and not has(rec, "line 3") and not has(rec, "line 5")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "readers.TimeseriesReader._typed_long runs _required on the already-cast time column, "
-        "so a timestamp that fails to parse ('yesterday') is also reported as "
-        "\"column 'ts': empty, but the contract requires a value (rule: required)\": "
-        "a false reason and a double count for one bad value"
-    ),
-)
 def test_unparseable_timestamp_not_also_called_empty(lab, contracts, tmp_path):
     data = HEADER + line(0) + line(1, ts="yesterday") + line(2)
     rec = push_bytes(lab, contracts[SPINDLE], tmp_path, "ts.csv", data.encode())
@@ -593,16 +557,6 @@ def _push_in_subprocess(path: Path) -> tuple[str, int, int, int, int, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "readers.TimeseriesReader._line_batches hands the file to pyarrow.csv.open_csv with "
-        "block_size=BATCH_BYTES (32 MiB); Arrow's streaming reader reads blocks ahead in the "
-        "background (about 32 blocks, ~1 GiB), so a file below ~1 GiB is in effect read whole "
-        "into memory: pushing a 300 MiB CSV peaks at ~910 MiB RSS (~3x the file), and the "
-        "peak grows about 1:1 with the file size"
-    ),
-)
 def test_large_file_is_not_loaded_whole(lab, tmp_path):
     mib = 1024 * 1024
     small, big = tmp_path / "small.csv", tmp_path / "big.csv"
