@@ -69,7 +69,7 @@ class Problems:
             self.detailed.append(f"{self.name}: {message} (rule: {rule})")
 
     def __bool__(self) -> bool:
-        return bool(self.counts)
+        return any(self.counts.values())
 
     def reasons(self) -> list[str]:
         out = list(self.detailed)
@@ -451,7 +451,8 @@ class TimeseriesReader:
             for ln in df.get_column("_line").filter(report).head(MAX_DETAILED):
                 self.problems.add("required", f"{unit} {ln}, column {col!r}: empty, but the contract requires a value")
             n = int(report.sum())
-            self.problems.counts["required"] += n - min(n, MAX_DETAILED)
+            if n > MAX_DETAILED:
+                self.problems.counts["required"] += n - MAX_DETAILED
             drop = drop | nulls
         return df.filter(~drop) if drop.any() else df
 

@@ -585,8 +585,9 @@ def test_large_file_is_not_loaded_whole(lab, tmp_path):
     # the file size: 10x the file may cost at most a quarter of the extra bytes
     # (measured with a streaming reader: ~210-260 MiB for either file) ...
     assert peak - small_peak < 0.25 * (size - small_size), msg
-    # ... and the push of a 300 MiB file stays below the size of the file.
-    assert peak < size, msg
+    # ... and what the push itself adds (beyond the interpreter with its imports)
+    # stays below the size of the file.
+    assert peak - base < size, msg
 
 
 # -- 17: contract limits -------------------------------------------------------
