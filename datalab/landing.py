@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -141,7 +142,8 @@ def push(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _check_file(contract: Contract, name: str, path: Path, size: int, over: bool) -> FileReceipt:
+def _check_file(contract: Contract, name: str, path: Path, size: int, over: bool, sink: Any = None) -> FileReceipt:
+    """Check one staged file; its parsed batches go to ``sink`` (a RawWriter) if given."""
     from datalab.readers import TimeseriesReader
 
     fr = FileReceipt(name=name, sha256="", bytes=size, rows=None, format=None, compression=None)
@@ -161,13 +163,22 @@ def _check_file(contract: Contract, name: str, path: Path, size: int, over: bool
         fr.reasons.append(f"{name}: contract kind {contract.kind!r} is not handled by the time-series reader")
         return fr
     reader = TimeseriesReader(contract, path, name, sn)
-    for _ in reader.batches():
-        pass
+    for batch in reader.batches():
+        if sink is not None and not reader.problems:
+            sink.write(batch)
     fr.rows = reader.records
     fr.reasons += reader.problems.reasons()
     if not reader.problems and reader.records == 0:
         fr.reasons.append(f"{name}: no data rows (rule: rowCount > 0)")
     return fr
+
+
+def _raw_writer(contract: Contract, delivery_id: str, s: Settings) -> Any:
+    if contract.kind != "timeseries":
+        return None
+    from datalab.ingest import RawWriter  # ingest imports landing
+
+    return RawWriter(contract, delivery_id, s)
 
 
 def _land(contract: Contract, staged: list, actor: str, catalog: cat.Catalog, s: Settings) -> Receipt:
@@ -182,12 +193,23 @@ def _land(contract: Contract, staged: list, actor: str, catalog: cat.Catalog, s:
     if contract.status != "active":
         reasons.append(f"contract {contract.id} is {contract.status}; pushes need an active contract (rule: status)")
     checked = []
-    for name, path, sha, size, over in staged:
-        fr = _check_file(contract, name, path, size, over)
-        fr.sha256 = sha
-        reasons += fr.reasons
-        checked.append((fr, path, over))
+    delivery_id = new_delivery_id()
+    sink = _raw_writer(contract, delivery_id, s)
+    try:
+        for name, path, sha, size, over in staged:
+            fr = _check_file(contract, name, path, size, over, None if reasons else sink)
+            fr.sha256 = sha
+            reasons += fr.reasons
+            checked.append((fr, path, over))
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
     status = "rejected" if reasons else "accepted"
+    if sink is not None:
+        # The raw table exists only for an accepted delivery; it is in place
+        # before the receipt is committed, so a receipt never lacks it.
+        sink.commit() if status == "accepted" else sink.abort()
     area = "accepted" if status == "accepted" else "quarantine"
     stored: list[str] = []
     for fr, path, over in checked:
@@ -204,7 +226,7 @@ def _land(contract: Contract, staged: list, actor: str, catalog: cat.Catalog, s:
             os.replace(path, dst)
         stored.append(str(rel))
     rec = Receipt(
-        delivery_id=new_delivery_id(),
+        delivery_id=delivery_id,
         tenant=contract.tenant,
         contract_id=contract.id,
         contract_version=contract.version,
@@ -216,6 +238,18 @@ def _land(contract: Contract, staged: list, actor: str, catalog: cat.Catalog, s:
         pushed_by=actor,
         files=[fr for fr, _, _ in checked],
     )
+    try:
+        _record(catalog, rec, key, stored, actor, contract)
+    except BaseException:
+        if sink is not None and status == "accepted":
+            sink.path.unlink(missing_ok=True)  # no receipt, so no raw table either
+        raise
+    return rec
+
+
+def _record(catalog: cat.Catalog, rec: Receipt, key: str, stored: list[str], actor: str, contract: Contract) -> None:
+    """Receipt, files and audit entry in one transaction."""
+    reasons, status = rec.reasons, rec.status
     with catalog.begin() as conn:
         conn.execute(cat.deliveries.insert().values(
             id=rec.delivery_id, tenant=rec.tenant, contract_id=rec.contract_id,
@@ -232,7 +266,6 @@ def _land(contract: Contract, staged: list, actor: str, catalog: cat.Catalog, s:
             "contract": contract.id, "tenant": contract.tenant, "bytes": rec.bytes, "rows": rec.rows,
             "sha256": [f.sha256 for f in rec.files], "reasons": len(reasons),
         }, conn=conn)
-    return rec
 
 
 def _row_to_receipt(conn: sa.Connection, r: sa.Row) -> Receipt:
