@@ -17,7 +17,7 @@ from checks.validation import run_suite_check, suite_check_spec
 from datalab import curate, ingest
 from datalab.config import settings
 from datalab.contract import Contract
-from datalab.engine import Engine, peak_rss_mb
+from datalab.engine import Engine, MemoryWatch
 
 
 def key_prefix(contract: Contract) -> list[str]:
@@ -57,7 +57,8 @@ def build_timeseries_assets(contract: Contract) -> list[dg.AssetsDefinition]:
     )
     def raw(context: AssetExecutionContext) -> dg.MaterializeResult:
         d = context.partition_key
-        st = ingest.ingest_raw(contract, d)
+        with MemoryWatch() as mw:
+            st = ingest.ingest_raw(contract, d)
         path = ingest.raw_path(contract, d, settings())
         return dg.MaterializeResult(metadata={
             "delivery_id": d,
@@ -67,6 +68,8 @@ def build_timeseries_assets(contract: Contract) -> list[dg.AssetsDefinition]:
             "bytes_in": dg.MetadataValue.int(st["bytes_in"]),
             "bytes_out": dg.MetadataValue.int(st["bytes_out"]),
             "seconds": dg.MetadataValue.float(st["seconds"]),
+            "parsed_at": st["parsed_at"],
+            "peak_rss_mb": dg.MetadataValue.float(round(mw.peak_mb, 1)),
             "path": dg.MetadataValue.path(str(path)),
             "preview": _md_table(pl.read_parquet(path, n_rows=10)),
         })
@@ -85,11 +88,12 @@ def build_timeseries_assets(contract: Contract) -> list[dg.AssetsDefinition]:
     def curated(context: AssetExecutionContext) -> dg.MaterializeResult:
         d = context.partition_key
         engine = Engine()
-        st = curate.curate_delivery(contract, d, engine)
-        path = curate.curated_path(contract, d, settings())
+        with MemoryWatch() as mw:
+            st = curate.curate_delivery(contract, d, engine)
+            path = curate.curated_path(contract, d, settings())
+            check = run_suite_check(contract, d, path, context)
         sensors = pl.DataFrame([{"sensor": k, **{x: v[x] for x in ("unit", "n", "min", "max", "mean", "out_of_range", "outliers")}}
                                 for k, v in st["sensors"].items()])
-        check = run_suite_check(contract, d, path, context)
         eng = st["engine"]
         return dg.MaterializeResult(
             metadata={
@@ -105,7 +109,9 @@ def build_timeseries_assets(contract: Contract) -> list[dg.AssetsDefinition]:
                 "device": eng["device"],
                 "engine_fallback": eng["fallback"] or "none",
                 "curation_seconds": dg.MetadataValue.float(st["seconds"]),
-                "peak_rss_mb": dg.MetadataValue.float(round(peak_rss_mb(), 1)),
+                "series_buckets": dg.MetadataValue.int(st["series_buckets"]),
+                "curation_peak_rss_mb": dg.MetadataValue.float(eng["peak_rss_mb"]),
+                "peak_rss_mb": dg.MetadataValue.float(round(mw.peak_mb, 1)),
                 "bytes": dg.MetadataValue.int(st["bytes_out"]),
                 "path": dg.MetadataValue.path(str(path)),
                 "sensors": _md_table(sensors),

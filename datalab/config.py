@@ -45,6 +45,12 @@ class Settings:
     contracts_dir: Path
     engine: str
     site: str | None
+    # Rows per series bucket in curation: bounds its peak memory (about
+    # 250 bytes a row in memory); deliveries up to this size run in one go.
+    curate_bucket_rows: int = 8_000_000
+    # Rows per validation chunk (one sensor each); larger curated partitions
+    # are validated chunk by chunk, the results merged exactly.
+    validate_chunk_rows: int = 2_000_000
 
     @property
     def landing(self) -> Path:
@@ -111,4 +117,19 @@ def settings() -> Settings:
         contracts_dir=contracts.expanduser().resolve(),
         engine=engine,
         site=os.environ.get("DATALAB_SITE"),
+        curate_bucket_rows=_positive_int("DATALAB_CURATE_BUCKET_ROWS", 8_000_000),
+        validate_chunk_rows=_positive_int("DATALAB_VALIDATE_CHUNK_ROWS", 2_000_000),
     )
+
+
+def _positive_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a positive integer") from None
+    if value <= 0:
+        raise ValueError(f"{name}={raw!r}: expected a positive integer")
+    return value

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -37,6 +38,50 @@ class EngineRun:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now (from /proc; the lifetime peak where there is none)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE / 2**20
+    except OSError:
+        return peak_rss_mb()
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class MemoryWatch:
+    """Peak resident memory during one block of work, not the process's lifetime.
+
+    A Dagster run materialises many partitions in one process, whose
+    ``ru_maxrss`` only ever grows; a thread sampling the resident size every
+    ``interval`` seconds gives each materialisation its own peak (a spike
+    shorter than the interval can be missed, so it is a lower bound).
+    """
+
+    def __init__(self, interval: float = 0.02):
+        self.interval = interval
+        self.start_mb = self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> MemoryWatch:
+        self.start_mb = self.peak_mb = rss_mb()
+        self._thread = threading.Thread(target=self._run, name="datalab-memwatch", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_mb = max(self.peak_mb, rss_mb())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak_mb = max(self.peak_mb, rss_mb())
 
 
 @lru_cache(maxsize=1)
@@ -74,6 +119,12 @@ class Engine:
         return f"cpu ({os.cpu_count()} cores, polars {pl.__version__} streaming)"
 
     def collect(self, lf: pl.LazyFrame) -> tuple[pl.DataFrame, EngineRun]:
+        with MemoryWatch() as mw:
+            df, run = self._collect(lf)
+        run.peak_rss_mb = round(mw.peak_mb, 1)
+        return df, run
+
+    def _collect(self, lf: pl.LazyFrame) -> tuple[pl.DataFrame, EngineRun]:
         t0 = time.perf_counter()
         use_gpu, fallback = self._want_gpu()
         if use_gpu:
@@ -87,6 +138,12 @@ class Engine:
 
     def sink_parquet(self, lf: pl.LazyFrame, path: Path) -> EngineRun:
         """Run ``lf`` and write it to ``path`` atomically (tmp file, then rename)."""
+        with MemoryWatch() as mw:
+            run = self._sink_parquet(lf, path)
+        run.peak_rss_mb = round(mw.peak_mb, 1)
+        return run
+
+    def _sink_parquet(self, lf: pl.LazyFrame, path: Path) -> EngineRun:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".parquet.tmp")
         t0 = time.perf_counter()
@@ -101,6 +158,41 @@ class Engine:
         lf.sink_parquet(tmp, statistics=True, engine="streaming")
         os.replace(tmp, path)
         return EngineRun("cpu", self._cpu_device(), time.perf_counter() - t0, fallback, peak_rss_mb())
+
+    def sink_parquet_parts(self, plans: list[pl.LazyFrame], path: Path) -> EngineRun:
+        """Run ``plans`` one after the other and write their results, in order, to one Parquet file.
+
+        Used for deliveries larger than one curation bucket: only one part's
+        result is in memory at a time. The run counts as GPU only if every
+        part ran there; the first fallback reason is kept.
+        """
+        import pyarrow.parquet as pq
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".parquet.tmp")
+        t0 = time.perf_counter()
+        writer: pq.ParquetWriter | None = None
+        runs: list[EngineRun] = []
+        mw = MemoryWatch().__enter__()
+        try:
+            for lf in plans:
+                df, r = self.collect(lf)
+                runs.append(r)
+                tbl = df.to_arrow()
+                del df
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, tbl.schema, compression="zstd")
+                writer.write_table(tbl, row_group_size=1_000_000)
+                del tbl
+        finally:
+            if writer is not None:
+                writer.close()
+            mw.__exit__()
+        os.replace(tmp, path)
+        gpu = bool(runs) and all(r.engine == "gpu" for r in runs)
+        fallback = next((r.fallback for r in runs if r.fallback), None)
+        device = runs[0].device if runs else self._cpu_device()
+        return EngineRun("gpu" if gpu else "cpu", f"{device}, {len(plans)} buckets", time.perf_counter() - t0, fallback, round(mw.peak_mb, 1))
 
 
 def _gpu_name() -> str:

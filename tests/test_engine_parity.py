@@ -1,0 +1,108 @@
+"""The curation plan gives the same table on every engine.
+
+CPU in-memory, CPU streaming and bucketed execution run here on every
+machine; the GPU half (cudf-polars) runs where a GPU is usable and skips
+with the reason otherwise. Inputs: the generator's defect-laden deliveries
+and the real sensor files. Floats compare within ``REL_TOL`` (GPU reductions
+may sum in another order); everything else exactly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from datalab import curate, pseudonym, sample
+from datalab.engine import Engine, gpu_status
+from datalab.formats import sniff
+from datalab.readers import read_all
+from tests.conftest import CMAPSS, HYDRAULIC, PRESS, SPINDLE
+
+REL_TOL = 1e-9
+START = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
+KEYS = ["entity", "sensor", "time", "raw_value", "raw_unit"]
+
+
+def _raw(contract, files: list[Path]) -> pl.DataFrame:
+    frames = []
+    for f in files:
+        df, reader = read_all(contract, f, f.name, sniff(f, f.name, contract.layout.delimiter))
+        assert not reader.problems, reader.problems.reasons()
+        frames.append(df)
+    return pl.concat(frames).with_columns(delivery_id=pl.lit("d-parity"))
+
+
+def _plan(contract, raw: pl.DataFrame, lab_home: Path) -> pl.LazyFrame:
+    pseudonyms = {
+        a.name: pseudonym.mapping(raw.get_column(a.name).unique(), f"{contract.tenant}:{a.name}")
+        for a in contract.attributes if a.personal
+    }
+    return curate.build_plan(contract, raw.lazy(), None, pseudonyms)
+
+
+def _same(a: pl.DataFrame, b: pl.DataFrame) -> None:
+    assert_frame_equal(a.sort(KEYS), b.sort(KEYS), check_exact=False, rel_tol=REL_TOL, abs_tol=0.0)
+
+
+def _cases(contracts, realdata_dir: Path | None, tmp: Path) -> list[tuple[str, object, pl.DataFrame]]:
+    out = []
+    for cid, rows in ((SPINDLE, 20_000), (PRESS, 12_000)):
+        c = contracts[cid]
+        path = sample.write(sample.generate(c, rows, seed=21, start=START), tmp / f"{c.slug}.csv")
+        out.append((c.slug, c, _raw(c, [path])))
+    if realdata_dir is not None:
+        out.append(("cmapss", contracts[CMAPSS], _raw(contracts[CMAPSS], [realdata_dir / "cmapss/train_FD001.txt"])))
+        out.append(("hydraulic", contracts[HYDRAULIC], _raw(contracts[HYDRAULIC], [realdata_dir / "hydraulic/TS1.txt"])))
+    return out
+
+
+@pytest.fixture
+def cases(lab: Path, tmp_path: Path, contracts, request: pytest.FixtureRequest):
+    from tests.conftest import REALDATA
+
+    return _cases(contracts, REALDATA if REALDATA.is_dir() else None, tmp_path)
+
+
+def test_cpu_in_memory_streaming_and_buckets_agree(lab: Path, cases) -> None:
+    assert len(cases) >= 2
+    for name, c, raw in cases:
+        plan = _plan(c, raw, lab)
+        eager = plan.collect()
+        streamed = plan.collect(engine="streaming")
+        _same(eager, streamed)
+        parts = [_plan(c, raw.filter(curate.bucket_filter(k, 3)), lab).collect() for k in range(3)]
+        _same(eager, pl.concat(parts))
+        assert len(eager) > 0, name
+
+
+def test_engine_records_cpu_run(lab: Path, cases) -> None:
+    _name, c, raw = cases[0]
+    df, run = Engine("cpu").collect(_plan(c, raw, lab))
+    assert run.engine == "cpu" and run.fallback is None
+    assert run.peak_rss_mb > 0 and run.seconds > 0
+    assert len(df) == len(_plan(c, raw, lab).collect())
+
+
+def test_auto_without_gpu_says_why(lab: Path) -> None:
+    ok, why = gpu_status()
+    if ok:
+        pytest.skip("a GPU is usable here; this checks the no-GPU path")
+    df, run = Engine("gpu").collect(pl.LazyFrame({"a": [1, 2]}).select(pl.col("a") * 2))
+    assert run.engine == "cpu" and run.fallback and why in run.fallback
+    assert df["a"].to_list() == [2, 4]
+
+
+def test_gpu_matches_cpu(lab: Path, cases) -> None:
+    ok, why = gpu_status()
+    if not ok:
+        pytest.skip(f"GPU half of the parity suite: {why}")
+    for name, c, raw in cases:
+        plan = _plan(c, raw, lab)
+        cpu = plan.collect()
+        gpu, run = Engine("gpu").collect(plan)
+        assert run.engine == "gpu", f"{name}: fell back to the CPU: {run.fallback}"
+        _same(cpu, gpu)
