@@ -1,0 +1,69 @@
+"""Chunked validation gives the same verdicts and counts as validating the whole table."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from datalab import curate, landing, sample, validate, validate_chunks
+from datalab.config import settings
+from tests.conftest import PRESS, SPINDLE
+
+START = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
+COMPARED = ("type", "column", "sensor", "success", "unexpected_count", "element_count", "observed_value")
+
+
+def _curated(c, tmp: Path, defects: sample.Defects | None, seed: int) -> Path:
+    gen = sample.generate(c, 16_000, seed=seed, start=START, **({"defects": defects} if defects else {}))
+    rec = landing.push(c, [sample.write(gen, tmp / f"{c.slug}-{seed}.csv")])
+    assert rec.accepted, rec.reasons
+    curate.curate_delivery(c, rec.delivery_id)
+    return curate.curated_path(c, rec.delivery_id, settings())
+
+
+@pytest.mark.parametrize(("cid", "defects"), [
+    (SPINDLE, None),  # passes
+    (SPINDLE, sample.Defects(spikes=0.05, missing=0.03, key_duplicates=0.02)),  # fails several rules
+    (PRESS, sample.Defects(key_duplicates=0.03)),  # compound uniqueness and pseudonym regex
+])
+def test_chunked_equals_whole(lab: Path, tmp_path: Path, contracts, monkeypatch: pytest.MonkeyPatch, cid, defects) -> None:
+    c = contracts[cid]
+    path = _curated(c, tmp_path, defects, seed=3)
+    whole = validate.validate(c, path, run_name="whole", build_docs=False)
+    assert not any("chunks" in n for n in whole.notes)
+    monkeypatch.setenv("DATALAB_VALIDATE_CHUNK_ROWS", "3000")
+    chunked = validate.validate(c, path, run_name="chunked", build_docs=False)
+    assert any("chunks" in n for n in chunked.notes), chunked.notes
+    assert chunked.rows == whole.rows
+    assert chunked.success == whole.success
+    assert len(chunked.results) == len(whole.results)
+    for a, b in zip(whole.results, chunked.results, strict=True):
+        assert {k: a[k] for k in COMPARED} == {k: b[k] for k in COMPARED}, a["message"]
+        if a.get("unexpected_percent") is not None:
+            assert b["unexpected_percent"] == pytest.approx(a["unexpected_percent"])
+    if defects is not None and cid == SPINDLE:
+        assert not whole.success and chunked.failed == whole.failed > 0
+
+
+def test_merge_applies_mostly_to_totals() -> None:
+    base = {"type": "expect_column_values_to_be_between", "kwargs": {"mostly": 0.9}, "missing_count": 0}
+    # 8 % and 12 % unexpected in the two chunks: 10 % overall meets mostly=0.9 exactly
+    a = {**base, "success": True, "element_count": 100, "unexpected_count": 8, "sample_values": [1]}
+    b = {**base, "success": False, "element_count": 100, "unexpected_count": 12, "sample_values": [2]}
+    (m,) = validate_chunks.merge([[a], [b]])
+    assert m["success"] and m["unexpected_count"] == 20 and m["element_count"] == 200
+    assert m["unexpected_percent"] == pytest.approx(10.0) and m["sample_values"] == [1, 2]
+    c = {**b, "unexpected_count": 13}
+    (m,) = validate_chunks.merge([[a], [c]])
+    assert not m["success"]
+    rc = {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 150}, "success": False, "observed_value": 100}
+    (m,) = validate_chunks.merge([[rc], [dict(rc)]])
+    assert m["success"] and m["observed_value"] == 200
+
+
+def test_unmergeable_expectations_run_unchunked() -> None:
+    assert not validate_chunks.mergeable("expect_column_mean_to_be_between", {"column": "value"})
+    assert not validate_chunks.mergeable("expect_compound_columns_to_be_unique", {"column_list": ["entity", "time"]})
+    assert validate_chunks.mergeable("expect_compound_columns_to_be_unique", {"column_list": ["entity", "time", "sensor"]})
