@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from datalab import catalog as cat
 from datalab import contract as contracts_mod
-from datalab import datasets, state
+from datalab import datasets, state, table_stream
 from datalab.config import Settings, settings
 from datalab.errors import DatalabError, NotFound
 
@@ -157,24 +157,24 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
     prev_ids = set(prev_manifest["lineage"]["deliveries"]) if prev_manifest else set()
     same_table = prev_manifest is not None and prev_manifest["table"] == ident
     append_only = same_table and why.startswith("patch") and prev_ids <= set(delivery_ids)
-    if append_only:
-        new_ids = [d for d in delivery_ids if d not in prev_ids]
-        data = lf.filter(pl.col("delivery_id").is_in(new_ids)).sort(["contract_id", "delivery_id", "entity", "sensor", "time"]).collect()
-    else:
-        data = lf.sort(["contract_id", "delivery_id", "entity", "sensor", "time"]).collect()
-    arrow = data.to_arrow()
+    # Rows are streamed delivery by delivery (bounded memory), see table_stream.
+    pl_schema = dict(lf.collect_schema())
+    parts = [table_stream.Part(s.home / d["curated_path"], d["contract"], contracts[d["contract"]].tenant,
+                               d["contract_version"], d["id"]) for d in included]
+    new_ids = [d for d in delivery_ids if d not in prev_ids]
+    rows_in = table_stream.reader(parts, pl_schema, set(new_ids) if append_only else None)
     if not ice.table_exists(ident):
-        tbl = ice.create_table(ident, schema=arrow.schema)
+        tbl = ice.create_table(ident, schema=rows_in.schema)
     else:
         tbl = ice.load_table(ident)
         if not append_only:
             with tbl.update_schema() as upd:
-                upd.union_by_name(arrow.schema)
+                upd.union_by_name(rows_in.schema)
             tbl = ice.load_table(ident)
     if append_only:
-        tbl.append(arrow)
+        tbl.append(rows_in)
     else:
-        tbl.overwrite(arrow)
+        tbl.overwrite(rows_in)
     tbl = ice.load_table(ident)
     snap = tbl.current_snapshot()
     tbl.manage_snapshots().create_tag(snap.snapshot_id, f"v{version}").commit()
@@ -193,7 +193,7 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
         f = known.get(rel) or {"path": rel, "sha256": sha256_file(p), "bytes": p.stat().st_size, "rows": task.file.record_count}
         files.append(f)
     files.sort(key=lambda f: f["path"])
-    full = lf.select(pl.len()).collect().item() if append_only else len(data)
+    full = lf.select(pl.len()).collect().item()
     per_contract = lf.group_by("contract_id").agg(pl.len()).sort("contract_id").collect()
     val = {d["id"]: (state.get(d["id"], s) or {}).get("validation") for d in included}
     curated_stats = {d["id"]: (state.get(d["id"], s) or {}).get("stats", {}).get("curated", {}) for d in included}
