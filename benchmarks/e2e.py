@@ -40,23 +40,28 @@ def run_datalab(path: Path) -> dict:
 
     s = settings()
     c = contract.load_all(s.contracts_dir)[SPINDLE]
-    stages = {}
+    stages: dict[str, float] = {}
+
+    def done(stage: str, t0: float) -> None:
+        stages[stage] = time.perf_counter() - t0
+        print(f"  datalab {stage}: {stages[stage]:.1f} s (peak RSS so far {rss_mb():,.0f} MB)", file=sys.stderr, flush=True)
+
     t = time.perf_counter()
     rec = landing.push(c, [path])
-    stages["push"] = time.perf_counter() - t
+    done("push", t)
     assert rec.accepted, rec.reasons
     t = time.perf_counter()
     ingest.ingest_raw(c, rec.delivery_id)
-    stages["ingest"] = time.perf_counter() - t
+    done("ingest", t)
     t = time.perf_counter()
     st = curate.curate_delivery(c, rec.delivery_id)
-    stages["curate"] = time.perf_counter() - t
+    done("curate", t)
     t = time.perf_counter()
     rep = validate.validate(c, curate.curated_path(c, rec.delivery_id, s), run_name=rec.delivery_id, build_docs=False)
     from datalab import state
 
     state.set_stage(rec.delivery_id, "validated" if rep.success else "failed", s=s, validation_ok=rep.success, validation=rep.to_dict())
-    stages["validate"] = time.perf_counter() - t
+    done("validate", t)
     spec_dir = Path(tempfile.mkdtemp())
     import shutil
 
@@ -65,7 +70,7 @@ def run_datalab(path: Path) -> dict:
     os.environ["DATALAB_CONTRACTS"] = str(spec_dir / "c")
     t = time.perf_counter()
     res = publish.publish("bench")
-    stages["publish"] = time.perf_counter() - t
+    done("publish", t)
     return {"rows": st["rows_out"], "stages": stages, "validation_ok": rep.success, "version": res.version}
 
 
@@ -107,6 +112,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--worker")
     ap.add_argument("--file", type=Path)
+    ap.add_argument("--only", choices=["polars", "datalab"], help="run one side only (e.g. a memory check at 50 M rows)")
     a = ap.parse_args()
     if a.worker:
         return worker(a.worker, a.file)
@@ -120,18 +126,23 @@ def main() -> None:
     mb = path.stat().st_size / 1e6
     print(f"generated {a.rows:,} readings, {mb:,.0f} MB CSV in {time.perf_counter() - t:.1f} s -> {path}")
     results = {}
-    for kind in ("polars", "datalab"):
+    kinds = (a.only,) if a.only else ("polars", "datalab")
+    for kind in kinds:
         env = {**os.environ, "DATALAB_HOME": str(work / f"home-{kind}"), "DATALAB_ENGINE": os.environ.get("DATALAB_ENGINE", "cpu")}
-        p = subprocess.run([sys.executable, __file__, "--worker", kind, "--file", str(path)], env=env, capture_output=True, text=True, cwd=ROOT)
+        p = subprocess.run([sys.executable, __file__, "--worker", kind, "--file", str(path)], env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
-            print(p.stdout[-2000:], p.stderr[-4000:])
+            print(p.stdout[-2000:])
             raise SystemExit(f"{kind} failed")
         results[kind] = json.loads(line[7:])
     print(f"\n{'':28}{'rows':>12}{'seconds':>10}{'rows/s':>14}{'MB/s':>8}{'peak RSS MB':>13}")
     for kind, label in (("polars", "plain Polars script"), ("datalab", "datalab push->published")):
+        if kind not in results:
+            continue
         r = results[kind]
         print(f"{label:28}{r['rows']:>12,}{r['seconds']:>10.1f}{r['rows'] / r['seconds']:>14,.0f}{mb / r['seconds']:>8.1f}{r['peak_rss_mb']:>13,.0f}")
+    if "datalab" not in results:
+        return
     st = results["datalab"]["stages"]
     total = sum(st.values())
     print("\ndatalab stages: " + ", ".join(f"{k} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in st.items()))

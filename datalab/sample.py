@@ -735,21 +735,27 @@ def _generate_long(
         cols[unit_col] = pl.Series(unit_col, table).gather(unit_code)
     cols.update(_attribute_columns(c, t, e, n_ent, seed, step))
     frame = pl.DataFrame(list(cols.values()))
-    truth = {
+    truth = _truth(frame, exact, key, len(wrong), missing, spikes, g * per_step, gap_idx, n_late, tz, n_ent, n_sen)
+    return Generated(frame, truth, header=lay.header, separator=_separator(c))
+
+
+def _truth(frame: pl.DataFrame, exact: Any, key: Any, wrong: int, missing: Any, spikes: Any, gaps: int,
+           gap_idx: Any, late: int, tz: Any, entities: int, sensors: int) -> dict[str, int]:
+    """What a generator injected, counted (the index arrays' lengths)."""
+    return {
         "rows": frame.height,
         "exact_duplicates": len(exact),
         "key_duplicates": len(key),
-        "wrong_unit": len(wrong),
+        "wrong_unit": wrong,
         "missing": len(missing),
         "spikes": len(spikes),
-        "gaps": g * per_step,
+        "gaps": gaps,
         "gap_rows": len(gap_idx),
-        "late": n_late,
+        "late": late,
         "tz_shifted": len(tz),
-        "entities": n_ent,
-        "sensors": n_sen,
+        "entities": entities,
+        "sensors": sensors,
     }
-    return Generated(frame, truth, header=lay.header, separator=_separator(c))
 
 
 def _separator(c: Contract) -> str:
@@ -850,20 +856,7 @@ def _generate_wide(
         names += [x for x in cols if x not in names]
         cols = {x: cols[x] for x in names if x in cols}
     frame = pl.DataFrame(list(cols.values()))
-    truth = {
-        "rows": frame.height,
-        "exact_duplicates": len(exact),
-        "key_duplicates": len(key),
-        "wrong_unit": 0,
-        "missing": len(missing),
-        "spikes": len(spikes),
-        "gaps": g * n_ent * n_sen,
-        "gap_rows": len(gap_idx),
-        "late": n_late,
-        "tz_shifted": len(tz),
-        "entities": n_ent,
-        "sensors": n_sen,
-    }
+    truth = _truth(frame, exact, key, 0, missing, spikes, g * n_ent * n_sen, gap_idx, n_late, tz, n_ent, n_sen)
     return Generated(frame, truth, header=lay.header, separator=_separator(c))
 
 
