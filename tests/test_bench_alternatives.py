@@ -1,0 +1,162 @@
+"""The benchmark's alternatives do the same work as datalab, so their timings compare.
+
+On one generated delivery with every defect, each alternative (plain
+Polars, DuckDB SQL, pandas + GX) must produce datalab's curated table: the
+same rows, the same converted values and the same flags, row for row; its
+checks must be the suite datalab derives from the contract, and fail where
+datalab's would. ``benchmarks/run_all.py`` must run as one command.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from alternatives import spindle_spec as spec  # noqa: E402
+
+SPINDLE = spec.CONTRACT_ID
+ALTERNATIVES = ("polars_plain", "duckdb_sql", "pandas_gx")
+ROW_KEY = ["entity", "time", "sensor", "raw_value", "raw_unit"]  # unique once exact duplicates are gone
+COMPARED = ("flag_missing", "flag_unit_unknown", "flag_out_of_range", "flag_key_duplicate", "flag_outlier",
+            "flag_gap_before")
+
+
+def _with_outliers(frame: pl.DataFrame) -> pl.DataFrame:
+    """Every 401st unique reading in its canonical unit set to 98 % of its maximum.
+
+    The generator's spikes are out of range, so its data has no in-range
+    robust outliers; these are (8 MAD-units above the median of every
+    series) and leave the duplicate counts as they were.
+    """
+    from alternatives.polars_plain import _utc
+
+    hi = pl.DataFrame([(s, u, h) for s, (u, _, h) in spec.SENSORS.items()], schema=["sensor", "canon", "hi"], orient="row")
+    lone = pl.len().over("machine_id", "sensor", _utc(pl.col("ts"))) == 1
+    pick = (pl.col("i") % 401 == 0) & lone & (pl.col("unit") == pl.col("canon")) & pl.col("value").is_not_null()
+    return (frame.with_row_index("i").join(hi, on="sensor", how="left", maintain_order="left")
+            .with_columns(value=pl.when(pick).then(0.98 * pl.col("hi")).otherwise(pl.col("value")))
+            .select(frame.columns))
+
+
+@pytest.fixture(scope="module")
+def delivery(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """20 k generated readings, curated by datalab (push, ingest, curate)."""
+    from datalab import contract, curate, ingest, landing, sample
+
+    tmp = tmp_path_factory.mktemp("bench")
+    c = contract.load_all(ROOT / "data_contracts")[SPINDLE]
+    gen = sample.generate(c, 20_000, seed=7)
+    path = sample.write(_with_outliers(gen.frame), tmp / "delivery.csv")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DATALAB_HOME", str(tmp / "lab"))
+        mp.setenv("DATALAB_CONTRACTS", str(ROOT / "data_contracts"))
+        mp.setenv("DATALAB_ENGINE", "cpu")
+        mp.delenv("DATALAB_CATALOG_URL", raising=False)
+        from datalab.config import settings
+
+        rec = landing.push(c, [path])
+        assert rec.accepted, rec.reasons
+        ingest.ingest_raw(c, rec.delivery_id)
+        stats = curate.curate_delivery(c, rec.delivery_id)
+        curated = pl.read_parquet(curate.curated_path(c, rec.delivery_id, settings()))
+    return {"contract": c, "path": path, "truth": gen.truth, "stats": stats, "curated": curated, "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def runs(delivery: dict) -> dict[str, dict]:
+    out = {}
+    for name in ALTERNATIVES:
+        mod = importlib.import_module(f"alternatives.{name}")
+        out[name] = mod.run(delivery["path"], delivery["tmp"] / f"{name}.parquet")
+    return out
+
+
+def test_the_delivery_has_every_defect_the_comparison_needs(delivery: dict) -> None:
+    st = delivery["stats"]
+    assert st["exact_duplicates_removed"] > 0 and st["values_converted"] > 0
+    for flag in ("flag_missing", "flag_out_of_range", "flag_key_duplicate", "flag_outlier", "flag_gap_before"):
+        assert st[flag] > 0, flag
+    assert delivery["truth"]["tz_shifted"] > 0  # naive local and offset timestamps are in the file
+
+
+@pytest.mark.parametrize("name", ALTERNATIVES)
+def test_counts_agree_with_datalab(runs: dict, delivery: dict, name: str) -> None:
+    r, st = runs[name], delivery["stats"]
+    assert r["rows_in"] == st["rows_in"]
+    assert r["rows_out"] == st["rows_out"]
+    assert r["exact_duplicates_removed"] == st["exact_duplicates_removed"] == delivery["truth"]["exact_duplicates"]
+    assert r["values_converted"] == st["values_converted"] == delivery["truth"]["wrong_unit"]
+    for flag in (*COMPARED, "flag_late"):
+        assert r["flags"][flag] == st[flag], flag
+
+
+@pytest.mark.parametrize("name", ALTERNATIVES)
+def test_output_is_datalabs_curated_table_row_for_row(runs: dict, delivery: dict, name: str) -> None:
+    mine = pl.read_parquet(runs[name]["output"]).select(spec.CURATED_COLUMNS)
+    ref = delivery["curated"].select(spec.CURATED_COLUMNS)
+    assert mine.height == ref.height
+    assert mine.schema["time"] == pl.Datetime("us", "UTC"), mine.schema["time"]
+    both = ref.join(mine, on=ROW_KEY, how="full", nulls_equal=True, suffix="_alt")
+    assert both.filter(pl.col("entity").is_null() | pl.col("entity_alt").is_null()).height == 0, "rows differ"
+    for flag in COMPARED:
+        bad = both.filter(pl.col(flag) != pl.col(f"{flag}_alt"))
+        assert bad.height == 0, f"{flag} differs on {bad.height} rows, e.g. {bad.head(3).to_dicts()}"
+    assert (both["unit"] == both["unit_alt"]).all()
+    v, w = both["value"], both["value_alt"]
+    assert (v.is_null() == w.is_null()).all()
+    assert ((v - w).abs() <= 1e-9 * v.abs().clip(lower_bound=1.0)).fill_null(True).all()
+
+
+def test_checks_are_the_suite_datalab_derives(runs: dict, delivery: dict) -> None:
+    from datalab import validate
+
+    derived = validate.derive_suite(delivery["contract"])
+    for name, r in runs.items():
+        assert r["validation"]["expectations"] == len(derived), name
+        assert r["validation"]["success"], (name, r["validation"]["failed"])
+    gx_types = sorted(c["name"].split("(")[0] for c in runs["pandas_gx"]["validation"]["checks"])
+    assert gx_types == sorted(s.type for s in derived)
+
+
+def test_checks_fail_where_the_contract_is_broken(delivery: dict, tmp_path: Path) -> None:
+    """10 % spikes break the < 3 % out-of-range rule of every sensor."""
+    from datalab import sample
+
+    c = delivery["contract"]
+    gen = sample.generate(c, 4_000, seed=3, defects=sample.Defects(spikes=0.1))
+    path = sample.write(gen, tmp_path / "bad.csv")
+    for name in ALTERNATIVES:
+        r = importlib.import_module(f"alternatives.{name}").run(path, tmp_path / f"{name}.parquet")
+        assert not r["validation"]["success"], name
+        failed = r["validation"]["failed"]
+        assert len(failed) == len(spec.SENSORS), (name, failed)  # one range check per sensor, nothing else
+        assert r["flags"]["flag_out_of_range"] == gen.truth["spikes"], name
+
+
+def test_run_all_is_one_command(tmp_path: Path) -> None:
+    """A tiny size through the real runner: subprocess per tool, table, JSON and PNG."""
+    pytest.importorskip("matplotlib")
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--rows", "3000", "--only", "polars", "duckdb",
+         "datalab-gpu", "--results", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "plain Polars script" in p.stdout and "DuckDB SQL" in p.stdout
+    report = json.loads(next(tmp_path.glob("bench-*.json")).read_text())
+    res = report["sizes"][0]["results"]
+    assert res["polars"]["rows_out"] == res["duckdb"]["rows_out"] > 0
+    assert res["polars"]["peak_rss_mb"] > 0 and set(res["duckdb"]["stages"]) == {"curate", "validate"}
+    if not report["gpu"]["usable"]:
+        assert "not available" in res["datalab-gpu"]["not_available"]
+        assert "not available" in p.stdout
+    assert next(tmp_path.glob("bench-*.png")).stat().st_size > 10_000
