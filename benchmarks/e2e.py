@@ -31,6 +31,19 @@ SPINDLE = "urn:datalab:bavaria-spindle:spindle-telemetry"
 
 
 def rss_mb() -> float:
+    """This process's own peak resident size in MB.
+
+    Read from VmHWM: on Linux ``ru_maxrss`` of a child starts from its
+    parent's peak (kept across fork and exec), so a worker spawned after the
+    generator held 50 M rows would report the generator's peak as its own.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for ln in f:
+                if ln.startswith("VmHWM:"):
+                    return int(ln.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -111,7 +124,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--worker")
-    ap.add_argument("--file", type=Path)
+    ap.add_argument("--file", type=Path, help="with --worker: the delivery to run on")
+    ap.add_argument("--input", type=Path, help="reuse a delivery generated earlier (skips generation; --rows is ignored)")
     ap.add_argument("--only", choices=["polars", "datalab"], help="run one side only (e.g. a memory check at 50 M rows)")
     a = ap.parse_args()
     if a.worker:
@@ -122,9 +136,14 @@ def main() -> None:
 
     c = contract.load_all(ROOT / "data_contracts")[SPINDLE]
     t = time.perf_counter()
-    path = sample.write(sample.generate(c, a.rows, seed=42), work / "delivery.csv")
-    mb = path.stat().st_size / 1e6
-    print(f"generated {a.rows:,} readings, {mb:,.0f} MB CSV in {time.perf_counter() - t:.1f} s -> {path}")
+    if a.input:
+        path = a.input.resolve()
+        mb = path.stat().st_size / 1e6
+        print(f"reusing {path} ({mb:,.0f} MB)")
+    else:
+        path = sample.write(sample.generate(c, a.rows, seed=42), work / "delivery.csv")
+        mb = path.stat().st_size / 1e6
+        print(f"generated {a.rows:,} readings, {mb:,.0f} MB CSV in {time.perf_counter() - t:.1f} s -> {path}")
     results = {}
     kinds = (a.only,) if a.only else ("polars", "datalab")
     for kind in kinds:
