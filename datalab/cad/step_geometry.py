@@ -113,10 +113,12 @@ def triangulate(shape: Any, deflection_mm: float) -> np.ndarray:
     from OCP.BRepMesh import BRepMesh_IncrementalMesh
     from OCP.TopAbs import TopAbs_FACE, TopAbs_REVERSED
     from OCP.TopLoc import TopLoc_Location
+    from OCP.TopoDS import TopoDS
 
     BRepMesh_IncrementalMesh(shape, deflection_mm, False, 0.5, True)
     out = []
-    for face in _distinct(shape, TopAbs_FACE):
+    for shp in _distinct(shape, TopAbs_FACE):
+        face = TopoDS.Face(shp)
         loc = TopLoc_Location()
         tri = BRep_Tool.Triangulation_s(face, loc)
         if tri is None:
