@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from datalab.cad import sandbox
+from datalab.cad.settings import CadSettings
 from datalab.config import Settings, safe_segment
 from datalab.contract import Contract
 
@@ -67,9 +68,8 @@ def parse_files(contract: Contract, files: list[tuple[str, Path, str]], s: Setti
     return out
 
 
-def contract_reasons(contract: Contract, name: str, parsed: dict[str, Any]) -> list[str]:
+def contract_reasons(cad: CadSettings, name: str, parsed: dict[str, Any]) -> list[str]:
     """The contract rules a parsed file breaks (each a reason naming the file and the rule)."""
-    cad = contract.cad
     fmt = parsed["format"]
     out = []
     if fmt not in cad.formats:
@@ -112,7 +112,7 @@ def check_staged(contract: Contract, staged: list[tuple[str, Path, str, int, boo
             else:
                 p = o.result
                 fr.format = p["format"] if p["format"] != "stl" else f"stl-{p['detail']}"
-                fr.reasons += contract_reasons(contract, name, p)
+                fr.reasons += contract_reasons(contract.cad, name, p)
                 fr.rows = 0 if fr.reasons else 1
         receipts.append(fr)
     return receipts

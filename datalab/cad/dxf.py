@@ -94,7 +94,8 @@ def _ends(e: Any) -> tuple[Any, Any] | None:
 def read(path: Path) -> tuple[DxfStats, list[np.ndarray]]:
     """(stats in drawing units, flattened polylines for the thumbnail). Raises DxfError."""
     import ezdxf
-    from ezdxf import bbox, path as ezpath
+    from ezdxf import bbox
+    from ezdxf import path as ezpath
 
     st = DxfStats()
     with open(path, "rb") as f:

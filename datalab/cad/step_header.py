@@ -188,7 +188,7 @@ def parse_params(text: str, limit: int = 100_000) -> list[Any]:
             except ValueError as e:
                 raise StepError(f"bad number {t!r}") from e
         if kind == 5:
-            k2, t2 = tok()
+            k2, _ = tok()
             if k2 != 6:
                 raise StepError(f"typed parameter {t} without '('")
             return Typed((t.upper(), lst(depth + 1)))
@@ -321,7 +321,8 @@ def parse_header(text: str, h: StepHeader) -> None:
             h.description = _strs(args[0] if args else None)
             h.implementation_level = _str(args[1]) if len(args) > 1 else None
         elif name == "FILE_NAME":
-            get = lambda i: args[i] if len(args) > i else None  # noqa: E731
+            a = args + [None] * 7
+            get = a.__getitem__
             h.file_name, h.timestamp = _str(get(0)), _str(get(1))
             h.authors, h.organizations = _strs(get(2)), _strs(get(3))
             h.preprocessor, h.originating_system, h.authorization = _str(get(4)), _str(get(5)), _str(get(6))

@@ -96,7 +96,7 @@ def read_ascii(data: bytes) -> tuple[StlStats, np.ndarray, np.ndarray]:
 
 def measure(st: StlStats, tris: np.ndarray, normals: np.ndarray) -> StlStats:
     """Fill the geometric counts of ``st`` from triangles (n, 3, 3) and declared normals (n, 3)."""
-    st.triangles = int(len(tris))
+    st.triangles = len(tris)
     if not len(tris):
         return st
     finite = np.isfinite(tris).all(axis=(1, 2))

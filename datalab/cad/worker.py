@@ -25,15 +25,15 @@ def warm() -> None:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.collections  # noqa: F401
-    import matplotlib.figure  # noqa: F401
+    import matplotlib.collections
+    import matplotlib.figure
     from matplotlib import font_manager
 
     font_manager.fontManager  # noqa: B018 - builds/loads the font cache once, not per file
 
     try:
-        import OCP.BRepGProp  # noqa: F401
-        import OCP.BRepMesh  # noqa: F401
+        import OCP.BRepGProp
+        import OCP.BRepMesh
         import OCP.STEPControl  # noqa: F401
     except ImportError:  # pragma: no cover - reported per STEP file instead
         pass
