@@ -257,3 +257,30 @@ def test_fuzz_stl_reader(data: bytes, binary: bool) -> None:
         stl.read(data, binary)
     except stl.StlError:
         pass
+
+
+# ---------------------------------------------------------------- hostile pushes
+
+
+@needs_real
+def test_hostile_cad_pushes_are_rejected_with_reasons(lab: Path, tmp_path: Path) -> None:
+    from datalab import contract, landing
+
+    c = contract.load_all(Path(__file__).resolve().parent.parent / "data_contracts")["urn:datalab:lyon-presses:tooling-cad"]
+    z = tmp_path / "bracket.stp"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("bracket.stp", (CAD / "step/nist_ftc_11_asme1_rb.stp").read_bytes())
+    bad_dxf = tmp_path / "plate.dxf"
+    bad_dxf.write_text("0\nSECTION\n2\nHEADER\n9\n$ACADVER\n1\nAC1015\n0\nENDSEC\n0\nSECTION\n2\nENTITIES\n0\nLINE\n8\n0\n10\nx\n")
+    cut = tmp_path / "cut.stp"
+    cut.write_bytes(b"ISO-10303-21;\nHEADER;\nFILE_SCHEMA(('AUTOMOTIVE_DESIGN'));\nENDSEC;\nDATA;\n#1=CARTESIAN_POINT('',(0.,0.,")
+    pdf = tmp_path / "../drawing.dxf"  # a name with a path: only its base name is used
+    pdf.write_bytes(b"%PDF-1.7\n" + os.urandom(300))
+    rec = landing.push(c, [z, bad_dxf, cut, (str(pdf), pdf), CAD / "step/nist_ftc_11_asme1_rb.stp"])
+    assert rec.status == "rejected"
+    by = {f.name: f.reasons for f in rec.files}
+    assert by["bracket.stp"] == ["bracket.stp: the content is a ZIP archive, not STEP, STL or DXF (rule: format by content)"]
+    assert by["plate.dxf"][0].startswith("plate.dxf: ezdxf cannot read the drawing:")
+    assert by["cut.stp"] == ["cut.stp: not a readable ISO 10303-21 file: the DATA section has no ENDSEC: truncated file?"]
+    assert by["drawing.dxf"] == ["drawing.dxf: the content is a PDF document, not STEP, STL or DXF (rule: format by content)"]
+    assert by["nist_ftc_11_asme1_rb.stp"] == []  # the good file is fine; the delivery is rejected as a whole

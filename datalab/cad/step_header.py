@@ -280,7 +280,7 @@ def _section(text: str, name: str, start: int = 0) -> tuple[str, int] | None:
     for t in _TOKEN.finditer(text, i):
         if t.group().strip().upper().startswith("ENDSEC"):
             return text[m.end():t.start()], t.end()
-    return text[m.end():], len(text)
+    raise StepError(f"the {name} section has no ENDSEC: truncated file?")
 
 
 def classify_schema(schemas: list[str]) -> str | None:
