@@ -156,7 +156,7 @@ def test_pull_enforces_clearance_and_verifies_checksums(cadlab, tmp_path: Path, 
         pull.pull("tooling-cad@1.0.0", "research", tmp_path, actor="team:ml")
     monkeypatch.setenv("DATALAB_EXPORT_CLEARED", "1")
     monkeypatch.setenv("DATALAB_CLEARANCE", "internal")
-    with pytest.raises(PolicyRefused, match="rule 'classification'.*confidential"):
+    with pytest.raises(PolicyRefused, match=r"rule .classification.*confidential"):
         pull.pull("tooling-cad@1.0.0", "research", tmp_path, actor="team:ml")
     monkeypatch.setenv("DATALAB_CLEARANCE", "confidential")
     with pytest.raises(PolicyRefused, match="model-training"):
