@@ -10,13 +10,18 @@ by transformation, so that every file has distinct bytes and geometry:
 * STL: triangles rotated, scaled and translated; a third written as ASCII;
 * DXF: every entity translated with ezdxf and saved.
 
+(Run it with ``if __name__ == "__main__"`` intact: the sandbox's fork server
+imports the main module.)
+
 Then, in one lab (``DATALAB_HOME`` in a temp dir): push in deliveries of
 ``--per-delivery`` files (each file parsed in its own sandboxed process,
 ``--workers`` at a time), ingest (from the push's cache), curate and validate
 each delivery (GX suite, no Data Docs). Side by side, the obvious
 alternative: the same parse in-process, file after file, without sandbox,
-limits or any of the lab's bookkeeping. Prints files/s, MB/s and peak RSS
-(the lab's process, and the largest sandbox child).
+limits or any of the lab's bookkeeping (thumbnails rendered too). Prints
+files/s, MB/s and peak RSS (the lab's process, and the largest sandbox child
+as the child measured it), and the load average, since CAD parsing is CPU
+bound and a shared machine slows it.
 """
 
 from __future__ import annotations
@@ -145,16 +150,21 @@ def run_lab(files: list[Path], per: int, workers: int) -> dict:
         stages["validate"] += time.perf_counter() - t
         if not rep.success:
             reasons.append(rep.summary())
-    return {"stages": stages, "accepted_deliveries": accepted, "rejected_deliveries": rejected, "reasons": reasons[:5]}
+    from datalab.cad import check
+
+    parsed = [json.loads(p.read_text()) for p in check.cache_dir(c, s).rglob("*.json")]
+    return {"stages": stages, "accepted_deliveries": accepted, "rejected_deliveries": rejected, "reasons": reasons[:5],
+            "child_rss_mb": max((p.get("sandbox_peak_rss_mb") or 0.0) for p in parsed),
+            "parse_seconds_sum": sum(p.get("parse_seconds") or 0.0 for p in parsed)}
 
 
-def run_inprocess(files: list[Path]) -> dict:
+def run_inprocess(files: list[Path], thumbs: Path) -> dict:
     from datalab.cad import worker
 
     worker.warm()
     t = time.perf_counter()
-    for p in files:
-        worker.parse(p, p.name, None)
+    for i, p in enumerate(files):
+        worker.parse(p, p.name, thumbs / f"{i}.png")
     return {"seconds": time.perf_counter() - t}
 
 
@@ -195,16 +205,19 @@ def main() -> None:
                 print(f"  datalab {k:25} {v:8.1f} {len(files) / v:8.1f} {mb / v:7.2f}")
             print(f"{'datalab push -> validated':34} {total:8.1f} {len(files) / total:8.1f} {mb / total:7.2f} "
                   f"{lab['rss_mb']:12.0f} {lab['child_rss_mb']:13.0f}")
-            print(f"{'in-process parse, no sandbox':34} {inp['seconds']:8.1f} {len(files) / inp['seconds']:8.1f} "
+            print(f"{'  (sum of in-sandbox parse time)':34} {lab['parse_seconds_sum']:8.1f}")
+            print(f"{'in-process parse+thumbnail, no sandbox':34} {inp['seconds']:8.1f} {len(files) / inp['seconds']:8.1f} "
                   f"{mb / inp['seconds']:7.2f} {inp['rss_mb']:12.0f} {'-':>13}")
+            print(f"load average (1 min) after each run: lab {lab['loadavg'][0]:.1f}, in-process {inp['loadavg'][0]:.1f}")
             print(json.dumps({"files": len(files), "mb": mb, **res}))
             return
         if args.mode == "lab":
             r = run_lab(files, args.per_delivery, args.workers)
         else:
-            r = run_inprocess(files)
+            r = run_inprocess(files, Path(tmp))
         r["rss_mb"] = rss_mb()
-        r["child_rss_mb"] = rss_mb(resource.RUSAGE_CHILDREN)
+        r.setdefault("child_rss_mb", 0.0)
+        r["loadavg"] = os.getloadavg()
         print(json.dumps(r))
 
 

@@ -97,7 +97,11 @@ def _child(conn: Connection, job: Job, target: Callable[[Job], dict[str, Any]], 
     except (ValueError, OSError):  # pragma: no cover - e.g. a hard limit below ours
         pass
     try:
-        conn.send(("ok", target(job)))
+        result = target(job)
+        if isinstance(result, dict):
+            # what this parse cost, measured in the child itself (the parent cannot: the child is the fork server's)
+            result["sandbox_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        conn.send(("ok", result))
     except MemoryError:
         conn.send(("memory", f"{job.name}: the parser exceeded the memory limit of {memory_bytes / 2**20:,.0f} MiB (rule: sandbox memory limit)"))
     except Exception as e:  # every parser error is a reason, never a crash of the pool
