@@ -279,3 +279,40 @@ def test_hostile_cad_pushes_are_rejected_with_reasons(lab: Path, tmp_path: Path)
     assert by["cut.stp"] == ["cut.stp: not a readable ISO 10303-21 file: the DATA section has no ENDSEC: truncated file?"]
     assert by["drawing.dxf"] == ["drawing.dxf: the content is a PDF document, not STEP, STL or DXF (rule: format by content)"]
     assert by["nist_ftc_11_asme1_rb.stp"] == []  # the good file is fine; the delivery is rejected as a whole
+
+
+@needs_real
+def test_mutated_real_files_never_crash_the_pipeline(tmp_path: Path) -> None:
+    """Real files with flipped bytes, cuts and junk, through the sandbox: each is parsed or rejected with a reason."""
+    import random
+
+    rng = random.Random(3)
+    srcs = ["step/nist_ftc_11_asme1_rb.stp", "step/featuretype.STEP", "stl/featuretype.STL", "dxf/wrench.dxf",
+            "dxf/1002_tray_bottom.DXF"]
+    jobs = []
+    for i in range(30):
+        src = CAD / srcs[i % len(srcs)]
+        data = bytearray(src.read_bytes())
+        for _ in range(rng.randint(1, 20)):
+            op = rng.random()
+            pos = rng.randrange(len(data))
+            if op < 0.5:
+                data[pos] = rng.randrange(256)
+            elif op < 0.8:
+                data[pos:pos] = os.urandom(rng.randint(1, 16))
+            else:
+                del data[pos:pos + rng.randint(1, 64)]
+        if i % 7 == 0:
+            data = data[: len(data) // 2]  # truncated
+        p = tmp_path / f"m{i:02d}{src.suffix}"
+        p.write_bytes(bytes(data))
+        jobs.append(sandbox.Job(str(i), p, p.name, tmp_path / f"m{i:02d}.png"))
+    out = sandbox.run(jobs, workers=2, timeout_s=30, memory_bytes=1 << 30)
+    assert len(out) == 30
+    for o in out:
+        if o.ok:
+            assert o.result["format"] in sniff.FORMATS
+        else:
+            assert o.reason.startswith(o.name + ":"), o.reason
+            assert o.kind in ("rejected", "crash", "timeout", "memory")
+    assert any(o.ok for o in out) and any(not o.ok for o in out)

@@ -97,6 +97,14 @@ def _child(conn: Connection, job: Job, target: Callable[[Job], dict[str, Any]], 
     except (ValueError, OSError):  # pragma: no cover - e.g. a hard limit below ours
         pass
     try:
+        # OpenCASCADE prints its syntax complaints to std::cout; the reason goes
+        # back through the pipe, so the child's stdout is silenced.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    except OSError:  # pragma: no cover
+        pass
+    try:
         result = target(job)
         if isinstance(result, dict):
             # what this parse cost, measured in the child itself (the parent cannot: the child is the fork server's)
