@@ -62,16 +62,12 @@ def render_card(m: dict[str, Any], contracts: dict[str, Contract]) -> str:
         lines.append("")
         lines.append("Excluded deliveries:")
         lines += [f"- {e['delivery_id']} ({e['contract']}): {e['reason']}" for e in m["lineage"]["excluded"]]
-    lines += ["", "## Preparation", "Exact duplicate rows removed; units converted to the contract's canonical units; every other defect is kept and flagged:", ""]
-    lines += ["| delivery | rows in | rows out | duplicates removed | converted | " + " | ".join(FLAG_WORDS.values()) + " | engine |",
-              "|---" * (6 + len(FLAG_WORDS)) + "|"]
-    for d, st in m["curation"].items():
-        eng = (st.get("engine") or {}).get("engine", "?")
-        lines.append(f"| {d} | {st['rows_in']:,} | {st['rows_out']:,} | {st['exact_duplicates_removed']:,} | {st['values_converted']:,} | "
-                     + " | ".join(f"{st.get(f, 0):,}" for f in FLAG_WORDS) + f" | {eng} |")
-    const = sorted({s for st in m["curation"].values() for s in (st.get("constant_sensors") or [])})
-    if const:
-        lines += ["", f"Constant sensors (no information for learning): {', '.join(const)}."]
+    if m.get("cad"):
+        from datalab.cad.publish import card_section
+
+        lines += card_section(m)
+    else:
+        lines += _preparation(m)
     lines += ["", "## Validation", "Great Expectations suites derived from each contract ran as blocking checks:", ""]
     for d, v in m["validation"].items():
         lines.append(f"- {d}: {'passed' if v['success'] else 'FAILED'} ({v['evaluated']} expectations, {v['failed']} failed)")
@@ -87,3 +83,18 @@ def render_card(m: dict[str, Any], contracts: dict[str, Contract]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _preparation(m: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    lines += ["", "## Preparation", "Exact duplicate rows removed; units converted to the contract's canonical units; every other defect is kept and flagged:", ""]
+    lines += ["| delivery | rows in | rows out | duplicates removed | converted | " + " | ".join(FLAG_WORDS.values()) + " | engine |",
+              "|---" * (6 + len(FLAG_WORDS)) + "|"]
+    for d, st in m["curation"].items():
+        eng = (st.get("engine") or {}).get("engine", "?")
+        lines.append(f"| {d} | {st['rows_in']:,} | {st['rows_out']:,} | {st['exact_duplicates_removed']:,} | {st['values_converted']:,} | "
+                     + " | ".join(f"{st.get(f, 0):,}" for f in FLAG_WORDS) + f" | {eng} |")
+    const = sorted({s for st in m["curation"].values() for s in (st.get("constant_sensors") or [])})
+    if const:
+        lines += ["", f"Constant sensors (no information for learning): {', '.join(const)}."]
+    return lines

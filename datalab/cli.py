@@ -29,6 +29,9 @@ contract_app = typer.Typer(no_args_is_help=True, help="Data contracts (ODCS v3).
 audit_app = typer.Typer(no_args_is_help=True, help="The append-only audit log.")
 app.add_typer(contract_app, name="contract")
 app.add_typer(audit_app, name="audit")
+from datalab.cad.cli import cad_app  # noqa: E402  (CAD files, issue 3)
+
+app.add_typer(cad_app, name="cad")
 out = Console()
 err = Console(stderr=True)
 

@@ -138,6 +138,7 @@ class Contract:
     sla: tuple[dict[str, Any], ...] = ()
     max_file_bytes: int = 20 << 30
     description: str = ""
+    cad: Any = None  # datalab.cad.settings.CadSettings for kind 'cad'
     raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
@@ -271,6 +272,11 @@ def _lint_lab_rules(doc: dict[str, Any]) -> list[str]:
         return p
     if kind == "timeseries":
         p += _lint_timeseries(props, custom, cps)
+    elif kind == "cad":
+        from datalab.cad.settings import lint as lint_cad
+
+        cad_i = _custom_index(cps, "cad")
+        p += lint_cad(custom.get("cad"), f"customProperties[{cad_i}].value" if cad_i is not None else "customProperties.cad")
     for i, q in enumerate(schema[0].get("quality") or []):
         p += _lint_quality(q, f"schema[0].quality[{i}]", [x.get("name") for x in props if isinstance(x, dict)])
     if "limits" in custom:
@@ -523,8 +529,15 @@ def _build(doc: dict[str, Any], path: Path) -> Contract:
         sla=tuple(doc.get("slaProperties") or ()),
         max_file_bytes=parse_size(limits.get("max_file_bytes", 20 << 30)),
         description=(desc.get("purpose") or "") if isinstance(desc, dict) else str(desc),
+        cad=_cad_settings(custom) if custom.get("kind") == "cad" else None,
         raw=doc,
     )
+
+
+def _cad_settings(custom: dict[str, Any]) -> Any:
+    from datalab.cad.settings import build
+
+    return build(custom.get("cad"))
 
 
 def lint(path: Path) -> list[str]:

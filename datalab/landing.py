@@ -173,6 +173,12 @@ def _check_file(contract: Contract, name: str, path: Path, size: int, over: bool
     return fr
 
 
+def _cad_check(contract: Contract, staged: list, s: Settings) -> list[FileReceipt]:
+    from datalab.cad.check import check_staged
+
+    return check_staged(contract, [(n, p, sha, size, over) for n, p, sha, size, over in staged], s)
+
+
 def _raw_writer(contract: Contract, delivery_id: str, s: Settings) -> Any:
     if contract.kind != "timeseries":
         return None
@@ -195,9 +201,11 @@ def _land(contract: Contract, staged: list, actor: str, catalog: cat.Catalog, s:
     checked = []
     delivery_id = new_delivery_id()
     sink = _raw_writer(contract, delivery_id, s)
+    # CAD files are checked together (parsed in parallel, each in its own sandboxed process).
+    cad_receipts = _cad_check(contract, staged, s) if contract.kind == "cad" else None
     try:
-        for name, path, sha, size, over in staged:
-            fr = _check_file(contract, name, path, size, over, None if reasons else sink)
+        for i, (name, path, sha, size, over) in enumerate(staged):
+            fr = cad_receipts[i] if cad_receipts is not None else _check_file(contract, name, path, size, over, None if reasons else sink)
             fr.sha256 = sha
             reasons += fr.reasons
             checked.append((fr, path, over))

@@ -221,6 +221,10 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
         "policy": policy.to_dict(),
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    if any(contracts[c].kind == "cad" for c in spec.inputs):
+        from datalab.cad.publish import attach_files  # the files, versioned with the table
+
+        attach_files(manifest, included, contracts, policy, s)
     vdir = s.versions / name / version
     vdir.mkdir(parents=True, exist_ok=True)
     (vdir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))

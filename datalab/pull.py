@@ -24,6 +24,7 @@ import polars as pl
 from datalab import catalog as cat
 from datalab import contract as contracts_mod
 from datalab import datasets
+from datalab.clearance import check_clearance
 from datalab.config import Settings, settings
 from datalab.errors import DatalabError, IntegrityError, NotFound, PolicyRefused
 from datalab.policy import Policy
@@ -63,6 +64,7 @@ def authorise(name: str, version: str | None, purpose: str | None, actor: str, s
         object.__setattr__(pol, "sources", m["policy"].get("sources", {}))
         pol.check_purpose(purpose)
         pol.check_retention()
+        check_clearance(pol)
         if s.site:
             sites = datasets.load_sites(s.contracts_dir)
             if s.site not in sites:
@@ -104,6 +106,10 @@ def pull(ref: str, purpose: str | None, to: Path, actor: str | None = None, s: S
             dst = data / f"part-{i:05d}.parquet"
             _copy_verified(s.home / f["path"], dst, f["sha256"])
             files.append(dst)
+        if m.get("cad"):
+            from datalab.cad.publish import pull_files  # CAD files and thumbnails beside the table
+
+            files += pull_files(m, out, s, _copy_verified)
     except (IntegrityError, OSError) as e:
         catalog.audit(actor, "pull", f"{name}@{m['version']}", "failed", {"purpose": purpose, "reason": str(e)})
         shutil.rmtree(out, ignore_errors=True)

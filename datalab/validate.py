@@ -1065,11 +1065,11 @@ def validate(
     """
     t0 = _time.perf_counter()
     safe_segment(run_name, "run name")
-    specs = derive_suite(contract) + load_handwritten(contract, suites_dir)
+    specs = _suite_for(contract) + load_handwritten(contract, suites_dir)
     s = settings()
     chunks = None
     whole_file = isinstance(frame, (str, Path)) and Path(frame).suffix == ".parquet" and Path(frame).is_file()
-    if whole_file and all(validate_chunks.mergeable(sp.type, sp.kwargs) for sp in specs):
+    if contract.kind == "timeseries" and whole_file and all(validate_chunks.mergeable(sp.type, sp.kwargs) for sp in specs):
         chunks = validate_chunks.plan_chunks(Path(frame), s.validate_chunk_rows)
     if chunks is not None:
         return _validate_chunked(contract, Path(frame), chunks, specs, run_name, t0)
@@ -1104,6 +1104,14 @@ def validate(
     if len(results) != len(specs):
         report.notes.append(f"{len(specs)} expectations in the suite but {len(results)} results")
     return _write_report(report, t0)
+
+
+def _suite_for(contract: Contract) -> list[ExpectationSpec]:
+    if contract.kind == "cad":
+        from datalab.cad.suite import derive_cad_suite  # the CAD table's own rules
+
+        return derive_cad_suite(contract)
+    return derive_suite(contract)
 
 
 def _report(

@@ -1,6 +1,6 @@
 """The lab's Dagster definitions, built from the contracts in ``data_contracts/``.
 
-Per time-series contract: raw and curated assets on a dynamic partition per
+Per time-series or CAD contract: raw and curated assets on a dynamic partition per
 delivery, the blocking suite check, an ingest job and a sensor that adds a
 partition and requests a run for every accepted delivery. Per dataset spec:
 a dataset asset and a publish job. ``workspace.yaml`` loads this module; the
@@ -13,6 +13,7 @@ import os
 
 import dagster as dg
 
+from assets.cad import build_cad_assets
 from assets.datasets import build_dataset_asset
 from assets.timeseries import build_timeseries_assets, partitions_for
 from datalab import contract as contracts_mod
@@ -55,9 +56,9 @@ def build_definitions() -> dg.Definitions:
     contracts = contracts_mod.load_all(s.contracts_dir)
     assets, jobs, sensors = [], [], []
     for c in sorted(contracts.values(), key=lambda c: c.slug):
-        if c.kind != "timeseries":
+        if c.kind not in ("timeseries", "cad"):
             continue
-        built = build_timeseries_assets(c)
+        built = build_timeseries_assets(c) if c.kind == "timeseries" else build_cad_assets(c)
         assets += built
         job = dg.define_asset_job(ingest_job_name(c), selection=dg.AssetSelection.assets(*built),
                                   partitions_def=partitions_for(c), tags={"tenant": c.tenant})

@@ -69,7 +69,7 @@ def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun
     inst = instance()
     out = []
     for c in chosen:
-        if c.kind != "timeseries":
+        if c.kind not in ("timeseries", "cad"):
             continue
         job = defs.resolve_job_def(ingest_job_name(c))
         parts_name = f"{c.slug}__deliveries"

@@ -1,0 +1,99 @@
+"""Asset factories for CAD contracts: parsed and curated, one partition per delivery.
+
+``<tenant>/<product>/raw``: every stored file of the delivery has its
+sandboxed parse facts (cached by the push check, parsed again if missing).
+``<tenant>/<product>/curated``: one row per file in the canonical unit,
+with flags, signature, duplicate and same-part links, thumbnails; the CAD
+expectation suite runs as its blocking check (``checks/validation.py``),
+exactly like the sensor suites. Thumbnails are shown in the metadata.
+"""
+
+import base64
+
+import dagster as dg
+import polars as pl
+from dagster import AssetExecutionContext
+
+from assets.timeseries import _md_table, key_prefix, partitions_for
+from checks.validation import run_suite_check, suite_check_spec
+from datalab.cad import curate
+from datalab.config import settings
+from datalab.contract import Contract
+from datalab.engine import MemoryWatch
+
+MAX_THUMBS = 8
+PREVIEW = ["file_name", "format", "schema", "length_unit", "faces", "triangles", "volume_mm3", "area_mm2",
+           "bbox_x_mm", "bbox_y_mm", "bbox_z_mm", "flags", "same_part_as", "duplicate_of"]
+
+
+def thumbnails_md(df: pl.DataFrame, thumbs_root: str) -> dg.MetadataValue:
+    """Markdown with the parts' PNGs inlined (data URIs), so the Dagster UI shows them."""
+    cells = []
+    for name, rel in df.select("file_name", "thumbnail").head(MAX_THUMBS).iter_rows():
+        if not rel:
+            continue
+        try:
+            with open(f"{thumbs_root}/{rel}", "rb") as f:
+                b64 = base64.b64encode(f.read()).decode()
+        except OSError:
+            continue
+        cells.append(f"**{name}**\n\n![{name}](data:image/png;base64,{b64})")
+    return dg.MetadataValue.md("\n\n".join(cells) or "no thumbnails")
+
+
+def build_cad_assets(contract: Contract) -> list[dg.AssetsDefinition]:
+    parts = partitions_for(contract)
+    prefix = key_prefix(contract)
+    raw_key = dg.AssetKey([*prefix, "raw"])
+    tags = {"tenant": contract.tenant, "kind": contract.kind}
+
+    @dg.asset(key=raw_key, partitions_def=parts, group_name=contract.slug,
+              description=f"{contract.name}: each file parsed in the sandbox (STEP header + OpenCASCADE, STL, DXF).",
+              metadata={"contract": contract.id, "contract_version": contract.version}, tags=tags,
+              kinds={"python", "json"})
+    def raw(context: AssetExecutionContext) -> dg.MaterializeResult:
+        d = context.partition_key
+        with MemoryWatch() as mw:
+            st = curate.ingest(contract, d)
+        return dg.MaterializeResult(metadata={
+            "delivery_id": d, "files": st["files"], "cached": st["cached"], "parsed": st["parsed"],
+            "bytes_in": dg.MetadataValue.int(st["bytes_in"]), "seconds": dg.MetadataValue.float(st["seconds"]),
+            "peak_rss_mb": dg.MetadataValue.float(round(mw.peak_mb, 1)),
+        })
+
+    curated_key = dg.AssetKey([*prefix, "curated"])
+
+    @dg.asset(key=curated_key, partitions_def=parts, deps=[raw_key], group_name=contract.slug,
+              description=f"{contract.name}: one row per file in {contract.cad.canonical_unit}, flags, signature, "
+                          "thumbnails; validated by the CAD suite.",
+              check_specs=[suite_check_spec(contract, curated_key)], metadata={"contract": contract.id}, tags=tags,
+              kinds={"polars", "parquet", "great_expectations"})
+    def curated(context: AssetExecutionContext) -> dg.MaterializeResult:
+        d = context.partition_key
+        s = settings()
+        with MemoryWatch() as mw:
+            st = curate.curate_delivery(contract, d, s)
+            path = curate.curated_path(contract, d, s)
+            check = run_suite_check(contract, d, path, context)
+        df = pl.read_parquet(path)
+        return dg.MaterializeResult(
+            metadata={
+                "delivery_id": d,
+                "files": dg.MetadataValue.int(st["rows_out"]),
+                "formats": ", ".join(f"{k}: {v}" for k, v in sorted(st["formats"].items())),
+                "flags": ", ".join(f"{k}: {v}" for k, v in sorted(st["flags"].items())) or "none",
+                "duplicates": dg.MetadataValue.int(st["duplicates"]),
+                "same_part_links": dg.MetadataValue.int(st["same_part_links"]),
+                "converted_to_canonical_unit": dg.MetadataValue.int(st["values_converted"]),
+                "classification": contract.policy.classification,
+                "export_control": contract.policy.export_control,
+                "curation_seconds": dg.MetadataValue.float(st["seconds"]),
+                "peak_rss_mb": dg.MetadataValue.float(round(mw.peak_mb, 1)),
+                "path": dg.MetadataValue.path(str(path)),
+                "preview": _md_table(df.select(PREVIEW).head(10)),
+                "thumbnails": thumbnails_md(df, str(curate.thumbs_dir(contract, s).parent)),
+            },
+            check_results=[check],
+        )
+
+    return [raw, curated]

@@ -1,0 +1,145 @@
+"""Publishing and pulling CAD datasets: the Iceberg table of features and the files, versioned together.
+
+``datalab.publish`` writes the table (one row per file, streamed to Iceberg
+like every dataset) and calls :func:`attach_files`, which puts every
+original file and thumbnail of the included deliveries into the dataset's
+content-addressed object store (``versions/<name>/objects/<sha[:2]>/<sha>``,
+checksummed while copying, shared by all versions, never rewritten) and
+lists them in the version's manifest with their sha256. The table rows and
+the file list come from the same curated deliveries, so a version's table
+and files always agree. ``datalab.pull`` calls :func:`pull_files`, which
+copies them next to the Parquet files, verifying every checksum.
+
+The sovereignty tags (classification, export_control) are written on the
+manifest's ``cad`` section, the Iceberg table properties (by publish) and
+every row (``features``); ``datalab.clearance`` enforces them on pull.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from datalab import landing, state
+from datalab.config import Settings, safe_segment
+from datalab.errors import IntegrityError
+
+
+def objects_dir(dataset: str, s: Settings) -> Path:
+    return s.versions / safe_segment(dataset, "dataset") / "objects"
+
+
+def _put(src: Path, dst: Path, sha: str) -> None:
+    """Copy ``src`` into the object store under its sha256, verifying it; existing objects are kept."""
+    if dst.exists():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_suffix(f".{os.getpid()}.part")
+    h = hashlib.sha256()
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        while chunk := fin.read(8 << 20):
+            h.update(chunk)
+            fout.write(chunk)
+    if h.hexdigest() != sha:
+        tmp.unlink()
+        raise IntegrityError(f"{src}: checksum {h.hexdigest()} does not match the recorded {sha}")
+    os.chmod(tmp, 0o444)
+    os.replace(tmp, dst)
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def attach_files(manifest: dict[str, Any], included: list[dict[str, Any]], contracts: dict[str, Any],
+                 policy: Any, s: Settings) -> None:
+    """Store the included deliveries' files and thumbnails; list them in ``manifest['cad']``."""
+    name = manifest["dataset"]
+    objs = objects_dir(name, s)
+    files, thumbs = [], {}
+    for d in included:
+        c = contracts[d["contract"]]
+        if c.kind != "cad":
+            continue
+        stored = {sha: path for _n, path, sha in landing.stored_files(d["id"], s)}
+        rows = pl.read_parquet(s.home / d["curated_path"], columns=["file_name", "sha256", "format", "bytes", "thumbnail",
+                                                                   "same_part_as", "duplicate_of", "flags"])
+        cur_dir = (s.home / d["curated_path"]).parent
+        for r in rows.to_dicts():
+            sha = r["sha256"]
+            dst = objs / sha[:2] / sha
+            _put(stored[sha], dst, sha)
+            entry = {"name": r["file_name"], "delivery_id": d["id"], "contract": c.id, "sha256": sha, "bytes": r["bytes"],
+                     "format": r["format"], "path": str(dst.relative_to(s.home)), "thumbnail": None}
+            if r["thumbnail"]:
+                src = cur_dir / r["thumbnail"]
+                tsha = thumbs.get(src) or _sha(src)
+                thumbs[src] = tsha
+                tdst = objs / tsha[:2] / tsha
+                _put(src, tdst, tsha)
+                entry["thumbnail"] = {"sha256": tsha, "path": str(tdst.relative_to(s.home))}
+            entry.update(flags=r["flags"], same_part_as=r["same_part_as"], duplicate_of=r["duplicate_of"])
+            files.append(entry)
+    files.sort(key=lambda f: (f["delivery_id"], f["name"]))
+    keep = ("rows_out", "values_converted", "duplicates", "same_part_links", "flags", "formats")
+    curation = {d["id"]: {k: ((state.get(d["id"], s) or {}).get("stats", {}).get("curated", {})).get(k) for k in keep}
+                for d in included if contracts[d["contract"]].kind == "cad"}
+    manifest["cad"] = {
+        "curation": curation,
+        "files": files,
+        "bytes": sum(f["bytes"] for f in files),
+        "classification": policy.classification,
+        "export_control": policy.export_control,
+    }
+
+
+def pulled_name(entry: dict[str, Any]) -> str:
+    """Where a file lands in a pull: ``files/<sha[:12]>-<original name>`` (names may repeat across deliveries)."""
+    return f"{entry['sha256'][:12]}-{landing.safe_name(entry['name'])}"
+
+
+def pull_files(manifest: dict[str, Any], out: Path, s: Settings, copy: Any) -> list[Path]:
+    """Copy a version's CAD files and thumbnails to ``out/files`` with ``copy(src, dst, sha)`` (verifying)."""
+    got = []
+    fdir = out / "files"
+    (fdir / "thumbs").mkdir(parents=True, exist_ok=True)
+    for f in manifest["cad"]["files"]:
+        dst = fdir / pulled_name(f)
+        copy(s.home / f["path"], dst, f["sha256"])
+        got.append(dst)
+        if f["thumbnail"]:
+            tdst = fdir / "thumbs" / f"{f['sha256']}.png"
+            copy(s.home / f["thumbnail"]["path"], tdst, f["thumbnail"]["sha256"])
+            got.append(tdst)
+    return got
+
+
+def card_section(m: dict[str, Any]) -> list[str]:
+    """The CAD part of the dataset card: preparation, files with thumbnails, same parts."""
+    cad = m["cad"]
+    lines = ["", "## Preparation (CAD)",
+             "Every file was identified by its content and parsed in a sandboxed process (time and memory "
+             "limits); lengths are in mm (STEP through OpenCASCADE, STL and unitless DXF in the contract's "
+             "declared unit, flagged `unit_from_contract`). Defects are kept and flagged, never repaired.", "",
+             "| delivery | files | converted to mm | duplicates | same-part links | flags |", "|---|---|---|---|---|---|"]
+    for d, st in cad["curation"].items():
+        flags = ", ".join(f"{k}: {v}" for k, v in sorted((st.get("flags") or {}).items())) or "none"
+        lines.append(f"| {d} | {st.get('rows_out') or 0} | {st.get('values_converted') or 0} | "
+                     f"{st.get('duplicates') or 0} | {st.get('same_part_links') or 0} | {flags} |")
+    lines += ["", f"## Files ({len(cad['files'])}, {cad['bytes']:,} bytes)",
+              f"Classification **{cad['classification']}**; export-controlled: **{'yes' if cad['export_control'] else 'no'}**. "
+              "A pull puts each file in `files/` and its thumbnail in `files/thumbs/`.", "",
+              "| thumbnail | file | format | sha256 | same part as | flags |", "|---|---|---|---|---|---|"]
+    for f in cad["files"]:
+        img = f"![{f['name']}](files/thumbs/{f['sha256']}.png)" if f["thumbnail"] else ""
+        lines.append(f"| {img} | {f['name']} | {f['format']} | `{f['sha256'][:16]}` | {f.get('same_part_as') or ''} | "
+                     f"{f.get('flags') or ''} |")
+    return lines

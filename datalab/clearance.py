@@ -1,0 +1,40 @@
+"""The consumer's clearance, checked on every pull against the version's classification and export control.
+
+A version carries the classification and ``export_control`` flag of its
+inputs (combined: the highest classification, export-controlled if any
+input is). The consumer declares what it is cleared for:
+
+* ``DATALAB_CLEARANCE``: the highest classification it may receive
+  (public < internal < confidential < restricted). Unset means
+  ``confidential``: members of the lab work under its NDA, restricted data
+  needs an explicit clearance.
+* ``DATALAB_EXPORT_CLEARED``: ``1``/``true``/``yes`` when it is cleared for
+  export-controlled (dual-use) content; unset means not cleared.
+
+A refusal is a ``PolicyRefused`` naming the rule, so ``pull`` audits it
+like every other refusal.
+"""
+
+from __future__ import annotations
+
+import os
+
+from datalab.errors import PolicyRefused
+from datalab.policy import CLASSIFICATIONS, Policy
+
+DEFAULT_CLEARANCE = "confidential"
+
+
+def check_clearance(pol: Policy, env: dict[str, str] | None = None) -> None:
+    env = dict(os.environ) if env is None else env
+    clearance = (env.get("DATALAB_CLEARANCE") or DEFAULT_CLEARANCE).strip().lower()
+    if clearance not in CLASSIFICATIONS:
+        raise PolicyRefused("classification", f"DATALAB_CLEARANCE={clearance!r} is not one of {list(CLASSIFICATIONS)}")
+    if CLASSIFICATIONS.index(pol.classification) > CLASSIFICATIONS.index(clearance):
+        who = ", ".join(pol.sources.get("classification", [])) or "the dataset policy"
+        raise PolicyRefused("classification", f"the version is {pol.classification} (set by {who}); the consumer's "
+                            f"clearance is {clearance} (DATALAB_CLEARANCE)")
+    if pol.export_control and env.get("DATALAB_EXPORT_CLEARED", "").strip().lower() not in ("1", "true", "yes"):
+        who = ", ".join(pol.sources.get("export_control", [])) or "the dataset policy"
+        raise PolicyRefused("export_control", f"the version holds export-controlled content (set by {who}); "
+                            "the consumer is not cleared for it (set DATALAB_EXPORT_CLEARED=1 only if it is)")
