@@ -223,7 +223,7 @@ def render_markdown(m: dict[str, Any], f: dict[str, Any], contracts: dict[str, C
                 + [["operating condition (shift)", x["group"], x["rows"], f"{x['share']:.1%}"] for x in (f["condition_shares"] or [])])
     L += [""] + ([f"- **Warning**: {w}" for w in f["warnings"]] or ["No share crosses a threshold."])
     L += ["", "## Known gaps and shortcomings", ""] + ([f"- {g}" for g in f["gaps"]] or ["- none found"])
-    L += ["", "## Schema"] + _table(["column", "type"], [[k, v] for k, v in m["schema"].items()])
+    L += ["", "## Schema", *_table(["column", "type"], [[k, v] for k, v in m["schema"].items()])]
     cites = "; ".join(f"{contracts[c['id']].name} ({x})" for c in m["lineage"]["contracts"] if c["id"] in contracts
                       for x in [next((y["firm"] for y in f["collection"] if y["contract"] == c["id"]), c["tenant"])])
     L += ["", "## How to use",

@@ -25,9 +25,9 @@ from datalab import catalog as cat
 from datalab import contract as contracts_mod
 from datalab import datasets
 from datalab.config import Settings, settings
+from datalab.datasheet import ship as ship_datasheet
 from datalab.errors import DatalabError, IntegrityError, NotFound, PolicyRefused
 from datalab.policy import Policy
-from datalab.datasheet import ship as ship_datasheet
 from datalab.publish import read_manifest
 from datalab.sovereignty import check_pull_purpose
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,14 @@ from datalab.config import Settings, settings
 from datalab.contract import Contract, read_yaml
 from datalab.datasets import DatasetSpec, Site
 from datalab.errors import ContractError, DatalabError, IntegrityError, NotFound, PolicyRefused
-from datalab.policy import CLASSIFICATIONS, FIELDS, Policy, combine, compress_residency, expand_residency
+from datalab.policy import (
+    CLASSIFICATIONS,
+    FIELDS,
+    Policy,
+    combine,
+    compress_residency,
+    expand_residency,
+)
 
 
 @dataclass
@@ -274,7 +280,7 @@ def residency_words(policy: Policy) -> str:
     return ", ".join(compress_residency(expand_residency(list(policy.residency))))
 
 
-__all__ = ["DatalabError", "PublishPlan", "check_personal", "explain", "plan_publish", "replicate", "os"]
+__all__ = ["PublishPlan", "check_personal", "explain", "plan_publish", "replicate"]
 
 
 def gate(check: Any, catalog: cat.Catalog, actor: str, name: str, site: str) -> Any:
