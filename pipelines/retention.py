@@ -7,12 +7,12 @@ deliveries and of the withdrawn versions, the delivery partitions, and the
 contract's raw/curated asset history.
 """
 
-from __future__ import annotations
 
 import shutil
 from typing import Any
 
 import dagster as dg
+from dagster import OpExecutionContext
 
 from datalab import contract as contracts_mod
 from datalab import retention
@@ -67,7 +67,7 @@ def purge_dagster(contract_id: str, deliveries: list[str], versions: list[tuple[
     return {"runs_deleted": len(runs), "assets_wiped": wiped}
 
 
-def enforce(context: dg.OpExecutionContext | None = None) -> list[retention.PurgeReport]:
+def enforce(context: OpExecutionContext | None = None) -> list[retention.PurgeReport]:
     reports = retention.enforce(actor="dagster:retention", hook=purge_dagster)
     if context is not None:
         for r in reports:
@@ -77,7 +77,7 @@ def enforce(context: dg.OpExecutionContext | None = None) -> list[retention.Purg
 
 
 @dg.op(description="Delete data past retention_until everywhere, withdraw the versions holding it.")
-def retention_enforce_op(context: dg.OpExecutionContext) -> dg.Output[int]:
+def retention_enforce_op(context: OpExecutionContext) -> dg.Output[int]:
     reports = enforce(context)
     return dg.Output(len(reports), metadata={
         "contracts_purged": dg.MetadataValue.int(len(reports)),
