@@ -53,7 +53,7 @@ def policy_explain(ref: str = typer.Argument(..., help="NAME@VERSION"), as_json:
     if as_json:
         out.print_json(json.dumps(x, default=str))
     else:
-        out.print(sovereignty.render_explain(x), markup=False, highlight=False)
+        out.print(sovereignty.render_explain(x), markup=False, highlight=False, soft_wrap=True)
 
 
 @policy_app.command("purposes")
@@ -65,9 +65,9 @@ def policy_purposes() -> None:
         v = purposes.load()
     except DatalabError as e:
         _fail(e)
-    out.print(f"purpose vocabulary v{v.version} ({v.path})", markup=False, highlight=False)
+    out.print(f"purpose vocabulary v{v.version} ({v.path})", markup=False, highlight=False, soft_wrap=True)
     for p in sorted(v.parents):
-        out.print(f"{'  ' * p.count('.')}{p}: {v.descriptions[p]}", markup=False, highlight=False)
+        out.print(f"{'  ' * p.count('.')}{p}: {v.descriptions[p]}", markup=False, highlight=False, soft_wrap=True)
 
 
 def replicate(ref: str = typer.Argument(..., help="NAME@VERSION"),
@@ -99,7 +99,7 @@ def diff(a: str = typer.Argument(..., help="NAME@A"), b: str = typer.Argument(..
     if as_json:
         out.print_json(json.dumps(d, default=str))
     else:
-        out.print(vdiff.render(d), markup=False, highlight=False)
+        out.print(vdiff.render(d), markup=False, highlight=False, soft_wrap=True)
 
 
 def contract_withdraw(contract: str = typer.Argument(..., help="contract id or tenant/product"),
@@ -117,7 +117,7 @@ def contract_withdraw(contract: str = typer.Argument(..., help="contract id or t
 def _print_report(r: Any) -> None:
     out.print(f"{r.contract_id}: {r.status}; {len(r.deliveries)} deliveries, {r.files_deleted} files "
               f"({r.bytes_deleted:,} bytes) deleted; versions withdrawn: {', '.join(r.versions_withdrawn) or 'none'}",
-              markup=False, highlight=False)
+              markup=False, highlight=False, soft_wrap=True)
 
 
 @retention_app.command("enforce")

@@ -330,12 +330,21 @@ def plots(vdir: Path, m: dict[str, Any], f: dict[str, Any], lf: pl.LazyFrame, s:
     plt.close(fig)
 
 
+def mask(text: str, masks: dict[str, str]) -> str:
+    """Replace the names of firms that may not be named (also inside contract ids)."""
+    for tenant, label in masks.items():
+        text = text.replace(tenant, label)
+    return text
+
+
 def write(vdir: Path, m: dict[str, Any], contracts: dict[str, Contract], lf: pl.LazyFrame, s: Settings) -> dict[str, Any]:
     """Write card.md, card.html, datasheet.json and the plots; returns their names."""
     f = facts(m, contracts, lf, s)
-    (vdir / "datasheet.json").write_text(json.dumps(f, indent=2, default=str))
+    used = [contracts[c["id"]] for c in m["lineage"]["contracts"] if c["id"] in contracts]
+    masks = {c.tenant: _firm_label(c, s) for c in used if _firm_label(c, s) != c.tenant}
+    (vdir / "datasheet.json").write_text(mask(json.dumps(f, indent=2, default=str), masks))
     plots(vdir, m, f, lf, s)
-    md = render_markdown(m, f, contracts)
+    md = mask(render_markdown(m, f, contracts), masks)
     (vdir / "card.md").write_text(md)
     (vdir / "card.html").write_text(render_html(md, f"{m['title']} {m['version']}"))
     return {"files": list(SHIPPED), "warnings": len(f["warnings"]), "gaps": len(f["gaps"])}

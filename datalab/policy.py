@@ -194,10 +194,18 @@ def combine(policies: list[Policy]) -> Policy:
     def who(pred: Any) -> list[str]:
         return sorted({s for p in policies if pred(p) for s in p.sources.get("residency", [])})
 
+    def narrows_residency(p: Policy) -> bool:
+        # p set the residency if leaving it out would widen the result.
+        others = [expand_residency(list(q.residency)) for q in policies if q is not p]
+        return not others or frozenset.intersection(*others) != res
+
+    def narrows_purposes(p: Policy) -> bool:
+        others = [list(q.purposes) for q in policies if q is not p]
+        return not others or meet_purposes(others, prohibited) != purposes
+
     sources = {
-        "residency": who(lambda p: expand_residency(list(p.residency)) != res or len(policies) == 1)
-        or who(lambda p: True),
-        "purposes": who(lambda p: set(p.purposes) != purposes) or who(lambda p: True),
+        "residency": who(narrows_residency) or who(lambda p: True),
+        "purposes": who(narrows_purposes) or who(lambda p: True),
         "prohibited_purposes": who(lambda p: bool(p.prohibited_purposes)),
         "classification": who(lambda p: CLASSIFICATIONS.index(p.classification) == cls_rank),
         "license": who(lambda p: bool(p.license)),
