@@ -185,9 +185,9 @@ def test_incompatible_inputs_stop_unless_excluded(mlab: Path) -> None:
         with pytest.raises(PolicyRefused, match=r"(?s)residencies do not overlap.*bavaria-spindle:spindle-telemetry: residency \['DE'\].*oulu-pumps:pump-telemetry: residency \['FI'\]"):
             publish.publish(name)
         assert _audit("publish", name)[-1].detail["rule"] == "residency"
-        with _edited(pumps, lambda d: _sov(d).update(residency=["EU"], purposes=["quality-control"])):
-            with pytest.raises(PolicyRefused, match=r"(?s)no purpose in common.*purposes \['quality-control'\]"):
-                publish.publish(name)
+        with _edited(pumps, lambda d: _sov(d).update(residency=["EU"], purposes=["quality-control"])), \
+                pytest.raises(PolicyRefused, match=r"(?s)no purpose in common.*purposes \['quality-control'\]"):
+            publish.publish(name)
         _spec(mlab, "inc", [SPINDLE, PUMPS], excluded_inputs=[{"contract": PUMPS, "reason": "data must stay in Finland"}])
         r = publish.publish(name)
     assert r.created and set(r.manifest["rows_per_contract"]) == {SPINDLE}

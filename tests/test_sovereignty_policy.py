@@ -17,14 +17,22 @@ from hypothesis import strategies as st
 
 from datalab import datasets, purposes
 from datalab.errors import ContractError, PolicyRefused
-from datalab.policy import CLASSIFICATIONS, COUNTRIES, Policy, combine, expand_residency, meet_purposes, purpose_allowed
+from datalab.policy import (
+    CLASSIFICATIONS,
+    COUNTRIES,
+    Policy,
+    combine,
+    expand_residency,
+    meet_purposes,
+    purpose_allowed,
+)
 from datalab.sovereignty import check_site
 from tests.conftest import ROOT
 
 VOCAB = purposes.load(ROOT / "data_contracts")
 WORDS = sorted(VOCAB.parents)
 SITES = datasets.load_sites(ROOT / "data_contracts")
-PLACES = sorted(COUNTRIES) + ["EU", "EEA"]
+PLACES = [*sorted(COUNTRIES), "EU", "EEA"]
 
 POLICIES = st.builds(
     lambda i, r, p, x, c, pd, ec, d: Policy.from_dict({

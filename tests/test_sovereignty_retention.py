@@ -52,7 +52,6 @@ def _set_policy(path: Path, **changes: object) -> None:
 
 
 def test_retention_and_withdrawal_delete_for_real(lab: Path, tmp_path: Path, contracts, monkeypatch) -> None:
-    import dagster as dg
 
     from pipelines import runner
     from pipelines.definitions import build_definitions
