@@ -56,7 +56,7 @@ def mlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         for i, cid in enumerate((SPINDLE, PRESS, PUMPS, CMAPSS, PRESS_B)):
             c = contracts[cid]
             defects = sample.Defects.none() if cid == CMAPSS else None  # its suite allows no defect
-            f = sample.write(sample.generate(c, 1_200, seed=300 + i, start=START, defects=defects), root / f"{c.product}.csv")
+            f = sample.write(sample.generate(c, 300 if cid == CMAPSS else 1_200, seed=300 + i, start=START, defects=defects), root / f"{c.product}.csv")
             assert landing.push(c, [f], actor=f"firm:{c.tenant}").accepted
         assert all(r.validation_ok for r in runner.run_pending())
         yield spec
