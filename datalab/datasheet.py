@@ -314,7 +314,8 @@ def plots(vdir: Path, m: dict[str, Any], f: dict[str, Any], lf: pl.LazyFrame, s:
     plt.close(fig)
     # 3. quality flags per version (this and the earlier, still-described versions)
     hist = []
-    for prev in sorted((vdir.parent).glob("*/datasheet.json"), key=lambda p: tuple(int(x) for x in p.parent.name.split("."))):
+    earlier = [p for p in vdir.parent.glob("*/datasheet.json") if re.match(r"^\d+\.\d+\.\d+$", p.parent.name)]
+    for prev in sorted(earlier, key=lambda p: tuple(int(x) for x in p.parent.name.split("."))):
         if prev.parent != vdir:
             hist.append((prev.parent.name, json.loads(prev.read_text())["flags"]))
     hist.append((m["version"], f["flags"]))
