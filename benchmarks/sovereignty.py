@@ -41,7 +41,20 @@ def main() -> None:
     os.environ.update(DATALAB_HOME=str(work / "lab"), DATALAB_CONTRACTS=str(work / "contracts"), DATALAB_ENGINE="cpu")
     import polars as pl
 
-    from datalab import card, contract, curate, datasheet, ingest, landing, publish, retention, sample, sovereignty, state, validate
+    from datalab import (
+        card,
+        contract,
+        curate,
+        datasheet,
+        ingest,
+        landing,
+        publish,
+        retention,
+        sample,
+        sovereignty,
+        state,
+        validate,
+    )
     from datalab.config import settings
 
     s = settings()
