@@ -81,11 +81,20 @@ def _live_deliveries(contract_id: str, conn: sa.Connection) -> list[str]:
     return [r.id for r in conn.execute(sa.select(d.c.id).where(d.c.contract_id == contract_id, d.c.status.notin_(PURGED)))]
 
 
-def _delivery_files(delivery_id: str, s: Settings, conn: sa.Connection) -> list[Path]:
+def _delivery_files(delivery_id: str, contract_id: str, s: Settings, conn: sa.Connection) -> list[Path]:
     """Every file of a delivery: recorded paths plus anything named after it."""
     paths: set[Path] = set()
-    for r in conn.execute(sa.select(cat.delivery_files.c.stored_path).where(cat.delivery_files.c.delivery_id == delivery_id)):
-        if r.stored_path:
+    f, d = cat.delivery_files, cat.deliveries
+    for r in conn.execute(sa.select(f.c.stored_path).where(f.c.delivery_id == delivery_id)):
+        if not r.stored_path:
+            continue
+        # Landing is content-addressed: keep a file another live delivery (of
+        # a contract not being purged) still references.
+        shared = conn.execute(
+            sa.select(f.c.delivery_id).select_from(f.join(d, d.c.id == f.c.delivery_id))
+            .where(f.c.stored_path == r.stored_path, f.c.delivery_id != delivery_id,
+                   d.c.contract_id != contract_id, d.c.status.notin_(PURGED))).first()
+        if shared is None:
             paths.add(s.home / r.stored_path)
     p = conn.execute(sa.select(cat.processing).where(cat.processing.c.delivery_id == delivery_id)).first()
     if p is not None:
@@ -121,7 +130,7 @@ def purge_contract(contract_id: str, status: str, reason: str, actor: str, s: Se
     ledger: list[dict[str, Any]] = []
     with c.begin() as conn:
         rep.deliveries = _live_deliveries(contract_id, conn)
-        targets = {d: _delivery_files(d, s, conn) for d in rep.deliveries}
+        targets = {d: _delivery_files(d, contract_id, s, conn) for d in rep.deliveries}
     for d, paths in targets.items():
         for p in paths:
             _delete_path(p, ledger, s.home)
@@ -287,6 +296,16 @@ def enforce(today: dt.date | None = None, actor: str = "retention", s: Settings 
             live = _live_deliveries(cid, conn)
         if live:
             out.append(purge_contract(cid, "expired", reason, actor, s, hook))
+    # Withdrawn contracts: anything that arrived since (refused pushes keep
+    # their files in quarantine) goes too.
+    for cid in sorted(contracts):
+        w = withdrawals.contract_withdrawal(cid, s)
+        if w is None:
+            continue
+        with cat.Catalog(s.catalog_url).begin() as conn:
+            live = _live_deliveries(cid, conn)
+        if live:
+            out.append(purge_contract(cid, "withdrawn", f"contract {cid} withdrawn by {w['actor']} at {w['at']}: {w['reason']}", actor, s, hook))
     return out
 
 

@@ -58,6 +58,14 @@ def contract_withdrawal(contract_id: str, s: Settings | None = None) -> dict[str
     return dict(r._mapping) if r else None
 
 
+def withdrawn_reason(contract_id: str, s: Settings) -> str | None:
+    """Why a push to ``contract_id`` is refused, if its firm withdrew it."""
+    w = contract_withdrawal(contract_id, s)
+    if w is None:
+        return None
+    return f"contract {contract_id} was withdrawn by {w['actor']} at {w['at']} ({w['reason']}); pushes are refused (rule: withdrawn)"
+
+
 def record_contract(contract_id: str, actor: str, reason: str, s: Settings) -> dict[str, Any]:
     """Record the withdrawal (idempotent: the first one stands)."""
     existing = contract_withdrawal(contract_id, s)

@@ -53,6 +53,8 @@ def _set_policy(path: Path, **changes: object) -> None:
 
 def test_retention_and_withdrawal_delete_for_real(lab: Path, tmp_path: Path, contracts, monkeypatch) -> None:
 
+    import dagster as dg
+
     from pipelines import runner
     from pipelines.definitions import build_definitions
 
@@ -70,6 +72,8 @@ def test_retention_and_withdrawal_delete_for_real(lab: Path, tmp_path: Path, con
     assert all(r.validation_ok for r in runner.run_pending())
     assert runner.publish("mix")["version"] == "1.0.0"
     assert runner.publish("solo")["version"] == "1.0.0"
+    card_md = runner.instance().get_latest_materialization_event(dg.AssetKey(["datasets", "mix"])).asset_materialization.metadata["card"]
+    assert card_md.value.startswith("# ") and "## Provenance" in card_md.value  # the datasheet is shown in Dagster
     s = settings()
     pumps_ids = sorted(pl.read_parquet(s.home / publish.read_manifest("mix", "1.0.0")["files"][0]["path"])
                        .filter(pl.col("contract_id") == PUMPS)["entity"].unique().to_list())
@@ -122,4 +126,11 @@ def test_retention_and_withdrawal_delete_for_real(lab: Path, tmp_path: Path, con
         pull.pull("solo@1.0.0", "research", tmp_path / "solo-c", actor="team:ml")
     with pytest.raises(PolicyRefused, match=r"every input is excluded"):
         publish.publish("solo")
+    # from that moment the firm's pushes are refused, and the next enforcement clears the quarantine too
+    c = contracts[PRESS]
+    late = landing.push(c, [sample.write(sample.generate(c, 200, seed=99, start=START), tmp_path / "late.csv")], actor="firm:lyon-presses")
+    assert not late.accepted and any("withdrawn" in r and "rule: withdrawn" in r for r in late.reasons)
+    out = CliRunner().invoke(app, ["retention", "enforce"])
+    assert out.exit_code == 0 and f"{PRESS}: withdrawn; 1 deliveries" in out.output, out.output
+    assert _files_holding(s.home, press_ids) == {}
     assert log.verify_audit() == []
