@@ -277,6 +277,14 @@ def test_version_diff(mlab: Path) -> None:
     pumps_drift = [r for r in d["drift"] if r["contract"] == PUMPS and r["column"].startswith("value[")]
     assert pumps_drift and all(r["mean_shift_sd"] == 0 for r in pumps_drift)
     assert "rows:" in vdiff.render(d)
+    from typer.testing import CliRunner
+
+    from datalab.cli import app
+
+    out = CliRunner().invoke(app, ["diff", f"{name}@1.0.0", f"{name}@1.1.0"])
+    assert out.exit_code == 0 and "added ['operator_badge']" in out.output
+    out = CliRunner().invoke(app, ["replicate", f"{name}@1.1.0", "--site", "virginia"])
+    assert out.exit_code == 1 and "refused by rule 'residency'" in out.output
 
 
 def test_demo_dataset_datasheet_matches_the_table(mlab: Path) -> None:

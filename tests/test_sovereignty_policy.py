@@ -149,3 +149,36 @@ def test_sites_carry_region_country_operator_and_one_is_outside_the_eu() -> None
     assert {s.country for s in SITES.values()} >= {"DE", "FI", "US"}
     assert all(s.region and s.operator for s in SITES.values())
     assert any(s.country not in expand_residency(["EU"]) for s in SITES.values())
+
+
+@pytest.mark.parametrize(("sites", "problem"), [
+    ("sites:\n  - {name: x, country: DE, max_classification: secret}\n", "sites[0].max_classification: one of"),
+    ("sites:\n  - {name: x, country: XX}\n", "sites[0]: needs a name and an ISO 3166 country"),
+    ("sites: [\n", ""),
+])
+def test_bad_sites_file_is_an_error_naming_the_entry(tmp_path: Path, sites: str, problem: str) -> None:
+    (tmp_path / "sites.yaml").write_text(sites)
+    with pytest.raises(ContractError) as e:
+        datasets.load_sites(tmp_path)
+    assert "sites.yaml" in str(e.value) and problem in str(e.value)
+
+
+@pytest.mark.parametrize(("extra", "problem"), [
+    ({"excluded_inputs": [{"contract": "urn:nope"}]}, "excluded_inputs[0]: needs 'contract' (one of the inputs) and a non-empty 'reason'"),
+    ({"excluded_inputs": "all"}, "excluded_inputs: a list of {contract, reason}"),
+    ({"purposes": ["research", "training"]}, "purposes[1]: unknown purpose 'training' (purpose vocabulary v1.1.0"),
+    ({"purposes": "research"}, "purposes: a list of purpose words"),
+])
+def test_bad_spec_sovereignty_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: dict, problem: str) -> None:
+    import yaml
+
+    from datalab.datasets import DatasetSpec
+    from datalab.sovereignty import spec_extras
+
+    monkeypatch.setenv("DATALAB_CONTRACTS", str(ROOT / "data_contracts"))
+    f = tmp_path / "x.yaml"
+    f.write_text(yaml.safe_dump({"name": "x", "site": "munich", "inputs": ["urn:a"], **extra}))
+    spec = DatasetSpec("x", "x", "", "munich", ("urn:a",), (), f)
+    with pytest.raises(ContractError) as e:
+        spec_extras(spec)
+    assert problem in str(e.value) and str(f) in str(e.value)

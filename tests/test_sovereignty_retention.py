@@ -88,7 +88,9 @@ def test_retention_and_withdrawal_delete_for_real(lab: Path, tmp_path: Path, con
 
     # the pumps contract's retention date passes; the Dagster job enforces it
     _set_policy(spec / "providers" / "oulu-pumps" / "pump-telemetry.yaml", retention_until="2026-01-31")
-    job = build_definitions().resolve_job_def("retention_enforce")
+    defs = build_definitions()
+    assert defs.resolve_schedule_def("retention_daily").cron_schedule == "15 2 * * *"
+    job = defs.resolve_job_def("retention_enforce")
     res = job.execute_in_process(instance=runner.instance(), raise_on_error=True)
     assert res.success
     assert res.output_for_node("retention_enforce_op") == 1
