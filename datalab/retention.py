@@ -132,16 +132,17 @@ def purge_contract(contract_id: str, status: str, reason: str, actor: str, s: Se
         rep.deliveries = _live_deliveries(contract_id, conn)
         targets = {d: _delivery_files(d, contract_id, s, conn) for d in rep.deliveries}
     for d, paths in targets.items():
+        mine: list[dict[str, Any]] = []
         for p in paths:
-            _delete_path(p, ledger, s.home)
+            _delete_path(p, mine, s.home)
+        ledger += mine
         with c.begin() as conn:
             conn.execute(cat.deliveries.update().where(cat.deliveries.c.id == d).values(status=status))
             conn.execute(cat.processing.update().where(cat.processing.c.delivery_id == d).values(
                 stage="deleted", stats="{}", validation=None, validation_ok=None, raw_path=None,
                 curated_path=None, updated_at=cat.now_iso()))
             conn.execute(cat.watermarks.delete().where(cat.watermarks.c.delivery_id == d))
-            c.audit(actor, "delete", d, status, {"contract": contract_id, "reason": reason,
-                                                 "files": [x for x in ledger if d in x["path"]] or ledger[-5:]}, conn=conn)
+            c.audit(actor, "delete", d, status, {"contract": contract_id, "reason": reason, "files": mine}, conn=conn)
     rep.files_deleted = len(ledger)
     rep.bytes_deleted = sum(x["bytes"] for x in ledger)
     purged = set(rep.deliveries) | _purged_deliveries(contract_id, s)

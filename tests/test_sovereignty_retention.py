@@ -110,7 +110,11 @@ def test_retention_and_withdrawal_delete_for_real(lab: Path, tmp_path: Path, con
     log = cat.Catalog(s.catalog_url)
     deleted = [e for e in log.audit_entries(action="delete") if e.decision == "expired"]
     assert [e.subject for e in deleted] == [recs[PUMPS].delivery_id]
-    assert all(len(f["sha256"]) == 64 for f in deleted[0].detail["files"])
+    files = deleted[0].detail["files"]
+    assert all(len(f["sha256"]) == 64 for f in files)
+    # the audit keeps the hashes of what was deleted: the landed file's hash is the receipt's
+    assert recs[PUMPS].files[0].sha256 in {f["sha256"] for f in files}
+    assert {f["path"].split("/")[0] for f in files} >= {"landing", "raw", "curated"}
     assert any(e.subject == "mix@1.0.0" and e.decision == "withdrawn" for e in log.audit_entries(action="withdraw"))
     assert any(e.subject == "mix@1.0.0" and e.decision == "refused" for e in log.audit_entries(action="pull"))
     # a second run finds nothing left to do
