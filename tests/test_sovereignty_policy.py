@@ -155,6 +155,7 @@ def test_sites_carry_region_country_operator_and_one_is_outside_the_eu() -> None
     ("sites:\n  - {name: x, country: DE, max_classification: secret}\n", "sites[0].max_classification: one of"),
     ("sites:\n  - {name: x, country: XX}\n", "sites[0]: needs a name and an ISO 3166 country"),
     ("sites: [\n", ""),
+    ("sites:\n  - {name: ../etc, country: DE}\n", "sites[0].name: site name '../etc' is not allowed in a path"),
 ])
 def test_bad_sites_file_is_an_error_naming_the_entry(tmp_path: Path, sites: str, problem: str) -> None:
     (tmp_path / "sites.yaml").write_text(sites)
