@@ -77,6 +77,18 @@ def _warn_shares(what: str, shares: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _clean_value(m: dict[str, Any]) -> pl.Expr:
+    """``value`` where it is in the contract's range and no robust outlier, else null.
+
+    Distributions and statistics describe these; the flagged values are
+    counted separately (a few spikes would otherwise hide the distribution).
+    """
+    bad = [pl.col(f) for f in ("flag_out_of_range", "flag_outlier") if f in m["schema"]]
+    if not bad:
+        return pl.col("value")
+    return pl.when(~pl.any_horizontal(*bad)).then(pl.col("value")).otherwise(None)
+
+
 def facts(m: dict[str, Any], contracts: dict[str, Contract], lf: pl.LazyFrame, s: Settings) -> dict[str, Any]:
     """Every number of the card, computed from the version's rows."""
     used = {c["id"]: contracts[c["id"]] for c in m["lineage"]["contracts"] if c["id"] in contracts}
@@ -92,10 +104,12 @@ def facts(m: dict[str, Any], contracts: dict[str, Contract], lf: pl.LazyFrame, s
         gaps=pl.col("flag_gap_before").sum(), missing=pl.col("flag_missing").sum()).sort("firm").collect()
     per_type = base.group_by("machine_type").agg(rows=pl.len()).collect()
     per_machine = base.group_by("firm", "entity").agg(rows=pl.len(), sensors=pl.col("sensor").n_unique()).sort("firm", "entity").collect()
+    clean = _clean_value(m)
     per_sensor = base.group_by("contract_id", "sensor").agg(
         unit=pl.col("unit").first(), rows=pl.len(), missing=pl.col("value").is_null().sum(),
-        mean=pl.col("value").mean(), std=pl.col("value").std(), min=pl.col("value").min(),
-        median=pl.col("value").median(), max=pl.col("value").max()).sort("contract_id", "sensor").collect()
+        flagged=(pl.col("value").is_not_null() & clean.is_null()).sum(),
+        mean=clean.mean(), std=clean.std(), min=clean.min(),
+        median=clean.median(), max=clean.max()).sort("contract_id", "sensor").collect()
     flag_counts = base.select([pl.col(f).sum().alias(f) for f in FLAGS if f in m["schema"]]).collect().row(0, named=True)
     cond = None
     if ts:
@@ -208,8 +222,9 @@ def render_markdown(m: dict[str, Any], f: dict[str, Any], contracts: dict[str, C
     L += ["", "Per machine:", ""]
     L += _table(["firm", "machine", "rows", "sensors"], [[r["firm"], r["entity"], r["rows"], r["sensors"]] for r in f["machines"]])
     L += ["", "Per sensor (values in canonical units):", ""]
-    L += _table(["contract", "sensor", "unit", "rows", "missing", "mean", "std", "min", "median", "max"],
-                [[r["contract_id"].split(":")[-1], r["sensor"], r["unit"], r["rows"], r["missing"], r["mean"], r["std"], r["min"], r["median"], r["max"]] for r in f["sensors"]])
+    L += ["Statistics over in-range values that are not robust outliers; those are counted under *flagged*.", ""]
+    L += _table(["contract", "sensor", "unit", "rows", "missing", "flagged", "mean", "std", "min", "median", "max"],
+                [[r["contract_id"].split(":")[-1], r["sensor"], r["unit"], r["rows"], r["missing"], r["flagged"], r["mean"], r["std"], r["min"], r["median"], r["max"]] for r in f["sensors"]])
     L += ["", "Quality flags in this version:", ""]
     L += _table(["flag", "rows"], [[FLAG_WORDS[k], v] for k, v in f["flags"].items()])
     L += ["", "![coverage over time per firm](coverage.png)", "", "![value distributions per sensor](distributions.png)", "",
@@ -282,13 +297,30 @@ def plots(vdir: Path, m: dict[str, Any], f: dict[str, Any], lf: pl.LazyFrame, s:
     labels = {c["tenant"]: x["firm"] for c in m["lineage"]["contracts"] for x in f["collection"] if x["contract"] == c["id"]}
     ts = m["schema"].get("time", "").startswith("Datetime")
     # 1. coverage over time per firm
-    bucket = pl.col("time").dt.truncate("1h") if ts else (pl.col("time") // 100) * 100
+    lo, hi = lf.select(pl.col("time").min().alias("lo"), pl.col("time").max().alias("hi")).collect().row(0)
+    if ts:
+        span = (hi - lo).total_seconds() if lo is not None else 0
+        every = next((e for e, sec in (("1m", 60), ("5m", 300), ("15m", 900), ("1h", 3600), ("6h", 21600), ("1d", 86400), ("1w", 604800))
+                      if span / sec <= 60), "1mo")
+        bucket = pl.col("time").dt.truncate(every)
+        unit_words = every
+    else:
+        step = max(1, int(((hi or 0) - (lo or 0)) / 60))
+        bucket = (pl.col("time") // step) * step
+        unit_words = f"{step} time steps"
     cov = lf.group_by("tenant", bucket.alias("bucket")).agg(rows=pl.len()).sort("tenant", "bucket").collect()
+    # Every bucket of the span, so that a period without data shows as zero.
+    if cov.height and ts:
+        first = cov["bucket"].min()
+        full = pl.select(bucket=pl.datetime_range(first, cov["bucket"].max(), interval=every, eager=True))
+    elif cov.height:
+        full = pl.DataFrame({"bucket": list(range(int(cov["bucket"].min()), int(cov["bucket"].max()) + 1, step))},
+                            schema={"bucket": cov.schema["bucket"]})
     fig, ax = plt.subplots(figsize=(9, 3.5))
     for t in cov["tenant"].unique().sort().to_list():
-        d = cov.filter(pl.col("tenant") == t)
+        d = full.join(cov.filter(pl.col("tenant") == t).select("bucket", "rows"), on="bucket", how="left").fill_null(0).sort("bucket")
         ax.step(d["bucket"].to_list(), d["rows"].to_list(), where="post", label=labels.get(t, t))
-    ax.set_title(f"{m['dataset']}@{m['version']}: rows per {'hour' if ts else '100 time steps'} per firm")
+    ax.set_title(f"{m['dataset']}@{m['version']}: rows per {unit_words} per firm")
     ax.set_ylabel("rows")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -301,8 +333,8 @@ def plots(vdir: Path, m: dict[str, Any], f: dict[str, Any], lf: pl.LazyFrame, s:
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.2 * rows), squeeze=False)
     for k, (cid, sensor, unit) in enumerate(sensors):
-        vals = lf.filter((pl.col("contract_id") == cid) & (pl.col("sensor") == sensor)).select("value").drop_nulls() \
-            .head(200_000).collect()["value"].to_numpy()
+        vals = lf.filter((pl.col("contract_id") == cid) & (pl.col("sensor") == sensor)).select(_clean_value(m).alias("v")).drop_nulls() \
+            .head(200_000).collect()["v"].to_numpy()
         ax = axes[k // cols][k % cols]
         ax.hist(vals, bins=40)
         ax.set_title(f"{sensor} [{unit}]", fontsize=8)

@@ -311,7 +311,9 @@ def test_demo_dataset_datasheet_matches_the_table(mlab: Path) -> None:
     for (cid, sensor), g in df.group_by("contract_id", "sensor"):
         x = sensors[(cid, sensor)]
         assert x["rows"] == g.height and x["missing"] == g["value"].null_count()
-        assert x["mean"] == pytest.approx(g["value"].mean(), rel=1e-6) and x["max"] == pytest.approx(g["value"].max())
+        ok = g.filter(~pl.col("flag_out_of_range") & ~pl.col("flag_outlier"))["value"]
+        assert x["flagged"] == g["value"].drop_nulls().len() - ok.drop_nulls().len()
+        assert x["mean"] == pytest.approx(ok.mean(), rel=1e-6) and x["max"] == pytest.approx(ok.max())
     assert f["flags"] == {k: int(df[k].sum()) for k in f["flags"]}
     card = (vdir / "card.md").read_text()
     assert f"**{df.height:,} rows**" in card
