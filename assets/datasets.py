@@ -40,6 +40,22 @@ def build_dataset_asset(spec: DatasetSpec, contracts: dict[str, Contract]) -> dg
             "classification": m["policy"]["classification"],
             "excluded_deliveries": len(m["lineage"]["excluded"]),
             "publish_seconds": dg.MetadataValue.float(m["seconds"]),
+            **_card_metadata(spec.name, m),
         })
 
     return dataset
+
+
+def _card_metadata(name: str, m: dict) -> dict:
+    """The version's datasheet (Markdown) and its warnings, shown in the Dagster UI."""
+    from datalab.config import settings
+
+    vdir = settings().versions / name / m["version"]
+    card = vdir / "card.md"
+    if not card.exists():
+        return {}
+    return {
+        "card": dg.MetadataValue.md(card.read_text()),
+        "card_html": dg.MetadataValue.path(str(vdir / "card.html")),
+        "datasheet_warnings": dg.MetadataValue.int((m.get("datasheet") or {}).get("warnings", 0)),
+    }

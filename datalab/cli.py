@@ -299,6 +299,13 @@ def demo(
         _fail(e)
 
 
+# Sovereignty commands (policy explain/purposes, replicate, diff, contract
+# withdraw, retention enforce) live in their own module.
+from datalab.cli_sovereignty import register as _register_sovereignty  # noqa: E402
+
+_register_sovereignty(app, contract_app)
+
+
 def main() -> None:
     try:
         app()

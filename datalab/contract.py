@@ -311,6 +311,7 @@ def _lint_policy(pol: Any, where: str) -> list[str]:
         for i, x in enumerate(pol.get(key) or []):
             if not isinstance(x, str) or not re.match(r"^[a-z][a-z0-9-]*(\.[a-z][a-z0-9-]*)*$", x):
                 p.append(f"{where}.{key}[{i}]: {x!r} is not a purpose name (lower-case words with '-', parts joined by '.')")
+    p += _lint_purpose_words(pol, where)
     overlap = set(pol.get("purposes") or []) & set(pol.get("prohibited_purposes") or [])
     if overlap:
         p.append(f"{where}: purposes {sorted(overlap)} are both allowed and prohibited")
@@ -326,6 +327,21 @@ def _lint_policy(pol: Any, where: str) -> list[str]:
         if key in pol and not isinstance(pol[key], bool):
             p.append(f"{where}.{key}: must be true or false")
     return p
+
+
+def _lint_purpose_words(pol: dict[str, Any], where: str) -> list[str]:
+    """Purposes must be words of the lab's vocabulary (datalab.purposes)."""
+    from datalab import purposes as vocab
+
+    try:
+        v = vocab.load()
+    except ContractError as e:
+        return [f"{where}: {e}"]
+    out: list[str] = []
+    for key in ("purposes", "prohibited_purposes"):
+        words = pol.get(key) or []
+        out += v.problems(list(words) if isinstance(words, list) else [], f"{where}.{key}")
+    return out
 
 
 def _lint_quality(q: Any, where: str, names: list[str]) -> list[str]:

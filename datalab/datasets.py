@@ -12,9 +12,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from datalab.config import safe_segment
 from datalab.contract import Contract, read_yaml
 from datalab.errors import ContractError, NotFound, PolicyRefused
-from datalab.policy import COUNTRIES, Policy, combine
+from datalab.policy import CLASSIFICATIONS, COUNTRIES, Policy, combine
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -24,6 +25,9 @@ class Site:
     name: str
     country: str
     operator: str = ""
+    region: str = ""
+    # The most sensitive classification the site may host (policy.CLASSIFICATIONS).
+    max_classification: str = "restricted"
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,14 @@ def load_sites(contracts_dir: Path) -> dict[str, Site]:
     for i, s in enumerate((doc or {}).get("sites") or []):
         if not isinstance(s, dict) or s.get("country") not in COUNTRIES or not s.get("name"):
             raise ContractError(str(contracts_dir / "sites.yaml"), [f"sites[{i}]: needs a name and an ISO 3166 country"])
-        out[s["name"]] = Site(s["name"], s["country"], s.get("operator", ""))
+        try:
+            safe_segment(s["name"], "site name")  # replicas are stored under sites/<name>
+        except ValueError as e:
+            raise ContractError(str(contracts_dir / "sites.yaml"), [f"sites[{i}].name: {e}"]) from None
+        if s.get("max_classification", "restricted") not in CLASSIFICATIONS:
+            raise ContractError(str(contracts_dir / "sites.yaml"), [f"sites[{i}].max_classification: one of {list(CLASSIFICATIONS)}"])
+        out[s["name"]] = Site(s["name"], s["country"], s.get("operator", ""), s.get("region", ""),
+                              s.get("max_classification", "restricted"))
     return out
 
 

@@ -198,6 +198,11 @@ def _land(contract: Contract, staged: list, actor: str, catalog: cat.Catalog, s:
     reasons: list[str] = []
     if contract.status != "active":
         reasons.append(f"contract {contract.id} is {contract.status}; pushes need an active contract (rule: status)")
+    # Sovereignty: a contract its firm withdrew takes no more data.
+    from datalab.withdrawals import withdrawn_reason
+
+    if (why := withdrawn_reason(contract.id, s)) is not None:
+        reasons.append(why)
     checked = []
     delivery_id = new_delivery_id()
     sink = _raw_writer(contract, delivery_id, s)

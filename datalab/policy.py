@@ -72,6 +72,31 @@ def purpose_allowed(purpose: str, allowed: list[str], prohibited: list[str]) -> 
     return False, f"purpose '{purpose}' is not among the allowed purposes {sorted(allowed)}"
 
 
+def _lineage(purpose: str) -> list[str]:
+    parts = purpose.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def meet_purposes(allowed: list[list[str]], prohibited: list[str]) -> set[str]:
+    """The purposes every list allows, with the hierarchy (ODRL isPartOf).
+
+    A purpose is allowed by a list if it or a purpose it is part of is in the
+    list, so ``model-training`` and ``model-training.fine-tuning`` meet in
+    ``model-training.fine-tuning``. Candidates come from the lists themselves;
+    prohibited purposes (and their parts) are removed; a purpose whose parent
+    is also kept is redundant and dropped, so the result is canonical (which
+    makes combining associative and commutative).
+    """
+    if not allowed:
+        return set()
+    sets = [set(a) for a in allowed]
+    cands = set().union(*sets)
+    kept = {x for x in cands
+            if all(any(y in a for y in _lineage(x)) for a in sets)
+            and not any(y in prohibited for y in _lineage(x))}
+    return {x for x in kept if not any(y in kept for y in _lineage(x)[:-1])}
+
+
 @dataclass(frozen=True)
 class Policy:
     """One input's (or a combination's) sovereignty policy."""
@@ -157,13 +182,10 @@ def combine(policies: list[Policy]) -> Policy:
     if not policies:
         raise ValueError("no input policies to combine")
     res = expand_residency(list(policies[0].residency))
-    purposes = set(policies[0].purposes)
     for p in policies[1:]:
         res &= expand_residency(list(p.residency))
-        purposes &= set(p.purposes)
     prohibited = sorted({x for p in policies for x in p.prohibited_purposes})
-    # A purpose allowed by all but prohibited by one is not allowed.
-    purposes = {x for x in purposes if purpose_allowed(x, [x], prohibited)[0]}
+    purposes = meet_purposes([list(p.purposes) for p in policies], prohibited)
     cls_rank = max(CLASSIFICATIONS.index(p.classification) for p in policies)
     licenses = sorted({x for p in policies for x in p.license})
     dates = [p.retention_until for p in policies if p.retention_until]
@@ -172,10 +194,18 @@ def combine(policies: list[Policy]) -> Policy:
     def who(pred: Any) -> list[str]:
         return sorted({s for p in policies if pred(p) for s in p.sources.get("residency", [])})
 
+    def narrows_residency(p: Policy) -> bool:
+        # p set the residency if leaving it out would widen the result.
+        others = [expand_residency(list(q.residency)) for q in policies if q is not p]
+        return not others or frozenset.intersection(*others) != res
+
+    def narrows_purposes(p: Policy) -> bool:
+        others = [list(q.purposes) for q in policies if q is not p]
+        return not others or meet_purposes(others, prohibited) != purposes
+
     sources = {
-        "residency": who(lambda p: expand_residency(list(p.residency)) != res or len(policies) == 1)
-        or who(lambda p: True),
-        "purposes": who(lambda p: set(p.purposes) != purposes) or who(lambda p: True),
+        "residency": who(narrows_residency) or who(lambda p: True),
+        "purposes": who(narrows_purposes) or who(lambda p: True),
         "prohibited_purposes": who(lambda p: bool(p.prohibited_purposes)),
         "classification": who(lambda p: CLASSIFICATIONS.index(p.classification) == cls_rank),
         "license": who(lambda p: bool(p.license)),

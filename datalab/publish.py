@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from datalab import catalog as cat
 from datalab import contract as contracts_mod
-from datalab import datasets, state, table_stream
+from datalab import datasets, sovereignty, state, table_stream
 from datalab.config import Settings, settings
 from datalab.errors import DatalabError, NotFound
 
@@ -118,13 +118,11 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
     spec = datasets.load_spec(s.contracts_dir, name, contracts)
     sites = datasets.load_sites(s.contracts_dir)
     catalog = cat.Catalog(s.catalog_url)
-    try:
-        policy = datasets.effective_policy(spec, contracts, sites)
-    except DatalabError as e:
-        catalog.audit(actor, "publish", name, "refused", {"reason": str(e), "site": spec.site})
-        raise
+    # Inputs, exclusions and the effective policy (refusals audited): sovereignty.py
+    plan = sovereignty.gate(lambda: sovereignty.plan_publish(spec, contracts, sites, s), catalog, actor, name, spec.site)
+    policy = plan.policy
     included, excluded = [], []
-    for cid in spec.inputs:
+    for cid in plan.inputs:
         for d in state.accepted(cid, s):
             if d["stage"] == "validated" and d["validation_ok"]:
                 included.append({"contract": cid, **d})
@@ -141,6 +139,7 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
     # Align attribute columns across inputs; order columns deterministically.
     lf = pl.concat(frames, how="diagonal_relaxed")
     lf = lf.drop([c for c in spec.drop_columns if c in lf.collect_schema()])
+    personal = sovereignty.gate(lambda: sovereignty.check_personal(lf, plan.inputs, contracts), catalog, actor, name, spec.site)
     new_schema = schema_of(lf)
     prev = latest(name, s)
     prev_manifest = read_manifest(name, prev["version"], s) if prev else None
@@ -212,13 +211,14 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
         "rows_per_contract": dict(per_contract.iter_rows()),
         "files": files,
         "lineage": {
-            "contracts": [{"id": c, "version": contracts[c].version, "tenant": contracts[c].tenant, "path": str(contracts[c].path.relative_to(s.contracts_dir))} for c in spec.inputs],
+            "contracts": [{"id": c, "version": contracts[c].version, "tenant": contracts[c].tenant, "path": str(contracts[c].path.relative_to(s.contracts_dir))} for c in plan.inputs],
             "deliveries": delivery_ids,
             "excluded": excluded,
         },
         "curation": {k: {x: v.get(x) for x in ("rows_in", "rows_out", "exact_duplicates_removed", "values_converted", "flag_missing", "flag_unit_unknown", "flag_out_of_range", "flag_key_duplicate", "flag_outlier", "flag_gap_before", "flag_late", "constant_sensors", "engine")} for k, v in curated_stats.items()},
         "validation": {k: {"success": (v or {}).get("success"), "evaluated": (v or {}).get("evaluated"), "failed": (v or {}).get("failed")} for k, v in val.items()},
         "policy": policy.to_dict(),
+        "sovereignty": sovereignty.manifest_section(plan, personal),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if any(contracts[c].kind == "cad" for c in spec.inputs):
@@ -228,9 +228,10 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
     vdir = s.versions / name / version
     vdir.mkdir(parents=True, exist_ok=True)
     (vdir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-    from datalab.card import render_card
+    from datalab import datasheet
 
-    (vdir / "card.md").write_text(render_card(manifest, contracts))
+    manifest["datasheet"] = datasheet.write(vdir, manifest, contracts, lf, s)
+    (vdir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     with catalog.begin() as conn:
         conn.execute(cat.dataset_versions.insert().values(
             dataset=name, version=version, table_ident=ident, snapshot_id=snap.snapshot_id,

@@ -26,9 +26,11 @@ from datalab import contract as contracts_mod
 from datalab import datasets
 from datalab.clearance import check_clearance
 from datalab.config import Settings, settings
+from datalab.datasheet import ship as ship_datasheet
 from datalab.errors import DatalabError, IntegrityError, NotFound, PolicyRefused
 from datalab.policy import Policy
 from datalab.publish import read_manifest
+from datalab.sovereignty import check_pull_purpose
 
 
 @dataclass
@@ -56,10 +58,11 @@ def authorise(name: str, version: str | None, purpose: str | None, actor: str, s
     try:
         if not purpose:
             raise PolicyRefused("purposes", "a purpose must be declared (--purpose), e.g. research")
+        check_pull_purpose(purpose, s)
         m = read_manifest(name, version, s)
         subject = f"{name}@{m['version']}"
         if m.get("status") == "withdrawn":
-            raise PolicyRefused("withdrawn", f"version {m['version']} was withdrawn")
+            raise PolicyRefused("withdrawn", f"version {m['version']} was withdrawn: {(m.get('withdrawn') or {}).get('reason', 'no reason recorded')}")
         pol = Policy.from_dict({k: v for k, v in m["policy"].items() if k != "sources"})
         object.__setattr__(pol, "sources", m["policy"].get("sources", {}))
         pol.check_purpose(purpose)
@@ -115,8 +118,7 @@ def pull(ref: str, purpose: str | None, to: Path, actor: str | None = None, s: S
         shutil.rmtree(out, ignore_errors=True)
         raise IntegrityError(str(e)) from e
     (out / "manifest.json").write_text(json.dumps(m, indent=2, default=str))
-    card = s.versions / name / m["version"] / "card.md"
-    shutil.copyfile(card, out / "card.md")
+    ship_datasheet(s.versions / name / m["version"], out)
     catalog.audit(actor, "pull", f"{name}@{m['version']}", "allowed", {
         "purpose": purpose, "files": len(files), "rows": m["rows"], "to": str(out)})
     return PullResult(name, m["version"], out, files, m["rows"])

@@ -69,8 +69,10 @@ def build_definitions() -> dg.Definitions:
         a = build_dataset_asset(spec, contracts)
         assets.append(a)
         jobs.append(dg.define_asset_job(publish_job_name(name), selection=dg.AssetSelection.assets(a)))
-    return dg.Definitions(assets=assets, jobs=jobs, sensors=sensors,
-                          executor=dg.in_process_executor)
+    from pipelines.retention import retention_daily, retention_enforce
+
+    return dg.Definitions(assets=assets, jobs=[*jobs, retention_enforce], sensors=sensors,
+                          schedules=[retention_daily], executor=dg.in_process_executor)
 
 
 defs = build_definitions()
