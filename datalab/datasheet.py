@@ -372,15 +372,37 @@ def mask(text: str, masks: dict[str, str]) -> str:
 
 def write(vdir: Path, m: dict[str, Any], contracts: dict[str, Contract], lf: pl.LazyFrame, s: Settings) -> dict[str, Any]:
     """Write card.md, card.html, datasheet.json and the plots; returns their names."""
-    f = facts(m, contracts, lf, s)
     used = [contracts[c["id"]] for c in m["lineage"]["contracts"] if c["id"] in contracts]
     masks = {c.tenant: _firm_label(c, s) for c in used if _firm_label(c, s) != c.tenant}
+    if m.get("cad"):
+        return _write_cad(vdir, m, contracts, masks)
+    f = facts(m, contracts, lf, s)
     (vdir / "datasheet.json").write_text(mask(json.dumps(f, indent=2, default=str), masks))
     plots(vdir, m, f, lf, s)
     md = mask(render_markdown(m, f, contracts), masks)
     (vdir / "card.md").write_text(md)
     (vdir / "card.html").write_text(render_html(md, f"{m['title']} {m['version']}"))
     return {"files": list(SHIPPED), "warnings": len(f["warnings"]), "gaps": len(f["gaps"])}
+
+
+def _write_cad(vdir: Path, m: dict[str, Any], contracts: dict[str, Contract], masks: dict[str, str]) -> dict[str, Any]:
+    """The card of a CAD dataset: one row per part or file, no sensors or time axis.
+
+    The time-series facts (coverage over time, per-sensor distributions,
+    operating conditions) do not exist for geometry; the CAD card lists the
+    parts, their checks, thumbnails and same-part links instead
+    (``datalab.cad.publish.card_section``), with the same policy words and
+    the same firm masking as the sensor datasheet.
+    """
+    from datalab.card import render_card
+
+    f = {"kind": "cad", "rows": m["rows"], "rows_per_contract": m["rows_per_contract"],
+         "policy": m["policy"], "validation": m["validation"], "warnings": [], "gaps": []}
+    (vdir / "datasheet.json").write_text(mask(json.dumps(f, indent=2, default=str), masks))
+    md = mask(render_card(m, contracts), masks)
+    (vdir / "card.md").write_text(md)
+    (vdir / "card.html").write_text(render_html(md, f"{m['title']} {m['version']}"))
+    return {"files": ["card.md", "card.html", "datasheet.json"], "warnings": 0, "gaps": 0}
 
 
 def ship(vdir: Path, out: Path) -> list[Path]:

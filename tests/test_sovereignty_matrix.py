@@ -137,7 +137,7 @@ PURPOSES = [
     ([PUMPS], "model-training.fine-tuning", None),  # part of an allowed purpose
     ([PUMPS], "research.publication", None),
     ([PUMPS], "quality-control", r"'purposes': purpose 'quality-control' is not among the allowed purposes"),
-    ([PUMPS], "ml-training", r"'purposes': declared purpose 'ml-training' is not in the purpose vocabulary v1\.1\.0"),
+    ([PUMPS], "ml-training", r"'purposes': declared purpose 'ml-training' is not in the purpose vocabulary v1\.2\.0"),
     ([PRESS, PUMPS], "predictive-maintenance.anomaly-detection", None),
     ([PRESS, PUMPS], "model-training.fine-tuning", r"'prohibited_purposes': purpose 'model-training.fine-tuning' is prohibited \('model-training' in prohibited_purposes\); set by urn:datalab:lyon-presses:press-line"),
     ([PRESS, PUMPS], "benchmarking", r"not among the allowed purposes \['predictive-maintenance', 'research'\]"),
@@ -166,7 +166,7 @@ def test_unknown_purposes_in_contracts_and_specs_are_errors(mlab: Path) -> None:
     with _edited(path, lambda d: _sov(d)["purposes"].append("ml-training")):
         from datalab import contract as contracts_mod
 
-        with pytest.raises(ContractError, match=r"unknown purpose 'ml-training' \(purpose vocabulary v1\.1\.0"):
+        with pytest.raises(ContractError, match=r"unknown purpose 'ml-training' \(purpose vocabulary v1\.2\.0"):
             contracts_mod.load(path)
     name = _spec(mlab, "sp-unknown", [PUMPS], purposes=["training"])
     with pytest.raises(ContractError, match=r"purposes\[0\]: unknown purpose 'training'"):

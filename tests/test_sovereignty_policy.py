@@ -122,10 +122,10 @@ def test_hierarchy_meets_in_the_more_specific_purpose() -> None:
 
 
 def test_unknown_purpose_names_word_and_vocabulary_version() -> None:
-    with pytest.raises(PolicyRefused, match=r"'ml-training' is not in the purpose vocabulary v1\.1\.0 \(purposes\.yaml\)"):
+    with pytest.raises(PolicyRefused, match=r"'ml-training' is not in the purpose vocabulary v1\.2\.0 \(purposes\.yaml\)"):
         VOCAB.require("ml-training")
     assert VOCAB.problems(["research", "trainig"], "x.purposes") == [
-        "x.purposes[1]: unknown purpose 'trainig' (purpose vocabulary v1.1.0, purposes.yaml)"]
+        "x.purposes[1]: unknown purpose 'trainig' (purpose vocabulary v1.2.0, purposes.yaml)"]
 
 
 @pytest.mark.parametrize(("text", "problem"), [
@@ -167,7 +167,7 @@ def test_bad_sites_file_is_an_error_naming_the_entry(tmp_path: Path, sites: str,
 @pytest.mark.parametrize(("extra", "problem"), [
     ({"excluded_inputs": [{"contract": "urn:nope"}]}, "excluded_inputs[0]: needs 'contract' (one of the inputs) and a non-empty 'reason'"),
     ({"excluded_inputs": "all"}, "excluded_inputs: a list of {contract, reason}"),
-    ({"purposes": ["research", "training"]}, "purposes[1]: unknown purpose 'training' (purpose vocabulary v1.1.0"),
+    ({"purposes": ["research", "training"]}, "purposes[1]: unknown purpose 'training' (purpose vocabulary v1.2.0"),
     ({"purposes": "research"}, "purposes: a list of purpose words"),
 ])
 def test_bad_spec_sovereignty_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: dict, problem: str) -> None:
