@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from datalab import __version__ as _version
 from datalab import auth
@@ -32,14 +33,16 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError) -> JSONResponse:
+        if not e.audited and e.status >= 400:
+            p = getattr(request.state, "principal", None)
+            await run_in_threadpool(refuse, request, p.actor if p else "anonymous", "request", request.url.path,
+                                    e.status, e.message)
         return JSONResponse({"error": e.message}, status_code=e.status, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
         problems = [f"{'.'.join(str(x) for x in err.get('loc', ()))}: {err.get('msg')}" for err in e.errors()]
         p = getattr(request.state, "principal", None)
-        from starlette.concurrency import run_in_threadpool
-
         await run_in_threadpool(refuse, request, p.actor if p else "anonymous", "request", request.url.path,
                                 422, "; ".join(problems))
         return JSONResponse({"error": "invalid request", "problems": problems}, status_code=422)

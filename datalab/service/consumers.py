@@ -43,9 +43,9 @@ def _authorised(name: str, version: str, purpose: str, p: auth.Principal) -> tup
     try:
         return authorise(name, version, purpose, p.actor, s), s
     except NotFound as e:
-        raise ApiError(404, str(e)) from None
+        raise ApiError(404, str(e), audited=True) from None  # authorise audited it
     except PolicyRefused as e:
-        raise ApiError(403, str(e)) from None
+        raise ApiError(403, str(e), audited=True) from None
 
 
 @router.get("", summary="Datasets and the versions the declared purpose may reach from the caller's site")

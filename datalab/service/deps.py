@@ -25,8 +25,10 @@ from datalab.contract import Contract
 class ApiError(Exception):
     """An answer other than success: status, a message for the caller, optional headers."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, audited: bool = False):
         self.status, self.message, self.headers = status, message, headers or {}
+        # False: the exception handler writes the audit entry (every refusal is logged once).
+        self.audited = audited
         super().__init__(message)
 
 
@@ -41,7 +43,7 @@ def refuse(request: Request, actor: str, action: str, subject: str, status: int,
     cat.Catalog(s.catalog_url).audit(actor[:200], action, subject[:300], "refused", {
         "status": status, "reason": message[:500], "method": request.method,
         "path": request.url.path[:300], "client": client_of(request)})
-    return ApiError(status, message, headers)
+    return ApiError(status, message, headers, audited=True)
 
 
 def current_principal(request: Request) -> auth.Principal:
