@@ -17,6 +17,7 @@ from rich.table import Table
 from datalab.config import settings
 from datalab.errors import DatalabError
 
+MAX_HEAD_BYTES = 32 << 10
 token_app = typer.Typer(no_args_is_help=True, help="API tokens of the lab service (stored hashed).")
 principal_app = typer.Typer(no_args_is_help=True, help="Principals: firms, consumer teams, admins.")
 
@@ -49,8 +50,11 @@ def serve(
 
     auth.list_principals(s)  # create the tables once, before the workers race to do it
     out.print(f"datalab service on http://{host}:{port} (DATALAB_HOME={s.home}, {workers} worker(s))")
+    # h11 rather than httptools: it bounds the request head (MAX_HEAD_BYTES), so a client cannot
+    # make the server buffer megabytes of headers; the answer to a longer head is a 400.
     uvicorn.run("datalab.service.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, server_header=False, timeout_keep_alive=30)
+                log_level=log_level, server_header=False, timeout_keep_alive=30, http="h11",
+                h11_max_incomplete_event_size=MAX_HEAD_BYTES)
 
 
 @principal_app.command("add")

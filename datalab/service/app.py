@@ -15,6 +15,8 @@ from datalab.config import settings
 from datalab.service import admin, consumers, providers
 from datalab.service.deps import ApiError, current_principal, refuse
 
+MAX_HEADER_BYTES = 32 << 10
+MAX_HEADERS = 200
 DESCRIPTION = """The federated data lab over HTTP.
 
 * **providers** (member firms): their own contracts, pushes and receipts;
@@ -49,6 +51,12 @@ def create_app() -> FastAPI:
 
     @app.middleware("http")
     async def _headers(request: Request, call_next: Any) -> Any:
+        size = sum(len(k) + len(v) + 4 for k, v in request.scope["headers"])
+        if size > MAX_HEADER_BYTES or len(request.scope["headers"]) > MAX_HEADERS:
+            message = (f"request headers too large: {size:,} bytes in {len(request.scope['headers'])} fields "
+                       f"(limit {MAX_HEADER_BYTES:,} bytes, {MAX_HEADERS} fields)")
+            await run_in_threadpool(refuse, request, "anonymous", "request", request.url.path, 431, message)
+            return JSONResponse({"error": message}, status_code=431, headers={"Connection": "close"})
         response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Cache-Control", "no-store")
