@@ -8,6 +8,7 @@ asks ``remote()`` whether to go over HTTP.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ def serve(
     from datalab import auth
 
     auth.list_principals(s)  # create the tables once, before the workers race to do it
+    # Uploads a killed server was receiving: never landed, never visible; remove them.
+    shutil.rmtree(s.staging / "http", ignore_errors=True)
     out.print(f"datalab service on http://{host}:{port} (DATALAB_HOME={s.home}, {workers} worker(s))")
     # h11 rather than httptools: it bounds the request head (MAX_HEAD_BYTES), so a client cannot
     # make the server buffer megabytes of headers; the answer to a longer head is a 400.
