@@ -116,20 +116,20 @@ def test_kill_during_uploads(lab: Lab, tmp_path: Path) -> None:
     assert all(done_before[r.files[0].sha256] == r.delivery_id for r in landed if r.files[0].sha256 in done_before)
 
 
-def _watch_and_kill(lab: Lab, pattern: str, timeout: float = 120.0) -> bool:
-    """Kill the server as soon as a new file matching ``pattern`` appears under the warehouse."""
+def _watch_and_kill(lab: Lab, pattern: str, count: int, timeout: float = 120.0) -> bool:
+    """Kill the server as soon as ``count`` new files matching ``pattern`` appear under the warehouse."""
     wh = lab.home / "warehouse"
     seen = set(wh.rglob(pattern)) if wh.exists() else set()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if wh.exists() and set(wh.rglob(pattern)) - seen:
+        if wh.exists() and len(set(wh.rglob(pattern)) - seen) >= count:
             lab.server.kill()
             return True
         time.sleep(0.005)
     return False
 
 
-def _publish_killed(lab: Lab, pattern: str) -> None:
+def _publish_killed(lab: Lab, pattern: str, count: int = 1) -> None:
     out: dict[str, object] = {}
 
     def go() -> None:
@@ -141,7 +141,7 @@ def _publish_killed(lab: Lab, pattern: str) -> None:
 
     t = threading.Thread(target=go)
     t.start()
-    assert _watch_and_kill(lab, pattern), "the publish never wrote to the warehouse"
+    assert _watch_and_kill(lab, pattern, count), "the publish never wrote to the warehouse"
     t.join(30)
     assert isinstance(out.get("r"), str), f"the publish finished before the kill: {out}"
     lab.server.start()
@@ -154,14 +154,15 @@ def test_kill_during_publish(lab: Lab, tmp_path: Path) -> None:
     with lab.as_("admin") as c:
         v1 = c.post("/v1/admin/datasets/plant-telemetry/publish", timeout=300).json()
         assert v1["version"] == "1.0.0"
-        # 2. a patch version: killed right after Iceberg committed its snapshot's metadata,
-        #    before the lab recorded the version; the retry must not append the rows twice
+        # 2. a patch version: killed after Iceberg committed its snapshot (the second new
+        #    metadata file is the tag's, written after the append's commit) and before the lab
+        #    recorded the version; the retry must not append the rows twice
         f = sample_file(SPINDLE, tmp_path, 700, 200)
         with lab.as_("firm-a") as cf:
             assert cf.post("/v1/provider/contracts/spindle-telemetry/deliveries",
                            files=[("file", (f.name, f.read_bytes(), "text/csv"))]).status_code == 201
         assert c.post("/v1/admin/run", params={"contract": SPINDLE}, timeout=300).json() != []
-    _publish_killed(lab, "*.metadata.json")
+    _publish_killed(lab, "*.metadata.json", count=2)
     _check_consistent(lab)
     with lab.as_("admin") as c:
         v2 = c.post("/v1/admin/datasets/plant-telemetry/publish", timeout=300).json()
