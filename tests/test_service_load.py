@@ -33,7 +33,7 @@ def test_fifty_clients_push_and_pull(served_lab: Lab, tmp_path: Path) -> None:
     out = bench.summary(stats, 5, problems)
     assert out["errors"] == 0, out["error_samples"]
     assert problems == []
-    assert out["per_operation"]["push"]["count"] > 0 and out["per_operation"]["pull-file"]["count"] > 0
+    assert out["per_operation"]["push"]["count"] > 0 and out["per_operation"]["pull-file"]["count"] > 0, out
     assert out["accepted_deliveries"] == out["per_operation"]["push"]["count"]
     with served_lab.as_("admin") as c:
         assert c.get("/v1/admin/audit/verify").json()["ok"]
