@@ -208,9 +208,13 @@ def lab_from_template(template: tuple[Path, Path], dst: Path, workers: int = 1) 
     return Lab(home, template[1], server, tokens)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def served_lab(published_template: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """A served copy of the template in which plant-telemetry 1.0.0 is published over HTTP."""
+    """A served copy of the template in which plant-telemetry 1.0.0 is published over HTTP.
+
+    Shared by the API, matrix and load tests (one server start and one publish instead of three);
+    they only add deliveries and versions, so none depends on another's absence.
+    """
     lab = lab_from_template(published_template, tmp_path_factory.mktemp("svc"))
     try:
         with lab.as_("admin") as c:
