@@ -13,9 +13,8 @@ import pytest
 
 from datalab import audit_export
 from tests.conftest import SPINDLE
-from tests.service_harness import Lab, lab_env, published_template, sample_file, served_lab, use_lab
+from tests.service_harness import Lab, lab_env, sample_file, use_lab
 
-__all__ = ["published_template", "served_lab"]
 pytestmark = pytest.mark.slow
 
 

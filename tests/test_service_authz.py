@@ -15,9 +15,8 @@ from datalab import catalog as cat
 from datalab import landing
 from datalab.config import settings
 from tests.conftest import PRESS, SPINDLE
-from tests.service_harness import Lab, published_template, sample_file, served_lab, use_lab
+from tests.service_harness import Lab, sample_file, use_lab
 
-__all__ = ["published_template", "served_lab"]
 pytestmark = pytest.mark.slow
 
 CALLERS = ["anonymous", "firm-a", "firm-a-ro", "firm-b", "team-de", "team-fi", "admin"]
@@ -98,15 +97,14 @@ def test_authorisation_matrix(served_lab: Lab, tmp_path: Path) -> None:
     refused_before = _refused_count(lab)
     refusals, failures = 0, []
     cases = _cases(delivery, files)
+    clients = {who: lab.server.client(None if who == "anonymous" else lab.tokens[who]) for who in CALLERS}
     for case in cases:
-        client = lab.server.client(None if case["who"] == "anonymous" else lab.tokens[case["who"]])
-        with client:
-            kw: dict[str, Any] = {"params": case.get("params")}
-            if "json" in case:
-                kw["json"] = case["json"]
-            if "file" in case:
-                kw["files"] = {"file": (case["file"].name, case["file"].read_bytes(), "text/csv")}
-            r = client.request(case["method"], case["path"], **kw)
+        kw: dict[str, Any] = {"params": case.get("params")}
+        if "json" in case:
+            kw["json"] = case["json"]
+        if "file" in case:
+            kw["files"] = {"file": (case["file"].name, case["file"].read_bytes(), "text/csv")}
+        r = clients[case["who"]].request(case["method"], case["path"], **kw)
         want = case["want"]
         got = r.status_code
         ok = got == want or (got == 200 and want == 201 and case["name"] == "push") or (
@@ -134,6 +132,8 @@ def test_authorisation_matrix(served_lab: Lab, tmp_path: Path) -> None:
                 failures.append(f"{case['who']} list datasets for {case['purpose']}: {names} != {expect}")
         if case["name"] == "list receipts" and got == 200:
             assert {x["tenant"] for x in r.json()} == {TENANT[case["who"]]}
+    for c in clients.values():
+        c.close()
     assert not failures, "\n".join(failures)
     assert len(cases) >= 150
     # every refusal was written to the audit log, and the chain still verifies

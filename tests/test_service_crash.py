@@ -21,9 +21,8 @@ from datalab import landing
 from datalab.client import Client
 from datalab.config import settings
 from tests.conftest import PRESS, SPINDLE
-from tests.service_harness import Lab, lab_from_template, published_template, sample_file, use_lab
+from tests.service_harness import Lab, lab_from_template, sample_file, use_lab
 
-__all__ = ["published_template"]
 pytestmark = pytest.mark.slow
 PUSH = "/v1/provider/contracts/press-line/deliveries"  # firm-b; runs only touch the spindle contract
 

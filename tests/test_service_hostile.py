@@ -21,12 +21,10 @@ from tests.service_harness import (
     PRESS_LIMIT,
     Lab,
     lab_from_template,
-    published_template,
     sample_file,
     use_lab,
 )
 
-__all__ = ["published_template"]
 pytestmark = pytest.mark.slow
 PUSH = "/v1/provider/contracts/press-line/deliveries"
 

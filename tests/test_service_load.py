@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PRESS, ROOT, SPINDLE
-from tests.service_harness import Lab, published_template, sample_file, served_lab
+from tests.service_harness import Lab, sample_file
 
-__all__ = ["published_template", "served_lab"]
 pytestmark = pytest.mark.slow
 
 
