@@ -241,6 +241,25 @@ def test_idempotency_keys(lab: Lab, tmp_path: Path) -> None:
             assert ca.get("/v1/provider/receipts/" + first.json()["delivery_id"]).status_code == 404
 
 
+def test_one_key_racing_with_different_bytes_lands_once(lab: Lab, tmp_path: Path) -> None:
+    bodies = [sample_file(PRESS, tmp_path, 60, 70 + i).read_bytes() for i in range(6)]
+    n = len(_receipts(lab))
+    codes: list[int] = []
+
+    def go(data: bytes) -> None:
+        with lab.as_("firm-b") as c:
+            codes.append(c.post(PUSH, files=[("file", ("r.csv", data, "text/csv"))],
+                                headers={"Idempotency-Key": "race-1"}).status_code)
+
+    threads = [threading.Thread(target=go, args=(b,)) for b in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(codes) == [201, 409, 409, 409, 409, 409]
+    assert len(_receipts(lab)) == n + 1
+
+
 def test_concurrent_identical_pushes_land_once(lab: Lab, tmp_path: Path) -> None:
     data = sample_file(PRESS, tmp_path, 90, 61).read_bytes()
     sha = hashlib.sha256(data).hexdigest()

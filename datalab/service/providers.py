@@ -130,34 +130,49 @@ async def push(
             return JSONResponse({"error": "incomplete body"}, status_code=400)
         req_sha = _request_sha(c, files)
         if idempotency_key:
-            prior = await run_in_threadpool(_idem_lookup, s, p.name, idempotency_key)
+            # Reserve the key before landing, so two requests racing with one key and
+            # different bytes cannot both land: the second sees the first's hash.
+            prior = await run_in_threadpool(_idem_reserve, s, p.name, idempotency_key, req_sha)
             if prior is not None:
                 if prior.request_sha256 != req_sha:
                     raise await run_in_threadpool(
                         refuse, request, p.actor, "push", c.id, 409,
                         f"Idempotency-Key {idempotency_key!r} was used for other bytes (delivery "
                         f"{prior.delivery_id}); use a new key for a new delivery", None, s)
-                rec = await run_in_threadpool(landing.get_receipt, prior.delivery_id, p.tenant, s)
-                rec.duplicate = True
-                return JSONResponse(rec.to_dict(), status_code=200, headers={"Idempotent-Replayed": "true"})
+                if prior.delivery_id:
+                    rec = await run_in_threadpool(landing.get_receipt, prior.delivery_id, p.tenant, s)
+                    rec.duplicate = True
+                    return JSONResponse(rec.to_dict(), status_code=200, headers={"Idempotent-Replayed": "true"})
+                # Same bytes, still pending (a concurrent retry, or a crash before the key was
+                # completed): landing them again is safe, the landing zone's content key makes
+                # it the same delivery.
         staged = [(f.name, f.path, f.sha256, f.bytes, False) for f in files]
         rec = await run_in_threadpool(landing.land_staged, c, staged, p.actor, s)
         if idempotency_key:
-            await run_in_threadpool(_idem_record, s, p.name, idempotency_key, req_sha, rec.delivery_id)
+            await run_in_threadpool(_idem_complete, s, p.name, idempotency_key, rec.delivery_id)
         return JSONResponse(rec.to_dict(), status_code=200 if rec.duplicate else 201,
                             headers={"Location": f"/v1/provider/receipts/{rec.delivery_id}"})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _idem_record(s: Settings, principal: str, key: str, req_sha: str, delivery_id: str) -> None:
+def _idem_reserve(s: Settings, principal: str, key: str, req_sha: str) -> Any:
+    """Claim ``key`` for these bytes; returns the existing row if it was claimed before."""
     try:
         with cat.Catalog(s.catalog_url).begin() as conn:
             conn.execute(auth.idempotency.insert().values(
-                principal=principal, key=key, request_sha256=req_sha, delivery_id=delivery_id,
+                principal=principal, key=key, request_sha256=req_sha, delivery_id="",
                 created_at=cat.now_iso()))
+        return None
     except sa.exc.IntegrityError:
-        pass  # a concurrent retry with the same key recorded it first (same bytes: same delivery)
+        return _idem_lookup(s, principal, key)
+
+
+def _idem_complete(s: Settings, principal: str, key: str, delivery_id: str) -> None:
+    with cat.Catalog(s.catalog_url).begin() as conn:
+        conn.execute(auth.idempotency.update().where(
+            auth.idempotency.c.principal == principal, auth.idempotency.c.key == key,
+        ).values(delivery_id=delivery_id))
 
 
 @router.get("/receipts", summary="The calling firm's receipts")
