@@ -137,8 +137,9 @@ async def push(
                 if prior.request_sha256 != req_sha:
                     raise await run_in_threadpool(
                         refuse, request, p.actor, "push", c.id, 409,
-                        f"Idempotency-Key {idempotency_key!r} was used for other bytes (delivery "
-                        f"{prior.delivery_id}); use a new key for a new delivery", None, s)
+                        f"Idempotency-Key {idempotency_key!r} was used for other bytes "
+                        f"({f'delivery {prior.delivery_id}' if prior.delivery_id else 'a push still landing'}); "
+                        "use a new key for a new delivery", None, s)
                 if prior.delivery_id:
                     rec = await run_in_threadpool(landing.get_receipt, prior.delivery_id, p.tenant, s)
                     rec.duplicate = True
