@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
+from datalab import cli_service
 from datalab import contract as contracts_mod
 from datalab.config import settings
 from datalab.errors import ContractError, DatalabError, NotFound, PolicyRefused
@@ -117,8 +118,8 @@ def push(
     from datalab import landing
     from datalab.pull import default_actor
 
+    client = cli_service.remote()
     try:
-        c = contracts_mod.find(_contracts(), contract)
         with _progress() as prog:
             tasks: dict[str, Any] = {}
 
@@ -127,7 +128,8 @@ def push(
                     tasks[name] = prog.add_task(name, total=total)
                 prog.update(tasks[name], completed=done)
 
-            rec = landing.push(c, files, actor=default_actor(), progress=cb)
+            rec = (cli_service.remote_push(client, contract, files, cb) if client
+                   else landing.push(contracts_mod.find(_contracts(), contract), files, actor=default_actor(), progress=cb))
     except (DatalabError, ValueError) as e:
         _fail(e)
     if as_json:
@@ -155,7 +157,11 @@ def receipts(
     """List delivery receipts (optionally one firm's, or only rejected ones)."""
     from datalab import landing
 
-    recs = landing.list_receipts(tenant=tenant, status=status)
+    client = cli_service.remote()
+    try:
+        recs = client.receipts(status=status) if client else landing.list_receipts(tenant=tenant, status=status)
+    except DatalabError as e:
+        _fail(e)
     if as_json:
         out.print_json(json.dumps([r.to_dict() for r in recs]))
         return
@@ -192,11 +198,16 @@ def publish(name: str) -> None:
 
 
 @app.command("list")
-def list_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
+def list_cmd(as_json: bool = typer.Option(False, "--json"),
+             purpose: str = typer.Option(None, help="over HTTP: only versions this purpose may reach")) -> None:
     """Datasets and their published versions."""
     from datalab.pull import list_datasets
 
-    ds = list_datasets()
+    client = cli_service.remote()
+    try:
+        ds = cli_service.remote_list(client, purpose) if client else list_datasets()
+    except DatalabError as e:
+        _fail(e)
     if as_json:
         out.print_json(json.dumps(ds))
         return
@@ -232,8 +243,20 @@ def pull(
     """Export a version as Parquet + manifest + card, after the policy check."""
     from datalab import pull as pl_
 
+    client = cli_service.remote()
     try:
-        res = pl_.pull(ref, purpose, to)
+        if client:
+            with _progress() as prog:
+                tasks: dict[str, Any] = {}
+
+                def cb(name: str, done: int, total: int) -> None:
+                    if name not in tasks:
+                        tasks[name] = prog.add_task(name, total=total)
+                    prog.update(tasks[name], completed=done)
+
+                res = client.pull(ref, purpose, to, progress=cb)
+        else:
+            res = pl_.pull(ref, purpose, to)
     except (DatalabError, PolicyRefused) as e:
         _fail(e)
     out.print(f"[green]pulled[/] {res.dataset}@{res.version}: {res.rows:,} rows, {len(res.files)} file(s), checksums verified -> {res.directory}", highlight=False)
@@ -304,6 +327,8 @@ def demo(
 from datalab.cli_sovereignty import register as _register_sovereignty  # noqa: E402
 
 _register_sovereignty(app, contract_app)
+
+cli_service.register(app, audit_app)
 
 
 def main() -> None:

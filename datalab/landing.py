@@ -142,6 +142,30 @@ def push(
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def land_staged(
+    contract: Contract, staged: list[tuple[str, Path, str, int, bool]], actor: str, s: Settings | None = None,
+) -> Receipt:
+    """Land files already staged by the caller (the HTTP service streams them to disk itself).
+
+    ``staged`` holds (safe name, staged path, sha256, bytes, over_limit) per
+    file; the staged files are moved or removed. Two identical pushes racing
+    each other both pass the duplicate check; the loser's insert hits the
+    unique idempotency key, and it answers with the winner's receipt.
+    """
+    s = s or settings()
+    catalog = cat.Catalog(s.catalog_url)
+    try:
+        return _land(contract, staged, actor, catalog, s)
+    except sa.exc.IntegrityError:
+        existing = _receipt_by_key(catalog, _idem_key(contract, [x[2] for x in staged]))
+        if existing is None:
+            raise
+        existing.duplicate = True
+        catalog.audit(actor, "push", existing.delivery_id, "duplicate",
+                      {"contract": contract.id, "tenant": contract.tenant, "of": existing.delivery_id})
+        return existing
+
+
 def _check_file(contract: Contract, name: str, path: Path, size: int, over: bool, sink: Any = None) -> FileReceipt:
     """Check one staged file; its parsed batches go to ``sink`` (a RawWriter) if given."""
     from datalab.readers import TimeseriesReader

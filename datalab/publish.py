@@ -156,6 +156,12 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
     prev_ids = set(prev_manifest["lineage"]["deliveries"]) if prev_manifest else set()
     same_table = prev_manifest is not None and prev_manifest["table"] == ident
     append_only = same_table and why.startswith("patch") and prev_ids <= set(delivery_ids)
+    if append_only:
+        # A publish killed after its Iceberg commit but before its catalog row
+        # leaves a snapshot no version names; appending on top of it would
+        # count those rows twice, so rewrite the table instead.
+        current = ice.load_table(ident).current_snapshot()
+        append_only = current is not None and current.snapshot_id == prev["snapshot_id"]
     # Rows are streamed delivery by delivery (bounded memory), see table_stream.
     pl_schema = dict(lf.collect_schema())
     parts = [table_stream.Part(s.home / d["curated_path"], d["contract"], contracts[d["contract"]].tenant,

@@ -61,23 +61,34 @@ def authorise(name: str, version: str | None, purpose: str | None, actor: str, s
         check_pull_purpose(purpose, s)
         m = read_manifest(name, version, s)
         subject = f"{name}@{m['version']}"
-        if m.get("status") == "withdrawn":
-            raise PolicyRefused("withdrawn", f"version {m['version']} was withdrawn: {(m.get('withdrawn') or {}).get('reason', 'no reason recorded')}")
-        pol = Policy.from_dict({k: v for k, v in m["policy"].items() if k != "sources"})
-        object.__setattr__(pol, "sources", m["policy"].get("sources", {}))
-        pol.check_purpose(purpose)
-        pol.check_retention()
-        check_clearance(pol)
-        if s.site:
-            sites = datasets.load_sites(s.contracts_dir)
-            if s.site not in sites:
-                raise PolicyRefused("residency", f"DATALAB_SITE={s.site!r} is not a known site")
-            pol.check_site(s.site, sites[s.site].country)
+        check_policy(m, purpose, s)
     except (PolicyRefused, NotFound) as e:
         catalog.audit(actor, "pull", subject, "refused", {"purpose": purpose, "reason": str(e),
                                                          "rule": getattr(e, "rule", "not-found")})
         raise
     return m
+
+
+def check_policy(m: dict[str, Any], purpose: str, s: Settings) -> None:
+    """Raise PolicyRefused unless manifest ``m`` may be used for ``purpose`` from ``s.site``.
+
+    No audit entry: ``authorise`` audits; the HTTP service also uses this to
+    list only the versions a consumer may reach, without logging a refusal
+    for each version it merely does not show.
+    """
+    check_pull_purpose(purpose, s)
+    if m.get("status") == "withdrawn":
+        raise PolicyRefused("withdrawn", f"version {m['version']} was withdrawn: {(m.get('withdrawn') or {}).get('reason', 'no reason recorded')}")
+    pol = Policy.from_dict({k: v for k, v in m["policy"].items() if k != "sources"})
+    object.__setattr__(pol, "sources", m["policy"].get("sources", {}))
+    pol.check_purpose(purpose)
+    pol.check_retention()
+    check_clearance(pol)
+    if s.site:
+        sites = datasets.load_sites(s.contracts_dir)
+        if s.site not in sites:
+            raise PolicyRefused("residency", f"DATALAB_SITE={s.site!r} is not a known site")
+        pol.check_site(s.site, sites[s.site].country)
 
 
 def _copy_verified(src: Path, dst: Path, sha: str) -> None:

@@ -1,0 +1,190 @@
+"""CLI commands of the lab service: serve, principals, tokens, audit export, and the
+remote (HTTP) halves of push / pull / list / receipts.
+
+Kept out of ``cli.py`` so that file only wires them in (``register``) and
+asks ``remote()`` whether to go over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from datalab.config import settings
+from datalab.errors import DatalabError
+
+MAX_HEAD_BYTES = 32 << 10
+token_app = typer.Typer(no_args_is_help=True, help="API tokens of the lab service (stored hashed).")
+principal_app = typer.Typer(no_args_is_help=True, help="Principals: firms, consumer teams, admins.")
+
+
+def remote() -> Any:
+    """The HTTP client when DATALAB_URL and DATALAB_TOKEN are set, else None."""
+    from datalab.client import from_env
+
+    return from_env()
+
+
+def _ui() -> tuple[Any, Any, Any]:
+    from datalab import cli
+
+    return cli.out, cli.err, cli._fail
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", help="interface to listen on"),
+    port: int = typer.Option(8080),
+    workers: int = typer.Option(1, help="uvicorn worker processes"),
+    log_level: str = typer.Option("warning"),
+) -> None:
+    """Serve the lab over HTTP (FastAPI on uvicorn; OpenAPI at /openapi.json, docs at /docs)."""
+    import uvicorn
+
+    out, _, _ = _ui()
+    s = settings()
+    from datalab import auth
+
+    auth.list_principals(s)  # create the tables once, before the workers race to do it
+    # Uploads a killed server was receiving: never landed, never visible; remove them.
+    shutil.rmtree(s.staging / "http", ignore_errors=True)
+    out.print(f"datalab service on http://{host}:{port} (DATALAB_HOME={s.home}, {workers} worker(s))")
+    # h11 rather than httptools: it bounds the request head (MAX_HEAD_BYTES), so a client cannot
+    # make the server buffer megabytes of headers; the answer to a longer head is a 400.
+    uvicorn.run("datalab.service.app:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level, server_header=False, timeout_keep_alive=30, http="h11",
+                h11_max_incomplete_event_size=MAX_HEAD_BYTES)
+
+
+@principal_app.command("add")
+def principal_add(
+    name: str,
+    kind: str = typer.Option(..., help="firm, consumer or admin"),
+    tenant: str = typer.Option(None, help="the firm's tenant (firms only)"),
+    site: str = typer.Option(None, help="the site the team pulls from (consumers only)"),
+    role: list[str] = typer.Option(None, help="roles (default: all of the kind's)"),
+) -> None:
+    """Register a principal."""
+    from datalab import auth
+    from datalab.pull import default_actor
+
+    out, _, fail = _ui()
+    try:
+        p = auth.add_principal(name, kind, tenant, site, role or None, actor=default_actor())
+    except (DatalabError, ValueError) as e:
+        fail(e)
+    out.print(f"principal {p.name}: {p.kind}, roles {', '.join(p.roles)}"
+              f"{f', tenant {p.tenant}' if p.tenant else ''}{f', site {p.site}' if p.site else ''}", highlight=False)
+
+
+@principal_app.command("list")
+def principal_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """All principals."""
+    from datalab import auth
+
+    out, _, _ = _ui()
+    ps = auth.list_principals()
+    if as_json:
+        out.print_json(json.dumps([p.to_dict() for p in ps]))
+        return
+    t = Table("name", "kind", "roles", "tenant", "site", "created")
+    for p in ps:
+        t.add_row(p.name, p.kind, ",".join(p.roles), p.tenant or "-", p.site or "-", p.created_at[:19])
+    out.print(t)
+
+
+@token_app.command("create")
+def token_create(
+    principal: str,
+    days: int = typer.Option(90, help="lifetime in days (1-366)"),
+    label: str = typer.Option("", help="what the token is for"),
+) -> None:
+    """Create a token; it is printed once and only its hash is kept."""
+    from datalab import auth
+    from datalab.pull import default_actor
+
+    _, err, fail = _ui()
+    try:
+        token, info = auth.create_token(principal, days, label, actor=default_actor())
+    except DatalabError as e:
+        fail(e)
+    err.print(f"token {info.id} for {principal}, expires {info.expires_at[:19]}; it is shown only now:",
+              highlight=False)
+    print(token)
+
+
+@token_app.command("list")
+def token_list(principal: str = typer.Option(None), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Tokens (ids, owners, expiry, revocation; never the secret)."""
+    from datalab import auth
+
+    out, _, _ = _ui()
+    ts = auth.list_tokens(principal)
+    if as_json:
+        out.print_json(json.dumps([t.to_dict() for t in ts]))
+        return
+    t = Table("id", "principal", "label", "created", "expires", "revoked", "active")
+    for x in ts:
+        t.add_row(x.id, x.principal, x.label, x.created_at[:19], x.expires_at[:19], (x.revoked_at or "-")[:19],
+                  "yes" if x.active else "no")
+    out.print(t)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str) -> None:
+    """Revoke a token at once."""
+    from datalab import auth
+    from datalab.pull import default_actor
+
+    out, _, fail = _ui()
+    try:
+        info = auth.revoke_token(token_id, actor=default_actor())
+    except DatalabError as e:
+        fail(e)
+    out.print(f"token {info.id} of {info.principal} revoked at {info.revoked_at}", highlight=False)
+
+
+def audit_export(
+    to: Path = typer.Option(..., "--to", help="JSON Lines file to write"),
+    since: int = typer.Option(0, help="only entries after this sequence number"),
+) -> None:
+    """Export the audit log (with hashes) as JSON Lines for an auditor."""
+    from datalab.audit_export import export
+
+    out, _, _ = _ui()
+    summary = export(to, since)
+    out.print(f"{summary['entries']} entries ({summary['first_seq']}..{summary['last_seq']}) -> {summary['path']}; "
+              f"last hash {summary['last_hash']}", highlight=False)
+
+
+def register(app: typer.Typer, audit_app: typer.Typer) -> None:
+    """Wire the service commands into the main CLI."""
+    app.command("serve")(serve)
+    app.add_typer(token_app, name="token")
+    app.add_typer(principal_app, name="principal")
+    audit_app.command("export")(audit_export)
+
+
+# -- remote halves of the everyday commands ------------------------------------
+
+
+def remote_push(client: Any, contract: str, files: list[Path], progress: Any) -> Any:
+    """Push over HTTP; ``contract`` may be an id, tenant/product, product, or a contract file."""
+    from datalab import contract as contracts_mod
+
+    ref = contract
+    if Path(contract).is_file():
+        ref = contracts_mod.load(Path(contract)).id
+    ref = ref.split("/")[-1] if "/" in ref and not ref.startswith("urn:") else ref
+    return client.push(ref, files, progress=progress)
+
+
+def remote_list(client: Any, purpose: str | None) -> list[dict[str, Any]]:
+    if not purpose:
+        raise DatalabError("over HTTP, listing needs --purpose (only versions it may reach are shown)")
+    return [{"dataset": d["dataset"], "versions": [v["version"] for v in d["versions"]], "latest": d["latest"],
+             "status": {v["version"]: v["status"] for v in d["versions"]}} for d in client.datasets(purpose)]

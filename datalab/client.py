@@ -1,0 +1,214 @@
+"""The HTTP client of the lab service (used by ``datalab push/pull/list/receipts``).
+
+When ``DATALAB_URL`` and ``DATALAB_TOKEN`` are set, the CLI talks to a lab
+over HTTP instead of the local one. Pushes stream each file from disk in a
+multipart body whose length is known in advance (no chunked encoding, no
+file in memory) and carry an ``Idempotency-Key``, so a push that failed on
+the network is retried with the same key and can never land twice. Pulls
+verify every file's SHA-256 against the manifest while writing, and resume
+a broken download with an HTTP Range request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from datalab.errors import DatalabError, IntegrityError, NotFound, PolicyRefused
+from datalab.landing import FileReceipt, Receipt
+
+Progress = Callable[[str, int, int], None]
+CHUNK = 1 << 20
+RETRIES = 3
+
+
+class RemoteError(DatalabError):
+    """The server refused or failed; carries its HTTP status and message."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(f"HTTP {status}: {message}")
+
+
+@dataclass
+class RemotePull:
+    dataset: str
+    version: str
+    directory: Path
+    files: list[Path]
+    rows: int
+
+
+def from_env() -> Client | None:
+    """A client when DATALAB_URL and DATALAB_TOKEN are both set, else None (local mode)."""
+    url, token = os.environ.get("DATALAB_URL"), os.environ.get("DATALAB_TOKEN")
+    if not url or not token:
+        return None
+    return Client(url, token)
+
+
+def receipt_from_dict(d: dict[str, Any]) -> Receipt:
+    files = [FileReceipt(**f) for f in d.get("files", [])]
+    return Receipt(**{**d, "files": files})
+
+
+def _multipart(files: list[tuple[str, Path]], progress: Progress | None) -> tuple[str, int, Iterator[bytes]]:
+    """(content type, length, body generator) streaming the files from disk."""
+    boundary = secrets.token_hex(16)
+    heads = []
+    for name, _ in files:
+        safe = name.replace('"', "_").replace("\r", "_").replace("\n", "_")
+        heads.append((f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{safe}\"\r\n"
+                      "Content-Type: application/octet-stream\r\n\r\n").encode())
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    sizes = [p.stat().st_size for _, p in files]
+    length = sum(len(h) for h in heads) + sum(sizes) + len(tail) + 2 * (len(files) - 1)
+
+    def body() -> Iterator[bytes]:
+        for i, ((name, path), head) in enumerate(zip(files, heads, strict=True)):
+            yield (b"\r\n" if i else b"") + head
+            done = 0
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    done += len(chunk)
+                    if progress:
+                        progress(name, done, sizes[i])
+                    yield chunk
+        yield tail
+
+    return f"multipart/form-data; boundary={boundary}", length, body()
+
+
+class Client:
+    """A thin, retrying client for one lab and one token."""
+
+    def __init__(self, url: str, token: str, timeout: float = 300.0):
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=10.0),
+                                 headers={"Authorization": f"Bearer {token}", "User-Agent": "datalab-cli"})
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def _check(r: httpx.Response) -> httpx.Response:
+        if r.status_code < 400:
+            return r
+        try:
+            msg = r.json().get("error") or r.text
+            problems = r.json().get("problems")
+            if problems:
+                msg = f"{msg}: {'; '.join(problems)}"
+        except (json.JSONDecodeError, AttributeError):
+            msg = r.text[:500] or r.reason_phrase
+        if r.status_code == 404:
+            raise NotFound(msg)
+        if r.status_code == 403 and msg.startswith("refused by rule"):
+            rule = msg.split("'")[1] if "'" in msg else "policy"
+            raise PolicyRefused(rule, msg.split(": ", 1)[-1])
+        raise RemoteError(r.status_code, msg)
+
+    def get_json(self, path: str, **params: Any) -> Any:
+        return self._check(self.http.get(path, params={k: v for k, v in params.items() if v is not None})).json()
+
+    # -- providers -------------------------------------------------------------
+
+    def push(self, contract: str, files: list[Path | tuple[str, Path]], progress: Progress | None = None,
+             idempotency_key: str | None = None) -> Receipt:
+        """Push one delivery; retried on network errors with the same Idempotency-Key."""
+        items = [(f if isinstance(f, tuple) else (Path(f).name, Path(f))) for f in files]
+        for _, p in items:
+            if not Path(p).is_file():
+                raise NotFound(f"{p}: no such file")
+        key = idempotency_key or uuid.uuid4().hex
+        for attempt in range(RETRIES):
+            ctype, length, body = _multipart([(n, Path(p)) for n, p in items], progress)
+            try:
+                r = self.http.post(f"/v1/provider/contracts/{contract}/deliveries", content=body,
+                                   headers={"Content-Type": ctype, "Content-Length": str(length),
+                                            "Idempotency-Key": key})
+            except httpx.TransportError:
+                if attempt == RETRIES - 1:
+                    raise
+                time.sleep(0.5 * 2**attempt)
+                continue
+            return receipt_from_dict(self._check(r).json())
+        raise AssertionError("unreachable")
+
+    def receipts(self, status: str | None = None, contract: str | None = None) -> list[Receipt]:
+        return [receipt_from_dict(d) for d in self.get_json("/v1/provider/receipts", status=status, contract=contract)]
+
+    # -- consumers -------------------------------------------------------------
+
+    def datasets(self, purpose: str) -> list[dict[str, Any]]:
+        return self.get_json("/v1/datasets", purpose=purpose)
+
+    def _download(self, url: str, purpose: str, dst: Path, sha: str, size: int, progress: Progress | None) -> None:
+        """Stream one file to ``dst``, resuming with Range after a broken connection; verify its hash."""
+        tmp = dst.with_name(dst.name + ".part")
+        tmp.unlink(missing_ok=True)
+        for attempt in range(RETRIES):
+            have = tmp.stat().st_size if tmp.exists() else 0
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            try:
+                with self.http.stream("GET", url, params={"purpose": purpose}, headers=headers) as r:
+                    if r.status_code >= 400:
+                        r.read()
+                        self._check(r)
+                    mode = "ab" if r.status_code == 206 else "wb"
+                    done = have if mode == "ab" else 0
+                    with open(tmp, mode) as f:
+                        for chunk in r.iter_bytes(CHUNK):
+                            f.write(chunk)
+                            done += len(chunk)
+                            if progress:
+                                progress(dst.name, done, size)
+                break
+            except httpx.TransportError:
+                if attempt == RETRIES - 1:
+                    raise
+                time.sleep(0.5 * 2**attempt)
+        h = hashlib.sha256()
+        with open(tmp, "rb") as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+        if h.hexdigest() != sha:
+            tmp.unlink()
+            raise IntegrityError(f"{url}: checksum {h.hexdigest()} does not match the manifest's {sha}")
+        os.replace(tmp, dst)
+
+    def pull(self, ref: str, purpose: str, to: Path, progress: Progress | None = None) -> RemotePull:
+        """The same layout as a local pull: <name>-<version>/data/part-*.parquet, manifest.json, card.md."""
+        name, _, version = ref.partition("@")
+        version = version or "latest"
+        base = f"/v1/datasets/{name}/versions/{version}"
+        m = self.get_json(f"{base}/manifest", purpose=purpose)
+        out = Path(to) / f"{name}-{m['version']}"
+        data = out / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        base = f"/v1/datasets/{name}/versions/{m['version']}"
+        files = []
+        for i, f in enumerate(m["files"]):
+            dst = data / f"part-{i:05d}.parquet"
+            self._download(f"{base}/files/{i}", purpose, dst, f["sha256"], f.get("bytes", 0), progress)
+            files.append(dst)
+        (out / "manifest.json").write_text(json.dumps(m, indent=2, default=str))
+        card = self._check(self.http.get(f"{base}/card", params={"purpose": purpose})).text
+        (out / "card.md").write_text(card)
+        return RemotePull(name, m["version"], out, files, m["rows"])

@@ -1,0 +1,124 @@
+"""Routes for lab admins: principals, tokens, the audit log, and running the pipelines.
+
+Run and publish go through the same Dagster definitions as ``datalab run`` /
+``datalab publish`` (imported lazily: the core never imports Dagster).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi import Path as PathParam
+from pydantic import BaseModel, Field
+
+from datalab import auth
+from datalab import catalog as cat
+from datalab.config import settings
+from datalab.errors import DatalabError, NotFound
+from datalab.service.deps import ApiError, need
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+
+class NewPrincipal(BaseModel):
+    name: str = Field(..., max_length=64)
+    kind: str = Field(..., pattern="^(firm|consumer|admin)$")
+    tenant: str | None = Field(None, max_length=64)
+    site: str | None = Field(None, max_length=64)
+    roles: list[str] | None = Field(None, max_length=10)
+
+
+class NewToken(BaseModel):
+    principal: str = Field(..., max_length=64)
+    ttl_days: int = Field(auth.DEFAULT_TTL_DAYS, ge=1, le=auth.MAX_TTL_DAYS)
+    label: str = Field("", max_length=200)
+
+
+@router.get("/principals", summary="All principals")
+def principals(p: auth.Principal = Depends(need("admin", "principals"))) -> list[dict[str, Any]]:
+    return [x.to_dict() for x in auth.list_principals()]
+
+
+@router.post("/principals", status_code=201, summary="Register a principal (audited)")
+def add_principal(body: NewPrincipal, p: auth.Principal = Depends(need("admin", "principals"))) -> dict[str, Any]:
+    try:
+        return auth.add_principal(body.name, body.kind, body.tenant, body.site, body.roles, actor=p.actor).to_dict()
+    except (DatalabError, ValueError) as e:
+        raise ApiError(409 if "exists" in str(e) else 400, str(e)) from None
+
+
+@router.get("/tokens", summary="Tokens (never their secrets)")
+def tokens(principal: str | None = Query(None, max_length=64),
+           p: auth.Principal = Depends(need("admin", "tokens"))) -> list[dict[str, Any]]:
+    return [t.to_dict() for t in auth.list_tokens(principal)]
+
+
+@router.post("/tokens", status_code=201, summary="Create a token; the token is in this answer only")
+def create_token(body: NewToken, p: auth.Principal = Depends(need("admin", "tokens"))) -> dict[str, Any]:
+    try:
+        token, info = auth.create_token(body.principal, body.ttl_days, body.label, actor=p.actor)
+    except NotFound as e:
+        raise ApiError(404, str(e)) from None
+    except DatalabError as e:
+        raise ApiError(400, str(e)) from None
+    return {"token": token, **info.to_dict()}
+
+
+@router.delete("/tokens/{token_id}", summary="Revoke a token at once (audited)")
+def revoke_token(token_id: str = PathParam(..., max_length=12),
+                 p: auth.Principal = Depends(need("admin", "tokens"))) -> dict[str, Any]:
+    try:
+        return auth.revoke_token(token_id, actor=p.actor).to_dict()
+    except NotFound as e:
+        raise ApiError(404, str(e)) from None
+
+
+@router.get("/audit", summary="Audit entries after a sequence number, oldest first")
+def audit(after: int = Query(0, ge=0), limit: int = Query(500, ge=1, le=5000),
+          action: str | None = Query(None, max_length=32),
+          p: auth.Principal = Depends(need("admin", "audit"))) -> list[dict[str, Any]]:
+    import json
+
+    import sqlalchemy as sa
+
+    q = sa.select(cat.audit).where(cat.audit.c.seq > after).order_by(cat.audit.c.seq).limit(limit)
+    if action:
+        q = q.where(cat.audit.c.action == action)
+    with cat.Catalog(settings().catalog_url).begin() as conn:
+        return [{**{k: v for k, v in r._mapping.items() if k != "detail"}, "detail": json.loads(r.detail)}
+                for r in conn.execute(q)]
+
+
+@router.get("/audit/verify", summary="Recompute the audit log's hash chain")
+def audit_verify(p: auth.Principal = Depends(need("admin", "audit"))) -> dict[str, Any]:
+    problems = cat.Catalog(settings().catalog_url).verify_audit()
+    return {"ok": not problems, "problems": problems}
+
+
+def _runner() -> Any:
+    try:
+        return importlib.import_module("pipelines.runner")
+    except ImportError as e:
+        raise ApiError(501, f"this server has no pipelines installed (Dagster): {e}") from None
+
+
+@router.post("/run", summary="Materialise pending deliveries through Dagster")
+def run(contract: str | None = Query(None, max_length=300),
+        p: auth.Principal = Depends(need("admin", "publish"))) -> list[dict[str, Any]]:
+    try:
+        runs = _runner().run_pending(contract)
+    except DatalabError as e:
+        raise ApiError(400, str(e)) from None
+    return [r.__dict__ for r in runs]
+
+
+@router.post("/datasets/{name}/publish", summary="Publish a new version if the inputs changed")
+def publish(name: str = PathParam(..., max_length=128),
+            p: auth.Principal = Depends(need("admin", "publish"))) -> dict[str, Any]:
+    try:
+        md = _runner().publish(name)
+    except DatalabError as e:
+        raise ApiError(400, str(e)) from None
+    return {k: v for k, v in md.items() if isinstance(v, str | int | float | bool | None)}

@@ -1,0 +1,198 @@
+"""Routes for member firms: their own contracts, pushes and receipts.
+
+A firm sees only what its tenant owns. Anything else answers 404 with the
+same message as something that does not exist, so a firm cannot learn
+another firm's contract names or delivery ids by probing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import shutil
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from datalab import auth, landing
+from datalab import catalog as cat
+from datalab.config import Settings, safe_segment, settings
+from datalab.contract import Contract
+from datalab.errors import NotFound
+from datalab.service.deps import contracts, need, refuse
+from datalab.service.uploads import UploadError, receive_multipart, receive_octets
+
+router = APIRouter(prefix="/v1/provider", tags=["providers"])
+IDEM_KEY = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
+DRAIN_AFTER_REFUSAL = 64 << 20  # read at most this much more so the client sees the answer
+
+firm_push = need("firm", "push")
+firm_read = need("firm", "push", "receipts")
+firm_receipts = need("firm", "receipts", "push")
+
+
+def _contract_view(c: Contract) -> dict[str, Any]:
+    return {"id": c.id, "product": c.product, "name": c.name, "version": c.version, "status": c.status,
+            "kind": c.kind, "max_file_bytes": c.max_file_bytes, "policy": c.policy.to_dict()}
+
+
+def own_contract(request: Request, p: auth.Principal, ref: str, s: Settings) -> Contract:
+    """The firm's contract named by id, product or tenant/product; 404 otherwise (audited)."""
+    for c in contracts(s).values():
+        if c.tenant == p.tenant and ref in (c.id, c.product, f"{c.tenant}/{c.product}"):
+            return c
+    raise refuse(request, p.actor, "contract", f"contract:{ref}", 404,
+                 "no such contract for your tenant", s=s)
+
+
+@router.get("/contracts", summary="The calling firm's contracts")
+def list_contracts(p: auth.Principal = Depends(firm_read)) -> list[dict[str, Any]]:
+    s = settings()
+    return [_contract_view(c) for c in sorted(contracts(s).values(), key=lambda c: c.id) if c.tenant == p.tenant]
+
+
+@router.get("/contracts/{ref}", summary="One of the calling firm's contracts")
+def get_contract(ref: str, request: Request, p: auth.Principal = Depends(firm_read)) -> dict[str, Any]:
+    return _contract_view(own_contract(request, p, ref, settings()))
+
+
+def _request_sha(c: Contract, files: list[Any]) -> str:
+    body = json.dumps([c.id, c.version, [(f.name, f.sha256) for f in files]])
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _idem_lookup(s: Settings, principal: str, key: str) -> Any:
+    with cat.Catalog(s.catalog_url).begin() as conn:
+        return conn.execute(sa.select(auth.idempotency).where(
+            auth.idempotency.c.principal == principal, auth.idempotency.c.key == key)).first()
+
+
+async def _drain(it: Any) -> None:
+    got = 0
+    try:
+        async for chunk in it:
+            got += len(chunk)
+            if got > DRAIN_AFTER_REFUSAL:
+                return
+    except ClientDisconnect:
+        return
+
+
+@router.post(
+    "/contracts/{ref}/deliveries",
+    summary="Push one delivery (streamed; multipart/form-data or application/octet-stream with ?name=)",
+    status_code=201,
+    responses={200: {"description": "a repeat of an earlier push (same bytes or same Idempotency-Key)"},
+               409: {"description": "Idempotency-Key reused with other bytes"},
+               413: {"description": "a file exceeds the contract's max_file_bytes"},
+               415: {"description": "not multipart/form-data or application/octet-stream"}},
+)
+async def push(
+    ref: str,
+    request: Request,
+    name: str | None = Query(None, max_length=255, description="file name, for an octet-stream body"),
+    idempotency_key: str | None = Header(None, description="retry-safe key: same key and bytes, same receipt"),
+    p: auth.Principal = Depends(firm_push),
+) -> JSONResponse:
+    s = settings()
+    c = await run_in_threadpool(own_contract, request, p, ref, s)
+    if idempotency_key is not None and not IDEM_KEY.match(idempotency_key):
+        raise await run_in_threadpool(refuse, request, p.actor, "push", c.id, 400,
+                                      "Idempotency-Key: use 1-200 characters of A-Z a-z 0-9 . _ : -", None, s)
+    ctype = request.headers.get("content-type", "")
+    media = ctype.split(";")[0].strip().lower()
+    staging = s.staging / "http" / safe_segment(p.tenant or "", "tenant") / secrets.token_hex(8)
+    staging.mkdir(parents=True, exist_ok=True)
+    body = request.stream().__aiter__()
+    try:
+        try:
+            if media == "multipart/form-data":
+                files = await receive_multipart(body, ctype, staging, c.max_file_bytes)
+            elif media == "application/octet-stream":
+                if not name:
+                    raise UploadError(400, "an application/octet-stream push needs ?name=<file name>")
+                files = await receive_octets(body, name, staging, c.max_file_bytes)
+            else:
+                raise UploadError(415, f"Content-Type {media or '(none)'!r} is not accepted: send "
+                                       "multipart/form-data or application/octet-stream")
+        except UploadError as e:
+            await _drain(body)
+            raise await run_in_threadpool(refuse, request, p.actor, "push", c.id, e.status, str(e), None, s) from None
+        except ClientDisconnect:
+            await run_in_threadpool(refuse, request, p.actor, "push", c.id, 400,
+                                    "the client went away before the body ended; nothing was stored", None, s)
+            return JSONResponse({"error": "incomplete body"}, status_code=400)
+        req_sha = _request_sha(c, files)
+        if idempotency_key:
+            # Reserve the key before landing, so two requests racing with one key and
+            # different bytes cannot both land: the second sees the first's hash.
+            prior = await run_in_threadpool(_idem_reserve, s, p.name, idempotency_key, req_sha)
+            if prior is not None:
+                if prior.request_sha256 != req_sha:
+                    raise await run_in_threadpool(
+                        refuse, request, p.actor, "push", c.id, 409,
+                        f"Idempotency-Key {idempotency_key!r} was used for other bytes "
+                        f"({f'delivery {prior.delivery_id}' if prior.delivery_id else 'a push still landing'}); "
+                        "use a new key for a new delivery", None, s)
+                if prior.delivery_id:
+                    rec = await run_in_threadpool(landing.get_receipt, prior.delivery_id, p.tenant, s)
+                    rec.duplicate = True
+                    return JSONResponse(rec.to_dict(), status_code=200, headers={"Idempotent-Replayed": "true"})
+                # Same bytes, still pending (a concurrent retry, or a crash before the key was
+                # completed): landing them again is safe, the landing zone's content key makes
+                # it the same delivery.
+        staged = [(f.name, f.path, f.sha256, f.bytes, False) for f in files]
+        rec = await run_in_threadpool(landing.land_staged, c, staged, p.actor, s)
+        if idempotency_key:
+            await run_in_threadpool(_idem_complete, s, p.name, idempotency_key, rec.delivery_id)
+        return JSONResponse(rec.to_dict(), status_code=200 if rec.duplicate else 201,
+                            headers={"Location": f"/v1/provider/receipts/{rec.delivery_id}"})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _idem_reserve(s: Settings, principal: str, key: str, req_sha: str) -> Any:
+    """Claim ``key`` for these bytes; returns the existing row if it was claimed before."""
+    try:
+        with cat.Catalog(s.catalog_url).begin() as conn:
+            conn.execute(auth.idempotency.insert().values(
+                principal=principal, key=key, request_sha256=req_sha, delivery_id="",
+                created_at=cat.now_iso()))
+        return None
+    except sa.exc.IntegrityError:
+        return _idem_lookup(s, principal, key)
+
+
+def _idem_complete(s: Settings, principal: str, key: str, delivery_id: str) -> None:
+    with cat.Catalog(s.catalog_url).begin() as conn:
+        conn.execute(auth.idempotency.update().where(
+            auth.idempotency.c.principal == principal, auth.idempotency.c.key == key,
+        ).values(delivery_id=delivery_id))
+
+
+@router.get("/receipts", summary="The calling firm's receipts")
+def list_receipts(
+    request: Request,
+    status: str | None = Query(None, pattern="^(accepted|rejected)$"),
+    contract: str | None = Query(None, max_length=300),
+    p: auth.Principal = Depends(firm_receipts),
+) -> list[dict[str, Any]]:
+    s = settings()
+    cid = own_contract(request, p, contract, s).id if contract else None
+    return [r.to_dict() for r in landing.list_receipts(tenant=p.tenant, contract_id=cid, status=status, s=s)]
+
+
+@router.get("/receipts/{delivery_id}", summary="One receipt with its reasons")
+def get_receipt(delivery_id: str, request: Request, p: auth.Principal = Depends(firm_receipts)) -> dict[str, Any]:
+    s = settings()
+    try:
+        return landing.get_receipt(delivery_id, tenant=p.tenant, s=s).to_dict()
+    except NotFound:
+        raise refuse(request, p.actor, "receipt", f"delivery:{delivery_id}", 404,
+                     "no such delivery for your tenant", s=s) from None
