@@ -159,7 +159,8 @@ class Client:
     def datasets(self, purpose: str) -> list[dict[str, Any]]:
         return self.get_json("/v1/datasets", purpose=purpose)
 
-    def _download(self, url: str, purpose: str, dst: Path, sha: str, size: int, progress: Progress | None) -> None:
+    def _download(self, url: str, purpose: str, dst: Path, sha: str, size: int, progress: Progress | None,
+                  params: dict[str, str] | None = None) -> None:
         """Stream one file to ``dst``, resuming with Range after a broken connection; verify its hash."""
         tmp = dst.with_name(dst.name + ".part")
         tmp.unlink(missing_ok=True)
@@ -167,7 +168,7 @@ class Client:
             have = tmp.stat().st_size if tmp.exists() else 0
             headers = {"Range": f"bytes={have}-"} if have else {}
             try:
-                with self.http.stream("GET", url, params={"purpose": purpose}, headers=headers) as r:
+                with self.http.stream("GET", url, params={"purpose": purpose, **(params or {})}, headers=headers) as r:
                     if r.status_code >= 400:
                         r.read()
                         self._check(r)
@@ -208,7 +209,26 @@ class Client:
             dst = data / f"part-{i:05d}.parquet"
             self._download(f"{base}/files/{i}", purpose, dst, f["sha256"], f.get("bytes", 0), progress)
             files.append(dst)
+        if m.get("cad"):  # the original CAD files and thumbnails, as a local pull lays them out
+            from datalab.cad.publish import pulled_name
+
+            thumbs = out / "files" / "thumbs"
+            thumbs.mkdir(parents=True, exist_ok=True)
+            for i, f in enumerate(m["cad"]["files"]):
+                dst = out / "files" / pulled_name(f)
+                self._download(f"{base}/cad-files/{i}", purpose, dst, f["sha256"], f.get("bytes", 0), progress)
+                files.append(dst)
+                if f.get("thumbnail"):
+                    tdst = thumbs / f"{f['sha256']}.png"
+                    self._download(f"{base}/cad-files/{i}", purpose, tdst, f["thumbnail"]["sha256"], 0, progress,
+                                   params={"thumbnail": "true"})
         (out / "manifest.json").write_text(json.dumps(m, indent=2, default=str))
-        card = self._check(self.http.get(f"{base}/card", params={"purpose": purpose})).text
-        (out / "card.md").write_text(card)
+        for fname in (m.get("datasheet") or {}).get("files") or ["card.md"]:
+            got = self.http.get(f"{base}/card-files/{fname}", params={"purpose": purpose})
+            if got.status_code == 404:
+                continue  # listed but not written (e.g. no plot for an empty version)
+            self._check(got)
+            if hashlib.sha256(got.content).hexdigest() != got.headers.get("x-checksum-sha256"):
+                raise IntegrityError(f"{base}/card-files/{fname}: checksum does not match the server's")
+            (out / fname).write_bytes(got.content)
         return RemotePull(name, m["version"], out, files, m["rows"])

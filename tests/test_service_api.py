@@ -84,6 +84,12 @@ def test_push_run_publish_pull_over_http(served_lab: Lab, tmp_path: Path) -> Non
 
         local = pull.pull("plant-telemetry@1.0.1", "predictive-maintenance", tmp_path / "local", actor="test")
     assert [_sha(p) for p in local.files] == [_sha(p) for p in files]
+    # the datasheet (card, HTML, JSON, plots) arrives as a local pull ships it
+    from datalab import datasheet
+
+    shipped = [n for n in datasheet.SHIPPED if (local.directory / n).exists()]
+    assert len(shipped) == len(datasheet.SHIPPED)
+    assert [_sha(got / n) for n in shipped] == [_sha(local.directory / n) for n in shipped]
     # a refused purpose is refused by the CLI too, naming the rule
     r = _cli(lab, "team-de", "pull", "plant-telemetry@1.0.1", "--purpose", "model-training", "--to", str(tmp_path / "no"))
     assert r.returncode == 1 and "prohibited_purposes" in r.stderr
@@ -150,3 +156,55 @@ def test_principals_by_cli_and_api(served_lab: Lab) -> None:
         assert r.status_code == 400 and "not available" in r.json()["error"]
         names = {p["name"] for p in c.get("/v1/admin/principals").json()}
     assert names >= {"firm-a", "team-de", "admin", "team-se"}
+
+
+CAD_CONTRACT = "urn:datalab:lyon-presses:tooling-cad"
+
+
+def test_cad_version_over_http(published_template, realdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CAD version's original files, thumbnails and datasheet come over HTTP, checksums verified.
+
+    Its own server, started with export clearance (the version is export-controlled); the
+    firm pushes real STEP and STL files with the ordinary CLI over HTTP.
+    """
+    from tests.service_harness import lab_from_template
+
+    monkeypatch.setenv("DATALAB_EXPORT_CLEARED", "1")  # the server's consumers are cleared
+    lab = lab_from_template(published_template, tmp_path)
+    try:
+        cad = realdata / "cad"
+        sent = [cad / "step" / "nist_ftc_11_asme1_rb.stp", cad / "stl" / "featuretype.STL"]
+        r = _cli(lab, "firm-b", "push", "lyon-presses/tooling-cad", *map(str, sent), "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["status"] == "accepted"
+        with lab.as_("admin") as c:
+            runs = c.post("/v1/admin/run", params={"contract": CAD_CONTRACT}, timeout=600).json()
+            assert runs and all(x["validation_ok"] for x in runs), runs
+            pub = c.post("/v1/admin/datasets/tooling-cad/publish", timeout=600)
+            assert pub.status_code == 200, pub.text
+        r = _cli(lab, "team-de", "pull", "tooling-cad@1.0.0", "--purpose", "part-similarity", "--to", str(tmp_path / "got"))
+        assert r.returncode == 0, r.stderr
+        got = tmp_path / "got" / "tooling-cad-1.0.0"
+        m = json.loads((got / "manifest.json").read_text())
+        cad_files = sorted(p for p in (got / "files").iterdir() if p.is_file())
+        # the originals, bit for bit, under their content-addressed names
+        assert sorted(_sha(p) for p in cad_files) == sorted(_sha(p) for p in sent) == sorted(f["sha256"] for f in m["cad"]["files"])
+        thumbs = sorted((got / "files" / "thumbs").glob("*.png"))
+        assert len(thumbs) == sum(1 for f in m["cad"]["files"] if f["thumbnail"]) > 0
+        assert all(p.read_bytes().startswith(b"\x89PNG") for p in thumbs)
+        # the CAD card and its datasheet files, as a local pull ships them
+        assert "nist_ftc_11_asme1_rb.stp" in (got / "card.md").read_text()
+        assert (got / "card.html").read_text().startswith("<!doctype html>")
+        # datasheet file names are looked up, never joined as paths
+        with lab.as_("team-de") as c:
+            base = "/v1/datasets/tooling-cad/versions/1.0.0"
+            for bad in ("manifest.json", "..%2Fmanifest.json", "..%2F..%2Fcatalog.db", "%2Fetc%2Fpasswd"):
+                resp = c.get(f"{base}/card-files/{bad}", params={"purpose": "part-similarity"})
+                assert resp.status_code == 404, (bad, resp.status_code)
+                assert "sha256" not in resp.text
+            assert c.get(f"{base}/cad-files/99", params={"purpose": "part-similarity"}).status_code == 404
+            # a purpose the contract prohibits is refused for the files too
+            resp = c.get(f"{base}/cad-files/0", params={"purpose": "model-training"})
+            assert resp.status_code == 403 and "prohibited" in resp.text
+    finally:
+        lab.server.stop()

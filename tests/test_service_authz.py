@@ -73,6 +73,11 @@ def _cases(delivery: dict[str, str], files: dict[str, Path]) -> list[dict[str, A
             add("manifest", "GET", f"{DS}/manifest", reach, "consumer", purpose=purpose, params={"purpose": purpose})
             add("card", "GET", f"{DS}/card", reach, "consumer", purpose=purpose, params={"purpose": purpose})
             add("file", "GET", f"{DS}/files/0", reach, "consumer", purpose=purpose, params={"purpose": purpose})
+            add("datasheet file", "GET", f"{DS}/card-files/card.html", reach, "consumer", purpose=purpose,
+                params={"purpose": purpose})
+            # a sensor version has no CAD files: 404 once the policy lets the caller ask at all
+            add("cad file", "GET", f"{DS}/cad-files/0", 404 if reach == 200 else reach, "consumer", purpose=purpose,
+                params={"purpose": purpose})
         # admin
         add("principals", "GET", "/v1/admin/principals", 200, "admin")
         add("tokens", "GET", "/v1/admin/tokens", 200, "admin")

@@ -10,6 +10,7 @@ is refused with the rule, and audited.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, PlainTextResponse
 
-from datalab import auth, datasets
+from datalab import auth, datasets, datasheet, landing
 from datalab import catalog as cat
 from datalab.config import Settings, settings
 from datalab.errors import NotFound, PolicyRefused
@@ -99,13 +100,59 @@ def file(request: Request, name: str = NAME, version: str = VERSION,
     if index >= len(m["files"]):
         raise ApiError(404, f"{name}@{m['version']} has {len(m['files'])} file(s); there is no file {index}")
     f = m["files"][index]
-    path = (s.home / f["path"]).resolve()
+    return _serve(request, m, s, p, purpose, f["path"], f["sha256"], "application/vnd.apache.parquet",
+                  f"part-{index:05d}.parquet", {"file": index})
+
+
+@router.get(
+    "/{name}/versions/{version}/cad-files/{index}",
+    summary="One original CAD file of a CAD version (or its thumbnail with ?thumbnail=true), streamed with its checksum",
+    responses={206: {"description": "the requested byte range"}},
+)
+def cad_file(request: Request, name: str = NAME, version: str = VERSION,
+             index: int = PathParam(..., ge=0, le=1_000_000), purpose: str = PURPOSE,
+             thumbnail: bool = Query(False), p: auth.Principal = Depends(consumer)) -> FileResponse:
+    """The files of a CAD version are versioned with its table; a remote pull must bring both."""
+    m, s = _authorised(name, version, purpose, p)
+    files = (m.get("cad") or {}).get("files") or []
+    if index >= len(files):
+        raise ApiError(404, f"{name}@{m['version']} has {len(files)} CAD file(s); there is no CAD file {index}")
+    f = files[index]
+    if thumbnail:
+        if not f.get("thumbnail"):
+            raise ApiError(404, f"{name}@{m['version']}: CAD file {index} has no thumbnail")
+        return _serve(request, m, s, p, purpose, f["thumbnail"]["path"], f["thumbnail"]["sha256"], "image/png",
+                      f"{f['sha256']}.png", {"cad_file": index, "thumbnail": True})
+    return _serve(request, m, s, p, purpose, f["path"], f["sha256"], "application/octet-stream",
+                  landing.safe_name(f["name"]), {"cad_file": index})
+
+
+@router.get("/{name}/versions/{version}/card-files/{fname}",
+            summary="One file of the version's datasheet (card.html, datasheet.json, the plots)")
+def card_file(request: Request, name: str = NAME, version: str = VERSION,
+              fname: str = PathParam(..., max_length=64), purpose: str = PURPOSE,
+              p: auth.Principal = Depends(consumer)) -> FileResponse:
+    """Only the datasheet's own file names are served: the name is looked up, never joined as a path."""
+    m, s = _authorised(name, version, purpose, p)
+    if fname not in datasheet.SHIPPED:
+        raise ApiError(404, f"{name}@{m['version']}: the datasheet has no file {fname[:64]!r} (files: {', '.join(datasheet.SHIPPED)})")
+    path = s.versions / name / m["version"] / fname
+    if not path.is_file():
+        raise ApiError(404, f"{name}@{m['version']}: the datasheet has no file {fname!r}")
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()  # datasheet files are small (cards, PNGs)
+    media = {".md": "text/markdown", ".html": "text/html", ".json": "application/json", ".png": "image/png"}
+    return _serve(request, m, s, p, purpose, str(path.relative_to(s.home)), sha,
+                  media.get(Path(fname).suffix, "application/octet-stream"), fname, {"card_file": fname})
+
+
+def _serve(request: Request, m: dict[str, Any], s: Settings, p: auth.Principal, purpose: str, rel: str, sha: str,
+           media: str, filename: str, what: dict[str, Any]) -> FileResponse:
+    """Stream a stored file of a version (Range via FileResponse) after checking it lies in the lab; audited."""
+    path = (s.home / rel).resolve()
     if not path.is_relative_to(s.home.resolve()) or not path.is_file():
-        raise ApiError(500, f"{name}@{m['version']}: file {index} is missing from the lab's store")
-    cat.Catalog(s.catalog_url).audit(p.actor, "download", f"{name}@{m['version']}", "allowed", {
-        "purpose": purpose, "site": p.site, "file": index, "sha256": f["sha256"],
+        raise ApiError(500, f"{m['dataset']}@{m['version']}: a file is missing from the lab's store")
+    cat.Catalog(s.catalog_url).audit(p.actor, "download", f"{m['dataset']}@{m['version']}", "allowed", {
+        "purpose": purpose, "site": p.site, **what, "sha256": sha,
         "range": request.headers.get("range", "")[:100]})
-    return FileResponse(Path(path), media_type="application/vnd.apache.parquet",
-                        filename=f"part-{index:05d}.parquet",
-                        headers={"X-Checksum-Sha256": f["sha256"], "ETag": f'"{f["sha256"]}"',
-                                 "Cache-Control": "no-store"})
+    return FileResponse(path, media_type=media, filename=filename,
+                        headers={"X-Checksum-Sha256": sha, "ETag": f'"{sha}"', "Cache-Control": "no-store"})
