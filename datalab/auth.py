@@ -37,6 +37,9 @@ ROLES: dict[str, tuple[str, ...]] = {
     "consumer": ("pull",),
     "admin": ("principals", "tokens", "audit", "publish"),
 }
+# Roles a kind may be given but does not get by default: clearances of a
+# consumer team, which the lab grants per team (never server-wide).
+OPTIONAL_ROLES: dict[str, tuple[str, ...]] = {"consumer": ("export-cleared", "restricted")}
 TOKEN_RE = re.compile(r"^dl_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 DEFAULT_TTL_DAYS = 90
 MAX_TTL_DAYS = 366
@@ -148,9 +151,10 @@ def add_principal(
     if kind not in KINDS:
         raise DatalabError(f"principal kind {kind!r}: use one of {', '.join(KINDS)}")
     roles = sorted(set(roles or ROLES[kind]))
-    bad = [r for r in roles if r not in ROLES[kind]]
+    allowed = ROLES[kind] + OPTIONAL_ROLES.get(kind, ())
+    bad = [r for r in roles if r not in allowed]
     if bad:
-        raise DatalabError(f"roles {bad} are not available to a {kind} (allowed: {', '.join(ROLES[kind])})")
+        raise DatalabError(f"roles {bad} are not available to a {kind} (allowed: {', '.join(allowed)})")
     if kind == "firm":
         if not tenant:
             raise DatalabError("a firm principal needs --tenant (the firm its contracts name)")
@@ -279,3 +283,14 @@ def token_id(token: str) -> str | None:
     """The id part of a token (safe to log), if it has one."""
     m = TOKEN_RE.match(token or "")
     return m.group(1) if m else None
+
+
+def clearance_env(p: Principal) -> dict[str, str]:
+    """The clearance a consumer principal holds, in the form ``clearance.check_clearance`` reads.
+
+    Over HTTP the clearance is the principal's (roles ``restricted`` and
+    ``export-cleared``), never the server process's environment: one cleared
+    team must not clear every consumer of the lab.
+    """
+    return {"DATALAB_CLEARANCE": "restricted" if "restricted" in p.roles else "confidential",
+            "DATALAB_EXPORT_CLEARED": "1" if "export-cleared" in p.roles else ""}

@@ -66,7 +66,7 @@ def principal_add(
     kind: str = typer.Option(..., help="firm, consumer or admin"),
     tenant: str = typer.Option(None, help="the firm's tenant (firms only)"),
     site: str = typer.Option(None, help="the site the team pulls from (consumers only)"),
-    role: list[str] = typer.Option(None, help="roles (default: all of the kind's)"),
+    role: list[str] = typer.Option(None, help="roles (default: all of the kind's ordinary roles; a consumer may also get export-cleared and restricted)"),
 ) -> None:
     """Register a principal."""
     from datalab import auth

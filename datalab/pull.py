@@ -51,7 +51,8 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
     return name, (version or None)
 
 
-def authorise(name: str, version: str | None, purpose: str | None, actor: str, s: Settings) -> dict[str, Any]:
+def authorise(name: str, version: str | None, purpose: str | None, actor: str, s: Settings,
+              clearance: dict[str, str] | None = None) -> dict[str, Any]:
     """The version's manifest if ``actor`` may use it for ``purpose``; else refuse and audit."""
     catalog = cat.Catalog(s.catalog_url)
     subject = f"{name}@{version or 'latest'}"
@@ -61,7 +62,7 @@ def authorise(name: str, version: str | None, purpose: str | None, actor: str, s
         check_pull_purpose(purpose, s)
         m = read_manifest(name, version, s)
         subject = f"{name}@{m['version']}"
-        check_policy(m, purpose, s)
+        check_policy(m, purpose, s, clearance)
     except (PolicyRefused, NotFound) as e:
         catalog.audit(actor, "pull", subject, "refused", {"purpose": purpose, "reason": str(e),
                                                          "rule": getattr(e, "rule", "not-found")})
@@ -69,7 +70,7 @@ def authorise(name: str, version: str | None, purpose: str | None, actor: str, s
     return m
 
 
-def check_policy(m: dict[str, Any], purpose: str, s: Settings) -> None:
+def check_policy(m: dict[str, Any], purpose: str, s: Settings, clearance: dict[str, str] | None = None) -> None:
     """Raise PolicyRefused unless manifest ``m`` may be used for ``purpose`` from ``s.site``.
 
     No audit entry: ``authorise`` audits; the HTTP service also uses this to
@@ -83,7 +84,7 @@ def check_policy(m: dict[str, Any], purpose: str, s: Settings) -> None:
     object.__setattr__(pol, "sources", m["policy"].get("sources", {}))
     pol.check_purpose(purpose)
     pol.check_retention()
-    check_clearance(pol)
+    check_clearance(pol, clearance)  # None: this process's DATALAB_CLEARANCE / DATALAB_EXPORT_CLEARED
     if s.site:
         sites = datasets.load_sites(s.contracts_dir)
         if s.site not in sites:

@@ -164,13 +164,18 @@ CAD_CONTRACT = "urn:datalab:lyon-presses:tooling-cad"
 def test_cad_version_over_http(published_template, realdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A CAD version's original files, thumbnails and datasheet come over HTTP, checksums verified.
 
-    Its own server, started with export clearance (the version is export-controlled); the
-    firm pushes real STEP and STL files with the ordinary CLI over HTTP.
+    The version is export-controlled: over HTTP the clearance is the consumer principal's
+    role, never the server's environment (which here even says "cleared", and must not count).
+    The firm pushes real STEP and STL files with the ordinary CLI over HTTP.
     """
+    from datalab import auth
     from tests.service_harness import lab_from_template
 
-    monkeypatch.setenv("DATALAB_EXPORT_CLEARED", "1")  # the server's consumers are cleared
+    monkeypatch.setenv("DATALAB_EXPORT_CLEARED", "1")  # the server process's own setting: ignored for principals
     lab = lab_from_template(published_template, tmp_path)
+    with use_lab(lab.home, lab.contracts):
+        auth.add_principal("team-cleared", "consumer", site="munich", roles=["pull", "export-cleared"], actor="test")
+        lab.tokens["team-cleared"] = auth.create_token("team-cleared", 1, "tests", actor="test")[0]
     try:
         cad = realdata / "cad"
         sent = [cad / "step" / "nist_ftc_11_asme1_rb.stp", cad / "stl" / "featuretype.STL"]
@@ -182,7 +187,14 @@ def test_cad_version_over_http(published_template, realdata: Path, tmp_path: Pat
             assert runs and all(x["validation_ok"] for x in runs), runs
             pub = c.post("/v1/admin/datasets/tooling-cad/publish", timeout=600)
             assert pub.status_code == 200, pub.text
-        r = _cli(lab, "team-de", "pull", "tooling-cad@1.0.0", "--purpose", "part-similarity", "--to", str(tmp_path / "got"))
+        # a consumer without the export-cleared role is refused, naming the rule, and gets nothing
+        r = _cli(lab, "team-de", "pull", "tooling-cad@1.0.0", "--purpose", "part-similarity", "--to", str(tmp_path / "no"))
+        assert r.returncode == 1 and "export_control" in r.stderr
+        assert not (tmp_path / "no").exists()
+        with lab.as_("team-de") as c:
+            listed = c.get("/v1/datasets", params={"purpose": "part-similarity"}).json()
+            assert "tooling-cad" not in {d["dataset"] for d in listed}
+        r = _cli(lab, "team-cleared", "pull", "tooling-cad@1.0.0", "--purpose", "part-similarity", "--to", str(tmp_path / "got"))
         assert r.returncode == 0, r.stderr
         got = tmp_path / "got" / "tooling-cad-1.0.0"
         m = json.loads((got / "manifest.json").read_text())
@@ -196,7 +208,7 @@ def test_cad_version_over_http(published_template, realdata: Path, tmp_path: Pat
         assert "nist_ftc_11_asme1_rb.stp" in (got / "card.md").read_text()
         assert (got / "card.html").read_text().startswith("<!doctype html>")
         # datasheet file names are looked up, never joined as paths
-        with lab.as_("team-de") as c:
+        with lab.as_("team-cleared") as c:
             base = "/v1/datasets/tooling-cad/versions/1.0.0"
             for bad in ("manifest.json", "..%2Fmanifest.json", "..%2F..%2Fcatalog.db", "%2Fetc%2Fpasswd"):
                 resp = c.get(f"{base}/card-files/{bad}", params={"purpose": "part-similarity"})

@@ -42,7 +42,7 @@ def _site_settings(p: auth.Principal) -> Settings:
 def _authorised(name: str, version: str, purpose: str, p: auth.Principal) -> tuple[dict[str, Any], Settings]:
     s = _site_settings(p)
     try:
-        return authorise(name, version, purpose, p.actor, s), s
+        return authorise(name, version, purpose, p.actor, s, auth.clearance_env(p)), s
     except NotFound as e:
         raise ApiError(404, str(e), audited=True) from None  # authorise audited it
     except PolicyRefused as e:
@@ -58,7 +58,7 @@ def list_visible(purpose: str = PURPOSE, p: auth.Principal = Depends(consumer)) 
         for v in list_versions(name, s):
             m = read_manifest(name, v["version"], s)
             try:
-                check_policy(m, purpose, s)
+                check_policy(m, purpose, s, auth.clearance_env(p))
             except PolicyRefused:
                 continue
             visible.append({"version": m["version"], "rows": m["rows"], "created_at": m["created_at"],
