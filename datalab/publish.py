@@ -167,19 +167,22 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
     parts = [table_stream.Part(s.home / d["curated_path"], d["contract"], contracts[d["contract"]].tenant,
                                d["contract_version"], d["id"]) for d in included]
     new_ids = [d for d in delivery_ids if d not in prev_ids]
-    rows_in = table_stream.reader(parts, pl_schema, set(new_ids) if append_only else None)
+    arrow_schema = table_stream.arrow_schema(pl_schema)
     if not ice.table_exists(ident):
-        tbl = ice.create_table(ident, schema=rows_in.schema)
+        tbl = ice.create_table(ident, schema=arrow_schema)
     else:
         tbl = ice.load_table(ident)
         if not append_only:
             with tbl.update_schema() as upd:
-                upd.union_by_name(rows_in.schema)
+                upd.union_by_name(arrow_schema)
             tbl = ice.load_table(ident)
-    if append_only:
-        tbl.append(rows_in)
-    else:
-        tbl.overwrite(rows_in)
+    # One transaction (one commit), several bounded writes: see table_stream.COMMIT_ROWS.
+    with tbl.transaction() as tx:
+        for k, chunk in enumerate(table_stream.readers(parts, pl_schema, set(new_ids) if append_only else None)):
+            if k == 0 and not append_only:
+                tx.overwrite(chunk)
+            else:
+                tx.append(chunk)
     tbl = ice.load_table(ident)
     snap = tbl.current_snapshot()
     tbl.manage_snapshots().create_tag(snap.snapshot_id, f"v{version}").commit()
