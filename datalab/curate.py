@@ -150,38 +150,48 @@ def build_plan(
     return lf.select(cols)
 
 
-def series_buckets(sizes: pl.DataFrame, cap: int) -> list[pl.DataFrame]:
-    """Series (entity, sensor) packed into buckets of at most ``cap`` rows, largest first.
+SERIES_HASH = pl.struct("entity", "sensor").hash(seed=0)
 
-    Every step of the plan works within one series, so a delivery can be
-    curated bucket by bucket with identical results, and peak memory is then
-    bounded by the bucket, not the delivery (``DATALAB_CURATE_BUCKET_ROWS``).
-    Buckets are packed by size (first fit, decreasing), not by a hash: with a
-    few large series a hash puts two or three of them in one bucket (16.7 GB
-    peak for 200 M readings of 12 series, against about one series' worth
-    packed). A series larger than ``cap`` gets a bucket of its own; it cannot
-    be split, because its median, duplicates and gaps need all of it.
-    ``sizes`` has columns entity, sensor, n; each bucket is a frame of keys.
+
+def series_sizes(raw: pl.LazyFrame) -> pl.DataFrame:
+    """Rows per series hash (columns h, n); series that share a hash travel together."""
+    return raw.group_by(h=SERIES_HASH).agg(n=pl.len()).collect(engine="streaming")
+
+
+def series_buckets(sizes: pl.DataFrame, cap: int) -> list[list[int]]:
+    """Series hashes packed into buckets of at most ``cap`` rows, largest first.
+
+    Every step of the plan works within one series (entity, sensor), so a
+    delivery can be curated bucket by bucket with identical results, and peak
+    memory is then bounded by the bucket, not the delivery
+    (``DATALAB_CURATE_BUCKET_ROWS``). Buckets are packed by size (first fit,
+    decreasing), not by ``hash % n``, which with a few large series puts two
+    or three of them in one bucket. A series larger than ``cap`` gets a
+    bucket of its own; it cannot be split, because its median, duplicates
+    and gaps need all of it. ``sizes`` has columns h (the series hash) and n.
     """
     loads: list[int] = []
     members: list[list[int]] = []
-    order = sizes.with_row_index("_i").sort("n", descending=True)
-    for i, n in order.select("_i", "n").iter_rows():
+    for h, n in sizes.sort(["n", "h"], descending=[True, False]).select("h", "n").iter_rows():
         for b, load in enumerate(loads):
             if load + n <= cap:
                 loads[b] += n
-                members[b].append(i)
+                members[b].append(h)
                 break
         else:
             loads.append(n)
-            members.append([i])
-    keys = sizes.select("entity", "sensor")
-    return [keys[m] for m in members] or [keys]
+            members.append([h])
+    return members
 
 
-def bucket_rows(raw: pl.LazyFrame, keys: pl.DataFrame) -> pl.LazyFrame:
-    """The rows of ``raw`` whose series is in ``keys`` (a null entity or sensor is a key like any other)."""
-    return raw.join(keys.lazy(), on=["entity", "sensor"], how="semi", nulls_equal=True)
+def bucket_rows(raw: pl.LazyFrame, hashes: list[int]) -> pl.LazyFrame:
+    """The rows of ``raw`` whose series hash is in ``hashes``.
+
+    A plain predicate, so the Parquet scan filters while it reads and only
+    the bucket's rows are ever in memory (a semi join with a key table made
+    the in-memory engine read the whole delivery first).
+    """
+    return raw.filter(SERIES_HASH.is_in(pl.Series(hashes, dtype=pl.UInt64)))
 
 
 def watermark_table(contract: Contract, delivery_id: str, s: Settings) -> pl.DataFrame:
@@ -201,7 +211,7 @@ def watermark_table(contract: Contract, delivery_id: str, s: Settings) -> pl.Dat
 def _record_watermarks(contract: Contract, delivery_id: str, out: Path, s: Settings) -> None:
     time_is_ts = contract.time.logical_type == "timestamp"
     t = pl.col("time").cast(pl.Int64) if time_is_ts else pl.col("time")
-    wm = pl.scan_parquet(out).group_by("entity").agg(t.max().alias("m")).collect()
+    wm = pl.scan_parquet(out).group_by("entity").agg(t.max().alias("m")).collect(engine="streaming")
     c = cat.Catalog(s.catalog_url)
     with c.begin() as conn:
         me = conn.execute(sa.select(cat.deliveries.c.received_at).where(cat.deliveries.c.id == delivery_id)).scalar_one()
@@ -222,12 +232,12 @@ def profile(contract: Contract, path: Path) -> dict[str, Any]:
         time_min=pl.col("time").min(),
         time_max=pl.col("time").max(),
         **{f: pl.col(f).sum() for f in FLAGS},
-    ).collect().row(0, named=True)
+    ).collect(engine="streaming").row(0, named=True)
     per = lf.group_by("sensor").agg(
         n=pl.len(), nulls=pl.col("value").null_count(), min=pl.col("value").min(), max=pl.col("value").max(),
         mean=pl.col("value").mean(), std=pl.col("value").std(), unit=pl.col("unit").first(),
         out_of_range=pl.col("flag_out_of_range").sum(), outliers=pl.col("flag_outlier").sum(),
-    ).sort("sensor").collect()
+    ).sort("sensor").collect(engine="streaming")
     sensors = {r["sensor"]: {k: v for k, v in r.items() if k != "sensor"} for r in per.iter_rows(named=True)}
     constant = sorted(k for k, v in sensors.items() if v["n"] > 1 and (v["std"] == 0.0 or v["min"] == v["max"]))
     return {
@@ -246,7 +256,7 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
     out = curated_path(contract, delivery_id, s)
     t0 = time.perf_counter()
     raw = pl.scan_parquet(src)
-    rows_in = raw.select(pl.len()).collect().item()
+    rows_in = raw.select(pl.len()).collect().item()  # from the Parquet metadata
     pseudonyms = {
         a.name: pseudonym.mapping(raw.select(a.name).unique().collect().get_column(a.name), f"{contract.tenant}:{a.name}", s)
         for a in contract.attributes if a.personal
@@ -256,8 +266,7 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
         buckets = 1
         run: EngineRun = engine.sink_parquet(build_plan(contract, raw, wm, pseudonyms), out)
     else:
-        sizes = raw.group_by("entity", "sensor").agg(n=pl.len()).collect()
-        keys = series_buckets(sizes, s.curate_bucket_rows)
+        keys = series_buckets(series_sizes(raw), s.curate_bucket_rows)
         buckets = len(keys)
         plans = [build_plan(contract, bucket_rows(raw, k), wm, pseudonyms) for k in keys]
         run = engine.sink_parquet_parts(plans, out)
