@@ -97,23 +97,23 @@ def facts(m: dict[str, Any], contracts: dict[str, Contract], lf: pl.LazyFrame, s
     ts = m["schema"].get("time", "").startswith("Datetime")
     base = lf.with_columns(firm=pl.col("tenant").replace_strict(firms, default=pl.col("tenant")),
                            machine_type=pl.col("contract_id").replace_strict(domain, default=pl.lit("unknown")))
-    total = base.select(pl.len()).collect().item()
+    total = base.select(pl.len()).collect(engine="streaming").item()
     per_firm = base.group_by("firm").agg(
         rows=pl.len(), machines=pl.col("entity").n_unique(), sensors=pl.col("sensor").n_unique(),
         time_min=pl.col("time").min(), time_max=pl.col("time").max(),
-        gaps=pl.col("flag_gap_before").sum(), missing=pl.col("flag_missing").sum()).sort("firm").collect()
-    per_type = base.group_by("machine_type").agg(rows=pl.len()).collect()
-    per_machine = base.group_by("firm", "entity").agg(rows=pl.len(), sensors=pl.col("sensor").n_unique()).sort("firm", "entity").collect()
+        gaps=pl.col("flag_gap_before").sum(), missing=pl.col("flag_missing").sum()).sort("firm").collect(engine="streaming")
+    per_type = base.group_by("machine_type").agg(rows=pl.len()).collect(engine="streaming")
+    per_machine = base.group_by("firm", "entity").agg(rows=pl.len(), sensors=pl.col("sensor").n_unique()).sort("firm", "entity").collect(engine="streaming")
     clean = _clean_value(m)
     per_sensor = base.group_by("contract_id", "sensor").agg(
         unit=pl.col("unit").first(), rows=pl.len(), missing=pl.col("value").is_null().sum(),
         flagged=(pl.col("value").is_not_null() & clean.is_null()).sum(),
         mean=clean.mean(), std=clean.std(), min=clean.min(),
-        median=clean.median(), max=clean.max()).sort("contract_id", "sensor").collect()
-    flag_counts = base.select([pl.col(f).sum().alias(f) for f in FLAGS if f in m["schema"]]).collect().row(0, named=True)
+        median=clean.median(), max=clean.max()).sort("contract_id", "sensor").collect(engine="streaming")
+    flag_counts = base.select([pl.col(f).sum().alias(f) for f in FLAGS if f in m["schema"]]).collect(engine="streaming").row(0, named=True)
     cond = None
     if ts:
-        cond = _shares(base.with_columns(condition=_shift_expr()).group_by("condition").agg(rows=pl.len()).collect(), "condition", total)
+        cond = _shares(base.with_columns(condition=_shift_expr()).group_by("condition").agg(rows=pl.len()).collect(engine="streaming"), "condition", total)
     firm_shares = _shares(per_firm.select("firm", "rows"), "firm", total)
     type_shares = _shares(per_type, "machine_type", total)
     warnings = _warn_shares("firm", firm_shares) + _warn_shares("machine type", type_shares)
@@ -297,7 +297,7 @@ def plots(vdir: Path, m: dict[str, Any], f: dict[str, Any], lf: pl.LazyFrame, s:
     labels = {c["tenant"]: x["firm"] for c in m["lineage"]["contracts"] for x in f["collection"] if x["contract"] == c["id"]}
     ts = m["schema"].get("time", "").startswith("Datetime")
     # 1. coverage over time per firm
-    lo, hi = lf.select(pl.col("time").min().alias("lo"), pl.col("time").max().alias("hi")).collect().row(0)
+    lo, hi = lf.select(pl.col("time").min().alias("lo"), pl.col("time").max().alias("hi")).collect(engine="streaming").row(0)
     if ts:
         span = (hi - lo).total_seconds() if lo is not None else 0
         every = next((e for e, sec in (("1m", 60), ("5m", 300), ("15m", 900), ("1h", 3600), ("6h", 21600), ("1d", 86400), ("1w", 604800))
@@ -308,7 +308,7 @@ def plots(vdir: Path, m: dict[str, Any], f: dict[str, Any], lf: pl.LazyFrame, s:
         step = max(1, int(((hi or 0) - (lo or 0)) / 60))
         bucket = (pl.col("time") // step) * step
         unit_words = f"{step} time steps"
-    cov = lf.group_by("tenant", bucket.alias("bucket")).agg(rows=pl.len()).sort("tenant", "bucket").collect()
+    cov = lf.group_by("tenant", bucket.alias("bucket")).agg(rows=pl.len()).sort("tenant", "bucket").collect(engine="streaming")
     # Every bucket of the span, so that a period without data shows as zero.
     if cov.height and ts:
         first = cov["bucket"].min()
@@ -334,7 +334,7 @@ def plots(vdir: Path, m: dict[str, Any], f: dict[str, Any], lf: pl.LazyFrame, s:
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.2 * rows), squeeze=False)
     for k, (cid, sensor, unit) in enumerate(sensors):
         vals = lf.filter((pl.col("contract_id") == cid) & (pl.col("sensor") == sensor)).select(_clean_value(m).alias("v")).drop_nulls() \
-            .head(200_000).collect()["v"].to_numpy()
+            .head(200_000).collect(engine="streaming")["v"].to_numpy()
         ax = axes[k // cols][k % cols]
         ax.hist(vals, bins=40)
         ax.set_title(f"{sensor} [{unit}]", fontsize=8)

@@ -201,8 +201,8 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
         f = known.get(rel) or {"path": rel, "sha256": sha256_file(p), "bytes": p.stat().st_size, "rows": task.file.record_count}
         files.append(f)
     files.sort(key=lambda f: f["path"])
-    full = lf.select(pl.len()).collect().item()
-    per_contract = lf.group_by("contract_id").agg(pl.len()).sort("contract_id").collect()
+    full = lf.select(pl.len()).collect(engine="streaming").item()
+    per_contract = lf.group_by("contract_id").agg(pl.len()).sort("contract_id").collect(engine="streaming")
     val = {d["id"]: (state.get(d["id"], s) or {}).get("validation") for d in included}
     curated_stats = {d["id"]: (state.get(d["id"], s) or {}).get("stats", {}).get("curated", {}) for d in included}
     manifest = {

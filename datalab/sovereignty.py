@@ -175,7 +175,7 @@ def check_personal(lf: pl.LazyFrame, inputs: list[str], contracts: dict[str, Con
             if not a.personal or a.name not in cols:
                 continue
             clear = lf.filter((pl.col("contract_id") == cid) & pl.col(a.name).is_not_null()
-                              & ~pl.col(a.name).cast(pl.String).str.contains(r"^ps_[0-9a-f]{16}$")).select(pl.len()).collect().item()
+                              & ~pl.col(a.name).cast(pl.String).str.contains(r"^ps_[0-9a-f]{16}$")).select(pl.len()).collect(engine="streaming").item()
             if clear:
                 raise PolicyRefused("personal_data", f"column '{a.name}' of input {cid} is classified personal and "
                                     f"{clear:,} of its values are in clear; pseudonymise it (re-run curation under the "
