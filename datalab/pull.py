@@ -92,9 +92,14 @@ def check_policy(m: dict[str, Any], purpose: str, s: Settings, clearance: dict[s
         pol.check_site(s.site, sites[s.site].country)
 
 
-def _copy_verified(src: Path, dst: Path, sha: str) -> None:
+def copy_verified(src: Path, dst: Path, sha: str) -> None:
+    """Copy ``src`` to ``dst`` through a temporary name, hashing while copying; refuse a checksum mismatch.
+
+    The temporary name carries the process id, so two processes writing the
+    same content-addressed object never share a partial file.
+    """
     h = hashlib.sha256()
-    tmp = dst.with_suffix(dst.suffix + ".part")
+    tmp = dst.with_suffix(f"{dst.suffix}.{os.getpid()}.part")
     with open(src, "rb") as fin, open(tmp, "wb") as fout:
         while chunk := fin.read(8 << 20):
             h.update(chunk)
@@ -119,12 +124,12 @@ def pull(ref: str, purpose: str | None, to: Path, actor: str | None = None, s: S
     try:
         for i, f in enumerate(m["files"]):
             dst = data / f"part-{i:05d}.parquet"
-            _copy_verified(s.home / f["path"], dst, f["sha256"])
+            copy_verified(s.home / f["path"], dst, f["sha256"])
             files.append(dst)
         if m.get("cad"):
             from datalab.cad.publish import pull_files  # CAD files and thumbnails beside the table
 
-            files += pull_files(m, out, s, _copy_verified)
+            files += pull_files(m, out, s, copy_verified)
     except (IntegrityError, OSError) as e:
         catalog.audit(actor, "pull", f"{name}@{m['version']}", "failed", {"purpose": purpose, "reason": str(e)})
         shutil.rmtree(out, ignore_errors=True)

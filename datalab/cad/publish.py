@@ -17,7 +17,6 @@ every row (``features``); ``datalab.clearance`` enforces them on pull.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,8 @@ import polars as pl
 
 from datalab import landing, state
 from datalab.config import Settings, safe_segment
-from datalab.errors import IntegrityError
+from datalab.publish import sha256_file
+from datalab.pull import copy_verified
 
 
 def objects_dir(dataset: str, s: Settings) -> Path:
@@ -34,29 +34,12 @@ def objects_dir(dataset: str, s: Settings) -> Path:
 
 
 def _put(src: Path, dst: Path, sha: str) -> None:
-    """Copy ``src`` into the object store under its sha256, verifying it; existing objects are kept."""
+    """Copy ``src`` into the object store under its sha256, verifying it; existing objects are kept, read-only."""
     if dst.exists():
         return
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_suffix(f".{os.getpid()}.part")
-    h = hashlib.sha256()
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
-        while chunk := fin.read(8 << 20):
-            h.update(chunk)
-            fout.write(chunk)
-    if h.hexdigest() != sha:
-        tmp.unlink()
-        raise IntegrityError(f"{src}: checksum {h.hexdigest()} does not match the recorded {sha}")
-    os.chmod(tmp, 0o444)
-    os.replace(tmp, dst)
-
-
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    copy_verified(src, dst, sha)
+    os.chmod(dst, 0o444)
 
 
 def attach_files(manifest: dict[str, Any], included: list[dict[str, Any]], contracts: dict[str, Any],
@@ -81,7 +64,7 @@ def attach_files(manifest: dict[str, Any], included: list[dict[str, Any]], contr
                      "format": r["format"], "path": str(dst.relative_to(s.home)), "thumbnail": None}
             if r["thumbnail"]:
                 src = cur_dir / r["thumbnail"]
-                tsha = thumbs.get(src) or _sha(src)
+                tsha = thumbs.get(src) or sha256_file(src)
                 thumbs[src] = tsha
                 tdst = objs / tsha[:2] / tsha
                 _put(src, tdst, tsha)
