@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +75,63 @@ def conversion_table(contract: Contract) -> pl.DataFrame:
     )
 
 
+@dataclass(frozen=True)
+class SeriesOrder:
+    """What the plan needs to sort a delivery by one integer key.
+
+    Polars sorts 10 M rows by (sensor, entity, time) in about 9 s on two
+    cores (a multi-column sort compares row encodings); by one Int64 column
+    it takes under 1 s. Output order is the same either way: ``series`` ranks
+    every (sensor, entity) of the delivery in sorted order (nulls last), and
+    the key is ``rank * stride + (time - t0)``, with a null time placed after
+    every time of its series, as a multi-column sort with ``nulls_last``
+    places it. Built by :func:`series_order` from one pass over the raw table.
+    """
+
+    series: pl.DataFrame  # sensor, entity, _s (u32 rank in output order)
+    t0: int
+    stride: int  # time span + 1; a null time sorts at offset stride - 1
+    nulls: bool  # a null entity or sensor exists: join with nulls_equal
+
+    def key(self, t: pl.Expr) -> pl.Expr:
+        """The sort key of a row, from its integer time ``t`` and its series rank."""
+        return pl.col("_s").cast(pl.Int64) * self.stride + (t - self.t0).fill_null(self.stride - 1)
+
+
+def series_table(raw: pl.LazyFrame, contract: Contract) -> pl.DataFrame:
+    """Per (sensor, entity): rows, first and last time. One streaming pass over the raw table."""
+    t = _time_int(contract)
+    return raw.group_by("sensor", "entity").agg(n=pl.len(), t_min=t.min(), t_max=t.max()).collect(engine="streaming")
+
+
+def series_order(table: pl.DataFrame) -> SeriesOrder | None:
+    """The one-key sort order for a delivery, or None when its keys do not fit an Int64.
+
+    None (the plan then sorts by several columns, same result) when there is
+    no time at all, or when ranks x time span would overflow 62 bits.
+    """
+    t0, t1 = table.get_column("t_min").min(), table.get_column("t_max").max()
+    if t0 is None or t1 is None:
+        return None
+    stride = int(t1) - int(t0) + 2
+    if table.height * stride >= 2**62:
+        return None
+    series = table.select("sensor", "entity").sort("sensor", "entity", nulls_last=True).with_row_index("_s")
+    nulls = bool(table.get_column("sensor").null_count() or table.get_column("entity").null_count())
+    return SeriesOrder(series=series, t0=int(t0), stride=stride, nulls=nulls)
+
+
+def _time_int(contract: Contract) -> pl.Expr:
+    """Time as Int64: microseconds for timestamps, the index itself otherwise (readers.TIME_DTYPES)."""
+    return pl.col("time").cast(pl.Int64)
+
+
 def build_plan(
     contract: Contract,
     raw: pl.LazyFrame,
     watermarks: pl.DataFrame | None = None,
     pseudonyms: dict[str, pl.DataFrame] | None = None,
+    order: SeriesOrder | None = None,
 ) -> pl.LazyFrame:
     """The curation plan for one delivery's raw long table.
 
@@ -92,9 +145,22 @@ def build_plan(
     time_is_ts = contract.time.logical_type == "timestamp"
     attrs = [a.name for a in contract.attributes]
     series = ["entity", "sensor"]
-    lf = raw.unique(maintain_order=False)  # exact duplicates: the only deletion
-    lf = lf.join(sensor_table(contract).lazy(), on="sensor", how="left")
-    lf = lf.join(conversion_table(contract).lazy(), on=["raw_unit", "unit"], how="left")
+    # Exact duplicates are the only deletion. Order is kept, so rows that
+    # share entity, time and sensor (key duplicates) stay in delivery order.
+    lf = raw.unique(maintain_order=True)
+    # Sorted by sensor, entity and time; key duplicates keep their delivery
+    # order (stable sorts), so the output order, and so the Parquet bytes,
+    # are the same on every run and engine. Sensor first: a reader of one
+    # sensor (validation chunks, ML teams) skips the other sensors' row
+    # groups by their statistics. Every later join keeps this order.
+    if order is None:
+        lf = lf.sort(["sensor", "entity", "time"], nulls_last=True, maintain_order=True)
+    else:
+        # The same order by one Int64 key (see SeriesOrder): 10x faster.
+        lf = lf.join(order.series.lazy(), on=["sensor", "entity"], how="left", nulls_equal=order.nulls, maintain_order="left")
+        lf = lf.with_columns(_k=order.key(_time_int(contract))).sort("_k", maintain_order=True)
+    lf = lf.join(sensor_table(contract).lazy(), on="sensor", how="left", maintain_order="left")
+    lf = lf.join(conversion_table(contract).lazy(), on=["raw_unit", "unit"], how="left", maintain_order="left")
     lf = lf.with_columns(
         value=pl.col("raw_value") * pl.col("_factor") + pl.col("_offset"),
         flag_missing=pl.col("raw_value").is_null(),
@@ -103,12 +169,8 @@ def build_plan(
         flag_out_of_range=pl.col("value").is_not_null()
         & ((pl.col("value") < pl.col("_min").fill_null(float("-inf"))) | (pl.col("value") > pl.col("_max").fill_null(float("inf")))),
     )
-    # Sorted by sensor, entity and time (ties broken by the remaining columns,
-    # so the output order, and so the Parquet bytes, are the same on every
-    # run). Sensor first: a reader of one sensor (validation chunks, ML teams)
-    # skips the other sensors' row groups by their statistics.
     tnum = pl.col("time").cast(pl.Int64) if time_is_ts else pl.col("time")
-    lf = lf.sort(["sensor", "entity", "time", "raw_value", "raw_unit", *attrs], nulls_last=True).with_columns(_t=tnum)
+    lf = lf.with_columns(_t=tnum)
     # Key duplicates, and robust outliers per series among in-range values.
     good = pl.col("value").is_not_null() & ~pl.col("flag_out_of_range")
     lf = lf.with_columns(
@@ -153,9 +215,15 @@ def build_plan(
 SERIES_HASH = pl.struct("entity", "sensor").hash(seed=0)
 
 
-def series_sizes(raw: pl.LazyFrame) -> pl.DataFrame:
-    """Rows per series hash (columns h, n); series that share a hash travel together."""
-    return raw.group_by(h=SERIES_HASH).agg(n=pl.len()).collect(engine="streaming")
+def series_sizes(raw: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
+    """Rows per series hash (columns h, n); series that share a hash travel together.
+
+    ``raw`` may also be a :func:`series_table` (one row per series with its
+    count ``n``), which gives the same sizes without another pass.
+    """
+    if isinstance(raw, pl.DataFrame) and "t_min" in raw.columns:
+        return raw.group_by(h=SERIES_HASH).agg(n=pl.col("n").sum())
+    return raw.lazy().group_by(h=SERIES_HASH).agg(n=pl.len()).collect(engine="streaming")
 
 
 def series_buckets(sizes: pl.DataFrame, cap: int) -> list[list[int]]:
@@ -262,13 +330,15 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
         for a in contract.attributes if a.personal
     }
     wm = watermark_table(contract, delivery_id, s)
+    table = series_table(raw, contract)
+    order = series_order(table)
     if rows_in <= s.curate_bucket_rows:
         buckets = 1
-        run: EngineRun = engine.sink_parquet(build_plan(contract, raw, wm, pseudonyms), out)
+        run: EngineRun = engine.sink_parquet(build_plan(contract, raw, wm, pseudonyms, order), out)
     else:
-        keys = series_buckets(series_sizes(raw), s.curate_bucket_rows)
+        keys = series_buckets(series_sizes(table), s.curate_bucket_rows)
         buckets = len(keys)
-        plans = [build_plan(contract, bucket_rows(raw, k), wm, pseudonyms) for k in keys]
+        plans = [build_plan(contract, bucket_rows(raw, k), wm, pseudonyms, order) for k in keys]
         run = engine.sink_parquet_parts(plans, out)
     prof = profile(contract, out)
     _record_watermarks(contract, delivery_id, out, s)
@@ -293,4 +363,4 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
     return stats
 
 
-__all__ = ["FLAGS", "build_plan", "curate_delivery", "curated_path", "json", "profile"]
+__all__ = ["FLAGS", "SeriesOrder", "build_plan", "curate_delivery", "curated_path", "json", "profile"]

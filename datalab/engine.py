@@ -2,7 +2,7 @@
 
 The curation plan is one LazyFrame; the engine decides where it runs: the
 Polars GPU engine (RAPIDS cuDF through cudf-polars) when one is usable, else
-the CPU streaming engine, with the same result. ``DATALAB_ENGINE`` picks
+the CPU (in-memory engine, one series bucket at a time), with the same result. ``DATALAB_ENGINE`` picks
 auto | cpu | gpu. A GPU run is tried with ``raise_on_fail=True``; if the plan
 cannot run there, it runs on the CPU and the failure is recorded, so a
 fallback is always visible in the asset's metadata and the manifest.
@@ -98,6 +98,15 @@ def gpu_status() -> tuple[bool, str]:
     return True, "ok"
 
 
+# The curation plan sorts and runs window functions over whole series, which
+# block the streaming engine anyway; on one bucket (at most
+# DATALAB_CURATE_BUCKET_ROWS rows) the in-memory engine is faster and smaller:
+# 10 M rows in 7.4 s at 3.9 GB peak, against 11.5 s at 4.4 GB for
+# sink_parquet on the streaming engine (polars 1.44, 2 cores). Memory is
+# bounded by the bucket, not by this choice.
+CPU_ENGINE = "in-memory"
+
+
 class Engine:
     """Runs LazyFrames on the chosen device and says what it did."""
 
@@ -116,7 +125,7 @@ class Engine:
 
     @staticmethod
     def _cpu_device() -> str:
-        return f"cpu ({os.cpu_count()} cores, polars {pl.__version__} streaming)"
+        return f"cpu ({os.cpu_count()} cores, polars {pl.__version__} in-memory)"
 
     def collect(self, lf: pl.LazyFrame) -> tuple[pl.DataFrame, EngineRun]:
         with MemoryWatch() as mw:
@@ -133,7 +142,7 @@ class Engine:
                 return df, EngineRun("gpu", _gpu_name(), time.perf_counter() - t0, None, peak_rss_mb())
             except Exception as e:
                 fallback = f"plan not supported on the GPU: {str(e).splitlines()[0][:300]}"
-        df = lf.collect(engine="streaming")
+        df = lf.collect(engine=CPU_ENGINE)
         return df, EngineRun("cpu", self._cpu_device(), time.perf_counter() - t0, fallback, peak_rss_mb())
 
     def sink_parquet(self, lf: pl.LazyFrame, path: Path) -> EngineRun:
@@ -155,7 +164,7 @@ class Engine:
                 return EngineRun("gpu", _gpu_name(), time.perf_counter() - t0, None, peak_rss_mb())
             except Exception as e:
                 fallback = f"plan not supported on the GPU: {str(e).splitlines()[0][:300]}"
-        lf.sink_parquet(tmp, statistics=True, engine="streaming")
+        lf.collect(engine=CPU_ENGINE).write_parquet(tmp, statistics=True)
         os.replace(tmp, path)
         return EngineRun("cpu", self._cpu_device(), time.perf_counter() - t0, fallback, peak_rss_mb())
 

@@ -109,3 +109,43 @@ def test_gpu_matches_cpu(lab: Path, cases) -> None:
         gpu, run = Engine("gpu").collect(plan)
         assert run.engine == "gpu", f"{name}: fell back to the CPU: {run.fallback}"
         _same(cpu, gpu)
+
+
+def test_one_key_sort_gives_the_multi_column_order(lab: Path, cases) -> None:
+    """The Int64 sort key (SeriesOrder) orders rows exactly as the sort by sensor, entity, time does."""
+    for name, c, raw in cases:
+        order = curate.series_order(curate.series_table(raw.lazy(), c))
+        assert order is not None, name
+        fast = curate.build_plan(c, raw.lazy(), None, None, order).collect()
+        slow = curate.build_plan(c, raw.lazy(), None, None, None).collect()
+        assert_frame_equal(fast, slow, check_exact=True)  # same rows in the same order, not just the same set
+
+
+def test_one_key_sort_places_nulls_last_and_keeps_delivery_order(contracts) -> None:
+    """Null entity and null time sort last (as nulls_last does); key duplicates keep delivery order."""
+    from datalab.readers import long_schema
+
+    c = contracts[SPINDLE]
+    t = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
+    rows = [
+        ("d", "M2", t, "spindle_temp", 3.0, "Cel"),
+        ("d", None, t, "spindle_temp", 1.0, "Cel"),
+        ("d", "M1", None, "spindle_temp", 2.0, "Cel"),
+        ("d", "M1", t, "spindle_temp", 9.0, "Cel"),  # key duplicate, first in the delivery
+        ("d", "M1", t, "spindle_temp", 4.0, "Cel"),
+        ("d", "M1", t - dt.timedelta(seconds=1), "spindle_temp", 5.0, "Cel"),
+        ("d", "M1", t, "oil_pressure", 6.0, "bar"),
+    ]
+    raw = pl.DataFrame(rows, schema={"delivery_id": pl.String, **long_schema(c)}, orient="row")
+    order = curate.series_order(curate.series_table(raw.lazy(), c))
+    assert order is not None and order.nulls
+    fast = curate.build_plan(c, raw.lazy(), None, None, order).collect()
+    slow = curate.build_plan(c, raw.lazy(), None, None, None).collect()
+    assert_frame_equal(fast, slow, check_exact=True)
+    assert fast["raw_value"].to_list() == [6.0, 5.0, 9.0, 4.0, 2.0, 3.0, 1.0]
+
+
+def test_one_key_sort_falls_back_when_the_key_would_overflow() -> None:
+    table = pl.DataFrame({"sensor": ["a", "b"], "entity": ["x", "y"], "n": [1, 1], "t_min": [0, -(2**61)], "t_max": [2**61, 0]})
+    assert curate.series_order(table) is None
+    assert curate.series_order(table.with_columns(t_min=pl.lit(None, pl.Int64), t_max=pl.lit(None, pl.Int64))) is None
