@@ -427,13 +427,22 @@ class TimeseriesReader:
         return out.alias(col)
 
     def _parse_ts(self, s: pl.Series) -> pl.Series:
-        norm = s.str.replace(r"^(\d{4}-\d{2}-\d{2}) ", "${1}T").str.replace(r"Z$", "+00:00")
+        """ISO 8601 text -> UTC timestamps; values without an offset are in the layout's time zone.
+
+        ``%#z`` reads ``Z``, ``+01``, ``+0100`` and ``+01:00``, so offsets
+        need no rewriting; the space ISO 8601 allows in place of ``T`` is
+        rewritten only when some value uses it. The two regex rewrites this
+        replaced took 3 of the push's 16 s at 10 M rows.
+        """
+        norm = s
+        if s.str.contains(" ", literal=True).any():
+            norm = s.str.replace(r"^(\d{4}-\d{2}-\d{2}) ", "${1}T")
         fmt = self.lay.timestamp_format
         if fmt:
             naive = norm.str.to_datetime(fmt, time_unit="us", strict=False)
             aware = None
         else:
-            aware = norm.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%z", time_unit="us", strict=False)
+            aware = norm.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%#z", time_unit="us", strict=False)
             if aware.null_count() == norm.null_count():  # all carry an offset: the usual case
                 return aware.dt.convert_time_zone("UTC")
             naive = norm.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", time_unit="us", strict=False)

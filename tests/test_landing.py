@@ -608,3 +608,47 @@ def test_file_over_contract_limit_rejected(lab, contracts, tmp_path):
         assert not stored(lab, rec.tenant, area, rec.files[0].sha256).exists()
     again = get_receipt(rec.delivery_id)
     assert again.status == "rejected" and again.reasons == rec.reasons
+
+
+def test_iso_timestamp_spellings_all_read_as_the_same_instant(lab, contracts, tmp_path):
+    """Z, z, +hh, +hhmm, +hh:mm, a space for T, and no offset (the layout's zone) all parse; nonsense does not."""
+    import polars as pl
+
+    from datalab import ingest
+    from datalab.config import settings
+
+    c = contracts[SPINDLE]
+    spellings = [
+        "2024-03-01T09:00:00Z", "2024-03-01T09:00:00z", "2024-03-01T10:00:00+01", "2024-03-01T10:00:00+0100",
+        "2024-03-01T10:00:00.000+01:00", "2024-03-01 10:00:00+01:00", "2024-03-01T10:00:00", "2024-03-01 10:00:00",
+    ]
+    data = HEADER + "".join(line(0, machine_id=f"BSW-M{i:02d}", ts=ts) for i, ts in enumerate(spellings))
+    rec = push_bytes(lab, c, tmp_path, "spellings.csv", data.encode())
+    assert rec.accepted, rec.reasons
+    got = pl.read_parquet(ingest.raw_path(c, rec.delivery_id, settings())).sort("entity")
+    assert got.height == len(spellings)
+    assert got["time"].dt.to_string("%Y-%m-%dT%H:%M:%S%z").unique().to_list() == ["2024-03-01T09:00:00+0000"]
+    bad = HEADER + line(0, ts="2024-03-01T10:00:00Z+01:00") + line(1, ts="2024-03-01X10:00:00")
+    rej = push_bytes(lab, c, tmp_path, "bad-spellings.csv", bad.encode())
+    rejected_with(rej, "bad-spellings.csv", "line 2", "'ts'", "rule: logicalType timestamp")
+    assert has(rej, "line 3", "'ts'")
+
+
+def test_raw_writer_hands_a_write_error_to_the_caller(lab, contracts, tmp_path):
+    """A batch the writer thread cannot write fails the push's next call, and abort leaves no file."""
+    import polars as pl
+
+    from datalab.config import settings
+    from datalab.ingest import RawWriter
+
+    w = RawWriter(contracts[SPINDLE], "d-writer-test", settings())
+    good = pl.DataFrame({"entity": ["M"], "time": [None], "sensor": ["spindle_temp"], "raw_value": [1.0], "raw_unit": ["Cel"]},
+                        schema={k: v for k, v in w.schema.items() if k != "delivery_id"})
+    w.write(good)
+    wrong = good.with_columns(pl.col("raw_value").cast(pl.Int64))  # a schema the open file does not have
+    with pytest.raises(ValueError, match="schema"):
+        for _ in range(RawWriter.QUEUE + 3):
+            w.write(wrong)
+        w.commit()
+    w.abort()
+    assert not w.tmp.exists() and not w.path.exists()
