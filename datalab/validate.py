@@ -1158,27 +1158,45 @@ def _validate_chunked(
     """
     import polars as pl
 
-    _import_gx()
-    from great_expectations.core.run_identifier import RunIdentifier
+    gx = _import_gx()
+    from great_expectations.validator.v1_validator import Validator
 
     s = settings()
     result_format = {"result_format": "SUMMARY", "partial_unexpected_count": PARTIAL_UNEXPECTED_COUNT}
-    run_id = RunIdentifier(run_name=run_name, run_time=dt.datetime.now(dt.UTC))
-    per_chunk: list[list[dict[str, Any]]] = []
+    sensors = {ch.sensor for ch in chunks}
+    suites: dict[tuple[str | None, bool], tuple[list[int], Any]] = {}
+    got: list[dict[str, Any]] = []
     rows = 0
     with _gx_lock(s.gx_root):
         ctx = _context(s.gx_root)
-        runner = _runner(ctx, contract, specs, build_docs=False, result_format=result_format)
-        for flt in chunks:
-            df = _to_pandas(pl.scan_parquet(path).filter(flt))
+        # The whole suite stays stored and current, as for an unchunked run.
+        _runner(ctx, contract, specs, build_docs=False, result_format=result_format)
+        batch_def = _batch_definition(ctx, contract.slug)
+        for n, ch in enumerate(chunks):
+            key = (ch.sensor, n == 0)
+            if key not in suites:
+                chosen = validate_chunks.chunk_suite([sp.kwargs for sp in specs], ch, sensors, n == 0)
+                runs = [ExpectationSpec(specs[i].type, kw, specs[i].source, specs[i].sensor) for i, kw in chosen]
+                suites[key] = ([i for i, _ in chosen], gx.ExpectationSuite(
+                    name=f"{contract.slug}.chunk", expectations=[_build_expectation(sp, i) for sp, (i, _) in zip(runs, chosen, strict=True)]))
+            indexes, suite = suites[key]
+            if not indexes:  # nothing to check here (no table-wide expectation, another sensor)
+                rows += pl.scan_parquet(path).filter(ch.filter).select(pl.len()).collect().item()
+                continue
+            df = _to_pandas(pl.scan_parquet(path).filter(ch.filter))
             rows += len(df)
-            res = runner.run(batch_parameters={"dataframe": df}, result_format=result_format, run_id=run_id)
+            # GX's own validator, as ValidationDefinition.run uses it: the
+            # batch is loaded (and fingerprinted) once per chunk.
+            res = Validator(batch_definition=batch_def, batch_parameters={"dataframe": df},
+                            result_format=result_format).validate_expectation_suite(suite)
             del df
-            got = sorted((_result_dict(r, specs) for r in res.results), key=lambda r: r["index"])
-            if len(got) != len(specs):
-                raise RuntimeError(f"{len(specs)} expectations in the suite but {len(got)} results in a chunk")
-            per_chunk.append(got)
-    results = validate_chunks.merge(per_chunk)
+            part = [_result_dict(r, specs) for r in res.results]
+            if sorted(r["index"] for r in part) != sorted(indexes):
+                raise RuntimeError(f"a chunk ran {len(indexes)} expectations but gave {len(part)} results")
+            got += part
+    results = validate_chunks.merge_by_index(got)
+    if len(results) != len(specs):
+        raise RuntimeError(f"{len(specs)} expectations in the suite but {len(results)} merged results")
     for r in results:
         r["message"] = _message(r)
     note = (f"validated in {len(chunks)} chunks of at most {s.validate_chunk_rows:,} rows (one sensor each), "

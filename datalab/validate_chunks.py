@@ -17,6 +17,8 @@ in every chunk). A suite holding any other kind runs unchunked.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +39,19 @@ def mergeable(spec_type: str, kwargs: dict[str, Any]) -> bool:
     return spec_type.startswith("expect_column_values_to_") or spec_type.startswith("expect_column_pair_values_")
 
 
-def plan_chunks(path: Path, chunk_rows: int) -> list[pl.Expr] | None:
-    """Row filters, one per chunk, or None when the table fits one chunk.
+_SENSOR_EQ = re.compile(r"""^\s*sensor\s*==\s*(["'])(.*)\1\s*$""")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """The rows of one chunk (a filter) and the one sensor they all have (None: null sensor)."""
+
+    filter: pl.Expr
+    sensor: str | None
+
+
+def plan_chunks(path: Path, chunk_rows: int) -> list[Chunk] | None:
+    """The chunks of a curated file, or None when the table fits one chunk.
 
     One chunk per sensor; a sensor with more than ``chunk_rows`` rows is split
     further by a hash of the entity. Every (entity, sensor) series lies in
@@ -47,15 +60,55 @@ def plan_chunks(path: Path, chunk_rows: int) -> list[pl.Expr] | None:
     counts = pl.scan_parquet(path).group_by("sensor").agg(n=pl.len()).collect()
     if counts.get_column("n").sum() <= chunk_rows:
         return None
-    out: list[pl.Expr] = []
+    out: list[Chunk] = []
     for sensor, n in counts.sort("sensor", nulls_last=True).iter_rows():
         is_sensor = pl.col("sensor").is_null() if sensor is None else pl.col("sensor") == sensor
         parts = max(1, -(-n // chunk_rows))
         if parts == 1:
-            out.append(is_sensor)
+            out.append(Chunk(is_sensor, sensor))
         else:
-            out += [is_sensor & ((pl.col("entity").hash(seed=0) % parts) == k) for k in range(parts)]
+            out += [Chunk(is_sensor & ((pl.col("entity").hash(seed=0) % parts) == k), sensor) for k in range(parts)]
     return out
+
+
+def condition_sensor(kwargs: dict[str, Any]) -> str | None:
+    """The sensor of a ``sensor=="X"`` row condition (the one the lab derives), else None."""
+    rc = kwargs.get("row_condition")
+    m = _SENSOR_EQ.match(rc) if isinstance(rc, str) else None
+    return m.group(2) if m else None
+
+
+def chunk_suite(kwargs_list: list[dict[str, Any]], chunk: Chunk, sensors: set[str | None], first: bool) -> list[tuple[int, dict[str, Any]]]:
+    """Which expectations a chunk runs, by suite index, with the kwargs to run them with.
+
+    Every row of a chunk has the chunk's sensor. An expectation conditioned
+    on ``sensor=="X"`` therefore selects all of the chunk's rows when X is
+    the chunk's sensor: it runs without the condition (same counts, and GX
+    no longer copies the rows for it); for any other sensor it selects no
+    row and is skipped. Only a sensor that no chunk holds has its
+    expectations run, as written, in the first chunk, so that GX itself
+    says what an empty selection gives. Everything else runs as written.
+    GX filtered rows per condition and metric: 3.4 of the 12.7 s that
+    validation took at 10 M rows.
+    """
+    out = []
+    for i, kw in enumerate(kwargs_list):
+        sensor = condition_sensor(kw)
+        if sensor is None:
+            out.append((i, kw))
+        elif sensor == chunk.sensor:
+            out.append((i, {k: v for k, v in kw.items() if k not in ("row_condition", "condition_parser")}))
+        elif first and sensor not in sensors:
+            out.append((i, kw))
+    return out
+
+
+def merge_by_index(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Merge the results of every chunk, each dict carrying its suite ``index``, into one per index."""
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault(int(r["index"]), []).append(r)
+    return [_merge_one(groups[i]) for i in sorted(groups)]
 
 
 def merge(chunks: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:

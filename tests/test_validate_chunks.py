@@ -67,3 +67,40 @@ def test_unmergeable_expectations_run_unchunked() -> None:
     assert not validate_chunks.mergeable("expect_column_mean_to_be_between", {"column": "value"})
     assert not validate_chunks.mergeable("expect_compound_columns_to_be_unique", {"column_list": ["entity", "time"]})
     assert validate_chunks.mergeable("expect_compound_columns_to_be_unique", {"column_list": ["entity", "time", "sensor"]})
+
+
+def test_sensor_missing_from_the_data_gives_the_whole_table_verdict(lab: Path, tmp_path: Path, contracts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Expectations of a sensor no chunk holds run as written (in the first chunk): same results as unchunked."""
+    import polars as pl
+
+    c = contracts[SPINDLE]
+    full = _curated(c, tmp_path, None, seed=4)
+    gone = c.measurements[0].name
+    path = tmp_path / "without.parquet"
+    pl.read_parquet(full).filter(pl.col("sensor") != gone).write_parquet(path)
+    whole = validate.validate(c, path, run_name="whole-missing", build_docs=False)
+    monkeypatch.setenv("DATALAB_VALIDATE_CHUNK_ROWS", "3000")
+    chunked = validate.validate(c, path, run_name="chunked-missing", build_docs=False)
+    assert any("chunks" in n for n in chunked.notes)
+    assert [r["sensor"] for r in chunked.results].count(gone) >= 1
+    for a, b in zip(whole.results, chunked.results, strict=True):
+        assert {k: a[k] for k in COMPARED} == {k: b[k] for k in COMPARED}, a["message"]
+    assert chunked.success == whole.success and chunked.rows == whole.rows
+
+
+def test_chunk_runs_its_own_sensor_without_the_condition() -> None:
+    cond = {"row_condition": 'sensor=="temp"', "condition_parser": "pandas"}
+    kws = [{"column": "entity"}, {"column": "value", **cond}, {"column": "value", "row_condition": 'sensor=="p"'},
+           {"column": "value", "row_condition": 'entity=="M1"'}, {"column": "value", "row_condition": 'sensor=="ghost"'}]
+    sensors = {"temp", "p"}
+    ch = validate_chunks.Chunk(pl_true(), "temp")
+    assert validate_chunks.chunk_suite(kws, ch, sensors, first=False) == [
+        (0, {"column": "entity"}), (1, {"column": "value"}), (3, {"column": "value", "row_condition": 'entity=="M1"'})]
+    first = validate_chunks.chunk_suite(kws, ch, sensors, first=True)
+    assert (4, kws[4]) in first and all(i != 2 for i, _ in first)
+
+
+def pl_true():
+    import polars as pl
+
+    return pl.lit(True)
