@@ -305,6 +305,12 @@ def test_demo_dataset_datasheet_matches_the_table(mlab: Path) -> None:
     per_tenant = dict(df.group_by("tenant").agg(pl.len()).iter_rows())
     assert sorted(x["rows"] for x in f["firms"]) == sorted(per_tenant.values())
     assert sum(x["share"] for x in f["firm_shares"]) == pytest.approx(1.0, abs=1e-3)
+    for x in f["firms"]:  # per firm, from the one grouped pass: machines, sensors, time span, gaps
+        if labels.get(x["firm"]) == "named":
+            g = df.filter(pl.col("tenant") == x["firm"])
+            assert (x["machines"], x["sensors"]) == (g["entity"].n_unique(), g["sensor"].n_unique()), x
+            assert x["gaps"] == int(g["flag_gap_before"].sum()) and x["missing"] == int(g["flag_missing"].sum()), x
+            assert str(g["time"].min())[:10] in str(x["time_min"]) and str(g["time"].max())[:10] in str(x["time_max"]), x
     per_machine = {(r["entity"]): r["rows"] for r in f["machines"]}
     assert per_machine == dict(df.group_by("entity").agg(pl.len()).iter_rows())
     sensors = {(r["contract_id"], r["sensor"]): r for r in f["sensors"]}
