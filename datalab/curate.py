@@ -90,7 +90,7 @@ class SeriesOrder:
 
     series: pl.DataFrame  # sensor, entity, _s (u32 rank in output order)
     t0: int
-    stride: int  # time span + 1; a null time sorts at offset stride - 1
+    stride: int  # time span + 2: times sit at offsets 0..span, a null time at stride - 1
     nulls: bool  # a null entity or sensor exists: join with nulls_equal
 
     def key(self, t: pl.Expr) -> pl.Expr:
