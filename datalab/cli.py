@@ -7,11 +7,13 @@ validation, a policy refusal); 2 wrong usage or invalid contract. ``push``,
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import shutil
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +105,19 @@ def sample(
         out.print(str(p))
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    console=err, transient=True, disable=not err.is_terminal)
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A byte progress bar per file on stderr (off when stderr is not a terminal); yields the callback."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as prog:
+        tasks: dict[str, Any] = {}
+
+        def cb(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = prog.add_task(name, total=total)
+            prog.update(tasks[name], completed=done)
+
+        yield cb
 
 
 @app.command()
@@ -120,14 +132,7 @@ def push(
 
     client = cli_service.remote()
     try:
-        with _progress() as prog:
-            tasks: dict[str, Any] = {}
-
-            def cb(name: str, done: int, total: int) -> None:
-                if name not in tasks:
-                    tasks[name] = prog.add_task(name, total=total)
-                prog.update(tasks[name], completed=done)
-
+        with _progress() as cb:
             rec = (cli_service.remote_push(client, contract, files, cb) if client
                    else landing.push(contracts_mod.find(_contracts(), contract), files, actor=default_actor(), progress=cb))
     except (DatalabError, ValueError) as e:
@@ -246,14 +251,7 @@ def pull(
     client = cli_service.remote()
     try:
         if client:
-            with _progress() as prog:
-                tasks: dict[str, Any] = {}
-
-                def cb(name: str, done: int, total: int) -> None:
-                    if name not in tasks:
-                        tasks[name] = prog.add_task(name, total=total)
-                    prog.update(tasks[name], completed=done)
-
+            with _progress() as cb:
                 res = client.pull(ref, purpose, to, progress=cb)
         else:
             res = pl_.pull(ref, purpose, to)

@@ -42,6 +42,9 @@ FLAGS = (
     "flag_outlier", "flag_gap_before", "flag_late",
 )
 KEY = ["entity", "time", "sensor"]
+# Time as Int64: microseconds for timestamps, the index itself otherwise
+# (readers.TIME_DTYPES gives time one of those two types).
+TIME_INT = pl.col("time").cast(pl.Int64)
 
 
 def curated_path(contract: Contract, delivery_id: str, s: Settings) -> Path:
@@ -93,15 +96,14 @@ class SeriesOrder:
     stride: int  # time span + 2: times sit at offsets 0..span, a null time at stride - 1
     nulls: bool  # a null entity or sensor exists: join with nulls_equal
 
-    def key(self, t: pl.Expr) -> pl.Expr:
-        """The sort key of a row, from its integer time ``t`` and its series rank."""
-        return pl.col("_s").cast(pl.Int64) * self.stride + (t - self.t0).fill_null(self.stride - 1)
+    def key(self) -> pl.Expr:
+        """The sort key of a row, from its time and its series rank ``_s``."""
+        return pl.col("_s").cast(pl.Int64) * self.stride + (TIME_INT - self.t0).fill_null(self.stride - 1)
 
 
-def series_table(raw: pl.LazyFrame, contract: Contract) -> pl.DataFrame:
+def series_table(raw: pl.LazyFrame) -> pl.DataFrame:
     """Per (sensor, entity): rows, first and last time. One streaming pass over the raw table."""
-    t = _time_int(contract)
-    return raw.group_by("sensor", "entity").agg(n=pl.len(), t_min=t.min(), t_max=t.max()).collect(engine="streaming")
+    return raw.group_by("sensor", "entity").agg(n=pl.len(), t_min=TIME_INT.min(), t_max=TIME_INT.max()).collect(engine="streaming")
 
 
 def series_order(table: pl.DataFrame) -> SeriesOrder | None:
@@ -119,11 +121,6 @@ def series_order(table: pl.DataFrame) -> SeriesOrder | None:
     series = table.select("sensor", "entity").sort("sensor", "entity", nulls_last=True).with_row_index("_s")
     nulls = bool(table.get_column("sensor").null_count() or table.get_column("entity").null_count())
     return SeriesOrder(series=series, t0=int(t0), stride=stride, nulls=nulls)
-
-
-def _time_int(contract: Contract) -> pl.Expr:
-    """Time as Int64: microseconds for timestamps, the index itself otherwise (readers.TIME_DTYPES)."""
-    return pl.col("time").cast(pl.Int64)
 
 
 def build_plan(
@@ -158,7 +155,7 @@ def build_plan(
     else:
         # The same order by one Int64 key (see SeriesOrder): 10x faster.
         lf = lf.join(order.series.lazy(), on=["sensor", "entity"], how="left", nulls_equal=order.nulls, maintain_order="left")
-        lf = lf.with_columns(_k=order.key(_time_int(contract))).sort("_k", maintain_order=True)
+        lf = lf.with_columns(_k=order.key()).sort("_k", maintain_order=True)
     lf = lf.join(sensor_table(contract).lazy(), on="sensor", how="left", maintain_order="left")
     lf = lf.join(conversion_table(contract).lazy(), on=["raw_unit", "unit"], how="left", maintain_order="left")
     lf = lf.with_columns(
@@ -169,8 +166,7 @@ def build_plan(
         flag_out_of_range=pl.col("value").is_not_null()
         & ((pl.col("value") < pl.col("_min").fill_null(float("-inf"))) | (pl.col("value") > pl.col("_max").fill_null(float("inf")))),
     )
-    tnum = pl.col("time").cast(pl.Int64) if time_is_ts else pl.col("time")
-    lf = lf.with_columns(_t=tnum)
+    lf = lf.with_columns(_t=TIME_INT)
     # Key duplicates, and robust outliers per series among in-range values.
     good = pl.col("value").is_not_null() & ~pl.col("flag_out_of_range")
     lf = lf.with_columns(
@@ -215,15 +211,9 @@ def build_plan(
 SERIES_HASH = pl.struct("entity", "sensor").hash(seed=0)
 
 
-def series_sizes(raw: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
-    """Rows per series hash (columns h, n); series that share a hash travel together.
-
-    ``raw`` may also be a :func:`series_table` (one row per series with its
-    count ``n``), which gives the same sizes without another pass.
-    """
-    if isinstance(raw, pl.DataFrame) and "t_min" in raw.columns:
-        return raw.group_by(h=SERIES_HASH).agg(n=pl.col("n").sum())
-    return raw.lazy().group_by(h=SERIES_HASH).agg(n=pl.len()).collect(engine="streaming")
+def series_sizes(raw: pl.LazyFrame) -> pl.DataFrame:
+    """Rows per series hash (columns h, n); series that share a hash travel together."""
+    return raw.group_by(h=SERIES_HASH).agg(n=pl.len()).collect(engine="streaming")
 
 
 def series_buckets(sizes: pl.DataFrame, cap: int) -> list[list[int]]:
@@ -277,9 +267,7 @@ def watermark_table(contract: Contract, delivery_id: str, s: Settings) -> pl.Dat
 
 
 def _record_watermarks(contract: Contract, delivery_id: str, out: Path, s: Settings) -> None:
-    time_is_ts = contract.time.logical_type == "timestamp"
-    t = pl.col("time").cast(pl.Int64) if time_is_ts else pl.col("time")
-    wm = pl.scan_parquet(out).group_by("entity").agg(t.max().alias("m")).collect(engine="streaming")
+    wm = pl.scan_parquet(out).group_by("entity").agg(TIME_INT.max().alias("m")).collect(engine="streaming")
     c = cat.Catalog(s.catalog_url)
     with c.begin() as conn:
         me = conn.execute(sa.select(cat.deliveries.c.received_at).where(cat.deliveries.c.id == delivery_id)).scalar_one()
@@ -330,13 +318,15 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
         for a in contract.attributes if a.personal
     }
     wm = watermark_table(contract, delivery_id, s)
-    table = series_table(raw, contract)
+    table = series_table(raw)
     order = series_order(table)
     if rows_in <= s.curate_bucket_rows:
         buckets = 1
         run: EngineRun = engine.sink_parquet(build_plan(contract, raw, wm, pseudonyms, order), out)
     else:
-        keys = series_buckets(series_sizes(table), s.curate_bucket_rows)
+        # The sizes of series_sizes(raw), from the series table (no second pass).
+        sizes = table.group_by(h=SERIES_HASH).agg(n=pl.col("n").sum())
+        keys = series_buckets(sizes, s.curate_bucket_rows)
         buckets = len(keys)
         plans = [build_plan(contract, bucket_rows(raw, k), wm, pseudonyms, order) for k in keys]
         run = engine.sink_parquet_parts(plans, out)

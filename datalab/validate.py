@@ -568,12 +568,6 @@ def derive_suite(contract: Contract) -> list[ExpectationSpec]:
 # hand-written suites
 
 
-def _sensor_of(kwargs: dict[str, Any]) -> str | None:
-    rc = kwargs.get("row_condition")
-    m = _EQ_CONDITION.match(rc) if isinstance(rc, str) else None
-    return m.group(3) if m and m.group(1) == "sensor" else None
-
-
 def load_handwritten(contract: Contract, suites_dir: Path | None = None) -> list[ExpectationSpec]:
     """Hand-written expectations from ``<suites_dir>/<contract.slug>.json``.
 
@@ -620,7 +614,7 @@ def load_handwritten(contract: Contract, suites_dir: Path | None = None) -> list
         if sensor is not None and not isinstance(sensor, str):
             raise ValueError(f"{at}: 'sensor' must be a string")
         specs.append(
-            ExpectationSpec(etype, dict(kwargs), f"{shown}[{i}]", sensor or _sensor_of(kwargs))
+            ExpectationSpec(etype, dict(kwargs), f"{shown}[{i}]", sensor or validate_chunks.condition_sensor(kwargs))
         )
     return specs
 

@@ -72,7 +72,7 @@ def plan_chunks(path: Path, chunk_rows: int) -> list[Chunk] | None:
 
 
 def condition_sensor(kwargs: dict[str, Any]) -> str | None:
-    """The sensor of a ``sensor=="X"`` row condition (the one the lab derives), else None."""
+    """The sensor of a ``sensor=="X"`` row condition, else None: labels results, and lets a chunk of that sensor drop it."""
     rc = kwargs.get("row_condition")
     m = _SENSOR_EQ.match(rc) if isinstance(rc, str) else None
     return m.group(2) if m else None

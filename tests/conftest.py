@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,3 +48,33 @@ PRESS = "urn:datalab:lyon-presses:press-line"
 PUMPS = "urn:datalab:oulu-pumps:pump-telemetry"
 CMAPSS = "urn:datalab:open-benchmarks:cmapss-fd001"
 HYDRAULIC = "urn:datalab:open-benchmarks:hydraulic-rig"
+
+
+@contextlib.contextmanager
+def fresh_pg_database(prefix: str) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped afterwards; skips the test without a server.
+
+    The server is the one ``DATALAB_TEST_PG_URL`` names (``scripts/test.sh``
+    sets it when 127.0.0.1:5432 answers); CI without PostgreSQL skips.
+    """
+    import sqlalchemy as sa
+
+    from datalab import catalog as cat
+
+    pg = os.environ.get("DATALAB_TEST_PG_URL")
+    if not pg:
+        pytest.skip("no PostgreSQL server: set DATALAB_TEST_PG_URL (scripts/test.sh does when 127.0.0.1:5432 answers)")
+    admin = sa.create_engine(pg, isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = pg.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        eng = cat._ENGINES.pop(url, None)
+        if eng is not None:
+            eng.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()

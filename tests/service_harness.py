@@ -11,6 +11,7 @@ limit, so oversized uploads are cheap to test.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -208,6 +209,16 @@ def lab_from_template(template: tuple[Path, Path], dst: Path, workers: int = 1) 
     return Lab(home, template[1], server, tokens)
 
 
+@contextlib.contextmanager
+def served_copy(template: tuple[Path, Path], dst: Path) -> Iterator[Lab]:
+    """``lab_from_template`` whose server is stopped however the block ends."""
+    lab = lab_from_template(template, dst)
+    try:
+        yield lab
+    finally:
+        lab.server.stop()
+
+
 @pytest.fixture(scope="session")
 def served_lab(published_template: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """A served copy of the template in which plant-telemetry 1.0.0 is published over HTTP.
@@ -215,12 +226,9 @@ def served_lab(published_template: tuple[Path, Path], tmp_path_factory: pytest.T
     Shared by the API, matrix and load tests (one server start and one publish instead of three);
     they only add deliveries and versions, so none depends on another's absence.
     """
-    lab = lab_from_template(published_template, tmp_path_factory.mktemp("svc"))
-    try:
+    with served_copy(published_template, tmp_path_factory.mktemp("svc")) as lab:
         with lab.as_("admin") as c:
             r = c.post("/v1/admin/datasets/plant-telemetry/publish", timeout=300)
             assert r.status_code == 200, r.text
             assert r.json()["version"] == "1.0.0"
         yield lab
-    finally:
-        lab.server.stop()

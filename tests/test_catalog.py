@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 import threading
 from pathlib import Path
 
@@ -12,9 +10,7 @@ import sqlalchemy as sa
 
 from datalab import catalog as cat
 from datalab import landing, sample
-from tests.conftest import PUMPS
-
-PG = os.environ.get("DATALAB_TEST_PG_URL")
+from tests.conftest import PUMPS, fresh_pg_database
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -23,18 +19,8 @@ def catalog_url(request, tmp_path: Path, monkeypatch):
         url = f"sqlite:///{tmp_path / 'catalog.db'}"
         yield url
         return
-    if not PG:
-        pytest.skip("no PostgreSQL server: set DATALAB_TEST_PG_URL (scripts/test.sh does when 127.0.0.1:5432 answers)")
-    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
-    name = f"datalab_test_{secrets.token_hex(4)}"
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = PG.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    cat._ENGINES.pop(url).dispose() if url in cat._ENGINES else None
-    with admin.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_pg_database("datalab_test") as url:
+        yield url
 
 
 def test_audit_chain_concurrent_appends(catalog_url: str) -> None:

@@ -114,7 +114,7 @@ def test_gpu_matches_cpu(lab: Path, cases) -> None:
 def test_one_key_sort_gives_the_multi_column_order(lab: Path, cases) -> None:
     """The Int64 sort key (SeriesOrder) orders rows exactly as the sort by sensor, entity, time does."""
     for name, c, raw in cases:
-        order = curate.series_order(curate.series_table(raw.lazy(), c))
+        order = curate.series_order(curate.series_table(raw.lazy()))
         assert order is not None, name
         fast = curate.build_plan(c, raw.lazy(), None, None, order).collect()
         slow = curate.build_plan(c, raw.lazy(), None, None, None).collect()
@@ -137,7 +137,7 @@ def test_one_key_sort_places_nulls_last_and_keeps_delivery_order(contracts) -> N
         ("d", "M1", t, "oil_pressure", 6.0, "bar"),
     ]
     raw = pl.DataFrame(rows, schema={"delivery_id": pl.String, **long_schema(c)}, orient="row")
-    order = curate.series_order(curate.series_table(raw.lazy(), c))
+    order = curate.series_order(curate.series_table(raw.lazy()))
     assert order is not None and order.nulls
     fast = curate.build_plan(c, raw.lazy(), None, None, order).collect()
     slow = curate.build_plan(c, raw.lazy(), None, None, None).collect()

@@ -21,7 +21,7 @@ from datalab import landing
 from datalab.client import Client
 from datalab.config import settings
 from tests.conftest import PRESS, SPINDLE
-from tests.service_harness import Lab, lab_from_template, sample_file, use_lab
+from tests.service_harness import Lab, sample_file, served_copy, use_lab
 
 pytestmark = pytest.mark.slow
 PUSH = "/v1/provider/contracts/press-line/deliveries"  # firm-b; runs only touch the spindle contract
@@ -29,11 +29,8 @@ PUSH = "/v1/provider/contracts/press-line/deliveries"  # firm-b; runs only touch
 
 @pytest.fixture(scope="module")
 def lab(published_template: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = lab_from_template(published_template, tmp_path_factory.mktemp("crash"))
-    try:
+    with served_copy(published_template, tmp_path_factory.mktemp("crash")) as lab:
         yield lab
-    finally:
-        lab.server.stop()
 
 
 def _check_consistent(lab: Lab) -> list[landing.Receipt]:

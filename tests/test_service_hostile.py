@@ -20,8 +20,8 @@ from tests.conftest import PRESS
 from tests.service_harness import (
     PRESS_LIMIT,
     Lab,
-    lab_from_template,
     sample_file,
+    served_copy,
     use_lab,
 )
 
@@ -31,11 +31,8 @@ PUSH = "/v1/provider/contracts/press-line/deliveries"
 
 @pytest.fixture(scope="module")
 def lab(published_template: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = lab_from_template(published_template, tmp_path_factory.mktemp("hostile"))
-    try:
+    with served_copy(published_template, tmp_path_factory.mktemp("hostile")) as lab:
         yield lab
-    finally:
-        lab.server.stop()
 
 
 def _files(root: Path) -> set[Path]:

@@ -22,7 +22,7 @@ from datalab import catalog as cat
 from datalab import landing, publish, pull, sample
 from datalab.config import settings
 from datalab.errors import PolicyRefused
-from tests.conftest import PRESS, PUMPS, ROOT
+from tests.conftest import PRESS, PUMPS, ROOT, fresh_pg_database
 
 START = dt.datetime(2026, 2, 2, tzinfo=dt.UTC)
 
@@ -144,48 +144,34 @@ def test_retention_and_withdrawal_delete_for_real(lab: Path, tmp_path: Path, con
 
 def test_purge_on_postgresql_catalog(lab: Path, tmp_path: Path, contracts, monkeypatch) -> None:
     """The same purge with the catalog (and Iceberg SQL catalog) on PostgreSQL, core only."""
-    import os
-    import secrets
+    with fresh_pg_database("datalab_sov") as url:
+        _purge_on(url, tmp_path, contracts, monkeypatch)
 
+
+def _purge_on(url: str, tmp_path: Path, contracts, monkeypatch) -> None:
     import sqlalchemy as sa
 
     from datalab import curate, ingest, retention, state, validate
 
-    pg = os.environ.get("DATALAB_TEST_PG_URL")
-    if not pg:
-        pytest.skip("no PostgreSQL server: set DATALAB_TEST_PG_URL (scripts/test.sh does when 127.0.0.1:5432 answers)")
-    admin = sa.create_engine(pg, isolation_level="AUTOCOMMIT")
-    name = f"datalab_sov_{secrets.token_hex(4)}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = pg.rsplit("/", 1)[0] + f"/{name}"
     monkeypatch.setenv("DATALAB_CATALOG_URL", url)
     spec = tmp_path / "contracts"
     shutil.copytree(ROOT / "data_contracts", spec)
     monkeypatch.setenv("DATALAB_CONTRACTS", str(spec))
     (spec / "datasets" / "pg.yaml").write_text(yaml.safe_dump({"name": "pg", "site": "munich", "inputs": [PUMPS]}))
-    try:
-        s = settings()
-        c = contracts[PUMPS]
-        rec = landing.push(c, [sample.write(sample.generate(c, 800, seed=5, start=START), tmp_path / "p.csv")])
-        ingest.ingest_raw(c, rec.delivery_id)
-        curate.curate_delivery(c, rec.delivery_id)
-        rep = validate.validate(c, curate.curated_path(c, rec.delivery_id, s), run_name=rec.delivery_id, build_docs=False)
-        state.set_stage(rec.delivery_id, "validated", s=s, validation_ok=rep.success, validation=rep.to_dict())
-        assert publish.publish("pg").version == "1.0.0"
-        markers = [x.encode() for x in pl.read_parquet(curate.curated_path(c, rec.delivery_id, s))["entity"].unique().to_list()]
-        assert _files_holding(s.home, markers)
-        r = retention.withdraw_contract(PUMPS, "firm:oulu-pumps", "test on PostgreSQL", s)
-        assert r.versions_withdrawn == ["pg@1.0.0"] and r.iceberg
-        assert _files_holding(s.home, markers) == {}
-        with cat.Catalog(url).begin() as conn:
-            assert conn.execute(sa.select(sa.func.count()).select_from(cat.watermarks)).scalar() == 0
-        with pytest.raises(PolicyRefused, match=r"withdrawn.*test on PostgreSQL"):
-            pull.pull("pg@1.0.0", "research", tmp_path / "x", actor="team:ml")
-    finally:
-        eng = cat._ENGINES.pop(url, None)
-        if eng is not None:
-            eng.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    s = settings()
+    c = contracts[PUMPS]
+    rec = landing.push(c, [sample.write(sample.generate(c, 800, seed=5, start=START), tmp_path / "p.csv")])
+    ingest.ingest_raw(c, rec.delivery_id)
+    curate.curate_delivery(c, rec.delivery_id)
+    rep = validate.validate(c, curate.curated_path(c, rec.delivery_id, s), run_name=rec.delivery_id, build_docs=False)
+    state.set_stage(rec.delivery_id, "validated", s=s, validation_ok=rep.success, validation=rep.to_dict())
+    assert publish.publish("pg").version == "1.0.0"
+    markers = [x.encode() for x in pl.read_parquet(curate.curated_path(c, rec.delivery_id, s))["entity"].unique().to_list()]
+    assert _files_holding(s.home, markers)
+    r = retention.withdraw_contract(PUMPS, "firm:oulu-pumps", "test on PostgreSQL", s)
+    assert r.versions_withdrawn == ["pg@1.0.0"] and r.iceberg
+    assert _files_holding(s.home, markers) == {}
+    with cat.Catalog(url).begin() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(cat.watermarks)).scalar() == 0
+    with pytest.raises(PolicyRefused, match=r"withdrawn.*test on PostgreSQL"):
+        pull.pull("pg@1.0.0", "research", tmp_path / "x", actor="team:ml")

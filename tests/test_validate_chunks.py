@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from datalab import curate, landing, sample, validate, validate_chunks
@@ -71,8 +72,6 @@ def test_unmergeable_expectations_run_unchunked() -> None:
 
 def test_sensor_missing_from_the_data_gives_the_whole_table_verdict(lab: Path, tmp_path: Path, contracts, monkeypatch: pytest.MonkeyPatch) -> None:
     """Expectations of a sensor no chunk holds run as written (in the first chunk): same results as unchunked."""
-    import polars as pl
-
     c = contracts[SPINDLE]
     full = _curated(c, tmp_path, None, seed=4)
     gone = c.measurements[0].name
@@ -93,14 +92,9 @@ def test_chunk_runs_its_own_sensor_without_the_condition() -> None:
     kws = [{"column": "entity"}, {"column": "value", **cond}, {"column": "value", "row_condition": 'sensor=="p"'},
            {"column": "value", "row_condition": 'entity=="M1"'}, {"column": "value", "row_condition": 'sensor=="ghost"'}]
     sensors = {"temp", "p"}
-    ch = validate_chunks.Chunk(pl_true(), "temp")
+    ch = validate_chunks.Chunk(pl.lit(True), "temp")
     assert validate_chunks.chunk_suite(kws, ch, sensors, first=False) == [
         (0, {"column": "entity"}), (1, {"column": "value"}), (3, {"column": "value", "row_condition": 'entity=="M1"'})]
     first = validate_chunks.chunk_suite(kws, ch, sensors, first=True)
     assert (4, kws[4]) in first and all(i != 2 for i, _ in first)
 
-
-def pl_true():
-    import polars as pl
-
-    return pl.lit(True)

@@ -10,7 +10,6 @@ aggregate query over the written file.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -148,12 +147,7 @@ def run(path: Path, out: Path, threads: int | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = argv if argv is not None else sys.argv[1:]
-    if len(args) != 2:
-        raise SystemExit("usage: duckdb_sql.py DELIVERY.csv OUT.parquet")
-    res = run(Path(args[0]), Path(args[1]))
-    res["validation"].pop("checks")
-    print(json.dumps(res, indent=2))
+    spec.cli(run, "duckdb_sql.py", argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ derives from the contract.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -152,12 +151,7 @@ def run(path: Path, out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = argv if argv is not None else sys.argv[1:]
-    if len(args) != 2:
-        raise SystemExit("usage: pandas_gx.py DELIVERY.csv OUT.parquet")
-    res = run(Path(args[0]), Path(args[1]))
-    res["validation"].pop("checks")
-    print(json.dumps(res, indent=2))
+    spec.cli(run, "pandas_gx.py", argv)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ checks, receipts, catalog, Great Expectations or versioning.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -127,12 +126,7 @@ def run(path: Path, out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = argv if argv is not None else sys.argv[1:]
-    if len(args) != 2:
-        raise SystemExit("usage: polars_plain.py DELIVERY.csv OUT.parquet")
-    res = run(Path(args[0]), Path(args[1]))
-    res["validation"].pop("checks")
-    print(json.dumps(res, indent=2))
+    spec.cli(run, "polars_plain.py", argv)
 
 
 if __name__ == "__main__":

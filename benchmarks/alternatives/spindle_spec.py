@@ -24,6 +24,9 @@ alternatives agree with datalab on a generated delivery.
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 CONTRACT_ID = "urn:datalab:bavaria-spindle:spindle-telemetry"
@@ -129,3 +132,13 @@ def check(name: str, unexpected: int, total: int, max_share: float = 0.0) -> dic
     good = 1.0 if total == 0 else (total - unexpected) / total
     return {"name": name, "unexpected": int(unexpected), "total": int(total),
             "success": bool(good >= 1.0 - max_share - 1e-12)}
+
+
+def cli(run: Callable[[Path, Path], dict], script: str, argv: list[str] | None = None) -> None:
+    """``script DELIVERY.csv OUT.parquet``: run one alternative and print its result as JSON."""
+    args = argv if argv is not None else sys.argv[1:]
+    if len(args) != 2:
+        raise SystemExit(f"usage: {script} DELIVERY.csv OUT.parquet")
+    res = run(Path(args[0]), Path(args[1]))
+    res["validation"].pop("checks")
+    print(json.dumps(res, indent=2))
