@@ -98,3 +98,33 @@ def test_chunk_runs_its_own_sensor_without_the_condition() -> None:
     first = validate_chunks.chunk_suite(kws, ch, sensors, first=True)
     assert (4, kws[4]) in first and all(i != 2 for i, _ in first)
 
+
+
+def test_regex_on_text_column_counts_every_bad_row(lab: Path, tmp_path: Path, contracts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The entity pattern is checked on pandas' Arrow strings, not categoricals; the count must stay exact."""
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    c = contracts[SPINDLE]
+    path = _curated(c, tmp_path, None, seed=5)
+    df = pl.read_parquet(path).with_row_index("_i")
+    bad = (pl.col("_i") % 97 == 0)
+    df.with_columns(entity=pl.when(bad).then(pl.lit("bsw-m1")).otherwise(pl.col("entity"))).drop("_i").write_parquet(path)
+    expected = df.filter(bad).height
+    assert expected > 100
+    monkeypatch.setenv("DATALAB_VALIDATE_CHUNK_ROWS", "3000")
+    threshold = pandas_execution_engine.HASH_THRESHOLD
+    rep = validate.validate(c, path, run_name="regex", build_docs=False)
+    assert any("chunks" in n for n in rep.notes)
+    regex = next(r for r in rep.results if r["type"] == "expect_column_values_to_match_regex")
+    assert not regex["success"] and regex["unexpected_count"] == expected, regex["message"]
+    # The batch fingerprint is skipped only inside the chunk loop.
+    assert pandas_execution_engine.HASH_THRESHOLD == threshold > 0
+
+
+def test_text_columns_become_categoricals_except_those_a_regex_checks() -> None:
+    frame = pl.DataFrame({"entity": ["a", "b"], "sensor": ["s", "s"], "value": [1.0, 2.0]})
+    specs = [validate.ExpectationSpec("expect_column_values_to_match_regex", {"column": "entity", "regex": "^[ab]$"}, "test")]
+    df = validate._to_pandas(frame, validate._regex_columns(specs))
+    assert str(df["sensor"].dtype) == "category"
+    assert str(df["entity"].dtype) != "category" and list(df["entity"]) == ["a", "b"]
+    assert df["entity"].astype(str).str.contains("^[ab]$").all()
