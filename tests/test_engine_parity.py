@@ -145,6 +145,38 @@ def test_one_key_sort_places_nulls_last_and_keeps_delivery_order(contracts) -> N
     assert fast["raw_value"].to_list() == [6.0, 5.0, 9.0, 4.0, 2.0, 3.0, 1.0]
 
 
+def test_exact_duplicates_leave_by_sort_as_by_hash(contracts) -> None:
+    """The sort-based duplicate drop equals unique(): first copy stays, apart copies too, nulls and NaN alike."""
+    from datalab.readers import long_schema
+
+    c = contracts[SPINDLE]
+    t = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
+    s = dt.timedelta(seconds=1)
+    rows = [
+        ("d", "M1", t, "spindle_temp", 1.0, "Cel"),
+        ("d", "M1", t, "spindle_temp", 2.0, "Cel"),  # key duplicate, kept
+        ("d", "M1", t + s, "spindle_temp", 3.0, "Cel"),
+        ("d", "M1", t, "spindle_temp", 1.0, "Cel"),  # exact duplicate of the first, two rows apart
+        ("d", "M1", t, "spindle_temp", 1.0, "[degF]"),  # same value, other unit: kept
+        ("d", "M1", t + 2 * s, "spindle_temp", None, "Cel"),
+        ("d", "M1", t + 2 * s, "spindle_temp", None, "Cel"),  # null value twice: one stays
+        ("d", "M1", t + 3 * s, "spindle_temp", float("nan"), "Cel"),
+        ("d", "M1", t + 3 * s, "spindle_temp", float("nan"), "Cel"),  # NaN twice: one stays
+        ("d", "M1", None, "spindle_temp", 4.0, "Cel"),
+        ("d", "M1", None, "spindle_temp", 4.0, "Cel"),  # null time twice
+        ("d", "M1", t + s, "spindle_temp", 3.0, "Cel"),  # exact duplicate, last in the delivery
+    ]
+    raw = pl.DataFrame(rows, schema={"delivery_id": pl.String, **long_schema(c)}, orient="row")
+    order = curate.series_order(curate.series_table(raw.lazy()))
+    assert order is not None
+    fast = curate.build_plan(c, raw.lazy(), None, None, order).collect()
+    slow = curate.build_plan(c, raw.lazy(), None, None, None).collect()
+    assert_frame_equal(fast, slow, check_exact=True)
+    assert fast.height == 7
+    assert fast.filter(pl.col("time") == t)["raw_value"].to_list() == [1.0, 2.0, 1.0]
+    assert fast["flag_key_duplicate"].to_list() == [True, True, True, False, False, False, False]
+
+
 def test_one_key_sort_falls_back_when_the_key_would_overflow() -> None:
     table = pl.DataFrame({"sensor": ["a", "b"], "entity": ["x", "y"], "n": [1, 1], "t_min": [0, -(2**61)], "t_max": [2**61, 0]})
     assert curate.series_order(table) is None
