@@ -151,7 +151,6 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
     major = version.split(".")[0]
     ident = f"{NAMESPACE}.{name.replace('-', '_')}__v{major}"
     ice = iceberg_catalog(s)
-    import pyarrow as pa  # noqa: F401  (pyiceberg needs it loaded)
 
     prev_ids = set(prev_manifest["lineage"]["deliveries"]) if prev_manifest else set()
     same_table = prev_manifest is not None and prev_manifest["table"] == ident
@@ -162,7 +161,8 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
         # count those rows twice, so rewrite the table instead.
         current = ice.load_table(ident).current_snapshot()
         append_only = current is not None and current.snapshot_id == prev["snapshot_id"]
-    # Rows are streamed delivery by delivery (bounded memory), see table_stream.
+    # Data files written by Polars, then registered in one transaction (one
+    # commit): see table_stream.
     pl_schema = dict(lf.collect_schema())
     parts = [table_stream.Part(s.home / d["curated_path"], d["contract"], contracts[d["contract"]].tenant,
                                d["contract_version"], d["id"]) for d in included]
@@ -176,13 +176,19 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
             with tbl.update_schema() as upd:
                 upd.union_by_name(arrow_schema)
             tbl = ice.load_table(ident)
-    # One transaction (one commit), several bounded writes: see table_stream.COMMIT_ROWS.
-    with tbl.transaction() as tx:
-        for k, chunk in enumerate(table_stream.readers(parts, pl_schema, set(new_ids) if append_only else None)):
-            if k == 0 and not append_only:
-                tx.overwrite(chunk)
-            else:
-                tx.append(chunk)
+    data_dir = Path(tbl.location().removeprefix("file://")) / "data"
+    paths = table_stream.write_files(parts, pl_schema, data_dir, set(new_ids) if append_only else None)
+    try:
+        with tbl.transaction() as tx:
+            if not append_only and tbl.current_snapshot() is not None:
+                from pyiceberg.expressions import AlwaysTrue
+
+                tx.delete(AlwaysTrue())  # a rewrite: the new files replace every row
+            tx.add_files([p.as_uri() for p in paths])
+    except BaseException:
+        for p in paths:  # not committed: nothing refers to them
+            p.unlink(missing_ok=True)
+        raise
     tbl = ice.load_table(ident)
     snap = tbl.current_snapshot()
     tbl.manage_snapshots().create_tag(snap.snapshot_id, f"v{version}").commit()

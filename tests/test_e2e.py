@@ -175,15 +175,14 @@ def test_real_sensor_sets_published_and_pulled(lab: Path, tmp_path: Path, realda
         pull.pull("hydraulic-rig@9.9.9", "benchmarking", tmp_path / "h", actor="team:bench")
 
 
-def test_publish_in_bounded_appends_is_one_version(lab: Path, tmp_path: Path, contracts, monkeypatch) -> None:
-    """A version written as many small appends (table_stream.COMMIT_ROWS) is one commit with every row once."""
+def test_publish_in_bounded_files_is_one_version(lab: Path, tmp_path: Path, contracts, monkeypatch) -> None:
+    """A version written as many small files (table_stream.COMMIT_ROWS) is one commit with every row once."""
     import polars as pl
 
     from datalab import table_stream
     from pipelines import runner
 
-    monkeypatch.setattr(table_stream, "COMMIT_ROWS", 700)  # a few thousand rows -> several appends
-    monkeypatch.setattr(table_stream, "BATCH_ROWS", 300)
+    monkeypatch.setattr(table_stream, "COMMIT_ROWS", 700)  # a few thousand rows -> several files
     spec = tmp_path / "contracts"
     shutil.copytree(ROOT / "data_contracts", spec)
     monkeypatch.setenv("DATALAB_CONTRACTS", str(spec))
@@ -202,7 +201,7 @@ def test_publish_in_bounded_appends_is_one_version(lab: Path, tmp_path: Path, co
         # every row once: the same multiset of (delivery, entity, sensor, time)
         key = ["delivery_id", "entity", "sensor", "time"]
         assert got.select(key).sort(key).equals(curated.select(key).sort(key))
-        assert len(m["files"]) > 1  # several appends wrote several files ...
+        assert len(m["files"]) > 1  # several files ...
         return got
 
     v1 = publish.publish("chunked")

@@ -75,7 +75,7 @@ def test_retention_and_withdrawal_delete_for_real(lab: Path, tmp_path: Path, con
     card_md = runner.instance().get_latest_materialization_event(dg.AssetKey(["datasets", "mix"])).asset_materialization.metadata["card"]
     assert card_md.value.startswith("# ") and "## Provenance" in card_md.value  # the datasheet is shown in Dagster
     s = settings()
-    pumps_ids = sorted(pl.read_parquet(s.home / publish.read_manifest("mix", "1.0.0")["files"][0]["path"])
+    pumps_ids = sorted(pl.concat([pl.read_parquet(s.home / f["path"]) for f in publish.read_manifest("mix", "1.0.0")["files"]])
                        .filter(pl.col("contract_id") == PUMPS)["entity"].unique().to_list())
     markers = [x.encode() for x in pumps_ids]
     assert markers and all(x.startswith("OP-") for x in pumps_ids)
