@@ -176,6 +176,8 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
             with tbl.update_schema() as upd:
                 upd.union_by_name(arrow_schema)
             tbl = ice.load_table(ident)
+    if not tbl.location().startswith("file://"):  # the lab's warehouse is a local folder (settings().warehouse)
+        raise DatalabError(f"table {ident} lives at {tbl.location()}; publishing writes data files to a local warehouse only")
     data_dir = Path(tbl.location().removeprefix("file://")) / "data"
     paths = table_stream.write_files(parts, pl_schema, data_dir, set(new_ids) if append_only else None)
     try:

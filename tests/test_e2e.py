@@ -216,3 +216,33 @@ def test_publish_in_bounded_files_is_one_version(lab: Path, tmp_path: Path, cont
     assert v2.version == "1.0.1" and v2.manifest["version_reason"].startswith("patch")
     check("1.0.1")
     check("1.0.0")  # the older version reads as before
+
+
+def test_failed_publish_leaves_no_data_files(lab: Path, tmp_path: Path, contracts, monkeypatch) -> None:
+    """Files written for a version whose commit fails are removed; the retry publishes every row once."""
+    import polars as pl
+    from pyiceberg.table import Transaction
+
+    from pipelines import runner
+
+    spec = tmp_path / "contracts"
+    shutil.copytree(ROOT / "data_contracts", spec)
+    monkeypatch.setenv("DATALAB_CONTRACTS", str(spec))
+    (spec / "datasets" / "flaky.yaml").write_text(yaml.safe_dump({"name": "flaky", "site": "kajaani", "inputs": [PUMPS]}))
+    _push_batch(contracts, tmp_path, 80, START, rows=1_500, ids=(PUMPS,))
+    assert all(r.validation_ok for r in runner.run_pending())
+    s = settings()
+
+    def broken(self, *a, **k):
+        raise OSError("disk full (simulated)")
+
+    with monkeypatch.context() as m:
+        m.setattr(Transaction, "add_files", broken)
+        with pytest.raises(OSError, match="simulated"):
+            publish.publish("flaky")
+    assert not list(s.warehouse.rglob("*.parquet")), "uncommitted data files left behind"
+    assert publish.list_versions("flaky", s) == []
+    v = publish.publish("flaky")
+    assert v.version == "1.0.0"
+    got = pl.read_parquet([s.home / f["path"] for f in v.manifest["files"]])
+    assert got.height == v.manifest["rows"] > 0
