@@ -177,7 +177,8 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
                 upd.union_by_name(arrow_schema)
             tbl = ice.load_table(ident)
     if not tbl.location().startswith("file://"):  # the lab's warehouse is a local folder (settings().warehouse)
-        raise DatalabError(f"table {ident} lives at {tbl.location()}; publishing writes data files to a local warehouse only")
+        raise DatalabError(f"table {ident} lives at {tbl.location()}, not in a local folder; publishing writes its data files "
+                           f"itself, so the warehouse must be local (it is {s.warehouse}, under DATALAB_HOME)")
     data_dir = Path(tbl.location().removeprefix("file://")) / "data"
     paths = table_stream.write_files(parts, pl_schema, data_dir, set(new_ids) if append_only else None)
     try:

@@ -113,14 +113,20 @@ def test_failing_expectation_blocks_publishing(lab: Path, tmp_path: Path, contra
         os.environ["DATALAB_CONTRACTS"] = str(ROOT / "data_contracts")
 
 
-def test_schema_change_bumps_minor_and_major(lab: Path, tmp_path: Path, contracts, monkeypatch) -> None:
-    from pipelines import runner
-
+def _dataset(tmp_path: Path, monkeypatch, name: str, site: str, inputs: list[str]) -> Path:
+    """A copy of the repository's contracts with dataset ``name`` added (the lab reads it); the dataset file."""
     spec = tmp_path / "contracts"
     shutil.copytree(ROOT / "data_contracts", spec)
     monkeypatch.setenv("DATALAB_CONTRACTS", str(spec))
-    ds = spec / "datasets" / "mini.yaml"
-    ds.write_text(yaml.safe_dump({"name": "mini", "site": "munich", "inputs": [PUMPS]}))
+    ds = spec / "datasets" / f"{name}.yaml"
+    ds.write_text(yaml.safe_dump({"name": name, "site": site, "inputs": inputs}))
+    return ds
+
+
+def test_schema_change_bumps_minor_and_major(lab: Path, tmp_path: Path, contracts, monkeypatch) -> None:
+    from pipelines import runner
+
+    ds = _dataset(tmp_path, monkeypatch, "mini", "munich", [PUMPS])
     _push_batch(contracts, tmp_path, 50, START, ids=(PUMPS, PRESS))
     runner.run_pending()
     v1 = publish.publish("mini")
@@ -183,10 +189,7 @@ def test_publish_in_bounded_files_is_one_version(lab: Path, tmp_path: Path, cont
     from pipelines import runner
 
     monkeypatch.setattr(table_stream, "COMMIT_ROWS", 700)  # a few thousand rows -> several files
-    spec = tmp_path / "contracts"
-    shutil.copytree(ROOT / "data_contracts", spec)
-    monkeypatch.setenv("DATALAB_CONTRACTS", str(spec))
-    (spec / "datasets" / "chunked.yaml").write_text(yaml.safe_dump({"name": "chunked", "site": "kajaani", "inputs": [PUMPS]}))
+    _dataset(tmp_path, monkeypatch, "chunked", "kajaani", [PUMPS])
     _push_batch(contracts, tmp_path, 70, START, rows=2_000, ids=(PUMPS,))
     assert all(r.validation_ok for r in runner.run_pending())
     s = settings()
@@ -225,10 +228,7 @@ def test_failed_publish_leaves_no_data_files(lab: Path, tmp_path: Path, contract
 
     from pipelines import runner
 
-    spec = tmp_path / "contracts"
-    shutil.copytree(ROOT / "data_contracts", spec)
-    monkeypatch.setenv("DATALAB_CONTRACTS", str(spec))
-    (spec / "datasets" / "flaky.yaml").write_text(yaml.safe_dump({"name": "flaky", "site": "kajaani", "inputs": [PUMPS]}))
+    _dataset(tmp_path, monkeypatch, "flaky", "kajaani", [PUMPS])
     _push_batch(contracts, tmp_path, 80, START, rows=1_500, ids=(PUMPS,))
     assert all(r.validation_ok for r in runner.run_pending())
     s = settings()

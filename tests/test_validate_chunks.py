@@ -99,7 +99,6 @@ def test_chunk_runs_its_own_sensor_without_the_condition() -> None:
     assert (4, kws[4]) in first and all(i != 2 for i, _ in first)
 
 
-
 def test_regex_on_text_column_counts_every_bad_row(lab: Path, tmp_path: Path, contracts, monkeypatch: pytest.MonkeyPatch) -> None:
     """The entity pattern is checked on pandas' Arrow strings, not categoricals; the count must stay exact."""
     from great_expectations.execution_engine import pandas_execution_engine
