@@ -13,7 +13,7 @@ from datalab.config import settings
 from tests.conftest import PRESS, SPINDLE
 
 START = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
-COMPARED = ("type", "column", "sensor", "success", "unexpected_count", "element_count", "observed_value")
+COMPARED = ("type", "column", "sensor", "success", "unexpected_count", "element_count", "missing_count", "observed_value")
 
 
 def _curated(c, tmp: Path, defects: sample.Defects | None, seed: int) -> Path:
@@ -44,6 +44,9 @@ def test_chunked_equals_whole(lab: Path, tmp_path: Path, contracts, monkeypatch:
         assert {k: a[k] for k in COMPARED} == {k: b[k] for k in COMPARED}, a["message"]
         if a.get("unexpected_percent") is not None:
             assert b["unexpected_percent"] == pytest.approx(a["unexpected_percent"])
+        # Chunks run on narrowed batches with GX's BASIC format: the samples
+        # must still come back, and only values the whole run also found bad.
+        assert bool(a["sample_values"]) == bool(b["sample_values"]), a["message"]
     if defects is not None and cid == SPINDLE:
         assert not whole.success and chunked.failed == whole.failed > 0
 
@@ -127,3 +130,34 @@ def test_text_columns_become_categoricals_except_those_a_regex_checks() -> None:
     assert str(df["sensor"].dtype) == "category"
     assert str(df["entity"].dtype) != "category" and list(df["entity"]) == ["a", "b"]
     assert df["entity"].astype(str).str.contains("^[ab]$").all()
+
+
+def test_chunk_batch_holds_only_the_columns_its_expectations_read() -> None:
+    cols = ["delivery_id", "entity", "time", "sensor", "value", "unit", "flag_missing"]
+    read = validate_chunks.columns_read
+    assert read([{"column": "value"}, {"column_list": ["entity", "time", "sensor"]}], cols) == ["entity", "time", "sensor", "value"]
+    assert read([{"column": "unit", "row_condition": 'sensor=="temp"'}], cols) == ["sensor", "unit"]
+    assert read([{"column_A": "value", "column_B": "unit"}], cols) == ["value", "unit"]
+    # a condition the lab does not write may read any column; a missing
+    # column is left for GX to report; a row count keeps one column (the rows)
+    assert read([{"column": "value", "row_condition": 'entity=="M1"'}], cols) == cols
+    assert read([{"column": "ghost"}], cols) == cols
+    assert read([{"min_value": 1}], cols) == ["delivery_id"]
+
+
+def test_gx_imports_in_the_background_and_validation_waits_for_it() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, threading\n"
+            "from datalab import validate\n"
+            "assert 'great_expectations' not in sys.modules\n"
+            "validate.import_in_background()\n"
+            "assert any(t.name == 'datalab-gx-import' for t in threading.enumerate())\n"
+            "gx = validate._import_gx()\n"
+            "import os\n"
+            "print(gx.__version__, os.environ['GX_ANALYTICS_ENABLED'])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[1] == "False"
