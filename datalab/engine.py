@@ -11,12 +11,14 @@ fallback is always visible in the asset's metadata and the manifest.
 from __future__ import annotations
 
 import os
+import queue
 import resource
 import threading
 import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -175,33 +177,77 @@ class Engine:
         result is in memory at a time. The run counts as GPU only if every
         part ran there; the first fallback reason is kept.
         """
-        import pyarrow.parquet as pq
-
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".parquet.tmp")
         t0 = time.perf_counter()
-        writer: pq.ParquetWriter | None = None
         runs: list[EngineRun] = []
         mw = MemoryWatch().__enter__()
         try:
-            for lf in plans:
-                df, r = self.collect(lf)
-                runs.append(r)
-                tbl = df.to_arrow()
-                del df
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, tbl.schema, compression="zstd")
-                writer.write_table(tbl, row_group_size=1_000_000)
-                del tbl
+            with _PartWriter(tmp) as writer:
+                for lf in plans:
+                    df, r = self.collect(lf)
+                    runs.append(r)
+                    writer.put(df.to_arrow())
+                    del df
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         finally:
-            if writer is not None:
-                writer.close()
             mw.__exit__()
         os.replace(tmp, path)
         gpu = bool(runs) and all(r.engine == "gpu" for r in runs)
         fallback = next((r.fallback for r in runs if r.fallback), None)
         device = runs[0].device if runs else self._cpu_device()
         return EngineRun("gpu" if gpu else "cpu", f"{device}, {len(plans)} buckets", time.perf_counter() - t0, fallback, round(mw.peak_mb, 1))
+
+
+class _PartWriter:
+    """Writes curated parts to one Parquet file on a thread, while the next part is computed.
+
+    pyarrow's writer encodes on one core (2.7 of 7.5 s for a 10 M-row
+    delivery in two parts) and releases the GIL; with the write of part k
+    overlapping the plan of part k+1, at most one finished part waits in
+    memory beside the one being computed (the queue holds one).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="datalab-part-writer", daemon=True)
+
+    def __enter__(self) -> _PartWriter:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        import pyarrow.parquet as pq
+
+        writer: pq.ParquetWriter | None = None
+        try:
+            while (tbl := self._q.get()) is not None:
+                if writer is None:
+                    writer = pq.ParquetWriter(self.path, tbl.schema, compression="zstd")
+                writer.write_table(tbl, row_group_size=1_000_000)
+                del tbl
+        except BaseException as e:  # reported to the caller by put() or __exit__
+            self._error = e
+            while self._q.get() is not None:  # drain, so that put() never blocks
+                pass
+        finally:
+            if writer is not None:
+                writer.close()
+
+    def put(self, tbl: Any) -> None:
+        if self._error is not None:
+            raise self._error
+        self._q.put(tbl)
+
+    def __exit__(self, *exc: object) -> None:
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None and exc[0] is None:
+            raise self._error
 
 
 def _gpu_name() -> str:

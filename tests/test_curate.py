@@ -207,3 +207,25 @@ def test_series_are_packed_by_size_into_bounded_buckets() -> None:
     # rows with a null entity or sensor are found by their bucket like any other; no row twice
     got = pl.concat([curate.bucket_rows(raw, b).collect() for b in buckets])
     assert sorted(got["v"].to_list()) == list(range(raw.select(pl.len()).collect().item()))
+
+
+def test_parts_are_written_in_order_and_a_failed_part_leaves_no_file(tmp_path: Path) -> None:
+    """The part writer overlaps writing with the next part's plan: order kept, nothing left behind on error."""
+    from datalab.engine import Engine
+
+    eng = Engine("cpu")
+    plans = [pl.LazyFrame({"k": list(range(i * 1000, (i + 1) * 1000)), "s": [f"p{i}"] * 1000}) for i in range(4)]
+    out = tmp_path / "ok.parquet"
+    run = eng.sink_parquet_parts(plans, out)
+    assert "4 buckets" in run.device
+    assert pl.read_parquet(out).equals(pl.concat([p.collect() for p in plans]))
+    bad = [*plans[:2], pl.LazyFrame({"k": ["x"]}).select(pl.col("k").cast(pl.Int64, strict=True)), plans[3]]
+    failed = tmp_path / "failed.parquet"
+    with pytest.raises(pl.exceptions.InvalidOperationError):
+        eng.sink_parquet_parts(bad, failed)
+    assert not failed.exists() and not failed.with_suffix(".parquet.tmp").exists()
+    # a part whose schema differs from the first fails in the writer thread and reaches the caller
+    mixed = [plans[0], pl.LazyFrame({"k": [1.5], "s": ["x"]}), plans[2]]
+    with pytest.raises(ValueError, match="schema"):
+        eng.sink_parquet_parts(mixed, tmp_path / "mixed.parquet")
+    assert not (tmp_path / "mixed.parquet").exists() and not (tmp_path / "mixed.parquet.tmp").exists()
