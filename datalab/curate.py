@@ -280,7 +280,7 @@ def bucket_rows(raw: pl.LazyFrame, hashes: list[int]) -> pl.LazyFrame:
     the bucket's rows are ever in memory (a semi join with a key table made
     the in-memory engine read the whole delivery first).
     """
-    return raw.filter(SERIES_HASH.is_in(pl.Series(hashes, dtype=pl.UInt64)))
+    return raw.filter(SERIES_HASH.is_in(pl.Series(hashes, dtype=pl.UInt64).implode()))
 
 
 def watermark_table(contract: Contract, delivery_id: str, s: Settings) -> pl.DataFrame:
