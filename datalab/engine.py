@@ -217,13 +217,18 @@ class _PartWriter:
         self._thread = threading.Thread(target=self._run, name="datalab-part-writer", daemon=True)
 
     def __enter__(self) -> _PartWriter:
+        # Imported here, on the caller's thread: GX may be importing on
+        # another thread (validate.import_in_background), and imports of
+        # shared modules on two threads at once are best avoided.
+        import pyarrow.parquet as pq
+
+        self._pq = pq
         self._thread.start()
         return self
 
     def _run(self) -> None:
-        import pyarrow.parquet as pq
-
-        writer: pq.ParquetWriter | None = None
+        pq = self._pq
+        writer: Any = None
         try:
             while (tbl := self._q.get()) is not None:
                 if writer is None:
