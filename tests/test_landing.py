@@ -652,3 +652,30 @@ def test_raw_writer_hands_a_write_error_to_the_caller(lab, contracts, tmp_path):
         w.commit()
     w.abort()
     assert not w.tmp.exists() and not w.path.exists()
+
+
+def _many_batches(n: int, bad: dict[int, bytes]) -> bytes:
+    """A spindle CSV of ``n`` data lines (several 2 MiB read blocks); line numbers in ``bad`` replaced."""
+    out = [HEADER.encode()]
+    for i in range(n):
+        out.append(bad.get(i + 2, line(i, machine_id=f"BSW-M{i % 7:02d}").encode()))
+    return b"".join(out)
+
+
+def test_problems_of_every_read_block_name_their_line(lab, contracts, tmp_path):
+    """Line numbers stay exact across read blocks; each block's problems come in file order."""
+    # About 42,000 lines per 2 MiB block; within a block, reading and
+    # splitting problems come before casting ones.
+    bad = {
+        10: line(0, value="abc").encode(),
+        60_000: b"BSW-M01,2024-03-01T10:00:00,spindle_temp,1.5\n",  # a missing field
+        100_000: line(0, value="ten").encode(),
+        130_000: line(0, machine_id="BSW-M\xe901").encode("latin-1"),
+        155_000: line(0, ts="yesterday").encode(),
+    }
+    data = _many_batches(160_000, bad)
+    assert len(data) > 3 * (2 << 20)  # more than three read blocks
+    rec = push_bytes(lab, contracts[SPINDLE], tmp_path, "blocks.csv", data)
+    assert rec.status == "rejected"
+    found = [int(r.split("line ")[1].split(",")[0].split(":")[0]) for r in rec.reasons if "line " in r]
+    assert found == sorted(bad), rec.reasons
