@@ -173,9 +173,10 @@ class Engine:
     def sink_parquet_parts(self, plans: list[pl.LazyFrame], path: Path) -> EngineRun:
         """Run ``plans`` one after the other and write their results, in order, to one Parquet file.
 
-        Used for deliveries larger than one curation bucket: only one part's
-        result is in memory at a time. The run counts as GPU only if every
-        part ran there; the first fallback reason is kept.
+        Used for deliveries larger than one curation bucket: at most two
+        parts' results are in memory at a time, the one being computed and
+        the one being written (``_PartWriter``). The run counts as GPU only
+        if every part ran there; the first fallback reason is kept.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".parquet.tmp")
