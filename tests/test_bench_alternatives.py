@@ -160,3 +160,18 @@ def test_run_all_is_one_command(tmp_path: Path) -> None:
         assert "not available" in res["datalab-gpu"]["not_available"]
         assert "not available" in p.stdout
     assert next(tmp_path.glob("bench-*.png")).stat().st_size > 10_000
+
+
+def test_engine_benchmark_runs_both_engines_and_compares_them(tmp_path: Path) -> None:
+    """benchmarks/engines.py (the GPU check's benchmark) runs here too: the GPU run falls back and says why."""
+    out = tmp_path / "engines.json"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "engines.py"), "--rows", "20000", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["same"].startswith("equal"), res["same"]
+    cpu, gpu = res["results"]
+    assert cpu["engine"]["engine"] == "cpu" and cpu["rows_out"] == gpu["rows_out"] > 0
+    if gpu["engine"]["engine"] == "cpu":  # no usable GPU here: the fallback is recorded, with its reason
+        assert gpu["engine"]["fallback"]
+    assert "DATALAB_ENGINE=gpu" in p.stdout and "curated tables of the two runs: equal" in p.stdout
