@@ -58,7 +58,7 @@ def run(engine: str, delivery: str, work: Path, env: dict[str, str]) -> dict[str
     out = work / f"curated-{engine}.parquet"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--delivery", delivery, "--out", str(out)]
     t = time.perf_counter()
-    p = subprocess.run(cmd, env={**env, "DATALAB_ENGINE": engine}, capture_output=True, text=True)
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)  # the worker passes Engine(engine)
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if p.returncode != 0 or line is None:
         return {"engine_asked": engine, "error": (p.stderr or p.stdout).strip().splitlines()[-5:]}

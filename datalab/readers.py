@@ -453,8 +453,8 @@ class TimeseriesReader:
             return naive
         return aware.dt.convert_time_zone("UTC").fill_null(naive)
 
-    def _required(self, df: pl.DataFrame, cols: list[tuple[str, str]], unit: str, source: pl.DataFrame) -> pl.DataFrame:
-        """Drop rows lacking a required value (``cols``: typed column, source column).
+    def _required(self, df: pl.DataFrame, cols: list[tuple[str, str]], unit: str, source: pl.DataFrame) -> pl.Series:
+        """Which rows have every required value (``cols``: typed column, source column).
 
         Only values empty in the file are reported here: one that failed to
         parse was already reported by the cast."""
@@ -472,7 +472,7 @@ class TimeseriesReader:
             if n > MAX_DETAILED:
                 self.problems.counts["required"] += n - MAX_DETAILED
             drop = drop | nulls
-        return df.filter(~drop) if drop.any() else df
+        return ~drop
 
     def _text_cast(self, clean: pl.Expr, lt: str) -> pl.Expr | None:
         """The cast of stripped text (empty already null) to a logical type, as one expression.
@@ -578,20 +578,21 @@ class TimeseriesReader:
         # required keys, then values, then unknown sensors.
         res = self._report_casts(res, df, casts, range(keys), unit)
         res = res.with_columns(pl.col("_c0").cast(pl.String))
-        keep = res.select(pl.col("_c0").is_not_null() & pl.col("_c1").is_not_null()).to_series()
-        self._required(res, [("_c0", ent.source_name), ("_c1", tim.source_name)], unit, df)
+        keep = self._required(res, [("_c0", ent.source_name), ("_c1", tim.source_name)], unit, df)
         res = self._report_casts(res, df, casts, range(keys, len(casts)), unit)
         unit_of = {m.name: m.source_unit or m.unit for m in c.measurements}
         base = [pl.col("_c0").alias("entity"), pl.col("_c1").alias("time")]
         attr_exprs = [pl.col(f"_c{2 + k}").alias(a.name) for k, a in enumerate(attrs)]
         missing_attrs = [pl.lit(None, VALUE_DTYPES[a.logical_type]).alias(a.name) for a in c.attributes if a not in attrs and a.name != lay.row_attribute]
-        if lay.shape == "long":
-            to_name = {m.source_name: m.name for m in c.measurements}
+        to_name = {m.source_name: m.name for m in c.measurements}
+        if lay.shape == "long":  # unknown sensors are reported on every row, kept or not
             unknown = res.filter(~pl.col("_sensor").is_in(list(to_name)))
             if not unknown.is_empty():
                 for ln, sname in unknown.group_by("_sensor").agg(pl.col("_line").min()).select("_line", "_sensor").sort("_line").iter_rows():
                     self.problems.add("schema", f"{unit} {ln}, column {lay.sensor_column!r}: {sname!r} is not a measurement of the contract (expected {sorted(to_name)})")
-            res = res.filter(keep) if not keep.all() else res
+        if not keep.all():
+            res = res.filter(keep)
+        if lay.shape == "long":
             sensor = pl.col("_sensor").replace_strict(to_name, default=None)
             out = res.select(
                 *base,
@@ -603,7 +604,6 @@ class TimeseriesReader:
                 *attr_exprs, *missing_attrs,
             ).filter(pl.col("sensor").is_not_null())
         else:  # wide
-            res = res.filter(keep) if not keep.all() else res
             values = [pl.col(f"_c{keys + k}").alias(m.name) for k, m in enumerate(meas)]
             out = res.select(*base, *attr_exprs, *missing_attrs, *values).unpivot(
                 index=["entity", "time", *[a.name for a in c.attributes if a.name != lay.row_attribute]],

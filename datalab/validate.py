@@ -1278,8 +1278,8 @@ def _validate_chunked(
                     rows += len(df)
                 else:
                     df = empty
-                # GX's own validator, as ValidationDefinition.run uses it: the
-                # batch is loaded once per chunk.
+                # GX's own validator, as ValidationDefinition.run uses it: one
+                # batch per run (the chunk's columns, or the empty frame).
                 res = Validator(batch_definition=batch_def, batch_parameters={"dataframe": df},
                                 result_format=result_format).validate_expectation_suite(run.suite)
                 del df

@@ -103,11 +103,8 @@ def chunk_suite(kwargs_list: list[dict[str, Any]], chunk: Chunk, sensors: set[st
     return out
 
 
-SCHEMA_ONLY = frozenset({
-    "expect_table_columns_to_match_set", "expect_table_columns_to_match_ordered_list",
-    "expect_column_to_exist", "expect_table_column_count_to_equal", "expect_table_column_count_to_be_between",
-})
-"""Expectations that read only the column names: a chunk runs them on an empty frame of the full schema."""
+SCHEMA_ONLY = frozenset({"expect_table_columns_to_match_set"})
+"""The mergeable expectation that reads only the column names: a chunk runs it on an empty frame of the full schema."""
 
 _COLUMN_KWARGS = ("column", "column_A", "column_B")
 
