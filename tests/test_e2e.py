@@ -113,13 +113,13 @@ def test_failing_expectation_blocks_publishing(lab: Path, tmp_path: Path, contra
         os.environ["DATALAB_CONTRACTS"] = str(ROOT / "data_contracts")
 
 
-def _dataset(tmp_path: Path, monkeypatch, name: str, site: str, inputs: list[str]) -> Path:
+def _dataset(tmp_path: Path, monkeypatch, name: str, site: str, inputs: list[str], drop_columns: list[str] | None = None) -> Path:
     """A copy of the repository's contracts with dataset ``name`` added (the lab reads it); the dataset file."""
     spec = tmp_path / "contracts"
-    shutil.copytree(ROOT / "data_contracts", spec)
+    shutil.copytree(ROOT / "data_contracts", spec, dirs_exist_ok=True)
     monkeypatch.setenv("DATALAB_CONTRACTS", str(spec))
     ds = spec / "datasets" / f"{name}.yaml"
-    ds.write_text(yaml.safe_dump({"name": name, "site": site, "inputs": inputs}))
+    ds.write_text(yaml.safe_dump({"name": name, "site": site, "inputs": inputs, **({"drop_columns": drop_columns} if drop_columns else {})}))
     return ds
 
 
@@ -189,7 +189,8 @@ def test_publish_in_bounded_files_is_one_version(lab: Path, tmp_path: Path, cont
     from pipelines import runner
 
     monkeypatch.setattr(table_stream, "COMMIT_ROWS", 700)  # a few thousand rows -> several files
-    _dataset(tmp_path, monkeypatch, "chunked", "kajaani", [PUMPS])
+    # A dropped column: the curated files are not the version's files, so they are rewritten in slices.
+    _dataset(tmp_path, monkeypatch, "chunked", "kajaani", [PUMPS], drop_columns=["raw_unit"])
     _push_batch(contracts, tmp_path, 70, START, rows=2_000, ids=(PUMPS,))
     assert all(r.validation_ok for r in runner.run_pending())
     s = settings()
@@ -204,6 +205,7 @@ def test_publish_in_bounded_files_is_one_version(lab: Path, tmp_path: Path, cont
         # every row once: the same multiset of (delivery, entity, sensor, time)
         key = ["delivery_id", "entity", "sensor", "time"]
         assert got.select(key).sort(key).equals(curated.select(key).sort(key))
+        assert "raw_unit" not in got.columns and got["tenant"].unique().to_list() == [contracts[PUMPS].tenant]
         assert len(m["files"]) > 1  # several files ...
         return got
 
@@ -219,6 +221,33 @@ def test_publish_in_bounded_files_is_one_version(lab: Path, tmp_path: Path, cont
     assert v2.version == "1.0.1" and v2.manifest["version_reason"].startswith("patch")
     check("1.0.1")
     check("1.0.0")  # the older version reads as before
+
+
+def test_curated_file_is_published_as_it_is(lab: Path, tmp_path: Path, contracts, monkeypatch) -> None:
+    """A single-contract version's data files are its curated files, byte for byte, carrying their provenance."""
+    import polars as pl
+
+    from datalab.curate import PROVENANCE
+    from pipelines import runner
+
+    _dataset(tmp_path, monkeypatch, "whole", "kajaani", [PUMPS])
+    recs = _push_batch(contracts, tmp_path, 90, START, rows=1_500, ids=(PUMPS,))
+    recs += _push_batch(contracts, tmp_path, 91, START + dt.timedelta(days=2), rows=1_500, ids=(PUMPS,))
+    assert all(r.validation_ok for r in runner.run_pending())
+    s = settings()
+    curated = {d.delivery_id: s.home / state.get(d.delivery_id, s)["curated_path"] for d in recs}
+    for d, path in curated.items():
+        prov = pl.read_parquet(path, columns=list(PROVENANCE)).unique()
+        assert prov.rows() == [(contracts[PUMPS].tenant, PUMPS, contracts[PUMPS].version)], d
+    v = publish.publish("whole")
+    files = [s.home / f["path"] for f in v.manifest["files"]]
+    # one file per delivery, in delivery order, each the curated file's bytes (a copy, not a link)
+    assert [_sha(p) for p in files] == [_sha(curated[d]) for d in sorted(curated)]
+    assert all(p.stat().st_ino != c.stat().st_ino for p, c in zip(files, (curated[d] for d in sorted(curated)), strict=True))
+    tbl = publish.iceberg_catalog(s).load_table(v.manifest["table"])
+    got = pl.from_arrow(tbl.scan(snapshot_id=v.manifest["snapshot_id"]).to_arrow())
+    want = pl.concat([pl.read_parquet(curated[d]) for d in sorted(curated)])
+    assert got.equals(want.select(got.columns)) and got.height == v.manifest["rows"]
 
 
 def test_failed_publish_leaves_no_data_files(lab: Path, tmp_path: Path, contracts, monkeypatch) -> None:
