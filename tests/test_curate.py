@@ -150,6 +150,8 @@ def test_series_buckets_give_the_same_table(lab: Path, tmp_path: Path, contracts
     many = pl.read_parquet(curate.curated_path(c, rec.delivery_id, __import__("datalab.config").config.settings()))
     keys = ["entity", "sensor", "time", "raw_value", "raw_unit"]
     a, b = one.drop("delivery_id", "flag_late").sort(keys), many.drop("delivery_id", "flag_late").sort(keys)
+    # the same columns and types from both writers, provenance last (Polars' and the part writer's)
+    assert list(one.schema.items()) == list(many.schema.items()) and one.columns[-3:] == list(curate.PROVENANCE)
     assert a.equals(b)
     assert {k: st_one[k] for k in curate.FLAGS if k != "flag_late"} == {k: st_many[k] for k in curate.FLAGS if k != "flag_late"}
 
@@ -219,6 +221,13 @@ def test_parts_are_written_in_order_and_a_failed_part_leaves_no_file(tmp_path: P
     run = eng.sink_parquet_parts(plans, out)
     assert "4 buckets" in run.device
     assert pl.read_parquet(out).equals(pl.concat([p.collect() for p in plans]))
+    # constant columns: plain strings on every row of every part
+    const = {"tenant": "acme", "contract_version": "2.1.0"}
+    eng.sink_parquet_parts(plans, tmp_path / "const.parquet", const)
+    got = pl.read_parquet(tmp_path / "const.parquet")
+    assert got.equals(pl.concat([p.collect() for p in plans]).with_columns(tenant=pl.lit("acme"), contract_version=pl.lit("2.1.0")))
+    eng.sink_parquet(plans[0], tmp_path / "one.parquet", const)
+    assert pl.read_parquet_schema(tmp_path / "one.parquet") == got.schema
     bad = [*plans[:2], pl.LazyFrame({"k": ["x"]}).select(pl.col("k").cast(pl.Int64, strict=True)), plans[3]]
     failed = tmp_path / "failed.parquet"
     with pytest.raises(pl.exceptions.InvalidOperationError):

@@ -161,3 +161,25 @@ def test_gx_imports_in_the_background_and_validation_waits_for_it() -> None:
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[1] == "False"
+
+
+@pytest.mark.parametrize("how", ["background", "direct"])
+def test_gx_loads_without_scipy_stats_until_something_uses_it(how: str) -> None:
+    """scipy.stats is a lazy module after GX's import (either way in): loaded, and right, on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from datalab import validate\n"
+            + ("validate.import_in_background()\n" if how == "background" else "")
+            + "validate._import_gx()\n"
+            "import great_expectations.expectations.core.expect_column_kl_divergence_to_be_less_than as kl\n"
+            "assert type(sys.modules['scipy.stats']).__name__ == '_LazyModule', type(sys.modules['scipy.stats'])\n"
+            "from scipy import stats\n"
+            "assert kl.stats is stats and abs(stats.norm.cdf(1.0) - 0.8413447460685429) < 1e-12\n"
+            "assert type(sys.modules['scipy.stats']).__name__ == 'module'\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
