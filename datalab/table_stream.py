@@ -82,6 +82,8 @@ def is_data_file(part: Part, schema: dict[str, pl.DataType]) -> bool:
         return False
     want = {"tenant": part.tenant, "contract_id": part.contract_id, "contract_version": part.contract_version}
     meta = pq.ParquetFile(part.path).metadata
+    if meta.num_rows == 0:  # no rows to add: left to slices(), which writes none for it
+        return False
     names = meta.schema.to_arrow_schema().names
     for g in range(meta.num_row_groups):
         rg = meta.row_group(g)

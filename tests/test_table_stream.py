@@ -69,3 +69,13 @@ def test_parts_keep_their_order_whether_copied_or_rewritten(tmp_path: Path) -> N
     assert pl.read_parquet(outs[1:]).height == 1_500
     # only the new delivery (an append): the copied one is left out
     assert len(table_stream.write_files([a, b], SCHEMA, tmp_path / "data2", only={"b"}, rows=1_000)) == 2
+
+
+def test_an_empty_curated_file_adds_no_data_file(tmp_path: Path) -> None:
+    empty = _part(_curated(tmp_path / "e.parquet", 0, PROV))
+    full = _part(_curated(tmp_path / "f.parquet", 10, PROV))
+    assert not table_stream.is_data_file(empty, SCHEMA)
+    assert len(table_stream.write_files([empty, full], SCHEMA, tmp_path / "data")) == 1
+    # a version of empty deliveries only is still one (empty) file with the schema
+    [only] = table_stream.write_files([empty], SCHEMA, tmp_path / "data2")
+    assert pl.read_parquet(only).height == 0 and list(pl.read_parquet_schema(only).items()) == list(SCHEMA.items())
