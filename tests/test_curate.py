@@ -150,7 +150,7 @@ def test_series_buckets_give_the_same_table(lab: Path, tmp_path: Path, contracts
     many = pl.read_parquet(curate.curated_path(c, rec.delivery_id, __import__("datalab.config").config.settings()))
     keys = ["entity", "sensor", "time", "raw_value", "raw_unit"]
     a, b = one.drop("delivery_id", "flag_late").sort(keys), many.drop("delivery_id", "flag_late").sort(keys)
-    # the same columns and types from both writers, provenance last (in-memory write and streaming sink)
+    # the same columns and types from both writers, provenance last (Polars' and the part writer's)
     assert list(one.schema.items()) == list(many.schema.items()) and one.columns[-3:] == list(curate.PROVENANCE)
     assert a.equals(b)
     assert {k: st_one[k] for k in curate.FLAGS if k != "flag_late"} == {k: st_many[k] for k in curate.FLAGS if k != "flag_late"}
@@ -212,7 +212,7 @@ def test_series_are_packed_by_size_into_bounded_buckets() -> None:
 
 
 def test_parts_are_written_in_order_and_a_failed_part_leaves_no_file(tmp_path: Path) -> None:
-    """Parts streamed into one sink: order kept, a failed or mismatched part fails the run with its own error and leaves no file."""
+    """The part writer overlaps writing with the next part's plan: order kept, nothing left behind on error."""
     from datalab.engine import Engine
 
     eng = Engine("cpu")
