@@ -145,10 +145,18 @@ def test_chunk_batch_holds_only_the_columns_its_expectations_read() -> None:
     assert read([{"min_value": 1}], cols) == ["delivery_id"]
 
 
-def test_gx_imports_in_the_background_and_validation_waits_for_it() -> None:
+def _fresh_python(code: str) -> str:
+    """Run ``code`` in a new interpreter (nothing imported yet) from the repository root; its stdout."""
     import subprocess
     import sys
 
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_gx_imports_in_the_background_and_validation_waits_for_it() -> None:
     code = ("import sys, threading\n"
             "from datalab import validate\n"
             "assert 'great_expectations' not in sys.modules\n"
@@ -157,18 +165,12 @@ def test_gx_imports_in_the_background_and_validation_waits_for_it() -> None:
             "gx = validate._import_gx()\n"
             "import os\n"
             "print(gx.__version__, os.environ['GX_ANALYTICS_ENABLED'])\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parent.parent)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split()[1] == "False"
+    assert _fresh_python(code).split()[1] == "False"
 
 
 @pytest.mark.parametrize("how", ["background", "direct"])
 def test_gx_loads_without_scipy_stats_until_something_uses_it(how: str) -> None:
     """scipy.stats is a lazy module after GX's import (either way in): loaded, and right, on first use."""
-    import subprocess
-    import sys
-
     code = ("import sys\n"
             "from datalab import validate\n"
             + ("validate.import_in_background()\n" if how == "background" else "")
@@ -179,7 +181,4 @@ def test_gx_loads_without_scipy_stats_until_something_uses_it(how: str) -> None:
             "assert kl.stats is stats and abs(stats.norm.cdf(1.0) - 0.8413447460685429) < 1e-12\n"
             "assert type(sys.modules['scipy.stats']).__name__ == 'module'\n"
             "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parent.parent)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    assert _fresh_python(code).strip() == "ok"
