@@ -38,7 +38,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from datalab import catalog as cat
-from datalab import pseudonym, state, units
+from datalab import landing, pseudonym, state, units
 from datalab.config import Settings, safe_segment, settings
 from datalab.contract import Contract
 from datalab.engine import Engine, EngineRun
@@ -297,13 +297,6 @@ def provenance(contract: Contract, contract_version: str) -> dict[str, str]:
     return dict(zip(PROVENANCE, (contract.tenant, contract.id, contract_version), strict=True))
 
 
-def delivery_contract_version(delivery_id: str, s: Settings) -> str:
-    """The contract version a delivery was pushed under (its receipt's), not the contract's current one."""
-    c = cat.Catalog(s.catalog_url)
-    with c.begin() as conn:
-        return str(conn.execute(sa.select(cat.deliveries.c.contract_version).where(cat.deliveries.c.id == delivery_id)).scalar_one())
-
-
 def watermark_table(contract: Contract, delivery_id: str, s: Settings) -> pl.DataFrame:
     """Per entity, the latest time covered by deliveries received before this one."""
     c = cat.Catalog(s.catalog_url)
@@ -372,7 +365,7 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
     wm = watermark_table(contract, delivery_id, s)
     table = series_table(raw)
     order = series_order(table)
-    version = delivery_contract_version(delivery_id, s)
+    version = landing.get_receipt(delivery_id, s=s).contract_version  # pushed under, not the contract's current one
     if rows_in <= s.curate_bucket_rows:
         buckets = 1
         run: EngineRun = engine.sink_parquet(build_plan(contract, raw, wm, pseudonyms, order), out, provenance(contract, version))

@@ -21,14 +21,14 @@ two cores; the copy takes 0.05 s (``shutil.copyfile``: the kernel copies,
 by ``sendfile``, without the bytes passing through Python). A copy rather
 than a hard link: the version's files stay independent of the curated
 store, so damage to one (or retention removing one) never reaches the
-other, and disk use is what it was with rewritten files. Any other part (a curated file from before the
-provenance columns, a dataset of contracts with different columns, dropped
-columns) is rewritten by the sink.
+other, and disk use is what it was with rewritten files. Any other part (a
+curated file from before the provenance columns, a dataset of contracts
+with different columns, dropped columns) is rewritten by the sink.
 
 Memory stays bounded: a rewritten file holds at most ``COMMIT_ROWS`` rows and
 the sink streams it; a copied file is the curated file, whose row groups
-bound a reader's memory. The files carry no Iceberg field ids; ``add_files`` records the
-table's name mapping (``schema.name-mapping.default``), which pyiceberg,
+bound a reader's memory. The files carry no Iceberg field ids; ``add_files``
+records the table's name mapping (``schema.name-mapping.default``), which pyiceberg,
 Spark and Trino use to read such files, and schema updates keep it current.
 """
 
@@ -43,6 +43,8 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from datalab.curate import PROVENANCE
 
 # Rows per data file. Each file is streamed by the sink, so this bounds the
 # file size (about 20 MB of zstd Parquet per 2 M rows of sensor readings),
@@ -60,12 +62,15 @@ class Part:
     contract_version: str
     delivery_id: str
 
+    @property
+    def literals(self) -> dict[str, str]:
+        """The columns publishing adds to every row (the curated file's last columns) and their values."""
+        return dict(zip(PROVENANCE, (self.tenant, self.contract_id, self.contract_version), strict=True))
+
 
 def conformed(part: Part, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
     """The rows of one curated delivery in the version's schema (a lazy scan)."""
-    lf = pl.scan_parquet(part.path).with_columns(
-        tenant=pl.lit(part.tenant), contract_id=pl.lit(part.contract_id), contract_version=pl.lit(part.contract_version)
-    )
+    lf = pl.scan_parquet(part.path).with_columns(**{k: pl.lit(v) for k, v in part.literals.items()})
     have = lf.collect_schema()
     return lf.select([pl.col(n).cast(t) if n in have else pl.lit(None, t).alias(n) for n, t in schema.items()])
 
@@ -80,14 +85,13 @@ def is_data_file(part: Part, schema: dict[str, pl.DataType]) -> bool:
     """
     if list(pl.read_parquet_schema(part.path).items()) != list(schema.items()):
         return False
-    want = {"tenant": part.tenant, "contract_id": part.contract_id, "contract_version": part.contract_version}
     meta = pq.ParquetFile(part.path).metadata
     if meta.num_rows == 0:  # no rows to add: left to slices(), which writes none for it
         return False
     names = meta.schema.to_arrow_schema().names
     for g in range(meta.num_row_groups):
         rg = meta.row_group(g)
-        for col, value in want.items():
+        for col, value in part.literals.items():
             st = rg.column(names.index(col)).statistics
             if st is None or not st.has_min_max or st.null_count != 0 or st.min != value or st.max != value:
                 return False
@@ -115,8 +119,6 @@ def slices(parts: list[Part], schema: dict[str, pl.DataType], only: set[str] | N
             yield lf.slice(offset, rows)
     if not any_rows:  # an empty version is still a version: one empty file with the schema
         yield pl.LazyFrame(schema=schema)
-
-
 
 
 def write_files(parts: list[Part], schema: dict[str, pl.DataType], data_dir: Path, only: set[str] | None = None,
