@@ -474,6 +474,24 @@ def test_real_cmapss_readme_rejected(lab, contracts, realdata):
     assert_kept(lab, rec, [src])
 
 
+def test_quoted_text_under_a_whitespace_contract_rejected_by_line(lab, contracts, tmp_path):
+    """A quote in a blank-separated file (a README, say) is a character, not a CSV quote.
+
+    pyarrow's CSV parser cannot split on runs of blanks; the push used to
+    fail with a ValueError from it instead of a receipt.
+    """
+    data = b'This dataset is "FD001".\nSee the paper for details.\n'
+    rec = push_bytes(lab, contracts[CMAPSS], tmp_path, "notes.txt", data)
+    rejected_with(rec, "notes.txt", "line 1:", "expects 26", "rule: schema")
+
+
+def test_real_hydraulic_documentation_rejected_under_cmapss(lab, contracts, realdata):
+    src = realdata / "hydraulic" / "documentation.txt"
+    rec = push(contracts[CMAPSS], [src])
+    rejected_with(rec, "documentation.txt", "line 1:", "expects 26", "rule: schema")
+    assert_kept(lab, rec, [src])
+
+
 def test_real_hydraulic_two_sensors_one_push(lab, contracts, realdata):
     srcs = [realdata / "hydraulic" / "TS1.txt", realdata / "hydraulic" / "VS1.txt"]
     rec = push(contracts[HYDRAULIC], srcs)
