@@ -125,6 +125,10 @@ class Engine:
             return True, None
         return False, (why if self.mode == "gpu" else None)
 
+    def tries_gpu(self) -> bool:
+        """Whether a plan run now goes to the GPU first (plans then use only what cudf-polars implements)."""
+        return self._want_gpu()[0]
+
     @staticmethod
     def _cpu_device() -> str:
         return f"cpu ({os.cpu_count()} cores, polars {pl.__version__} in-memory)"

@@ -121,6 +121,24 @@ def test_one_key_sort_gives_the_multi_column_order(lab: Path, cases) -> None:
         assert_frame_equal(fast, slow, check_exact=True)  # same rows in the same order, not just the same set
 
 
+def test_series_rank_by_lookups_equals_the_join(lab: Path, cases) -> None:
+    """SeriesOrder.rank (lookups, CPU) gives every row the rank the join with the series table gives (GPU)."""
+    for name, c, raw in cases:
+        for frame in (raw, raw.with_columns(  # and with null sensors and entities mixed in
+            sensor=pl.when(pl.int_range(pl.len()) % 7 == 0).then(None).otherwise(pl.col("sensor")),
+            entity=pl.when(pl.int_range(pl.len()) % 5 == 0).then(None).otherwise(pl.col("entity")),
+        )):
+            order = curate.series_order(curate.series_table(frame.lazy()))
+            assert order is not None, name
+            by_lookup = order.attach(frame.lazy()).collect()
+            by_join = order.attach(frame.lazy(), joins_only=True).collect()
+            assert by_lookup["_s"].null_count() == 0
+            assert_frame_equal(by_lookup, by_join, check_exact=True)
+            plan = curate.build_plan(c, frame.lazy(), None, None, order).collect()
+            joins = curate.build_plan(c, frame.lazy(), None, None, order, joins_only=True).collect()
+            assert_frame_equal(plan, joins, check_exact=True)
+
+
 def test_one_key_sort_places_nulls_last_and_keeps_delivery_order(contracts) -> None:
     """Null entity and null time sort last (as nulls_last does); key duplicates keep delivery order."""
     from datalab.readers import long_schema
