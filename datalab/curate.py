@@ -29,6 +29,7 @@ publishing registers it as it is instead of re-encoding every row (4 s of a
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from datalab import catalog as cat
-from datalab import landing, pseudonym, state, units
+from datalab import landing, long_series, pseudonym, state, units
 from datalab.config import Settings, safe_segment, settings
 from datalab.contract import Contract
 from datalab.engine import Engine, EngineRun
@@ -188,29 +189,28 @@ def drop_exact_duplicates(by_key: pl.LazyFrame, columns: list[str]) -> pl.LazyFr
     return rows.join(later, on="_i", how="anti", maintain_order="left").drop("_i", "_run")
 
 
-def build_plan(
+@dataclass(frozen=True)
+class SeriesPiece:
+    """What a time chunk of one long series needs from the rest of it (see ``long_series``)."""
+
+    median: float | None  # of the series' in-range values, exact duplicates dropped
+    mad: float | None  # median absolute deviation from that median
+    before: int | None  # the series' last time before the chunk
+
+
+def rows_plan(
     contract: Contract,
     raw: pl.LazyFrame,
-    watermarks: pl.DataFrame | None = None,
-    pseudonyms: dict[str, pl.DataFrame] | None = None,
     order: SeriesOrder | None = None,
     joins_only: bool = False,
-) -> pl.LazyFrame:
-    """The curation plan for one delivery's raw long table.
+) -> tuple[pl.LazyFrame, pl.Expr, list[str] | str]:
+    """The plan up to the per-series statistics: (frame, key-duplicate flag, series column(s)).
 
-    ``joins_only``: look values up by joins only, for an engine that tries
-    the GPU (cudf-polars implements joins but not ``replace_strict``).
-
-    One linear chain: every per-series statistic (key duplicates, median,
-    MAD) is a window expression or a neighbour comparison over the sorted
-    frame rather than a group-by joined back. A branching plan made Polars
-    compute the de-duplicated frame once per branch (5x slower at 1 M rows).
-    The one branch left, in :func:`drop_exact_duplicates`, reads a cached
-    frame, so the sort runs once.
+    Sorted, exact duplicates dropped, units converted, missing, unknown-unit
+    and out-of-range flags set, ``_t`` the time as Int64. Everything here
+    works on rows that share a time, so a long series can run it in time
+    chunks (its median is then found from these rows: ``long_series``).
     """
-    cur = contract.curation
-    time_is_ts = contract.time.logical_type == "timestamp"
-    attrs = [a.name for a in contract.attributes]
     series: list[str] | str = ["entity", "sensor"]
     # Sorted by sensor, entity and time; key duplicates keep their delivery
     # order (stable sorts), so the output order, and so the Parquet bytes,
@@ -221,7 +221,6 @@ def build_plan(
     if order is None:
         lf = raw.unique(maintain_order=True).sort(["sensor", "entity", "time"], nulls_last=True, maintain_order=True)
         key_duplicate = pl.len().over(KEY) > 1
-        same_series = (pl.col("entity") == pl.col("entity").shift(1)) & (pl.col("sensor") == pl.col("sensor").shift(1))
     else:
         # The same order by one Int64 key (see SeriesOrder): 10x faster. The
         # key also names (entity, time, sensor), so duplicates of any kind
@@ -229,9 +228,6 @@ def build_plan(
         lf = order.attach(raw, joins_only)
         lf = drop_exact_duplicates(lf.with_columns(_k=order.key()).sort("_k", maintain_order=True), raw.collect_schema().names())
         key_duplicate = SAME_KEY_AS_A_NEIGHBOUR
-        # _s ranks (sensor, entity); a null entity or sensor never continues
-        # a series, as the comparison of the columns themselves gives null.
-        same_series = (pl.col("_s") == pl.col("_s").shift(1)) & pl.col("entity").is_not_null() & pl.col("sensor").is_not_null()
         series = "_s"
     lf = lf.join(sensor_table(contract).lazy(), on="sensor", how="left", maintain_order="left")
     lf = lf.join(conversion_table(contract).lazy(), on=["raw_unit", "unit"], how="left", maintain_order="left")
@@ -243,21 +239,67 @@ def build_plan(
         flag_out_of_range=pl.col("value").is_not_null()
         & ((pl.col("value") < pl.col("_min").fill_null(float("-inf"))) | (pl.col("value") > pl.col("_max").fill_null(float("inf")))),
     )
-    lf = lf.with_columns(_t=TIME_INT)
+    return lf.with_columns(_t=TIME_INT), key_duplicate, series
+
+
+# The values the robust statistics (median, MAD) are taken over: in range, not missing.
+GOOD = pl.col("value").is_not_null() & ~pl.col("flag_out_of_range")
+
+
+def build_plan(
+    contract: Contract,
+    raw: pl.LazyFrame,
+    watermarks: pl.DataFrame | None = None,
+    pseudonyms: dict[str, pl.DataFrame] | None = None,
+    order: SeriesOrder | None = None,
+    joins_only: bool = False,
+    piece: SeriesPiece | None = None,
+) -> pl.LazyFrame:
+    """The curation plan for one delivery's raw long table.
+
+    One linear chain: every per-series statistic (key duplicates, median,
+    MAD) is a window expression or a neighbour comparison over the sorted
+    frame rather than a group-by joined back. A branching plan made Polars
+    compute the de-duplicated frame once per branch (5x slower at 1 M rows).
+    The one branch left, in :func:`drop_exact_duplicates`, reads a cached
+    frame, so the sort runs once.
+
+    ``joins_only``: look values up by joins only, for an engine that tries
+    the GPU (cudf-polars implements joins but not ``replace_strict``).
+    ``piece``: ``raw`` is one time chunk of one long series, whose median,
+    MAD and previous time come from outside the chunk (``long_series``).
+    """
+    cur = contract.curation
+    time_is_ts = contract.time.logical_type == "timestamp"
+    attrs = [a.name for a in contract.attributes]
+    lf, key_duplicate, series = rows_plan(contract, raw, order, joins_only)
+    if order is None:
+        same_series = (pl.col("entity") == pl.col("entity").shift(1)) & (pl.col("sensor") == pl.col("sensor").shift(1))
+    else:
+        # _s ranks (sensor, entity); a null entity or sensor never continues
+        # a series, as the comparison of the columns themselves gives null.
+        same_series = (pl.col("_s") == pl.col("_s").shift(1)) & pl.col("entity").is_not_null() & pl.col("sensor").is_not_null()
+    previous = pl.col("_t").shift(1)
+    if piece is not None:
+        # One series only: the first row continues the series before the chunk.
+        first = pl.int_range(pl.len()) == 0
+        previous = pl.when(first).then(pl.lit(piece.before, pl.Int64)).otherwise(previous)
+        same_series = first | same_series
     # Key duplicates, and robust outliers per series among in-range values.
-    good = pl.col("value").is_not_null() & ~pl.col("flag_out_of_range")
+    if piece is None:
+        med = pl.col("value").filter(GOOD).median().over(series)
+        mad = (pl.col("value") - pl.col("_med")).abs().filter(GOOD).median().over(series)
+    else:
+        med, mad = pl.lit(piece.median, pl.Float64), pl.lit(piece.mad, pl.Float64)
+    lf = lf.with_columns(flag_key_duplicate=key_duplicate, _med=med).with_columns(_mad=mad)
     lf = lf.with_columns(
-        flag_key_duplicate=key_duplicate,
-        _med=pl.col("value").filter(good).median().over(series),
-    ).with_columns(_mad=(pl.col("value") - pl.col("_med")).abs().filter(good).median().over(series))
-    lf = lf.with_columns(
-        flag_outlier=(good & (pl.col("_mad") > 0)
+        flag_outlier=(GOOD & (pl.col("_mad") > 0)
                       & ((pl.col("value") - pl.col("_med")).abs() > cur.outlier_mad * 1.4826 * pl.col("_mad"))).fill_null(False)
     )
     # Gaps: a step larger than gap_factor x expected within one series.
     if cur.expected_step:
         lf = lf.with_columns(
-            flag_gap_before=(same_series & ((pl.col("_t") - pl.col("_t").shift(1)) > cur.gap_factor * cur.expected_step)).fill_null(False)
+            flag_gap_before=(same_series & ((pl.col("_t") - previous) > cur.gap_factor * cur.expected_step)).fill_null(False)
         )
     else:
         lf = lf.with_columns(flag_gap_before=pl.lit(False))
@@ -326,6 +368,44 @@ def bucket_rows(raw: pl.LazyFrame, hashes: list[int]) -> pl.LazyFrame:
     the in-memory engine read the whole delivery first).
     """
     return raw.filter(SERIES_HASH.is_in(pl.Series(hashes, dtype=pl.UInt64).implode()))
+
+
+def _is_series(sensor: str | None, entity: str | None) -> pl.Expr:
+    return pl.col("sensor").eq_missing(pl.lit(sensor, pl.String)) & pl.col("entity").eq_missing(pl.lit(entity, pl.String))
+
+
+def long_series_plans(
+    contract: Contract, raw: pl.LazyFrame, series: dict[str, Any], cap: int,
+    watermarks: pl.DataFrame, pseudonyms: dict[str, pl.DataFrame], order: SeriesOrder,
+    joins_only: bool, engine: Engine, scratch: Path,
+) -> list[pl.LazyFrame]:
+    """The plans of one series longer than a bucket: one per time chunk, in time order.
+
+    ``series`` is its row of the series table. Its in-range values, exact
+    duplicates dropped, are first written chunk by chunk to ``scratch``
+    (one Float64 column), and its median and MAD found from them by
+    selection in bounded memory; each chunk's plan then takes those and the
+    time before the chunk as given (``SeriesPiece``). See ``long_series``.
+    """
+    rows = raw.filter(_is_series(series["sensor"], series["entity"]))
+    if series["t_min"] is None:  # no time at all: nothing to cut by
+        return [build_plan(contract, rows, watermarks, pseudonyms, order, joins_only)]
+    align = contract.curation.resample_us if contract.time.logical_type == "timestamp" else None
+    chunks = long_series.time_chunks(rows, TIME_INT, int(series["t_min"]), int(series["t_max"]), cap, align)
+    values = scratch / f"{order.series.filter(_is_series(series['sensor'], series['entity']))['_s'][0]}"
+    values.mkdir(parents=True, exist_ok=True)
+    for i, ch in enumerate(chunks):
+        lf, _, _ = rows_plan(contract, rows.filter(ch.predicate(TIME_INT)), order, joins_only)
+        good, _ = engine.collect(lf.filter(GOOD).select(v=pl.col("value")))
+        good.write_parquet(values / f"{i:05d}.parquet")
+    v = pl.scan_parquet(values / "*.parquet")
+    med = long_series.median(v, cap)
+    mad = long_series.median(v.select(v=(pl.col("v") - med).abs()), cap) if med is not None else None
+    return [
+        build_plan(contract, rows.filter(ch.predicate(TIME_INT)), watermarks, pseudonyms, order, joins_only,
+                   SeriesPiece(med, mad, ch.before))
+        for ch in chunks
+    ]
 
 
 def provenance(contract: Contract, contract_version: str) -> dict[str, str]:
@@ -403,17 +483,33 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
     order = series_order(table)
     version = landing.get_receipt(delivery_id, s=s).contract_version  # pushed under, not the contract's current one
     joins_only = engine.tries_gpu()
+    long_info = {"series": 0, "chunks": 0}
     if rows_in <= s.curate_bucket_rows:
         buckets = 1
         plan = build_plan(contract, raw, wm, pseudonyms, order, joins_only)
         run: EngineRun = engine.sink_parquet(plan, out, provenance(contract, version))
     else:
+        cap = s.curate_bucket_rows
+        # A series longer than a bucket is cut by time (long_series); the
+        # one-key order is needed for that (it names the series by rank).
+        long = table.filter(pl.col("n") > cap) if order is not None else table.clear()
+        short = table.join(long.select("sensor", "entity"), on=["sensor", "entity"], how="anti", nulls_equal=True)
         # The sizes of series_sizes(raw), from the series table (no second pass).
-        sizes = table.group_by(h=SERIES_HASH).agg(n=pl.col("n").sum())
-        keys = series_buckets(sizes, s.curate_bucket_rows)
-        buckets = len(keys)
-        plans = [build_plan(contract, bucket_rows(raw, k), wm, pseudonyms, order, joins_only) for k in keys]
-        run = engine.sink_parquet_parts(plans, out, provenance(contract, version))
+        keys = series_buckets(short.group_by(h=SERIES_HASH).agg(n=pl.col("n").sum()), cap)
+        not_long = ~pl.any_horizontal(*[_is_series(r["sensor"], r["entity"]) for r in long.iter_rows(named=True)]) \
+            if long.height else pl.lit(True)
+        plans = [build_plan(contract, bucket_rows(raw, k).filter(not_long), wm, pseudonyms, order, joins_only) for k in keys]
+        scratch = out.parent / f".{out.stem}.long"
+        try:
+            for r in long.sort("sensor", "entity", nulls_last=True).iter_rows(named=True):
+                pieces = long_series_plans(contract, raw, r, cap, wm, pseudonyms, order, joins_only, engine, scratch)
+                plans += pieces
+                long_info["chunks"] += len(pieces)
+            long_info["series"] = long.height
+            buckets = len(plans)
+            run = engine.sink_parquet_parts(plans, out, provenance(contract, version))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     prof = profile(contract, out)
     _record_watermarks(contract, delivery_id, out, s)
     stats = {
@@ -430,6 +526,7 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
         "pseudonymised_columns": sorted(pseudonyms),
         "engine": run.to_dict(),
         "series_buckets": buckets,
+        "long_series": long_info,
         "seconds": round(time.perf_counter() - t0, 3),
         "bytes_out": out.stat().st_size,
     }
