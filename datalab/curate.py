@@ -343,8 +343,9 @@ def series_buckets(sizes: pl.DataFrame, cap: int) -> list[list[int]]:
     (``DATALAB_CURATE_BUCKET_ROWS``). Buckets are packed by size (first fit,
     decreasing), not by ``hash % n``, which with a few large series puts two
     or three of them in one bucket. A series larger than ``cap`` gets a
-    bucket of its own; it cannot be split, because its median, duplicates
-    and gaps need all of it. ``sizes`` has columns h (the series hash) and n.
+    bucket of its own here, but ``curate_delivery`` cuts such series by
+    time before packing (:func:`long_series_plans`) whenever the one-key
+    order exists. ``sizes`` has columns h (the series hash) and n.
     """
     loads: list[int] = []
     members: list[list[int]] = []
