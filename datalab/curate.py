@@ -391,10 +391,16 @@ def long_series_plans(
     rows = raw.filter(_is_series(series["sensor"], series["entity"]))
     if series["t_min"] is None:  # no time at all: nothing to cut by
         return [build_plan(contract, rows, watermarks, pseudonyms, order, joins_only)]
+    here = scratch / f"{order.series.filter(_is_series(series['sensor'], series['entity']))['_s'][0]}"
+    values = here / "values"
+    values.mkdir(parents=True, exist_ok=True)
+    # The series' rows, once, streamed to a file of their own: the passes
+    # below and every chunk's plan then read the series, not the delivery
+    # (10 M rows cut into 36 chunks: 19.2 s reading the delivery each time).
+    rows.sink_parquet(here / "rows.parquet", engine="streaming")
+    rows = pl.scan_parquet(here / "rows.parquet")
     align = contract.curation.resample_us if contract.time.logical_type == "timestamp" else None
     chunks = long_series.time_chunks(rows, TIME_INT, int(series["t_min"]), int(series["t_max"]), cap, align)
-    values = scratch / f"{order.series.filter(_is_series(series['sensor'], series['entity']))['_s'][0]}"
-    values.mkdir(parents=True, exist_ok=True)
     for i, ch in enumerate(chunks):
         lf, _, _ = rows_plan(contract, rows.filter(ch.predicate(TIME_INT)), order, joins_only)
         good, _ = engine.collect(lf.filter(GOOD).select(v=pl.col("value")))
