@@ -111,6 +111,8 @@ def build_timeseries_assets(contract: Contract) -> list[dg.AssetsDefinition]:
                 "engine_fallback": eng["fallback"] or "none",
                 "curation_seconds": dg.MetadataValue.float(st["seconds"]),
                 "series_buckets": dg.MetadataValue.int(st["series_buckets"]),
+                "long_series": dg.MetadataValue.int(st["long_series"]["series"]),
+                "long_series_chunks": dg.MetadataValue.int(st["long_series"]["chunks"]),
                 "curation_peak_rss_mb": dg.MetadataValue.float(eng["peak_rss_mb"]),
                 "peak_rss_mb": dg.MetadataValue.float(round(mw.peak_mb, 1)),
                 "bytes": dg.MetadataValue.int(st["bytes_out"]),

@@ -50,6 +50,7 @@ def test_spine_end_to_end(lab: Path, tmp_path: Path, contracts) -> None:
     ev = inst.get_latest_materialization_event(dg.AssetKey(["bavaria_spindle", "spindle_telemetry", "curated"]))
     md = ev.asset_materialization.metadata
     assert md["rows_in"].value > 0 and md["engine"].value == "cpu" and "exact_duplicates_removed" in md
+    assert md["series_buckets"].value == 1 and md["long_series"].value == 0 and md["long_series_chunks"].value == 0
     v1 = runner.publish("plant-telemetry")
     assert v1["version"] == "1.0.0" and v1["new_version"]
     assert v1["residency"] == "DE" and "model-training" not in v1["purposes"]
