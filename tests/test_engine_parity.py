@@ -109,6 +109,13 @@ def test_gpu_matches_cpu(lab: Path, cases) -> None:
         gpu, run = Engine("gpu").collect(plan)
         assert run.engine == "gpu", f"{name}: fell back to the CPU: {run.fallback}"
         _same(cpu, gpu)
+        # The plan curate_delivery runs on a GPU: the one-key order, its
+        # series rank by a join (joins_only: cudf-polars has no replace_strict).
+        order = curate.series_order(curate.series_table(raw.lazy()))
+        one_key = curate.build_plan(c, raw.lazy(), None, None, order, joins_only=True)
+        gpu, run = Engine("gpu").collect(one_key)
+        assert run.engine == "gpu", f"{name}, one-key plan: fell back to the CPU: {run.fallback}"
+        _same(curate.build_plan(c, raw.lazy(), None, None, order).collect(), gpu)
 
 
 def test_one_key_sort_gives_the_multi_column_order(lab: Path, cases) -> None:
