@@ -375,15 +375,25 @@ def _is_series(sensor: str | None, entity: str | None) -> pl.Expr:
     return pl.col("sensor").eq_missing(pl.lit(sensor, pl.String)) & pl.col("entity").eq_missing(pl.lit(entity, pl.String))
 
 
+def _short_rows(raw: pl.LazyFrame, hashes: list[int], long: pl.DataFrame, long_hashes: set[int]) -> pl.LazyFrame:
+    """A bucket's rows, without a long series that happens to share one of its hashes (cut by time instead)."""
+    rows = bucket_rows(raw, hashes)
+    shared = long.filter(SERIES_HASH.is_in(list(long_hashes & set(hashes))))
+    if shared.is_empty():
+        return rows
+    return rows.filter(~pl.any_horizontal(*[_is_series(r["sensor"], r["entity"]) for r in shared.iter_rows(named=True)]))
+
+
 def long_series_plans(
     contract: Contract, raw: pl.LazyFrame, series: dict[str, Any], cap: int,
-    watermarks: pl.DataFrame, pseudonyms: dict[str, pl.DataFrame], order: SeriesOrder,
+    watermarks: pl.DataFrame | None, pseudonyms: dict[str, pl.DataFrame] | None, order: SeriesOrder,
     joins_only: bool, engine: Engine, scratch: Path,
 ) -> list[pl.LazyFrame]:
     """The plans of one series longer than a bucket: one per time chunk, in time order.
 
-    ``series`` is its row of the series table. Its in-range values, exact
-    duplicates dropped, are first written chunk by chunk to ``scratch``
+    ``series`` is its row of the series table; ``scratch`` a folder of its
+    own. Its in-range values, exact duplicates dropped, are first written
+    chunk by chunk to ``scratch``
     (one Float64 column), and its median and MAD found from them by
     selection in bounded memory; each chunk's plan then takes those and the
     time before the chunk as given (``SeriesPiece``). See ``long_series``.
@@ -391,14 +401,13 @@ def long_series_plans(
     rows = raw.filter(_is_series(series["sensor"], series["entity"]))
     if series["t_min"] is None:  # no time at all: nothing to cut by
         return [build_plan(contract, rows, watermarks, pseudonyms, order, joins_only)]
-    here = scratch / f"{order.series.filter(_is_series(series['sensor'], series['entity']))['_s'][0]}"
-    values = here / "values"
+    values = scratch / "values"
     values.mkdir(parents=True, exist_ok=True)
     # The series' rows, once, streamed to a file of their own: the passes
     # below and every chunk's plan then read the series, not the delivery
     # (10 M rows cut into 36 chunks: 19.2 s reading the delivery each time).
-    rows.sink_parquet(here / "rows.parquet", engine="streaming")
-    rows = pl.scan_parquet(here / "rows.parquet")
+    rows.sink_parquet(scratch / "rows.parquet", engine="streaming")
+    rows = pl.scan_parquet(scratch / "rows.parquet")
     align = contract.curation.resample_us if contract.time.logical_type == "timestamp" else None
     chunks = long_series.time_chunks(rows, TIME_INT, int(series["t_min"]), int(series["t_max"]), cap, align)
     for i, ch in enumerate(chunks):
@@ -490,7 +499,7 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
     order = series_order(table)
     version = landing.get_receipt(delivery_id, s=s).contract_version  # pushed under, not the contract's current one
     joins_only = engine.tries_gpu()
-    long_info = {"series": 0, "chunks": 0}
+    long_info = {"series": 0, "chunks": 0}  # series cut by time, and their chunks
     if rows_in <= s.curate_bucket_rows:
         buckets = 1
         plan = build_plan(contract, raw, wm, pseudonyms, order, joins_only)
@@ -503,16 +512,13 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
         short = table.join(long.select("sensor", "entity"), on=["sensor", "entity"], how="anti", nulls_equal=True)
         # The sizes of series_sizes(raw), from the series table (no second pass).
         keys = series_buckets(short.group_by(h=SERIES_HASH).agg(n=pl.col("n").sum()), cap)
-        not_long = ~pl.any_horizontal(*[_is_series(r["sensor"], r["entity"]) for r in long.iter_rows(named=True)]) \
-            if long.height else pl.lit(True)
-        plans = [build_plan(contract, bucket_rows(raw, k).filter(not_long), wm, pseudonyms, order, joins_only) for k in keys]
+        long_hashes = set(long.select(SERIES_HASH).to_series().to_list())
+        plans = [build_plan(contract, _short_rows(raw, k, long, long_hashes), wm, pseudonyms, order, joins_only) for k in keys]
         scratch = out.parent / f".{out.stem}.long"
         try:
-            for r in long.sort("sensor", "entity", nulls_last=True).iter_rows(named=True):
-                pieces = long_series_plans(contract, raw, r, cap, wm, pseudonyms, order, joins_only, engine, scratch)
-                plans += pieces
-                long_info["chunks"] += len(pieces)
-            long_info["series"] = long.height
+            for i, r in enumerate(long.sort("sensor", "entity", nulls_last=True).iter_rows(named=True)):
+                plans += long_series_plans(contract, raw, r, cap, wm, pseudonyms, order, joins_only, engine, scratch / str(i))
+            long_info = {"series": long.height, "chunks": len(plans) - len(keys)}
             buckets = len(plans)
             run = engine.sink_parquet_parts(plans, out, provenance(contract, version))
         finally:

@@ -121,21 +121,21 @@ def _kth(values: pl.LazyFrame, k: int, limit: int) -> float:
     two floats.
     """
     v = pl.col("v")
-    finite = values.filter(v.is_finite())
-    counts = values.select(
+    finite = v.is_finite()
+    c = values.select(
         n=pl.len(), nan=v.is_nan().sum(), neg=(v == -math.inf).sum(), pos=(v == math.inf).sum(),
+        lo=v.filter(finite).min(), hi=v.filter(finite).max(),
     ).collect(engine="streaming").row(0, named=True)
-    neg, fin_n = counts["neg"], counts["n"] - counts["nan"] - counts["neg"] - counts["pos"]
+    neg, fin_n = c["neg"], c["n"] - c["nan"] - c["neg"] - c["pos"]
     if k < neg:
         return -math.inf
-    if k >= neg + fin_n + counts["pos"]:
+    if k >= neg + fin_n + c["pos"]:
         return math.nan
     if k >= neg + fin_n:
         return math.inf
     k -= neg
-    lo_hi = finite.select(lo=v.min(), hi=v.max()).collect(engine="streaming").row(0)
-    lo, hi = lo_hi
-    current, n = finite, fin_n
+    lo, hi = c["lo"], c["hi"]
+    current, n = values.filter(finite), fin_n
     while n > limit and lo < hi:
         span = hi - lo
         scale = BINS / span if math.isfinite(span) and math.isfinite(BINS / span) else None

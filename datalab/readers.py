@@ -232,9 +232,9 @@ class TimeseriesReader:
         enc = self.lay.encoding.lower().replace("_", "-")
         if not self.fast_split or enc not in ("utf-8", "utf8") or len(delim) != 1:
             for first_line, lines in self._line_batches(skip):
-                split = self._split(lines, first_line, len(header))
+                split = self._split(lines, first_line, header)
                 if split is not None:
-                    yield split.rename({f"_f{i}": h for i, h in enumerate(header)}), True
+                    yield split, True
             return
         with open_stream(self.path, self.sniffed.compression) as stream:
             blocks = text_blocks.BlockReader(stream, skip, BATCH_BYTES)
@@ -246,9 +246,9 @@ class TimeseriesReader:
                         continue
                     for first_line, lines in self._arrow_lines(io.BytesIO(block.data), 0, block.first_line, "utf8",
                                                                 block_size=max(BATCH_BYTES, len(block.data) + 1)):
-                        split = self._split(lines, first_line, len(header))
+                        split = self._split(lines, first_line, header)
                         if split is not None:
-                            yield split.rename({f"_f{i}": h for i, h in enumerate(header)}), True
+                            yield split, True
             except text_blocks.LineTooLong as e:
                 self.problems.add("format", f"{e}; the file cannot be read further (not delimited text, or corrupt?)")
             except Exception as e:  # Arrow, OS, EOF and zstd errors alike
@@ -269,8 +269,9 @@ class TimeseriesReader:
                 out.append(None)
         return pa.array(out, pa.string())
 
-    def _split(self, lines: pl.Series, first_line: int, ncols: int) -> pl.DataFrame | None:
-        """Split lines into ``ncols`` string fields; bad field counts are problems."""
+    def _split(self, lines: pl.Series, first_line: int, header: list[str]) -> pl.DataFrame | None:
+        """``_line`` and the lines split into text fields named ``header``; bad field counts are problems."""
+        ncols = len(header)
         delim = self.sniffed.delimiter or ","
         df = pl.DataFrame({"line": lines}).with_columns(
             _line=pl.int_range(first_line, first_line + len(lines), dtype=pl.Int64)
@@ -296,9 +297,7 @@ class TimeseriesReader:
             for _ in range(len(bad) - min(len(bad), MAX_DETAILED)):
                 self.problems.counts["schema"] += 1
             df = df.filter(n == ncols)
-        return df.select(
-            "_line", *[pl.col("_parts").list.get(i).alias(f"_f{i}") for i in range(ncols)]
-        )
+        return df.select("_line", *[pl.col("_parts").list.get(i).alias(h) for i, h in enumerate(header)])
 
     def _lines_text(self) -> Iterator[pl.DataFrame]:
         lay = self.lay

@@ -75,8 +75,8 @@ def _whole_and_chunked(c, raw: pl.DataFrame, cap: int, tmp: Path, pseudonyms=Non
     assert order is not None
     whole = curate.build_plan(c, lf, None, pseudonyms, order).collect()
     plans: list[pl.LazyFrame] = []
-    for r in table.sort("sensor", "entity", nulls_last=True).iter_rows(named=True):
-        plans += curate.long_series_plans(c, lf, r, cap, None, pseudonyms, order, False, Engine("cpu"), tmp)
+    for i, r in enumerate(table.sort("sensor", "entity", nulls_last=True).iter_rows(named=True)):
+        plans += curate.long_series_plans(c, lf, r, cap, None, pseudonyms, order, False, Engine("cpu"), tmp / str(i))
     chunked = pl.concat([p.collect() for p in plans])
     return whole, chunked, len(plans)
 
@@ -152,3 +152,16 @@ def test_a_delivery_with_series_longer_than_a_bucket(lab, tmp_path, contracts, m
     keys = ["sensor", "entity", "time", "raw_value", "raw_unit"]
     assert_frame_equal(first.sort(keys, maintain_order=True), second.sort(keys, maintain_order=True), check_exact=True)
     assert {k: one[k] for k in curate.FLAGS} == {k: many[k] for k in curate.FLAGS}
+
+
+def test_a_bucket_leaves_out_a_long_series_that_shares_its_hash(contracts):
+    """Buckets pick series by hash; a long series in a bucket's hash list (a collision) stays out of it."""
+    c = contracts[SPINDLE]
+    raw = _generated(c, 3_000)
+    table = curate.series_table(raw.lazy())
+    long = table.head(1)
+    hashes = table.select(curate.SERIES_HASH).to_series().to_list()
+    got = curate._short_rows(raw.lazy(), hashes, long, set(hashes[:1])).collect()
+    assert got.height == raw.height - long["n"][0]
+    assert got.filter((pl.col("sensor") == long["sensor"][0]) & (pl.col("entity") == long["entity"][0])).is_empty()
+    assert curate._short_rows(raw.lazy(), hashes, long, set()).collect().height == raw.height
