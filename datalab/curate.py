@@ -334,7 +334,17 @@ def series_sizes(raw: pl.LazyFrame) -> pl.DataFrame:
     return raw.group_by(h=SERIES_HASH).agg(n=pl.len()).collect(engine="streaming")
 
 
-def series_buckets(sizes: pl.DataFrame, cap: int) -> list[list[int]]:
+# A delivery larger than one bucket is curated in at least this many buckets.
+# engine._PartWriter encodes bucket k on one core while bucket k+1 is
+# computed, so only the last bucket's encoding is not overlapped: with two
+# buckets of 5 M rows that tail was 1.4 s of a 7.4 s curation (10 M rows,
+# AMD EPYC, 2 cores). In four buckets the same delivery curated in 6.3 s at
+# a 1.4 GB peak instead of 1.9 GB; each extra bucket scans the raw table
+# once more (0.2 s at 10 M rows), which is why it is not more.
+MIN_BUCKETS = 4
+
+
+def series_buckets(sizes: pl.DataFrame, cap: int, at_least: int = 1) -> list[list[int]]:
     """Series hashes packed into buckets of at most ``cap`` rows, largest first.
 
     Every step of the plan works within one series (entity, sensor), so a
@@ -346,10 +356,17 @@ def series_buckets(sizes: pl.DataFrame, cap: int) -> list[list[int]]:
     bucket of its own here, but ``curate_delivery`` cuts such series by
     time before packing (:func:`long_series_plans`) whenever the one-key
     order exists. ``sizes`` has columns h (the series hash) and n.
+
+    Where first fit gives fewer than ``at_least`` buckets, the series are
+    spread over ``at_least`` buckets instead, each to the least loaded one
+    (largest first); see :data:`MIN_BUCKETS` for why. With more buckets than
+    first fit needed no bucket came out over ``cap`` in 20,000 random cases,
+    but the cap is the memory bound, so it is checked, not assumed.
     """
+    ordered = sizes.sort(["n", "h"], descending=[True, False]).select("h", "n").rows()
     loads: list[int] = []
     members: list[list[int]] = []
-    for h, n in sizes.sort(["n", "h"], descending=[True, False]).select("h", "n").iter_rows():
+    for h, n in ordered:
         for b, load in enumerate(loads):
             if load + n <= cap:
                 loads[b] += n
@@ -358,7 +375,15 @@ def series_buckets(sizes: pl.DataFrame, cap: int) -> list[list[int]]:
         else:
             loads.append(n)
             members.append([h])
-    return members
+    if len(members) >= at_least or len(ordered) < 2:
+        return members
+    spread: list[list[int]] = [[] for _ in range(min(at_least, len(ordered)))]
+    spread_loads = [0] * len(spread)
+    for h, n in ordered:
+        b = spread_loads.index(min(spread_loads))
+        spread_loads[b] += n
+        spread[b].append(h)
+    return spread if max(spread_loads) <= cap else members
 
 
 def bucket_rows(raw: pl.LazyFrame, hashes: list[int]) -> pl.LazyFrame:
@@ -511,7 +536,9 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
         long = table.filter(pl.col("n") > cap) if order is not None else table.clear()
         short = table.join(long.select("sensor", "entity"), on=["sensor", "entity"], how="anti", nulls_equal=True)
         # The sizes of series_sizes(raw), from the series table (no second pass).
-        keys = series_buckets(short.group_by(h=SERIES_HASH).agg(n=pl.col("n").sum()), cap)
+        # With long series there are chunk plans to overlap with already.
+        keys = series_buckets(short.group_by(h=SERIES_HASH).agg(n=pl.col("n").sum()), cap,
+                              MIN_BUCKETS if long.is_empty() else 1)
         long_hashes = set(long.select(SERIES_HASH).to_series().to_list())
         plans = [build_plan(contract, _short_rows(raw, k, long, long_hashes), wm, pseudonyms, order, joins_only) for k in keys]
         scratch = out.parent / f".{out.stem}.long"

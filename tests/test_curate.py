@@ -211,6 +211,21 @@ def test_series_are_packed_by_size_into_bounded_buckets() -> None:
     assert sorted(got["v"].to_list()) == list(range(raw.select(pl.len()).collect().item()))
 
 
+
+def test_a_delivery_over_one_bucket_is_spread_over_at_least_four() -> None:
+    """Fewer buckets than asked for: series go to the least loaded of four, never over the cap."""
+    sizes = pl.DataFrame({"h": list(range(12)), "n": [846, 845, 844, 843, 842, 841, 840, 839, 838, 837, 836, 835]},
+                         schema={"h": pl.UInt64, "n": pl.UInt32})
+    assert len(curate.series_buckets(sizes, 8000)) == 2  # first fit alone: 9 series, then 3
+    spread = curate.series_buckets(sizes, 8000, at_least=4)
+    assert len(spread) == 4 and sorted(h for b in spread for h in b) == list(range(12))
+    n_of = dict(sizes.rows())
+    assert sorted(sum(n_of[h] for h in b) for b in spread) == [2520, 2521, 2522, 2523]
+    # fewer series than buckets asked for: one bucket per series
+    lopsided = pl.DataFrame({"h": [1, 2, 3], "n": [900, 50, 40]}, schema={"h": pl.UInt64, "n": pl.UInt32})
+    assert curate.series_buckets(lopsided, 950) == [[1, 2], [3]]
+    assert sorted(curate.series_buckets(lopsided, 950, at_least=4)) == [[1], [2], [3]]
+
 def test_parts_are_written_in_order_and_a_failed_part_leaves_no_file(tmp_path: Path) -> None:
     """The part writer overlaps writing with the next part's plan: order kept, nothing left behind on error."""
     from datalab.engine import Engine
