@@ -65,7 +65,12 @@ class RawWriter:
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             text = [n for n, t in self.schema.items() if t == pl.String()]
-            self._writer = pq.ParquetWriter(self.tmp, tbl.schema, compression="zstd", use_dictionary=text)
+            # No statistics for the text columns: the raw table is in delivery
+            # order, so every row group holds nearly every entity and sensor
+            # and their min/max prune nothing, while computing them took 0.4
+            # of the writer's 1.9 s CPU at 10 M rows. Time and value keep theirs.
+            self._writer = pq.ParquetWriter(self.tmp, tbl.schema, compression="zstd", use_dictionary=text,
+                                            write_statistics=[n for n in self.schema if n not in text])
             self._thread = threading.Thread(target=self._drain, name=f"raw-writer-{self.delivery_id}", daemon=True)
             self._thread.start()
         self._queue.put(tbl)

@@ -178,6 +178,13 @@ def test_push_writes_the_raw_table_once(lab: Path, tmp_path: Path, contracts) ->
     raw = ingest.raw_path(c, rec.delivery_id, settings())
     assert raw.exists(), "an accepted push leaves its raw table"
     pushed = pl.read_parquet(raw)
+    # min/max kept where they can prune (time, value), not for text in delivery order
+    import pyarrow.parquet as pq
+
+    rg = pq.ParquetFile(raw).metadata.row_group(0)
+    stats = {rg.column(i).path_in_schema: rg.column(i).statistics for i in range(rg.num_columns)}
+    assert stats["time"] is not None and stats["time"].has_min_max and stats["raw_value"].has_min_max
+    assert stats["entity"] is None and stats["sensor"] is None
     st = ingest.ingest_raw(c, rec.delivery_id)
     assert st["parsed_at"] == "push" and st["rows"] == len(pushed) and st["records"] == rec.rows
     st2 = ingest.ingest_raw(c, rec.delivery_id, reparse=True)
