@@ -61,7 +61,11 @@ class RawWriter:
 
     def write(self, batch: pl.DataFrame) -> None:
         self._raise()
-        tbl = batch.with_columns(pl.lit(self.delivery_id).alias("delivery_id")).select(list(self.schema)).to_arrow()
+        # Arrow string views, as Polars holds them: no copy into large strings
+        # (0.35 s of the push at 10 M rows). Written without the Arrow schema,
+        # so any reader sees plain UTF-8 columns, as before.
+        tbl = batch.with_columns(pl.lit(self.delivery_id).alias("delivery_id")).select(list(self.schema)).to_arrow(
+            compat_level=pl.CompatLevel.newest())
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             text = [n for n, t in self.schema.items() if t == pl.String()]
@@ -69,7 +73,7 @@ class RawWriter:
             # order, so every row group holds nearly every entity and sensor
             # and their min/max prune nothing, while computing them took 0.4
             # of the writer's 1.9 s CPU at 10 M rows. Time and value keep theirs.
-            self._writer = pq.ParquetWriter(self.tmp, tbl.schema, compression="zstd", use_dictionary=text,
+            self._writer = pq.ParquetWriter(self.tmp, tbl.schema, compression="zstd", use_dictionary=text, store_schema=False,
                                             write_statistics=[n for n in self.schema if n not in text])
             self._thread = threading.Thread(target=self._drain, name=f"raw-writer-{self.delivery_id}", daemon=True)
             self._thread.start()
