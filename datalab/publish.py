@@ -150,6 +150,12 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
     version, why = bump(prev["version"] if prev else None, prev_manifest["schema"] if prev_manifest else None, new_schema)
     major = version.split(".")[0]
     ident = f"{NAMESPACE}.{name.replace('-', '_')}__v{major}"
+    from datalab import datasheet
+
+    # The card's passes over the rows (Polars) run beside the Iceberg work
+    # below (Python): datasheet.RowPasses.
+    is_cad = any(contracts[c].kind == "cad" for c in spec.inputs)
+    passes = None if is_cad else datasheet.start_row_passes(new_schema, lf)
     ice = iceberg_catalog(s)
 
     prev_ids = set(prev_manifest["lineage"]["deliveries"]) if prev_manifest else set()
@@ -245,16 +251,14 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
         "sovereignty": sovereignty.manifest_section(plan, personal),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    if any(contracts[c].kind == "cad" for c in spec.inputs):
+    if is_cad:
         from datalab.cad.publish import attach_files  # the files, versioned with the table
 
         attach_files(manifest, included, contracts, policy, s)
     vdir = s.versions / name / version
     vdir.mkdir(parents=True, exist_ok=True)
     (vdir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-    from datalab import datasheet
-
-    manifest["datasheet"] = datasheet.write(vdir, manifest, contracts, lf, s)
+    manifest["datasheet"] = datasheet.write(vdir, manifest, contracts, lf, s, passes)
     (vdir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     with catalog.begin() as conn:
         conn.execute(cat.dataset_versions.insert().values(
