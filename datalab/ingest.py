@@ -73,7 +73,12 @@ class RawWriter:
             # order, so every row group holds nearly every entity and sensor
             # and their min/max prune nothing, while computing them took 0.4
             # of the writer's 1.9 s CPU at 10 M rows. Time and value keep theirs.
-            self._writer = pq.ParquetWriter(self.tmp, tbl.schema, compression="zstd", use_dictionary=text, store_schema=False,
+            # LZ4, not zstd: curation reads the raw table once per bucket
+            # (and once for its series), and LZ4 decodes faster. Curating
+            # 10 M rows took 5.1-5.4 s instead of 5.5-6.0 s, the writer 0.2 s
+            # less CPU; the file is 94 MB instead of 65 MB (uncompressed:
+            # 172 MB, and no faster to curate).
+            self._writer = pq.ParquetWriter(self.tmp, tbl.schema, compression="lz4", use_dictionary=text, store_schema=False,
                                             write_statistics=[n for n in self.schema if n not in text])
             self._thread = threading.Thread(target=self._drain, name=f"raw-writer-{self.delivery_id}", daemon=True)
             self._thread.start()
