@@ -468,8 +468,8 @@ def watermark_table(contract: Contract, delivery_id: str, s: Settings) -> pl.Dat
     return pl.DataFrame(rows, schema={"entity": pl.String, "_wm": pl.Int64}, orient="row")
 
 
-def _record_watermarks(contract: Contract, delivery_id: str, out: Path, s: Settings) -> None:
-    wm = pl.scan_parquet(out).group_by("entity").agg(TIME_INT.max().alias("m")).collect(engine="streaming")
+def _record_watermarks(contract: Contract, delivery_id: str, wm: pl.DataFrame, s: Settings) -> None:
+    """Store per entity the latest time of this delivery (``wm``: entity, m), for later deliveries' late flag."""
     c = cat.Catalog(s.catalog_url)
     with c.begin() as conn:
         me = conn.execute(sa.select(cat.deliveries.c.received_at).where(cat.deliveries.c.id == delivery_id)).scalar_one()
@@ -480,30 +480,66 @@ def _record_watermarks(contract: Contract, delivery_id: str, out: Path, s: Setti
                     contract_id=contract.id, delivery_id=delivery_id, entity=ent, max_time=int(m), received_at=me))
 
 
-def profile(contract: Contract, path: Path) -> dict[str, Any]:
-    """Counts and per-sensor statistics of a curated file (one pass over Parquet)."""
-    lf = pl.scan_parquet(path)
-    agg = lf.select(
-        rows=pl.len(),
-        entities=pl.col("entity").n_unique(),
-        values_converted=(pl.col("value").is_not_null() & (pl.col("value") != pl.col("raw_value"))).sum(),
-        time_min=pl.col("time").min(),
-        time_max=pl.col("time").max(),
-        **{f: pl.col(f).sum() for f in FLAGS},
-    ).collect(engine="streaming").row(0, named=True)
-    per = lf.group_by("sensor").agg(
-        n=pl.len(), nulls=pl.col("value").null_count(), min=pl.col("value").min(), max=pl.col("value").max(),
-        mean=pl.col("value").mean(), std=pl.col("value").std(), unit=pl.col("unit").first(),
-        out_of_range=pl.col("flag_out_of_range").sum(), outliers=pl.col("flag_outlier").sum(),
-    ).sort("sensor").collect(engine="streaming")
-    sensors = {r["sensor"]: {k: v for k, v in r.items() if k != "sensor"} for r in per.iter_rows(named=True)}
-    constant = sorted(k for k, v in sensors.items() if v["n"] > 1 and (v["std"] == 0.0 or v["min"] == v["max"]))
-    return {
-        **{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in agg.items()},
-        "flags": {f: int(agg[f]) for f in FLAGS},
-        "sensors": sensors,
-        "constant_sensors": constant,
-    }
+class Profile:
+    """Counts and per-sensor statistics of a curated file, gathered from its parts while they are in memory.
+
+    Each bucket's result is counted before it is written
+    (``Engine.sink_parquet(..., on_result=profile.add)``): row and flag
+    counts, time range, entities, per-sensor counts, ranges and first unit,
+    and each entity's latest time (the watermark). They add up exactly over
+    the parts, whose order is the file's. Only the per-sensor mean and
+    standard deviation, which do not add up exactly in floating point, come
+    from a pass over the finished file (two columns). Reading the whole
+    curated file twice for these (``profile`` and the watermarks) took 0.7 s
+    of a 6 s curation at 10 M rows.
+    """
+
+    def __init__(self) -> None:
+        self._totals: list[pl.DataFrame] = []
+        self._entities: list[pl.DataFrame] = []
+        self._sensors: list[pl.DataFrame] = []
+        self._latest: list[pl.DataFrame] = []
+
+    def add(self, df: pl.DataFrame) -> None:
+        self._totals.append(df.select(
+            rows=pl.len().cast(pl.Int64),
+            values_converted=(pl.col("value").is_not_null() & (pl.col("value") != pl.col("raw_value"))).sum().cast(pl.Int64),
+            time_min=pl.col("time").min(),
+            time_max=pl.col("time").max(),
+            **{f: pl.col(f).sum().cast(pl.Int64) for f in FLAGS},
+        ))
+        self._entities.append(df.select(pl.col("entity").unique()))
+        self._sensors.append(df.group_by("sensor", maintain_order=True).agg(
+            n=pl.len().cast(pl.Int64), nulls=pl.col("value").null_count().cast(pl.Int64), min=pl.col("value").min(),
+            max=pl.col("value").max(), unit=pl.col("unit").first(),
+            out_of_range=pl.col("flag_out_of_range").sum().cast(pl.Int64), outliers=pl.col("flag_outlier").sum().cast(pl.Int64)))
+        self._latest.append(df.group_by("entity").agg(TIME_INT.max().alias("m")))
+
+    def watermarks(self) -> pl.DataFrame:
+        """Per entity, the latest time (epoch microseconds) of the delivery: columns entity, m."""
+        return pl.concat(self._latest).group_by("entity").agg(pl.col("m").max()).sort("entity", nulls_last=True)
+
+    def result(self, path: Path) -> dict[str, Any]:
+        """The profile of the curated file at ``path`` (whose parts were all added)."""
+        totals = pl.concat(self._totals).select(
+            pl.col("rows").sum(), pl.col("values_converted").sum(), pl.col("time_min").min(), pl.col("time_max").max(),
+            *[pl.col(f).sum() for f in FLAGS])
+        agg = {**totals.row(0, named=True), "entities": pl.concat(self._entities).get_column("entity").n_unique()}
+        spread = pl.scan_parquet(path).group_by("sensor").agg(
+            mean=pl.col("value").mean(), std=pl.col("value").std()).collect(engine="streaming")
+        per = (pl.concat(self._sensors).group_by("sensor", maintain_order=True).agg(
+            pl.col("n").sum(), pl.col("nulls").sum(), pl.col("min").min(), pl.col("max").max(), pl.col("unit").first(),
+            pl.col("out_of_range").sum(), pl.col("outliers").sum())
+            .join(spread, on="sensor", how="left", nulls_equal=True)
+            .select("sensor", "n", "nulls", "min", "max", "mean", "std", "unit", "out_of_range", "outliers").sort("sensor"))
+        sensors = {r["sensor"]: {k: v for k, v in r.items() if k != "sensor"} for r in per.iter_rows(named=True)}
+        constant = sorted(k for k, v in sensors.items() if v["n"] > 1 and (v["std"] == 0.0 or v["min"] == v["max"]))
+        return {
+            **{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in agg.items()},
+            "flags": {f: int(agg[f]) for f in FLAGS},
+            "sensors": sensors,
+            "constant_sensors": constant,
+        }
 
 
 def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None = None, s: Settings | None = None) -> dict[str, Any]:
@@ -525,10 +561,11 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
     version = landing.get_receipt(delivery_id, s=s).contract_version  # pushed under, not the contract's current one
     joins_only = engine.tries_gpu()
     long_info = {"series": 0, "chunks": 0}  # series cut by time, and their chunks
+    counted = Profile()
     if rows_in <= s.curate_bucket_rows:
         buckets = 1
         plan = build_plan(contract, raw, wm, pseudonyms, order, joins_only)
-        run: EngineRun = engine.sink_parquet(plan, out, provenance(contract, version))
+        run: EngineRun = engine.sink_parquet(plan, out, provenance(contract, version), on_result=counted.add)
     else:
         cap = s.curate_bucket_rows
         # A series longer than a bucket is cut by time (long_series); the
@@ -547,11 +584,11 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
                 plans += long_series_plans(contract, raw, r, cap, wm, pseudonyms, order, joins_only, engine, scratch / str(i))
             long_info = {"series": long.height, "chunks": len(plans) - len(keys)}
             buckets = len(plans)
-            run = engine.sink_parquet_parts(plans, out, provenance(contract, version))
+            run = engine.sink_parquet_parts(plans, out, provenance(contract, version), on_result=counted.add)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    prof = profile(contract, out)
-    _record_watermarks(contract, delivery_id, out, s)
+    prof = counted.result(out)
+    _record_watermarks(contract, delivery_id, counted.watermarks(), s)
     stats = {
         "rows_in": rows_in,
         "rows_out": prof["rows"],
@@ -574,4 +611,4 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
     return stats
 
 
-__all__ = ["FLAGS", "PROVENANCE", "SeriesOrder", "build_plan", "curate_delivery", "curated_path", "json", "profile"]
+__all__ = ["FLAGS", "PROVENANCE", "Profile", "SeriesOrder", "build_plan", "curate_delivery", "curated_path", "json"]

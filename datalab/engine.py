@@ -15,6 +15,7 @@ import queue
 import resource
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -107,6 +108,8 @@ def gpu_status() -> tuple[bool, str]:
 # sink_parquet on the streaming engine (polars 1.44, 2 cores). Memory is
 # bounded by the bucket, not by this choice.
 CPU_ENGINE = "in-memory"
+# Called with each result frame while it is in memory (see Engine.sink_parquet).
+OnResult = Callable[[pl.DataFrame], None]
 
 
 class Engine:
@@ -151,18 +154,22 @@ class Engine:
         df = lf.collect(engine=CPU_ENGINE)
         return df, EngineRun("cpu", self._cpu_device(), time.perf_counter() - t0, fallback, peak_rss_mb())
 
-    def sink_parquet(self, lf: pl.LazyFrame, path: Path, constants: dict[str, str] | None = None) -> EngineRun:
+    def sink_parquet(self, lf: pl.LazyFrame, path: Path, constants: dict[str, str] | None = None,
+                     on_result: OnResult | None = None) -> EngineRun:
         """Run ``lf`` and write it to ``path`` atomically (tmp file, then rename).
 
         ``constants``: string columns appended with one value on every row
-        (provenance); added to the result, not to the plan.
+        (provenance); added to the result, not to the plan. ``on_result``
+        sees the result (without them) while it is in memory, before it is
+        written: counting there costs no second read of the file.
         """
         with MemoryWatch() as mw:
-            run = self._sink_parquet(lf, path, constants or {})
+            run = self._sink_parquet(lf, path, constants or {}, on_result)
         run.peak_rss_mb = round(mw.peak_mb, 1)
         return run
 
-    def _sink_parquet(self, lf: pl.LazyFrame, path: Path, constants: dict[str, str]) -> EngineRun:
+    def _sink_parquet(self, lf: pl.LazyFrame, path: Path, constants: dict[str, str],
+                      on_result: OnResult | None = None) -> EngineRun:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".parquet.tmp")
         t0 = time.perf_counter()
@@ -170,23 +177,31 @@ class Engine:
         use_gpu, fallback = self._want_gpu()
         if use_gpu:
             try:
-                lf.collect(engine=pl.GPUEngine(raise_on_fail=True)).with_columns(lits).write_parquet(tmp, statistics=True)
+                df = lf.collect(engine=pl.GPUEngine(raise_on_fail=True))
+                if on_result is not None:
+                    on_result(df)
+                df.with_columns(lits).write_parquet(tmp, statistics=True)
                 os.replace(tmp, path)
                 return EngineRun("gpu", _gpu_name(), time.perf_counter() - t0, None, peak_rss_mb())
             except Exception as e:
                 fallback = f"plan not supported on the GPU: {str(e).splitlines()[0][:300]}"
-        lf.collect(engine=CPU_ENGINE).with_columns(lits).write_parquet(tmp, statistics=True)
+        df = lf.collect(engine=CPU_ENGINE)
+        if on_result is not None:
+            on_result(df)
+        df.with_columns(lits).write_parquet(tmp, statistics=True)
         os.replace(tmp, path)
         return EngineRun("cpu", self._cpu_device(), time.perf_counter() - t0, fallback, peak_rss_mb())
 
-    def sink_parquet_parts(self, plans: list[pl.LazyFrame], path: Path, constants: dict[str, str] | None = None) -> EngineRun:
+    def sink_parquet_parts(self, plans: list[pl.LazyFrame], path: Path, constants: dict[str, str] | None = None,
+                           on_result: OnResult | None = None) -> EngineRun:
         """Run ``plans`` one after the other and write their results, in order, to one Parquet file.
 
         Used for deliveries larger than one curation bucket: at most two
         parts' results are in memory at a time, the one being computed and
         the one being written (``_PartWriter``). The run counts as GPU only
         if every part ran there; the first fallback reason is kept.
-        ``constants`` as for :meth:`sink_parquet`.
+        ``constants`` and ``on_result`` (called for each part, in order) as
+        for :meth:`sink_parquet`.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".parquet.tmp")
@@ -198,6 +213,8 @@ class Engine:
                 for lf in plans:
                     df, r = self.collect(lf)
                     runs.append(r)
+                    if on_result is not None:
+                        on_result(df)
                     # Arrow string views, as Polars holds them: no copy into
                     # large strings (0.5 s at 10 M rows); the Parquet written
                     # is the same (plain UTF-8 columns).

@@ -260,3 +260,47 @@ def test_parts_are_written_in_order_and_a_failed_part_leaves_no_file(tmp_path: P
     with pytest.raises(ValueError, match="schema"):
         eng.sink_parquet_parts(mixed, tmp_path / "mixed.parquet")
     assert not (tmp_path / "mixed.parquet").exists() and not (tmp_path / "mixed.parquet.tmp").exists()
+
+
+def _profile_read_back(path: Path) -> dict:
+    """The curated file's counts from one pass over it (what curate_delivery computed before it counted the parts)."""
+    lf = pl.scan_parquet(path)
+    agg = lf.select(
+        rows=pl.len(), entities=pl.col("entity").n_unique(),
+        values_converted=(pl.col("value").is_not_null() & (pl.col("value") != pl.col("raw_value"))).sum(),
+        time_min=pl.col("time").min(), time_max=pl.col("time").max(), **{f: pl.col(f).sum() for f in curate.FLAGS},
+    ).collect().row(0, named=True)
+    per = lf.group_by("sensor").agg(
+        n=pl.len(), nulls=pl.col("value").null_count(), min=pl.col("value").min(), max=pl.col("value").max(),
+        mean=pl.col("value").mean(), std=pl.col("value").std(), unit=pl.col("unit").first(),
+        out_of_range=pl.col("flag_out_of_range").sum(), outliers=pl.col("flag_outlier").sum(),
+    ).sort("sensor").collect(engine="streaming")
+    return {"agg": agg, "sensors": {r.pop("sensor"): r for r in per.iter_rows(named=True)}}
+
+
+@pytest.mark.parametrize("bucket_rows", [None, "5000", "1500"], ids=["one-part", "buckets", "long-series-chunks"])
+def test_profile_counted_from_the_parts_equals_reading_the_file(lab: Path, tmp_path: Path, contracts, bucket_rows,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counts, ranges, first units and watermarks gathered per part add up to the file's; mean and std are the file's."""
+    from datalab import catalog as cat
+    from datalab.config import settings
+
+    if bucket_rows:
+        monkeypatch.setenv("DATALAB_CURATE_BUCKET_ROWS", bucket_rows)
+    c = contracts[SPINDLE]
+    st, df = _land_and_curate(c, sample.generate(c, 24_000, seed=17, start=START), tmp_path / "d.csv")
+    assert st["series_buckets"] > 1 if bucket_rows else st["series_buckets"] == 1
+    if bucket_rows == "1500":
+        assert st["long_series"]["series"] > 0
+    d = df["delivery_id"][0]
+    want = _profile_read_back(curate.curated_path(c, d, settings()))
+    a = want["agg"]
+    assert (st["rows_out"], st["entities"], st["values_converted"]) == (a["rows"], a["entities"], a["values_converted"])
+    assert (st["time_min"], st["time_max"]) == (a["time_min"].isoformat(), a["time_max"].isoformat())
+    assert {f: st[f] for f in curate.FLAGS} == {f: a[f] for f in curate.FLAGS}
+    assert st["sensors"] == want["sensors"]
+    with cat.Catalog(settings().catalog_url).begin() as conn:
+        stored = dict(conn.execute(cat.sa.select(cat.watermarks.c.entity, cat.watermarks.c.max_time)
+                                   .where(cat.watermarks.c.delivery_id == d)).all())
+    latest = df.group_by("entity").agg(curate.TIME_INT.max())
+    assert stored == dict(latest.iter_rows())
