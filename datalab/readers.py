@@ -35,11 +35,15 @@ from datalab.formats import Sniffed, open_stream
 
 MAX_DETAILED = 20  # problems listed one by one per file; the rest are counted per rule
 # Small blocks read on this thread: pyarrow's threaded reader reads ~32 blocks
-# ahead, which would hold ~1 GiB of a large file in memory. 8 MiB blocks cost
-# 25 % less CPU than 2 MiB at 1 M rows, but the push's peak memory then grew
-# with the file (+270 MiB for a 300 MiB file; 4 MiB: +113 MiB; 2 MiB: flat),
-# so bounded memory wins (tests/test_landing.py::test_large_file_is_not_loaded_whole).
-BATCH_BYTES = 2 << 20
+# ahead, which would hold ~1 GiB of a large file in memory. Each block costs
+# a fixed number of small Polars calls, so larger blocks cost less CPU; the
+# push's peak must not grow with the file, though
+# (tests/test_landing.py::test_large_file_is_not_loaded_whole). Measured in
+# the sixth round (10 M rows, 542 MB): 2 MiB blocks pushed in 4.3 s (6.7 s
+# CPU) at 258 MB peak, 4 MiB in 3.8-3.9 s (6.0 s) at 285 MB, 8 MiB in
+# 3.7 s (5.9 s) at 354-369 MB; for a 30 and a 300 MiB file the peak was
+# flat with 4 MiB (260, 269 MiB) and grew with 8 MiB (312, 334 MiB).
+BATCH_BYTES = 4 << 20
 
 TIME_DTYPES = {"timestamp": pl.Datetime("us", "UTC"), "integer": pl.Int64, "number": pl.Int64}
 VALUE_DTYPES = {

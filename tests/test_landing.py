@@ -680,10 +680,13 @@ def _many_batches(n: int, bad: dict[int, bytes]) -> bytes:
     return b"".join(out)
 
 
-def test_problems_of_every_read_block_name_their_line(lab, contracts, tmp_path):
+def test_problems_of_every_read_block_name_their_line(lab, contracts, tmp_path, monkeypatch):
     """Line numbers stay exact across read blocks; each block's problems come in file order."""
-    # About 42,000 lines per 2 MiB block; within a block, reading and
-    # splitting problems come before casting ones.
+    # About 42,000 lines per 2 MiB block (set here: the default is larger);
+    # within a block, reading and splitting problems come before casting ones.
+    from datalab import readers
+
+    monkeypatch.setattr(readers, "BATCH_BYTES", 2 << 20)
     bad = {
         10: line(0, value="abc").encode(),
         60_000: b"BSW-M01,2024-03-01T10:00:00,spindle_temp,1.5\n",  # a missing field

@@ -140,8 +140,9 @@ def test_each_kind_of_damage_alone(contracts, tmp_path, kind):
     _same_both_ways(c, bad)
 
 
-def test_damage_at_block_edges(contracts, tmp_path, fast_blocks):
-    """Several 2 MiB blocks; damage close to where blocks are cut, and most blocks still clean."""
+def test_damage_at_block_edges(contracts, tmp_path, fast_blocks, monkeypatch):
+    """Several 2 MiB blocks (smaller than the default, so the file stays small); damage close to where blocks are cut, and most blocks still clean."""
+    monkeypatch.setattr(readers, "BATCH_BYTES", 2 << 20)
     c = contracts[SPINDLE]
     path, sep = _generated(c, 130_000, tmp_path)
     data = path.read_bytes()
@@ -229,9 +230,10 @@ def test_a_line_without_breaks_is_rejected_by_name_and_line(contracts, tmp_path)
     path, _ = _generated(c, 50, tmp_path)
     f = tmp_path / "binary.csv"
     head = path.read_text().split("\n", 2)
-    f.write_bytes(("\n".join(head[:2]) + "\n").encode() + b"1," * (3 << 20))
+    f.write_bytes(("\n".join(head[:2]) + "\n").encode() + b"1," * readers.BATCH_BYTES)
     _, _, why = _read(c, f, True)
-    assert any("binary.csv: line 3 is longer than 2 MiB" in w and "cannot be read further" in w for w in why), why
+    limit = f"longer than {readers.BATCH_BYTES >> 20} MiB"
+    assert any(f"binary.csv: line 3 is {limit}" in w and "cannot be read further" in w for w in why), why
 
 
 @pytest.mark.parametrize(
