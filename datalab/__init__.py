@@ -13,13 +13,15 @@ __version__ = "0.1.0"
 
 # Polars' allocator (jemalloc) gives freed pages back to the kernel after
 # 0.5 s by default, so each curation bucket faults its memory in afresh
-# (2-3 s of kernel time per 10 M rows). Keeping dirty pages for 5 s, then
-# returning them at once, curated 10 M rows in 5.8-6.0 s instead of
-# 6.2-6.4 s at 60-100 MB more peak. jemalloc reads this when Polars is
+# (about 2 s of kernel time per 10 M rows). Keeping dirty pages for 2 s
+# curated 10 M rows in 5.3-5.5 s instead of 5.5-5.7 s at the same peak;
+# 5 s was faster still (5.1-5.3 s) but kept 100 MB more at 10 M rows, and a
+# 200 M-row run with it peaked at 5.3 GB (in validation) against 4.0 GB
+# before (docs/performance.md). jemalloc reads this when Polars is
 # loaded (Polars appends it to its own defaults, so it wins), so it is set
 # here, before any datalab module imports Polars, and only if the operator
 # has not set ``_RJEM_MALLOC_CONF`` (or ``DATALAB_POLARS_ALLOCATOR=default``).
-POLARS_ALLOCATOR = "dirty_decay_ms:5000,muzzy_decay_ms:0"
+POLARS_ALLOCATOR = "dirty_decay_ms:2000,muzzy_decay_ms:0"
 if "polars" not in sys.modules and os.environ.get("DATALAB_POLARS_ALLOCATOR", "") != "default":
     os.environ.setdefault("_RJEM_MALLOC_CONF", POLARS_ALLOCATOR)
 

@@ -175,21 +175,27 @@ class Engine:
         t0 = time.perf_counter()
         lits = [pl.lit(v, pl.String).alias(k) for k, v in constants.items()]
         use_gpu, fallback = self._want_gpu()
+        df: pl.DataFrame | None = None
         if use_gpu:
             try:
                 df = lf.collect(engine=pl.GPUEngine(raise_on_fail=True))
-                if on_result is not None:
-                    on_result(df)
-                df.with_columns(lits).write_parquet(tmp, statistics=True)
-                os.replace(tmp, path)
-                return EngineRun("gpu", _gpu_name(), time.perf_counter() - t0, None, peak_rss_mb())
             except Exception as e:
                 fallback = f"plan not supported on the GPU: {str(e).splitlines()[0][:300]}"
-        df = lf.collect(engine=CPU_ENGINE)
+        on_gpu = df is not None
+        if df is None:
+            df = lf.collect(engine=CPU_ENGINE)
+        # Only the plan falls back to the CPU; counting and writing happen
+        # once, whichever engine ran it.
         if on_result is not None:
             on_result(df)
-        df.with_columns(lits).write_parquet(tmp, statistics=True)
-        os.replace(tmp, path)
+        try:
+            df.with_columns(lits).write_parquet(tmp, statistics=True)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if on_gpu:
+            return EngineRun("gpu", _gpu_name(), time.perf_counter() - t0, None, peak_rss_mb())
         return EngineRun("cpu", self._cpu_device(), time.perf_counter() - t0, fallback, peak_rss_mb())
 
     def sink_parquet_parts(self, plans: list[pl.LazyFrame], path: Path, constants: dict[str, str] | None = None,
