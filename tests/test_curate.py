@@ -298,7 +298,14 @@ def test_profile_counted_from_the_parts_equals_reading_the_file(lab: Path, tmp_p
     assert (st["rows_out"], st["entities"], st["values_converted"]) == (a["rows"], a["entities"], a["values_converted"])
     assert (st["time_min"], st["time_max"]) == (a["time_min"].isoformat(), a["time_max"].isoformat())
     assert {f: st[f] for f in curate.FLAGS} == {f: a[f] for f in curate.FLAGS}
-    assert st["sensors"] == want["sensors"]
+    # mean and std come from a streaming pass on both sides, whose float sums
+    # may be added in another order from run to run: equal to 12 digits;
+    # everything else is exact
+    spread = ("mean", "std")
+    assert {k: {f: v for f, v in got.items() if f not in spread} for k, got in st["sensors"].items()} == \
+        {k: {f: v for f, v in read.items() if f not in spread} for k, read in want["sensors"].items()}
+    for k, read in want["sensors"].items():
+        assert [st["sensors"][k][f] for f in spread] == pytest.approx([read[f] for f in spread], rel=1e-12, nan_ok=True)
     with cat.Catalog(settings().catalog_url).begin() as conn:
         stored = dict(conn.execute(cat.sa.select(cat.watermarks.c.entity, cat.watermarks.c.max_time)
                                    .where(cat.watermarks.c.delivery_id == d)).all())
