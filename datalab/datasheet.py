@@ -426,11 +426,9 @@ class Coverage:
     unit_words: str
 
 
-def coverage(m: dict[str, Any], lf: pl.LazyFrame, span: tuple[Any, Any] | None = None) -> Coverage:
+def coverage(m: dict[str, Any], lf: pl.LazyFrame, span: tuple[Any, Any]) -> Coverage:
     """One pass counting rows per firm and time bucket; about 60 buckets over ``span`` (the version's first and last time)."""
     ts = _is_ts(m)
-    if span is None:
-        span = lf.select(pl.col("time").min().alias("lo"), pl.col("time").max().alias("hi")).collect(engine="streaming").row(0)
     lo, hi = span
     if ts:
         seconds = (hi - lo).total_seconds() if lo is not None else 0
@@ -525,8 +523,9 @@ def write(vdir: Path, m: dict[str, Any], contracts: dict[str, Contract], lf: pl.
     masks = {c.tenant: _firm_label(c, s) for c in used if _firm_label(c, s) != c.tenant}
     if m.get("cad"):
         return _write_cad(vdir, m, contracts, masks)
-    # matplotlib's import (0.4-0.8 s) runs on a thread while Polars counts
-    # (which releases the GIL); plots() waits for it through the import lock.
+    # matplotlib's import (0.2-0.8 s) runs on a thread while the row passes
+    # finish (Polars, GIL released) and facts are put together; plots()
+    # waits for it through the import lock.
     importer = threading.Thread(target=_import_pyplot, name="datalab-pyplot-import", daemon=True)
     importer.start()
     passes = passes.result() if isinstance(passes, PendingPasses) else (passes or row_passes(m, lf))

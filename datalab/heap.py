@@ -22,11 +22,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import logging
 import threading
 from collections.abc import Iterator
-
-log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3

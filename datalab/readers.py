@@ -108,7 +108,6 @@ class TimeseriesReader:
         self.records = 0
         self.lay = contract.layout
         self._matrix_sensor: str | None = None
-        self._x1f_lines = 0
         # False: every block takes the line path (tests compare the two paths)
         self.fast_split = fast_split
 
@@ -175,18 +174,31 @@ class TimeseriesReader:
 
     def _arrow_lines(self, stream: object, skip: int, line_no: int, enc: str,
                      block_size: int = BATCH_BYTES) -> Iterator[tuple[int, pl.Series]]:
-        """(first line number, lines as Utf8) per batch of ``stream``; bad UTF-8 reported.
+        """(first line number, lines as Utf8) per run of consecutive lines of ``stream``; bad UTF-8 reported.
 
-        The stream's own errors (truncated, corrupt) are the caller's to report.
+        ``line_no`` is the file's number of the stream's line ``skip + 1``.
+        pyarrow splits lines on 0x1F here (no line holds it in delimited
+        text), so a line that does hold it has two fields: it is reported by
+        its number and left out, and the lines around it are yielded as
+        separate runs so that every later line keeps its number. The
+        stream's own errors (truncated, corrupt) are the caller's to report.
         """
         read_opts = pacsv.ReadOptions(
             column_names=["line"], skip_rows=skip, block_size=block_size, use_threads=False,
             encoding="utf8" if enc in ("utf-8", "utf8") else enc,
         )
+        offset = line_no - skip - 1  # pyarrow numbers the stream's lines from 1, skipped ones included
+        left_out: list[int] = []  # file line numbers, increasing; pyarrow finds them before yielding later lines
 
         def on_invalid(row: pacsv.InvalidRow) -> str:
-            self._x1f_lines += 1
+            if row.number is None or row.number < 1:  # not known: reported, numbering as it comes
+                self.problems.add("format", "a line holds the control character 0x1F, which delimited text may not hold")
+            else:  # reported when the lines before it have been yielded, so problems stay in file order
+                left_out.append(row.number + offset)
             return "skip"
+
+        def step_over(n: int) -> None:
+            self.problems.add("format", f"line {n}: the control character 0x1F is not allowed in delimited text")
 
         parse = pacsv.ParseOptions(
             delimiter="\x1f", quote_char=False, escape_char=False,
@@ -194,14 +206,26 @@ class TimeseriesReader:
         )
         conv = pacsv.ConvertOptions(column_types={"line": pa.binary()}, strings_can_be_null=False)
         reader = pacsv.open_csv(stream, read_options=read_opts, parse_options=parse, convert_options=conv)
+        gap = 0  # index into left_out of the first line not yet passed
         for rb in reader:
             raw = rb.column(0)
-            try:
-                text = raw.cast(pa.string())
-            except pa.ArrowInvalid:
-                text = self._repair_utf8(raw, line_no)
-            yield line_no, pl.Series("line", text)
-            line_no += len(raw)
+            start = 0
+            while start < len(raw):
+                while gap < len(left_out) and left_out[gap] == line_no:  # the next line is one left out
+                    step_over(line_no)
+                    line_no += 1
+                    gap += 1
+                run = len(raw) - start if gap == len(left_out) else min(len(raw) - start, left_out[gap] - line_no)
+                part = raw.slice(start, run)
+                try:
+                    text = part.cast(pa.string())
+                except pa.ArrowInvalid:
+                    text = self._repair_utf8(part, line_no)
+                yield line_no, pl.Series("line", text)
+                start += run
+                line_no += run
+        for n in left_out[gap:]:  # after the last line yielded
+            step_over(n)
 
     def _line_batches(self, skip: int) -> Iterator[tuple[int, pl.Series]]:
         """(first line number, lines as Utf8) per batch; bad UTF-8 reported."""
@@ -214,16 +238,10 @@ class TimeseriesReader:
                     line_no += len(lines)
             except Exception as e:  # Arrow, OS, EOF and zstd errors alike
                 self._cannot_read_further(line_no, e)
-        self._report_x1f()
 
     def _cannot_read_further(self, line_no: int, e: Exception) -> None:
         msg = str(e).split("\n")[0]
         self.problems.add("format", f"after line {line_no - 1}: the file cannot be read further ({msg}); truncated or corrupt?")
-
-    def _report_x1f(self) -> None:
-        if self._x1f_lines:
-            self.problems.add("format", f"{self._x1f_lines} line(s) contain the control character 0x1F")
-            self._x1f_lines = 0
 
     def _text_batches(self, skip: int, header: list[str]) -> Iterator[tuple[pl.DataFrame, bool]]:
         """(text fields named ``header`` plus ``_line``, whether to strip them) per batch.
@@ -257,7 +275,6 @@ class TimeseriesReader:
                 self.problems.add("format", f"{e}; the file cannot be read further (not delimited text, or corrupt?)")
             except Exception as e:  # Arrow, OS, EOF and zstd errors alike
                 self._cannot_read_further(blocks.next_line, e)
-        self._report_x1f()
 
     def _repair_utf8(self, raw: pa.Array, first_line: int) -> pa.Array:
         out = []

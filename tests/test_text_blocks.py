@@ -266,3 +266,28 @@ def test_split_clean_takes_only_plainly_clean_blocks(data, clean, strip):
 def test_tab_delimiter_alone_does_not_ask_for_stripping():
     got = text_blocks.split_clean(text_blocks.Block(1, b"a\t1\tx\nb\t2\ty\n", 2), ["e", "v", "u"], "\t")
     assert got is not None and got[1] is False
+
+
+def test_lines_holding_0x1f_are_named_and_later_lines_keep_their_numbers(contracts, tmp_path, monkeypatch):
+    """The line splitter's own control character: each such line named by number, every later problem still exact.
+
+    Two adjacent such lines, one in a later read block, then a bad value and
+    a bad byte: every number is the file's own line number, on both paths.
+    """
+    monkeypatch.setattr(readers, "BATCH_BYTES", 64 << 10)  # several blocks in a small file
+    c = contracts[SPINDLE]
+    path, sep = _generated(c, 6_000, tmp_path)
+    lines = path.read_text().split("\n")
+    for i in (2_000, 2_001, 4_500):  # 0-based: file lines 2001, 2002 and 4501
+        lines[i] += "\x1f"
+    fields = lines[3_000].split(sep)
+    fields[3] = "abc"
+    lines[3_000] = sep.join(fields)  # file line 3001
+    data = "\n".join(lines).encode()
+    at = data.index(lines[5_000].encode())  # file line 5001: a byte that is not UTF-8
+    bad = tmp_path / "x1f.csv"
+    bad.write_bytes(data[:at] + b"\xff" + data[at:])
+    df, why = _same_both_ways(c, bad)
+    assert [w.split(": ")[1].split(",")[0] for w in why] == ["line 2001", "line 2002", "line 3001", "line 4501", "line 5001"], why
+    assert all("0x1F is not allowed" in w for w in why if "line 2001" in w or "line 2002" in w or "line 4501" in w)
+    assert "(rule: format)" in why[0] and "not valid" in why[-1]
