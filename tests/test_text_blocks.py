@@ -287,7 +287,7 @@ def test_lines_holding_0x1f_are_named_and_later_lines_keep_their_numbers(contrac
     at = data.index(lines[5_000].encode())  # file line 5001: a byte that is not UTF-8
     bad = tmp_path / "x1f.csv"
     bad.write_bytes(data[:at] + b"\xff" + data[at:])
-    df, why = _same_both_ways(c, bad)
+    _, why = _same_both_ways(c, bad)
     assert [w.split(": ")[1].split(",")[0] for w in why] == ["line 2001", "line 2002", "line 3001", "line 4501", "line 5001"], why
     assert all("0x1F is not allowed" in w for w in why if "line 2001" in w or "line 2002" in w or "line 4501" in w)
     assert "(rule: format)" in why[0] and "not valid" in why[-1]
