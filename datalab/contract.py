@@ -104,6 +104,9 @@ class Layout:
     sample_rate_hz: float | None = None
     row_attribute: str | None = None  # attribute column holding the 1-based row number
     entity_value: str | None = None  # constant entity when the file has none
+    # measurement files (MATLAB, HDF5, TDMS, MDF 4, Parquet by channel map): datalab.measurement.spec
+    format: str | None = None
+    measurement: Any = None  # datalab.measurement.spec.MeasurementLayout when ``format`` is set
 
 
 @dataclass(frozen=True)
@@ -425,8 +428,13 @@ def _lint_timeseries(props: list[Any], custom: dict[str, Any], cps: list[Any]) -
     where = f"customProperties[{lay_i}].value" if lay_i is not None else "customProperties.layout"
     if not isinstance(lay, dict):
         return [*p, f"{where}: layout must be a mapping"]
+    if lay.get("format") is not None:
+        from datalab.measurement.spec import lint as lint_measurement
+
+        p += lint_measurement(lay, props, where)
+        lay = {"shape": "measurement", "timezone": lay.get("timezone", "UTC")}
     shape = lay.get("shape", "long")
-    if shape not in SHAPES:
+    if shape not in (*SHAPES, "measurement"):
         p.append(f"{where}.shape: must be one of {list(SHAPES)}")
     if lay.get("header") is False and shape == "wide" and not lay.get("columns"):
         p.append(f"{where}.columns: a header-less wide file needs the list of its columns in order")
@@ -515,6 +523,8 @@ def _build(doc: dict[str, Any], path: Path) -> Contract:
         sample_rate_hz=lay.get("sample_rate_hz"),
         row_attribute=lay.get("row_attribute"),
         entity_value=lay.get("entity_value"),
+        format=lay.get("format"),
+        measurement=_measurement(lay) if lay.get("format") is not None else None,
     )
     cur = custom.get("curation") or {}
     curation = Curation(
@@ -548,6 +558,12 @@ def _build(doc: dict[str, Any], path: Path) -> Contract:
         cad=_cad_settings(custom) if custom.get("kind") == "cad" else None,
         raw=doc,
     )
+
+
+def _measurement(lay: dict[str, Any]) -> Any:
+    from datalab.measurement.spec import build
+
+    return build(lay)
 
 
 def _cad_settings(custom: dict[str, Any]) -> Any:

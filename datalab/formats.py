@@ -48,6 +48,7 @@ class Sniffed:
     delimiter: str | None  # for delimited: ",", "\t", ";", "|" or "whitespace"
     quoted: bool  # a quote character occurs: needs a real CSV parser
     sample: bytes  # first bytes after decompression
+    label: str | None = None  # measurement files: what the magic bytes say, e.g. "ASAM MDF 4.10"
 
 
 def open_stream(path: Path, compression: str | None) -> BinaryIO:
@@ -111,10 +112,14 @@ def sniff(path: Path, name: str, expected_delimiter: str | None = None) -> Sniff
     if size == 0:
         raise FileRejected([f"{name}: the file is empty (0 bytes)"])
     with open(path, "rb") as f:
-        head = f.read(16)
+        head = f.read(1024)
     for magic, what in REJECT_MAGIC.items():
         if head.startswith(magic):
             raise FileRejected([f"{name}: the content is {what}, not a sensor data file"])
+    from datalab.measurement import sniff_magic  # no format library is imported by sniffing
+
+    if (found := sniff_magic(head)) is not None:
+        return Sniffed(found.format, None, None, False, b"", found.label)
     compression = next((c for m, c in MAGIC.items() if head.startswith(m)), None)
     if head.startswith(b"PAR1"):
         with open(path, "rb") as f:
@@ -158,6 +163,8 @@ def sniff(path: Path, name: str, expected_delimiter: str | None = None) -> Sniff
 
 
 def describe(s: Sniffed) -> str:
+    if s.label:
+        return s.label
     base = {"delimited": f"text ({_DELIMS.get(s.delimiter or '', s.delimiter)}-separated)"}.get(s.format, s.format)
     return base + (f", {s.compression}-compressed" if s.compression else "")
 

@@ -147,6 +147,11 @@ class TimeseriesReader:
     # -- entry point --------------------------------------------------------
 
     def batches(self) -> Iterator[pl.DataFrame]:
+        if self.lay.format is not None or self.sniffed.label is not None:  # a measurement file (datalab.measurement)
+            from datalab.measurement.core import read_checked
+
+            yield from read_checked(self)
+            return
         if self.lay.shape == "matrix":
             m = re.match(self.lay.sensor_from_filename or "", Path(self.name).name)
             names = {c.source_name: c.name for c in self.c.measurements}

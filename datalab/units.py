@@ -26,6 +26,7 @@ _UNITS: dict[str, tuple[str, float, float]] = {
     # velocity (base m/s): vibration velocity, flows of machines
     "m/s": ("velocity", 1.0, 0.0),
     "mm/s": ("velocity", 1e-3, 0.0),
+    "km/h": ("velocity", 1.0 / 3.6, 0.0),
     "[in_i]/s": ("velocity", 0.0254, 0.0),
     # acceleration (base m/s2)
     "m/s2": ("acceleration", 1.0, 0.0),
@@ -55,6 +56,10 @@ _UNITS: dict[str, tuple[str, float, float]] = {
     "%": ("dimensionless", 0.01, 0.0),
     "{cycle}": ("count", 1.0, 0.0),
     "s": ("time", 1.0, 0.0),
+    "h": ("time", 3600.0, 0.0),
+    # voltage (DAQ channels)
+    "V": ("voltage", 1.0, 0.0),
+    "mV": ("voltage", 1e-3, 0.0),
 }
 
 # Spellings seen in plant data, mapped to UCUM.
@@ -71,6 +76,7 @@ ALIASES: dict[str, str] = {
     "in": "[in_i]", "inch": "[in_i]",
     "l/min": "L/min",
     "-": "1", "": "1",
+    "Volts": "V", "volt": "V", "volts": "V", "hours": "h",
 }
 
 
