@@ -166,8 +166,12 @@ def land_staged(
         return existing
 
 
-def _check_file(contract: Contract, name: str, path: Path, size: int, over: bool, sink: Any = None) -> FileReceipt:
-    """Check one staged file; its parsed batches go to ``sink`` (a RawWriter) if given."""
+def _check_file(contract: Contract, name: str, path: Path, size: int, over: bool, sink: Any = None,
+                side: Any = None) -> FileReceipt:
+    """Check one staged file; its parsed batches go to ``sink`` (a RawWriter) if given.
+
+    ``side``: the delivery's side tables by role (datalab.measurement.sidefiles), if its layout has any.
+    """
     from datalab.readers import TimeseriesReader
 
     fr = FileReceipt(name=name, sha256="", bytes=size, rows=None, format=None, compression=None)
@@ -187,6 +191,7 @@ def _check_file(contract: Contract, name: str, path: Path, size: int, over: bool
         fr.reasons.append(f"{name}: contract kind {contract.kind!r} is not handled by the time-series reader")
         return fr
     reader = TimeseriesReader(contract, path, name, sn)
+    reader.side = side
     for batch in reader.batches():
         if sink is not None and not reader.problems:
             sink.write(batch)
@@ -232,9 +237,20 @@ def _land(contract: Contract, staged: list, actor: str, catalog: cat.Catalog, s:
     sink = _raw_writer(contract, delivery_id, s)
     # CAD files are checked together (parsed in parallel, each in its own sandboxed process).
     cad_receipts = _cad_check(contract, staged, s) if contract.kind == "cad" else None
+    side, side_receipts = None, {}
+    if contract.layout.measurement is not None and contract.layout.measurement.side_files:
+        from datalab.measurement.sidefiles import split_side
+
+        side, side_receipts, side_reasons = split_side(contract, staged)
+        reasons += side_reasons
     try:
         for i, (name, path, sha, size, over) in enumerate(staged):
-            fr = cad_receipts[i] if cad_receipts is not None else _check_file(contract, name, path, size, over, None if reasons else sink)
+            if i in side_receipts:
+                fr = side_receipts[i]
+            elif cad_receipts is not None:
+                fr = cad_receipts[i]
+            else:
+                fr = _check_file(contract, name, path, size, over, None if reasons else sink, side)
             fr.sha256 = sha
             reasons += fr.reasons
             checked.append((fr, path, over))

@@ -108,6 +108,7 @@ class TimeseriesReader:
         self.records = 0
         self.lay = contract.layout
         self._matrix_sensor: str | None = None
+        self.side: dict | None = None  # side tables of the delivery (datalab.measurement.sidefiles)
         # False: every block takes the line path (tests compare the two paths)
         self.fast_split = fast_split
 

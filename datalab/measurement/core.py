@@ -46,6 +46,15 @@ class _Series:
     times: Any = None  # column base: an iterator factory of time chunks
 
 
+def _parse_times(values: pl.Series, fmt: str | None) -> pl.Series:
+    """Text to UTC timestamps: ISO 8601 (with an offset, or naive as UTC), or the layout's ``time.format``."""
+    if fmt:
+        return values.str.to_datetime(fmt, time_unit="us", strict=False).dt.replace_time_zone("UTC")
+    aware = values.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%#z", time_unit="us", strict=False).dt.convert_time_zone("UTC")
+    naive = values.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", time_unit="us", strict=False).dt.replace_time_zone("UTC")
+    return aware.fill_null(naive)
+
+
 def _us(t: dt.datetime) -> int:
     return (t - EPOCH) // dt.timedelta(microseconds=1)
 
@@ -146,11 +155,12 @@ class MeasurementReader:
                 return None
             values = frame.get_column(side_col)
             if t.column_unit == "timestamp":
-                values = values.str.to_datetime(time_unit="us", strict=False, time_zone="UTC")
+                values = _parse_times(values, t.format)
                 bad = int(values.null_count() - frame.get_column(side_col).null_count())
                 if bad:
+                    what = f"timestamps of the format {t.format!r}" if t.format else "ISO 8601 timestamps (or declare time.format)"
                     self.problems.add("layout.time.column", f"{where}: {bad} value(s) of side file {side_name!r} "
-                                      f"column {side_col!r} are not ISO 8601 timestamps")
+                                      f"column {side_col!r} are not {what}")
                     return None
                 arr = values.to_numpy()
             else:
@@ -178,8 +188,9 @@ class MeasurementReader:
             described = f"column {col} ({t.column_unit})"
         start = t.start or info.start or self.fmt.file_start(h)
         if timestamp and factor is not None and start is None:
+            why = f" ({info.start_note})" if info.start_note else ""
             self.problems.add("layout.time.start", f"{where}: the time column {col!r} counts {t.column_unit} from a "
-                              "start the file does not state; declare time.start in the layout")
+                              f"start the file does not state{why}; declare time.start in the layout")
             return None
         first = last = None
         n = 0

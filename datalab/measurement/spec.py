@@ -45,6 +45,7 @@ class TimeSpec:
     step: int = 1
     column: str | None = None  # a channel/variable of the file, or "side-file-name.column"
     column_unit: str = "s"
+    format: str | None = None  # strftime format of text timestamps in a side file's time column
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class SideFile:
     key: str | None = None  # side file column joined to ...
     data_key: str | None = None  # ... this channel of the data file (key join)
     columns: tuple[tuple[str, str], ...] = ()  # (attribute property, side column)
+    header: bool = True
+    names: tuple[str, ...] = ()  # column names of a header-less side file
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ def _time(d: dict[str, Any], default: TimeSpec) -> TimeSpec:
         step=int(d.get("step", default.step)),
         column=d.get("column", default.column),
         column_unit=d.get("column_unit", default.column_unit),
+        format=d.get("format", default.format),
     )
 
 
@@ -111,7 +115,8 @@ def build(lay: dict[str, Any]) -> MeasurementLayout:
                                  ch.get("file_unit"), _time(overrides, default)))
     sides = tuple(
         SideFile(s["name"], s["match"], s.get("join", "row"), s.get("key"), s.get("data_key"),
-                 tuple((k, v) for k, v in (s.get("columns") or {}).items()))
+                 tuple((k, v) for k, v in (s.get("columns") or {}).items()),
+                 bool(s.get("header", True)), tuple(str(x) for x in s.get("names") or ()))
         for s in lay.get("side_files") or []
     )
     return MeasurementLayout(
@@ -185,6 +190,8 @@ def lint(lay: dict[str, Any], props: list[dict[str, Any]], where: str) -> list[s
             re.compile(s["match"])
         except re.error as e:
             p.append(f"{w}.match: not a regular expression ({e})")
+        if s.get("header") is False and not s.get("names"):
+            p.append(f"{w}.names: a header-less side file needs the names of its columns in order")
         if s.get("join", "row") not in JOINS:
             p.append(f"{w}.join: must be one of {list(JOINS)}")
         for k in (s.get("columns") or {}):

@@ -1,0 +1,326 @@
+"""Measurement files under contracts (issue 22): every format through its own writer and reader,
+with the defects firms' files have, and the real files in ../shared/realdata/measurement."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from datalab import contract as contract_mod
+from datalab.landing import push
+from tests.conftest import ROOT
+
+pytest.importorskip("h5py")
+pytest.importorskip("nptdms")
+pytest.importorskip("asammdf")
+
+EXAMPLES = ROOT / "data_contracts" / "examples" / "measurement"
+START = "2024-05-01T08:00:00+00:00"
+SOV = {"residency": ["EEA"], "purposes": ["research"], "classification": "internal", "license": "proprietary",
+       "personal_data": False, "export_control": False}
+
+
+def make_contract(tmp: Path, layout: dict[str, Any], measurements: dict[str, str], time_type: str = "timestamp",
+                  attrs: dict[str, str] | None = None, name: str = "c") -> contract_mod.Contract:
+    """A contract for a generated file: ``measurements`` maps property -> unit."""
+    props = [
+        {"name": "rig", "logicalType": "string", "required": True, "customProperties": [{"property": "role", "value": "entity"}]},
+        {"name": "t", "logicalType": time_type, "required": True, "customProperties": [{"property": "role", "value": "time"}]},
+        {"name": "time_base", "logicalType": "string", "customProperties": [{"property": "role", "value": "attribute"}]},
+        {"name": "sample_rate_hz", "logicalType": "number", "customProperties": [{"property": "role", "value": "attribute"}]},
+    ]
+    for a, lt in (attrs or {}).items():
+        props.append({"name": a, "logicalType": lt, "customProperties": [{"property": "role", "value": "attribute"}]})
+    for m, unit in measurements.items():
+        props.append({"name": m, "logicalType": "number", "customProperties": [{"property": "unit", "value": unit}]})
+    doc = {
+        "apiVersion": "v3.0.2", "kind": "DataContract", "id": f"urn:datalab:acme:{name}", "version": "1.0.0",
+        "status": "active", "tenant": "acme", "dataProduct": name,
+        "schema": [{"name": "readings", "properties": props}],
+        "customProperties": [{"property": "kind", "value": "timeseries"}, {"property": "layout", "value": layout},
+                             {"property": "sovereignty", "value": SOV}],
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return contract_mod.load(path)
+
+
+def raw_of(lab: Path, rec: Any) -> pl.DataFrame:
+    return pl.read_parquet(lab / "raw" / rec.tenant / rec.contract_id.rsplit(":", 1)[1] / f"{rec.delivery_id}.parquet")
+
+
+def write_hdf5(path: Path, channels: dict[str, tuple[np.ndarray, dict[str, Any]]]) -> Path:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for name, (data, attrs) in channels.items():
+            ds = f.create_dataset(name, data=data, chunks=True)
+            for k, v in attrs.items():
+                ds.attrs[k] = v
+    return path
+
+
+def write_tdms(path: Path, channels: list[tuple[str, str, np.ndarray, dict[str, Any]]]) -> Path:
+    from nptdms import ChannelObject, TdmsWriter
+
+    with TdmsWriter(str(path)) as w:
+        w.write_segment([ChannelObject(g, c, data, properties=props) for g, c, data, props in channels])
+    return path
+
+
+def write_mdf(path: Path, signals: list[tuple[str, np.ndarray, np.ndarray, str]], start: dt.datetime | None) -> Path:
+    from asammdf import MDF, Signal
+
+    m = MDF(version="4.10")
+    if start is not None:
+        m.header.start_time = start
+    for name, t, v, unit in signals:
+        m.append([Signal(v, t, name=name, unit=unit)])
+    m.save(path, overwrite=True)
+    m.close()
+    return path
+
+
+SINE = np.sin(np.linspace(0, 20, 1000))
+
+
+def test_hdf5_channels_attributes_and_chunks(lab, tmp_path):
+    """Unit, rate and start from the dataset's attributes; chunked reading gives the same table."""
+    f = write_hdf5(tmp_path / "rig.h5", {
+        "daq/accel": (SINE, {"units": "g", "sample_rate_hz": 1000.0, "start_time": START}),
+        "daq/temp": (np.linspace(20, 30, 10), {"units": "degC", "sample_rate_hz": 10.0, "start_time": START}),
+    })
+    lay = {"format": "hdf5", "entity_value": "rig-1", "time": {"base": "rate"}, "chunk_samples": 128,
+           "channels": [{"property": "accel", "source": "daq/accel"}, {"property": "temp", "source": "daq/temp"}]}
+    c = make_contract(tmp_path, lay, {"accel": "[g]", "temp": "Cel"})
+    rec = push(c, [f])
+    assert rec.accepted, rec.reasons
+    assert rec.files[0].format == "HDF5" and rec.rows == 1010
+    raw = raw_of(lab, rec)
+    acc = raw.filter(pl.col("sensor") == "accel")
+    assert np.allclose(acc["raw_value"].to_numpy(), SINE)
+    assert acc["time"][1] - acc["time"][0] == dt.timedelta(milliseconds=1)
+    assert acc["time"][0] == dt.datetime(2024, 5, 1, 8, tzinfo=dt.UTC)
+    rates = dict(raw.group_by("sensor").agg(pl.col("sample_rate_hz").first()).iter_rows())
+    assert rates == {"accel": 1000.0, "temp": 10.0}  # channels at other rates stay separate series
+    assert raw.filter(pl.col("sensor") == "temp")["time_base"][0].startswith("rate 10 Hz (file), start 2024-05-01")
+
+
+def test_hdf5_defects_missing_channel_wrong_unit_other_rate_truncated(lab, tmp_path):
+    f = write_hdf5(tmp_path / "bad.h5", {
+        "a": (SINE, {"units": "mV", "sample_rate_hz": 1000.0}),
+        "b": (SINE[:600], {"sample_rate_hz": 1000.0}),
+        "c": (SINE, {"sample_rate_hz": 500.0}),
+        "e": (SINE, {}),
+    })
+    lay = {"format": "hdf5", "time": {"base": "rate", "sample_rate_hz": 1000, "start": START},
+           "channels": [{"property": "a", "source": "a"}, {"property": "b", "source": "b"},
+                        {"property": "c", "source": "c"}, {"property": "d", "source": "d"},
+                        {"property": "e", "source": "e"}]}
+    c = make_contract(tmp_path, lay, {"a": "V", "b": "V", "c": "V", "d": "V", "e": "V"})
+    rec = push(c, [f])
+    text = "\n".join(rec.reasons)
+    assert not rec.accepted
+    assert "the file's metadata gives channel 'a' the unit 'mV', the contract says 'V'" in text
+    assert "channel 'c' is sampled at 500 Hz by the file's own clock, the contract says 1000 Hz" in text
+    assert "the file has no channel 'd' (missing channel" in text
+    assert "holds 600 samples at 1000 Hz = 0.6 s" in text and "truncated recording" in text
+
+
+def test_nan_values_are_kept_not_invented(lab, tmp_path):
+    data = SINE.copy()
+    data[[3, 500]] = np.nan
+    f = write_hdf5(tmp_path / "nan.h5", {"x": (data, {})})
+    lay = {"format": "hdf5", "time": {"base": "index", "step": 2}, "channels": [{"property": "x", "source": "x"}]}
+    c = make_contract(tmp_path, lay, {"x": "1"}, time_type="integer")
+    rec = push(c, [f])
+    assert rec.accepted, rec.reasons
+    raw = raw_of(lab, rec)
+    assert raw["raw_value"].is_nan().sum() == 2 and raw["time"].to_list()[:3] == [0, 2, 4]
+    assert raw["time_base"][0] == "index (step 2)" and raw["entity"][0] == "nan"  # entity: the file's name
+
+
+def test_mat_v5_and_v73(lab, tmp_path):
+    import h5py
+    import scipy.io
+
+    v5 = tmp_path / "run5.mat"
+    scipy.io.savemat(v5, {"DE": SINE.reshape(-1, 1), "RPM": np.array([[1797.0]])})
+    v73 = tmp_path / "run73.mat"
+    with h5py.File(v73, "w", userblock_size=512) as f:
+        f.create_dataset("DE", data=SINE.reshape(1, -1))  # MATLAB stores a column vector transposed
+        f.create_dataset("RPM", data=np.array([[1797.0]]))
+    with open(v73, "r+b") as fh:
+        fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon May  1 08:00:00 2024 HDF5 schema 1.00 .")
+    lay = {"format": "mat", "entity_value": "bearing", "time": {"base": "rate", "sample_rate_hz": 12000},
+           "channels": [{"property": "de", "source": "DE"}], "attributes": {"rpm": "RPM"}}
+    c = make_contract(tmp_path, lay, {"de": "[g]"}, time_type="integer", attrs={"rpm": "number"})
+    for f, label in ((v5, "MATLAB 5.0 MAT-file"), (v73, "MATLAB 7.3 MAT-file (HDF5)")):
+        rec = push(c, [f])
+        assert rec.accepted, rec.reasons
+        assert rec.files[0].format == label
+        raw = raw_of(lab, rec)
+        assert np.allclose(raw["raw_value"].to_numpy(), SINE) and set(raw["rpm"]) == {1797.0}
+        assert raw["time"].to_list()[-1] == 999 and set(raw["sample_rate_hz"]) == {12000.0}
+
+
+def test_tdms_rate_start_units_from_file_and_defects(lab, tmp_path):
+    start = np.datetime64("2024-05-01T08:00:00")
+    ok = write_tdms(tmp_path / "ok.tdms", [
+        ("g", "volts", SINE, {"wf_increment": 0.001, "wf_start_time": start, "unit_string": "Volts"}),
+        ("g", "slow", SINE[:100], {"wf_increment": 0.01, "wf_start_time": start, "unit_string": "Volts"}),
+    ])
+    lay = {"format": "tdms", "entity_value": "daq", "time": {"base": "rate"},
+           "channels": [{"property": "volts", "source": {"group": "g", "channel": "volts"}},
+                        {"property": "slow", "source": "slow"}]}
+    c = make_contract(tmp_path, lay, {"volts": "V", "slow": "V"})
+    rec = push(c, [ok])
+    assert rec.accepted, rec.reasons
+    raw = raw_of(lab, rec)
+    assert dict(raw.group_by("sensor").len().iter_rows()) == {"volts": 1000, "slow": 100}
+    # another rate than the contract's, and LabVIEW's zero start
+    other = write_tdms(tmp_path / "other.tdms", [
+        ("g", "volts", SINE, {"wf_increment": 0.002, "wf_start_time": np.datetime64("1904-01-01T00:00:00")}),
+        ("g", "slow", SINE[:100], {"wf_increment": 0.01, "wf_start_time": np.datetime64("1904-01-01T00:00:00")}),
+    ])
+    lay2 = {**lay, "channels": [{"property": "volts", "source": "volts", "sample_rate_hz": 1000}, {"property": "slow", "source": "slow"}]}
+    rec = push(make_contract(tmp_path, lay2, {"volts": "V", "slow": "V"}, name="c2"), [other])
+    text = "\n".join(rec.reasons)
+    assert "is sampled at 500 Hz by the file's own clock, the contract says 1000 Hz" in text
+    assert "LabVIEW's zero" in text and "declare time.start" in text
+    # a truncated recording: the file cut short
+    cut = tmp_path / "cut.tdms"
+    cut.write_bytes(ok.read_bytes()[:-3000])
+    rec = push(c, [cut])
+    assert not rec.accepted and any("truncated" in r for r in rec.reasons), rec.reasons
+
+
+def test_mdf4_groups_at_their_own_rates_and_naive_start(lab, tmp_path):
+    t_fast, t_slow = np.arange(1000) / 1000.0, np.arange(10) / 10.0
+    start = dt.datetime(2024, 5, 1, 10, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    f = write_mdf(tmp_path / "bench.mf4", [("speed", t_fast, SINE * 100, "rpm"), ("oil", t_slow, np.linspace(80, 90, 10), "degC")], start)
+    lay = {"format": "mdf4", "entity_value": "bench", "time": {"base": "column", "column": "master"},
+           "channels": [{"property": "speed", "source": "speed"}, {"property": "oil", "source": "oil"}]}
+    c = make_contract(tmp_path, lay, {"speed": "/min", "oil": "Cel"})
+    rec = push(c, [f])
+    assert rec.accepted, rec.reasons
+    assert rec.files[0].format == "ASAM MDF 4.10"
+    raw = raw_of(lab, rec)
+    rates = dict(raw.group_by("sensor").agg(pl.col("sample_rate_hz").first().round(3)).iter_rows())
+    assert rates == {"speed": 1000.0, "oil": 10.0}
+    assert raw.filter(pl.col("sensor") == "oil")["time"][0] == dt.datetime(2024, 5, 1, 8, tzinfo=dt.UTC)
+    naive = write_mdf(tmp_path / "naive.mf4", [("speed", t_fast, SINE, "rpm"), ("oil", t_slow, t_slow, "degC")],
+                      dt.datetime(2024, 5, 1, 10, 0))
+    rec = push(c, [naive])
+    assert not rec.accepted and any("has no time zone" in r for r in rec.reasons), rec.reasons
+
+
+def test_parquet_and_arrow_with_any_column_names(lab, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ts = pa.array(np.datetime64("2024-05-01T08:00:00") + np.arange(1000).astype("timedelta64[s]"), pa.timestamp("us"))
+    tbl = pa.table({"Zeit (UTC)": ts, "Temp [°C] #1": SINE * 10 + 50})
+    pq.write_table(tbl, tmp_path / "x.parquet", row_group_size=300)
+    with pa.ipc.new_file(tmp_path / "x.arrow", tbl.schema) as w:
+        w.write_table(tbl)
+    for fmt in ("parquet", "arrow"):
+        lay = {"format": fmt, "entity_value": "line-4", "time": {"base": "column", "column": "Zeit (UTC)", "column_unit": "timestamp"},
+               "channels": [{"property": "temp", "source": "Temp [°C] #1"}]}
+        rec = push(make_contract(tmp_path, lay, {"temp": "Cel"}, name=f"p-{fmt}"), [tmp_path / f"x.{fmt}"])
+        assert rec.accepted, rec.reasons
+        raw = raw_of(lab, rec)
+        assert raw["time"][999] == dt.datetime(2024, 5, 1, 8, 16, 39, tzinfo=dt.UTC)
+        assert raw["sample_rate_hz"][0] == pytest.approx(1.0)
+
+
+def test_file_holding_another_format_is_rejected_naming_both(lab, tmp_path, contracts):
+    tdms = write_tdms(tmp_path / "run.mat", [("g", "x", SINE, {"wf_increment": 0.001})])  # named .mat, holds TDMS
+    lay = {"format": "mat", "time": {"base": "index"}, "channels": [{"property": "x", "source": "x"}]}
+    rec = push(make_contract(tmp_path, lay, {"x": "1"}, time_type="integer"), [tdms])
+    assert not rec.accepted
+    assert "the contract's layout says MATLAB MAT-file (format: mat), the file holds NI TDMS" in rec.reasons[0]
+    csv = tmp_path / "x.csv"
+    csv.write_text("a,b\n1,2\n")
+    rec = push(make_contract(tmp_path, {**lay, "format": "hdf5"}, {"x": "1"}, time_type="integer", name="c2"), [csv])
+    assert "the contract's layout says HDF5 (format: hdf5), the file holds text (comma-separated)" in rec.reasons[0]
+    from tests.conftest import SPINDLE
+
+    rec = push(contracts[SPINDLE], [tdms])  # a text contract given a TDMS file
+    assert "the content is NI TDMS, but the contract's layout reads delimited text" in rec.reasons[0]
+
+
+def test_side_file_joined_by_row(lab, tmp_path):
+    f = write_hdf5(tmp_path / "secom.h5", {"s1": (SINE[:5], {}), "s2": (SINE[5:10], {})})
+    labels = tmp_path / "secom_labels.data"
+    labels.write_text("".join(f'{x} "19/07/2008 11:5{i}:00"\n' for i, x in enumerate([-1, -1, 1, -1, 1])))
+    lay = {"format": "hdf5", "entity_value": "fab",
+           "time": {"base": "column", "column": "labels.stamp", "column_unit": "timestamp"},
+           "channels": [{"property": "s1", "source": "s1"}, {"property": "s2", "source": "s2"}],
+           "side_files": [{"name": "labels", "match": r"_labels\.data$", "header": False,
+                           "names": ["label", "stamp"], "columns": {"label": "label"}}]}
+    c = make_contract(tmp_path, lay, {"s1": "1", "s2": "1"}, attrs={"label": "integer"})
+    rec = push(c, [f, labels])
+    # the SECOM timestamps are day-first, not ISO 8601: refused with the side file's column named ...
+    assert not rec.accepted and any("not ISO 8601 timestamps (or declare time.format)" in r for r in rec.reasons)
+    lay["time"]["format"] = "%d/%m/%Y %H:%M:%S"  # ... until the contract declares their format
+    c = make_contract(tmp_path, lay, {"s1": "1", "s2": "1"}, attrs={"label": "integer"}, name="c-fmt")
+    rec = push(c, [f, labels])
+    assert rec.accepted, rec.reasons
+    assert [x.format for x in rec.files] == ["HDF5", "side file (labels)"] and rec.files[1].rows == 5
+    raw = raw_of(lab, rec).filter(pl.col("sensor") == "s2")
+    assert raw["label"].to_list() == [-1, -1, 1, -1, 1]
+    assert raw["time"][4] == dt.datetime(2008, 7, 19, 11, 54, tzinfo=dt.UTC)
+    rec = push(c, [f])
+    assert not rec.accepted and "side file 'labels': the delivery holds 0 file(s)" in rec.reasons[0]
+    labels.write_text('-1 "19/07/2008 11:50:00"\n1 "19/07/2008 11:51:00"\n')
+    rec = push(c, [f, labels])
+    assert not rec.accepted and any("side file 'labels' has 2 rows, channel 's1' 5 samples" in r for r in rec.reasons)
+
+
+def test_layout_lint_names_fields(tmp_path):
+    doc_layout = {"format": "tdms", "time": {"base": "index"}, "channels": [{"property": "nope", "source": "x"}]}
+    with pytest.raises(Exception) as e:
+        make_contract(tmp_path, doc_layout, {"x": "1"})
+    text = str(e.value)
+    assert "an index time base gives an integer time" in text
+    assert "'nope' is not a measurement of the schema" in text
+    assert "measurement 'x' is mapped to no channel" in text
+
+
+REAL = {
+    "cwru-bearing": "mat/cwru_normal_0.mat",
+    "tdms-digital-input": "tdms/Digital_Input.tdms",
+    "tdms-big-endian": "tdms/big_endian.tdms",
+    "tdms-raw1": "tdms/raw1.tdms",
+    "tdms-raw-timestamps": "tdms/raw_timestamps.tdms",
+    "mdf4-asap2-demo": "mdf4/ASAP2_Demo_V171.mf4",
+    "mdf4-test-metadata": "mdf4/test_metadata.mf4",
+}
+
+
+@pytest.mark.parametrize("contract_name", sorted(REAL))
+def test_real_measurement_files_accepted(lab, realdata, contract_name):
+    c = contract_mod.load(EXAMPLES / f"{contract_name}.yaml")
+    rec = push(c, [realdata / "measurement" / REAL[contract_name]])
+    assert rec.accepted, rec.reasons
+    raw = raw_of(lab, rec)
+    assert len(raw) == rec.rows > 0
+    assert raw["time_base"].null_count() == 0 and raw["time"].null_count() == 0
+
+
+def test_real_mdf_naive_start_rejected_with_what_to_do(lab, realdata, tmp_path):
+    doc = yaml.safe_load((EXAMPLES / "mdf4-test-metadata.yaml").read_text())
+    lay = next(p for p in doc["customProperties"] if p["property"] == "layout")["value"]
+    del lay["time"]["start"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(doc))
+    rec = push(contract_mod.load(tmp_path / "c.yaml"), [realdata / "measurement/mdf4/test_metadata.mf4"])
+    assert not rec.accepted
+    assert "the header's start time 2018-11-22T16:26:35.453006 has no time zone" in rec.reasons[0]
+    assert "declare time.start" in rec.reasons[0]
