@@ -97,4 +97,10 @@ def _preparation(m: dict[str, Any]) -> list[str]:
     const = sorted({s for st in m["curation"].values() for s in (st.get("constant_sensors") or [])})
     if const:
         lines += ["", f"Constant sensors (no information for learning): {', '.join(const)}."]
+    bases = [(d, sensor, tb) for d, st in m["curation"].items() for sensor, tb in (st.get("time_bases") or {}).items()]
+    if bases:  # measurement files: each series' time axis, as the file and contract gave it (datalab.measurement)
+        lines += ["", "Time bases (columns `time_base`, `sample_rate_hz` of the table):", "",
+                  "| delivery | sensor | time base | sample rate (Hz) |", "|---|---|---|---|"]
+        lines += [f"| {d} | {sensor} | {tb['time_base']} | {tb['sample_rate_hz'] if tb['sample_rate_hz'] is not None else '-'} |"
+                  for d, sensor, tb in bases]
     return lines

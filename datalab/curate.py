@@ -542,6 +542,17 @@ class Profile:
         }
 
 
+def _time_bases(path: Path) -> dict[str, dict[str, Any]]:
+    """Per sensor, where its time came from (measurement files: datalab.measurement); {} for other layouts."""
+    lf = pl.scan_parquet(path)
+    if "time_base" not in lf.collect_schema():
+        return {}
+    rate = pl.col("sample_rate_hz") if "sample_rate_hz" in lf.collect_schema() else pl.lit(None, pl.Float64)
+    rows = lf.group_by("sensor").agg(time_base=pl.col("time_base").unique().sort().str.join("; "),
+                                     sample_rate_hz=rate.first()).sort("sensor").collect()
+    return {r.pop("sensor"): r for r in rows.iter_rows(named=True)}
+
+
 def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None = None, s: Settings | None = None) -> dict[str, Any]:
     """Curate one ingested delivery; writes the curated Parquet and returns its counts."""
     s = s or settings()
@@ -589,6 +600,7 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
             shutil.rmtree(scratch, ignore_errors=True)
     prof = counted.result(out)
     _record_watermarks(contract, delivery_id, counted.watermarks(), s)
+    time_bases = _time_bases(out)
     stats = {
         "rows_in": rows_in,
         "rows_out": prof["rows"],
@@ -601,6 +613,7 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
         "constant_sensors": prof["constant_sensors"],
         "sensors": prof["sensors"],
         "pseudonymised_columns": sorted(pseudonyms),
+        **({"time_bases": time_bases} if time_bases else {}),
         "engine": run.to_dict(),
         "series_buckets": buckets,
         "long_series": long_info,

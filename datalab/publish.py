@@ -245,7 +245,7 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
             "deliveries": delivery_ids,
             "excluded": excluded,
         },
-        "curation": {k: {x: v.get(x) for x in ("rows_in", "rows_out", "exact_duplicates_removed", "values_converted", "flag_missing", "flag_unit_unknown", "flag_out_of_range", "flag_key_duplicate", "flag_outlier", "flag_gap_before", "flag_late", "constant_sensors", "engine")} for k, v in curated_stats.items()},
+        "curation": {k: {x: v.get(x) for x in ("rows_in", "rows_out", "exact_duplicates_removed", "values_converted", "flag_missing", "flag_unit_unknown", "flag_out_of_range", "flag_key_duplicate", "flag_outlier", "flag_gap_before", "flag_late", "constant_sensors", "engine", "time_bases")} for k, v in curated_stats.items()},
         "validation": {k: {"success": (v or {}).get("success"), "evaluated": (v or {}).get("evaluated"), "failed": (v or {}).get("failed")} for k, v in val.items()},
         "policy": policy.to_dict(),
         "sovereignty": sovereignty.manifest_section(plan, personal),

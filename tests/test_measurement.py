@@ -324,3 +324,20 @@ def test_real_mdf_naive_start_rejected_with_what_to_do(lab, realdata, tmp_path):
     assert not rec.accepted
     assert "the header's start time 2018-11-22T16:26:35.453006 has no time zone" in rec.reasons[0]
     assert "declare time.start" in rec.reasons[0]
+
+
+def test_curated_table_and_card_say_each_series_time_base(lab, realdata):
+    from datalab.card import _preparation
+    from datalab.config import settings
+    from datalab.curate import curate_delivery, curated_path
+
+    c = contract_mod.load(EXAMPLES / "tdms-digital-input.yaml")
+    rec = push(c, [realdata / "measurement/tdms/Digital_Input.tdms"])
+    stats = curate_delivery(c, rec.delivery_id)
+    cur = pl.read_parquet(curated_path(c, rec.delivery_id, settings()))
+    assert {"time_base", "sample_rate_hz"} <= set(cur.columns)
+    tb = stats["time_bases"]
+    assert {k: v["sample_rate_hz"] for k, v in tb.items()} == {"line_full": 2000.0, "line_level1": 40.0, "line_level2": 0.8}
+    assert tb["line_level2"]["time_base"] == "rate 0.8 Hz (file), start 2012-07-09T23:58:24.593732+00:00 (file)"
+    card = "\n".join(_preparation({"curation": {rec.delivery_id: {**stats, "engine": {}}}}))
+    assert f"| {rec.delivery_id} | line_level1 | rate 40 Hz (file), start 2012-07-09T23:58:24.593732+00:00 (file) | 40.0 |" in card
