@@ -325,6 +325,9 @@ def demo(
 from datalab.cli_sovereignty import register as _register_sovereignty  # noqa: E402
 
 _register_sovereignty(app, contract_app)
+from datalab.cli_formats import register as _register_formats  # noqa: E402  (measurement files, issue 22)
+
+_register_formats(app, contract_app)
 
 cli_service.register(app, audit_app)
 

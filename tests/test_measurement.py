@@ -341,3 +341,39 @@ def test_curated_table_and_card_say_each_series_time_base(lab, realdata):
     assert tb["line_level2"]["time_base"] == "rate 0.8 Hz (file), start 2012-07-09T23:58:24.593732+00:00 (file)"
     card = "\n".join(_preparation({"curation": {rec.delivery_id: {**stats, "engine": {}}}}))
     assert f"| {rec.delivery_id} | line_level1 | rate 40 Hz (file), start 2012-07-09T23:58:24.593732+00:00 (file) | 40.0 |" in card
+
+
+@pytest.mark.parametrize("rel", sorted(REAL.values()))
+def test_contract_draft_of_each_real_file_lints_and_takes_the_file(lab, realdata, tmp_path, rel):
+    """From a file to a contract in one command: fill in sovereignty and status, and the file is accepted."""
+    from datalab.measurement.draft import draft
+
+    f = realdata / "measurement" / rel
+    d = draft([f], "acme")
+    path = tmp_path / "draft.yaml"
+    path.write_text(yaml.safe_dump(d.doc, sort_keys=False))
+    missing = contract_mod.lint(path)
+    assert missing and all("sovereignty" in m or "customProperties[2]" in m for m in missing), missing
+    sov = next(p for p in d.doc["customProperties"] if p["property"] == "sovereignty")["value"]
+    sov.update(residency=["EEA"], purposes=["research"])
+    d.doc["status"] = "active"
+    path.write_text(yaml.safe_dump(d.doc, sort_keys=False))
+    assert contract_mod.lint(path) == []
+    rec = push(contract_mod.load(path), [f])
+    assert rec.accepted, rec.reasons
+
+
+def test_contract_draft_cli_writes_and_lints(lab, realdata, tmp_path):
+    from typer.testing import CliRunner
+
+    from datalab.cli import app
+
+    out = tmp_path / "bearing.yaml"
+    res = CliRunner().invoke(app, ["contract", "draft", str(realdata / "measurement/mat/cwru_normal_0.mat"),
+                                   "--tenant", "acme", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "missing: customProperties[2].value.residency" in res.output
+    assert "states no sample rate" in res.output
+    doc = yaml.safe_load(out.read_text())
+    lay = doc["customProperties"][1]["value"]
+    assert lay["attributes"] == {"X097RPM": "X097RPM"} and [c["source"] for c in lay["channels"]] == ["X097_DE_time", "X097_FE_time"]

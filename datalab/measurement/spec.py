@@ -216,7 +216,9 @@ def _lint_time(t: dict[str, Any], w: str, time_type: str | None, merged: dict[st
         p.append(f"{w}.sample_rate_hz: must be a positive number of samples per second")
     if t.get("start") is not None:
         try:
-            _parse_start(t["start"])
+            st = t["start"] if isinstance(t["start"], dt.datetime) else dt.datetime.fromisoformat(str(t["start"]).replace("Z", "+00:00"))
+            if st.tzinfo is None:
+                p.append(f"{w}.start: {t['start']!r} has no UTC offset, so it names no instant (add Z or +hh:mm)")
         except ValueError:
             p.append(f"{w}.start: {t['start']!r} is not an ISO 8601 timestamp")
     if "step" in t and (not isinstance(t["step"], int) or t["step"] <= 0):
