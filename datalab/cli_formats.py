@@ -43,6 +43,40 @@ def contract_draft(
         out.print("  lint: no problems", highlight=False)
 
 
+def stream(
+    contract: str = typer.Argument(..., help="contract id, file or tenant/product (long layout)"),
+    mqtt_url: str = typer.Option(..., "--mqtt", help="broker, e.g. mqtt://127.0.0.1:1883"),
+    topic: str = typer.Option(..., "--topic", help="topic (filter) the gateway publishes to"),
+    rows: int = typer.Option(10_000, help="close a delivery every ROWS readings ..."),
+    seconds: float = typer.Option(60.0, help="... or SECONDS after its first reading"),
+    key: str = typer.Option("id", help="the message field holding the delivery key (duplicates are dropped by it)"),
+    client_id: str = typer.Option(None, help="MQTT client id of the persistent session (default: from the contract)"),
+    idle_exit: float = typer.Option(None, help="stop after this many seconds without a message (default: run until stopped)"),
+) -> None:
+    """Land a live MQTT stream under a contract: a delivery with its receipt every ROWS readings or SECONDS."""
+    import json
+
+    from datalab import contract as contracts_mod
+    from datalab.config import settings
+    from datalab.stream import StreamIngestor, run_mqtt
+
+    c = contracts_mod.find(contracts_mod.load_all(settings().contracts_dir), contract)
+    ing = StreamIngestor(c, rows=rows, seconds=seconds, key=key)
+
+    def show(r: dict) -> None:
+        out.print(json.dumps({k: v for k, v in r.items() if k != "rejected_lines"} | {"rejected": len(r["rejected_lines"])}),
+                  highlight=False, soft_wrap=True)
+
+    try:
+        run_mqtt(ing, mqtt_url, topic, client_id=client_id, idle_exit=idle_exit, on_receipt=show)
+    except (ConnectionError, OSError, ValueError) as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        pass
+
+
 def register(app: typer.Typer, contract_app: typer.Typer) -> None:
     """Add the measurement commands to the main CLI."""
     contract_app.command("draft")(contract_draft)
+    app.command("stream")(stream)

@@ -1,0 +1,133 @@
+"""Live MQTT streams landed as deliveries (issue 22): at-least-once, duplicates dropped by key, restarts lose nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tests.conftest import ROOT, SPINDLE
+
+SENSORS = ["spindle_temp", "oil_pressure", "vibration", "spindle_speed"]
+UNITS = {"spindle_temp": "Cel", "oil_pressure": "bar", "vibration": "mm/s", "spindle_speed": "/min"}
+
+
+def reading(i: int) -> dict:
+    sensor = SENSORS[i % 4]
+    sec, ms = divmod(i // 4, 1000)
+    return {"id": f"gw1-{i:06d}", "machine_id": f"BSW-M{1 + i % 3:02d}",
+            "ts": f"2024-05-01T08:{sec // 60 % 60:02d}:{sec % 60:02d}.{ms:03d}+00:00".replace("08:", f"{8 + sec // 3600:02d}:", 1),
+            "sensor": sensor, "value": 20.0 + (i % 97) / 10, "unit": UNITS[sensor]}
+
+
+def test_spool_seals_pushes_and_repushes_the_same_bytes(lab, contracts):
+    """A batch sealed but not pushed before a crash is pushed again with the same bytes: one receipt, no double rows."""
+    from datalab.stream import StreamIngestor
+
+    c = contracts[SPINDLE]
+    ing = StreamIngestor(c, rows=50, seconds=3600)
+    for i in range(120):
+        ing.offer(json.dumps(reading(i)).encode())
+    ing.offer(json.dumps(reading(7)).encode())  # resent by the gateway: dropped by its key
+    ing.offer(b"{not json")
+    ing.offer(json.dumps({**reading(500), "sensor": "coolant"}).encode())
+    assert ing.duplicates == 1
+    first = ing.spool.seal(50)
+    receipts = ing.deliver()  # pushes the sealed batch and seals/pushes the next full one
+    assert [r["rows"] for r in receipts] == [50, 50] and all(r["status"] == "accepted" for r in receipts)
+    # the crash: batch 1 is marked open again as if the push had not been recorded
+    ing.spool._db.execute("UPDATE batches SET status='sealed' WHERE id=?", (first,))
+    again = ing.deliver()
+    assert again[0]["delivery_id"] == receipts[0]["delivery_id"] and again[0]["duplicate_push"]
+    last = ing.deliver(final=True)[-1]
+    assert last["rows"] == 20 and [x["reason"][:8] for x in last["rejected_lines"]] == ["not JSON", "sensor '"]
+    raw = pl.concat([pl.read_parquet(p) for p in (lab / "raw").rglob("*.parquet")])
+    assert len(raw) == 120 and raw.select("entity", "time", "sensor").n_unique() == 120
+
+
+def _broker() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 1883), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_mqtt_10000_readings_with_a_lab_restart_land_exactly_once(lab, tmp_path):
+    if not _broker():
+        pytest.skip("no MQTT broker answers on 127.0.0.1:1883 (Mosquitto)")
+    import paho.mqtt.client as mqtt
+
+    topic, cid = f"datalab-test/{uuid.uuid4().hex}/readings", f"datalab-test-{uuid.uuid4().hex[:12]}"
+    # the lab's persistent session exists before the gateway publishes (as after the lab's first start)
+    sess = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
+    sess.connect("127.0.0.1", 1883)
+    sess.loop_start()
+    sess.subscribe(topic, qos=1)[1]
+    time.sleep(0.3)
+    sess.loop_stop()
+    sess.disconnect()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "datalab.cli", "stream", SPINDLE, "--mqtt", "mqtt://127.0.0.1:1883", "--topic", topic,
+           "--rows", "1000", "--seconds", "1", "--client-id", cid, "--idle-exit", "2"]
+    spool = lab / "streams" / "bavaria-spindle" / "spindle-telemetry" / "spool.sqlite"
+
+    def stored() -> int:
+        if not spool.exists():
+            return 0
+        with sqlite3.connect(spool, timeout=10) as db:
+            return db.execute("SELECT count(*) FROM readings").fetchone()[0]
+
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"gw-{uuid.uuid4().hex[:8]}")
+    pub.connect("127.0.0.1", 1883)
+    pub.loop_start()
+
+    def publish(ids: range, wait: bool = True) -> None:
+        for lo in range(ids.start, ids.stop, 250):  # the broker queues at most 1000 per session: keep pace
+            infos = [pub.publish(topic, json.dumps(reading(i)), qos=1) for i in range(lo, min(lo + 250, ids.stop))]
+            for inf in infos:
+                inf.wait_for_publish(10)
+            deadline = time.time() + 30
+            while wait and stored() < min(lo + 250, ids.stop) - 500 and time.time() < deadline:
+                time.sleep(0.02)
+
+    lab_proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        publish(range(0, 5000))
+        while stored() < 5000:  # the broker keeps at most 1000 per offline session (max_queued_messages)
+            time.sleep(0.02)
+        lab_proc.send_signal(signal.SIGKILL)  # the lab dies mid-stream, without closing anything
+        lab_proc.wait(10)
+        publish(range(5000, 5600), wait=False)  # while the lab is down: the broker keeps them for its session
+        publish(range(4500, 4800), wait=False)  # the gateway resends some: duplicates
+        lab_proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while stored() < 5600 and time.time() < deadline:  # the restarted lab drains the broker's queue first
+            time.sleep(0.05)
+        publish(range(5600, 10_000))
+        out, _ = lab_proc.communicate(timeout=120)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        if lab_proc.poll() is None:
+            lab_proc.kill()
+    assert lab_proc.returncode == 0, out.decode()[-2000:]
+    with sqlite3.connect(spool) as db:
+        assert db.execute("SELECT count(*), count(DISTINCT key) FROM readings").fetchone() == (10_000, 10_000)
+        assert db.execute("SELECT count(*) FROM readings WHERE batch IS NULL OR reason IS NOT NULL").fetchone()[0] == 0
+        batches = db.execute("SELECT status, delivery_id, rows FROM batches").fetchall()
+    assert all(s == "closed" for s, _, _ in batches)
+    receipts = [json.loads(p.read_text()) for p in sorted(spool.parent.glob("receipts/*.json"))]
+    assert receipts and all(r["status"] == "accepted" for r in receipts)
+    raw = pl.concat([pl.read_parquet(p) for p in Path(lab / "raw").rglob("*.parquet")])
+    assert len(raw) == 10_000 and raw.select("entity", "time", "sensor").n_unique() == 10_000
