@@ -78,7 +78,7 @@ class MeasurementLayout:
     unit_attribute: str = "units"
     rate_attribute: str = "sample_rate_hz"
     start_attribute: str = "start_time"
-    chunk_samples: int = 1 << 20
+    chunk_samples: int = 1 << 18  # samples per batch: the push holds a few batches (RawWriter queue)
     attributes: tuple[tuple[str, str], ...] = ()  # (attribute property, scalar variable of the file)
 
 
@@ -122,7 +122,7 @@ def build(lay: dict[str, Any]) -> MeasurementLayout:
     return MeasurementLayout(
         format=lay["format"], channels=tuple(chans), entity_value=lay.get("entity_value"), side_files=sides,
         unit_attribute=lay.get("unit_attribute", "units"), rate_attribute=lay.get("rate_attribute", "sample_rate_hz"),
-        start_attribute=lay.get("start_attribute", "start_time"), chunk_samples=int(lay.get("chunk_samples", 1 << 20)),
+        start_attribute=lay.get("start_attribute", "start_time"), chunk_samples=int(lay.get("chunk_samples", 1 << 18)),
         attributes=tuple((k, str(v)) for k, v in (lay.get("attributes") or {}).items()),
     )
 
