@@ -363,6 +363,64 @@ def test_contract_draft_of_each_real_file_lints_and_takes_the_file(lab, realdata
     assert rec.accepted, rec.reasons
 
 
+TEXT_TABLES = ["cmapss/train_FD001.txt", "cmapss/test_FD001.txt", "cmapss/RUL_FD001.txt",
+               "hydraulic/TS1.txt", "hydraulic/VS1.txt", "hydraulic/profile.txt"]
+
+
+@pytest.mark.parametrize("rel", TEXT_TABLES)
+def test_contract_draft_of_real_text_tables(lab, realdata, tmp_path, rel):
+    """Header-less text tables: every column a channel, time the row index; accepted once filled in."""
+    from datalab.measurement.draft import draft
+
+    f = realdata / rel
+    d = draft([f], "acme")
+    sov = next(p for p in d.doc["customProperties"] if p["property"] == "sovereignty")["value"]
+    sov.update(residency=["EEA"], purposes=["research"])
+    d.doc["status"] = "active"
+    path = tmp_path / "draft.yaml"
+    path.write_text(yaml.safe_dump(d.doc, sort_keys=False))
+    assert contract_mod.lint(path) == []
+    rec = push(contract_mod.load(path), [f])
+    assert rec.accepted, rec.reasons
+    assert rec.rows == sum(1 for ln in f.read_text(errors="replace").splitlines() if ln.strip()) * len(d.doc["customProperties"][1]["value"]["channels"])
+
+
+@pytest.mark.parametrize("rel", ["cmapss/readme.txt", "hydraulic/documentation.txt", "cad/stl/busted.STL",
+                                 "cad/step/nist_ftc_11_asme1_rb.stp", "mat/cwru_README.md"])
+def test_contract_draft_refuses_what_is_not_a_table_with_a_reason(realdata, rel):
+    from datalab.measurement.draft import draft
+
+    f = realdata / rel if not rel.startswith("mat/") else realdata / "measurement" / rel
+    with pytest.raises(ValueError) as e:
+        draft([f], "acme")
+    assert f.name in str(e.value) and ("CAD" in str(e.value) or "cannot tell the delimiter" in str(e.value)
+                                       or "no numeric channel" in str(e.value))
+
+
+def test_text_table_without_time_or_entity_joined_to_a_label_side_file(lab, tmp_path):
+    """The semiconductor case: sensor columns only, labels and timestamps in a second file by row number."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "secom.data"
+    vals = rng.normal(size=(12, 30))
+    vals[3, 5] = np.nan
+    data.write_text("\n".join(" ".join("NaN" if np.isnan(x) else f"{x:.4f}" for x in row) for row in vals) + "\n")
+    labels = tmp_path / "secom_labels.data"
+    labels.write_text("".join(f'{1 if i % 5 == 0 else -1} "19/07/2008 12:{i:02d}:00"\n' for i in range(12)))
+    lay = {"format": "text", "header": False, "delimiter": "whitespace", "entity_value": "fab-1",
+           "time": {"base": "column", "column": "labels.stamp", "column_unit": "timestamp", "format": "%d/%m/%Y %H:%M:%S"},
+           "channels": [{"property": f"s{i + 1}", "source": f"c{i + 1}"} for i in range(30)],
+           "side_files": [{"name": "labels", "match": r"_labels\.data$", "header": False, "names": ["pass_fail", "stamp"],
+                           "columns": {"pass_fail": "pass_fail"}}]}
+    c = make_contract(tmp_path, lay, {f"s{i + 1}": "1" for i in range(30)}, attrs={"pass_fail": "integer"})
+    rec = push(c, [data, labels])
+    assert rec.accepted, rec.reasons
+    raw = raw_of(lab, rec)
+    assert len(raw) == 360 and raw["raw_value"].is_nan().sum() == 1
+    s6 = raw.filter(pl.col("sensor") == "s6")
+    assert s6["pass_fail"].to_list()[:6] == [1, -1, -1, -1, -1, 1]
+    assert s6["time"][11] == dt.datetime(2008, 7, 19, 12, 11, tzinfo=dt.UTC)
+
+
 def test_contract_draft_cli_writes_and_lints(lab, realdata, tmp_path):
     from typer.testing import CliRunner
 

@@ -26,6 +26,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "mdf4": ("datalab.measurement.mdf", "READER", "ASAM MDF 4"),
     "parquet": ("datalab.measurement.arrowfile", "READER", "Apache Parquet"),
     "arrow": ("datalab.measurement.arrowfile", "ARROW", "Apache Arrow IPC"),
+    "text": ("datalab.measurement.text", "READER", "delimited text (columns as channels)"),
 }
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

@@ -70,6 +70,8 @@ class MeasurementReader:
         self.side = side or {}
         self.records = 0
         self.fmt = reader_for(self.ml.format)
+        if hasattr(self.fmt, "configured"):  # a reader that takes layout options (text: header, columns)
+            self.fmt = self.fmt.configured(self.ml)
 
     # -- checks -------------------------------------------------------------
 
@@ -340,7 +342,7 @@ def format_problem(layout_format: str | None, sniffed: Any) -> str | None:
     if layout_format is None:
         return (f"the content is {sniffed.label}, but the contract's layout reads delimited text, JSON Lines or "
                 f"Parquet by column name; describe the file with layout.format (e.g. `datalab contract draft FILE`)")
-    if sniffed.format != layout_format:
+    if {"delimited": "text"}.get(sniffed.format, sniffed.format) != layout_format:
         return (f"the contract's layout says {label(layout_format)} (format: {layout_format}), "
                 f"the file holds {describe(sniffed)}")
     return None

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from datalab import units
-from datalab.formats import FileRejected, describe, sniff
+from datalab.formats import FileRejected, describe
 from datalab.measurement import label, reader_for
 from datalab.measurement.base import ChannelInfo, ReadError
 
@@ -40,6 +40,14 @@ def _ident(text: str, taken: set[str]) -> str:
         name, i = f"{base}_{i}", i + 1
     taken.add(name.lower())
     return name
+
+
+def _is_number(x: str) -> bool:
+    try:
+        float(x)
+        return True
+    except ValueError:
+        return False
 
 
 def _slug(text: str) -> str:
@@ -93,19 +101,32 @@ def draft(files: list[Path], tenant: str, product: str | None = None) -> Draft:
         raise ValueError("give at least one sample file")
     notes: list[str] = []
     sniffs = []
+    from datalab.measurement.text import TextReader, sniff_text
+
     for f in files:
+        if f.suffix.lower() in (".stl", ".step", ".stp", ".dxf"):
+            raise ValueError(f"{f.name}: a CAD file: write a CAD contract (kind: cad, docs/cad.md); "
+                             "`contract draft` drafts measurement files and text tables")
         try:
-            sniffs.append(sniff(f, f.name))
+            sniffs.append(sniff_text(f, f.name))
         except FileRejected as e:
             raise ValueError("; ".join(e.reasons)) from e
     fmts = {s.format for s in sniffs}
     if len(fmts) != 1:
         raise ValueError(f"the files hold different formats ({sorted(describe(s) for s in sniffs)}); draft one contract per format")
     fmt = fmts.pop()
-    if fmt not in ("mat", "hdf5", "tdms", "mdf4", "parquet", "arrow"):
+    fmt = "text" if fmt == "delimited" else fmt
+    if fmt not in ("mat", "hdf5", "tdms", "mdf4", "parquet", "arrow", "text"):
         raise ValueError(f"{files[0].name}: {describe(sniffs[0])}: `contract draft` reads measurement files "
-                         "(MATLAB, HDF5, TDMS, MDF 4, Parquet, Arrow); write text layouts by hand (see README)")
+                         "(MATLAB, HDF5, TDMS, MDF 4, Parquet, Arrow) and delimited text")
     reader = reader_for(fmt)
+    text_opts: dict[str, Any] = {}
+    if fmt == "text":  # a header is a first line that is not all numbers
+        first = sniffs[0].sample.split(b"\n", 1)[0].decode("utf-8", "replace")
+        fields = first.split() if sniffs[0].delimiter == "whitespace" else first.split(sniffs[0].delimiter or ",")
+        header = not all(_is_number(x) for x in fields if x.strip())
+        text_opts = {"header": header, "delimiter": sniffs[0].delimiter}
+        reader = TextReader(header=header, delimiter=sniffs[0].delimiter)
     product = _slug(product or files[0].stem)
     taken = {"entity", "time_base", "sample_rate_hz"}
     channels: dict[tuple[str | None, str], tuple[ChannelInfo, float | None, float | None, int]] = {}
@@ -192,7 +213,8 @@ def draft(files: list[Path], tenant: str, product: str | None = None) -> Draft:
         if file_unit is not None:
             entry["file_unit"] = file_unit
         layout_channels.append(entry)
-    layout: dict[str, Any] = {"format": fmt, "entity_value": _slug(files[0].stem), "time": time, "channels": layout_channels}
+    layout: dict[str, Any] = {"format": fmt, **text_opts, "entity_value": _slug(files[0].stem), "time": time,
+                              "channels": layout_channels}
     if scalars:
         layout["attributes"] = {}
         for src in dict.fromkeys(scalars):

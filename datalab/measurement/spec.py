@@ -32,7 +32,7 @@ BASES = ("rate", "index", "column")
 COLUMN_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1, "timestamp": None}
 JOINS = ("row",)  # a join by key is not built yet (docs/measurement.md)
 KEYS = {"format", "entity_value", "time", "channels", "side_files", "unit_attribute",
-        "rate_attribute", "start_attribute", "chunk_samples", "attributes"}
+        "rate_attribute", "start_attribute", "chunk_samples", "attributes", "header", "columns", "delimiter"}
 TIME_ATTR = "time_base"  # attribute properties the reader fills, so the curated table says the time base
 RATE_ATTR = "sample_rate_hz"
 
@@ -80,6 +80,9 @@ class MeasurementLayout:
     start_attribute: str = "start_time"
     chunk_samples: int = 1 << 18  # samples per batch: the push holds a few batches (RawWriter queue)
     attributes: tuple[tuple[str, str], ...] = ()  # (attribute property, scalar variable of the file)
+    header: bool = True  # text: the first line names the columns
+    columns: tuple[str, ...] = ()  # text: the columns' names of a header-less file
+    delimiter: str | None = None  # text: as formats.sniff names it ("," "\t" ";" "|" "whitespace"); None: sniffed
 
 
 def _parse_start(v: Any) -> dt.datetime | None:
@@ -124,6 +127,8 @@ def build(lay: dict[str, Any]) -> MeasurementLayout:
         unit_attribute=lay.get("unit_attribute", "units"), rate_attribute=lay.get("rate_attribute", "sample_rate_hz"),
         start_attribute=lay.get("start_attribute", "start_time"), chunk_samples=int(lay.get("chunk_samples", 1 << 18)),
         attributes=tuple((k, str(v)) for k, v in (lay.get("attributes") or {}).items()),
+        header=bool(lay.get("header", True)), columns=tuple(str(c) for c in lay.get("columns") or ()),
+        delimiter={"\\t": "\t", "tab": "\t", "space": "whitespace"}.get(lay.get("delimiter"), lay.get("delimiter")),
     )
 
 
