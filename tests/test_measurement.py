@@ -284,6 +284,31 @@ def test_side_file_joined_by_row(lab, tmp_path):
     assert not rec.accepted and any("side file 'labels' has 2 rows, channel 's1' 5 samples" in r for r in rec.reasons)
 
 
+def test_side_file_joined_by_key(lab, tmp_path):
+    """Cycle conditions joined to every sample by the data's own cycle channel; unknown and repeated keys reject."""
+    cycles = np.repeat(np.arange(1, 6), 10).astype(np.float64)
+    f = write_hdf5(tmp_path / "rig.h5", {"cycle": (cycles, {}), "temp": (np.linspace(40, 45, 50), {})})
+    cond = tmp_path / "conditions.csv"
+    cond.write_text("cycle,cooler_pct\n" + "".join(f"{c},{100 - c}\n" for c in range(1, 6)))
+    lay = {"format": "hdf5", "entity_value": "rig", "time": {"base": "rate", "sample_rate_hz": 1}, "channels": [{"property": "temp", "source": "temp"}],
+           "side_files": [{"name": "conditions", "match": r"^conditions\.csv$", "join": "key", "key": "cycle",
+                           "data_key": "cycle", "columns": {"cooler_pct": "cooler_pct"}}]}
+    c = make_contract(tmp_path, lay, {"temp": "Cel"}, time_type="integer", attrs={"cooler_pct": "integer"})
+    rec = push(c, [f, cond])
+    assert rec.accepted, rec.reasons
+    raw = raw_of(lab, rec)
+    assert raw["cooler_pct"].to_list() == [100 - int(x) for x in cycles]
+    cond.write_text("cycle,cooler_pct\n1,99\n2,98\n3,97\n")
+    rec = push(c, [f, cond])
+    assert not rec.accepted and "20 key(s) of channel 'cycle' are not in side file 'conditions' (e.g. 4)" in rec.reasons[0]
+    cond.write_text("cycle,cooler_pct\n1,99\n1,98\n2,97\n3,3\n4,4\n5,5\n")
+    rec = push(c, [f, cond])
+    assert not rec.accepted and "key 1 appears 2 times in column 'cycle'" in rec.reasons[0]
+    cond.write_text("cycle,cooler_pct\n1,full\n2,98\n3,97\n4,4\n5,5\n")
+    rec = push(c, [f, cond])
+    assert not rec.accepted and "the value(s) joined to 10 sample(s), from sample 0, are not integer (e.g. 'full')" in rec.reasons[0]
+
+
 def test_layout_lint_names_fields(tmp_path):
     doc_layout = {"format": "tdms", "time": {"base": "index"}, "channels": [{"property": "nope", "source": "x"}]}
     with pytest.raises(Exception) as e:

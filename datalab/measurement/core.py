@@ -69,6 +69,7 @@ class MeasurementReader:
         self.path, self.name, self.problems = path, name, problems
         self.side = side or {}
         self.records = 0
+        self._keyed: dict[str, tuple[ChannelInfo, pl.DataFrame]] = {}
         self.fmt = reader_for(self.ml.format)
         if hasattr(self.fmt, "configured"):  # a reader that takes layout options (text: header, columns)
             self.fmt = self.fmt.configured(self.ml)
@@ -227,16 +228,60 @@ class MeasurementReader:
                                   f"samples at {s.rate:g} Hz = {d:.6g} s, channel of {longest} {dur[longest]:.6g} s: "
                                   "a truncated recording (or a rate the contract gets wrong)")
 
-    def _side_rows(self, series: list[_Series]) -> None:
+    def _side_rows(self, h: Any, series: list[_Series]) -> None:
+        """Row joins: as many rows as samples. Key joins: a key channel as long as each series, unique side keys."""
         for sf in self.ml.side_files:
             frame = self.side.get(sf.name)
-            if frame is None or sf.join != "row":
+            if frame is None:
+                continue
+            if sf.join == "row":
+                for s in series:
+                    if len(frame) != s.info.length:
+                        self.problems.add("side_files", f"side file {sf.name!r} has {len(frame):,} rows, channel "
+                                          f"{s.spec.source!r} {s.info.length:,} samples; joined by row number they "
+                                          "must be as many")
+                continue
+            if sf.key not in frame.columns:
+                self.problems.add("side_files", f"side file {sf.name!r} has no key column {sf.key!r} (it has {frame.columns})")
+                continue
+            try:
+                kinfo = self.fmt.info(h, sf.data_key or "", None, self._attrs())
+            except ReadError as e:
+                self.problems.add("side_files", f"side file {sf.name!r}: key channel: {e}")
+                continue
+            if kinfo is None:
+                self.problems.add("side_files", f"side file {sf.name!r}: the data file has no key channel {sf.data_key!r}")
                 continue
             for s in series:
-                if len(frame) != s.info.length:
-                    self.problems.add("side_files", f"side file {sf.name!r} has {len(frame):,} rows, channel "
-                                      f"{s.spec.source!r} {s.info.length:,} samples; joined by row number they "
-                                      "must be as many")
+                if kinfo.length != s.info.length:
+                    self.problems.add("side_files", f"side file {sf.name!r}: key channel {sf.data_key!r} has "
+                                      f"{kinfo.length:,} values, channel {s.spec.source!r} {s.info.length:,} samples")
+            keys = frame.get_column(sf.key).str.strip_chars().cast(pl.Float64, strict=False)
+            if keys.null_count():
+                self.problems.add("side_files", f"side file {sf.name!r}: {keys.null_count():,} value(s) of key column "
+                                  f"{sf.key!r} are not numbers")
+                continue
+            dup = keys.filter(keys.is_duplicated())
+            if len(dup):
+                self.problems.add("side_files", f"side file {sf.name!r}: key {dup[0]:g} appears {int((keys == dup[0]).sum())} "
+                                  f"times in column {sf.key!r}; a key join needs each key once")
+                continue
+            self._keyed[sf.name] = (kinfo, frame.with_columns(keys.alias("_key")))
+
+    def _join_keys(self, key_iters: dict[str, Iterator[np.ndarray]], s: _Series, a: int) -> dict[str, pl.DataFrame]:
+        """This chunk's side rows per key-joined side file, in sample order; unmatched keys are problems."""
+        out: dict[str, pl.DataFrame] = {}
+        for name, it in key_iters.items():
+            kv = pl.DataFrame({"_key": next(it).astype(np.float64)})
+            j = kv.join(self._keyed[name][1], on="_key", how="left", maintain_order="left")
+            side_cols = [c for c in self._keyed[name][1].columns if c != "_key"]
+            miss = j.filter(pl.col(side_cols[0]).is_null() & pl.col("_key").is_not_null()) if side_cols else j.clear()
+            if len(miss):
+                self.problems.add("side_files", f"channel {s.spec.source!r}, samples from {a:,}: {len(miss):,} key(s) "
+                                  f"of channel {self._keyed[name][0].source!r} are not in side file {name!r} "
+                                  f"(e.g. {miss['_key'][0]:g})")
+            out[name] = j
+        return out
 
     def _scalars(self, h: Any) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -266,7 +311,7 @@ class MeasurementReader:
             return
         try:
             series = self._resolve(h)
-            self._side_rows(series)
+            self._side_rows(h, series)
             scalars = self._scalars(h)
             if self.problems:
                 return
@@ -288,9 +333,11 @@ class MeasurementReader:
         timestamp = self.c.time.logical_type == "timestamp"
         times = s.times() if s.times is not None else None
         factor = COLUMN_UNITS.get(s.spec.time.column_unit)
+        key_iters = {name: iter(self.fmt.chunks(h, kinfo, size)) for name, (kinfo, _) in self._keyed.items()}
         a = 0
         for v in self.fmt.chunks(h, s.info, size):
             n = len(v)
+            joined = self._join_keys(key_iters, s, a)
             idx = np.arange(a, a + n, dtype=np.int64)
             if s.base == "index" or (s.base == "rate" and not timestamp):
                 t = pl.Series("time", idx * s.spec.time.step)
@@ -320,19 +367,40 @@ class MeasurementReader:
                 elif attr.name in scalars:
                     cols[attr.name] = pl.lit(scalars[attr.name])
                 else:
-                    cols[attr.name] = self._side_value(attr.name, a, n)
+                    cols[attr.name] = self._side_value(attr.name, a, n, joined)
             frame = pl.DataFrame({"time": cols.pop("time"), "raw_value": cols.pop("raw_value")})
             frame = frame.with_columns(**{k: (v if isinstance(v, pl.Expr) else pl.Series(k, v)) for k, v in cols.items()})
             self.records += n
             a += n
             yield frame.select(list(schema)).cast(schema)  # type: ignore[arg-type]
 
-    def _side_value(self, attr: str, a: int, n: int) -> Any:
+    def _side_value(self, attr: str, a: int, n: int, joined: dict[str, pl.DataFrame]) -> Any:
         for sf in self.ml.side_files:
             for prop, col in sf.columns:
-                if prop == attr and sf.join == "row" and sf.name in self.side and col in self.side[sf.name].columns:
-                    return self.side[sf.name].get_column(col).slice(a, n)
+                if prop != attr or sf.name not in self.side or col not in self.side[sf.name].columns:
+                    continue
+                if sf.join == "row":
+                    return self._typed_side(attr, sf.name, col, self.side[sf.name].get_column(col).slice(a, n), a)
+                if sf.name in joined:
+                    return self._typed_side(attr, sf.name, col, joined[sf.name].get_column(col), a)
         return pl.lit(None)
+
+    def _typed_side(self, attr: str, side: str, col: str, text: pl.Series, a: int) -> pl.Series:
+        """Side-file text cast to the attribute's type; values that do not cast are problems (never silently null)."""
+        from datalab.readers import VALUE_DTYPES
+
+        want = VALUE_DTYPES[self.c.column(attr).logical_type]
+        clean = text.str.strip_chars()
+        clean = pl.select(pl.when(clean != "").then(clean)).to_series().alias(attr)
+        if want == pl.String:
+            return clean
+        out = clean.cast(pl.Float64, strict=False).cast(want, strict=False) if want == pl.Int64 else clean.cast(want, strict=False)
+        bad = out.is_null() & clean.is_not_null()
+        if bad.any():
+            self.problems.add("side_files", f"side file {side!r}, column {col!r}: the value(s) joined to "
+                              f"{int(bad.sum()):,} sample(s), from sample {a + int(bad.arg_true()[0])}, are not "
+                              f"{self.c.column(attr).logical_type} (e.g. {clean.filter(bad)[0]!r})")
+        return out
 
 
 def format_problem(layout_format: str | None, sniffed: Any) -> str | None:

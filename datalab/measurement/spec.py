@@ -30,7 +30,7 @@ from datalab import units
 
 BASES = ("rate", "index", "column")
 COLUMN_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1, "timestamp": None}
-JOINS = ("row",)  # a join by key is not built yet (docs/measurement.md)
+JOINS = ("row", "key")
 KEYS = {"format", "entity_value", "time", "channels", "side_files", "unit_attribute",
         "rate_attribute", "start_attribute", "chunk_samples", "attributes", "header", "columns", "delimiter"}
 TIME_ATTR = "time_base"  # attribute properties the reader fills, so the curated table says the time base
@@ -199,6 +199,8 @@ def lint(lay: dict[str, Any], props: list[dict[str, Any]], where: str) -> list[s
             p.append(f"{w}.names: a header-less side file needs the names of its columns in order")
         if s.get("join", "row") not in JOINS:
             p.append(f"{w}.join: must be one of {list(JOINS)}")
+        if s.get("join") == "key" and not (s.get("key") and s.get("data_key")):
+            p.append(f"{w}: a key join needs key (the side file's column) and data_key (the data file's channel)")
         for k in (s.get("columns") or {}):
             if k not in by_name or role(by_name[k]) != "attribute":
                 p.append(f"{w}.columns.{k}: not an attribute property of the schema")
