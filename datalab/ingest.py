@@ -128,9 +128,19 @@ def _parse(contract: Contract, delivery_id: str, s: Settings) -> tuple[int, int]
     """Parse the stored files again into the raw table; (rows, records)."""
     out = RawWriter(contract, delivery_id, s)
     records = 0
+    files = landing.stored_files(delivery_id, s)
+    side, side_at = None, {}
+    if contract.layout.measurement is not None and contract.layout.measurement.side_files:
+        # side files are joined to the data files, not read as data
+        from datalab.measurement.sidefiles import split_side
+
+        side, side_at, _ = split_side(contract, [(n, p, sha, 0, False) for n, p, sha in files])
     try:
-        for name, path, _sha in landing.stored_files(delivery_id, s):
+        for i, (name, path, _sha) in enumerate(files):
+            if i in side_at:
+                continue
             reader = TimeseriesReader(contract, path, name, sniff(path, name, contract.layout.delimiter))
+            reader.side = side
             for batch in reader.batches():
                 out.write(batch)
             if reader.problems:

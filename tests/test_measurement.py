@@ -277,6 +277,10 @@ def test_side_file_joined_by_row(lab, tmp_path):
     raw = raw_of(lab, rec).filter(pl.col("sensor") == "s2")
     assert raw["label"].to_list() == [-1, -1, 1, -1, 1]
     assert raw["time"][4] == dt.datetime(2008, 7, 19, 11, 54, tzinfo=dt.UTC)
+    from datalab.ingest import ingest_raw
+
+    assert ingest_raw(c, rec.delivery_id, reparse=True)["rows"] == 10  # parsed again from the stored files
+    assert raw_of(lab, rec).filter(pl.col("sensor") == "s2")["label"].to_list() == [-1, -1, 1, -1, 1]
     rec = push(c, [f])
     assert not rec.accepted and "side file 'labels': the delivery holds 0 file(s)" in rec.reasons[0]
     labels.write_text('-1 "19/07/2008 11:50:00"\n1 "19/07/2008 11:51:00"\n')
