@@ -464,3 +464,30 @@ def test_contract_draft_cli_writes_and_lints(lab, realdata, tmp_path):
     doc = yaml.safe_load(out.read_text())
     lay = doc["customProperties"][1]["value"]
     assert lay["attributes"] == {"X097RPM": "X097RPM"} and [c["source"] for c in lay["channels"]] == ["X097_DE_time", "X097_FE_time"]
+
+
+@pytest.mark.parametrize("fmt", ["mat", "mdf4", "hdf5", "parquet"])
+def test_truncated_file_of_each_format_rejected_with_a_reason(lab, tmp_path, fmt):
+    """A recording cut short (copy interrupted, logger off) is rejected naming the library's finding, never a crash."""
+    import h5py
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import scipy.io
+
+    f = tmp_path / f"x.{ {'mdf4': 'mf4'}.get(fmt, fmt)}"
+    if fmt == "mat":
+        scipy.io.savemat(f, {"a": SINE.reshape(-1, 1), "b": SINE.reshape(-1, 1)})
+    elif fmt == "mdf4":
+        write_mdf(f, [("a", np.arange(1000) / 1000, SINE, "V")], None)
+    elif fmt == "hdf5":
+        with h5py.File(f, "w") as h:
+            h.create_dataset("a", data=np.arange(100_000.0), chunks=(1000,))
+    else:
+        pq.write_table(pa.table({"a": SINE}), f)
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) * 2 // 3])
+    time = {"base": "column", "column": "master", "start": START} if fmt == "mdf4" else {"base": "index"}
+    lay = {"format": fmt, "time": time, "channels": [{"property": "a", "source": "a"}]}
+    rec = push(make_contract(tmp_path, lay, {"a": "V"}, time_type="timestamp" if fmt == "mdf4" else "integer"), [f])
+    assert not rec.accepted
+    assert any(w in rec.reasons[0] for w in ("truncated", "no Parquet footer")), rec.reasons

@@ -25,10 +25,33 @@ class _V5:
         import scipy.io
 
         self.path = path
+        _check_elements(path)
         try:
             self.vars = {n: (shape, cls) for n, shape, cls in scipy.io.whosmat(path)}
         except Exception as e:  # scipy raises ValueError, TypeError, MatReadError on damaged files
             raise ReadError(f"scipy.io cannot read the MAT-file's variables ({e}); truncated or corrupt?") from e
+
+
+def _check_elements(path: Path) -> None:
+    """Walk the v5 file's top-level element tags: one that runs past the end means a truncated file.
+
+    scipy lists a cut variable's header without complaint; only reading it
+    fails, so a variable the contract does not map would hide the damage.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(128)
+        order = "<" if head[126:128] == b"IM" else ">"
+        pos = 128
+        while pos + 8 <= size:
+            f.seek(pos)
+            dtype, n = np.frombuffer(f.read(8), dtype=f"{order}u4")
+            if dtype >> 16:  # small data element: tag and data in 8 bytes
+                pos += 8
+                continue
+            pos += 8 + int(n) + (0 if dtype == 15 else (-int(n)) % 8)  # miCOMPRESSED is not padded
+        if pos > size:
+            raise ReadError(f"the file ends at byte {size:,}, inside a variable that runs to byte {pos:,}: truncated")
 
 
 def _v5_len(shape: tuple[int, ...]) -> int | None:
