@@ -5,7 +5,9 @@ name repeats (``source: {group: 2, channel: ...}``). Each channel group has
 its own master (time) channel in seconds from the header's start time, so
 channels of groups recorded at different rates stay separate series, each
 with the rate measured from its own master. asammdf reads one channel at a
-time; memory is bounded by the longest channel, not by the file.
+time (``iter_get``: one run of the file's data blocks at a time, which for a
+file written in one block is the whole channel); memory is bounded by that,
+not by the file.
 """
 
 from __future__ import annotations
@@ -65,28 +67,30 @@ class MdfReader:
                             "name its group (source: {group: N, channel: ...})")
         return self._info(handle, *found[0])
 
-    def signal(self, handle: Any, ch: ChannelInfo) -> Any:
+    def _signals(self, handle: Any, ch: ChannelInfo) -> Iterator[Any]:
+        """The channel as asammdf's ``iter_get`` gives it: a Signal per run of the file's data blocks."""
         gi, ci = (int(x) for x in (ch.master or "0:0").split(":"))
         try:
-            return handle.get(group=gi, index=ci)
+            yield from handle.iter_get(group=gi, index=ci)
         except Exception as e:
             raise ReadError(f"channel {ch.source!r} of group {gi} cannot be read ({e}); truncated or corrupt?") from e
 
     def chunks(self, handle: Any, ch: ChannelInfo, size: int) -> Iterator[np.ndarray]:
-        sig = self.signal(handle, ch)
-        v = np.asarray(sig.samples)
-        if v.dtype.kind not in "fiub":
-            raise ReadError(f"channel {ch.source!r} holds {v.dtype} values, not numbers (a text or structure channel)")
-        if v.ndim > 1:
-            raise ReadError(f"channel {ch.source!r} holds arrays of shape {v.shape[1:]} per sample, not one number")
-        for a in range(0, len(v), size):
-            yield v[a:a + size]
+        for sig in self._signals(handle, ch):
+            v = np.asarray(sig.samples)
+            if v.dtype.kind not in "fiub":
+                raise ReadError(f"channel {ch.source!r} holds {v.dtype} values, not numbers (a text or structure channel)")
+            if v.ndim > 1:
+                raise ReadError(f"channel {ch.source!r} holds arrays of shape {v.shape[1:]} per sample, not one number")
+            for a in range(0, len(v), size):
+                yield v[a:a + size]
 
     def times(self, handle: Any, ch: ChannelInfo, size: int) -> Iterator[np.ndarray]:
         """The channel's master (seconds from the header's start), in chunks like ``chunks``."""
-        t = np.asarray(self.signal(handle, ch).timestamps, dtype=np.float64)
-        for a in range(0, len(t), size):
-            yield t[a:a + size]
+        for sig in self._signals(handle, ch):
+            t = np.asarray(sig.timestamps, dtype=np.float64)
+            for a in range(0, len(t), size):
+                yield t[a:a + size]
 
     def file_start(self, handle: Any) -> dt.datetime | None:
         """The header's start, only when it carries its zone (a naive one is not an instant)."""
