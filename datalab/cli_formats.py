@@ -61,7 +61,11 @@ def stream(
     from datalab.stream import StreamIngestor, run_mqtt
 
     c = contracts_mod.find(contracts_mod.load_all(settings().contracts_dir), contract)
-    ing = StreamIngestor(c, rows=rows, seconds=seconds, key=key)
+    try:
+        ing = StreamIngestor(c, rows=rows, seconds=seconds, key=key)
+    except ValueError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(2) from None
 
     def show(r: dict) -> None:
         out.print(json.dumps({k: v for k, v in r.items() if k != "rejected_lines"} | {"rejected": len(r["rejected_lines"])}),

@@ -242,7 +242,11 @@ def run_mqtt(ingestor: StreamIngestor, url: str, topic: str, client_id: str | No
 
     client.on_connect = on_connect
     client.on_message = on_message
-    client.connect(u.hostname or "127.0.0.1", u.port or 1883, keepalive=30)
+    try:
+        client.connect(u.hostname or "127.0.0.1", u.port or 1883, keepalive=30)
+    except OSError as e:
+        ingestor.spool.close()
+        raise ConnectionError(f"{url}: the MQTT broker does not answer ({e})") from e
     client.loop_start()
     try:
         for r in ingestor.deliver():  # batches sealed before a restart

@@ -131,3 +131,16 @@ def test_mqtt_10000_readings_with_a_lab_restart_land_exactly_once(lab, tmp_path)
     assert receipts and all(r["status"] == "accepted" for r in receipts)
     raw = pl.concat([pl.read_parquet(p) for p in Path(lab / "raw").rglob("*.parquet")])
     assert len(raw) == 10_000 and raw.select("entity", "time", "sensor").n_unique() == 10_000
+
+
+def test_stream_cli_refuses_a_wrong_contract_and_a_silent_broker(lab):
+    from typer.testing import CliRunner
+
+    from datalab.cli import app
+    from tests.conftest import CMAPSS
+
+    run = CliRunner()
+    res = run.invoke(app, ["stream", CMAPSS, "--mqtt", "mqtt://127.0.0.1:1", "--topic", "t"])
+    assert res.exit_code == 2 and "a stream needs a time-series contract of the long layout" in res.output
+    res = run.invoke(app, ["stream", SPINDLE, "--mqtt", "mqtt://127.0.0.1:1", "--topic", "t"])
+    assert res.exit_code == 1 and "mqtt://127.0.0.1:1: the MQTT broker does not answer" in res.output
