@@ -29,7 +29,7 @@ def contract_draft(
     try:
         d = draft(files, tenant, product)
     except (ValueError, OSError) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     path = to or Path(f"{d.doc['dataProduct']}.yaml")
     path.write_text(yaml.safe_dump(d.doc, sort_keys=False, allow_unicode=True, width=120))
@@ -64,7 +64,7 @@ def stream(
     try:
         ing = StreamIngestor(c, rows=rows, seconds=seconds, key=key)
     except ValueError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
     def show(r: dict) -> None:
@@ -74,7 +74,7 @@ def stream(
     try:
         run_mqtt(ing, mqtt_url, topic, client_id=client_id, idle_exit=idle_exit, on_receipt=show)
     except (ConnectionError, OSError, ValueError) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         pass
