@@ -107,8 +107,10 @@ def test_mqtt_10000_readings_with_a_lab_restart_land_exactly_once(lab, tmp_path)
     lab_proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         publish(range(0, 5000))
-        while stored() < 5000:  # the broker keeps at most 1000 per offline session (max_queued_messages)
-            time.sleep(0.02)
+        deadline = time.time() + 60
+        while stored() < 5000 and lab_proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)  # the broker keeps at most 1000 per offline session (max_queued_messages)
+        assert stored() == 5000, "the lab did not store the first 5,000 readings"
         lab_proc.send_signal(signal.SIGKILL)  # the lab dies mid-stream, without closing anything
         lab_proc.wait(10)
         publish(range(5000, 5600), wait=False)  # while the lab is down: the broker keeps them for its session
