@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -149,3 +150,99 @@ def test_stream_cli_refuses_a_wrong_contract_and_a_silent_broker(lab):
     assert res.exit_code == 2 and "a stream needs a time-series contract of the long layout" in res.output
     res = run.invoke(app, ["stream", SPINDLE, "--mqtt", "mqtt://127.0.0.1:1", "--topic", "t"])
     assert res.exit_code == 1 and "mqtt://127.0.0.1:1: the MQTT broker does not answer" in res.output
+
+
+def test_opcua_changes_while_the_lab_is_down_are_recovered_from_history(lab, contracts):
+    """OPC UA as second transport: a historizing server's changes made while the lab is away land, once each."""
+    pytest.importorskip("asyncua")
+    import asyncio
+    import datetime as dt
+    import threading
+
+    from asyncua import Server, ua
+
+    from datalab.stream import StreamIngestor
+    from datalab.stream_opcua import NodeMap, run_opcua
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"opc.tcp://127.0.0.1:{port}/plc/"
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    def on_server(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+
+    srv = Server()
+    on_server(srv.init())
+    srv.set_endpoint(url)
+
+    async def setup() -> tuple[Any, Any]:
+        idx = await srv.register_namespace("urn:bsw:plc")
+        obj = await srv.nodes.objects.add_object(idx, "M01")
+        temp = await obj.add_variable(idx, "Temp", 20.0)
+        vib = await obj.add_variable(idx, "Vib", 1.0)
+        await srv.start()
+        for v in (temp, vib):
+            await srv.historize_node_data_change(v, period=None, count=100_000)
+        return temp, vib
+
+    temp, vib = on_server(setup())
+    base = dt.datetime.now(dt.UTC)  # source times of the samples: after the initial values, increasing
+
+    async def write(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            ts = base + dt.timedelta(milliseconds=i)
+            for v, x in ((temp, 40 + i / 100), (vib, 1 + i / 1000)):
+                await v.write_value(ua.DataValue(ua.Variant(x, ua.VariantType.Double), SourceTimestamp=ts))
+            if i % 50 == 0:
+                await asyncio.sleep(0.01)
+
+    nodes = [NodeMap.parse(f"{temp.nodeid.to_string()}=BSW-M01/spindle_temp/Cel"),
+             NodeMap.parse(f"{vib.nodeid.to_string()}=BSW-M01/vibration/mm/s")]
+    assert nodes[1] == NodeMap(vib.nodeid.to_string(), "BSW-M01", "vibration", "mm/s")
+    c = contracts[SPINDLE]
+
+    def lab_run(stop: threading.Event | None, idle: float | None) -> threading.Thread:
+        ing = StreamIngestor(c, rows=200, seconds=0.5)
+        th = threading.Thread(target=run_opcua, args=(ing, url, nodes), kwargs={"stop": stop, "idle_exit": idle}, daemon=True)
+        th.start()
+        return th
+
+    spool = lab / "streams" / "bavaria-spindle" / "spindle-telemetry" / "spool.sqlite"
+
+    def stored() -> int:
+        try:
+            with sqlite3.connect(spool, timeout=10) as db:
+                return db.execute("SELECT count(*) FROM readings").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+    try:
+        stop = threading.Event()
+        first = lab_run(stop, None)
+        deadline = time.time() + 20
+        while stored() < 2 and time.time() < deadline:  # subscribed: the two current values arrived
+            time.sleep(0.05)
+        on_server(write(0, 300))
+        while stored() < 602 and time.time() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        first.join(20)
+        on_server(write(300, 600))  # the lab is away
+        second = lab_run(None, 1.5)
+        deadline = time.time() + 20
+        while stored() < 1202 and time.time() < deadline:
+            time.sleep(0.05)
+        on_server(write(600, 700))
+        second.join(30)
+    finally:
+        on_server(srv.stop())
+        loop.call_soon_threadsafe(loop.stop)
+    with sqlite3.connect(spool) as db:
+        assert db.execute("SELECT count(*), count(DISTINCT key) FROM readings").fetchone() == (1402, 1402)
+        assert db.execute("SELECT count(*) FROM readings WHERE batch IS NULL OR reason IS NOT NULL").fetchone()[0] == 0
+    raw = pl.concat([pl.read_parquet(p) for p in Path(lab / "raw").rglob("*.parquet")])
+    assert len(raw) == 1402 and raw.select("entity", "time", "sensor").n_unique() == 1402
+    assert raw.filter(pl.col("sensor") == "vibration")["raw_unit"].unique().to_list() == ["mm/s"]
