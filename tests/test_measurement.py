@@ -16,9 +16,6 @@ from datalab import contract as contract_mod
 from datalab.landing import push
 from tests.conftest import ROOT
 
-pytest.importorskip("h5py")
-pytest.importorskip("nptdms")
-pytest.importorskip("asammdf")
 
 EXAMPLES = ROOT / "data_contracts" / "examples" / "measurement"
 START = "2024-05-01T08:00:00+00:00"

@@ -154,7 +154,6 @@ def test_stream_cli_refuses_a_wrong_contract_and_a_silent_broker(lab):
 
 def test_opcua_changes_while_the_lab_is_down_are_recovered_from_history(lab, contracts):
     """OPC UA as second transport: a historizing server's changes made while the lab is away land, once each."""
-    pytest.importorskip("asyncua")
     import asyncio
     import datetime as dt
     import threading
