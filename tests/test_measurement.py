@@ -16,7 +16,6 @@ from datalab import contract as contract_mod
 from datalab.landing import push
 from tests.conftest import ROOT
 
-
 EXAMPLES = ROOT / "data_contracts" / "examples" / "measurement"
 START = "2024-05-01T08:00:00+00:00"
 SOV = {"residency": ["EEA"], "purposes": ["research"], "classification": "internal", "license": "proprietary",
