@@ -1,8 +1,12 @@
 """The ``datalab`` command: every step of the lab, scriptable.
 
-Exit codes: 0 success; 1 refused or failed (a rejected push, a failed
-validation, a policy refusal); 2 wrong usage or invalid contract. ``push``,
-``list`` and ``show`` take ``--json`` for machines.
+Exit codes (one handler for all commands, ``datalab/cli_errors.py``): 0
+success; 1 refused or failed (a rejected push, a failed validation, a policy
+refusal); 2 wrong usage or invalid contract; 3 not found; 4 a filesystem
+path that cannot be used; 5 the service (``DATALAB_URL``) or catalog does
+not answer; 70 a bug in datalab. An error is one line, "what failed — what
+to do"; ``--debug`` (or ``DATALAB_DEBUG=1``) adds the traceback. Every list
+command takes ``--json`` for machines.
 """
 
 from __future__ import annotations
@@ -12,20 +16,19 @@ import importlib
 import json
 import os
 import shutil
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from datalab import cli_service
+from datalab import cli_errors, cli_service
 from datalab import contract as contracts_mod
 from datalab.config import settings
-from datalab.errors import ContractError, DatalabError, NotFound, PolicyRefused
+from datalab.errors import DatalabError, PolicyRefused
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="datalab: the federated data lab of an AI factory.")
 contract_app = typer.Typer(no_args_is_help=True, help="Data contracts (ODCS v3).")
@@ -51,10 +54,16 @@ def _contracts() -> dict:
     return contracts_mod.load_all(settings().contracts_dir)
 
 
-def _fail(e: Exception) -> None:
-    code = 2 if isinstance(e, ContractError) else 1
-    err.print(f"[bold red]error:[/] {e}", highlight=False)
-    raise typer.Exit(code)
+def _fail(e: BaseException) -> NoReturn:
+    """One line and the exit code of ``e``'s kind (``datalab/cli_errors.py``)."""
+    cli_errors.fail(e, err)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="print the traceback of an error (or set DATALAB_DEBUG=1)")) -> None:
+    """datalab: the federated data lab of an AI factory."""
+    if debug:
+        os.environ["DATALAB_DEBUG"] = "1"
 
 
 @contract_app.command("lint")
@@ -290,16 +299,17 @@ def audit_show(action: str = typer.Option(None), as_json: bool = typer.Option(Fa
 
 @app.command()
 def ui(port: int = typer.Option(3000), host: str = typer.Option("127.0.0.1")) -> None:
-    """Start the Dagster UI on this lab's instance (runs, checks, partitions)."""
+    """Start the Dagster UI on this lab's instance (runs, checks, partitions); stops on SIGTERM or Ctrl-C."""
+    from datalab import ui as ui_mod
+
     s = settings()
+    exe = ui_mod.dagster_exe()
     _pipelines().instance()
-    os.environ["DAGSTER_HOME"] = str(s.dagster_home)
-    os.environ["DATALAB_HOME"] = str(s.home)
+    env = {**os.environ, "DAGSTER_HOME": str(s.dagster_home), "DATALAB_HOME": str(s.home)}
     root = Path(__file__).resolve().parent.parent
-    exe = shutil.which("dagster") or "dagster"
-    out.print(f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={s.dagster_home})")
-    os.chdir(root)
-    os.execvp(exe, [exe, "dev", "-w", str(root / "workspace.yaml"), "-h", host, "-p", str(port)])
+    out.print(f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={s.dagster_home}); Ctrl-C or SIGTERM stops it", highlight=False)
+    rc = ui_mod.run_child([str(exe), "dev", "-w", str(root / "workspace.yaml"), "-h", host, "-p", str(port)], root, env)
+    raise typer.Exit(rc)
 
 
 @app.command()
@@ -333,14 +343,8 @@ cli_service.register(app, audit_app)
 
 
 def main() -> None:
-    try:
-        app()
-    except ContractError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
-        sys.exit(2)
-    except NotFound as e:
-        err.print(f"[bold red]not found:[/] {e}", highlight=False)
-        sys.exit(1)
+    """The console script: every error that escapes a command is reported once, by kind."""
+    cli_errors.run(app)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import json
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -20,9 +20,11 @@ policy_app = typer.Typer(no_args_is_help=True, help="Sovereignty policies: expla
 retention_app = typer.Typer(no_args_is_help=True, help="Retention enforcement (also a daily Dagster schedule).")
 
 
-def _fail(e: Exception) -> None:
-    err.print(f"[bold red]error:[/] {e}", highlight=False, markup=False)
-    raise typer.Exit(1)
+def _fail(e: BaseException) -> NoReturn:
+    """One line by the CLI's error handler (markup rendered, the message escaped)."""
+    from datalab.cli_errors import fail
+
+    fail(e, err)
 
 
 def _hook() -> Any:

@@ -21,6 +21,7 @@ from datalab import contract as contracts_mod
 from datalab import landing, pull, sample
 from datalab.config import settings
 from datalab.errors import PolicyRefused
+from datalab.ui import command_hint
 
 FIRMS = [
     "urn:datalab:bavaria-spindle:spindle-telemetry",
@@ -116,7 +117,7 @@ def run_demo(out: Console, rows: int, real: bool, pipelines: Any) -> None:
     t.add_row("lab home", str(s.home))
     t.add_row("pulled to", str(pulled))
     t.add_row("Data Docs", str(s.data_docs / "index.html"))
-    t.add_row("audit log", "datalab audit show / datalab audit verify")
-    t.add_row("Dagster UI", f"DATALAB_HOME={s.home} datalab ui  (then http://127.0.0.1:3000)")
+    t.add_row("audit log", f"{command_hint()} audit show / {command_hint()} audit verify")
+    t.add_row("Dagster UI", f"DATALAB_HOME={s.home} {command_hint()} ui  (then http://127.0.0.1:3000)")
     t.add_row("seconds", f"{time.perf_counter() - t0:.1f}")
     out.print(t)
