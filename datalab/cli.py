@@ -74,9 +74,9 @@ def contract_lint(files: list[Path] = typer.Argument(..., help="contract YAML fi
         problems = contracts_mod.lint(f)
         if problems:
             bad += 1
-            err.print(f"[red]✗[/] {f}: {len(problems)} problem(s)", highlight=False)
+            err.print(f"[red]✗[/] {f}: {len(problems)} problem(s)", highlight=False, soft_wrap=True)
             for p in problems:
-                err.print(f"    {p}", highlight=False, markup=False)
+                err.print(f"    {p}", highlight=False, markup=False, soft_wrap=True)
         else:
             out.print(f"[green]✓[/] {f}", highlight=False)
     raise typer.Exit(2 if bad else 0)

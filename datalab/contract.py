@@ -223,11 +223,8 @@ def lint_document(doc: Any) -> list[str]:
     """Every problem of a parsed contract document, each with its field path."""
     if not isinstance(doc, dict):
         return ["(document): a contract must be a YAML mapping (ODCS v3 DataContract)"]
-    problems = [
-        f"{_path(e.absolute_path)}: {e.message}"
-        for e in sorted(_odcs_validator().iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
-    ]
-    problems += _lint_lab_rules(doc)
+    schema_errors = sorted(_odcs_validator().iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    problems = _one_per_mistake(schema_errors, _lint_lab_rules(doc))
     if not problems:
         from open_data_contract_standard.model import OpenDataContractStandard
 
@@ -239,6 +236,38 @@ def lint_document(doc: Any) -> list[str]:
     return problems
 
 
+_COMBINATORS = frozenset({"oneOf", "anyOf", "allOf", "if", "then", "else", "not"})
+
+
+def _field(problem: str) -> str:
+    """The field path of a problem line, without the lab's " (name)" notes: ``a[0] (x).b: msg`` -> ``a[0].b``."""
+    return re.sub(r" \([^)]*\)", "", problem.split(": ", 1)[0])
+
+
+def _one_per_mistake(schema_errors: list[Any], lab: list[str]) -> list[str]:
+    """Merge the ODCS JSON-schema pass with the lab's own pass: one problem per mistake.
+
+    Both passes look at the same fields, so one wrong value was reported twice
+    (``version: 1.0 is not of type 'string'`` and ``version: must be a semantic
+    version``). The lab's message names the rule and what to write instead, so
+    where both report a field, the lab's wins; the schema's other messages about
+    one field are dropped after the first, and a combinator failure (``oneOf``
+    ...) above a field the lab already reports is the same mistake seen from
+    its parent.
+    """
+    lab_fields = {_field(p) for p in lab}
+    seen: set[str] = set()
+    out: list[str] = []
+    for e in schema_errors:
+        path = _path(e.absolute_path)
+        below = any(f.startswith(path + ".") or f.startswith(path + "[") for f in lab_fields)
+        if path in lab_fields or path in seen or (below and e.validator in _COMBINATORS):
+            continue
+        seen.add(path)
+        out.append(f"{path}: {e.message}")
+    return out + lab
+
+
 def _lint_lab_rules(doc: dict[str, Any]) -> list[str]:
     p: list[str] = []
     if doc.get("kind") != "DataContract":
@@ -247,7 +276,8 @@ def _lint_lab_rules(doc: dict[str, Any]) -> list[str]:
         p.append(f"apiVersion: datalab reads ODCS v3 contracts, got {doc.get('apiVersion')!r}")
     tenant = doc.get("tenant")
     if not isinstance(tenant, str) or not _SLUG.match(tenant):
-        p.append("tenant: required, the member firm's id (lower-case letters, digits, '-')")
+        p.append("tenant: required, the member firm's id (lower-case letters, digits, '-')"
+                 + (f"; got {tenant!r}" if tenant is not None else ""))
     if not re.match(r"^\d+\.\d+\.\d+$", str(doc.get("version", ""))):
         p.append(f"version: must be a semantic version like 1.0.0, got {doc.get('version')!r}")
     if doc.get("status") not in ("draft", "active", "deprecated", "retired", "proposed"):

@@ -96,3 +96,17 @@ def test_tenant_must_match_folder(tmp_path: Path) -> None:
     (d / "x.yaml").write_text(SRC.read_text())
     with pytest.raises(ContractError, match="does not match its folder"):
         contract.load_all(tmp_path)
+
+
+def test_lint_reports_each_mistake_once(tmp_path: Path) -> None:
+    """Issue 20: the JSON-schema pass and the lab's pass saw the same field; one line per mistake."""
+    def edit(d):
+        d["version"] = 1.0  # wrong type and not a semantic version: one mistake
+        d["status"] = "bogus"
+        d["tenant"] = 12
+        d["schema"][0]["properties"][2]["logicalType"] = "numbr"
+    problems = contract.lint(_broken(tmp_path, edit))
+    fields = [contract._field(p) for p in problems]
+    assert len(problems) == 4 and len(set(fields)) == 4, problems
+    assert {"version", "status", "tenant", "schema[0].properties[2].logicalType"} == set(fields)
+    assert any("(spindle_temp)" in p for p in problems)  # the lab's message, which names the column, wins
