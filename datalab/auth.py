@@ -293,4 +293,4 @@ def clearance_env(p: Principal) -> dict[str, str]:
     team must not clear every consumer of the lab.
     """
     return {"DATALAB_CLEARANCE": "restricted" if "restricted" in p.roles else "confidential",
-            "DATALAB_EXPORT_CLEARED": "1" if "export-cleared" in p.roles else ""}
+            "DATALAB_EXPORT_CLEARED": "1" if "export-cleared" in p.roles else "", "principal": p.name}

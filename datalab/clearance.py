@@ -25,16 +25,30 @@ from datalab.policy import CLASSIFICATIONS, Policy
 DEFAULT_CLEARANCE = "confidential"
 
 
+PRINCIPAL_KEY = "principal"  # set by ``auth.clearance_env``: the clearance is a principal's roles, not an environment
+
+
 def check_clearance(pol: Policy, env: dict[str, str] | None = None) -> None:
+    """Refuse unless the consumer's clearance covers ``pol``; the refusal says how clearance is granted here.
+
+    Locally that is the consumer's own environment; over HTTP it is the
+    principal's roles, which only an admin of the lab grants (issue 20: the
+    message used to tell an HTTP consumer to set an environment variable).
+    """
     env = dict(os.environ) if env is None else env
+    principal = env.get(PRINCIPAL_KEY)
     clearance = (env.get("DATALAB_CLEARANCE") or DEFAULT_CLEARANCE).strip().lower()
     if clearance not in CLASSIFICATIONS:
         raise PolicyRefused("classification", f"DATALAB_CLEARANCE={clearance!r} is not one of {list(CLASSIFICATIONS)}")
     if CLASSIFICATIONS.index(pol.classification) > CLASSIFICATIONS.index(clearance):
         who = ", ".join(pol.sources.get("classification", [])) or "the dataset policy"
+        how = (f"principal {principal!r} lacks the role 'restricted' (an admin of the lab grants it)" if principal
+               else "DATALAB_CLEARANCE")
         raise PolicyRefused("classification", f"the version is {pol.classification} (set by {who}); the consumer's "
-                            f"clearance is {clearance} (DATALAB_CLEARANCE)")
+                            f"clearance is {clearance} ({how})")
     if pol.export_control and env.get("DATALAB_EXPORT_CLEARED", "").strip().lower() not in ("1", "true", "yes"):
         who = ", ".join(pol.sources.get("export_control", [])) or "the dataset policy"
+        how = (f"principal {principal!r} lacks the role 'export-cleared', which only an admin of the lab grants"
+               if principal else "set DATALAB_EXPORT_CLEARED=1 only if it is")
         raise PolicyRefused("export_control", f"the version holds export-controlled content (set by {who}); "
-                            "the consumer is not cleared for it (set DATALAB_EXPORT_CLEARED=1 only if it is)")
+                            f"the consumer is not cleared for it ({how})")

@@ -23,10 +23,10 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-from rich.table import Table
 
 from datalab import cli_errors, cli_service
 from datalab import contract as contracts_mod
+from datalab.cli_table import print_table
 from datalab.config import settings
 from datalab.errors import DatalabError, PolicyRefused
 
@@ -83,12 +83,17 @@ def contract_lint(files: list[Path] = typer.Argument(..., help="contract YAML fi
 
 
 @contract_app.command("list")
-def contract_list() -> None:
+def contract_list(as_json: bool = typer.Option(False, "--json")) -> None:
     """The provider contracts the lab knows."""
-    t = Table("id", "tenant", "kind", "layout", "version", "status", "residency", "purposes")
-    for c in sorted(_contracts().values(), key=lambda c: c.id):
-        t.add_row(c.id, c.tenant, c.kind, c.layout.shape, c.version, c.status, ",".join(c.policy.residency), ",".join(c.policy.purposes))
-    out.print(t)
+    cs = sorted(_contracts().values(), key=lambda c: c.id)
+    if as_json:
+        out.print_json(json.dumps([{"id": c.id, "tenant": c.tenant, "kind": c.kind, "layout": c.layout.shape,
+                                    "version": c.version, "status": c.status, "residency": list(c.policy.residency),
+                                    "purposes": list(c.policy.purposes)} for c in cs]))
+        return
+    print_table(out, ("id", "tenant", "kind", "layout", "version", "status", "residency", "purposes"),
+                ([c.id, c.tenant, c.kind, c.layout.shape, c.version, c.status, ",".join(c.policy.residency),
+                  ",".join(c.policy.purposes)] for c in cs), ids=("id",))
 
 
 @app.command()
@@ -172,17 +177,15 @@ def receipts(
     from datalab import landing
 
     client = cli_service.remote()
-    try:
-        recs = client.receipts(status=status) if client else landing.list_receipts(tenant=tenant, status=status)
-    except DatalabError as e:
-        _fail(e)
+    if not client:
+        cli_service.require_lab()
+    recs = client.receipts(status=status) if client else landing.list_receipts(tenant=tenant, status=status)
     if as_json:
         out.print_json(json.dumps([r.to_dict() for r in recs]))
         return
-    t = Table("delivery", "tenant", "contract", "status", "rows", "bytes", "reasons")
-    for r in recs:
-        t.add_row(r.delivery_id, r.tenant, r.contract_id.split(":")[-1], r.status, f"{r.rows or 0:,}", f"{r.bytes:,}", str(len(r.reasons)))
-    out.print(t)
+    print_table(out, ("delivery", "tenant", "contract", "status", "rows delivered", "bytes", "reasons"),
+                ([r.delivery_id, r.tenant, r.contract_id.split(":")[-1], r.status, f"{r.rows or 0:,}", f"{r.bytes:,}",
+                  str(len(r.reasons))] for r in recs), ids=("delivery",))
 
 
 @app.command()
@@ -218,34 +221,39 @@ def list_cmd(as_json: bool = typer.Option(False, "--json"),
     from datalab.pull import list_datasets
 
     client = cli_service.remote()
-    try:
-        ds = cli_service.remote_list(client, purpose) if client else list_datasets()
-    except DatalabError as e:
-        _fail(e)
+    if not client:
+        cli_service.require_lab()
+    ds = cli_service.remote_list(client, purpose) if client else list_datasets()
     if as_json:
         out.print_json(json.dumps(ds))
         return
-    t = Table("dataset", "latest", "versions")
-    for d in ds:
-        t.add_row(d["dataset"], d["latest"] or "-", ", ".join(f"{v}{' (withdrawn)' if d['status'][v] != 'active' else ''}" for v in d["versions"]))
-    out.print(t)
+    print_table(out, ("dataset", "latest", "versions"),
+                ([d["dataset"], d["latest"] or "-",
+                  ", ".join(f"{v}{' (withdrawn)' if d['status'][v] != 'active' else ''}" for v in d["versions"])]
+                 for d in ds), ids=("dataset", "latest"))
 
 
 @app.command()
-def show(ref: str = typer.Argument(..., help="NAME or NAME@VERSION"), as_json: bool = typer.Option(False, "--json")) -> None:
-    """A version's manifest summary (and its card)."""
+def show(ref: str = typer.Argument(..., help="NAME or NAME@VERSION"), as_json: bool = typer.Option(False, "--json"),
+         purpose: str = typer.Option(None, help="only if this purpose may use the version (required over HTTP)")) -> None:
+    """A version's dataset card (``--json``: its manifest), locally or over DATALAB_URL."""
     from datalab.publish import read_manifest
-    from datalab.pull import parse_ref
+    from datalab.pull import check_policy, parse_ref
 
-    try:
+    client = cli_service.remote()
+    if client:
+        m, card = cli_service.remote_show(client, ref, purpose, as_json)
+    else:
+        cli_service.require_lab()
         name, version = parse_ref(ref)
         m = read_manifest(name, version)
-    except DatalabError as e:
-        _fail(e)
+        if purpose:  # the pull's own check, without pulling: a purpose that may not use it does not see it
+            check_policy(m, purpose, settings())
+        card = None if as_json else (settings().versions / name / m["version"] / "card.md").read_text()
     if as_json:
         out.print_json(json.dumps(m, default=str))
         return
-    out.print((settings().versions / name / m["version"] / "card.md").read_text(), markup=False, highlight=False)
+    out.print(card, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -263,6 +271,7 @@ def pull(
             with _progress() as cb:
                 res = client.pull(ref, purpose, to, progress=cb)
         else:
+            cli_service.require_lab()
             res = pl_.pull(ref, purpose, to)
     except (DatalabError, PolicyRefused) as e:
         _fail(e)
@@ -271,10 +280,15 @@ def pull(
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Recompute the audit log's hash chain."""
+    """Recompute the audit log's hash chain (over DATALAB_URL with an admin token)."""
     from datalab.catalog import Catalog
 
-    problems = Catalog(settings().catalog_url).verify_audit()
+    client = cli_service.remote()
+    if client:
+        problems = client.get_json("/v1/admin/audit/verify")["problems"]
+    else:
+        cli_service.require_lab()
+        problems = Catalog(settings().catalog_url).verify_audit()
     for p in problems:
         err.print(f"[red]✗[/] {p}", highlight=False)
     if not problems:
@@ -284,17 +298,21 @@ def audit_verify() -> None:
 
 @audit_app.command("show")
 def audit_show(action: str = typer.Option(None), as_json: bool = typer.Option(False, "--json")) -> None:
-    """Audit entries (optionally of one action: push, publish, pull, open)."""
+    """Audit entries (optionally of one action: push, publish, pull, open); over DATALAB_URL with an admin token."""
     from datalab.catalog import Catalog
 
-    entries = Catalog(settings().catalog_url).audit_entries(action=action)
+    client = cli_service.remote()
+    if client:
+        rows = cli_service.remote_audit(client, action)
+    else:
+        cli_service.require_lab()
+        rows = [e.__dict__ for e in Catalog(settings().catalog_url).audit_entries(action=action)]
     if as_json:
-        out.print_json(json.dumps([e.__dict__ for e in entries], default=str))
+        out.print_json(json.dumps(rows, default=str))
         return
-    t = Table("seq", "ts", "actor", "action", "subject", "decision")
-    for e in entries:
-        t.add_row(str(e.seq), e.ts[:19], e.actor, e.action, e.subject, e.decision)
-    out.print(t)
+    print_table(out, ("seq", "ts", "actor", "action", "subject", "decision"),
+                ([str(e["seq"]), str(e["ts"])[:19], e["actor"], e["action"], e["subject"], e["decision"]] for e in rows),
+                ids=("seq", "actor", "subject"))
 
 
 @app.command()

@@ -72,9 +72,14 @@ def _os_hint(e: OSError) -> str:
 
 def classify(e: BaseException) -> tuple[int, str, str]:
     """(exit code, what failed, what to do) for an exception that reached the CLI."""
+    msg = str(e).strip()
+    code, what, todo = _classify(e, msg)
+    return code, what, (getattr(e, "hint", None) or todo)
+
+
+def _classify(e: BaseException, msg: str) -> tuple[int, str, str]:
     from datalab.auth import AuthError
 
-    msg = str(e).strip()
     if isinstance(e, ContractError):
         return USAGE, msg, "fix the contract; `datalab contract lint FILE` lists every problem with its field path"
     if isinstance(e, NotFound):

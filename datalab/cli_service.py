@@ -8,13 +8,14 @@ asks ``remote()`` whether to go over HTTP.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
+from datalab.cli_table import print_table
 from datalab.config import settings
 from datalab.errors import DatalabError
 
@@ -28,6 +29,32 @@ def remote() -> Any:
     from datalab.client import from_env
 
     return from_env()
+
+
+def require_lab() -> None:
+    """Refuse to read a lab that does not exist, instead of silently creating an empty one.
+
+    A mistyped ``DATALAB_HOME`` used to give an empty list or "no published
+    version", which reads like data loss; a read command now says which
+    directory it looked in.
+    """
+    s = settings()
+    if not s.home.is_dir():
+        from datalab.errors import NotFound
+
+        e = NotFound(f"no lab at {s.home} (DATALAB_HOME{'' if 'DATALAB_HOME' in os.environ else ' is unset: ./.datalab'})")
+        e.hint = "check DATALAB_HOME (nothing was created), or create a lab with `datalab demo` or a push"
+        raise e
+
+
+def local_only(command: str) -> None:
+    """Say plainly, on stderr, that ``command`` reads the local lab even though DATALAB_URL is set."""
+    url = os.environ.get("DATALAB_URL")
+    if url:
+        _, err, _ = _ui()
+        err.print(f"note: `datalab {command}` is local-only: it reads the lab at {settings().home} "
+                  f"(DATALAB_HOME), not {url}", highlight=False, markup=False, soft_wrap=True)
+    require_lab()
 
 
 def _ui() -> tuple[Any, Any, Any]:
@@ -87,14 +114,14 @@ def principal_list(as_json: bool = typer.Option(False, "--json")) -> None:
     from datalab import auth
 
     out, _, _ = _ui()
+    local_only("principal list")
     ps = auth.list_principals()
     if as_json:
         out.print_json(json.dumps([p.to_dict() for p in ps]))
         return
-    t = Table("name", "kind", "roles", "tenant", "site", "created")
-    for p in ps:
-        t.add_row(p.name, p.kind, ",".join(p.roles), p.tenant or "-", p.site or "-", p.created_at[:19])
-    out.print(t)
+    print_table(out, ("name", "kind", "roles", "tenant", "site", "created"),
+                ([p.name, p.kind, ",".join(p.roles), p.tenant or "-", p.site or "-", p.created_at[:19]] for p in ps),
+                ids=("name",))
 
 
 @token_app.command("create")
@@ -123,15 +150,14 @@ def token_list(principal: str = typer.Option(None), as_json: bool = typer.Option
     from datalab import auth
 
     out, _, _ = _ui()
+    local_only("token list")
     ts = auth.list_tokens(principal)
     if as_json:
         out.print_json(json.dumps([t.to_dict() for t in ts]))
         return
-    t = Table("id", "principal", "label", "created", "expires", "revoked", "active")
-    for x in ts:
-        t.add_row(x.id, x.principal, x.label, x.created_at[:19], x.expires_at[:19], (x.revoked_at or "-")[:19],
-                  "yes" if x.active else "no")
-    out.print(t)
+    print_table(out, ("id", "principal", "label", "created", "expires", "revoked", "active"),
+                ([x.id, x.principal, x.label, x.created_at[:19], x.expires_at[:19], (x.revoked_at or "-")[:19],
+                  "yes" if x.active else "no"] for x in ts), ids=("id", "principal"))
 
 
 @token_app.command("revoke")
@@ -156,6 +182,7 @@ def audit_export(
     from datalab.audit_export import export
 
     out, _, _ = _ui()
+    local_only("audit export")
     summary = export(to, since)
     out.print(f"{summary['entries']} entries ({summary['first_seq']}..{summary['last_seq']}) -> {summary['path']}; "
               f"last hash {summary['last_hash']}", highlight=False)
@@ -188,3 +215,27 @@ def remote_list(client: Any, purpose: str | None) -> list[dict[str, Any]]:
         raise DatalabError("over HTTP, listing needs --purpose (only versions it may reach are shown)")
     return [{"dataset": d["dataset"], "versions": [v["version"] for v in d["versions"]], "latest": d["latest"],
              "status": {v["version"]: v["status"] for v in d["versions"]}} for d in client.datasets(purpose)]
+
+
+def remote_show(client: Any, ref: str, purpose: str | None, as_json: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """(manifest, None) with ``--json``, else (None, card text), over HTTP for ``purpose``."""
+    if not purpose:
+        raise DatalabError("over HTTP, show needs --purpose P (a version is shown only for a purpose that may reach it)")
+    name, _, version = ref.partition("@")
+    base = f"/v1/datasets/{name}/versions/{version or 'latest'}"
+    if as_json:
+        return client.get_json(f"{base}/manifest", purpose=purpose), None
+    r = client._check(client.http.get(f"{base}/card", params={"purpose": purpose}))
+    return None, r.text
+
+
+def remote_audit(client: Any, action: str | None) -> list[dict[str, Any]]:
+    """Every audit entry of the remote lab (an admin token), page by page."""
+    got: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = client.get_json("/v1/admin/audit", after=after, limit=5000, action=action)
+        got += page
+        if len(page) < 5000:
+            return got
+        after = page[-1]["seq"]

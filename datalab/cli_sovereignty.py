@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
+from datalab.cli_service import local_only
 from datalab.errors import DatalabError
 
 out = Console()
@@ -48,6 +49,7 @@ def policy_explain(ref: str = typer.Argument(..., help="NAME@VERSION"), as_json:
     from datalab.pull import parse_ref
 
     try:
+        local_only("policy explain")
         name, version = parse_ref(ref)
         x = sovereignty.explain(name, version)
     except DatalabError as e:
@@ -91,6 +93,7 @@ def diff(a: str = typer.Argument(..., help="NAME@A"), b: str = typer.Argument(..
     from datalab.pull import parse_ref
 
     try:
+        local_only("diff")
         na, va = parse_ref(a)
         nb, vb = parse_ref(b)
         if na != nb or not va or not vb:

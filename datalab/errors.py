@@ -8,7 +8,13 @@ from __future__ import annotations
 
 
 class DatalabError(Exception):
-    """Base class: the message is meant for the person who ran the command."""
+    """Base class: the message is meant for the person who ran the command.
+
+    ``hint``, when set, is what to do about it; the CLI prints it after the
+    message ("what failed — what to do") instead of its default for the kind.
+    """
+
+    hint: str | None = None
 
 
 class ContractError(DatalabError):
