@@ -162,7 +162,8 @@ def _print_receipt(rec: Any) -> None:
     colour = "green" if rec.accepted else "red"
     dup = " (already received: same bytes, same contract)" if rec.duplicate else ""
     out.print(f"[{colour}]{rec.status.upper()}[/] delivery {rec.delivery_id}{dup}", highlight=False)
-    out.print(f"  contract {rec.contract_id} v{rec.contract_version}; {len(rec.files)} file(s), {rec.bytes:,} bytes, {rec.rows or 0:,} rows", highlight=False)
+    out.print(f"  contract {rec.contract_id} v{rec.contract_version}; {len(rec.files)} file(s), {rec.bytes:,} bytes, {rec.rows or 0:,} rows delivered "
+              "(file rows; the card counts readings, one per sensor value)", highlight=False)
     for f in rec.files:
         out.print(f"  {f.name}: sha256 {f.sha256} {f.bytes:,} B {f.format or ''}", highlight=False)
     for r in rec.reasons:
@@ -209,7 +210,7 @@ def publish(name: str) -> None:
     except DatalabError as e:
         _fail(e)
     if md.get("new_version"):
-        out.print(f"[green]published[/] {name}@{md['version']}: {md['why']}; {md['rows']:,} rows", highlight=False)
+        out.print(f"[green]published[/] {name}@{md['version']}: {md['why']}; {md['rows']:,} rows of the published table (readings, or CAD files)", highlight=False)
     else:
         out.print(f"{name}: {md.get('why')}", highlight=False)
 
@@ -275,7 +276,7 @@ def pull(
             res = pl_.pull(ref, purpose, to)
     except (DatalabError, PolicyRefused) as e:
         _fail(e)
-    out.print(f"[green]pulled[/] {res.dataset}@{res.version}: {res.rows:,} rows, {len(res.files)} file(s), checksums verified -> {res.directory}", highlight=False)
+    out.print(f"[green]pulled[/] {res.dataset}@{res.version}: {res.rows:,} table rows, {len(res.files)} file(s), checksums verified -> {res.directory}", highlight=False)
 
 
 @audit_app.command("verify")

@@ -308,7 +308,7 @@ def render_markdown(m: dict[str, Any], f: dict[str, Any], contracts: dict[str, C
     L: list[str] = [f"# {m['title']} — version {m['version']}", "", m.get("description") or "", "",
                     f"Dataset `{m['dataset']}@{m['version']}` ({m['version_reason']}), published {m['created_at']} to site "
                     f"**{m['site']['name']}** ({m['site']['country']}, {m['site'].get('operator', '')}). "
-                    f"**{f['rows']:,} rows** from {len(f['firms'])} firm(s), {len(f['machines'])} machine(s), {len(f['sensors'])} sensor series kind(s), "
+                    f"**{f['rows']:,} rows** (readings: one row per sensor value; a delivery's receipt counts its file rows) from {len(f['firms'])} firm(s), {len(f['machines'])} machine(s), {len(f['sensors'])} sensor series kind(s), "
                     f"in {len(m['files'])} Parquet file(s).", ""]
     L += ["## Usage policy (effective)", *_policy_words(m["policy"]), "",
           f"Explain every field and its source: `datalab policy explain {m['dataset']}@{m['version']}`.", ""]
@@ -331,7 +331,9 @@ def render_markdown(m: dict[str, Any], f: dict[str, Any], contracts: dict[str, C
           "personal attributes pseudonymised; every other defect kept and flagged.",
           "4. Validation: Great Expectations suites derived from the contract, blocking.",
           "5. Publishing: inputs combined, policy checked, rows written to Iceberg.", ""]
-    L += _table(["delivery", "rows in", "rows out", "duplicates removed", "values converted", *[FLAG_WORDS[k] for k in FLAGS]],
+    L += ["Counts are readings (rows of the long table); a wide file row holds one reading per sensor, so a "
+          "receipt's \"rows delivered\" can be fewer.", ""]
+    L += _table(["delivery", "readings in", "readings out", "duplicates removed", "values converted", *[FLAG_WORDS[k] for k in FLAGS]],
                 [[d, st.get("rows_in") or 0, st.get("rows_out") or 0, st.get("exact_duplicates_removed") or 0, st.get("values_converted") or 0,
                   *[st.get(k) or 0 for k in FLAGS]] for d, st in m["curation"].items()])
     L += ["", "## Validation"]

@@ -70,18 +70,18 @@ def run_demo(out: Console, rows: int, real: bool, pipelines: Any) -> None:
             receipts += push_cad(cs, rd / "cad")
     for r in receipts:
         mark = "[green]accepted[/]" if r.accepted else "[red]rejected[/]"
-        out.print(f"{mark} {r.delivery_id} {r.contract_id.split(':')[-1]}: {r.rows or 0:,} rows{' (duplicate)' if r.duplicate else ''}")
+        out.print(f"{mark} {r.delivery_id} {r.contract_id.split(':')[-1]}: {r.rows or 0:,} rows delivered{' (duplicate)' if r.duplicate else ''}")
         for why in r.reasons:
             out.print(f"    reason: {why}", markup=False, highlight=False)
     out.rule("2. Dagster: ingest, curate, validate (in-process)")
     runs = pipelines.run_pending(on_event=lambda x: out.print(f"  {'✓' if x.validation_ok else '✗'} {x.delivery_id} {x.contract_id.split(':')[-1]}: {x.message}"))
     out.rule("3. publish")
     v1 = pipelines.publish("plant-telemetry")
-    out.print(f"plant-telemetry@{v1['version']}: {v1['why']}, {v1['rows']:,} rows; residency {v1['residency']}; purposes {v1['purposes']}")
+    out.print(f"plant-telemetry@{v1['version']}: {v1['why']}, {v1['rows']:,} readings; residency {v1['residency']}; purposes {v1['purposes']}")
     if real and _real_dir():
         for name in ("turbofan-cmapss", "hydraulic-rig"):
             m = pipelines.publish(name)
-            out.print(f"{name}@{m['version']}: {m['rows']:,} rows")
+            out.print(f"{name}@{m['version']}: {m['rows']:,} readings")
         if (_real_dir() / "cad").is_dir():
             from datalab.cad.demo import publish_and_pull_cad
 
@@ -94,17 +94,17 @@ def run_demo(out: Console, rows: int, real: bool, pipelines: Any) -> None:
         p = sample.write(gen, work / f"{c.product}-batch2.csv")
         r = landing.push(c, [p], actor=f"firm:{c.tenant}")
         receipts.append(r)
-        out.print(f"{'accepted' if r.accepted else 'rejected'} {r.delivery_id} {c.product}: {r.rows:,} rows")
+        out.print(f"{'accepted' if r.accepted else 'rejected'} {r.delivery_id} {c.product}: {r.rows:,} rows delivered")
     runs += pipelines.run_pending(on_event=lambda x: out.print(f"  {'✓' if x.validation_ok else '✗'} {x.delivery_id}: {x.message}"))
     v2 = pipelines.publish("plant-telemetry")
-    out.print(f"plant-telemetry@{v2['version']}: {v2['why']}, {v2['rows']:,} rows")
+    out.print(f"plant-telemetry@{v2['version']}: {v2['why']}, {v2['rows']:,} readings")
     out.rule("5. an ML team pulls")
     pulled = s.home / "pulled"
     results = []
     for v in (v1["version"], v2["version"]):
         res = pull.pull(f"plant-telemetry@{v}", "predictive-maintenance", pulled, actor="team:ml-maintenance")
         results.append(res)
-        out.print(f"[green]pulled[/] plant-telemetry@{v} for predictive-maintenance: {res.rows:,} rows -> {res.directory}")
+        out.print(f"[green]pulled[/] plant-telemetry@{v} for predictive-maintenance: {res.rows:,} readings -> {res.directory}")
     try:
         pull.pull(f"plant-telemetry@{v2['version']}", "model-training", pulled, actor="team:ml-foundation")
     except PolicyRefused as e:
@@ -113,7 +113,7 @@ def run_demo(out: Console, rows: int, real: bool, pipelines: Any) -> None:
     t = Table("", "value")
     t.add_row("deliveries accepted / rejected", f"{sum(r.accepted for r in receipts)} / {sum(not r.accepted for r in receipts)}")
     t.add_row("deliveries validated / failed", f"{sum(bool(r.validation_ok) for r in runs)} / {sum(not r.validation_ok for r in runs)}")
-    t.add_row("plant-telemetry versions", f"{v1['version']} ({v1['rows']:,} rows), {v2['version']} ({v2['rows']:,} rows)")
+    t.add_row("plant-telemetry versions", f"{v1['version']} ({v1['rows']:,} readings), {v2['version']} ({v2['rows']:,} readings)")
     t.add_row("lab home", str(s.home))
     t.add_row("pulled to", str(pulled))
     t.add_row("Data Docs", str(s.data_docs / "index.html"))
