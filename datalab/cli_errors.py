@@ -31,7 +31,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from datalab.errors import ContractError, DatalabError, IntegrityError, NotFound, PolicyRefused
+from datalab.errors import (
+    ContractError,
+    DatalabError,
+    IntegrityError,
+    NotFound,
+    PolicyRefused,
+    UsageError,
+)
 
 OK, REFUSED, USAGE, NOT_FOUND, FILESYSTEM, UNREACHABLE, BUG = 0, 1, 2, 3, 4, 5, 70
 INTERRUPTED = 130
@@ -82,6 +89,8 @@ def _classify(e: BaseException, msg: str) -> tuple[int, str, str]:
 
     if isinstance(e, ContractError):
         return USAGE, msg, "fix the contract; `datalab contract lint FILE` lists every problem with its field path"
+    if isinstance(e, UsageError):
+        return USAGE, msg, "see `datalab COMMAND --help`"
     if isinstance(e, NotFound):
         return NOT_FOUND, msg or "not found", "check the name (`datalab list`, `datalab contract list`)"
     if isinstance(e, PolicyRefused):

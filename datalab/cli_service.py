@@ -17,7 +17,7 @@ import typer
 
 from datalab.cli_table import print_table
 from datalab.config import settings
-from datalab.errors import DatalabError
+from datalab.errors import DatalabError, UsageError
 
 MAX_HEAD_BYTES = 32 << 10
 token_app = typer.Typer(no_args_is_help=True, help="API tokens of the lab service (stored hashed).")
@@ -212,7 +212,7 @@ def remote_push(client: Any, contract: str, files: list[Path], progress: Any) ->
 
 def remote_list(client: Any, purpose: str | None) -> list[dict[str, Any]]:
     if not purpose:
-        raise DatalabError("over HTTP, listing needs --purpose (only versions it may reach are shown)")
+        raise UsageError("over HTTP, listing needs --purpose (only versions it may reach are shown)")
     return [{"dataset": d["dataset"], "versions": [v["version"] for v in d["versions"]], "latest": d["latest"],
              "status": {v["version"]: v["status"] for v in d["versions"]}} for d in client.datasets(purpose)]
 
@@ -220,7 +220,7 @@ def remote_list(client: Any, purpose: str | None) -> list[dict[str, Any]]:
 def remote_show(client: Any, ref: str, purpose: str | None, as_json: bool) -> tuple[dict[str, Any] | None, str | None]:
     """(manifest, None) with ``--json``, else (None, card text), over HTTP for ``purpose``."""
     if not purpose:
-        raise DatalabError("over HTTP, show needs --purpose P (a version is shown only for a purpose that may reach it)")
+        raise UsageError("over HTTP, show needs --purpose P (a version is shown only for a purpose that may reach it)")
     name, _, version = ref.partition("@")
     base = f"/v1/datasets/{name}/versions/{version or 'latest'}"
     if as_json:

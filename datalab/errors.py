@@ -27,6 +27,10 @@ class ContractError(DatalabError):
         super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
 
 
+class UsageError(DatalabError):
+    """The command was given something it cannot work with (a wrong kind of contract, a missing option)."""
+
+
 class PolicyRefused(DatalabError):
     """The sovereignty policy forbids the request; names the rule and input."""
 
