@@ -9,17 +9,24 @@ from datalab import publish
 from datalab.contract import Contract
 from datalab.datasets import DatasetSpec
 
+VERIFY_CHECK = "version_verifies"
+
 
 def build_dataset_asset(spec: DatasetSpec, contracts: dict[str, Contract]) -> dg.AssetsDefinition:
     deps = [dg.AssetKey([*key_prefix(contracts[c]), "curated"]) for c in spec.inputs]
+    key = dg.AssetKey(["datasets", spec.name.replace("-", "_")])
 
     @dg.asset(
-        key=dg.AssetKey(["datasets", spec.name.replace("-", "_")]),
+        key=key,
         deps=deps,
         group_name="datasets",
         description=f"{spec.title}: Iceberg table with semantic versions, manifest and card (site {spec.site}).",
         kinds={"iceberg", "parquet"},
         tags={"site": spec.site},
+        check_specs=[dg.AssetCheckSpec(
+            VERIFY_CHECK, asset=key, blocking=True,
+            description="the version's data files, CAD files and thumbnails match the manifest's SHA-256 and "
+                        "sizes, and its row counts add up (files, per contract, total)")],
     )
     def dataset(context: AssetExecutionContext) -> dg.MaterializeResult:
         res = publish.publish(spec.name, actor="dagster")
@@ -41,7 +48,7 @@ def build_dataset_asset(spec: DatasetSpec, contracts: dict[str, Contract]) -> dg
             "excluded_deliveries": len(m["lineage"]["excluded"]),
             "publish_seconds": dg.MetadataValue.float(m["seconds"]),
             **_card_metadata(spec.name, m),
-        })
+        }, check_results=[_verify_check(spec.name, m["version"])])
 
     return dataset
 
@@ -54,8 +61,22 @@ def _card_metadata(name: str, m: dict) -> dict:
     card = vdir / "card.md"
     if not card.exists():
         return {}
+    from datalab.version_check import card_with_inline_images
+
     return {
-        "card": dg.MetadataValue.md(card.read_text()),
+        # the plots and thumbnails inline (data URIs): the UI has no base directory for relative links
+        "card": dg.MetadataValue.md(card_with_inline_images(name, m) or card.read_text()),
         "card_html": dg.MetadataValue.path(str(vdir / "card.html")),
         "datasheet_warnings": dg.MetadataValue.int((m.get("datasheet") or {}).get("warnings", 0)),
     }
+
+
+def _verify_check(name: str, version: str) -> dg.AssetCheckResult:
+    """The asset check: the published version verifies against its manifest (``datalab.version_check``)."""
+    from datalab.version_check import verify
+
+    problems, facts = verify(name, version)
+    return dg.AssetCheckResult(
+        check_name=VERIFY_CHECK, passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
+        metadata={**{k: (dg.MetadataValue.int(v) if isinstance(v, int) else v) for k, v in facts.items()},
+                  "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none")})
