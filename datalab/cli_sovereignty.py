@@ -61,7 +61,7 @@ def policy_explain(ref: str = typer.Argument(..., help="NAME@VERSION"), as_json:
 
 
 @policy_app.command("purposes")
-def policy_purposes() -> None:
+def policy_purposes(as_json: bool = typer.Option(False, "--json")) -> None:
     """The purpose vocabulary (data_contracts/purposes.yaml) with its hierarchy."""
     from datalab import purposes
 
@@ -69,6 +69,10 @@ def policy_purposes() -> None:
         v = purposes.load()
     except DatalabError as e:
         _fail(e)
+    if as_json:
+        out.print_json(json.dumps({"version": v.version, "path": str(v.path), "purposes": [
+            {"purpose": p, "parent": v.parents[p], "description": v.descriptions[p]} for p in sorted(v.parents)]}))
+        return
     out.print(f"purpose vocabulary v{v.version} ({v.path})", markup=False, highlight=False, soft_wrap=True)
     for p in sorted(v.parents):
         out.print(f"{'  ' * p.count('.')}{p}: {v.descriptions[p]}", markup=False, highlight=False, soft_wrap=True)

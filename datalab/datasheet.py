@@ -53,12 +53,10 @@ SHIPPED = ("card.md", "card.html", "datasheet.json", *PLOTS)
 
 
 def _firm_label(c: Contract, s: Settings) -> str:
-    """Firms are named when their data is public or internal, else pseudonymised."""
-    if c.policy.classification in ("public", "internal"):
-        return c.tenant
-    from datalab.pseudonym import key, pseudonym
+    """Firms are named when their data is public or internal, else pseudonymised (``datalab.firm_names``)."""
+    from datalab import firm_names
 
-    return "firm-" + pseudonym(key(s), "datasheet:firm", c.tenant)[3:11]
+    return firm_names.label(c, s)
 
 
 # Operating condition: the shift of the reading's hour, as a small integer on
@@ -508,10 +506,10 @@ def plots(vdir: Path, m: dict[str, Any], f: dict[str, Any], lf: pl.LazyFrame, s:
 
 
 def mask(text: str, masks: dict[str, str]) -> str:
-    """Replace the names of firms that may not be named (also inside contract ids)."""
-    for tenant, label in masks.items():
-        text = text.replace(tenant, label)
-    return text
+    """Replace the names of firms that may not be named (also inside contract ids), their machines and licences."""
+    from datalab import firm_names
+
+    return firm_names.apply(text, masks)
 
 
 def write(vdir: Path, m: dict[str, Any], contracts: dict[str, Contract], lf: pl.LazyFrame, s: Settings,
@@ -521,9 +519,12 @@ def write(vdir: Path, m: dict[str, Any], contracts: dict[str, Contract], lf: pl.
     ``passes``: the row passes, run or running (:func:`start_row_passes`);
     run here if not given.
     """
+    from datalab import firm_names
+
     used = [contracts[c["id"]] for c in m["lineage"]["contracts"] if c["id"] in contracts]
-    masks = {c.tenant: _firm_label(c, s) for c in used if _firm_label(c, s) != c.tenant}
+    masks = firm_names.masks_for(used, s)
     if m.get("cad"):
+        firm_names.save(vdir, masks)
         return _write_cad(vdir, m, contracts, masks)
     # matplotlib's import (0.2-0.8 s) runs on a thread while the row passes
     # finish (Polars, GIL released) and facts are put together; plots()
@@ -532,6 +533,9 @@ def write(vdir: Path, m: dict[str, Any], contracts: dict[str, Contract], lf: pl.
     importer.start()
     passes = passes.result() if isinstance(passes, PendingPasses) else (passes or row_passes(m, lf))
     f = facts(m, contracts, lf, s, passes)
+    tenant_of = {_firm_label(c, s): c.tenant for c in used}  # the facts name firms by their label already
+    masks = firm_names.masks_for(used, s, ((tenant_of.get(r["firm"], ""), str(r["entity"])) for r in f["machines"]))
+    firm_names.save(vdir, masks)
     (vdir / "datasheet.json").write_text(mask(json.dumps(f, indent=2, default=str), masks))
     importer.join()
     plots(vdir, m, f, lf, s, passes)

@@ -134,7 +134,10 @@ def pull(ref: str, purpose: str | None, to: Path, actor: str | None = None, s: S
         catalog.audit(actor, "pull", f"{name}@{m['version']}", "failed", {"purpose": purpose, "reason": str(e)})
         shutil.rmtree(out, ignore_errors=True)
         raise IntegrityError(str(e)) from e
-    (out / "manifest.json").write_text(json.dumps(m, indent=2, default=str))
+    # the consumer's copy of the manifest names masked firms by their pseudonym (datalab/firm_names.py)
+    from datalab.firm_names import consumer_manifest
+
+    (out / "manifest.json").write_text(json.dumps(consumer_manifest(m, s), indent=2, default=str))
     ship_datasheet(s.versions / name / m["version"], out)
     catalog.audit(actor, "pull", f"{name}@{m['version']}", "allowed", {
         "purpose": purpose, "files": len(files), "rows": m["rows"], "to": str(out)})

@@ -301,7 +301,14 @@ def test_demo_dataset_datasheet_matches_the_table(mlab: Path) -> None:
     pseudo = [k for k, v in labels.items() if v == "pseudonymised"]
     assert len(pseudo) == 1 and pseudo[0].startswith("firm-") and "bavaria" not in (vdir / "card.md").read_text()
     assert "bavaria" not in (vdir / "card.html").read_text() and "bavaria" not in (vdir / "datasheet.json").read_text()
-    df = df.with_columns(pl.col("contract_id").str.replace("bavaria-spindle", pseudo[0], literal=True))
+    # issue 20: the firm's machine ids and its own licence name it too; a consumer sees neither
+    for text in ((vdir / "card.md").read_text(), (vdir / "datasheet.json").read_text()):
+        assert "BSW-M0" not in text and "LicenseRef-BSW" not in text
+    assert f"LicenseRef-{pseudo[0]}-1" in (vdir / "card.md").read_text()
+    masks = json.loads((vdir / "firm_masks.json").read_text())
+    assert masks["bavaria-spindle"] == pseudo[0] and masks["BSW-M01"].startswith("machine-")
+    df = df.with_columns(pl.col("contract_id").str.replace("bavaria-spindle", pseudo[0], literal=True),
+                         pl.col("entity").replace(masks))
     per_tenant = dict(df.group_by("tenant").agg(pl.len()).iter_rows())
     assert sorted(x["rows"] for x in f["firms"]) == sorted(per_tenant.values())
     assert sum(x["share"] for x in f["firm_shares"]) == pytest.approx(1.0, abs=1e-3)

@@ -22,6 +22,7 @@ from datalab import auth, datasets, datasheet, landing
 from datalab import catalog as cat
 from datalab.config import Settings, settings
 from datalab.errors import NotFound, PolicyRefused
+from datalab.firm_names import consumer_manifest, consumer_message
 from datalab.publish import list_versions, read_manifest
 from datalab.pull import authorise, check_policy
 from datalab.service.deps import ApiError, need
@@ -44,9 +45,9 @@ def _authorised(name: str, version: str, purpose: str, p: auth.Principal) -> tup
     try:
         return authorise(name, version, purpose, p.actor, s, auth.clearance_env(p)), s
     except NotFound as e:
-        raise ApiError(404, str(e), audited=True) from None  # authorise audited it
-    except PolicyRefused as e:
-        raise ApiError(403, str(e), audited=True) from None
+        raise ApiError(404, consumer_message(str(e), name, version, s), audited=True) from None  # authorise audited it
+    except PolicyRefused as e:  # the rule's message names the inputs that set it: masked firms by their pseudonym
+        raise ApiError(403, consumer_message(str(e), name, version, s), audited=True) from None
 
 
 @router.get("", summary="Datasets and the versions the declared purpose may reach from the caller's site")
@@ -76,7 +77,7 @@ def manifest(name: str = NAME, version: str = VERSION, purpose: str = PURPOSE,
     cat.Catalog(s.catalog_url).audit(p.actor, "pull", f"{name}@{m['version']}", "allowed",
                                      {"purpose": purpose, "site": p.site, "what": "manifest",
                                       "files": len(m["files"]), "rows": m["rows"]})
-    return m
+    return consumer_manifest(m, s)
 
 
 @router.get("/{name}/versions/{version}/card", summary="A version's dataset card (Markdown)",
