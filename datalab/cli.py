@@ -115,8 +115,8 @@ def sample(
         paths = smp.cli_generate(c, rows, seed, out_dir, files=files, fmt=fmt, defects=smp.Defects.none() if clean else None)
     except (DatalabError, ValueError) as e:
         _fail(e)
-    for p in paths:
-        out.print(str(p))
+    for p in paths:  # whole paths, one per line, never wrapped: they are pasted into `push`
+        out.print(str(p), soft_wrap=True, highlight=False, markup=False)
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ from datalab.errors import (
     ContractError,
     DatalabError,
     IntegrityError,
+    MissingFile,
     NotFound,
     PolicyRefused,
     UsageError,
@@ -91,6 +92,8 @@ def _classify(e: BaseException, msg: str) -> tuple[int, str, str]:
         return USAGE, msg, "fix the contract; `datalab contract lint FILE` lists every problem with its field path"
     if isinstance(e, UsageError):
         return USAGE, msg, "see `datalab COMMAND --help`"
+    if isinstance(e, MissingFile):
+        return FILESYSTEM, msg, "check the path"
     if isinstance(e, NotFound):
         return NOT_FOUND, msg or "not found", "check the name (`datalab list`, `datalab contract list`)"
     if isinstance(e, PolicyRefused):
@@ -133,17 +136,23 @@ def _remote_status(e: BaseException) -> int | None:
     return e.status if isinstance(e, RemoteError) else None
 
 
-def message(e: BaseException) -> tuple[int, str]:
-    """(exit code, the one line) for ``e``."""
+def message(e: BaseException, expected: bool = False) -> tuple[int, str]:
+    """(exit code, the one line) for ``e``.
+
+    ``expected``: a command caught ``e`` on purpose (a ``ValueError`` from
+    parsing what the user gave, say), so it is the user's input, not a bug.
+    """
     code, what, todo = classify(e)
+    if expected and code == BUG:
+        code, what, todo = (USAGE if isinstance(e, ValueError) else REFUSED), str(e).strip(), "see `datalab COMMAND --help`"
     what = what.replace("\n", "; ") if not isinstance(e, ContractError) else what
     return code, f"{what} — {todo}"
 
 
-def report(e: BaseException, console: Console | None = None) -> int:
+def report(e: BaseException, console: Console | None = None, expected: bool = False) -> int:
     """Print ``e`` as the CLI shows it (the traceback first, with --debug) and return its exit code."""
     c = console or err
-    code, line = message(e)
+    code, line = message(e, expected)
     if debug():
         traceback.print_exception(e, file=sys.stderr)
     label = "internal error" if code == BUG else "error"
@@ -153,7 +162,7 @@ def report(e: BaseException, console: Console | None = None) -> int:
 
 def fail(e: BaseException, console: Console | None = None) -> NoReturn:
     """Report ``e`` and leave the command with its exit code (for the commands' own ``except``)."""
-    raise typer.Exit(report(e, console)) from None
+    raise typer.Exit(report(e, console, expected=True)) from None
 
 
 def run(app: Any) -> NoReturn:

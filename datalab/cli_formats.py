@@ -25,8 +25,9 @@ def contract_draft(
 
     for f in files:
         if not f.is_file():
-            err.print(f"[bold red]error:[/] {escape(str(f))}: no such file", highlight=False)
-            raise typer.Exit(1)
+            from datalab.cli_errors import fail
+
+            fail(FileNotFoundError(2, "no such file", str(f)), err)
     try:
         d = draft(files, tenant, product)
     except (ValueError, OSError) as e:

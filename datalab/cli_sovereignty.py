@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from datalab.cli_service import local_only
-from datalab.errors import DatalabError
+from datalab.errors import DatalabError, UsageError
 
 out = Console()
 err = Console(stderr=True)
@@ -101,7 +101,7 @@ def diff(a: str = typer.Argument(..., help="NAME@A"), b: str = typer.Argument(..
         na, va = parse_ref(a)
         nb, vb = parse_ref(b)
         if na != nb or not va or not vb:
-            raise DatalabError("diff compares two versions of one dataset: NAME@A NAME@B")
+            raise UsageError("diff compares two versions of one dataset: NAME@A NAME@B")
         d = vdiff.diff(na, va, vb)
     except DatalabError as e:
         _fail(e)

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from datalab.errors import DatalabError, IntegrityError, NotFound, PolicyRefused
+from datalab.errors import DatalabError, IntegrityError, MissingFile, NotFound, PolicyRefused
 from datalab.landing import FileReceipt, Receipt
 
 Progress = Callable[[str, int, int], None]
@@ -135,7 +135,7 @@ class Client:
         items = [(f if isinstance(f, tuple) else (Path(f).name, Path(f))) for f in files]
         for _, p in items:
             if not Path(p).is_file():
-                raise NotFound(f"{p}: no such file")
+                raise MissingFile(f"{p}: no such file")
         key = idempotency_key or uuid.uuid4().hex
         for attempt in range(RETRIES):
             ctype, length, body = _multipart([(n, Path(p)) for n, p in items], progress)

@@ -43,5 +43,9 @@ class NotFound(DatalabError):
     """A dataset, version, contract or delivery that does not exist (for you)."""
 
 
+class MissingFile(NotFound):
+    """A file the user named does not exist (the CLI's filesystem kind, exit 4)."""
+
+
 class IntegrityError(DatalabError):
     """Stored bytes no longer match their recorded checksum."""

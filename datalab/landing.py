@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from datalab import catalog as cat
 from datalab.config import Settings, settings
 from datalab.contract import Contract
-from datalab.errors import NotFound
+from datalab.errors import MissingFile, NotFound
 from datalab.formats import FileRejected, describe, sniff
 
 Progress = Callable[[str, int, int], None]  # (file name, bytes done, bytes total)
@@ -133,7 +133,7 @@ def push(
             name = safe_name(name)
             src = Path(src)
             if not src.is_file():
-                raise NotFound(f"{src}: no such file")
+                raise MissingFile(f"{src}: no such file")
             dst = staging / f"{len(staged):04d}"
             sha, size, over = _stage(src, dst, contract.max_file_bytes, name, progress)
             staged.append((name, dst, sha, size, over))

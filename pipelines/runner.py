@@ -16,7 +16,7 @@ import dagster as dg
 from datalab import contract as contracts_mod
 from datalab import state
 from datalab.config import settings
-from datalab.errors import DatalabError
+from datalab.errors import DatalabError, NotFound
 
 # In-process runs log to the console at DEBUG by default; the CLI prints its
 # own summary, and the full event log stays in the instance for the UI.
@@ -97,7 +97,7 @@ def publish(dataset: str) -> dict:
     defs = _defs()
     job = defs.resolve_job_def(publish_job_name(dataset)) if _has_job(defs, publish_job_name(dataset)) else None
     if job is None:
-        raise DatalabError(f"no dataset {dataset!r}")
+        raise NotFound(f"no dataset {dataset!r} (the dataset specs are in data_contracts/datasets/)")
     result = job.execute_in_process(instance=instance(), raise_on_error=False, run_config=QUIET, tags={"datalab/source": "cli"})
     if not result.success:
         raise DatalabError(_error(result))
