@@ -85,6 +85,7 @@ def contract_lint(files: list[Path] = typer.Argument(..., help="contract YAML fi
 @contract_app.command("list")
 def contract_list(as_json: bool = typer.Option(False, "--json")) -> None:
     """The provider contracts the lab knows."""
+    cli_service.local_note("contract list", f"the contracts in {settings().contracts_dir} (DATALAB_CONTRACTS)")
     cs = sorted(_contracts().values(), key=lambda c: c.id)
     if as_json:
         out.print_json(json.dumps([{"id": c.id, "tenant": c.tenant, "kind": c.kind, "layout": c.layout.shape,
@@ -192,6 +193,7 @@ def receipts(
 @app.command()
 def run(contract: str = typer.Option(None, "--contract", help="only this contract")) -> None:
     """Materialise all pending deliveries through the Dagster definitions, in-process."""
+    cli_service.local_note("run")
     try:
         runs = _pipelines().run_pending(contract, on_event=lambda r: out.print(
             f"{'[green]✓[/]' if r.validation_ok else '[red]✗[/]'} {r.delivery_id} ({r.contract_id.split(':')[-1]}): {r.message}", highlight=False))
@@ -205,6 +207,7 @@ def run(contract: str = typer.Option(None, "--contract", help="only this contrac
 @app.command()
 def publish(name: str) -> None:
     """Publish a new version of a dataset if its inputs changed (through Dagster)."""
+    cli_service.local_note("publish")
     try:
         md = _pipelines().publish(name)
     except DatalabError as e:

@@ -112,7 +112,7 @@ def _classify(e: BaseException, msg: str) -> tuple[int, str, str]:
             return USAGE, msg, "fix the request as the message says"
         return UNREACHABLE, msg, f"the service at {_service_url()} failed; try again later or ask its operators"
     if isinstance(e, DatalabError):
-        return REFUSED, msg, "see the message above for the rule that failed"
+        return REFUSED, msg, "fix what the message names (file, field or rule) and run the command again"
     if _is(e, "httpx", "TransportError"):
         return (UNREACHABLE, f"cannot reach {_service_url()} ({type(e).__name__}: {msg or 'no answer'})",
                 "start the server (`datalab serve`) or fix DATALAB_URL; unset DATALAB_URL to use the local lab")

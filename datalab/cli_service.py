@@ -47,13 +47,19 @@ def require_lab() -> None:
         raise e
 
 
-def local_only(command: str) -> None:
-    """Say plainly, on stderr, that ``command`` reads the local lab even though DATALAB_URL is set."""
+def local_note(command: str, what: str | None = None) -> None:
+    """Say plainly, on stderr, that ``command`` works on this machine even though DATALAB_URL is set."""
     url = os.environ.get("DATALAB_URL")
     if url:
         _, err, _ = _ui()
-        err.print(f"note: `datalab {command}` is local-only: it reads the lab at {settings().home} "
-                  f"(DATALAB_HOME), not {url}", highlight=False, markup=False, soft_wrap=True)
+        what = what or f"the lab at {settings().home} (DATALAB_HOME)"
+        err.print(f"note: `datalab {command}` is local-only: it uses {what}, not {url}",
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+def local_only(command: str) -> None:
+    """A local-only read: say so when DATALAB_URL is set, and refuse a lab that does not exist."""
+    local_note(command)
     require_lab()
 
 

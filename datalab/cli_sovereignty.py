@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
-from datalab.cli_service import local_only
+from datalab.cli_service import local_note, local_only
 from datalab.errors import DatalabError, UsageError
 
 out = Console()
@@ -65,6 +65,7 @@ def policy_purposes(as_json: bool = typer.Option(False, "--json")) -> None:
     """The purpose vocabulary (data_contracts/purposes.yaml) with its hierarchy."""
     from datalab import purposes
 
+    local_note("policy purposes", "the vocabulary in DATALAB_CONTRACTS")
     try:
         v = purposes.load()
     except DatalabError as e:
@@ -84,6 +85,7 @@ def replicate(ref: str = typer.Argument(..., help="NAME@VERSION"),
     from datalab import sovereignty
 
     try:
+        local_only("replicate")
         dst = sovereignty.replicate(ref, site, actor=_actor())
     except DatalabError as e:
         _fail(e)
@@ -117,6 +119,7 @@ def contract_withdraw(contract: str = typer.Argument(..., help="contract id or t
     from datalab import retention
 
     try:
+        local_only("contract withdraw")
         r = retention.withdraw_contract(contract, _actor(), reason, hook=_hook())
     except DatalabError as e:
         _fail(e)
@@ -135,6 +138,7 @@ def retention_enforce(today: str = typer.Option(None, help="evaluate retention a
     from datalab import retention
 
     try:
+        local_only("retention enforce")
         day = dt.date.fromisoformat(today) if today else None
         reports = retention.enforce(day, actor=_actor(), hook=_hook())
     except (DatalabError, ValueError) as e:

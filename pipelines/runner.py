@@ -19,8 +19,11 @@ from datalab.config import settings
 from datalab.errors import DatalabError, NotFound
 
 # In-process runs log to the console at DEBUG by default; the CLI prints its
-# own summary, and the full event log stays in the instance for the UI.
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# own summary, and the full event log stays in the instance for the UI. A failed
+# step is reported by the CLI in one line (``_error``); Dagster's own ERROR
+# record of it carries a stack trace, which a user's mistake must not print
+# (issue 20), so only CRITICAL reaches the console. The UI keeps every record.
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 @dataclass
@@ -49,6 +52,15 @@ def _defs() -> dg.Definitions:
 
 
 def _error(result: dg.ExecuteInProcessResult) -> str:
+    """The reason a run failed, in one message: a failed asset check names itself and its problems."""
+    for ev in result.all_events:
+        if ev.event_type_value == "ASSET_CHECK_EVALUATION":
+            ev_data = ev.event_specific_data
+            if ev_data is not None and not ev_data.passed:
+                md = ev_data.metadata or {}
+                problems = md.get("problems")
+                text = str(getattr(problems, "value", problems) or "").replace("\n- ", "; ").lstrip("- ")
+                return f"asset check {ev_data.check_name} failed on {ev_data.asset_key.to_user_string()}: {text}"
     for ev in result.all_events:
         if ev.event_type_value == "STEP_FAILURE" and ev.step_failure_data and ev.step_failure_data.error:
             err = ev.step_failure_data.error

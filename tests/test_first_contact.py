@@ -276,3 +276,32 @@ def test_ids_are_never_cut(demo_home: Path) -> None:
         r = _run([DATALAB, *cmd], env)
         assert r.returncode == 0, (cmd, r.stderr)
         json.loads(r.stdout)
+
+
+def test_dagster_card_images_and_version_check(demo_home: Path, tmp_path: Path) -> None:
+    """The card in the Dagster UI carries its plots inline; the asset check catches a changed file."""
+    import shutil
+
+    from datalab.publish import read_manifest
+    from datalab.version_check import card_with_inline_images, verify
+    from tests.service_harness import use_lab
+
+    home = tmp_path / ".datalab"
+    shutil.copytree(demo_home, home)  # every stored path is relative to DATALAB_HOME
+    with use_lab(home, ROOT / "data_contracts"):
+        m = read_manifest("plant-telemetry", "1.0.1")
+        card = card_with_inline_images("plant-telemetry", m)
+        assert card is not None and card.count("](data:image/png;base64,") == 3
+        assert not re.search(r"!\[[^\]]*\]\((?!data:)", card), "a relative image link is left"
+        assert verify("plant-telemetry", "1.0.1") == ([], {"version": "1.0.1", "files_checked": len(m["files"]),
+                                                           "rows": m["rows"], "rows_in_files": m["rows"],
+                                                           "rows_per_contract_total": m["rows"]})
+        f = home / m["files"][0]["path"]
+        f.chmod(0o644)
+        f.write_bytes(f.read_bytes() + b"x")
+        problems, _ = verify("plant-telemetry", "1.0.1")
+        assert len(problems) == 2 and all(m["files"][0]["path"] in p for p in problems), problems
+    # the Dagster asset check version_verifies runs on every materialisation of the dataset asset
+    r = _run([DATALAB, "publish", "plant-telemetry"], _env(home))
+    assert r.returncode == 1 and "asset check version_verifies failed" in r.stderr, r.stdout + r.stderr
+    assert "Stack Trace" not in r.stderr and r.stderr.count("\n") == 1, r.stderr

@@ -190,6 +190,8 @@ def test_cad_version_over_http(published_template, realdata: Path, tmp_path: Pat
         # a consumer without the export-cleared role is refused, naming the rule, and gets nothing
         r = _cli(lab, "team-de", "pull", "tooling-cad@1.0.0", "--purpose", "part-similarity", "--to", str(tmp_path / "no"))
         assert r.returncode == 1 and "export_control" in r.stderr
+        # issue 20: over HTTP the clearance is the principal's role; the refusal says so, not an env variable
+        assert "lacks the role 'export-cleared'" in r.stderr and "DATALAB_EXPORT_CLEARED" not in r.stderr, r.stderr
         assert not (tmp_path / "no").exists()
         with lab.as_("team-de") as c:
             listed = c.get("/v1/datasets", params={"purpose": "part-similarity"}).json()
