@@ -179,9 +179,12 @@ def receipts(
     from datalab import landing
 
     client = cli_service.remote()
-    if not client:
-        cli_service.require_lab()
-    recs = client.receipts(status=status) if client else landing.list_receipts(tenant=tenant, status=status)
+    try:
+        if not client:
+            cli_service.require_lab()
+        recs = client.receipts(status=status) if client else landing.list_receipts(tenant=tenant, status=status)
+    except DatalabError as e:
+        _fail(e)
     if as_json:
         out.print_json(json.dumps([r.to_dict() for r in recs]))
         return
@@ -225,9 +228,12 @@ def list_cmd(as_json: bool = typer.Option(False, "--json"),
     from datalab.pull import list_datasets
 
     client = cli_service.remote()
-    if not client:
-        cli_service.require_lab()
-    ds = cli_service.remote_list(client, purpose) if client else list_datasets()
+    try:
+        if not client:
+            cli_service.require_lab()
+        ds = cli_service.remote_list(client, purpose) if client else list_datasets()
+    except DatalabError as e:
+        _fail(e)
     if as_json:
         out.print_json(json.dumps(ds))
         return
