@@ -111,6 +111,7 @@ def run_demo(out: Console, rows: int, real: bool, pipelines: Any) -> None:
         out.print(f"[yellow]refused[/] plant-telemetry@{v2['version']} for model-training: {e}", highlight=False)
     out.rule("summary")
     t = Table("", "value")
+    t.columns[1].overflow = "fold"  # paths and commands are copied from here: folded, never cut with "…"
     t.add_row("deliveries accepted / rejected", f"{sum(r.accepted for r in receipts)} / {sum(not r.accepted for r in receipts)}")
     t.add_row("deliveries validated / failed", f"{sum(bool(r.validation_ok) for r in runs)} / {sum(not r.validation_ok for r in runs)}")
     t.add_row("plant-telemetry versions", f"{v1['version']} ({v1['rows']:,} readings), {v2['version']} ({v2['rows']:,} readings)")
@@ -121,3 +122,9 @@ def run_demo(out: Console, rows: int, real: bool, pipelines: Any) -> None:
     t.add_row("Dagster UI", f"DATALAB_HOME={s.home} {command_hint()} ui  (then http://127.0.0.1:3000)")
     t.add_row("seconds", f"{time.perf_counter() - t0:.1f}")
     out.print(t)
+    # the next commands, whole and unwrapped, to copy into a shell (they work with .venv/bin off PATH)
+    dl = command_hint()
+    out.print("next:", highlight=False)
+    for line in (f"export DATALAB_HOME={s.home}", f"{dl} ui            # Dagster UI on http://127.0.0.1:3000",
+                 f"{dl} list", f"{dl} show plant-telemetry@{v2['version']}", f"{dl} audit verify"):
+        out.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)

@@ -62,11 +62,14 @@ def _readme_commands() -> list[list[str]]:
 @pytest.fixture(scope="module")
 def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("first-contact") / ".datalab"
-    r = _run([DATALAB, "demo", "--reset", "--rows", "1500", "--no-real"], _env(home, COLUMNS="200"), timeout=400)
+    r = _run([DATALAB, "demo", "--reset", "--rows", "1500", "--no-real"], _env(home), timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    out = " ".join(r.stdout.split())  # the summary table wraps at 80 columns
-    # the summary's commands are the ones that work from here (.venv/bin is not on PATH)
-    assert f"{DATALAB} ui" in out and f"{DATALAB} audit verify" in out, r.stdout[-2000:]
+    # the summary's next commands are the ones that work from here (.venv/bin is not on PATH), each whole
+    # on its line at 80 columns, so they can be copied
+    lines = r.stdout.splitlines()
+    assert f"  export DATALAB_HOME={home}" in lines and f"  {DATALAB} audit verify" in lines, r.stdout[-2000:]
+    assert any(ln.startswith(f"  {DATALAB} ui ") for ln in lines), r.stdout[-2000:]
+    assert "…" not in r.stdout.split("summary")[-1], "the summary cuts a path"
     assert "rows delivered" in r.stdout and "readings" in r.stdout
     return home
 
