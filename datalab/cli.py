@@ -77,9 +77,18 @@ def contract_lint(files: list[Path] = typer.Argument(..., help="contract YAML fi
 def contract_list() -> None:
     """The provider contracts the lab knows."""
     t = Table("id", "tenant", "kind", "layout", "version", "status", "residency", "purposes")
-    for c in sorted(_contracts().values(), key=lambda c: c.id):
+    known = _contracts()
+    for c in sorted(known.values(), key=lambda c: c.id):
         t.add_row(c.id, c.tenant, c.kind, c.layout.shape, c.version, c.status, ",".join(c.policy.residency), ",".join(c.policy.purposes))
     out.print(t)
+    broken = getattr(known, "broken", {})
+    for path, problems in sorted(broken.items()):
+        # Reported, never fatal: the other firms' contracts above stay usable.
+        err.print(f"[bold red]broken:[/] {path} ({len(problems)} problem(s); it takes no pushes until fixed)", highlight=False)
+        for x in problems:
+            err.print(f"  - {x}", highlight=False)
+    if broken:
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -125,16 +134,24 @@ def push(
     contract: str = typer.Argument(..., help="contract id, file or tenant/product"),
     files: list[Path] = typer.Argument(..., help="the files of one delivery"),
     as_json: bool = typer.Option(False, "--json"),
+    correction: bool = typer.Option(False, "--correction", help="the delivery corrects readings already delivered: "
+                                    "its readings replace earlier ones with the same entity, time and sensor"),
 ) -> None:
-    """Push one delivery (one or more files) under a contract; prints its receipt."""
+    """Push one delivery (one or more files) under a contract; prints its receipt.
+
+    A reading whose entity, time and sensor an earlier delivery of the
+    contract already holds is a repeat: excluded from the next version and
+    counted on its card, unless the delivery is declared a ``--correction``.
+    """
     from datalab import landing
     from datalab.pull import default_actor
 
     client = cli_service.remote()
     try:
         with _progress() as cb:
-            rec = (cli_service.remote_push(client, contract, files, cb) if client
-                   else landing.push(contracts_mod.find(_contracts(), contract), files, actor=default_actor(), progress=cb))
+            rec = (cli_service.remote_push(client, contract, files, cb, correction=correction) if client
+                   else landing.push(contracts_mod.find(_contracts(), contract), files, actor=default_actor(), progress=cb,
+                                     correction=correction))
     except (DatalabError, ValueError) as e:
         _fail(e)
     if as_json:
@@ -151,8 +168,14 @@ def _print_receipt(rec: Any) -> None:
     out.print(f"  contract {rec.contract_id} v{rec.contract_version}; {len(rec.files)} file(s), {rec.bytes:,} bytes, {rec.rows or 0:,} rows", highlight=False)
     for f in rec.files:
         out.print(f"  {f.name}: sha256 {f.sha256} {f.bytes:,} B {f.format or ''}", highlight=False)
+    if getattr(rec, "correction", False):
+        out.print("  declared a correction: its readings replace earlier ones with the same key", highlight=False)
     for r in rec.reasons:
         out.print(f"  [red]reason:[/] {r}", highlight=False, markup=True)
+    for w in getattr(rec, "warnings", []) or []:
+        out.print(f"  [yellow]warning:[/] {w}", highlight=False, markup=True)
+    if getattr(rec, "decided_by", ""):
+        out.print(f"  decided by: {rec.decided_by}", highlight=False)
 
 
 @app.command()

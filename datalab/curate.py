@@ -69,7 +69,11 @@ def sensor_table(contract: Contract) -> pl.DataFrame:
         "unit": [m.unit for m in ms],
         "_min": [float(m.minimum) if m.minimum is not None else None for m in ms],
         "_max": [float(m.maximum) if m.maximum is not None else None for m in ms],
-    }, schema={"sensor": pl.String, "unit": pl.String, "_min": pl.Float64, "_max": pl.Float64})
+        # logicalTypeOptions.exclusiveMinimum/Maximum: the bound itself is out of range
+        "_xmin": [float(m.exclusive_minimum) if m.exclusive_minimum is not None else None for m in ms],
+        "_xmax": [float(m.exclusive_maximum) if m.exclusive_maximum is not None else None for m in ms],
+    }, schema={"sensor": pl.String, "unit": pl.String, "_min": pl.Float64, "_max": pl.Float64,
+               "_xmin": pl.Float64, "_xmax": pl.Float64})
 
 
 def conversion_table(contract: Contract) -> pl.DataFrame:
@@ -198,6 +202,28 @@ class SeriesPiece:
     before: int | None  # the series' last time before the chunk
 
 
+def missing_reading(contract: Contract) -> pl.Expr:
+    """Whether a reading has no value: null (an empty field), NaN, or one of the contract's numeric ``missingValues``.
+
+    NaN used to stay a value, which Polars orders above every number, so a
+    NaN was counted out of range and never missing (issue 23). ``raw_value``
+    keeps what was delivered; ``value`` is null for a missing reading.
+    """
+    miss = pl.col("raw_value").is_null() | pl.col("raw_value").is_nan()
+    numbers = sorted({float(t) for t in contract.missing_values if _is_number(t)})
+    if numbers:
+        miss = miss | pl.col("raw_value").is_in(pl.Series(numbers, dtype=pl.Float64).implode())
+    return miss.fill_null(True)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def rows_plan(
     contract: Contract,
     raw: pl.LazyFrame,
@@ -231,13 +257,14 @@ def rows_plan(
         series = "_s"
     lf = lf.join(sensor_table(contract).lazy(), on="sensor", how="left", maintain_order="left")
     lf = lf.join(conversion_table(contract).lazy(), on=["raw_unit", "unit"], how="left", maintain_order="left")
-    lf = lf.with_columns(
-        value=pl.col("raw_value") * pl.col("_factor") + pl.col("_offset"),
-        flag_missing=pl.col("raw_value").is_null(),
-        flag_unit_unknown=pl.col("raw_value").is_not_null() & pl.col("_factor").is_null(),
-    ).with_columns(
+    lf = lf.with_columns(_miss=missing_reading(contract)).with_columns(
+        value=pl.when(~pl.col("_miss")).then(pl.col("raw_value") * pl.col("_factor") + pl.col("_offset")),
+        flag_missing=pl.col("_miss"),
+        flag_unit_unknown=~pl.col("_miss") & pl.col("_factor").is_null(),
+    ).drop("_miss").with_columns(
         flag_out_of_range=pl.col("value").is_not_null()
-        & ((pl.col("value") < pl.col("_min").fill_null(float("-inf"))) | (pl.col("value") > pl.col("_max").fill_null(float("inf")))),
+        & ((pl.col("value") < pl.col("_min").fill_null(float("-inf"))) | (pl.col("value") > pl.col("_max").fill_null(float("inf")))
+           | (pl.col("value") <= pl.col("_xmin")).fill_null(False) | (pl.col("value") >= pl.col("_xmax")).fill_null(False)),
     )
     return lf.with_columns(_t=TIME_INT), key_duplicate, series
 
@@ -449,6 +476,13 @@ def long_series_plans(
     ]
 
 
+def duplicate_warning(dup_rows: int, rows: int, limit: float) -> str:
+    """The words receipt, curation stats and card use for a delivery over its duplicate share."""
+    return (f"{dup_rows:,} of {rows:,} rows ({dup_rows / rows:.1%}) repeat the key (entity, time, sensor) of an earlier row "
+            f"of the delivery: more than the contract's max_duplicate_share of {limit:.0%}. Curation removes exact "
+            "duplicates and flags the rest; check the layout's time axis (sample rate, time unit) before using it")
+
+
 def provenance(contract: Contract, contract_version: str) -> dict[str, str]:
     """The PROVENANCE columns' values for a delivery (the engine appends them to its result)."""
     return dict(zip(PROVENANCE, (contract.tenant, contract.id, contract_version), strict=True))
@@ -506,6 +540,12 @@ class Profile:
             values_converted=(pl.col("value").is_not_null() & (pl.col("value") != pl.col("raw_value"))).sum().cast(pl.Int64),
             time_min=pl.col("time").min(),
             time_max=pl.col("time").max(),
+            # Rows that repeat the key of the row before them (the part is in
+            # key order and a series never spans parts): with the exact
+            # duplicates removed, the rows that repeat an earlier row's key.
+            key_repeats=(pl.col("flag_key_duplicate") & pl.col("entity").eq_missing(pl.col("entity").shift(1))
+                         & pl.col("sensor").eq_missing(pl.col("sensor").shift(1))
+                         & pl.col("time").eq_missing(pl.col("time").shift(1))).sum().cast(pl.Int64),
             **{f: pl.col(f).sum().cast(pl.Int64) for f in FLAGS},
         ))
         self._entities.append(df.select(pl.col("entity").unique()))
@@ -523,7 +563,7 @@ class Profile:
         """The profile of the curated file at ``path`` (whose parts were all added)."""
         totals = pl.concat(self._totals).select(
             pl.col("rows").sum(), pl.col("values_converted").sum(), pl.col("time_min").min(), pl.col("time_max").max(),
-            *[pl.col(f).sum() for f in FLAGS])
+            pl.col("key_repeats").sum(), *[pl.col(f).sum() for f in FLAGS])
         agg = {**totals.row(0, named=True), "entities": pl.concat(self._entities).get_column("entity").n_unique()}
         spread = pl.scan_parquet(path).group_by("sensor").agg(
             mean=pl.col("value").mean(), std=pl.col("value").std()).collect(engine="streaming")
@@ -601,10 +641,25 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
     prof = counted.result(out)
     _record_watermarks(contract, delivery_id, counted.watermarks(), s)
     time_bases = _time_bases(out)
+    exact = rows_in - prof["rows"]
+    dup_rows = exact + int(prof["key_repeats"])
+    share = dup_rows / rows_in if rows_in else 0.0
+    limit = contract.curation.max_duplicate_share
+    resampled = bool(contract.curation.resample_us and contract.time.logical_type == "timestamp")
     stats = {
         "rows_in": rows_in,
         "rows_out": prof["rows"],
-        "exact_duplicates_removed": rows_in - prof["rows"],
+        "exact_duplicates_removed": exact,
+        # Rows that repeat an earlier row's key (removed or flagged), and
+        # their share: over curation.max_duplicate_share the suite fails
+        # (validate.lab_rules) and the card says so.
+        # (Not with resampling, whose output rows are buckets, not readings.)
+        **({} if resampled else {
+            "duplicate_rows": dup_rows,
+            "duplicate_share": round(share, 6),
+            "max_duplicate_share": limit,
+            **({"warnings": [duplicate_warning(dup_rows, rows_in, limit)]} if share > limit else {}),
+        }),
         "values_converted": int(prof["values_converted"]),
         **prof["flags"],
         "entities": prof["entities"],
