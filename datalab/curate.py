@@ -488,6 +488,63 @@ def provenance(contract: Contract, contract_version: str) -> dict[str, str]:
     return dict(zip(PROVENANCE, (contract.tenant, contract.id, contract_version), strict=True))
 
 
+def earlier_curated(contract: Contract, delivery_id: str, s: Settings) -> list[tuple[str, Path]]:
+    """(delivery id, curated file) of the contract's deliveries received before ``delivery_id`` that hold published-to-be readings.
+
+    Curated and not failed: a delivery whose suite failed is never
+    published, so its readings do not make a later one a repeat. The lab
+    curates pending deliveries oldest first (``state.pending``), so the
+    earliest delivery of a reading keeps it.
+    """
+    out = []
+    rows = state.accepted(contract.id, s)
+    me = next((r for r in rows if r["id"] == delivery_id), None)
+    if me is None:
+        return []
+    for r in rows:
+        if (r["received_at"], r["id"]) >= (me["received_at"], me["id"]):
+            break
+        if r["curated_path"] and r["stage"] in ("curated", "validated") and r["validation_ok"] is not False:
+            p = s.home / r["curated_path"]
+            if p.is_file():
+                out.append((r["id"], p))
+    return out
+
+
+def exclude_repeats(contract: Contract, delivery_id: str, raw: pl.LazyFrame, correction: bool, scratch: Path,
+                    s: Settings) -> tuple[pl.LazyFrame, dict[str, Any]]:
+    """The delivery's raw rows without readings an earlier delivery already holds, and the counts.
+
+    The dataset's key (entity, time, sensor) is unique across the deliveries
+    of a contract in a version. A delivery that repeats published readings
+    (a re-sent file, an overlapping export) had them published twice, as
+    key "duplicates" flagged late (issue 23). Now a repeat is excluded here
+    and counted (``repeats_excluded``), unless the firm declared the
+    delivery a correction (``datalab push --correction``): then its
+    readings are kept and replace the earlier ones when a version is
+    published (``replaces``: rows per earlier delivery; see
+    ``publish.correction_parts``). Rows without an entity or time never
+    match. The remaining rows are written to ``scratch`` (read by every
+    bucket of the plan) only when some were excluded.
+    """
+    counts: dict[str, Any] = {"repeats_excluded": 0, "correction": correction, "replaces": {}}
+    earlier = earlier_curated(contract, delivery_id, s)
+    if not earlier:
+        return raw, counts
+    keys = pl.concat([pl.scan_parquet(p).select(*KEY, earlier=pl.lit(d)) for d, p in earlier])
+    keys = keys.unique(subset=[*KEY, "earlier"])
+    if correction:
+        hits = raw.select(KEY).unique().join(keys, on=KEY, how="inner").group_by("earlier").agg(n=pl.len()).collect()
+        counts["replaces"] = {d: int(n) for d, n in sorted(hits.iter_rows())}
+        return raw, counts
+    n = raw.join(keys.select(KEY).unique(), on=KEY, how="semi").select(pl.len()).collect().item()
+    if not n:
+        return raw, counts
+    raw.join(keys.select(KEY).unique(), on=KEY, how="anti", maintain_order="left").sink_parquet(scratch)
+    counts["repeats_excluded"] = int(n)
+    return pl.scan_parquet(scratch), counts
+
+
 def watermark_table(contract: Contract, delivery_id: str, s: Settings) -> pl.DataFrame:
     """Per entity, the latest time covered by deliveries received before this one."""
     c = cat.Catalog(s.catalog_url)
@@ -602,18 +659,22 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
     t0 = time.perf_counter()
     raw = pl.scan_parquet(src)
     rows_in = raw.select(pl.len()).collect().item()  # from the Parquet metadata
+    receipt = landing.get_receipt(delivery_id, s=s)
+    scratch_raw = out.parent / f".{out.stem}.new-readings.parquet"
+    raw, repeats = exclude_repeats(contract, delivery_id, raw, receipt.correction, scratch_raw, s)
     pseudonyms = {
         a.name: pseudonym.mapping(raw.select(a.name).unique().collect().get_column(a.name), f"{contract.tenant}:{a.name}", s)
         for a in contract.attributes if a.personal
     }
-    wm = watermark_table(contract, delivery_id, s)
+    # A declared correction's readings replace earlier ones: not late.
+    wm = None if receipt.correction else watermark_table(contract, delivery_id, s)
     table = series_table(raw)
     order = series_order(table)
-    version = landing.get_receipt(delivery_id, s=s).contract_version  # pushed under, not the contract's current one
+    version = receipt.contract_version  # pushed under, not the contract's current one
     joins_only = engine.tries_gpu()
     long_info = {"series": 0, "chunks": 0}  # series cut by time, and their chunks
     counted = Profile()
-    if rows_in <= s.curate_bucket_rows:
+    if rows_in - repeats["repeats_excluded"] <= s.curate_bucket_rows:
         buckets = 1
         plan = build_plan(contract, raw, wm, pseudonyms, order, joins_only)
         run: EngineRun = engine.sink_parquet(plan, out, provenance(contract, version), on_result=counted.add)
@@ -638,10 +699,11 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
             run = engine.sink_parquet_parts(plans, out, provenance(contract, version), on_result=counted.add)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+    scratch_raw.unlink(missing_ok=True)
     prof = counted.result(out)
     _record_watermarks(contract, delivery_id, counted.watermarks(), s)
     time_bases = _time_bases(out)
-    exact = rows_in - prof["rows"]
+    exact = rows_in - repeats["repeats_excluded"] - prof["rows"]
     dup_rows = exact + int(prof["key_repeats"])
     share = dup_rows / rows_in if rows_in else 0.0
     limit = contract.curation.max_duplicate_share
@@ -650,6 +712,10 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
         "rows_in": rows_in,
         "rows_out": prof["rows"],
         "exact_duplicates_removed": exact,
+        # Readings whose key (entity, time, sensor) an earlier delivery of
+        # the contract already holds: excluded, or for a declared correction
+        # kept, replacing the earlier ones (per earlier delivery, at publish).
+        **repeats,
         # Rows that repeat an earlier row's key (removed or flagged), and
         # their share: over curation.max_duplicate_share the suite fails
         # (validate.lab_rules) and the card says so.
