@@ -136,14 +136,14 @@ def test_matrix_layout_keeps_every_sample_at_12khz(contracts_dir: Path, tmp_path
     with open(src, newline="") as f:
         samples = sum(len(r) for r in csv.reader(f, delimiter="\t"))  # independent recount
     rec = landing.push(c, [src])
-    assert rec.accepted and rec.warnings == [], (rec.reasons, rec.warnings)
     st, rep = _process(c, rec)
-    assert st["rows_in"] == st["rows_out"] == samples == 60_000
-    assert st["exact_duplicates_removed"] == 0 and st["flag_key_duplicate"] == 0 and st["duplicate_share"] == 0
     df = pl.read_parquet(curate.curated_path(c, rec.delivery_id, settings()))
-    assert df["time"].n_unique() == samples
+    assert df["time"].n_unique() == samples  # was 5: whole seconds
     # microseconds: sample 12,000 (row 2, first column) lies exactly 1 s after the first
     assert df.filter(pl.col("record") == 2)["time"].min() == 1_000_000
+    assert st["rows_in"] == st["rows_out"] == samples == 60_000
+    assert st["exact_duplicates_removed"] == 0 and st["flag_key_duplicate"] == 0 and st["duplicate_share"] == 0
+    assert rec.warnings == []
     assert rep.success, rep.summary()
     assert publish.publish("vibration").created
     card = _card("vibration", "1.0.0")
@@ -197,8 +197,9 @@ def _probe_doc() -> dict[str, Any]:
                 extra=[{"property": "missingValues", "value": [-999, "NA"]}])
 
 
-def _probe_file(tmp_path: Path, labels: tuple[str, ...] = ("ok", "worn")) -> Path:
-    values = ["21.5", "NaN", "", "-999", "NA", "-999.0", "250", "0", "35.25", "nan"] * 30
+def _probe_file(tmp_path: Path, labels: tuple[str, ...] = ("ok", "worn"),
+                values: tuple[str, ...] = ("21.5", "NaN", "", "-999", "NA", "-999.0", "250", "0", "35.25", "nan")) -> Path:
+    values = list(values) * 30
     p = tmp_path / "probe.csv"
     with open(p, "w", newline="") as f:
         w = csv.writer(f)
@@ -388,13 +389,14 @@ def test_lint_names_keys_the_lab_would_ignore(contracts_dir: Path, edit: Any, pa
 
 def test_valid_values_and_exclusive_bounds_are_honoured(contracts_dir: Path, tmp_path: Path) -> None:
     c = contract.load(_write(contracts_dir, _probe_doc(), dataset=False))
-    src = _probe_file(tmp_path, labels=("ok", "worn", "broken"))
+    src = _probe_file(tmp_path, labels=("ok", "worn", "broken"), values=("21.5", "0", "200", "35.25", "199.5"))
     with open(src, newline="") as f:
         bad = sum(1 for r in csv.DictReader(f) if r["label"] not in ("ok", "worn"))
     rec = landing.push(c, [src])
-    _st, rep = _process(c, rec)
+    st, rep = _process(c, rec)
+    assert st["flag_out_of_range"] == 30  # the exclusive minimum 0; 200 is the inclusive maximum
     failed = {r["type"]: r for r in rep.failed_results()}
-    assert failed["expect_column_values_to_be_in_set"]["unexpected_count"] == bad == 100
+    assert failed["expect_column_values_to_be_in_set"]["unexpected_count"] == bad == 50
     assert not rep.success
 
 
