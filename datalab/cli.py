@@ -193,9 +193,11 @@ def receipts(
     if as_json:
         out.print_json(json.dumps([r.to_dict() for r in recs]))
         return
-    t = Table("delivery", "tenant", "contract", "status", "rows", "bytes", "reasons")
+    t = Table("delivery", "tenant", "contract", "status", "rows", "bytes", "reasons", "warnings")
     for r in recs:
-        t.add_row(r.delivery_id, r.tenant, r.contract_id.split(":")[-1], r.status, f"{r.rows or 0:,}", f"{r.bytes:,}", str(len(r.reasons)))
+        t.add_row(r.delivery_id + (" (correction)" if getattr(r, "correction", False) else ""), r.tenant,
+                  r.contract_id.split(":")[-1], r.status, f"{r.rows or 0:,}", f"{r.bytes:,}", str(len(r.reasons)),
+                  str(len(getattr(r, "warnings", []) or [])))
     out.print(t)
 
 
