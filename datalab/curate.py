@@ -741,6 +741,8 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
         "seconds": round(time.perf_counter() - t0, 3),
         "bytes_out": out.stat().st_size,
     }
+    if stats.get("warnings") and not receipt.warnings:
+        landing.add_warnings(delivery_id, stats["warnings"], s)  # the push did not count them (a very large delivery)
     state.set_stage(delivery_id, "curated", s=s, curated_path=str(out.relative_to(s.home)), stats={"curated": stats})
     return stats
 

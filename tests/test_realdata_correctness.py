@@ -156,7 +156,8 @@ def test_matrix_time_too_coarse_for_the_rate_is_a_lint_error(contracts_dir: Path
     assert any("sample_rate_hz" in x and "whole s" in x for x in problems), problems
 
 
-def test_duplicate_share_over_the_limit_warns_and_fails_the_suite(lab: Path, contracts, tmp_path: Path) -> None:
+def test_duplicate_share_over_the_limit_warns_and_fails_the_suite(lab: Path, contracts, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     # A real-shaped long delivery where 10 % of the rows repeat a key: receipt,
     # curation stats and the suite all say so (default max_duplicate_share 5 %).
     c = contracts[SPINDLE]
@@ -176,6 +177,14 @@ def test_duplicate_share_over_the_limit_warns_and_fails_the_suite(lab: Path, con
     assert st["duplicate_rows"] == repeats and st["warnings"]
     failed = [r["type"] for r in rep.failed_results()]
     assert "lab_max_duplicate_share" in failed and not rep.success
+    # A delivery too large for the push's own count gets curation's warning on its receipt.
+    monkeypatch.setattr(landing, "DUPLICATE_CHECK_MAX_ROWS", 10)
+    src.write_text(src.read_text().replace("spindle_temp,40", "spindle_temp,41"))
+    big = landing.push(c, [src])
+    assert big.accepted and big.warnings == []
+    ingest.ingest_raw(c, big.delivery_id)
+    curate.curate_delivery(c, big.delivery_id)
+    assert landing.get_receipt(big.delivery_id).warnings == rec.warnings
 
 
 # -- 2: NaN, empty fields and sentinels are missing, not out of range -------------
