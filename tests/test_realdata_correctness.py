@@ -299,6 +299,16 @@ def test_broken_contract_reported_and_refused_only_for_its_own_pushes(contracts_
     refused = runner.invoke(cli.app, ["push", "broken-firm/probe", str(f)])
     assert refused.exit_code == 2 and "invalid" in refused.output
 
+    # The Dagster UI: the definitions still load (a dataset of the broken contract waits),
+    # and the sensor contracts_broken names it on every tick.
+    (contracts_dir / "datasets" / "probe-broken.yaml").write_text(yaml.safe_dump({
+        "name": "probe-broken", "title": "t", "description": "d", "site": "kajaani", "inputs": [doc["id"]]}))
+    from pipelines.definitions import build_definitions
+
+    defs = build_definitions()
+    assert "broken-firm/probe.yaml" in (defs.get_sensor_def("contracts_broken").description or "")
+    assert defs.resolve_job_def(f"ingest__{loaded[SPINDLE].slug}") is not None
+
     from fastapi.testclient import TestClient
 
     from datalab import auth
