@@ -320,6 +320,17 @@ def test_broken_contract_reported_and_refused_only_for_its_own_pushes(contracts_
         assert http.get("/healthz").json() == {"ok": True, "contracts_broken": 1}
         r = http.get("/v1/admin/contracts/broken", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200 and r.json()[0]["tenant"] == "broken-firm" and r.json()[0]["problems"] == problems
+        # Its own firm is told why its push is refused; another firm pushes as ever.
+        for name, tenant in (("bf", "broken-firm"), ("bsw", "bavaria-spindle")):
+            auth.add_principal(name, "firm", tenant=tenant)
+        own, _ = auth.create_token("bf")
+        other, _ = auth.create_token("bsw")
+        body = {"files": ("s.csv", f.read_bytes(), "text/csv")}
+        r = http.post("/v1/provider/contracts/probe/deliveries", files=body, headers={"Authorization": f"Bearer {own}"})
+        assert r.status_code == 422 and "enum" in r.text
+        r = http.post("/v1/provider/contracts/spindle-telemetry/deliveries", files=body,
+                      headers={"Authorization": f"Bearer {other}"})
+        assert r.status_code in (200, 201), r.text
 
 
 # -- 5: a repeat of a published reading is excluded, a declared correction replaces
