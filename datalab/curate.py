@@ -488,14 +488,37 @@ def provenance(contract: Contract, contract_version: str) -> dict[str, str]:
     return dict(zip(PROVENANCE, (contract.tenant, contract.id, contract_version), strict=True))
 
 
-def earlier_curated(contract: Contract, delivery_id: str, s: Settings) -> list[tuple[str, Path]]:
+def _as_time_int(v: Any) -> int | None:
+    """A curated stats' time_min/time_max (ISO text for timestamps, int for an index) as TIME_INT's integer."""
+    if v is None:
+        return None
+    if isinstance(v, int | float):
+        return int(v)
+    import datetime as dt
+
+    try:
+        t = dt.datetime.fromisoformat(str(v))
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    delta = t - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def earlier_curated(contract: Contract, delivery_id: str, s: Settings,
+                    span: tuple[int | None, int | None] = (None, None)) -> list[tuple[str, Path]]:
     """(delivery id, curated file) of the contract's deliveries received before ``delivery_id`` that hold published-to-be readings.
 
     Curated and not failed: a delivery whose suite failed is never
     published, so its readings do not make a later one a repeat. The lab
     curates pending deliveries oldest first (``state.pending``), so the
-    earliest delivery of a reading keeps it.
+    earliest delivery of a reading keeps it. ``span`` (the delivery's
+    first and last time, as TIME_INT) leaves out deliveries whose recorded
+    time range does not meet it: a firm streaming a delivery every minute
+    would otherwise compare each new one with every earlier one.
     """
+    lo, hi = span
     out = []
     rows = state.accepted(contract.id, s)
     me = next((r for r in rows if r["id"] == delivery_id), None)
@@ -505,6 +528,10 @@ def earlier_curated(contract: Contract, delivery_id: str, s: Settings) -> list[t
         if (r["received_at"], r["id"]) >= (me["received_at"], me["id"]):
             break
         if r["curated_path"] and r["stage"] in ("curated", "validated") and r["validation_ok"] is not False:
+            cur = (json.loads(r["stats"] or "{}") if isinstance(r["stats"], str) else (r["stats"] or {})).get("curated") or {}
+            t0, t1 = _as_time_int(cur.get("time_min")), _as_time_int(cur.get("time_max"))
+            if None not in (lo, hi, t0, t1) and (t1 < lo or t0 > hi):  # type: ignore[operator]
+                continue  # no time in common: no key in common
             p = s.home / r["curated_path"]
             if p.is_file():
                 out.append((r["id"], p))
@@ -528,7 +555,10 @@ def exclude_repeats(contract: Contract, delivery_id: str, raw: pl.LazyFrame, cor
     bucket of the plan) only when some were excluded.
     """
     counts: dict[str, Any] = {"repeats_excluded": 0, "correction": correction, "replaces": {}}
-    earlier = earlier_curated(contract, delivery_id, s)
+    if not any(r["id"] != delivery_id for r in state.accepted(contract.id, s)):
+        return raw, counts  # the contract's first delivery: nothing to compare with
+    lo, hi = raw.select(TIME_INT.min().alias("lo"), TIME_INT.max().alias("hi")).collect().row(0)
+    earlier = earlier_curated(contract, delivery_id, s, (lo, hi))
     if not earlier:
         return raw, counts
     keys = pl.concat([pl.scan_parquet(p).select(*KEY, earlier=pl.lit(d)) for d, p in earlier])

@@ -362,6 +362,9 @@ def test_redelivered_readings_excluded_and_corrections_replace(lab: Path, contra
     assert repeated == 1000
     assert st2["repeats_excluded"] == repeated * per_row
     assert st2["flag_late"] == 0 and st2["flag_key_duplicate"] == 0
+    # Earlier deliveries are compared only where their time ranges meet (cycles here).
+    assert [d for d, _ in curate.earlier_curated(c, rec2.delivery_id, settings(), (1, 5))] == [rec1.delivery_id]
+    assert curate.earlier_curated(c, rec2.delivery_id, settings(), (10_000, 10_001)) == []
     assert rep1.success and rep2.success, rep2.summary()
     assert publish.publish("turbofan-cmapss").created
     union = _keys(one) | _keys(two + copy + renumbered)
