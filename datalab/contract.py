@@ -585,6 +585,7 @@ def _lint_timeseries(props: list[Any], custom: dict[str, Any], cps: list[Any]) -
             p.append(f"{cw}.{k}: must be a number {'>= 0' if lo_ok else '> 0'}, got {v!r}")
         elif k == "max_duplicate_share" and v > 1:
             p.append(f"{cw}.{k}: a share between 0 and 1 (0.05 = 5 %), got {v!r}")
+    p += _lint_matrix_interval(lay, props, cur, cw)
     for k in ("sampling_interval", "resample"):
         if cur.get(k) is not None and not (k == "sampling_interval" and isinstance(cur[k], int)):
             try:
@@ -607,6 +608,32 @@ def matrix_tick_us(logical_type: str | None, unit: str | None, rate_hz: float) -
         return TIME_UNITS_US.get(unit, 1_000_000)
     period_us = 1e6 / rate_hz
     return 1_000_000 if period_us >= 1e6 and float(period_us).is_integer() and int(period_us) % 1_000_000 == 0 else 1
+
+
+def _lint_matrix_interval(lay: dict[str, Any], props: list[Any], cur: dict[str, Any], where: str) -> list[str]:
+    """A matrix layout fixes the step between samples; an integer sampling_interval must say the same.
+
+    Otherwise every sample would be flagged as following a gap (or none
+    would): e.g. ``sampling_interval: 1`` on a microsecond axis at 10 Hz.
+    """
+    rate, si = lay.get("sample_rate_hz"), cur.get("sampling_interval")
+    if lay.get("shape") != "matrix" or not isinstance(si, int) or isinstance(si, bool):
+        return []
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate <= 0:
+        return []
+    tprop = next((x for x in props if isinstance(x, dict) and _custom(x.get("customProperties")).get("role") == "time"), None)
+    if tprop is None or tprop.get("logicalType") == "timestamp":
+        return []
+    unit = _custom(tprop.get("customProperties")).get("unit")
+    if unit is not None and str(unit) not in TIME_UNITS_US:
+        return []
+    step = 1e6 / float(rate) / matrix_tick_us(tprop.get("logicalType"), None if unit is None else str(unit), float(rate))
+    if abs(si - step) > 0.5 * step:
+        name = next(k for k, v in TIME_UNITS_US.items()
+                    if v == matrix_tick_us(tprop.get("logicalType"), None if unit is None else str(unit), float(rate)))
+        return [f"{where}.sampling_interval: {si} steps of the time axis, but sample_rate_hz {rate:g} puts samples "
+                f"{step:g} {name} apart on it (set sampling_interval: {round(step)})"]
+    return []
 
 
 def _lint_matrix_time(lay: dict[str, Any], props: list[Any], where: str) -> list[str]:

@@ -150,6 +150,30 @@ def test_matrix_layout_keeps_every_sample_at_12khz(contracts_dir: Path, tmp_path
     assert card["rows"] == samples and card["flags"]["flag_key_duplicate"] == 0
 
 
+def test_matrix_at_10hz_without_a_time_unit_counts_microseconds(contracts_dir: Path, realdata: Path, tmp_path: Path) -> None:
+    # The real VS1 file read as a 10 Hz sensor (as the rig's FS1 is): 60 samples a row = 6 s a cycle.
+    p = contracts_dir / "providers/open-benchmarks/hydraulic-rig.yaml"
+    doc = yaml.safe_load(p.read_text())
+    t = next(x for x in doc["schema"][0]["properties"] if x["name"] == "t")
+    t["customProperties"] = [x for x in t["customProperties"] if x["property"] != "unit"]
+    next(x for x in doc["customProperties"] if x["property"] == "layout")["value"]["sample_rate_hz"] = 10
+    p.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert any("sampling_interval: 1 steps" in x and "100000 us apart" in x for x in contract.lint(p))
+    next(x for x in doc["customProperties"] if x["property"] == "curation")["value"]["sampling_interval"] = 100_000
+    p.write_text(yaml.safe_dump(doc, sort_keys=False))
+    c = contract.load(p)
+    assert c.layout.time_tick_us == 1
+    with open(realdata / "hydraulic/VS1.txt", newline="") as f:
+        cells = [len(r) for r in csv.reader(f, delimiter="\t")]
+    rec = landing.push(c, [realdata / "hydraulic/VS1.txt"])
+    assert rec.accepted and rec.warnings == [], rec.reasons
+    ingest.ingest_raw(c, rec.delivery_id)
+    st = curate.curate_delivery(c, rec.delivery_id)
+    assert st["rows_out"] == sum(cells) == 132_300 and st["exact_duplicates_removed"] == 0 and st["flag_key_duplicate"] == 0
+    assert st["time_max"] == (sum(cells) - 1) * 100_000  # 0.1 s apart, in microseconds
+    assert st["flag_gap_before"] == 0
+
+
 def test_matrix_time_too_coarse_for_the_rate_is_a_lint_error(contracts_dir: Path) -> None:
     p = _write(contracts_dir, _bearing_doc("s"), dataset=False)
     problems = contract.lint(p)
