@@ -508,12 +508,18 @@ def _as_time_int(v: Any) -> int | None:
 
 def earlier_curated(contract: Contract, delivery_id: str, s: Settings,
                     span: tuple[int | None, int | None] = (None, None)) -> list[tuple[str, Path]]:
-    """(delivery id, curated file) of the contract's deliveries received before ``delivery_id`` that hold published-to-be readings.
+    """(delivery id, curated file) of the contract's other deliveries that already hold published-to-be readings.
 
     Curated and not failed: a delivery whose suite failed is never
-    published, so its readings do not make a later one a repeat. The lab
-    curates pending deliveries oldest first (``state.pending``), so the
-    earliest delivery of a reading keeps it. ``span`` (the delivery's
+    published, so its readings do not make another one a repeat. Those
+    received before ``delivery_id``, and those received after it that were
+    curated first (out of order, e.g. a backfill) unless they are
+    corrections (which replace at publish): the first delivery curated
+    with a reading keeps it, so the key stays unique whatever the order.
+    The lab curates pending deliveries oldest first (``state.pending``), so
+    in practice the earliest delivery of a reading keeps it; re-curating an
+    old delivery changes nothing, as the later ones left its readings out
+    when they were curated. ``span`` (the delivery's
     first and last time, as TIME_INT) leaves out deliveries whose recorded
     time range does not meet it: a firm streaming a delivery every minute
     would otherwise compare each new one with every earlier one.
@@ -525,10 +531,13 @@ def earlier_curated(contract: Contract, delivery_id: str, s: Settings,
     if me is None:
         return []
     for r in rows:
-        if (r["received_at"], r["id"]) >= (me["received_at"], me["id"]):
-            break
+        if r["id"] == delivery_id:
+            continue
+        later = (r["received_at"], r["id"]) > (me["received_at"], me["id"])
         if r["curated_path"] and r["stage"] in ("curated", "validated") and r["validation_ok"] is not False:
             cur = (json.loads(r["stats"] or "{}") if isinstance(r["stats"], str) else (r["stats"] or {})).get("curated") or {}
+            if later and (cur.get("correction") or not cur):
+                continue
             t0, t1 = _as_time_int(cur.get("time_min")), _as_time_int(cur.get("time_max"))
             if None not in (lo, hi, t0, t1) and (t1 < lo or t0 > hi):  # type: ignore[operator]
                 continue  # no time in common: no key in common
