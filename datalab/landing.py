@@ -278,7 +278,14 @@ def _raw_writer(contract: Contract, delivery_id: str, s: Settings) -> Any:
 def _land(contract: Contract, staged: list, actor: str, catalog: cat.Catalog, s: Settings,
           correction: bool = False) -> Receipt:
     key = _idem_key(contract, [x[2] for x in staged])
-    existing = _receipt_by_key(catalog, key) or _receipt_by_key(catalog, _rejection_key(contract, staged))
+    existing = _receipt_by_key(catalog, key)
+    if existing is not None and existing.status == "rejected":
+        # A rejection keyed by its bytes alone (landed before issue 23): its
+        # cause (names, contract) is unknown, so it is not replayed; its key
+        # is retired so this push can land under it.
+        _retire_key(catalog, existing.delivery_id)
+        existing = None
+    existing = existing or _receipt_by_key(catalog, _rejection_key(contract, staged))
     if existing is not None:
         _replayed(existing, contract)
         catalog.audit(actor, "push", existing.delivery_id, "duplicate",
@@ -455,6 +462,13 @@ def _duplicate_warnings(contract: Contract, raw: Path) -> list[str]:
     dup = rows - keys
     return [duplicate_warning(dup, rows, contract.curation.max_duplicate_share)] \
         if dup / rows > contract.curation.max_duplicate_share else []
+
+
+def _retire_key(catalog: cat.Catalog, delivery_id: str) -> None:
+    """Give a delivery an idempotency key no push will compute (its receipt stays as it was)."""
+    retired = hashlib.sha256(f"retired:{delivery_id}".encode()).hexdigest()
+    with catalog.begin() as conn:
+        conn.execute(cat.deliveries.update().where(cat.deliveries.c.id == delivery_id).values(idem_key=retired))
 
 
 def _receipt_by_key(catalog: cat.Catalog, key: str) -> Receipt | None:

@@ -280,6 +280,22 @@ def test_renamed_file_and_fixed_contract_get_a_fresh_decision(contracts_dir: Pat
     with open(realdata / "hydraulic/TS1.txt", newline="") as f:
         assert renamed.rows == sum(1 for _ in csv.reader(f, delimiter="\t"))
 
+    # A rejection stored the old way (keyed by its bytes alone) is not replayed either.
+    import sqlalchemy as sa
+
+    from datalab import catalog as cat
+
+    part = tmp_path / "part" / "VS1.txt"  # the first 100 cycles of the real VS1
+    part.parent.mkdir()
+    part.write_text("".join((realdata / "hydraulic/VS1.txt").read_text().splitlines(keepends=True)[:100]))
+    legacy = landing.push(c, [("vs1.txt", part)])
+    assert legacy.status == "rejected"
+    with cat.Catalog(settings().catalog_url).begin() as conn:
+        conn.execute(sa.update(cat.deliveries).where(cat.deliveries.c.id == legacy.delivery_id)
+                     .values(idem_key=landing._idem_key(c, [legacy.files[0].sha256])))
+    after = landing.push(c, [part])
+    assert after.accepted and not after.duplicate and landing.get_receipt(legacy.delivery_id).status == "rejected"
+
     # The contract's content changes, not its version: a rejection is not replayed.
     p = contracts_dir / "providers/open-benchmarks/hydraulic-rig.yaml"
     doc = yaml.safe_load(p.read_text())
