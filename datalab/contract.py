@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import json
+import os
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -233,6 +234,9 @@ def _custom_index(props: list[dict[str, Any]] | None, name: str) -> int | None:
     return None
 
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_yaml(path: Path) -> tuple[Any, list[str]]:
     """Parse YAML; a syntax error becomes a problem with its line and column."""
     try:
@@ -242,7 +246,9 @@ def read_yaml(path: Path) -> tuple[Any, list[str]]:
     except OSError as e:
         return None, [f"cannot read the file: {e.strerror}"]
     try:
-        return yaml.safe_load(text), []
+        # libyaml's loader where PyYAML has it: 0.03 s instead of 0.21 s for a
+        # 590-column contract, same documents (both build with SafeConstructor).
+        return yaml.load(text, Loader=_YAML_LOADER), []  # a safe loader (SafeConstructor)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -839,7 +845,7 @@ def load(path: Path) -> Contract:
             raise hit[1]
         return hit[1] if hit[1].path == path else replace(hit[1], path=path)
     doc, problems = read_yaml(path)
-    problems = problems or lint_document(doc)
+    problems = problems or _lint_cached(path, doc)
     if problems:
         err = ContractError(str(path), problems)
         if sig is not None:
@@ -849,6 +855,61 @@ def load(path: Path) -> Contract:
     if sig is not None:
         _LOADED[key] = (sig, c)
     return c
+
+
+@lru_cache(maxsize=1)
+def _linter_digest() -> str:
+    """A hash of the code that lints contracts: a cached lint result is only as good as the code that produced it."""
+    import hashlib
+
+    from datalab import __version__
+
+    h = hashlib.sha256(__version__.encode())
+    here = Path(__file__).resolve().parent
+    for rel in ("contract.py", "units.py", "policy.py", "purposes.py", "measurement/spec.py", "cad/settings.py"):
+        try:
+            h.update((here / rel).read_bytes())
+        except OSError:
+            h.update(rel.encode())
+    return h.hexdigest()
+
+
+def _lint_cached(path: Path, doc: Any) -> list[str]:
+    """``lint_document(doc)``, remembered on disk by the contract's bytes, the purpose vocabulary and the linter's code.
+
+    One process per CLI push: the per-process cache (``_LOADED``) does not
+    help it, and linting a 590-column contract took 0.8 s of every firm's
+    push (the ODCS JSON schema, then pydantic). The result lives under
+    ``$DATALAB_HOME/cache/lint``; a lab home that cannot be written to just
+    lints every time. ``datalab contract lint`` always lints afresh.
+    """
+    import hashlib
+
+    from datalab import purposes as vocab
+    from datalab.config import settings
+
+    try:
+        s = settings()
+        h = hashlib.sha256(_linter_digest().encode())
+        h.update(path.read_bytes())
+        pv = Path(s.contracts_dir) / vocab.FILE
+        h.update(pv.read_bytes() if pv.is_file() else b"")
+        store = s.home / "cache" / "lint" / f"{h.hexdigest()}.json"
+    except OSError:
+        return lint_document(doc)
+    try:
+        return list(json.loads(store.read_text())["problems"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    problems = lint_document(doc)
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"path": str(path), "problems": problems}))
+        os.replace(tmp, store)
+    except OSError:
+        pass
+    return problems
 
 
 class Contracts(dict[str, Contract]):

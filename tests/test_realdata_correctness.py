@@ -520,18 +520,29 @@ def _wide_contract(contracts_dir: Path, n: int = 590) -> Path:
                   dataset=False)
 
 
-def test_contracts_load_once_per_process(contracts_dir: Path) -> None:
+def test_contracts_load_once_per_process(contracts_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     p = _wide_contract(contracts_dir)
     t0 = time.perf_counter()
-    first = contract.load(p)
+    first = contract.load_all(contracts_dir)["urn:datalab:wide-works:wide"]
     cold = time.perf_counter() - t0
     t0 = time.perf_counter()
     assert contract.load(p) is first
     assert contract.load_all(contracts_dir)["urn:datalab:wide-works:wide"] is first
     warm = time.perf_counter() - t0
     assert warm < cold / 5, (cold, warm)
+    # A new process (a CLI push) finds the lint result on disk, keyed by the file's bytes: no lint at all.
+    contract._LOADED.clear()
+    with monkeypatch.context() as m:
+        m.setattr(contract, "lint_document", lambda doc: pytest.fail("linted again"))
+        assert contract.load(p) == first
     p.write_text(p.read_text().replace("name: wide\n", "name: wide works\n", 1))  # an edit is seen
     assert contract.load(p).name == "wide works"
+    doc = yaml.safe_load(p.read_text())
+    doc["schema"][0]["properties"][5]["logicalTypeOptions"]["exclusiveMaximum"] = "x"
+    p.write_text(yaml.safe_dump(doc, sort_keys=False))
+    contract._LOADED.clear()
+    with pytest.raises(contract.ContractError, match="exclusiveMaximum"):
+        contract.load(p)  # a new lint for new bytes
 
 
 def test_near_duplicate_series_named(contracts, realdata: Path, tmp_path: Path) -> None:
