@@ -103,6 +103,12 @@ def build_timeseries_assets(contract: Contract) -> list[dg.AssetsDefinition]:
                 "rows_out": dg.MetadataValue.int(st["rows_out"]),
                 "exact_duplicates_removed": dg.MetadataValue.int(st["exact_duplicates_removed"]),
                 "values_converted": dg.MetadataValue.int(st["values_converted"]),
+                # issue 23: duplicate keys within the delivery, repeats of earlier deliveries, corrections
+                **({"duplicate_share": dg.MetadataValue.float(float(st["duplicate_share"]))} if "duplicate_share" in st else {}),
+                "repeats_excluded": dg.MetadataValue.int(st.get("repeats_excluded", 0)),
+                "correction": bool(st.get("correction")),
+                "replaces": dg.MetadataValue.json(st.get("replaces") or {}),
+                "warnings": dg.MetadataValue.md("\n".join(f"- **{w}**" for w in st.get("warnings") or []) or "none"),
                 **{f: dg.MetadataValue.int(st[f]) for f in curate.FLAGS},
                 "constant_sensors": ", ".join(st["constant_sensors"]) or "none",
                 "pseudonymised_columns": ", ".join(st["pseudonymised_columns"]) or "none",

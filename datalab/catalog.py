@@ -54,6 +54,19 @@ delivery_files = sa.Table(
     sa.Column("reasons", sa.Text, nullable=False, default="[]"),
 )
 
+# What a receipt says beyond its status and reasons (issue 23), in a table of
+# its own so that a lab's existing catalog gains it by create_all: whether
+# the delivery is a declared correction, its warnings, and the rule that
+# decided its status. A delivery without a row here has none of these.
+delivery_meta = sa.Table(
+    "dl_delivery_meta",
+    metadata,
+    sa.Column("delivery_id", sa.String(64), sa.ForeignKey("dl_deliveries.id"), primary_key=True),
+    sa.Column("correction", sa.Boolean, nullable=False, default=False),
+    sa.Column("warnings", sa.Text, nullable=False, default="[]"),
+    sa.Column("decided_by", sa.Text, nullable=False, default=""),
+)
+
 processing = sa.Table(
     "dl_processing",
     metadata,

@@ -95,6 +95,14 @@ def contract_list(as_json: bool = typer.Option(False, "--json")) -> None:
     print_table(out, ("id", "tenant", "kind", "layout", "version", "status", "residency", "purposes"),
                 ([c.id, c.tenant, c.kind, c.layout.shape, c.version, c.status, ",".join(c.policy.residency),
                   ",".join(c.policy.purposes)] for c in cs), ids=("id",))
+    broken = getattr(_contracts(), "broken", {})
+    for path, problems in sorted(broken.items()):
+        # Reported, never fatal: the other firms' contracts above stay usable.
+        err.print(f"[bold red]broken:[/] {path} ({len(problems)} problem(s); it takes no pushes until fixed)", highlight=False)
+        for x in problems:
+            err.print(f"  - {x}", highlight=False)
+    if broken:
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -140,16 +148,24 @@ def push(
     contract: str = typer.Argument(..., help="contract id, file or tenant/product"),
     files: list[Path] = typer.Argument(..., help="the files of one delivery"),
     as_json: bool = typer.Option(False, "--json"),
+    correction: bool = typer.Option(False, "--correction", help="the delivery corrects readings already delivered: "
+                                    "its readings replace earlier ones with the same entity, time and sensor"),
 ) -> None:
-    """Push one delivery (one or more files) under a contract; prints its receipt."""
+    """Push one delivery (one or more files) under a contract; prints its receipt.
+
+    A reading whose entity, time and sensor an earlier delivery of the
+    contract already holds is a repeat: excluded from the next version and
+    counted on its card, unless the delivery is declared a ``--correction``.
+    """
     from datalab import landing
     from datalab.pull import default_actor
 
     client = cli_service.remote()
     try:
         with _progress() as cb:
-            rec = (cli_service.remote_push(client, contract, files, cb) if client
-                   else landing.push(contracts_mod.find(_contracts(), contract), files, actor=default_actor(), progress=cb))
+            rec = (cli_service.remote_push(client, contract, files, cb, correction=correction) if client
+                   else landing.push(contracts_mod.find(_contracts(), contract), files, actor=default_actor(), progress=cb,
+                                     correction=correction))
     except (DatalabError, ValueError) as e:
         _fail(e)
     if as_json:
@@ -167,8 +183,14 @@ def _print_receipt(rec: Any) -> None:
               "(file rows; the card counts readings, one per sensor value)", highlight=False)
     for f in rec.files:
         out.print(f"  {f.name}: sha256 {f.sha256} {f.bytes:,} B {f.format or ''}", highlight=False)
+    if getattr(rec, "correction", False):
+        out.print("  declared a correction: its readings replace earlier ones with the same key", highlight=False)
     for r in rec.reasons:
         out.print(f"  [red]reason:[/] {r}", highlight=False, markup=True)
+    for w in getattr(rec, "warnings", []) or []:
+        out.print(f"  [yellow]warning:[/] {w}", highlight=False, markup=True)
+    if getattr(rec, "decided_by", ""):
+        out.print(f"  decided by: {rec.decided_by}", highlight=False)
 
 
 @app.command()
@@ -188,9 +210,10 @@ def receipts(
     if as_json:
         out.print_json(json.dumps([r.to_dict() for r in recs]))
         return
-    print_table(out, ("delivery", "tenant", "contract", "status", "rows delivered", "bytes", "reasons"),
-                ([r.delivery_id, r.tenant, r.contract_id.split(":")[-1], r.status, f"{r.rows or 0:,}", f"{r.bytes:,}",
-                  str(len(r.reasons))] for r in recs), ids=("delivery",))
+    print_table(out, ("delivery", "tenant", "contract", "status", "rows delivered", "bytes", "reasons", "warnings"),
+                ([r.delivery_id + (" (correction)" if getattr(r, "correction", False) else ""), r.tenant,
+                  r.contract_id.split(":")[-1], r.status, f"{r.rows or 0:,}", f"{r.bytes:,}", str(len(r.reasons)),
+                  str(len(getattr(r, "warnings", []) or []))] for r in recs), ids=("delivery",))
 
 
 @app.command()

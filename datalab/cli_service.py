@@ -205,7 +205,7 @@ def register(app: typer.Typer, audit_app: typer.Typer) -> None:
 # -- remote halves of the everyday commands ------------------------------------
 
 
-def remote_push(client: Any, contract: str, files: list[Path], progress: Any) -> Any:
+def remote_push(client: Any, contract: str, files: list[Path], progress: Any, correction: bool = False) -> Any:
     """Push over HTTP; ``contract`` may be an id, tenant/product, product, or a contract file."""
     from datalab import contract as contracts_mod
 
@@ -213,7 +213,7 @@ def remote_push(client: Any, contract: str, files: list[Path], progress: Any) ->
     if Path(contract).is_file():
         ref = contracts_mod.load(Path(contract)).id
     ref = ref.split("/")[-1] if "/" in ref and not ref.startswith("urn:") else ref
-    return client.push(ref, files, progress=progress)
+    return client.push(ref, files, progress=progress, correction=correction)
 
 
 def remote_list(client: Any, purpose: str | None) -> list[dict[str, Any]]:

@@ -59,7 +59,8 @@ def from_env() -> Client | None:
 
 def receipt_from_dict(d: dict[str, Any]) -> Receipt:
     files = [FileReceipt(**f) for f in d.get("files", [])]
-    return Receipt(**{**d, "files": files})
+    known = set(Receipt.__dataclass_fields__)  # a newer lab may send more fields than this client knows
+    return Receipt(**{k: v for k, v in d.items() if k in known and k != "files"}, files=files)
 
 
 def _multipart(files: list[tuple[str, Path]], progress: Progress | None) -> tuple[str, int, Iterator[bytes]]:
@@ -130,8 +131,8 @@ class Client:
     # -- providers -------------------------------------------------------------
 
     def push(self, contract: str, files: list[Path | tuple[str, Path]], progress: Progress | None = None,
-             idempotency_key: str | None = None) -> Receipt:
-        """Push one delivery; retried on network errors with the same Idempotency-Key."""
+             idempotency_key: str | None = None, correction: bool = False) -> Receipt:
+        """Push one delivery; retried on network errors with the same Idempotency-Key (``correction``: see landing.push)."""
         items = [(f if isinstance(f, tuple) else (Path(f).name, Path(f))) for f in files]
         for _, p in items:
             if not Path(p).is_file():
@@ -141,6 +142,7 @@ class Client:
             ctype, length, body = _multipart([(n, Path(p)) for n, p in items], progress)
             try:
                 r = self.http.post(f"/v1/provider/contracts/{contract}/deliveries", content=body,
+                                   params={"correction": "true"} if correction else None,
                                    headers={"Content-Type": ctype, "Content-Length": str(length),
                                             "Idempotency-Key": key})
             except httpx.TransportError:

@@ -69,7 +69,11 @@ def sensor_table(contract: Contract) -> pl.DataFrame:
         "unit": [m.unit for m in ms],
         "_min": [float(m.minimum) if m.minimum is not None else None for m in ms],
         "_max": [float(m.maximum) if m.maximum is not None else None for m in ms],
-    }, schema={"sensor": pl.String, "unit": pl.String, "_min": pl.Float64, "_max": pl.Float64})
+        # logicalTypeOptions.exclusiveMinimum/Maximum: the bound itself is out of range
+        "_xmin": [float(m.exclusive_minimum) if m.exclusive_minimum is not None else None for m in ms],
+        "_xmax": [float(m.exclusive_maximum) if m.exclusive_maximum is not None else None for m in ms],
+    }, schema={"sensor": pl.String, "unit": pl.String, "_min": pl.Float64, "_max": pl.Float64,
+               "_xmin": pl.Float64, "_xmax": pl.Float64})
 
 
 def conversion_table(contract: Contract) -> pl.DataFrame:
@@ -198,6 +202,28 @@ class SeriesPiece:
     before: int | None  # the series' last time before the chunk
 
 
+def missing_reading(contract: Contract) -> pl.Expr:
+    """Whether a reading has no value: null (an empty field), NaN, or one of the contract's numeric ``missingValues``.
+
+    NaN used to stay a value, which Polars orders above every number, so a
+    NaN was counted out of range and never missing (issue 23). ``raw_value``
+    keeps what was delivered; ``value`` is null for a missing reading.
+    """
+    miss = pl.col("raw_value").is_null() | pl.col("raw_value").is_nan()
+    numbers = sorted({float(t) for t in contract.missing_values if _is_number(t)})
+    if numbers:
+        miss = miss | pl.col("raw_value").is_in(pl.Series(numbers, dtype=pl.Float64).implode())
+    return miss.fill_null(True)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def rows_plan(
     contract: Contract,
     raw: pl.LazyFrame,
@@ -231,13 +257,14 @@ def rows_plan(
         series = "_s"
     lf = lf.join(sensor_table(contract).lazy(), on="sensor", how="left", maintain_order="left")
     lf = lf.join(conversion_table(contract).lazy(), on=["raw_unit", "unit"], how="left", maintain_order="left")
-    lf = lf.with_columns(
-        value=pl.col("raw_value") * pl.col("_factor") + pl.col("_offset"),
-        flag_missing=pl.col("raw_value").is_null(),
-        flag_unit_unknown=pl.col("raw_value").is_not_null() & pl.col("_factor").is_null(),
-    ).with_columns(
+    lf = lf.with_columns(_miss=missing_reading(contract)).with_columns(
+        value=pl.when(~pl.col("_miss")).then(pl.col("raw_value") * pl.col("_factor") + pl.col("_offset")),
+        flag_missing=pl.col("_miss"),
+        flag_unit_unknown=~pl.col("_miss") & pl.col("_factor").is_null(),
+    ).drop("_miss").with_columns(
         flag_out_of_range=pl.col("value").is_not_null()
-        & ((pl.col("value") < pl.col("_min").fill_null(float("-inf"))) | (pl.col("value") > pl.col("_max").fill_null(float("inf")))),
+        & ((pl.col("value") < pl.col("_min").fill_null(float("-inf"))) | (pl.col("value") > pl.col("_max").fill_null(float("inf")))
+           | (pl.col("value") <= pl.col("_xmin")).fill_null(False) | (pl.col("value") >= pl.col("_xmax")).fill_null(False)),
     )
     return lf.with_columns(_t=TIME_INT), key_duplicate, series
 
@@ -449,9 +476,112 @@ def long_series_plans(
     ]
 
 
+def duplicate_warning(dup_rows: int, rows: int, limit: float) -> str:
+    """The words receipt, curation stats and card use for a delivery over its duplicate share."""
+    return (f"{dup_rows:,} of {rows:,} rows ({dup_rows / rows:.1%}) repeat the key (entity, time, sensor) of an earlier row "
+            f"of the delivery: more than the contract's max_duplicate_share of {limit:.0%}. Curation removes exact "
+            "duplicates and flags the rest; check the layout's time axis (sample rate, time unit) before using it")
+
+
 def provenance(contract: Contract, contract_version: str) -> dict[str, str]:
     """The PROVENANCE columns' values for a delivery (the engine appends them to its result)."""
     return dict(zip(PROVENANCE, (contract.tenant, contract.id, contract_version), strict=True))
+
+
+def _as_time_int(v: Any) -> int | None:
+    """A curated stats' time_min/time_max (ISO text for timestamps, int for an index) as TIME_INT's integer."""
+    if v is None:
+        return None
+    if isinstance(v, int | float):
+        return int(v)
+    import datetime as dt
+
+    try:
+        t = dt.datetime.fromisoformat(str(v))
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    delta = t - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def earlier_curated(contract: Contract, delivery_id: str, s: Settings,
+                    span: tuple[int | None, int | None] = (None, None)) -> list[tuple[str, Path]]:
+    """(delivery id, curated file) of the contract's other deliveries that already hold published-to-be readings.
+
+    Curated and not failed: a delivery whose suite failed is never
+    published, so its readings do not make another one a repeat. Those
+    received before ``delivery_id``, and those received after it that were
+    curated first (out of order, e.g. a backfill) unless they are
+    corrections (which replace at publish): the first delivery curated
+    with a reading keeps it, so the key stays unique whatever the order.
+    The lab curates pending deliveries oldest first (``state.pending``), so
+    in practice the earliest delivery of a reading keeps it; re-curating an
+    old delivery changes nothing, as the later ones left its readings out
+    when they were curated. ``span`` (the delivery's
+    first and last time, as TIME_INT) leaves out deliveries whose recorded
+    time range does not meet it: a firm streaming a delivery every minute
+    would otherwise compare each new one with every earlier one.
+    """
+    lo, hi = span
+    out = []
+    rows = state.accepted(contract.id, s)
+    me = next((r for r in rows if r["id"] == delivery_id), None)
+    if me is None:
+        return []
+    for r in rows:
+        if r["id"] == delivery_id:
+            continue
+        later = (r["received_at"], r["id"]) > (me["received_at"], me["id"])
+        if r["curated_path"] and r["stage"] in ("curated", "validated") and r["validation_ok"] is not False:
+            cur = (json.loads(r["stats"] or "{}") if isinstance(r["stats"], str) else (r["stats"] or {})).get("curated") or {}
+            if later and (cur.get("correction") or not cur):
+                continue
+            t0, t1 = _as_time_int(cur.get("time_min")), _as_time_int(cur.get("time_max"))
+            if None not in (lo, hi, t0, t1) and (t1 < lo or t0 > hi):  # type: ignore[operator]
+                continue  # no time in common: no key in common
+            p = s.home / r["curated_path"]
+            if p.is_file():
+                out.append((r["id"], p))
+    return out
+
+
+def exclude_repeats(contract: Contract, delivery_id: str, raw: pl.LazyFrame, correction: bool, scratch: Path,
+                    s: Settings) -> tuple[pl.LazyFrame, dict[str, Any]]:
+    """The delivery's raw rows without readings an earlier delivery already holds, and the counts.
+
+    The dataset's key (entity, time, sensor) is unique across the deliveries
+    of a contract in a version. A delivery that repeats published readings
+    (a re-sent file, an overlapping export) had them published twice, as
+    key "duplicates" flagged late (issue 23). Now a repeat is excluded here
+    and counted (``repeats_excluded``), unless the firm declared the
+    delivery a correction (``datalab push --correction``): then its
+    readings are kept and replace the earlier ones when a version is
+    published (``replaces``: rows per earlier delivery; see
+    ``publish.correction_parts``). Rows without an entity or time never
+    match. The remaining rows are written to ``scratch`` (read by every
+    bucket of the plan) only when some were excluded.
+    """
+    counts: dict[str, Any] = {"repeats_excluded": 0, "correction": correction, "replaces": {}}
+    if not any(r["id"] != delivery_id for r in state.accepted(contract.id, s)):
+        return raw, counts  # the contract's first delivery: nothing to compare with
+    lo, hi = raw.select(TIME_INT.min().alias("lo"), TIME_INT.max().alias("hi")).collect().row(0)
+    earlier = earlier_curated(contract, delivery_id, s, (lo, hi))
+    if not earlier:
+        return raw, counts
+    keys = pl.concat([pl.scan_parquet(p).select(*KEY, earlier=pl.lit(d)) for d, p in earlier])
+    keys = keys.unique(subset=[*KEY, "earlier"])
+    if correction:
+        hits = raw.select(KEY).unique().join(keys, on=KEY, how="inner").group_by("earlier").agg(n=pl.len()).collect()
+        counts["replaces"] = {d: int(n) for d, n in sorted(hits.iter_rows())}
+        return raw, counts
+    n = raw.join(keys.select(KEY).unique(), on=KEY, how="semi").select(pl.len()).collect().item()
+    if not n:
+        return raw, counts
+    raw.join(keys.select(KEY).unique(), on=KEY, how="anti", maintain_order="left").sink_parquet(scratch)
+    counts["repeats_excluded"] = int(n)
+    return pl.scan_parquet(scratch), counts
 
 
 def watermark_table(contract: Contract, delivery_id: str, s: Settings) -> pl.DataFrame:
@@ -506,6 +636,12 @@ class Profile:
             values_converted=(pl.col("value").is_not_null() & (pl.col("value") != pl.col("raw_value"))).sum().cast(pl.Int64),
             time_min=pl.col("time").min(),
             time_max=pl.col("time").max(),
+            # Rows that repeat the key of the row before them (the part is in
+            # key order and a series never spans parts): with the exact
+            # duplicates removed, the rows that repeat an earlier row's key.
+            key_repeats=(pl.col("flag_key_duplicate") & pl.col("entity").eq_missing(pl.col("entity").shift(1))
+                         & pl.col("sensor").eq_missing(pl.col("sensor").shift(1))
+                         & pl.col("time").eq_missing(pl.col("time").shift(1))).sum().cast(pl.Int64),
             **{f: pl.col(f).sum().cast(pl.Int64) for f in FLAGS},
         ))
         self._entities.append(df.select(pl.col("entity").unique()))
@@ -523,7 +659,7 @@ class Profile:
         """The profile of the curated file at ``path`` (whose parts were all added)."""
         totals = pl.concat(self._totals).select(
             pl.col("rows").sum(), pl.col("values_converted").sum(), pl.col("time_min").min(), pl.col("time_max").max(),
-            *[pl.col(f).sum() for f in FLAGS])
+            pl.col("key_repeats").sum(), *[pl.col(f).sum() for f in FLAGS])
         agg = {**totals.row(0, named=True), "entities": pl.concat(self._entities).get_column("entity").n_unique()}
         spread = pl.scan_parquet(path).group_by("sensor").agg(
             mean=pl.col("value").mean(), std=pl.col("value").std()).collect(engine="streaming")
@@ -562,18 +698,22 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
     t0 = time.perf_counter()
     raw = pl.scan_parquet(src)
     rows_in = raw.select(pl.len()).collect().item()  # from the Parquet metadata
+    receipt = landing.get_receipt(delivery_id, s=s)
+    scratch_raw = out.parent / f".{out.stem}.new-readings.parquet"
+    raw, repeats = exclude_repeats(contract, delivery_id, raw, receipt.correction, scratch_raw, s)
     pseudonyms = {
         a.name: pseudonym.mapping(raw.select(a.name).unique().collect().get_column(a.name), f"{contract.tenant}:{a.name}", s)
         for a in contract.attributes if a.personal
     }
-    wm = watermark_table(contract, delivery_id, s)
+    # A declared correction's readings replace earlier ones: not late.
+    wm = None if receipt.correction else watermark_table(contract, delivery_id, s)
     table = series_table(raw)
     order = series_order(table)
-    version = landing.get_receipt(delivery_id, s=s).contract_version  # pushed under, not the contract's current one
+    version = receipt.contract_version  # pushed under, not the contract's current one
     joins_only = engine.tries_gpu()
     long_info = {"series": 0, "chunks": 0}  # series cut by time, and their chunks
     counted = Profile()
-    if rows_in <= s.curate_bucket_rows:
+    if rows_in - repeats["repeats_excluded"] <= s.curate_bucket_rows:
         buckets = 1
         plan = build_plan(contract, raw, wm, pseudonyms, order, joins_only)
         run: EngineRun = engine.sink_parquet(plan, out, provenance(contract, version), on_result=counted.add)
@@ -598,13 +738,33 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
             run = engine.sink_parquet_parts(plans, out, provenance(contract, version), on_result=counted.add)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+    scratch_raw.unlink(missing_ok=True)
     prof = counted.result(out)
     _record_watermarks(contract, delivery_id, counted.watermarks(), s)
     time_bases = _time_bases(out)
+    exact = rows_in - repeats["repeats_excluded"] - prof["rows"]
+    dup_rows = exact + int(prof["key_repeats"])
+    share = dup_rows / rows_in if rows_in else 0.0
+    limit = contract.curation.max_duplicate_share
+    resampled = bool(contract.curation.resample_us and contract.time.logical_type == "timestamp")
     stats = {
         "rows_in": rows_in,
         "rows_out": prof["rows"],
-        "exact_duplicates_removed": rows_in - prof["rows"],
+        "exact_duplicates_removed": exact,
+        # Readings whose key (entity, time, sensor) an earlier delivery of
+        # the contract already holds: excluded, or for a declared correction
+        # kept, replacing the earlier ones (per earlier delivery, at publish).
+        **repeats,
+        # Rows that repeat an earlier row's key (removed or flagged), and
+        # their share: over curation.max_duplicate_share the suite fails
+        # (validate.lab_rules) and the card says so.
+        # (Not with resampling, whose output rows are buckets, not readings.)
+        **({} if resampled else {
+            "duplicate_rows": dup_rows,
+            "duplicate_share": round(share, 6),
+            "max_duplicate_share": limit,
+            **({"warnings": [duplicate_warning(dup_rows, rows_in, limit)]} if share > limit else {}),
+        }),
         "values_converted": int(prof["values_converted"]),
         **prof["flags"],
         "entities": prof["entities"],
@@ -620,6 +780,8 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
         "seconds": round(time.perf_counter() - t0, 3),
         "bytes_out": out.stat().st_size,
     }
+    if stats.get("warnings") and not receipt.warnings:
+        landing.add_warnings(delivery_id, stats["warnings"], s)  # the push did not count them (a very large delivery)
     state.set_stage(delivery_id, "curated", s=s, curated_path=str(out.relative_to(s.home)), stats={"curated": stats})
     return stats
 

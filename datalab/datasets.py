@@ -78,7 +78,10 @@ def load_spec(contracts_dir: Path, name: str, contracts: dict[str, Contract]) ->
         else:
             for i, cid in enumerate(inputs):
                 if cid not in contracts:
-                    problems.append(f"inputs[{i}]: no provider contract {cid!r}")
+                    broken = getattr(contracts, "broken", {})
+                    hint = (f" ({len(broken)} provider contract(s) do not load: {', '.join(sorted(Path(b).name for b in broken))}; "
+                            "see datalab contract list)") if broken else ""
+                    problems.append(f"inputs[{i}]: no provider contract {cid!r}{hint}")
         if not doc.get("site"):
             problems.append("site: required, the site the dataset is published to (sites.yaml)")
         kinds = {contracts[c].kind for c in (inputs or []) if c in contracts}

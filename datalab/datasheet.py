@@ -249,6 +249,12 @@ def facts(m: dict[str, Any], contracts: dict[str, Contract], lf: pl.LazyFrame, s
     for r in per_firm.iter_rows(named=True):
         if r["gaps"]:
             gaps.append(f"firm {r['firm']}: {r['gaps']:,} readings follow a gap in their series (flag_gap_before)")
+    for d, st in m["curation"].items():
+        for w in st.get("warnings") or []:
+            warnings.append(f"delivery {d}: {w}")
+        if st.get("repeats_excluded"):
+            gaps.append(f"delivery {d}: {st['repeats_excluded']:,} readings repeat ones an earlier delivery holds; excluded")
+    warnings += near_duplicate_series(lf)
     const = sorted({x for st in m["curation"].values() for x in (st.get("constant_sensors") or [])})
     if const:
         gaps.append(f"constant sensors (no information for learning): {', '.join(const)}")
@@ -277,6 +283,47 @@ def facts(m: dict[str, Any], contracts: dict[str, Contract], lf: pl.LazyFrame, s
         "firm_labels": {v: ("named" if k == v else "pseudonymised") for k, v in firms.items()},
         "thresholds": {"dominant_share": DOMINANT_SHARE, "minor_share": MINOR_SHARE, "machine_ratio": MACHINE_RATIO, "missing_share": MISSING_SHARE},
     }
+
+
+# A series of fewer readings than this is not compared (short series match by chance).
+NEAR_DUPLICATE_MIN_READINGS = 20
+
+
+def near_duplicate_series(lf: pl.LazyFrame) -> list[str]:
+    """Warnings for entities whose readings repeat another entity's, value for value.
+
+    One entity's series gets a fingerprint: per sensor the sum of its
+    values' hashes (the multiset of values, whatever the time axis: a copy
+    may be shifted in time), combined over its sensors; two entities of one
+    contract with the same fingerprint and at least
+    ``NEAR_DUPLICATE_MIN_READINGS`` readings carry the same data under other
+    ids. No sort: one streaming group-by over the version. The
+    C-MAPSS test file held engines 91-100 of the training file again as
+    101-110, and nothing noticed (issue 23). One group-by over the version.
+    """
+    cols = lf.collect_schema().names()
+    if not {"entity", "sensor", "value", "time"} <= set(cols):
+        return []
+    by = ["contract_id"] if "contract_id" in cols else []
+    per_sensor = (
+        lf.filter(pl.col("entity").is_not_null() & pl.col("sensor").is_not_null())
+        .group_by([*by, "entity", "sensor"])
+        .agg(h=pl.col("value").hash(seed=7).sum(), n=pl.len())
+    )
+    per_entity = (
+        per_sensor.group_by([*by, "entity"])
+        .agg(fp=(pl.col("h") + pl.col("sensor").hash(seed=5)).sum(), n=pl.col("n").sum())
+        .filter(pl.col("n") >= NEAR_DUPLICATE_MIN_READINGS)
+        .collect(engine="streaming")
+    )
+    out: list[str] = []
+    groups = per_entity.group_by([*by, "fp"]).agg(pl.col("entity").sort(), pl.col("n").first()).filter(pl.col("entity").list.len() > 1)
+    for r in groups.sort(pl.col("entity").list.first()).iter_rows(named=True):
+        where = f" ({r['contract_id']})" if by else ""
+        ents = [str(e) for e in r["entity"]]
+        out.append(f"near-duplicate series{where}: entities {', '.join(ents)} carry the same {r['n']:,} readings "
+                   "(same values in the same order, other entity ids): one machine delivered twice under other ids?")
+    return out
 
 
 def _policy_words(p: dict[str, Any]) -> list[str]:
@@ -331,9 +378,14 @@ def render_markdown(m: dict[str, Any], f: dict[str, Any], contracts: dict[str, C
           "5. Publishing: inputs combined, policy checked, rows written to Iceberg.", ""]
     L += ["Counts are readings (rows of the long table); a wide file row holds one reading per sensor, so a "
           "receipt's \"rows delivered\" can be fewer.", ""]
-    L += _table(["delivery", "readings in", "readings out", "duplicates removed", "values converted", *[FLAG_WORDS[k] for k in FLAGS]],
-                [[d, st.get("rows_in") or 0, st.get("rows_out") or 0, st.get("exact_duplicates_removed") or 0, st.get("values_converted") or 0,
-                  *[st.get(k) or 0 for k in FLAGS]] for d, st in m["curation"].items()])
+    L += _table(["delivery", "readings in", "readings out", "duplicates removed", "repeats excluded", "replaced by corrections",
+                 "values converted", *[FLAG_WORDS[k] for k in FLAGS]],
+                [[d + (" (correction)" if st.get("correction") else ""), st.get("rows_in") or 0, st.get("rows_out") or 0,
+                  st.get("exact_duplicates_removed") or 0, st.get("repeats_excluded") or 0, st.get("rows_replaced_by_corrections") or 0,
+                  st.get("values_converted") or 0, *[st.get(k) or 0 for k in FLAGS]] for d, st in m["curation"].items()])
+    L += ["", "*Repeats excluded*: readings whose entity, time and sensor an earlier delivery of the contract already holds "
+          "(the key is unique across deliveries); *replaced by corrections*: readings a later delivery declared as a "
+          "correction (`datalab push --correction`) replaces."]
     L += ["", "## Validation"]
     for d, v in m["validation"].items():
         L.append(f"- {d}: {'passed' if v['success'] else 'FAILED'} ({v['evaluated']} expectations, {v['failed']} failed)")

@@ -77,6 +77,14 @@ def _read_sample(path: Path, compression: str | None, name: str) -> bytes:
 _DELIMS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe", "whitespace": "whitespace"}
 
 
+def delimiter_words(d: str) -> str:
+    """A delimiter as people can read it in a message: quoted, and named (a blank is otherwise invisible)."""
+    if d == "whitespace":
+        return "whitespace (runs of blanks)"
+    names = {**_DELIMS, " ": "space"}
+    return f"{d!r} ({names[d]})" if d in names else repr(d)
+
+
 def _lines(sample: bytes, n: int = 20) -> list[bytes]:
     lines = sample.split(b"\n")
     if len(sample) == SAMPLE:
@@ -146,8 +154,8 @@ def sniff(path: Path, name: str, expected_delimiter: str | None = None) -> Sniff
     delim = sniff_delimiter(sample)
     if expected_delimiter and delim and delim != expected_delimiter:
         raise FileRejected([
-            f"{name}: wrong delimiter: the contract's layout says {_DELIMS.get(expected_delimiter, expected_delimiter)}, "
-            f"the file uses {_DELIMS.get(delim, delim)}"
+            f"{name}: wrong delimiter: the contract's layout says {delimiter_words(expected_delimiter)}, "
+            f"the file uses {delimiter_words(delim)}"
         ])
     delim = expected_delimiter or delim
     if delim is None:

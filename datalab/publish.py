@@ -110,6 +110,31 @@ def read_manifest(dataset: str, version: str | None, s: Settings | None = None) 
     return m
 
 
+def correction_parts(included: list[dict[str, Any]], s: Settings) -> dict[str, tuple[Path, ...]]:
+    """Per included delivery, the curated files of the later included corrections that replace some of its readings.
+
+    A correction (``datalab push --correction``) records at curation, per
+    earlier delivery of its contract, how many of its readings replace ones
+    there (``replaces``); those earlier rows are left out of the version.
+    """
+    ids = {d["id"] for d in included}
+    out: dict[str, list[Path]] = {}
+    for d in included:
+        st = json.loads(d["stats"]) if isinstance(d.get("stats"), str) else (d.get("stats") or {})
+        cur = st.get("curated") or {}
+        if not cur.get("correction"):
+            continue
+        for earlier, n in (cur.get("replaces") or {}).items():
+            if n and earlier in ids and earlier != d["id"]:
+                out.setdefault(earlier, []).append(s.home / d["curated_path"])
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _part(d: dict[str, Any], contracts: dict[str, Any], replaced_by: dict[str, tuple[Path, ...]], s: Settings) -> table_stream.Part:
+    return table_stream.Part(s.home / d["curated_path"], d["contract"], contracts[d["contract"]].tenant,
+                             d["contract_version"], d["id"], replaced_by.get(d["id"], ()))
+
+
 def publish(name: str, actor: str = "cli", s: Settings | None = None) -> PublishResult:
     """Publish a new version of dataset ``name`` if its inputs changed."""
     s = s or settings()
@@ -131,10 +156,11 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
                 excluded.append({"delivery_id": d["id"], "contract": cid, "reason": why})
     if not included:
         raise DatalabError(f"dataset {name}: no validated delivery to publish yet ({len(excluded)} excluded)")
+    replaced_by = correction_parts(included, s)
     frames = []
     for d in included:
         c = contracts[d["contract"]]
-        frames.append(pl.scan_parquet(s.home / d["curated_path"]).with_columns(
+        frames.append(_part(d, contracts, replaced_by, s).rows().with_columns(
             tenant=pl.lit(c.tenant), contract_id=pl.lit(c.id), contract_version=pl.lit(d["contract_version"])))
     # Align attribute columns across inputs; order columns deterministically.
     lf = pl.concat(frames, how="diagonal_relaxed")
@@ -160,7 +186,8 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
 
     prev_ids = set(prev_manifest["lineage"]["deliveries"]) if prev_manifest else set()
     same_table = prev_manifest is not None and prev_manifest["table"] == ident
-    append_only = same_table and why.startswith("patch") and prev_ids <= set(delivery_ids)
+    append_only = same_table and why.startswith("patch") and prev_ids <= set(delivery_ids) \
+        and not any(replaced_by.get(i) for i in prev_ids)  # a correction changes published files
     if append_only:
         # A publish killed after its Iceberg commit but before its catalog row
         # leaves a snapshot no version names; appending on top of it would
@@ -170,8 +197,7 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
     # Data files written by Polars, then registered in one transaction (one
     # commit): see table_stream.
     pl_schema = dict(lf.collect_schema())
-    parts = [table_stream.Part(s.home / d["curated_path"], d["contract"], contracts[d["contract"]].tenant,
-                               d["contract_version"], d["id"]) for d in included]
+    parts = [_part(d, contracts, replaced_by, s) for d in included]
     new_ids = [d for d in delivery_ids if d not in prev_ids]
     arrow_schema = table_stream.arrow_schema(pl_schema)
     if not ice.table_exists(ident):
@@ -221,7 +247,7 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
     # at 200 M rows).
     rows_of: dict[str, int] = {}
     for d in included:
-        n = pl.scan_parquet(s.home / d["curated_path"]).select(pl.len()).collect().item()
+        n = _part(d, contracts, replaced_by, s).rows().select(pl.len()).collect().item()
         rows_of[d["contract"]] = rows_of.get(d["contract"], 0) + n
     full = sum(rows_of.values())
     val = {d["id"]: (state.get(d["id"], s) or {}).get("validation") for d in included}
@@ -245,7 +271,11 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
             "deliveries": delivery_ids,
             "excluded": excluded,
         },
-        "curation": {k: {x: v.get(x) for x in ("rows_in", "rows_out", "exact_duplicates_removed", "values_converted", "flag_missing", "flag_unit_unknown", "flag_out_of_range", "flag_key_duplicate", "flag_outlier", "flag_gap_before", "flag_late", "constant_sensors", "engine", "time_bases")} for k, v in curated_stats.items()},
+        "curation": {k: {x: v.get(x) for x in ("rows_in", "rows_out", "exact_duplicates_removed", "values_converted", "flag_missing", "flag_unit_unknown", "flag_out_of_range", "flag_key_duplicate", "flag_outlier", "flag_gap_before", "flag_late", "constant_sensors", "engine", "time_bases",
+                                                           "repeats_excluded", "correction", "replaces", "duplicate_rows", "duplicate_share",
+                                                           "max_duplicate_share", "warnings")}
+                     | {"rows_replaced_by_corrections": sum(int(n) for c2 in curated_stats.values() for dd, n in (c2.get("replaces") or {}).items() if dd == k)}
+                     for k, v in curated_stats.items()},
         "validation": {k: {"success": (v or {}).get("success"), "evaluated": (v or {}).get("evaluated"), "failed": (v or {}).get("failed")} for k, v in val.items()},
         "policy": policy.to_dict(),
         "sovereignty": sovereignty.manifest_section(plan, personal),

@@ -111,6 +111,11 @@ class TimeseriesReader:
         self.side: dict | None = None  # side tables of the delivery (datalab.measurement.sidefiles)
         # False: every block takes the line path (tests compare the two paths)
         self.fast_split = fast_split
+        # The contract's missingValues tokens that are not numbers ('NA', 'n/a'):
+        # a value cell holding one is missing, not "not a number". Numeric
+        # sentinels (-999) are read as numbers and made missing by curation,
+        # which compares them as numbers ('-999.0' is -999 too).
+        self.missing_tokens = [t for t in contract.missing_values if not _is_number(t)]
 
     # -- column expectations ------------------------------------------------
 
@@ -469,7 +474,8 @@ class TimeseriesReader:
         s = df.get_column(col)
         if s.dtype == pl.String:
             s = s.str.strip_chars()
-            s = pl.when(s == "").then(None).otherwise(s)  # type: ignore[assignment]
+            empty = (s == "") | (s.is_in(self.missing_tokens) if lt == "number" and self.missing_tokens else False)
+            s = pl.when(empty).then(None).otherwise(s)  # type: ignore[assignment]
             s = df.select(s.alias(col)).get_column(col) if isinstance(s, pl.Expr) else s
             if lt == "timestamp":
                 out = self._parse_ts(s)
@@ -594,7 +600,10 @@ class TimeseriesReader:
                 continue
             lt = target if isinstance(target, str) else target.logical_type
             x = pl.col(col).str.strip_chars() if strip else pl.col(col)
-            clean = pl.when(x != "").then(x)
+            present = x != ""
+            if lt == "number" and self.missing_tokens:
+                present = present & ~x.is_in(self.missing_tokens)
+            clean = pl.when(present).then(x)
             out = self._text_cast(clean, lt)
             exprs += [clean.alias(f"_s{i}"), (out if out is not None else clean).alias(f"_c{i}")]
         res = df.select(*exprs, *extra)
@@ -638,9 +647,7 @@ class TimeseriesReader:
     def _typed_long(self, df: pl.DataFrame, header: list[str], unit: str = "line", strip: bool = True) -> pl.DataFrame | None:
         c, lay = self.c, self.lay
         if lay.shape == "matrix":
-            samples = [h for h in header if h.startswith("c")]
-            typed = df.select("_line", *[self._cast(df, h, "number", unit) for h in samples])
-            return self._matrix_long(typed, samples)
+            return self._matrix_long(self._matrix_values(df, [h for h in header if h.startswith("c")], unit))
         ent, tim = c.entity, c.time
         attrs = [a for a in c.attributes if a.source_name in header]
         casts: list[tuple[str, Column | str]] = [
@@ -696,18 +703,51 @@ class TimeseriesReader:
             ).with_columns(raw_unit=pl.col("sensor").replace_strict(unit_of, default=None))
         return out.select(list(long_schema(c))).cast(long_schema(c))  # type: ignore[arg-type]
 
-    def _matrix_long(self, typed: pl.DataFrame, samples: list[str]) -> pl.DataFrame:
+    def _matrix_values(self, df: pl.DataFrame, samples: list[str], unit: str) -> pl.DataFrame:
+        """A matrix block as (_line, _sample, raw_value): unpivoted first, then cast as one column.
+
+        Casting 12,000 sample columns one by one took 15 s for five rows of
+        a 12 kHz file (1.3 ms of overhead per column); one cast of the long
+        column takes milliseconds. Bad values are reported as before: by
+        sample column, then line (the unpivot's order).
+        """
+        long = df.select("_line", *samples).unpivot(index="_line", on=samples, variable_name="_sample", value_name="_text")
+        if long.schema["_text"] != pl.String:
+            return long.with_columns(pl.col("_text").cast(pl.Float64, strict=False).alias("raw_value")).drop("_text")
+        text = pl.col("_text").str.strip_chars()
+        present = text != ""
+        if self.missing_tokens:
+            present = present & ~text.is_in(self.missing_tokens)
+        res = long.with_columns(_s=pl.when(present).then(text)).with_columns(raw_value=pl.col("_s").cast(pl.Float64, strict=False))
+        bad = res.filter(pl.col("_s").is_not_null() & pl.col("raw_value").is_null())
+        for ln, col, v in bad.head(MAX_DETAILED).select("_line", "_sample", "_s").iter_rows():
+            self.problems.add("logicalType number", f"{unit} {ln}, column {col!r}: {str(v)[:60]!r} is not a number")
+        if bad.height > MAX_DETAILED:
+            self.problems.counts["logicalType number"] += bad.height - MAX_DETAILED
+        return res.select("_line", "_sample", "raw_value")
+
+    def _matrix_long(self, values: pl.DataFrame) -> pl.DataFrame:
         c, lay = self.c, self.lay
+        samples = values.get_column("_sample").unique().to_list() if values.height else []
         spr, rate = lay.samples_per_row or len(samples), lay.sample_rate_hz or 1.0
         m = next(x for x in c.measurements if x.name == self._matrix_sensor)
         first_line = 2 if lay.header else 1
-        long = typed.with_columns(_row=pl.col("_line") - first_line + 1).unpivot(
-            index=["_row"], on=samples, variable_name="_sample", value_name="raw_value"
-        ).with_columns(_idx=pl.col("_sample").str.slice(1).cast(pl.Int64))
-        t = ((pl.col("_row") - 1) * (spr / rate) + pl.col("_idx") / rate)
+        long = values.with_columns(_row=pl.col("_line") - first_line + 1).select(
+            "_row", "_sample", "raw_value").with_columns(_idx=pl.col("_sample").str.slice(1).cast(pl.Int64))
+        # Sample n of the file lies n / rate seconds after the first, in
+        # microseconds; the time axis then counts in its own step
+        # (``Layout.time_tick_us``: microseconds for a timestamp, the time
+        # column's unit for an integer). Rounding to whole seconds gave a
+        # 12 kHz file 11 times for 120,000 samples (issue 23).
+        n = (pl.col("_row") - 1) * spr + pl.col("_idx")
+        t_us = n.cast(pl.Float64) * (1e6 / rate)
+        if c.time.logical_type == "timestamp":
+            time = (pl.lit(_start_us(lay.start, lay.timezone), pl.Int64) + t_us.round(0).cast(pl.Int64)).cast(pl.Datetime("us", "UTC"))
+        else:
+            time = (t_us / lay.time_tick_us).round(0).cast(pl.Int64)
         cols = {
             "entity": pl.lit(lay.entity_value or "unknown", pl.String),
-            "time": t.round(0).cast(pl.Int64) if c.time.logical_type != "timestamp" else pl.lit(None),
+            "time": time,
             "sensor": pl.lit(m.name, pl.String),
             "raw_value": pl.col("raw_value"),
             "raw_unit": pl.lit(m.source_unit or m.unit, pl.String),
@@ -716,6 +756,28 @@ class TimeseriesReader:
             cols[a.name] = pl.col("_row") if a.name == lay.row_attribute else pl.lit(None, VALUE_DTYPES[a.logical_type])
         out = long.sort("_row", "_idx").select([e.alias(k) for k, e in cols.items()])
         return out.cast(long_schema(c))  # type: ignore[arg-type]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _start_us(start: str | None, timezone: str) -> int:
+    """Epoch microseconds of a matrix layout's ``start`` (naive: in the layout's time zone); 0 without one."""
+    if not start:
+        return 0
+    import datetime as dt
+    import zoneinfo
+
+    t = dt.datetime.fromisoformat(start)
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=zoneinfo.ZoneInfo(timezone))
+    delta = t - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def read_all(contract: Contract, path: Path, name: str, sniffed: Sniffed) -> tuple[pl.DataFrame, TimeseriesReader]:

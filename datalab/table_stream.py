@@ -44,6 +44,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from datalab.curate import KEY as REPLACE_KEY
 from datalab.curate import PROVENANCE
 
 # Rows per data file. Each file is streamed by the sink, so this bounds the
@@ -61,6 +62,17 @@ class Part:
     tenant: str
     contract_version: str
     delivery_id: str
+    # Curated files of later corrections whose readings replace some of this
+    # part's (same entity, time, sensor): those rows are left out (issue 23).
+    replaced_by: tuple[Path, ...] = ()
+
+    def rows(self) -> pl.LazyFrame:
+        """The part's curated rows, less those a later correction replaces."""
+        lf = pl.scan_parquet(self.path)
+        if not self.replaced_by:
+            return lf
+        keys = pl.concat([pl.scan_parquet(p).select(REPLACE_KEY) for p in self.replaced_by]).unique()
+        return lf.join(keys, on=REPLACE_KEY, how="anti", maintain_order="left")
 
     @property
     def literals(self) -> dict[str, str]:
@@ -70,7 +82,7 @@ class Part:
 
 def conformed(part: Part, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
     """The rows of one curated delivery in the version's schema (a lazy scan)."""
-    lf = pl.scan_parquet(part.path).with_columns(**{k: pl.lit(v) for k, v in part.literals.items()})
+    lf = part.rows().with_columns(**{k: pl.lit(v) for k, v in part.literals.items()})
     have = lf.collect_schema()
     return lf.select([pl.col(n).cast(t) if n in have else pl.lit(None, t).alias(n) for n, t in schema.items()])
 
@@ -83,7 +95,7 @@ def is_data_file(part: Part, schema: dict[str, pl.DataType]) -> bool:
     holding exactly this part's literals (no nulls, min = max = the value).
     Read from the Parquet footer only.
     """
-    if list(pl.read_parquet_schema(part.path).items()) != list(schema.items()):
+    if part.replaced_by or list(pl.read_parquet_schema(part.path).items()) != list(schema.items()):
         return False
     meta = pq.ParquetFile(part.path).metadata
     if meta.num_rows == 0:  # no rows to add: left to slices(), which writes none for it
@@ -112,7 +124,7 @@ def slices(parts: list[Part], schema: dict[str, pl.DataType], only: set[str] | N
             any_rows = True
             yield part.path
             continue
-        n = pl.scan_parquet(part.path).select(pl.len()).collect().item()  # from the footer
+        n = part.rows().select(pl.len()).collect().item()  # from the footer, unless a correction replaces rows
         lf = conformed(part, schema)
         for offset in range(0, n, rows):
             any_rows = True

@@ -178,7 +178,10 @@ def sample_file(contract_id: str, tmp: Path, rows: int = 400, seed: int = 1, nam
 
     c = contracts_mod.load_all(ROOT / "data_contracts")[contract_id]
     p = tmp / (name or f"{c.product}-{seed}.csv")
-    return sample.write(sample.generate(c, rows, seed=seed, start=START, defects=sample.Defects.none()), p)
+    # Each seed on a day of its own: two samples are different readings, not
+    # repeats of the same keys (which the lab excludes since issue 23).
+    return sample.write(sample.generate(c, rows, seed=seed, start=START + dt.timedelta(days=seed),
+                                        defects=sample.Defects.none()), p)
 
 
 @pytest.fixture(scope="session")

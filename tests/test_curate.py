@@ -14,9 +14,9 @@ from tests.conftest import CMAPSS, HYDRAULIC, PRESS, PUMPS, SPINDLE
 START = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
 
 
-def _land_and_curate(c, gen: sample.Generated, path: Path) -> tuple[dict, pl.DataFrame]:
+def _land_and_curate(c, gen: sample.Generated, path: Path, correction: bool = False) -> tuple[dict, pl.DataFrame]:
     sample.write(gen, path)
-    rec = landing.push(c, [path])
+    rec = landing.push(c, [path], correction=correction)
     assert rec.accepted, rec.reasons
     ingest.ingest_raw(c, rec.delivery_id)
     stats = curate.curate_delivery(c, rec.delivery_id)
@@ -58,7 +58,8 @@ def test_timezone_shift_changes_nothing(lab: Path, tmp_path: Path, contracts) ->
         exact_duplicates=0, key_duplicates=0, wrong_unit=0, missing=0, spikes=0, gaps=0, shuffle=False, tz_shift=0.3))
     assert shifted.truth["tz_shifted"] > 1000
     _, a = _land_and_curate(c, clean, tmp_path / "a.csv")
-    _, b = _land_and_curate(c, shifted, tmp_path / "b.csv")
+    # The same readings again: a declared correction, or they would be excluded as repeats (issue 23).
+    _, b = _land_and_curate(c, shifted, tmp_path / "b.csv", correction=True)
     cols = ["entity", "time", "sensor", "value"]
     assert a.select(cols).sort(cols).equals(b.select(cols).sort(cols))
 
@@ -72,7 +73,9 @@ def test_late_rows_flagged_against_earlier_delivery(lab: Path, tmp_path: Path, c
                              defects=sample.Defects(exact_duplicates=0, key_duplicates=0, wrong_unit=0, missing=0,
                                                     spikes=0, gaps=0, shuffle=False, tz_shift=0, late=30))
     st, _ = _land_and_curate(c, second, tmp_path / "second.csv")
-    assert st["flag_late"] == 30
+    # Issue 23: a late row whose key (entity, time, sensor) the first delivery
+    # already holds is a repeat, excluded and counted, not flagged late.
+    assert st["flag_late"] + st["repeats_excluded"] == 30 and st["repeats_excluded"] > 0
 
 
 def test_personal_column_pseudonymised(lab: Path, tmp_path: Path, contracts) -> None:
@@ -142,7 +145,7 @@ def test_series_buckets_give_the_same_table(lab: Path, tmp_path: Path, contracts
     # same rows, another delivery: re-push needs other bytes, so append a blank line
     with open(tmp_path / "two.csv", "a") as f:
         f.write("\n")
-    rec = landing.push(c, [tmp_path / "two.csv"])
+    rec = landing.push(c, [tmp_path / "two.csv"], correction=True)  # the same readings again: not repeats
     assert rec.accepted, rec.reasons
     st_many = curate.curate_delivery(c, rec.delivery_id)
     assert st_many["series_buckets"] > 1

@@ -7,6 +7,7 @@ Run and publish go through the same Dagster definitions as ``datalab run`` /
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
@@ -34,6 +35,17 @@ class NewToken(BaseModel):
     principal: str = Field(..., max_length=64)
     ttl_days: int = Field(auth.DEFAULT_TTL_DAYS, ge=1, le=auth.MAX_TTL_DAYS)
     label: str = Field("", max_length=200)
+
+
+@router.get("/contracts/broken", summary="Provider contracts that do not load, with every problem")
+def broken_contracts(p: auth.Principal = Depends(need("admin"))) -> list[dict[str, Any]]:
+    from datalab.service.deps import contracts
+
+    s = settings()
+    known = contracts(s)
+    return [{"path": str(Path(path).relative_to(s.contracts_dir)) if Path(path).is_relative_to(s.contracts_dir) else path,
+             "tenant": Path(path).parent.name, "problems": problems}
+            for path, problems in sorted(getattr(known, "broken", {}).items())]
 
 
 @router.get("/principals", summary="All principals")

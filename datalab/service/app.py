@@ -63,8 +63,16 @@ def create_app() -> FastAPI:
         return response
 
     @app.get("/healthz", tags=["meta"], summary="Liveness (no authentication)")
-    def healthz() -> dict[str, bool]:
-        return {"ok": True}
+    def healthz() -> dict[str, Any]:
+        # A broken contract degrades the lab (its firm cannot push) but never
+        # takes it down: counted here, named at /v1/admin/contracts/broken.
+        from datalab.service.deps import contracts
+
+        try:
+            broken = len(getattr(contracts(settings()), "broken", {}))
+        except Exception:  # the contracts folder itself unreadable: still alive
+            broken = -1
+        return {"ok": True, "contracts_broken": broken}
 
     @app.get("/v1/whoami", tags=["meta"], summary="The principal behind the token")
     def whoami(p: auth.Principal = Depends(current_principal)) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import json
 import re
 import secrets
 import shutil
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -44,9 +45,17 @@ def _contract_view(c: Contract) -> dict[str, Any]:
 
 def own_contract(request: Request, p: auth.Principal, ref: str, s: Settings) -> Contract:
     """The firm's contract named by id, product or tenant/product; 404 otherwise (audited)."""
-    for c in contracts(s).values():
+    known = contracts(s)
+    for c in known.values():
         if c.tenant == p.tenant and ref in (c.id, c.product, f"{c.tenant}/{c.product}"):
             return c
+    for path, problems in getattr(known, "broken", {}).items():
+        fp = Path(path)
+        if fp.parent.name == p.tenant and ref in (fp.stem, f"{fp.parent.name}/{fp.stem}"):
+            # Only this firm's own broken contract refuses: it sees why (others' stay unseen).
+            raise refuse(request, p.actor, "contract", f"contract:{ref}", 422,
+                         f"contract {fp.parent.name}/{fp.name} is invalid, so it takes no pushes until it is fixed: "
+                         + "; ".join(problems), s=s)
     raise refuse(request, p.actor, "contract", f"contract:{ref}", 404,
                  "no such contract for your tenant", s=s)
 
@@ -98,6 +107,8 @@ async def push(
     request: Request,
     name: str | None = Query(None, max_length=255, description="file name, for an octet-stream body"),
     idempotency_key: str | None = Header(None, description="retry-safe key: same key and bytes, same receipt"),
+    correction: bool = Query(False, description="the delivery corrects readings already delivered: its readings "
+                             "replace earlier ones with the same entity, time and sensor (else such repeats are excluded)"),
     p: auth.Principal = Depends(firm_push),
 ) -> JSONResponse:
     s = settings()
@@ -148,7 +159,7 @@ async def push(
                 # completed): landing them again is safe, the landing zone's content key makes
                 # it the same delivery.
         staged = [(f.name, f.path, f.sha256, f.bytes, False) for f in files]
-        rec = await run_in_threadpool(landing.land_staged, c, staged, p.actor, s)
+        rec = await run_in_threadpool(landing.land_staged, c, staged, p.actor, s, correction)
         if idempotency_key:
             await run_in_threadpool(_idem_complete, s, p.name, idempotency_key, rec.delivery_id)
         return JSONResponse(rec.to_dict(), status_code=200 if rec.duplicate else 201,
