@@ -158,13 +158,16 @@ def _print_receipt(rec: Any) -> None:
 @app.command()
 def receipts(
     tenant: str = typer.Option(None), status: str = typer.Option(None), as_json: bool = typer.Option(False, "--json"),
+    limit: int = typer.Option(100, min=1, help="at most this many receipts (oldest first)"),
+    offset: int = typer.Option(0, min=0, help="skip this many first"),
 ) -> None:
-    """List delivery receipts (optionally one firm's, or only rejected ones)."""
+    """List delivery receipts (optionally one firm's, or only rejected ones), a page at a time."""
     from datalab import landing
 
     client = cli_service.remote()
     try:
-        recs = client.receipts(status=status) if client else landing.list_receipts(tenant=tenant, status=status)
+        recs = (client.receipts(status=status, limit=limit, offset=offset) if client
+                else landing.list_receipts(tenant=tenant, status=status, limit=limit, offset=offset))
     except DatalabError as e:
         _fail(e)
     if as_json:

@@ -181,11 +181,16 @@ def list_receipts(
     request: Request,
     status: str | None = Query(None, pattern="^(accepted|rejected)$"),
     contract: str | None = Query(None, max_length=300),
+    limit: int = Query(landing.DEFAULT_RECEIPT_LIMIT, ge=1, le=landing.MAX_RECEIPT_LIMIT,
+                       description="receipts per page (oldest first)"),
+    offset: int = Query(0, ge=0, le=2**62, description="receipts to skip"),
     p: auth.Principal = Depends(firm_receipts),
 ) -> list[dict[str, Any]]:
+    """One page of receipts, oldest first; a full page means there may be more (``offset += limit``)."""
     s = settings()
     cid = own_contract(request, p, contract, s).id if contract else None
-    return [r.to_dict() for r in landing.list_receipts(tenant=p.tenant, contract_id=cid, status=status, s=s)]
+    recs = landing.list_receipts(tenant=p.tenant, contract_id=cid, status=status, s=s, limit=limit, offset=offset)
+    return [r.to_dict() for r in recs]
 
 
 @router.get("/receipts/{delivery_id}", summary="One receipt with its reasons")
