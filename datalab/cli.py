@@ -264,16 +264,45 @@ def pull(
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
-    """Recompute the audit log's hash chain."""
+def audit_verify(
+    checkpoints: Path = typer.Option(None, "--checkpoints", help="signed checkpoint file to check the log against "
+                                     "(default: DATALAB_AUDIT_CHECKPOINTS or the lab's own, if it exists)"),
+) -> None:
+    """Recompute the audit log's keyed hash chain and check it against the signed checkpoints."""
+    from datalab import audit_checkpoints
     from datalab.catalog import Catalog
 
-    problems = Catalog(settings().catalog_url).verify_audit()
+    s = settings()
+    try:
+        problems = Catalog(s.catalog_url).verify_audit()
+        cp = checkpoints or audit_checkpoints.default_path(s)
+        if checkpoints is not None or cp.is_file():
+            problems += audit_checkpoints.verify(cp, s)
+    except ValueError as e:
+        _fail(e)
     for p in problems:
         err.print(f"[red]✗[/] {p}", highlight=False)
     if not problems:
-        out.print("audit chain intact")
+        out.print("audit chain intact" + (f" and consistent with the checkpoints in {cp}" if cp.is_file() else
+                                          " (no checkpoint file: deleted newest entries would not show)"))
     raise typer.Exit(1 if problems else 0)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    to: Path = typer.Option(None, "--to", help="checkpoint file (default: DATALAB_AUDIT_CHECKPOINTS or "
+                            "$DATALAB_HOME/audit/checkpoints.jsonl); keep it where the database's writers cannot"),
+) -> None:
+    """Append a signed checkpoint of the audit head to a file outside the database (run it from cron)."""
+    from datalab import audit_checkpoints
+
+    s = settings()
+    path = to or audit_checkpoints.default_path(s)
+    try:
+        cp = audit_checkpoints.checkpoint(path, s)
+    except (OSError, ValueError) as e:
+        _fail(e)
+    out.print(f"checkpoint: entry {cp['seq']}, hash {cp['hash'][:16]}... -> {path}", highlight=False)
 
 
 @audit_app.command("show")

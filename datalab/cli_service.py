@@ -55,9 +55,15 @@ def serve(
     out.print(f"datalab service on http://{host}:{port} (DATALAB_HOME={s.home}, {workers} worker(s))")
     # h11 rather than httptools: it bounds the request head (MAX_HEAD_BYTES), so a client cannot
     # make the server buffer megabytes of headers; the answer to a longer head is a 400.
-    uvicorn.run("datalab.service.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, server_header=False, timeout_keep_alive=30, http="h11",
-                h11_max_incomplete_event_size=MAX_HEAD_BYTES)
+    from datalab import audit_checkpoints
+
+    audit_checkpoints.checkpoint(s=s)  # the head anchored outside the database at every start and stop
+    try:
+        uvicorn.run("datalab.service.app:create_app", factory=True, host=host, port=port, workers=workers,
+                    log_level=log_level, server_header=False, timeout_keep_alive=30, http="h11",
+                    h11_max_incomplete_event_size=MAX_HEAD_BYTES)
+    finally:
+        audit_checkpoints.checkpoint(s=s)
 
 
 @principal_app.command("add")

@@ -135,10 +135,11 @@ def test_tokens_by_cli_and_audit_export(served_lab: Lab, tmp_path: Path) -> None
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert {("token", "created"), ("token", "revoked"), ("auth", "refused")} <= {(e["action"], e["decision"]) for e in lines}
-    assert audit_export.verify_export(out) == []
-    lines[3]["actor"] = "someone-else"
-    out.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in lines))
-    assert any("edited" in p for p in audit_export.verify_export(out))
+    with use_lab(lab.home, lab.contracts):  # the lab's audit key, as the auditor verifies on its host
+        assert audit_export.verify_export(out) == []
+        lines[3]["actor"] = "someone-else"
+        out.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in lines))
+        assert any("edited" in p for p in audit_export.verify_export(out))
     r = _cli(lab, None, "audit", "verify")
     assert r.returncode == 0 and "intact" in r.stdout
 

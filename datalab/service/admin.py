@@ -93,8 +93,20 @@ def audit(after: int = Query(0, ge=0), limit: int = Query(500, ge=1, le=5000),
 
 @router.get("/audit/verify", summary="Recompute the audit log's hash chain")
 def audit_verify(p: auth.Principal = Depends(need("admin", "audit"))) -> dict[str, Any]:
-    problems = cat.Catalog(settings().catalog_url).verify_audit()
+    from datalab import audit_checkpoints
+
+    s = settings()
+    problems = cat.Catalog(s.catalog_url).verify_audit()
+    if (cp := audit_checkpoints.default_path(s)).is_file():
+        problems += audit_checkpoints.verify(cp, s)
     return {"ok": not problems, "problems": problems}
+
+
+@router.post("/audit/checkpoint", summary="Append a signed checkpoint of the audit head (outside the database)")
+def audit_checkpoint(p: auth.Principal = Depends(need("admin", "audit"))) -> dict[str, Any]:
+    from datalab import audit_checkpoints
+
+    return audit_checkpoints.checkpoint()
 
 
 def _runner() -> Any:
