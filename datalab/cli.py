@@ -229,11 +229,12 @@ def list_cmd(as_json: bool = typer.Option(False, "--json"),
 def show(ref: str = typer.Argument(..., help="NAME or NAME@VERSION"), as_json: bool = typer.Option(False, "--json")) -> None:
     """A version's manifest summary (and its card)."""
     from datalab.publish import read_manifest
-    from datalab.pull import parse_ref
+    from datalab.pull import check_site_cap, parse_ref
 
     try:
         name, version = parse_ref(ref)
         m = read_manifest(name, version)
+        check_site_cap(m, settings())  # DATALAB_SITE: only what the site may hold
     except DatalabError as e:
         _fail(e)
     if as_json:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from datalab import readers
-from tests.service_harness import Lab, served_copy
+from datalab import auth, readers
+from datalab.errors import PolicyRefused
+from tests.service_harness import Lab, served_copy, use_lab
 
 pytestmark = pytest.mark.slow
 SPINDLE_PUSH = "/v1/provider/contracts/spindle-telemetry/deliveries"
@@ -22,7 +23,14 @@ SPINDLE_PUSH = "/v1/provider/contracts/spindle-telemetry/deliveries"
 
 @pytest.fixture(scope="module")
 def lab(published_template: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A served lab with plant-telemetry 1.0.0 (confidential, DE only) and a public-only consumer site."""
     with served_copy(published_template, tmp_path_factory.mktemp("hardening")) as lab:
+        with lab.as_("admin") as c:
+            r = c.post("/v1/admin/datasets/plant-telemetry/publish", timeout=300)
+            assert r.status_code == 200, r.text
+        with use_lab(lab.home, lab.contracts):
+            auth.add_principal("team-garching", "consumer", None, "garching-open", None, actor="test")
+            lab.tokens["team-garching"] = auth.create_token("team-garching", 7, "tests", actor="test")[0]
         yield lab
 
 
@@ -90,3 +98,62 @@ def test_receipt_lists_are_paginated(lab: Lab) -> None:
         page = c.get("/v1/provider/receipts", params={"limit": 1, "offset": 1}).json()
         assert [r["delivery_id"] for r in page] == [everything[1]["delivery_id"]]
         assert c.get("/v1/provider/receipts", params={"limit": 100_000}).status_code == 422
+
+
+DS = "/v1/datasets/plant-telemetry/versions"
+
+
+def test_a_sites_classification_cap_applies_to_pulls_and_listings(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 3: garching-open may hold public data only; plant-telemetry is confidential.
+    Before: the manifest answered 200 and the listing showed the dataset."""
+    with lab.as_("team-garching") as c:
+        assert c.get("/v1/datasets", params={"purpose": "research"}).json() == []
+        for what in ("manifest", "card", "files/0"):
+            assert c.get(f"{DS}/1.0.0/{what}", params={"purpose": "research"}).status_code == 404
+    with lab.as_("team-de") as c:  # munich hosts up to restricted: unchanged
+        assert c.get(f"{DS}/1.0.0/manifest", params={"purpose": "research"}).status_code == 200
+    from datalab import pull
+    from datalab.config import settings
+
+    with use_lab(lab.home, lab.contracts):
+        monkeypatch.setenv("DATALAB_SITE", "garching-open")
+        s = settings()
+        with pytest.raises(PolicyRefused, match="site 'garching-open' may hold data up to 'public'"):
+            pull.open_dataset("plant-telemetry", "1.0.0", "research", actor="test", s=s)
+        with pytest.raises(PolicyRefused, match="rule 'classification'"):
+            pull.pull("plant-telemetry@1.0.0", "research", lab.home.parent / "out", actor="test", s=s)
+        assert next(d for d in pull.list_datasets(s) if d["dataset"] == "plant-telemetry")["versions"] == []
+        from typer.testing import CliRunner
+
+        from datalab.cli import app
+
+        out = CliRunner().invoke(app, ["show", "plant-telemetry@1.0.0"])
+        assert out.exit_code != 0 and "classification" in out.output
+        monkeypatch.setenv("DATALAB_SITE", "munich")
+        assert next(d for d in pull.list_datasets(settings()) if d["dataset"] == "plant-telemetry")["versions"] == ["1.0.0"]
+        assert pull.open_dataset("plant-telemetry", "1.0.0", "research", actor="t").collect().height > 0
+
+
+def test_hidden_datasets_are_not_found_and_refusals_name_no_hidden_firm(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 5: team-fi (Finland) may never reach DE-only plant-telemetry. Before: @9.9.9 listed the
+    published versions and @1.0.0 answered 403 naming urn:datalab:bavaria-spindle:spindle-telemetry."""
+    with lab.as_("team-fi") as c:
+        missing = c.get("/v1/datasets/no-such-set/versions/1.0.0/manifest", params={"purpose": "research"})
+        assert missing.status_code == 404
+        for v in ("9.9.9", "1.0.0", "latest"):
+            r = c.get(f"{DS}/{v}/manifest", params={"purpose": "research"})
+            assert r.status_code == 404, r.text
+            assert r.json()["error"] == missing.json()["error"].replace("no-such-set", "plant-telemetry")
+            assert "1.0.0" not in r.text and "urn:" not in r.text and "spindle" not in r.text
+    with lab.as_("team-de") as c:  # reachable: a refusal names the rule, and firms only by the card's labels
+        r = c.get(f"{DS}/1.0.0/manifest", params={"purpose": "model-training"})
+        # lyon-presses' press-line is internal (the card names it); bavaria-spindle is confidential (a pseudonym)
+        assert r.status_code == 403 and "prohibited_purposes" in r.text and "bavaria-spindle" not in r.text, r.text
+    from datalab import pull
+    from datalab.config import settings
+
+    with use_lab(lab.home, lab.contracts):  # locally too: the refusal names the rule and a pseudonym
+        monkeypatch.setenv("DATALAB_SITE", "kajaani")
+        with pytest.raises(PolicyRefused) as e:
+            pull.open_dataset("plant-telemetry", "1.0.0", "research", actor="test", s=settings())
+        assert "residency" in str(e.value) and "bavaria-spindle" not in str(e.value) and "firm-" in str(e.value)

@@ -42,7 +42,7 @@ def _site_settings(p: auth.Principal) -> Settings:
 def _authorised(name: str, version: str, purpose: str, p: auth.Principal) -> tuple[dict[str, Any], Settings]:
     s = _site_settings(p)
     try:
-        return authorise(name, version, purpose, p.actor, s, auth.clearance_env(p)), s
+        return authorise(name, version, purpose, p.actor, s, auth.clearance_env(p), hidden_as_missing=True), s
     except NotFound as e:
         raise ApiError(404, str(e), audited=True) from None  # authorise audited it
     except PolicyRefused as e:
