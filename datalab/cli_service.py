@@ -52,6 +52,11 @@ def serve(
     auth.list_principals(s)  # create the tables once, before the workers race to do it
     # Uploads a killed server was receiving: never landed, never visible; remove them.
     shutil.rmtree(s.staging / "http", ignore_errors=True)
+    # And the temporary files of landings and curations a crash interrupted (parsed readings).
+    from datalab.retention import clean_interrupted
+
+    if cleaned := clean_interrupted(s):
+        out.print(f"removed {len(cleaned)} file(s) of interrupted writes")
     out.print(f"datalab service on http://{host}:{port} (DATALAB_HOME={s.home}, {workers} worker(s))")
     # h11 rather than httptools: it bounds the request head (MAX_HEAD_BYTES), so a client cannot
     # make the server buffer megabytes of headers; the answer to a longer head is a 400.

@@ -6,8 +6,10 @@ the real server (``datalab serve`` in a subprocess) and failed before the fix.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,3 +159,89 @@ def test_hidden_datasets_are_not_found_and_refusals_name_no_hidden_firm(lab: Lab
         with pytest.raises(PolicyRefused) as e:
             pull.open_dataset("plant-telemetry", "1.0.0", "research", actor="test", s=settings())
         assert "residency" in str(e.value) and "bavaria-spindle" not in str(e.value) and "firm-" in str(e.value)
+
+
+def _big_spindle_csv(path: Path, machines: list[str], rows_per_machine: int) -> list[bytes]:
+    """Write a long-layout spindle file of random readings; returns byte markers of its first readings.
+
+    The markers are the IEEE-754 bytes of random values: the raw table stores
+    readings as float64, where random doubles stay literal even compressed.
+    """
+    import datetime as dt
+    import struct
+
+    import numpy as np
+    import polars as pl
+
+    n = rows_per_machine // 4
+    t0 = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
+    frames = []
+    for m in machines:
+        ts = pl.datetime_range(t0, t0 + dt.timedelta(seconds=n - 1), "1s", eager=True, time_zone="UTC")
+        base = pl.DataFrame({"machine_id": m, "ts": ts.dt.strftime("%Y-%m-%dT%H:%M:%SZ")})
+        for sensor, unit in (("spindle_temp", "Cel"), ("oil_pressure", "bar"), ("vibration", "mm/s"),
+                             ("spindle_speed", "/min")):
+            frames.append(base.with_columns(sensor=pl.lit(sensor), unit=pl.lit(unit)))
+    df = pl.concat(frames).sort("ts", maintain_order=True)
+    df = df.with_columns(value=pl.Series(np.random.default_rng().uniform(10.0, 90.0, len(df))))
+    df.select("machine_id", "ts", "sensor", "value", "unit").write_csv(path)
+    return [struct.pack("<d", v) for v in df.get_column("value").head(200).to_list()]
+
+
+def _files_holding(home: Path, markers: list[bytes]) -> list[str]:
+    """Every file under ``home`` whose bytes contain one of ``markers`` (byte-level, whatever its name)."""
+    return sorted(str(p.relative_to(home)) for p in home.rglob("*")
+                  if p.is_file() and not p.is_symlink() and any(m in p.read_bytes() for m in markers))
+
+
+def test_a_crash_during_landing_leaves_nothing_withdrawal_misses(published_template: tuple[Path, Path],
+                                                                 tmp_path: Path) -> None:
+    """Item 4: SIGKILL while a landing writes its raw ``.tmp``; after a restart the firm withdraws the
+    contract and no file under the lab holds its readings. Before: the ``.tmp`` (parsed readings) stayed."""
+    import threading
+    import time
+
+    import httpx
+    from typer.testing import CliRunner
+
+    from datalab.cli import app
+    from tests.conftest import SPINDLE
+
+    machines = [f"BSW-M{i:02d}" for i in range(10, 14)]
+    markers = _big_spindle_csv(tmp_path / "big.csv", machines, 400_000)
+    data = (tmp_path / "big.csv").read_bytes()
+    with served_copy(published_template, tmp_path / "crash") as lab:
+        raw_dir = lab.home / "raw" / "bavaria-spindle" / "spindle-telemetry"
+
+        def push() -> None:
+            with contextlib.suppress(httpx.HTTPError), lab.as_("firm-a") as c:
+                c.post(SPINDLE_PUSH, content=data, params={"name": "big.csv"},
+                       headers={"Content-Type": "application/octet-stream"}, timeout=120)
+
+        t = threading.Thread(target=push, daemon=True)
+        t.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            tmps = [p for p in raw_dir.glob("*.tmp")] if raw_dir.exists() else []
+            if tmps and tmps[0].stat().st_size > 256 << 10:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the landing never wrote its raw .tmp")
+        lab.server.kill()
+        t.join(30)
+        left = list(raw_dir.glob("*.tmp"))
+        assert left, "the crash left no .tmp: the test did not hit the window"
+        # a stale one from an earlier crash is removed when the service starts; the fresh one is not yet
+        stale = lab.home / "curated" / "bavaria-spindle" / "spindle-telemetry" / "d-old.parquet.tmp"
+        stale.parent.mkdir(parents=True, exist_ok=True)
+        stale.write_bytes(b"PAR1" + b"".join(markers))
+        os.utime(stale, (time.time() - 3600, time.time() - 3600))
+        lab.server.start()
+        assert not stale.exists()
+        assert _files_holding(lab.home, markers), "nothing held the readings: the byte check would prove nothing"
+        with use_lab(lab.home, lab.contracts):
+            out = CliRunner().invoke(app, ["contract", "withdraw", SPINDLE, "--reason", "end of cooperation"])
+        assert out.exit_code == 0, out.output
+        assert _files_holding(lab.home, markers) == []
+        assert not raw_dir.exists() or not list(raw_dir.rglob("*"))
