@@ -245,3 +245,41 @@ def test_a_crash_during_landing_leaves_nothing_withdrawal_misses(published_templ
         assert out.exit_code == 0, out.output
         assert _files_holding(lab.home, markers) == []
         assert not raw_dir.exists() or not list(raw_dir.rglob("*"))
+
+
+def test_rate_limits_per_token_and_address_with_counted_summaries(lab: Lab) -> None:
+    """Item 6: before, 6,321 anonymous requests wrote 6,361 audit rows and slowed every push."""
+    from datalab import catalog as cat
+
+    def rows() -> list[cat.AuditEntry]:
+        with use_lab(lab.home, lab.contracts):
+            from datalab.config import settings
+
+            return cat.Catalog(settings().catalog_url).audit_entries()
+
+    lab.server.stop()
+    lab.server.env = {"DATALAB_RATE_ADDRESS_PER_MIN": "20", "DATALAB_RATE_TOKEN_PER_MIN": "30"}
+    lab.server.start()
+    try:
+        before = len(rows())
+        with lab.server.client() as anon:
+            answers = [anon.get("/v1/whoami") for _ in range(150)]
+            answers += [anon.get("/v1/whoami", headers={"Authorization": "Bearer dl_000000000000_" + "x" * 43})
+                        for _ in range(50)]
+        codes = [r.status_code for r in answers]
+        assert codes[:20] == [401] * 20 and set(codes[20:]) == {429}, codes
+        assert int(answers[-1].headers["Retry-After"]) >= 1
+        assert "error" in answers[-1].json()
+        with lab.as_("firm-a") as c, lab.as_("firm-b") as other:
+            got = [c.get("/v1/whoami").status_code for _ in range(40)]
+            assert got[:30] == [200] * 30 and set(got[30:]) == {429}, got
+            assert other.get("/v1/whoami").status_code == 200  # one token's limit is not another's
+        grew = len(rows()) - before
+        assert grew <= 20 + 5, f"{grew} audit rows for 180 refused requests"
+    finally:
+        lab.server.stop()  # flushes the summaries
+        lab.server.env = {}
+        lab.server.start()
+    summaries = [e for e in rows()[before:] if e.action == "ratelimit"]
+    assert sum(e.detail["count"] for e in summaries if e.subject == "address") == 180, summaries
+    assert sum(e.detail["count"] for e in summaries if e.subject == "token") == 10, summaries

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -12,8 +14,8 @@ from starlette.concurrency import run_in_threadpool
 from datalab import __version__ as _version
 from datalab import auth
 from datalab.config import settings
-from datalab.service import admin, consumers, providers
-from datalab.service.deps import ApiError, current_principal, refuse
+from datalab.service import admin, consumers, providers, ratelimit
+from datalab.service.deps import ApiError, client_of, current_principal, over_limit, refuse
 
 MAX_HEADER_BYTES = 32 << 10
 MAX_HEADERS = 200
@@ -28,9 +30,23 @@ Errors are JSON `{"error": "..."}`; what another tenant owns answers 404.
 """
 
 
+def _has_token(request: Request) -> bool:
+    """Whether the request carries something shaped like a token (checked later, against the catalog)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and auth.token_id(token.strip()) is not None
+
+
 def create_app() -> FastAPI:
     """Build the application; the lab is whatever ``DATALAB_HOME`` etc. say."""
-    app = FastAPI(title="datalab", version=_version, description=DESCRIPTION)
+    limiter = ratelimit.from_settings(settings())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(limiter.flush, settings())  # the refusals counted since the last summary
+
+    app = FastAPI(title="datalab", version=_version, description=DESCRIPTION, lifespan=lifespan)
+    app.state.limiter = limiter
     auth.list_principals(settings())  # creates the service tables before the first request
 
     @app.exception_handler(ApiError)
@@ -57,7 +73,15 @@ def create_app() -> FastAPI:
                        f"(limit {MAX_HEADER_BYTES:,} bytes, {MAX_HEADERS} fields)")
             await run_in_threadpool(refuse, request, "anonymous", "request", request.url.path, 431, message)
             return JSONResponse({"error": message}, status_code=431, headers={"Connection": "close"})
+        addr = client_of(request)
+        if not _has_token(request) and (
+                wait := await run_in_threadpool(over_limit, request, "address", addr, False)) is not None:
+            # Without a valid token and over the address's budget: answered before any database work.
+            return JSONResponse({"error": wait.message}, status_code=429, headers=wait.headers)
         response = await call_next(request)
+        if response.status_code >= 400 and getattr(request.state, "principal", None) is None \
+                and response.status_code != 429:
+            limiter.charge("address", addr)  # a request that ended without a valid token
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Cache-Control", "no-store")
         return response
