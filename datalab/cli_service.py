@@ -92,6 +92,31 @@ def principal_add(
               f"{f', tenant {p.tenant}' if p.tenant else ''}{f', site {p.site}' if p.site else ''}", highlight=False)
 
 
+def _principal_set_disabled(name: str, disabled: bool) -> None:
+    from datalab import auth
+    from datalab.pull import default_actor
+
+    out, _, fail = _ui()
+    try:
+        p = auth.set_disabled(name, disabled, actor=default_actor())
+    except DatalabError as e:
+        fail(e)
+    out.print(f"principal {p.name}: {'disabled (its tokens are refused)' if p.disabled else 'enabled'}",
+              highlight=False)
+
+
+@principal_app.command("disable")
+def principal_disable(name: str) -> None:
+    """Disable a principal: every token of it is refused at once (reversible; audited)."""
+    _principal_set_disabled(name, True)
+
+
+@principal_app.command("enable")
+def principal_enable(name: str) -> None:
+    """Enable a disabled principal again (audited)."""
+    _principal_set_disabled(name, False)
+
+
 @principal_app.command("list")
 def principal_list(as_json: bool = typer.Option(False, "--json")) -> None:
     """All principals."""
@@ -102,9 +127,10 @@ def principal_list(as_json: bool = typer.Option(False, "--json")) -> None:
     if as_json:
         out.print_json(json.dumps([p.to_dict() for p in ps]))
         return
-    t = Table("name", "kind", "roles", "tenant", "site", "created")
+    t = Table("name", "kind", "roles", "tenant", "site", "created", "disabled")
     for p in ps:
-        t.add_row(p.name, p.kind, ",".join(p.roles), p.tenant or "-", p.site or "-", p.created_at[:19])
+        t.add_row(p.name, p.kind, ",".join(p.roles), p.tenant or "-", p.site or "-", p.created_at[:19],
+                  "yes" if p.disabled else "no")
     out.print(t)
 
 
@@ -138,10 +164,10 @@ def token_list(principal: str = typer.Option(None), as_json: bool = typer.Option
     if as_json:
         out.print_json(json.dumps([t.to_dict() for t in ts]))
         return
-    t = Table("id", "principal", "label", "created", "expires", "revoked", "active")
+    t = Table("id", "principal", "label", "created", "expires", "revoked", "last used", "active")
     for x in ts:
         t.add_row(x.id, x.principal, x.label, x.created_at[:19], x.expires_at[:19], (x.revoked_at or "-")[:19],
-                  "yes" if x.active else "no")
+                  (x.last_used_at or "-")[:16], "yes" if x.active else "no")
     out.print(t)
 
 

@@ -91,6 +91,7 @@ class Server:
     port: int = 0
     proc: subprocess.Popen | None = None
     env: dict[str, str] = field(default_factory=dict)  # on top of lab_env (e.g. rate limits)
+    args: list[str] = field(default_factory=list)  # more `datalab serve` options (e.g. --log-level info)
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -103,7 +104,7 @@ class Server:
     def start(self, timeout: float = 60.0) -> Server:
         self.port = free_port()
         cmd = [sys.executable, "-m", "datalab.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", str(self.workers)]
+               "--workers", str(self.workers), *self.args]
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(cmd, env={**lab_env(self.home, self.contracts), **self.env}, stdout=logf,
                                          stderr=subprocess.STDOUT, cwd=str(self.home.parent),

@@ -283,3 +283,104 @@ def test_rate_limits_per_token_and_address_with_counted_summaries(lab: Lab) -> N
     summaries = [e for e in rows()[before:] if e.action == "ratelimit"]
     assert sum(e.detail["count"] for e in summaries if e.subject == "address") == 180, summaries
     assert sum(e.detail["count"] for e in summaries if e.subject == "token") == 10, summaries
+
+
+def test_smaller_gaps(lab: Lab, tmp_path: Path) -> None:
+    """Item 7: replays audited, 20 KiB part headers refused, tenant/product reachable, principals
+    disabled and enabled, last_used_at written."""
+    import hashlib
+
+    from tests.conftest import SPINDLE
+    from tests.service_harness import sample_file
+
+    data = sample_file(SPINDLE, tmp_path, 40, 77).read_bytes()
+    key = "replay-" + hashlib.sha256(data).hexdigest()[:12]
+    with lab.as_("firm-a") as c, lab.as_("admin") as admin:
+        push = {"files": [("file", ("r.csv", data, "text/csv"))], "headers": {"Idempotency-Key": key}}
+        first = c.post(SPINDLE_PUSH, **push)
+        assert first.status_code == 201, first.text
+        again = c.post(SPINDLE_PUSH, **push)
+        assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+        entries = admin.get("/v1/admin/audit", params={"action": "push", "limit": 5000}).json()
+        replays = [e for e in entries if e["decision"] == "replayed"]
+        assert [e["subject"] for e in replays] == [first.json()["delivery_id"]], replays
+        assert replays[0]["detail"]["idempotency_key"] == key
+        # a part whose headers (20 KiB) arrive in one piece: 431, as the documentation says
+        body = (b"--abc\r\nContent-Disposition: form-data; name=\"file\"; filename=\"h.csv\"\r\nX-Pad: "
+                + b"p" * (20 << 10) + b"\r\n\r\n" + data + b"\r\n--abc--\r\n")
+        r = c.post(SPINDLE_PUSH, content=body, headers={"Content-Type": "multipart/form-data; boundary=abc"})
+        assert r.status_code == 431 and "headers" in r.json()["error"], r.text
+        # the documented tenant/product reference, raw or with %2F
+        for ref in ("bavaria-spindle/spindle-telemetry", "bavaria-spindle%2Fspindle-telemetry"):
+            r = c.get(f"/v1/provider/contracts/{ref}")
+            assert r.status_code == 200 and r.json()["id"] == SPINDLE, (ref, r.text)
+        r = c.post("/v1/provider/contracts/bavaria-spindle/spindle-telemetry/deliveries",
+                   files=[("file", ("t.csv", sample_file(SPINDLE, tmp_path, 40, 78).read_bytes(), "text/csv"))])
+        assert r.status_code == 201, r.text
+        assert c.get("/v1/provider/contracts/lyon-presses/press-line").status_code == 404  # another firm's
+        # last_used_at is written when a token is used
+        tid = lab.tokens["firm-a"].split("_")[1]
+        info = next(t for t in admin.get("/v1/admin/tokens").json() if t["id"] == tid)
+        assert info["last_used_at"], info
+        # disable and enable a principal: over HTTP and with the CLI
+        r = admin.post("/v1/admin/principals/firm-a/disable")
+        assert r.status_code == 200 and r.json()["disabled"] is True
+        r = c.get("/v1/whoami")
+        assert r.status_code == 401 and "disabled" in r.json()["error"]
+        assert admin.post("/v1/admin/principals/firm-a/enable").json()["disabled"] is False
+        assert c.get("/v1/whoami").status_code == 200
+        assert admin.post("/v1/admin/principals/nobody/disable").status_code == 404
+    from typer.testing import CliRunner
+
+    from datalab.cli import app
+
+    with use_lab(lab.home, lab.contracts):
+        out = CliRunner().invoke(app, ["principal", "disable", "firm-b"])
+        assert out.exit_code == 0 and "disabled" in out.output, out.output
+        with lab.as_("firm-b") as c:
+            assert c.get("/v1/whoami").status_code == 401
+        assert CliRunner().invoke(app, ["principal", "enable", "firm-b"]).exit_code == 0
+        with lab.as_("firm-b") as c:
+            assert c.get("/v1/whoami").status_code == 200
+
+
+def test_a_token_in_a_query_string_is_not_logged(lab: Lab) -> None:
+    """Item 7: the request line, query included, went to the access log at --log-level info."""
+    lab.server.stop()
+    lab.server.args = ["--log-level", "info"]
+    lab.server.start()
+    try:
+        token = lab.tokens["firm-a"]
+        secret = token.split("_", 2)[2]
+        with lab.server.client() as c:
+            r = c.get("/v1/whoami", params={"token": token, "access_token": "plain-secret-value"})
+            assert r.status_code == 401
+    finally:
+        lab.server.stop()
+        lab.server.args = []
+        lab.server.start()
+    log = lab.server.log.read_text()
+    assert "/v1/whoami?" in log, log[-2000:]
+    assert secret not in log and "plain-secret-value" not in log
+    assert "?token=[redacted]&access_token=[redacted]" in log
+
+
+def test_spreadsheet_formulas_are_neutralised_in_csv_and_escaped_in_cards(tmp_path: Path) -> None:
+    """Item 7: "=cmd|' /C calc'!A0" was accepted as a machine id and written as it came."""
+    import polars as pl
+
+    from datalab import datasheet, sample
+
+    evil = "=cmd|' /C calc'!A0"
+    frame = pl.DataFrame({"machine_id": [evil, "@SUM(A1)", "BSW-M01"], "value": [-1.5, 2.0, 3.0],
+                          "note": ["-3.5", "+x", "<script>alert(1)</script>"]})
+    for suffix in ("csv", "tsv", "csv.gz"):
+        p = sample.write(frame, tmp_path / f"x.{suffix}")
+        back = pl.read_csv(p, separator="\t" if suffix == "tsv" else ",")
+        assert back["machine_id"].to_list() == ["'" + evil, "'@SUM(A1)", "BSW-M01"]
+        assert back["note"].to_list()[:2] == ["-3.5", "'+x"] and back["value"].to_list()[0] == -1.5
+    assert pl.read_parquet(sample.write(frame, tmp_path / "x.parquet"))["machine_id"][0] == evil
+    page = datasheet.render_html(f"# Card\n\n| machine | note |\n|---|---|\n| {evil} | <script>alert(1)</script> |\n"
+                                 f"- entity {evil}", "t<script>")
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "=cmd" in page and "&#x27; /C calc&#x27;!A0" in page

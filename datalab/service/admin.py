@@ -49,6 +49,27 @@ def add_principal(body: NewPrincipal, p: auth.Principal = Depends(need("admin", 
         raise ApiError(409 if "exists" in str(e) else 400, str(e)) from None
 
 
+@router.post("/principals/{name}/disable", summary="Disable a principal: its tokens are refused at once (audited)")
+def disable_principal(name: str = PathParam(..., max_length=64),
+                      p: auth.Principal = Depends(need("admin", "principals"))) -> dict[str, Any]:
+    return _set_disabled(name, True, p)
+
+
+@router.post("/principals/{name}/enable", summary="Enable a disabled principal again (audited)")
+def enable_principal(name: str = PathParam(..., max_length=64),
+                     p: auth.Principal = Depends(need("admin", "principals"))) -> dict[str, Any]:
+    return _set_disabled(name, False, p)
+
+
+def _set_disabled(name: str, disabled: bool, p: auth.Principal) -> dict[str, Any]:
+    if disabled and name == p.name:
+        raise ApiError(400, "an admin cannot disable itself (ask another admin, or use the CLI on the lab host)")
+    try:
+        return auth.set_disabled(name, disabled, actor=p.actor).to_dict()
+    except NotFound as e:
+        raise ApiError(404, str(e)) from None
+
+
 @router.get("/tokens", summary="Tokens (never their secrets)")
 def tokens(principal: str | None = Query(None, max_length=64),
            p: auth.Principal = Depends(need("admin", "tokens"))) -> list[dict[str, Any]]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,6 +32,34 @@ Errors are JSON `{"error": "..."}`; what another tenant owns answers 404.
 """
 
 
+_SECRET = re.compile(r"(dl_[0-9a-f]{12}_)[A-Za-z0-9_-]+")
+_SECRET_PARAM = re.compile(r"(?i)\b((?:access_)?token|authorization|secret|api[_-]?key)=[^&\s\"]*")
+
+
+def redact(text: str) -> str:
+    """``text`` without token secrets: ``dl_<id>_<secret>`` keeps its id, token-like query values go."""
+    return _SECRET_PARAM.sub(r"\1=[redacted]", _SECRET.sub(r"\1[redacted]", text))
+
+
+class RedactTokens(logging.Filter):
+    """Takes token secrets out of uvicorn's access log lines (a token sent in a query string is refused,
+    but the request line, query included, was logged at --log-level info)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        return True
+
+
+def _install_redaction() -> None:
+    for name in ("uvicorn.access", "uvicorn.error"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in log.filters):
+            log.addFilter(RedactTokens())
+
+
 def _has_token(request: Request) -> bool:
     """Whether the request carries something shaped like a token (checked later, against the catalog)."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -47,6 +77,7 @@ def create_app() -> FastAPI:
 
     app = FastAPI(title="datalab", version=_version, description=DESCRIPTION, lifespan=lifespan)
     app.state.limiter = limiter
+    _install_redaction()  # in every worker process: each builds its own app
     auth.list_principals(settings())  # creates the service tables before the first request
 
     @app.exception_handler(ApiError)
