@@ -97,7 +97,7 @@ def revoke_token(token_id: str = PathParam(..., max_length=12),
 
 
 @router.get("/audit", summary="Audit entries after a sequence number, oldest first")
-def audit(after: int = Query(0, ge=0), limit: int = Query(500, ge=1, le=5000),
+def audit(after: int = Query(0, ge=0, le=2**63 - 1), limit: int = Query(500, ge=1, le=5000),
           action: str | None = Query(None, max_length=32),
           p: auth.Principal = Depends(need("admin", "audit"))) -> list[dict[str, Any]]:
     import json
