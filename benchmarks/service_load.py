@@ -156,6 +156,31 @@ def verify(url: str, tokens: dict[str, str], home: Path, stats: Stats) -> list[s
             problems.append(f"{delivery}: stored bytes missing or changed")
     for c in cs.values():
         c.close()
+    problems += reconcile(home, stats)
+    return problems
+
+
+def reconcile(home: Path, stats: Stats) -> list[str]:
+    """The catalog against what the clients saw: every accepted delivery once, nothing else of the run.
+
+    A push the client saw fail (timeout, 5xx) must not have left a delivery
+    behind either: the load's file names (``load-<n>.csv``) find every row
+    the run wrote, whatever the client heard.
+    """
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{home / 'catalog.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT d.id, COUNT(*) FROM dl_deliveries d JOIN dl_delivery_files f ON f.delivery_id = d.id "
+            "WHERE f.name LIKE 'load-%' GROUP BY d.id").fetchall()
+    finally:
+        db.close()
+    in_catalog = {r[0] for r in rows}
+    accepted = [d for _, _, d, _ in stats.accepted]
+    problems = [f"{d}: accepted {n} times" for d in set(accepted) if (n := accepted.count(d)) > 1]
+    problems += [f"{d}: accepted but not in the catalog" for d in set(accepted) - in_catalog]
+    problems += [f"{d}: in the catalog but no client was told it was accepted" for d in in_catalog - set(accepted)]
     return problems
 
 
@@ -170,7 +195,8 @@ def summary(stats: Stats, seconds: float, problems: list[str]) -> dict[str, Any]
         "seconds": seconds,
         "requests": total,
         "requests_per_s": round(total / seconds, 1),
-        "per_operation": {k: {"count": len(v), "p50_ms": pct(v, 50), "p99_ms": pct(v, 99)}
+        "per_operation": {k: {"count": len(v), "per_s": round(len(v) / seconds, 1), "p50_ms": pct(v, 50),
+                              "p95_ms": pct(v, 95), "p99_ms": pct(v, 99)}
                           for k, v in stats.latencies.items()},
         "all_p50_ms": pct([x for v in stats.latencies.values() for x in v], 50),
         "all_p99_ms": pct([x for v in stats.latencies.values() for x in v], 99),
@@ -202,7 +228,8 @@ def setup_lab(base: Path, workers: int) -> tuple[Any, dict[str, str], dict[str, 
     tokens = add_principals(home, contracts)
     bases = {"firm-a": sample_file(SPINDLE, base, 100, 7, "a.csv").read_bytes(),
              "firm-b": sample_file(PRESS, base, 100, 8, "b.csv").read_bytes()}
-    server = Server(home, contracts, workers=workers).start()
+    # Three tokens carry 50 clients' traffic here: the per-token limit would measure itself, not the service.
+    server = Server(home, contracts, workers=workers, env={"DATALAB_RATE_TOKEN_PER_MIN": "0"}).start()
     return server, tokens, bases
 
 

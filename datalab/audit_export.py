@@ -42,8 +42,9 @@ def export(path: Path, since_seq: int = 0, s: Settings | None = None) -> dict[st
     return {"path": str(path), "entries": n, "first_seq": first, "last_seq": last, "last_hash": head}
 
 
-def verify_export(path: Path) -> list[str]:
-    """Recompute the chain of an exported file (as an auditor would); returns the problems."""
+def verify_export(path: Path, key: bytes | None = None) -> list[str]:
+    """Recompute the keyed chain of an exported file (as an auditor would, with the lab's audit key)."""
+    key = key if key is not None else cat.audit_key()
     problems: list[str] = []
     prev_hash: str | None = None
     expected: int | None = None
@@ -59,7 +60,7 @@ def verify_export(path: Path) -> list[str]:
                 problems.append(f"{path}:{lineno}: entry {expected} is missing (next is {e['seq']})")
             if prev_hash is not None and e["prev_hash"] != prev_hash:
                 problems.append(f"{path}:{lineno}: previous hash does not match entry {e['seq'] - 1}")
-            if cat._entry_hash(e["prev_hash"], body) != e["hash"]:
+            if cat._entry_hash(e["prev_hash"], body, key) != e["hash"]:
                 problems.append(f"{path}:{lineno}: entry {e['seq']} does not match its hash (edited)")
             prev_hash, expected = e["hash"], e["seq"] + 1
     return problems

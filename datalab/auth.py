@@ -43,6 +43,7 @@ OPTIONAL_ROLES: dict[str, tuple[str, ...]] = {"consumer": ("export-cleared", "re
 TOKEN_RE = re.compile(r"^dl_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 DEFAULT_TTL_DAYS = 90
 MAX_TTL_DAYS = 366
+LAST_USED_RESOLUTION_S = 60  # tokens.last_used_at is written at most this often per token
 
 principals = sa.Table(
     "dl_principals",
@@ -276,7 +277,31 @@ def authenticate(token: str, s: Settings | None = None) -> Principal:
         raise AuthError(f"token {tid} expired at {r.expires_at}")
     if r.disabled:
         raise AuthError(f"principal {r.principal} is disabled")
+    # When the token was last used, to the minute: one write per token a minute, not one per request
+    # (every write takes the catalog's write lock, which the pushes need).
+    stale = (datetime.now(UTC) - timedelta(seconds=LAST_USED_RESOLUTION_S)).isoformat(timespec="microseconds")
+    if r.last_used_at is None or r.last_used_at < stale:
+        with catalog.begin() as conn:
+            conn.execute(tokens.update().where(tokens.c.id == tid).values(last_used_at=now))
     return Principal(r.principal, r.kind, json.loads(r.roles), r.tenant, r.site, r.p_created, False)
+
+
+def set_disabled(name: str, disabled: bool, actor: str = "cli", s: Settings | None = None) -> Principal:
+    """Disable a principal (every token of it refused at once, none can be created) or enable it again.
+
+    Reversible, unlike revoking tokens: for a firm whose contract is paused
+    or a team that left for a while. Audited; idempotent.
+    """
+    catalog = _catalog(s)
+    with catalog.begin() as conn:
+        r = conn.execute(sa.select(principals).where(principals.c.name == name)).first()
+        if r is None:
+            raise NotFound(f"no principal {name!r}")
+        if bool(r.disabled) != disabled:
+            conn.execute(principals.update().where(principals.c.name == name).values(disabled=disabled))
+            catalog.audit(actor, "principal", name, "disabled" if disabled else "enabled", {}, conn=conn)
+        r = conn.execute(sa.select(principals).where(principals.c.name == name)).one()
+    return _row_principal(r)
 
 
 def token_id(token: str) -> str | None:

@@ -11,7 +11,10 @@ with its files and its audit entry, so after a crash it is complete or absent.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -135,9 +138,52 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def _entry_hash(prev_hash: str, entry: dict[str, Any]) -> str:
+_KEYS: dict[str, bytes] = {}
+
+
+def audit_key() -> bytes:
+    """The key that authenticates audit entries and checkpoints; never stored in the catalog.
+
+    ``DATALAB_AUDIT_KEY`` (hex), else ``$DATALAB_HOME/secrets/audit.key``
+    (created once, mode 0600), kept like the pseudonym key. Because the
+    chain is an HMAC under this key, whoever can write the database but not
+    read the key cannot recompute the hashes of rows they edit. Several
+    hosts sharing one PostgreSQL catalog share the key through the variable.
+    """
+    env = os.environ.get("DATALAB_AUDIT_KEY")
+    if env:
+        try:
+            return bytes.fromhex(env)
+        except ValueError:
+            raise ValueError("DATALAB_AUDIT_KEY: expected hex (e.g. 64 hex digits)") from None
+    from datalab.config import settings
+
+    path = settings().secrets / "audit.key"
+    cached = _KEYS.get(str(path))
+    if cached is not None:
+        return cached
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole under another name, then linked: a second process never reads a half-written key.
+        tmp = path.with_name(f".audit.key.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    key = bytes.fromhex(path.read_text().strip())
+    _KEYS[str(path)] = key
+    return key
+
+
+def _entry_hash(prev_hash: str, entry: dict[str, Any], key: bytes | None = None) -> str:
+    """HMAC-SHA256 under the audit key of the previous hash and the entry: a keyed chain."""
     body = json.dumps(entry, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+    return hmac.new(key if key is not None else audit_key(), (prev_hash + body).encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass
@@ -255,9 +301,16 @@ class Catalog:
             ]
 
     def verify_audit(self) -> list[str]:
-        """Recompute the chain; returns the problems found (empty when intact)."""
+        """Recompute the keyed chain; returns the problems found (empty when intact).
+
+        This catches edits by anyone without the audit key; deleting the
+        newest entries and moving the head back leaves a shorter chain that
+        is still valid, which only an anchor outside the database shows
+        (``audit_checkpoints.verify``).
+        """
         problems: list[str] = []
         prev_hash, expected_seq = GENESIS, 1
+        key = audit_key()
         with self.begin() as conn:
             for r in conn.execute(sa.select(audit).order_by(audit.c.seq)):
                 if r.seq != expected_seq:
@@ -273,8 +326,9 @@ class Catalog:
                 }
                 if r.prev_hash != prev_hash:
                     problems.append(f"entry {r.seq}: previous hash does not match entry {r.seq - 1}")
-                if _entry_hash(r.prev_hash, entry) != r.hash:
-                    problems.append(f"entry {r.seq}: content does not match its hash (edited)")
+                if not hmac.compare_digest(_entry_hash(r.prev_hash, entry, key), r.hash):
+                    problems.append(f"entry {r.seq}: content does not match its hash "
+                                    "(edited, or written without this lab's audit key)")
                 prev_hash, expected_seq = r.hash, r.seq + 1
             head = conn.execute(sa.select(audit_head)).first()
         if head is not None and (head.seq != expected_seq - 1 or head.hash != prev_hash):

@@ -196,15 +196,18 @@ def _print_receipt(rec: Any) -> None:
 @app.command()
 def receipts(
     tenant: str = typer.Option(None), status: str = typer.Option(None), as_json: bool = typer.Option(False, "--json"),
+    limit: int = typer.Option(100, min=1, help="at most this many receipts (oldest first)"),
+    offset: int = typer.Option(0, min=0, help="skip this many first"),
 ) -> None:
-    """List delivery receipts (optionally one firm's, or only rejected ones)."""
+    """List delivery receipts (optionally one firm's, or only rejected ones), a page at a time."""
     from datalab import landing
 
     client = cli_service.remote()
     try:
         if not client:
             cli_service.require_lab()
-        recs = client.receipts(status=status) if client else landing.list_receipts(tenant=tenant, status=status)
+        recs = (client.receipts(status=status, limit=limit, offset=offset) if client
+                else landing.list_receipts(tenant=tenant, status=status, limit=limit, offset=offset))
     except DatalabError as e:
         _fail(e)
     if as_json:
@@ -271,7 +274,7 @@ def show(ref: str = typer.Argument(..., help="NAME or NAME@VERSION"), as_json: b
          purpose: str = typer.Option(None, help="only if this purpose may use the version (required over HTTP)")) -> None:
     """A version's dataset card (``--json``: its manifest), locally or over DATALAB_URL."""
     from datalab.publish import read_manifest
-    from datalab.pull import check_policy, parse_ref
+    from datalab.pull import check_policy, check_site_cap, parse_ref
 
     client = cli_service.remote()
     if client:
@@ -280,6 +283,7 @@ def show(ref: str = typer.Argument(..., help="NAME or NAME@VERSION"), as_json: b
         cli_service.require_lab()
         name, version = parse_ref(ref)
         m = read_manifest(name, version)
+        check_site_cap(m, settings())  # DATALAB_SITE: only what the site may hold
         if purpose:  # the pull's own check, without pulling: a purpose that may not use it does not see it
             check_policy(m, purpose, settings())
         card = None if as_json else (settings().versions / name / m["version"] / "card.md").read_text()
@@ -312,8 +316,15 @@ def pull(
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
-    """Recompute the audit log's hash chain (over DATALAB_URL with an admin token)."""
+def audit_verify(
+    checkpoints: Path = typer.Option(None, "--checkpoints", help="signed checkpoint file to check the log against "
+                                     "(default: DATALAB_AUDIT_CHECKPOINTS or the lab's own, if it exists)"),
+) -> None:
+    """Recompute the audit log's keyed hash chain and check it against the signed checkpoints.
+
+    Over DATALAB_URL (admin token) the service checks its chain; checkpoints are checked locally only.
+    """
+    from datalab import audit_checkpoints
     from datalab.catalog import Catalog
 
     client = cli_service.remote()
@@ -321,12 +332,37 @@ def audit_verify() -> None:
         problems = client.get_json("/v1/admin/audit/verify")["problems"]
     else:
         cli_service.require_lab()
-        problems = Catalog(settings().catalog_url).verify_audit()
+        s = settings()
+        try:
+            problems = Catalog(s.catalog_url).verify_audit()
+            cp = checkpoints or audit_checkpoints.default_path(s)
+            if checkpoints is not None or cp.is_file():
+                problems += audit_checkpoints.verify(cp, s)
+        except ValueError as e:
+            _fail(e)
     for p in problems:
         err.print(f"[red]✗[/] {p}", highlight=False)
     if not problems:
-        out.print("audit chain intact")
+        out.print("audit chain intact" + (f" and consistent with the checkpoints in {cp}" if cp.is_file() else
+                                          " (no checkpoint file: deleted newest entries would not show)"))
     raise typer.Exit(1 if problems else 0)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    to: Path = typer.Option(None, "--to", help="checkpoint file (default: DATALAB_AUDIT_CHECKPOINTS or "
+                            "$DATALAB_HOME/audit/checkpoints.jsonl); keep it where the database's writers cannot"),
+) -> None:
+    """Append a signed checkpoint of the audit head to a file outside the database (run it from cron)."""
+    from datalab import audit_checkpoints
+
+    s = settings()
+    path = to or audit_checkpoints.default_path(s)
+    try:
+        cp = audit_checkpoints.checkpoint(path, s)
+    except (OSError, ValueError) as e:
+        _fail(e)
+    out.print(f"checkpoint: entry {cp['seq']}, hash {cp['hash'][:16]}... -> {path}", highlight=False)
 
 
 @audit_app.command("show")

@@ -85,12 +85,23 @@ def serve(
     auth.list_principals(s)  # create the tables once, before the workers race to do it
     # Uploads a killed server was receiving: never landed, never visible; remove them.
     shutil.rmtree(s.staging / "http", ignore_errors=True)
+    # And the temporary files of landings and curations a crash interrupted (parsed readings).
+    from datalab.retention import clean_interrupted
+
+    if cleaned := clean_interrupted(s):
+        out.print(f"removed {len(cleaned)} file(s) of interrupted writes")
     out.print(f"datalab service on http://{host}:{port} (DATALAB_HOME={s.home}, {workers} worker(s))")
     # h11 rather than httptools: it bounds the request head (MAX_HEAD_BYTES), so a client cannot
     # make the server buffer megabytes of headers; the answer to a longer head is a 400.
-    uvicorn.run("datalab.service.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, server_header=False, timeout_keep_alive=30, http="h11",
-                h11_max_incomplete_event_size=MAX_HEAD_BYTES)
+    from datalab import audit_checkpoints
+
+    audit_checkpoints.checkpoint(s=s)  # the head anchored outside the database at every start and stop
+    try:
+        uvicorn.run("datalab.service.app:create_app", factory=True, host=host, port=port, workers=workers,
+                    log_level=log_level, server_header=False, timeout_keep_alive=30, http="h11",
+                    h11_max_incomplete_event_size=MAX_HEAD_BYTES)
+    finally:
+        audit_checkpoints.checkpoint(s=s)
 
 
 @principal_app.command("add")
@@ -114,6 +125,31 @@ def principal_add(
               f"{f', tenant {p.tenant}' if p.tenant else ''}{f', site {p.site}' if p.site else ''}", highlight=False)
 
 
+def _principal_set_disabled(name: str, disabled: bool) -> None:
+    from datalab import auth
+    from datalab.pull import default_actor
+
+    out, _, fail = _ui()
+    try:
+        p = auth.set_disabled(name, disabled, actor=default_actor())
+    except DatalabError as e:
+        fail(e)
+    out.print(f"principal {p.name}: {'disabled (its tokens are refused)' if p.disabled else 'enabled'}",
+              highlight=False)
+
+
+@principal_app.command("disable")
+def principal_disable(name: str) -> None:
+    """Disable a principal: every token of it is refused at once (reversible; audited)."""
+    _principal_set_disabled(name, True)
+
+
+@principal_app.command("enable")
+def principal_enable(name: str) -> None:
+    """Enable a disabled principal again (audited)."""
+    _principal_set_disabled(name, False)
+
+
 @principal_app.command("list")
 def principal_list(as_json: bool = typer.Option(False, "--json")) -> None:
     """All principals."""
@@ -125,8 +161,9 @@ def principal_list(as_json: bool = typer.Option(False, "--json")) -> None:
     if as_json:
         out.print_json(json.dumps([p.to_dict() for p in ps]))
         return
-    print_table(out, ("name", "kind", "roles", "tenant", "site", "created"),
-                ([p.name, p.kind, ",".join(p.roles), p.tenant or "-", p.site or "-", p.created_at[:19]] for p in ps),
+    print_table(out, ("name", "kind", "roles", "tenant", "site", "created", "disabled"),
+                ([p.name, p.kind, ",".join(p.roles), p.tenant or "-", p.site or "-", p.created_at[:19],
+                  "yes" if p.disabled else "no"] for p in ps),
                 ids=("name",))
 
 
@@ -161,9 +198,9 @@ def token_list(principal: str = typer.Option(None), as_json: bool = typer.Option
     if as_json:
         out.print_json(json.dumps([t.to_dict() for t in ts]))
         return
-    print_table(out, ("id", "principal", "label", "created", "expires", "revoked", "active"),
+    print_table(out, ("id", "principal", "label", "created", "expires", "revoked", "last used", "active"),
                 ([x.id, x.principal, x.label, x.created_at[:19], x.expires_at[:19], (x.revoked_at or "-")[:19],
-                  "yes" if x.active else "no"] for x in ts), ids=("id", "principal"))
+                  (x.last_used_at or "-")[:16], "yes" if x.active else "no"] for x in ts), ids=("id", "principal"))
 
 
 @token_app.command("revoke")

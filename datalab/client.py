@@ -153,8 +153,17 @@ class Client:
             return receipt_from_dict(self._check(r).json())
         raise AssertionError("unreachable")
 
-    def receipts(self, status: str | None = None, contract: str | None = None) -> list[Receipt]:
-        return [receipt_from_dict(d) for d in self.get_json("/v1/provider/receipts", status=status, contract=contract)]
+    def receipts(self, status: str | None = None, contract: str | None = None,
+                 limit: int | None = None, offset: int = 0) -> list[Receipt]:
+        """Receipts from ``offset`` on; ``limit`` None walks every page (the server's pages are bounded)."""
+        out: list[Receipt] = []
+        page = min(limit or 1000, 1000)
+        while True:
+            got = self.get_json("/v1/provider/receipts", status=status, contract=contract, limit=page, offset=offset)
+            out += [receipt_from_dict(d) for d in got]
+            offset += len(got)
+            if len(got) < page or (limit is not None and len(out) >= limit):
+                return out[:limit] if limit is not None else out
 
     # -- consumers -------------------------------------------------------------
 

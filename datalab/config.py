@@ -52,6 +52,12 @@ class Settings:
     # Rows per validation chunk (one sensor each); larger curated partitions
     # are validated chunk by chunk, the results merged exactly.
     validate_chunk_rows: int = 2_000_000
+    # Service rate limits, requests per minute (0: off). Per token: what one
+    # authenticated caller may send. Per client address: the requests that
+    # carry no valid token (anonymous, bad or revoked tokens), so a client
+    # without a token cannot fill the audit log or slow the firms' pushes.
+    rate_token_per_min: int = 6000
+    rate_address_per_min: int = 120
 
     @property
     def landing(self) -> Path:
@@ -120,17 +126,20 @@ def settings() -> Settings:
         site=os.environ.get("DATALAB_SITE"),
         curate_bucket_rows=_positive_int("DATALAB_CURATE_BUCKET_ROWS", 8_000_000),
         validate_chunk_rows=_positive_int("DATALAB_VALIDATE_CHUNK_ROWS", 2_000_000),
+        rate_token_per_min=_positive_int("DATALAB_RATE_TOKEN_PER_MIN", 6000, zero_ok=True),
+        rate_address_per_min=_positive_int("DATALAB_RATE_ADDRESS_PER_MIN", 120, zero_ok=True),
     )
 
 
-def _positive_int(name: str, default: int) -> int:
+def _positive_int(name: str, default: int, zero_ok: bool = False) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
+    what = "a non-negative integer (0: off)" if zero_ok else "a positive integer"
     try:
         value = int(raw.replace("_", ""))
     except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected a positive integer") from None
-    if value <= 0:
-        raise ValueError(f"{name}={raw!r}: expected a positive integer")
+        raise ValueError(f"{name}={raw!r}: expected {what}") from None
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(f"{name}={raw!r}: expected {what}")
     return value

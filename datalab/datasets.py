@@ -41,7 +41,29 @@ class DatasetSpec:
     path: Path
 
 
+_SITES: dict[str, tuple[int, dict[str, Site]]] = {}
+
+
 def load_sites(contracts_dir: Path) -> dict[str, Site]:
+    """The sites of ``sites.yaml``, parsed again only when the file changed.
+
+    Every consumer request checks its site (residency and classification
+    cap), several times when it decides whether a dataset is hidden; parsing
+    the YAML each time cost more than the check.
+    """
+    path = contracts_dir / "sites.yaml"
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        return _load_sites(contracts_dir)  # the reader names the missing file
+    hit = _SITES.get(str(path))
+    if hit is None or hit[0] != mtime:
+        hit = (mtime, _load_sites(contracts_dir))
+        _SITES[str(path)] = hit
+    return dict(hit[1])
+
+
+def _load_sites(contracts_dir: Path) -> dict[str, Site]:
     doc, problems = read_yaml(contracts_dir / "sites.yaml")
     if problems:
         raise ContractError(str(contracts_dir / "sites.yaml"), problems)

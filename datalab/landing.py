@@ -76,6 +76,24 @@ class Receipt:
         return asdict(self)
 
 
+MAX_REASONS = 100  # reasons stored and returned per receipt (and per file); the rest are counted
+
+
+def bound_reasons(reasons: list[str]) -> list[str]:
+    """At most ``MAX_REASONS`` reasons, each clipped, then "and N more".
+
+    Reasons quote outside input and are stored twice (receipt and file) and
+    returned by every receipt listing, so both their number and their length
+    are bounded here, where they are stored.
+    """
+    from datalab.readers import clip
+
+    out = [clip(r) for r in reasons[:MAX_REASONS]]
+    if len(reasons) > MAX_REASONS:
+        out.append(f"and {len(reasons) - MAX_REASONS} more")
+    return out
+
+
 def safe_name(name: str) -> str:
     """A delivered file's name reduced to a harmless base name.
 
@@ -319,6 +337,7 @@ def _land(contract: Contract, staged: list, actor: str, catalog: cat.Catalog, s:
             else:
                 fr = _check_file(contract, name, path, size, over, None if reasons else sink, side)
             fr.sha256 = sha
+            fr.reasons = bound_reasons(fr.reasons)
             reasons += fr.reasons
             checked.append((fr, path, over))
     except BaseException:
@@ -356,7 +375,7 @@ def _land(contract: Contract, staged: list, actor: str, catalog: cat.Catalog, s:
         contract_id=contract.id,
         contract_version=contract.version,
         status=status,
-        reasons=reasons,
+        reasons=bound_reasons(reasons),
         bytes=sum(fr.bytes for fr, _, _ in checked),
         rows=sum(fr.rows or 0 for fr, _, _ in checked),
         received_at=cat.now_iso(),
@@ -402,13 +421,13 @@ def _record(catalog: cat.Catalog, rec: Receipt, key: str, stored: list[str], act
 
 def _row_to_receipt(conn: sa.Connection, r: sa.Row) -> Receipt:
     files = [
-        FileReceipt(f.name, f.sha256, f.bytes, f.rows, f.format, f.compression, json.loads(f.reasons))
+        FileReceipt(f.name, f.sha256, f.bytes, f.rows, f.format, f.compression, bound_reasons(json.loads(f.reasons)))
         for f in conn.execute(
             sa.select(cat.delivery_files).where(cat.delivery_files.c.delivery_id == r.id).order_by(cat.delivery_files.c.position)
         )
     ]
     meta = conn.execute(sa.select(cat.delivery_meta).where(cat.delivery_meta.c.delivery_id == r.id)).first()
-    return Receipt(r.id, r.tenant, r.contract_id, r.contract_version, r.status, json.loads(r.reasons),
+    return Receipt(r.id, r.tenant, r.contract_id, r.contract_version, r.status, bound_reasons(json.loads(r.reasons)),
                    r.bytes, r.rows, r.received_at, r.pushed_by, files,
                    decided_by=meta.decided_by if meta else "",
                    warnings=json.loads(meta.warnings) if meta else [],
@@ -491,13 +510,22 @@ def get_receipt(delivery_id: str, tenant: str | None = None, s: Settings | None 
         return _row_to_receipt(conn, r)
 
 
+DEFAULT_RECEIPT_LIMIT = 100
+MAX_RECEIPT_LIMIT = 1000
+
+
 def list_receipts(
     tenant: str | None = None, contract_id: str | None = None, status: str | None = None,
-    s: Settings | None = None,
+    s: Settings | None = None, limit: int | None = None, offset: int = 0,
 ) -> list[Receipt]:
+    """Receipts in arrival order; ``limit``/``offset`` page through them (None: all, for local use)."""
     s = s or settings()
     catalog = cat.Catalog(s.catalog_url)
     q = sa.select(cat.deliveries).order_by(cat.deliveries.c.received_at, cat.deliveries.c.id)
+    if limit is not None:
+        q = q.limit(limit)
+    if offset:
+        q = q.offset(offset)
     for col, val in ((cat.deliveries.c.tenant, tenant), (cat.deliveries.c.contract_id, contract_id),
                      (cat.deliveries.c.status, status)):
         if val is not None:

@@ -28,7 +28,7 @@ from datalab.clearance import check_clearance
 from datalab.config import Settings, settings
 from datalab.datasheet import ship as ship_datasheet
 from datalab.errors import DatalabError, IntegrityError, NotFound, PolicyRefused
-from datalab.policy import Policy
+from datalab.policy import CLASSIFICATIONS, Policy
 from datalab.publish import read_manifest
 from datalab.sovereignty import check_pull_purpose
 
@@ -52,22 +52,110 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
 
 
 def authorise(name: str, version: str | None, purpose: str | None, actor: str, s: Settings,
-              clearance: dict[str, str] | None = None) -> dict[str, Any]:
-    """The version's manifest if ``actor`` may use it for ``purpose``; else refuse and audit."""
+              clearance: dict[str, str] | None = None, hidden_as_missing: bool = False) -> dict[str, Any]:
+    """The version's manifest if ``actor`` may use it for ``purpose``; else refuse and audit.
+
+    With ``hidden_as_missing`` (the HTTP service), a dataset none of whose
+    versions the consumer's site and clearance may ever reach is refused
+    exactly like one that does not exist, so the refusal does not tell it
+    exists, which versions it has or whose data it holds. Refusal reasons
+    name the firms behind a rule by the pseudonym the dataset card uses; the
+    audit entry keeps the full reason for the lab.
+    """
     catalog = cat.Catalog(s.catalog_url)
     subject = f"{name}@{version or 'latest'}"
+    m: dict[str, Any] | None = None
+    hidden = False
     try:
         if not purpose:
             raise PolicyRefused("purposes", "a purpose must be declared (--purpose), e.g. research")
         check_pull_purpose(purpose, s)
+        if hidden_as_missing and not dataset_reachable(name, s, clearance):
+            hidden = True
+            raise NotFound(f"dataset {name!r} has no published version")  # read_manifest's words for a missing one
         m = read_manifest(name, version, s)
         subject = f"{name}@{m['version']}"
         check_policy(m, purpose, s, clearance)
     except (PolicyRefused, NotFound) as e:
-        catalog.audit(actor, "pull", subject, "refused", {"purpose": purpose, "reason": str(e),
-                                                         "rule": getattr(e, "rule", "not-found")})
+        catalog.audit(actor, "pull", subject, "refused", {
+            "purpose": purpose, "reason": "no version reachable from the site and clearance" if hidden else str(e),
+            "rule": "hidden" if hidden else getattr(e, "rule", "not-found")})
+        if isinstance(e, PolicyRefused) and m is not None:
+            e.args = (pseudonymise(str(e), m, s),)  # the caller sees the card's labels, the audit the ids
         raise
     return m
+
+
+def pseudonymise(message: str, m: dict[str, Any], s: Settings) -> str:
+    """``message`` with the contract ids of the version's policy named as the dataset card names their firms.
+
+    A confidential or restricted firm appears on the card only as a keyed
+    pseudonym (``datasheet._firm_label``); its refusals say the same.
+    """
+    ids = sorted({cid for v in (m.get("policy", {}).get("sources") or {}).values() for cid in (v or [])},
+                 key=len, reverse=True)
+    ids = [cid for cid in ids if cid in message]
+    if not ids:
+        return message
+    from datalab.datasheet import _firm_label
+    from datalab.pseudonym import key, pseudonym
+
+    contracts = contracts_mod.load_all(s.contracts_dir)
+    for cid in ids:
+        c = contracts.get(cid)
+        if c is not None and _firm_label(c, s) == c.tenant:
+            continue  # public or internal data: the card names the firm, so may the refusal
+        tenant = cid.split(":")[2] if cid.count(":") >= 3 else cid
+        label = _firm_label(c, s) if c is not None else "firm-" + pseudonym(key(s), "datasheet:firm", tenant)[3:11]
+        message = message.replace(cid, label)
+    return message
+
+
+def _policy(m: dict[str, Any]) -> Policy:
+    pol = Policy.from_dict({k: v for k, v in m["policy"].items() if k != "sources"})
+    object.__setattr__(pol, "sources", m["policy"].get("sources", {}))
+    return pol
+
+
+def check_site_cap(m: dict[str, Any], s: Settings) -> None:
+    """Refuse unless ``s.site`` may hold version ``m``: inside its residency, and within the site's classification cap.
+
+    The same rules publish and replicate check (``sovereignty.check_site``),
+    applied to every pull, listing, ``show`` and ``datalab.open``: a site
+    registered for public data only never receives confidential data.
+    """
+    if not s.site:
+        return
+    sites = datasets.load_sites(s.contracts_dir)
+    if s.site not in sites:
+        raise PolicyRefused("residency", f"DATALAB_SITE={s.site!r} is not a known site")
+    site = sites[s.site]
+    pol = _policy(m)
+    pol.check_site(site.name, site.country)
+    if CLASSIFICATIONS.index(pol.classification) > CLASSIFICATIONS.index(site.max_classification):
+        who = ", ".join(pol.sources.get("classification", [])) or "the dataset policy"
+        raise PolicyRefused("classification", f"site '{site.name}' may hold data up to '{site.max_classification}'; "
+                            f"the version is '{pol.classification}' (set by {who})")
+
+
+def reachable(m: dict[str, Any], s: Settings, clearance: dict[str, str] | None = None) -> bool:
+    """Whether the caller's site and clearance may ever receive version ``m`` (whatever the purpose)."""
+    try:
+        check_clearance(_policy(m), clearance)
+        check_site_cap(m, s)
+    except PolicyRefused:
+        return False
+    return True
+
+
+def dataset_reachable(name: str, s: Settings, clearance: dict[str, str] | None = None) -> bool:
+    """Whether any published version of ``name`` is ``reachable``: else the dataset is hidden from the caller."""
+    from datalab.publish import list_versions
+
+    for v in list_versions(name, s):
+        if reachable(read_manifest(name, v["version"], s), s, clearance):
+            return True
+    return False
 
 
 def check_policy(m: dict[str, Any], purpose: str, s: Settings, clearance: dict[str, str] | None = None) -> None:
@@ -80,16 +168,11 @@ def check_policy(m: dict[str, Any], purpose: str, s: Settings, clearance: dict[s
     check_pull_purpose(purpose, s)
     if m.get("status") == "withdrawn":
         raise PolicyRefused("withdrawn", f"version {m['version']} was withdrawn: {(m.get('withdrawn') or {}).get('reason', 'no reason recorded')}")
-    pol = Policy.from_dict({k: v for k, v in m["policy"].items() if k != "sources"})
-    object.__setattr__(pol, "sources", m["policy"].get("sources", {}))
+    pol = _policy(m)
     pol.check_purpose(purpose)
     pol.check_retention()
     check_clearance(pol, clearance)  # None: this process's DATALAB_CLEARANCE / DATALAB_EXPORT_CLEARED
-    if s.site:
-        sites = datasets.load_sites(s.contracts_dir)
-        if s.site not in sites:
-            raise PolicyRefused("residency", f"DATALAB_SITE={s.site!r} is not a known site")
-        pol.check_site(s.site, sites[s.site].country)
+    check_site_cap(m, s)
 
 
 def copy_verified(src: Path, dst: Path, sha: str) -> None:
@@ -155,6 +238,14 @@ def open_dataset(name: str, version: str | None = None, purpose: str | None = No
     return pl.scan_parquet(paths, missing_columns="insert", extra_columns="ignore") if paths else pl.LazyFrame(schema=m["schema"])
 
 
+def _site_may_hold(name: str, version: str, s: Settings) -> bool:
+    try:
+        check_site_cap(read_manifest(name, version, s), s)
+    except PolicyRefused:
+        return False
+    return True
+
+
 def list_datasets(s: Settings | None = None) -> list[dict[str, Any]]:
     """Every dataset spec with its published versions."""
     from datalab.publish import list_versions
@@ -163,6 +254,8 @@ def list_datasets(s: Settings | None = None) -> list[dict[str, Any]]:
     out = []
     for name in datasets.list_specs(s.contracts_dir):
         vs = list_versions(name, s)
+        if s.site:  # only what the site may hold (residency and its classification cap)
+            vs = [v for v in vs if _site_may_hold(name, v["version"], s)]
         out.append({"dataset": name, "versions": [v["version"] for v in vs],
                     "latest": vs[-1]["version"] if vs else None,
                     "status": {v["version"]: v["status"] for v in vs}})

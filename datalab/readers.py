@@ -44,6 +44,12 @@ MAX_DETAILED = 20  # problems listed one by one per file; the rest are counted p
 # 3.7 s (5.9 s) at 354-369 MB; for a 30 and a 300 MiB file the peak was
 # flat with 4 MiB (260, 269 MiB) and grew with 8 MiB (312, 334 MiB).
 BATCH_BYTES = 4 << 20
+# The longest line any reader holds (header and body alike). A longer one is
+# rejected by its number, never read whole: a 0.26 MB gzip of one 256 MiB line
+# once cost 2 GB of memory and a 537 MB receipt. Equal to BATCH_BYTES so the
+# block reader's own bound is this one.
+MAX_LINE_BYTES = BATCH_BYTES
+MAX_REASON_CHARS = 400  # one problem as stored and returned; a bad column name may be megabytes long
 
 TIME_DTYPES = {"timestamp": pl.Datetime("us", "UTC"), "integer": pl.Int64, "number": pl.Int64}
 VALUE_DTYPES = {
@@ -66,6 +72,17 @@ def long_schema(contract: Contract) -> dict[str, pl.DataType]:
     return schema
 
 
+def clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out.
+
+    Problems quote what the file held (column names, values); the file is
+    outside input, so what is quoted back is bounded.
+    """
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+
+
 @dataclass
 class Problems:
     """Problems of one file: the first ones in detail, then counts per rule."""
@@ -77,7 +94,7 @@ class Problems:
     def add(self, rule: str, message: str) -> None:
         self.counts[rule] += 1
         if len(self.detailed) < MAX_DETAILED:
-            self.detailed.append(f"{self.name}: {message} (rule: {rule})")
+            self.detailed.append(f"{self.name}: {clip(message)} (rule: {rule})")
 
     def __bool__(self) -> bool:
         return any(self.counts.values())
@@ -339,7 +356,8 @@ class TimeseriesReader:
         elif lay.header:
             first = self._first_line()
             if first is None:
-                self.problems.add("format", "the file holds no header line")
+                if not self.problems.counts["format"]:  # not already "line 1 is longer than ..."
+                    self.problems.add("format", "the file holds no header line")
                 return
             delim = self.sniffed.delimiter or ","
             header = first.split() if delim == "whitespace" else [h.strip() for h in first.split(delim)]
@@ -358,8 +376,12 @@ class TimeseriesReader:
 
     def _first_line(self) -> str | None:
         with open_stream(self.path, self.sniffed.compression) as s:
-            raw = s.readline()
+            raw = s.readline(MAX_LINE_BYTES + 1)  # bounded: a file of one endless line is not held whole
         if not raw:
+            return None
+        if len(raw) > MAX_LINE_BYTES:
+            self.problems.add("format", f"line 1 is longer than {MAX_LINE_BYTES} bytes; "
+                                        "the file cannot be read further (not delimited text, or corrupt?)")
             return None
         try:
             return raw.decode(self.lay.encoding).rstrip("\r\n")

@@ -30,6 +30,7 @@ import hashlib
 import json
 import shutil
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ import sqlalchemy as sa
 from datalab import catalog as cat
 from datalab import contract as contracts_mod
 from datalab import withdrawals
-from datalab.config import Settings, settings
+from datalab.config import Settings, safe_segment, settings
 
 PURGED = ("expired", "withdrawn")
 # Directories whose files belong to single deliveries (named by delivery id).
@@ -120,6 +121,67 @@ def _delete_path(p: Path, ledger: list[dict[str, Any]], home: Path) -> None:
         p.unlink()
 
 
+def _contract_dirs(contract_id: str, s: Settings) -> list[Path]:
+    """The raw and curated directories that hold only this contract's files (``<area>/<tenant>/<product>``)."""
+    c = contracts_mod.load_all(s.contracts_dir).get(contract_id)
+    if c is not None:
+        tenant, product = c.tenant, c.product
+    else:  # a contract removed from the repository still has its data deleted
+        parts = contract_id.split(":")
+        if len(parts) != 4:
+            return []
+        tenant, product = parts[2], parts[3]
+    try:
+        segs = [safe_segment(tenant, "tenant"), safe_segment(product, "product")]
+    except ValueError:
+        return []
+    return [root / segs[0] / segs[1] for root in (s.raw, s.curated)]
+
+
+def _sweep_contract(contract_id: str, s: Settings) -> list[dict[str, Any]]:
+    """Delete every file left in the contract's raw and curated directories, whatever its state.
+
+    The deliveries' own files are gone by now; what is left was never
+    recorded: the ``.tmp`` of a landing or curation a crash interrupted
+    (parsed readings all the same), or a file whose receipt never
+    committed. Returns the ledger (path, hash, bytes) for the audit log.
+    """
+    ledger: list[dict[str, Any]] = []
+    for d in _contract_dirs(contract_id, s):
+        if d.exists():
+            _delete_path(d, ledger, s.home)
+    return ledger
+
+
+INTERRUPTED = ("*.tmp", "*.part")
+
+
+def clean_interrupted(s: Settings | None = None, grace_s: float = 60.0) -> list[str]:
+    """Remove the temporary files of writes a crash interrupted (raw, curated, landing); returns their paths.
+
+    Every writer of the lab writes ``<name>.tmp`` (or ``.part``) and renames
+    it when complete, so a temporary file nobody has written to for
+    ``grace_s`` seconds belongs to a process that died: it holds parsed
+    readings no receipt or withdrawal knows of. Called when the service
+    starts; a live writer touches its file far more often than the grace.
+    """
+    s = s or settings()
+    now = time.time()
+    removed = []
+    for root in (s.raw, s.curated, s.landing):
+        if not root.exists():
+            continue
+        for pattern in INTERRUPTED:
+            for p in root.rglob(pattern):
+                try:
+                    if p.is_file() and now - p.stat().st_mtime >= grace_s:
+                        p.unlink()
+                        removed.append(str(p.relative_to(s.home)))
+                except FileNotFoundError:
+                    pass  # its writer finished or another cleaner was first
+    return removed
+
+
 def purge_contract(contract_id: str, status: str, reason: str, actor: str, s: Settings | None = None,
                    hook: Hook | None = None) -> PurgeReport:
     """Delete every delivery of ``contract_id`` and withdraw the versions holding them."""
@@ -143,6 +205,10 @@ def purge_contract(contract_id: str, status: str, reason: str, actor: str, s: Se
                 curated_path=None, updated_at=cat.now_iso()))
             conn.execute(cat.watermarks.delete().where(cat.watermarks.c.delivery_id == d))
             c.audit(actor, "delete", d, status, {"contract": contract_id, "reason": reason, "files": mine}, conn=conn)
+    leftovers = _sweep_contract(contract_id, s)
+    if leftovers:
+        c.audit(actor, "delete", contract_id, status, {"reason": reason, "leftovers": leftovers})
+    ledger += leftovers
     rep.files_deleted = len(ledger)
     rep.bytes_deleted = sum(x["bytes"] for x in ledger)
     purged = set(rep.deliveries) | _purged_deliveries(contract_id, s)

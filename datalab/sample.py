@@ -891,6 +891,29 @@ def _open_out(path: Path, compression: str) -> Any:
             raise ValueError(f"unknown compression {compression!r} (gz, zst)")
 
 
+# A text cell a spreadsheet would run as a formula: = + - @ first (or a tab / CR before them), unless it is
+# a plain number ("-3.5" stays as it is). OWASP's "CSV injection": "=cmd|' /C calc'!A0" as a machine id.
+FORMULA = r"^[\t\r]*[=+\-@]"
+PLAIN_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+
+
+def neutralise_formulas(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with every text cell a spreadsheet would evaluate prefixed by ``'`` (shown, not run).
+
+    Every CSV the lab writes goes through this, so a value a firm delivered
+    (or a generator produced) cannot run when an engineer opens the file in
+    a spreadsheet. Parquet and JSON Lines keep the values as they are.
+    """
+    text = [c for c, dt in frame.schema.items() if dt == pl.String]
+    if not text:
+        return frame
+    return frame.with_columns(
+        pl.when(pl.col(c).str.contains(FORMULA) & ~pl.col(c).str.contains(PLAIN_NUMBER))
+        .then(pl.lit("'") + pl.col(c)).otherwise(pl.col(c)).alias(c)
+        for c in text
+    )
+
+
 def write(gen_or_frame: Generated | pl.DataFrame, path: Path, fmt: str | None = None) -> Path:
     """Write exactly the frame to ``path``; the format comes from the suffix unless given.
 
@@ -919,9 +942,10 @@ def write(gen_or_frame: Generated | pl.DataFrame, path: Path, fmt: str | None = 
 
     else:
         separator = "\t" if base == "tsv" else sep
+        safe = neutralise_formulas(frame)
 
         def writer(fh: IO[bytes]) -> None:
-            frame.write_csv(fh, include_header=header, separator=separator)
+            safe.write_csv(fh, include_header=header, separator=separator)
 
     with _open_out(path, compression) as fh:
         writer(fh)

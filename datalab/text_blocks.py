@@ -41,7 +41,7 @@ class LineTooLong(ValueError):
 
     def __init__(self, line: int, limit: int):
         self.line = line
-        super().__init__(f"line {line} is longer than {limit >> 20} MiB without a line break")
+        super().__init__(f"line {line} is longer than {limit} bytes")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,8 @@ def lab_env(home: Path, contracts: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
     env.update(DATALAB_HOME=str(home), DATALAB_CONTRACTS=str(contracts), DATALAB_ENGINE="cpu",
                PYTHONPATH=str(ROOT))
+    # The tests send hundreds of deliberately bad tokens from one address; the limit has its own test.
+    env.setdefault("DATALAB_RATE_ADDRESS_PER_MIN", "100000")
     return env
 
 
@@ -88,6 +90,8 @@ class Server:
     workers: int = 1
     port: int = 0
     proc: subprocess.Popen | None = None
+    env: dict[str, str] = field(default_factory=dict)  # on top of lab_env (e.g. rate limits)
+    args: list[str] = field(default_factory=list)  # more `datalab serve` options (e.g. --log-level info)
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -100,9 +104,9 @@ class Server:
     def start(self, timeout: float = 60.0) -> Server:
         self.port = free_port()
         cmd = [sys.executable, "-m", "datalab.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", str(self.workers)]
+               "--workers", str(self.workers), *self.args]
         with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen(cmd, env=lab_env(self.home, self.contracts), stdout=logf,
+            self.proc = subprocess.Popen(cmd, env={**lab_env(self.home, self.contracts), **self.env}, stdout=logf,
                                          stderr=subprocess.STDOUT, cwd=str(self.home.parent),
                                          start_new_session=True)
         deadline = time.monotonic() + timeout

@@ -66,9 +66,10 @@ def _cases(delivery: dict[str, str], files: dict[str, Path]) -> list[dict[str, A
             add("get receipt", "GET", f"/v1/provider/receipts/{delivery[tenant]}", ok, "firm", side)
             add("push", "POST", f"/v1/provider/contracts/{product}/deliveries", 201 if side == "own" else 404,
                 "firm", side, roles_ok=who != "firm-a-ro", file=files[tenant])
-        # consumers: allowed and forbidden purpose (team-fi is outside the DE residency)
+        # consumers: allowed and forbidden purpose. team-fi is outside the DE residency, so no version is
+        # ever reachable from its site: the dataset is hidden, "not found" like one that does not exist
         for purpose in (ALLOWED, FORBIDDEN):
-            reach = 200 if who == "team-de" and purpose == ALLOWED else 403
+            reach = 200 if who == "team-de" and purpose == ALLOWED else 404 if who == "team-fi" else 403
             add("list datasets", "GET", "/v1/datasets", 200, "consumer", purpose=purpose, params={"purpose": purpose})
             add("manifest", "GET", f"{DS}/manifest", reach, "consumer", purpose=purpose, params={"purpose": purpose})
             add("card", "GET", f"{DS}/card", reach, "consumer", purpose=purpose, params={"purpose": purpose})

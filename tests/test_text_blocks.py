@@ -232,7 +232,7 @@ def test_a_line_without_breaks_is_rejected_by_name_and_line(contracts, tmp_path)
     head = path.read_text().split("\n", 2)
     f.write_bytes(("\n".join(head[:2]) + "\n").encode() + b"1," * readers.BATCH_BYTES)
     _, _, why = _read(c, f, True)
-    limit = f"longer than {readers.BATCH_BYTES >> 20} MiB"
+    limit = f"longer than {readers.MAX_LINE_BYTES} bytes"
     assert any(f"binary.csv: line 3 is {limit}" in w and "cannot be read further" in w for w in why), why
 
 

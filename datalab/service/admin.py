@@ -61,6 +61,27 @@ def add_principal(body: NewPrincipal, p: auth.Principal = Depends(need("admin", 
         raise ApiError(409 if "exists" in str(e) else 400, str(e)) from None
 
 
+@router.post("/principals/{name}/disable", summary="Disable a principal: its tokens are refused at once (audited)")
+def disable_principal(name: str = PathParam(..., max_length=64),
+                      p: auth.Principal = Depends(need("admin", "principals"))) -> dict[str, Any]:
+    return _set_disabled(name, True, p)
+
+
+@router.post("/principals/{name}/enable", summary="Enable a disabled principal again (audited)")
+def enable_principal(name: str = PathParam(..., max_length=64),
+                     p: auth.Principal = Depends(need("admin", "principals"))) -> dict[str, Any]:
+    return _set_disabled(name, False, p)
+
+
+def _set_disabled(name: str, disabled: bool, p: auth.Principal) -> dict[str, Any]:
+    if disabled and name == p.name:
+        raise ApiError(400, "an admin cannot disable itself (ask another admin, or use the CLI on the lab host)")
+    try:
+        return auth.set_disabled(name, disabled, actor=p.actor).to_dict()
+    except NotFound as e:
+        raise ApiError(404, str(e)) from None
+
+
 @router.get("/tokens", summary="Tokens (never their secrets)")
 def tokens(principal: str | None = Query(None, max_length=64),
            p: auth.Principal = Depends(need("admin", "tokens"))) -> list[dict[str, Any]]:
@@ -88,7 +109,7 @@ def revoke_token(token_id: str = PathParam(..., max_length=12),
 
 
 @router.get("/audit", summary="Audit entries after a sequence number, oldest first")
-def audit(after: int = Query(0, ge=0), limit: int = Query(500, ge=1, le=5000),
+def audit(after: int = Query(0, ge=0, le=2**63 - 1), limit: int = Query(500, ge=1, le=5000),
           action: str | None = Query(None, max_length=32),
           p: auth.Principal = Depends(need("admin", "audit"))) -> list[dict[str, Any]]:
     import json
@@ -105,8 +126,20 @@ def audit(after: int = Query(0, ge=0), limit: int = Query(500, ge=1, le=5000),
 
 @router.get("/audit/verify", summary="Recompute the audit log's hash chain")
 def audit_verify(p: auth.Principal = Depends(need("admin", "audit"))) -> dict[str, Any]:
-    problems = cat.Catalog(settings().catalog_url).verify_audit()
+    from datalab import audit_checkpoints
+
+    s = settings()
+    problems = cat.Catalog(s.catalog_url).verify_audit()
+    if (cp := audit_checkpoints.default_path(s)).is_file():
+        problems += audit_checkpoints.verify(cp, s)
     return {"ok": not problems, "problems": problems}
+
+
+@router.post("/audit/checkpoint", summary="Append a signed checkpoint of the audit head (outside the database)")
+def audit_checkpoint(p: auth.Principal = Depends(need("admin", "audit"))) -> dict[str, Any]:
+    from datalab import audit_checkpoints
+
+    return audit_checkpoints.checkpoint()
 
 
 def _runner() -> Any:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -12,8 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from datalab import __version__ as _version
 from datalab import auth
 from datalab.config import settings
-from datalab.service import admin, consumers, providers
-from datalab.service.deps import ApiError, current_principal, refuse
+from datalab.service import admin, consumers, providers, ratelimit
+from datalab.service.deps import ApiError, client_of, current_principal, over_limit, refuse
 
 MAX_HEADER_BYTES = 32 << 10
 MAX_HEADERS = 200
@@ -28,9 +32,52 @@ Errors are JSON `{"error": "..."}`; what another tenant owns answers 404.
 """
 
 
+_SECRET = re.compile(r"(dl_[0-9a-f]{12}_)[A-Za-z0-9_-]+")
+_SECRET_PARAM = re.compile(r"(?i)\b((?:access_)?token|authorization|secret|api[_-]?key)=[^&\s\"]*")
+
+
+def redact(text: str) -> str:
+    """``text`` without token secrets: ``dl_<id>_<secret>`` keeps its id, token-like query values go."""
+    return _SECRET_PARAM.sub(r"\1=[redacted]", _SECRET.sub(r"\1[redacted]", text))
+
+
+class RedactTokens(logging.Filter):
+    """Takes token secrets out of uvicorn's access log lines (a token sent in a query string is refused,
+    but the request line, query included, was logged at --log-level info)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        return True
+
+
+def _install_redaction() -> None:
+    for name in ("uvicorn.access", "uvicorn.error"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in log.filters):
+            log.addFilter(RedactTokens())
+
+
+def _has_token(request: Request) -> bool:
+    """Whether the request carries something shaped like a token (checked later, against the catalog)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and auth.token_id(token.strip()) is not None
+
+
 def create_app() -> FastAPI:
     """Build the application; the lab is whatever ``DATALAB_HOME`` etc. say."""
-    app = FastAPI(title="datalab", version=_version, description=DESCRIPTION)
+    limiter = ratelimit.from_settings(settings())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(limiter.flush, settings())  # the refusals counted since the last summary
+
+    app = FastAPI(title="datalab", version=_version, description=DESCRIPTION, lifespan=lifespan)
+    app.state.limiter = limiter
+    _install_redaction()  # in every worker process: each builds its own app
     auth.list_principals(settings())  # creates the service tables before the first request
 
     @app.exception_handler(ApiError)
@@ -57,7 +104,15 @@ def create_app() -> FastAPI:
                        f"(limit {MAX_HEADER_BYTES:,} bytes, {MAX_HEADERS} fields)")
             await run_in_threadpool(refuse, request, "anonymous", "request", request.url.path, 431, message)
             return JSONResponse({"error": message}, status_code=431, headers={"Connection": "close"})
+        addr = client_of(request)
+        if not _has_token(request) and (
+                wait := await run_in_threadpool(over_limit, request, "address", addr, False)) is not None:
+            # Without a valid token and over the address's budget: answered before any database work.
+            return JSONResponse({"error": wait.message}, status_code=429, headers=wait.headers)
         response = await call_next(request)
+        if response.status_code >= 400 and getattr(request.state, "principal", None) is None \
+                and response.status_code != 429:
+            limiter.charge("address", addr)  # a request that ended without a valid token
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Cache-Control", "no-store")
         return response

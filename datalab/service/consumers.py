@@ -43,7 +43,7 @@ def _site_settings(p: auth.Principal) -> Settings:
 def _authorised(name: str, version: str, purpose: str, p: auth.Principal) -> tuple[dict[str, Any], Settings]:
     s = _site_settings(p)
     try:
-        return authorise(name, version, purpose, p.actor, s, auth.clearance_env(p)), s
+        return authorise(name, version, purpose, p.actor, s, auth.clearance_env(p), hidden_as_missing=True), s
     except NotFound as e:
         raise ApiError(404, consumer_message(str(e), name, version, s), audited=True) from None  # authorise audited it
     except PolicyRefused as e:  # the rule's message names the inputs that set it: masked firms by their pseudonym

@@ -62,10 +62,29 @@ def current_principal(request: Request) -> auth.Principal:
         p = auth.authenticate(token)
     except auth.AuthError as e:
         tid = auth.token_id(token)
+        if (wait := over_limit(request, "address", client_of(request), take=False)) is not None:
+            raise wait from None  # this address already spent its budget of failed tokens: counted, not logged
         raise refuse(request, f"token:{tid or 'malformed'}", "auth", request.url.path, 401,
                      f"invalid token: {e}", challenge) from None
+    tid = auth.token_id(token) or ""
+    if (wait := over_limit(request, "token", tid, take=True)) is not None:
+        raise wait
     request.state.principal = p
     return p
+
+
+def over_limit(request: Request, kind: str, key: str, take: bool) -> ApiError | None:
+    """A 429 (counted for the summary, not audited one by one) if ``key`` is over its rate limit."""
+    limiter = getattr(request.app.state, "limiter", None)
+    if limiter is None:
+        return None
+    wait = limiter.retry_after(kind, key, take)
+    if wait is None:
+        return None
+    if limiter.count_refusal(kind, key, request.url.path):
+        limiter.flush(settings())
+    return ApiError(429, f"too many requests for this {kind}: at most {limiter.per_min[kind]} a minute; "
+                    f"retry after {wait} s", {"Retry-After": str(wait)}, audited=True)
 
 
 def need(kind: str, *roles: str) -> Callable[[Request], auth.Principal]:

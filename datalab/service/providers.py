@@ -66,7 +66,7 @@ def list_contracts(p: auth.Principal = Depends(firm_read)) -> list[dict[str, Any
     return [_contract_view(c) for c in sorted(contracts(s).values(), key=lambda c: c.id) if c.tenant == p.tenant]
 
 
-@router.get("/contracts/{ref}", summary="One of the calling firm's contracts")
+@router.get("/contracts/{ref:path}", summary="One of the calling firm's contracts (id, product or tenant/product)")
 def get_contract(ref: str, request: Request, p: auth.Principal = Depends(firm_read)) -> dict[str, Any]:
     return _contract_view(own_contract(request, p, ref, settings()))
 
@@ -94,7 +94,7 @@ async def _drain(it: Any) -> None:
 
 
 @router.post(
-    "/contracts/{ref}/deliveries",
+    "/contracts/{ref:path}/deliveries",
     summary="Push one delivery (streamed; multipart/form-data or application/octet-stream with ?name=)",
     status_code=201,
     responses={200: {"description": "a repeat of an earlier push (same bytes or same Idempotency-Key)"},
@@ -154,6 +154,10 @@ async def push(
                 if prior.delivery_id:
                     rec = await run_in_threadpool(landing.get_receipt, prior.delivery_id, p.tenant, s)
                     rec.duplicate = True
+                    # A replay lands nothing, but it is a request the firm made: audited like a repeat push.
+                    await run_in_threadpool(cat.Catalog(s.catalog_url).audit, p.actor, "push", rec.delivery_id,
+                                            "replayed", {"contract": c.id, "tenant": c.tenant,
+                                                         "idempotency_key": idempotency_key})
                     return JSONResponse(rec.to_dict(), status_code=200, headers={"Idempotent-Replayed": "true"})
                 # Same bytes, still pending (a concurrent retry, or a crash before the key was
                 # completed): landing them again is safe, the landing zone's content key makes
@@ -192,11 +196,16 @@ def list_receipts(
     request: Request,
     status: str | None = Query(None, pattern="^(accepted|rejected)$"),
     contract: str | None = Query(None, max_length=300),
+    limit: int = Query(landing.DEFAULT_RECEIPT_LIMIT, ge=1, le=landing.MAX_RECEIPT_LIMIT,
+                       description="receipts per page (oldest first)"),
+    offset: int = Query(0, ge=0, le=2**62, description="receipts to skip"),
     p: auth.Principal = Depends(firm_receipts),
 ) -> list[dict[str, Any]]:
+    """One page of receipts, oldest first; a full page means there may be more (``offset += limit``)."""
     s = settings()
     cid = own_contract(request, p, contract, s).id if contract else None
-    return [r.to_dict() for r in landing.list_receipts(tenant=p.tenant, contract_id=cid, status=status, s=s)]
+    recs = landing.list_receipts(tenant=p.tenant, contract_id=cid, status=status, s=s, limit=limit, offset=offset)
+    return [r.to_dict() for r in recs]
 
 
 @router.get("/receipts/{delivery_id}", summary="One receipt with its reasons")

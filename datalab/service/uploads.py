@@ -152,9 +152,10 @@ async def receive_multipart(
                     buf, state = buf[2:], "headers"
                 elif state == "headers":
                     i = buf.find(b"\r\n\r\n")
+                    if i > MAX_PART_HEADERS or (i < 0 and len(buf) > MAX_PART_HEADERS):
+                        # also when the whole head arrived in one chunk (it once passed at 20 KiB)
+                        raise UploadError(431, f"multipart part headers longer than {MAX_PART_HEADERS} bytes")
                     if i < 0:
-                        if len(buf) > MAX_PART_HEADERS:
-                            raise UploadError(431, f"multipart part headers longer than {MAX_PART_HEADERS} bytes")
                         break
                     sink.open(_part_filename(buf[:i]))
                     buf, state = buf[i + 4:], "body"
