@@ -1,0 +1,110 @@
+"""Federation commands (issue 18): ``site show``, ``peer add/list/remove``, ``catalog --federated``.
+
+Kept out of cli.py so other branches editing the CLI merge cleanly;
+``register(app)`` is the one line cli.py calls.
+"""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from datalab.errors import DatalabError
+
+out = Console()
+err = Console(stderr=True)
+site_app = typer.Typer(no_args_is_help=True, help="This lab instance as a site of the federation.")
+peer_app = typer.Typer(no_args_is_help=True, help="Peer sites this site trusts (operator-registered keys).")
+
+
+def _fail(e: Exception) -> None:
+    err.print(f"[bold red]error:[/] {e}", highlight=False, markup=False)
+    raise typer.Exit(1)
+
+
+@site_app.command("show")
+def site_show(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Name, base URL and public key of this site (give the key to peers' operators)."""
+    from datalab.federation.identity import public_key_b64, site_name, site_url
+
+    try:
+        info = {"name": site_name(), "url": site_url(), "public_key": public_key_b64()}
+    except DatalabError as e:
+        _fail(e)
+    if as_json:
+        out.print_json(json.dumps(info))
+    else:
+        for k, v in info.items():
+            out.print(f"{k}: {v or '-'}", highlight=False, markup=False)
+
+
+@peer_app.command("add")
+def peer_add(name: str = typer.Argument(..., help="the peer's site name (sites.yaml)"),
+             url: str = typer.Argument(..., help="the peer's base URL, e.g. http://127.0.0.1:8102"),
+             key: str = typer.Option(..., "--key", help="the peer's public key (`datalab site show` there)")) -> None:
+    """Trust a peer site: requests signed by this key are accepted as coming from NAME."""
+    from datalab.federation.identity import add_peer
+
+    try:
+        p = add_peer(name, url, key)
+    except (DatalabError, ValueError) as e:
+        _fail(e)
+    out.print(f"peer {p.name} at {p.url} registered", highlight=False, markup=False)
+
+
+@peer_app.command("list")
+def peer_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Registered peers."""
+    from datalab.federation.identity import list_peers
+
+    peers = list_peers()
+    if as_json:
+        out.print_json(json.dumps([p.__dict__ for p in peers]))
+        return
+    t = Table("peer", "url", "public key")
+    for p in peers:
+        t.add_row(p.name, p.url, p.public_key)
+    out.print(t)
+
+
+@peer_app.command("remove")
+def peer_remove(name: str) -> None:
+    """Stop trusting a peer: its tokens are refused from now on."""
+    from datalab.federation.identity import remove_peer
+
+    try:
+        remove_peer(name)
+    except DatalabError as e:
+        _fail(e)
+    out.print(f"peer {name} removed", highlight=False, markup=False)
+
+
+def catalog_cmd(federated: bool = typer.Option(False, "--federated", help="ask every peer too (DSP catalog)"),
+                purpose: str = typer.Option(None, help="only offers this purpose may use"),
+                timeout: float = typer.Option(5.0, help="seconds to wait for each peer"),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """This site's DSP catalog, merged with every peer's with --federated: site, dataset, version, policy."""
+    from datalab.federation.client import federated_catalog
+    try:
+        rows, failed = federated_catalog(purpose, timeout, peers=federated)
+    except DatalabError as e:
+        _fail(e)
+    if as_json:
+        out.print_json(json.dumps({"datasets": rows, "unavailable": failed}))
+        return
+    t = Table("site", "dataset", "version", "rows", "policy")
+    for r in rows:
+        t.add_row(r["site"], r["dataset"], r["version"], f"{r['rows']:,}", r["policy"])
+    out.print(t)
+    for why in failed.values():
+        err.print(f"[yellow]unavailable:[/] {why}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the federation commands to the ``datalab`` app."""
+    app.add_typer(site_app, name="site")
+    app.add_typer(peer_app, name="peer")
+    app.command("catalog")(catalog_cmd)
