@@ -103,8 +103,50 @@ def catalog_cmd(federated: bool = typer.Option(False, "--federated", help="ask e
         err.print(f"[yellow]unavailable:[/] {why}", highlight=False)
 
 
+def negotiate_cmd(site: str = typer.Argument(..., help="the provider site (a registered peer)"),
+                  ref: str = typer.Argument(..., help="DATASET@VERSION in that site's catalog"),
+                  purpose: str = typer.Option(..., "--purpose", help="the declared purpose of use"),
+                  timeout: float = typer.Option(30.0, help="seconds to wait for the provider's answer"),
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """Negotiate a contract (DSP) for a peer's dataset version: an agreement, or the rule that refuses it."""
+    from datalab.federation.client import negotiate
+
+    try:
+        n = negotiate(site, ref, purpose, timeout)
+    except DatalabError as e:
+        _fail(e)
+    info = {"negotiation": n.consumer_pid, "provider_pid": n.provider_pid, "state": n.state,
+            "agreement": (n.agreement or {}).get("@id"), "rule": n.rule, "reason": n.reason}
+    if as_json:
+        out.print_json(json.dumps(info))
+    elif n.state == "FINALIZED":
+        out.print(f"agreement {info['agreement']}: {ref} from {site} for {purpose}", highlight=False, markup=False)
+    else:
+        err.print(f"refused by {site} (rule {n.rule}): {n.reason}", highlight=False, markup=False)
+    if n.state != "FINALIZED":
+        raise typer.Exit(1)
+
+
+def negotiations_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
+    """This site's negotiations, as provider and as consumer."""
+    from datalab.federation import negotiation as neg
+
+    rows = [{"id": n.consumer_pid, "role": n.role, "peer": n.peer, "dataset": f"{n.dataset}@{n.version}",
+             "purpose": n.purpose, "state": n.state, "agreement": (n.agreement or {}).get("@id"), "reason": n.reason}
+            for n in neg.list_all()]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    t = Table("negotiation", "role", "peer", "dataset", "purpose", "state", "agreement / reason")
+    for r in rows:
+        t.add_row(r["id"], r["role"], r["peer"], r["dataset"], r["purpose"], r["state"], r["agreement"] or r["reason"] or "")
+    out.print(t)
+
+
 def register(app: typer.Typer) -> None:
     """Add the federation commands to the ``datalab`` app."""
     app.add_typer(site_app, name="site")
     app.add_typer(peer_app, name="peer")
     app.command("catalog")(catalog_cmd)
+    app.command("negotiate")(negotiate_cmd)
+    app.command("negotiations")(negotiations_cmd)

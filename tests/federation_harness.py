@@ -1,8 +1,10 @@
 """Three lab sites as three ``datalab serve`` processes on loopback, each with its own home.
 
-munich publishes plant-telemetry (confidential, residency DE); kajaani (FI,
-cap restricted) and garching-open (DE, cap public) start empty. Every site
-knows the others as registered peers. Processes are started and stopped by
+munich publishes plant-telemetry (confidential, residency DE); stuttgart
+(DE, cap restricted, added to the test's sites.yaml) and kajaani (FI) start
+empty. Every site knows the others as registered peers. garching-open (DE,
+cap public) is an identity only (keys and a home, no process), registered at
+munich, for what a public-only site may see. Processes are started and stopped by
 pid (their own session), never by name.
 """
 
@@ -23,7 +25,8 @@ import pytest
 
 from tests.service_harness import ENV_KEYS, free_port, lab_env
 
-SITES = ("munich", "kajaani", "garching-open")
+SITES = ("munich", "stuttgart", "kajaani")
+EXTRA_SITE = "  - {name: stuttgart, country: DE, region: EU, operator: test site in DE, max_classification: restricted}\n"
 
 
 @dataclass
@@ -46,7 +49,7 @@ class Site:
 
     def env(self) -> dict[str, str]:
         env = lab_env(self.home, self.contracts)
-        env.update(DATALAB_SITE=self.name, DATALAB_SITE_URL=self.url)
+        env.update(DATALAB_SITE=self.name, DATALAB_SITE_URL=self.url, DATALAB_DSP_VALIDATE="1")
         return env
 
     def start(self, timeout: float = 60.0) -> Site:
@@ -85,12 +88,13 @@ class Site:
     @contextlib.contextmanager
     def here(self) -> Iterator[None]:
         """Run in-process code as this site (DATALAB_* env), restored after."""
-        keys = (*ENV_KEYS, "DATALAB_SITE_URL")
+        keys = (*ENV_KEYS, "DATALAB_SITE_URL", "DATALAB_DSP_VALIDATE")
         saved = {k: os.environ.get(k) for k in keys}
         for k in keys:
             os.environ.pop(k, None)
         env = self.env()
-        for k in ("DATALAB_HOME", "DATALAB_CONTRACTS", "DATALAB_ENGINE", "DATALAB_SITE", "DATALAB_SITE_URL"):
+        for k in ("DATALAB_HOME", "DATALAB_CONTRACTS", "DATALAB_ENGINE", "DATALAB_SITE", "DATALAB_SITE_URL",
+                  "DATALAB_DSP_VALIDATE"):
             os.environ[k] = env[k]
         try:
             yield
@@ -109,8 +113,11 @@ def federation(published_template: tuple[Path, Path], tmp_path_factory: pytest.T
     from datalab.publish import publish
 
     base = tmp_path_factory.mktemp("federation")
-    contracts = published_template[1]
-    sites = {n: Site(n, base / n, contracts) for n in SITES}
+    contracts = base / "contracts"
+    shutil.copytree(published_template[1], contracts)
+    with open(contracts / "sites.yaml", "a") as f:
+        f.write(EXTRA_SITE)
+    sites = {n: Site(n, base / n, contracts) for n in (*SITES, "garching-open")}
     shutil.copytree(published_template[0], sites["munich"].home)
     for s in sites.values():
         s.home.mkdir(parents=True, exist_ok=True)
@@ -123,11 +130,13 @@ def federation(published_template: tuple[Path, Path], tmp_path_factory: pytest.T
     for s in sites.values():
         with s.here():
             for o in sites.values():
-                if o.name != s.name:
+                if o.name != s.name and (s.name == "munich" or o.name != "garching-open"):
                     identity.add_peer(o.name, o.url, keys[o.name])
+    with sites["garching-open"].here():
+        identity.add_peer("munich", sites["munich"].url, keys["munich"])
     try:
-        for s in sites.values():
-            s.start()
+        for n in SITES:
+            sites[n].start()
         yield sites
     finally:
         for s in sites.values():

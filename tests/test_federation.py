@@ -78,12 +78,12 @@ def test_peer_add_refuses_a_bad_key(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_token_refusals_are_401_audited_and_change_nothing(federation: dict[str, Site]) -> None:  # noqa: F811
-    a, b, c = federation["munich"], federation["kajaani"], federation["garching-open"]
+    a, b, c = federation["munich"], federation["stuttgart"], federation["garching-open"]
     before = len(audit_of(a, "dsp.catalog"))
     good = token(b, "munich")
     assert ask_catalog(a, good).status_code == 200
     forged_claims, _ = good[len(identity.TOKEN_PREFIX):].split(".")
-    with c.here():  # garching-open signs claims that say kajaani
+    with c.here():  # garching-open signs claims that say stuttgart
         forged = identity.TOKEN_PREFIX + forged_claims + "." + identity._b64(identity.private_key().sign(forged_claims.encode()))
     rogue_home = a.home.parent / "rogue"
     rogue = Site("rogue", rogue_home, a.contracts)
@@ -93,7 +93,7 @@ def test_token_refusals_are_401_audited_and_change_nothing(federation: dict[str,
         "replayed": good,
         "forged": forged,
         "expired": token(b, "munich", now=time.time() - 3600),
-        "not for this site": token(b, "kajaani-other"),
+        "not for this site": token(b, "kajaani"),
         "unknown site": token(rogue, "munich"),
         "malformed": "dlsite.garbage",
     }
@@ -107,7 +107,7 @@ def test_token_refusals_are_401_audited_and_change_nothing(federation: dict[str,
 
 
 def test_bad_messages_are_dsp_errors(federation: dict[str, Site]) -> None:  # noqa: F811
-    a, b = federation["munich"], federation["kajaani"]
+    a, b = federation["munich"], federation["stuttgart"]
     cases = {
         b"{not json": (400, "malformed JSON"),
         json.dumps({"@context": ["https://example.org/ctx"], "@type": "CatalogRequestMessage"}).encode(): (400, "@context"),
@@ -126,7 +126,7 @@ def test_bad_messages_are_dsp_errors(federation: dict[str, Site]) -> None:  # no
 
 
 def test_catalog_lists_the_version_with_its_policy_as_an_offer(federation: dict[str, Site]) -> None:  # noqa: F811
-    a, b = federation["munich"], federation["kajaani"]
+    a, b = federation["munich"], federation["stuttgart"]
     doc = valid(ask_catalog(a, token(b, "munich")).json())
     assert doc["@type"] == "Catalog" and doc["participantId"] == "urn:datalab:site:munich"
     [d] = doc["dataset"]
@@ -154,7 +154,7 @@ def test_a_site_below_the_classification_sees_nothing(federation: dict[str, Site
 def test_federated_catalog_merges_peers_and_names_a_down_one(federation: dict[str, Site]) -> None:  # noqa: F811
     from datalab.federation.client import federated_catalog
 
-    b, c = federation["kajaani"], federation["garching-open"]
+    b, c = federation["stuttgart"], federation["kajaani"]
     c.stop()
     try:
         with b.here():
@@ -163,7 +163,7 @@ def test_federated_catalog_merges_peers_and_names_a_down_one(federation: dict[st
             assert time.monotonic() - t0 < 10
             assert [(r["site"], r["dataset"], r["version"]) for r in rows] == [("munich", "plant-telemetry", "1.0.0")]
             assert "DE" in rows[0]["policy"]
-            assert set(failed) == {"garching-open"} and "unreachable" in failed["garching-open"]
+            assert set(failed) == {"kajaani"} and "unreachable" in failed["kajaani"]
             rows, _ = federated_catalog(purpose="model-training", timeout=3)
             assert rows == []  # prohibited purpose: the offer does not apply
     finally:

@@ -21,16 +21,34 @@ class PeerError(DatalabError):
     """A peer that is down, slow, or answered with a DSP error."""
 
 
+def post_url(peer_name: str, url: str, msg: dict[str, Any], timeout: float = 10.0,
+             s: Settings | None = None) -> dict[str, Any]:
+    """A signed DSP POST to an address a peer gave (its callback), checked to lie under its registered URL."""
+    from datalab.federation.identity import get_peer
+
+    peer = get_peer(peer_name, s)
+    if not url.startswith(peer.url + "/"):
+        raise PeerError(f"address {url[:100]!r} is not under the registered URL of {peer_name}")
+    return call(peer, "POST", url[len(peer.url):], msg, timeout, s)
+
+
 def call(peer: Peer, method: str, path: str, msg: dict[str, Any] | None = None, timeout: float = 10.0,
          s: Settings | None = None) -> dict[str, Any]:
     """One signed DSP request to ``peer``; returns its JSON answer or raises PeerError with the reason."""
     headers = {"Authorization": issue_token(peer.name, s)}
+    if msg is not None:
+        try:
+            dsp.strict_check(msg)
+        except ValueError as e:
+            raise PeerError(f"not sent to {peer.name}: {e}") from None
     try:
         r = httpx.request(method, peer.url + path, json=msg, headers=headers, timeout=timeout)
     except httpx.TimeoutException:
         raise PeerError(f"peer {peer.name} ({peer.url}) did not answer within {timeout:g} s") from None
     except httpx.HTTPError as e:
         raise PeerError(f"peer {peer.name} ({peer.url}) is unreachable: {e.__class__.__name__}") from None
+    if r.status_code < 400 and not r.content:
+        return {}
     try:
         doc = r.json()
     except ValueError:
@@ -38,6 +56,11 @@ def call(peer: Peer, method: str, path: str, msg: dict[str, Any] | None = None, 
     if r.status_code >= 400:
         reason = "; ".join(doc.get("reason") or [doc.get("error", "")]) if isinstance(doc, dict) else str(doc)
         raise PeerError(f"peer {peer.name} refused ({r.status_code}): {reason}")
+    if isinstance(doc, dict):
+        try:
+            dsp.strict_check(doc)
+        except ValueError as e:
+            raise PeerError(f"peer {peer.name} answered a malformed message: {e}") from None
     return doc
 
 
@@ -80,3 +103,55 @@ def federated_catalog(purpose: str | None = None, timeout: float = 5.0,
                          "rows": d.get("https://w3id.org/datalab/rows"), "title": d.get("title"),
                          "policy": d.get("https://w3id.org/datalab/policyText", ""), "offer": d["hasPolicy"][0]["@id"]})
     return rows, failed
+
+
+def negotiate(site: str, ref: str, purpose: str, timeout: float = 30.0,
+              s: Settings | None = None) -> Any:
+    """Negotiate ``ref`` (DATASET@VERSION) at ``site`` for ``purpose``; the final local Negotiation.
+
+    The consumer records REQUESTED first, then sends the ContractRequestMessage;
+    the provider answers through this site's callbacks (agreement, then
+    FINALIZED, or a termination), which this site's service records. This
+    waits for a final state.
+    """
+    import time
+    import uuid
+
+    from datalab import catalog as cat
+    from datalab.federation import negotiation as neg
+    from datalab.federation.identity import get_peer, site_url
+
+    s = s or settings()
+    dataset, _, version = ref.partition("@")
+    if not dataset or not version:
+        raise DatalabError(f"name the version to negotiate: DATASET@VERSION, got {ref!r}")
+    peer = get_peer(site, s)
+    me = site_url(s)
+    if not me:
+        raise DatalabError("this site has no base URL for the provider's callbacks (DATALAB_SITE_URL or sites.yaml url)")
+    consumer_pid = f"urn:uuid:{uuid.uuid4()}"
+    n = neg.create("consumer", site, consumer_pid, dataset, version.removeprefix("v"), purpose, callback=me + "/dsp/callback",
+                   pid=consumer_pid, s=s)
+    audit = cat.Catalog(s.catalog_url).audit
+    audit("cli", "dsp.negotiation", consumer_pid, "requested", {"site": site, "dataset": f"{dataset}@{n.version}",
+                                                                 "purpose": purpose})
+    msg = {"@context": dsp.CONTEXT, "@type": "ContractRequestMessage", "consumerPid": consumer_pid,
+           "offer": {"@id": dsp.urn("offer", dataset, n.version), "@type": "Offer",
+                     "target": dsp.urn("dataset", dataset, n.version),
+                     "permission": [{"action": "use", "constraint": [
+                         {"leftOperand": "purpose", "operator": "eq", "rightOperand": purpose}]}]},
+           "callbackAddress": me + "/dsp/callback"}
+    try:
+        ack = call(peer, "POST", "/dsp/negotiations/request", msg, s=s)
+    except PeerError as e:
+        n = neg.advance(consumer_pid, "ContractNegotiationTerminationMessage", s, rule="provider", reason=str(e))
+        audit("cli", "dsp.negotiation", consumer_pid, "terminated", {"reason": str(e)})
+        return n
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        n = neg.get(consumer_pid, s)
+        if n.state in neg.TERMINAL:
+            return n
+        time.sleep(0.1)
+    raise PeerError(f"negotiation {consumer_pid} with {site} is still {n.state} after {timeout:g} s "
+                    f"(provider id {ack.get('providerPid')}); `datalab negotiations` shows it later")

@@ -10,6 +10,7 @@ not cleared) is not listed to it at all.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,8 @@ def catalog(peer_site: str | None, base_url: str, s: Settings | None = None) -> 
 
 def error(kind: str, code: str, reason: str, **ids: str) -> dict[str, Any]:
     """A DSP error message (CatalogError, ContractNegotiationError, TransferError)."""
+    if kind in ("ContractNegotiationError", "TransferError"):  # the schemas require both process ids
+        ids = {"providerPid": "", "consumerPid": "", **ids}
     return {"@context": CONTEXT, "@type": kind, **ids, "code": code, "reason": [reason]}
 
 
@@ -136,7 +139,20 @@ def parse(body: bytes, expect_type: str) -> dict[str, Any]:
         raise ValueError(f"@context must include {CONTEXT[0]}")
     if msg.get("@type") != expect_type:
         raise ValueError(f"expected a {expect_type}, got @type {str(msg.get('@type'))[:60]!r}")
+    strict_check(msg)
     return msg
+
+
+def strict_check(msg: dict[str, Any]) -> None:
+    """With ``DATALAB_DSP_VALIDATE=1`` (the tests), every DSP message sent or received is checked
+    against the official schemas; a mismatch is a ValueError naming the field."""
+    import os
+
+    if os.environ.get("DATALAB_DSP_VALIDATE") != "1" or "@type" not in msg or shared_dsp_dir() is None:
+        return
+    problems = schema_problems(msg)
+    if problems:
+        raise ValueError(f"{msg.get('@type')} does not match the DSP 2025-1 schema: {'; '.join(problems[:3])}")
 
 
 # -- validation against the shared official schemas -------------------------------
@@ -173,16 +189,22 @@ def schema_problems(msg: dict[str, Any]) -> list[str]:
     Raises FileNotFoundError when the shared schemas are absent: callers
     (tests) decide to skip; the service does not depend on them.
     """
-    import importlib.util
-
     d = shared_dsp_dir()
     if d is None:
         raise FileNotFoundError("../shared/dsp-2025-1 (the official DSP schemas) is absent")
-    spec = importlib.util.spec_from_file_location("dsp_check_message", d / "check_message.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     rel = SCHEMAS.get(str(msg.get("@type")))
     if rel is None:
         return [f"no schema for @type {msg.get('@type')!r}"]
-    return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in mod.validator(rel).iter_errors(msg)]
+    return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in _validator(str(d), rel).iter_errors(msg)]
+
+
+@functools.lru_cache(maxsize=64)
+def _validator(folder: str, rel: str) -> Any:
+    """The shared validator's schema check for ``rel`` (cached: building the registry reads every schema)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dsp_check_message", Path(folder) / "check_message.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.validator(rel)

@@ -8,17 +8,19 @@ reason, never a traceback.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from datalab import catalog as cat
 from datalab.config import safe_segment, settings
-from datalab.errors import DatalabError, NotFound
+from datalab.errors import DatalabError, NotFound, PolicyRefused
 from datalab.federation import dsp
-from datalab.federation.identity import TokenRefused, site_url, verify_token
+from datalab.federation import negotiation as neg
+from datalab.federation.identity import TokenRefused, get_peer, site_name, site_url, verify_token
 from datalab.service.deps import client_of
 
 router = APIRouter(prefix="/dsp", tags=["dsp"])
@@ -30,6 +32,7 @@ class DspError(Exception):
     def __init__(self, status: int, kind: str, code: str, reason: str):
         super().__init__(reason)
         self.status, self.kind, self.code, self.reason = status, kind, code, reason
+        self.ids: dict[str, str] = {}
 
 
 def audit(actor: str, action: str, subject: str, decision: str, detail: dict[str, Any]) -> None:
@@ -98,6 +101,213 @@ def install(app: Any) -> None:
 
     @app.exception_handler(DspError)
     async def _dsp_error(request: Request, e: DspError) -> JSONResponse:
-        return JSONResponse(dsp.error(e.kind, e.code, e.reason), status_code=e.status)
+        return JSONResponse(dsp.error(e.kind, e.code, e.reason, **e.ids), status_code=e.status)
 
     app.include_router(router)
+
+
+# -- contract negotiation (provider side) -----------------------------------------
+
+NEG_ERR = "ContractNegotiationError"
+
+
+def _neg_error(status: int, reason: str, n: neg.Negotiation | None = None, msg: dict[str, Any] | None = None) -> DspError:
+    e = DspError(status, NEG_ERR, str(status), reason)
+    e.ids = {"providerPid": (n.provider_pid if n else str((msg or {}).get("providerPid") or "")),
+             "consumerPid": (n.consumer_pid if n else str((msg or {}).get("consumerPid") or ""))}
+    return e
+
+
+def _ids_ok(msg: dict[str, Any], n: neg.Negotiation) -> None:
+    if msg.get("consumerPid") != n.consumer_pid or msg.get("providerPid") != n.provider_pid:
+        raise _neg_error(400, "providerPid/consumerPid do not match the negotiation", n, msg)
+
+
+def _send_decision(pid: str) -> None:
+    """After answering the request: decide, record, then send agreement or termination to the consumer."""
+    s = settings()
+    n = neg.get(pid, s)
+    me = site_name(s)
+    try:
+        m = neg.decide(n.dataset, n.version, n.purpose, n.peer, s)
+    except (PolicyRefused, NotFound) as e:
+        rule = getattr(e, "rule", "not-found")
+        n = neg.advance(pid, "ContractNegotiationTerminationMessage", s, rule=rule, reason=str(e))
+        audit(n.peer, "dsp.negotiation", n.consumer_pid, "terminated",
+              {"providerPid": pid, "rule": rule, "reason": str(e), "dataset": f"{n.dataset}@{n.version}"})
+        msg = {"@context": dsp.CONTEXT, "@type": "ContractNegotiationTerminationMessage", "providerPid": pid,
+               "consumerPid": n.consumer_pid, "code": rule, "reason": [str(e)]}
+        _callback(n, "termination", msg)
+        return
+    agreement = neg.agreement_for(n, me, m)
+    n = neg.advance(pid, "ContractAgreementMessage", s, agreement=agreement)
+    audit(n.peer, "dsp.negotiation", n.consumer_pid, "agreed",
+          {"providerPid": pid, "agreement": agreement["@id"], "purpose": n.purpose, "dataset": f"{n.dataset}@{m['version']}"})
+    msg = {"@context": dsp.CONTEXT, "@type": "ContractAgreementMessage", "providerPid": pid,
+           "consumerPid": n.consumer_pid, "agreement": agreement}
+    if not _callback(n, "agreement", msg):
+        neg.advance(pid, "ContractNegotiationTerminationMessage", s, rule="unreachable",
+                    reason="the consumer's callback did not accept the agreement")
+
+
+def _callback(n: neg.Negotiation, what: str, msg: dict[str, Any]) -> bool:
+    """Send ``msg`` to the consumer's callback address; audited either way."""
+    from datalab.federation.client import post_url
+
+    try:
+        post_url(n.peer, f"{n.callback}/negotiations/{n.consumer_pid}/{what}", msg)
+    except DatalabError as e:
+        audit(n.peer, "dsp.negotiation", n.consumer_pid, "undelivered", {"message": msg["@type"], "reason": str(e)})
+        return False
+    return True
+
+
+@router.post("/negotiations/request", status_code=201, summary="DSP ContractRequestMessage (initial)")
+async def negotiation_request(request: Request, background: BackgroundTasks) -> JSONResponse:
+    peer = await run_in_threadpool(authenticate, request, "dsp.negotiation", NEG_ERR)
+    msg = await body_of(request, NEG_ERR, "ContractRequestMessage", peer, "dsp.negotiation")
+
+    def start() -> neg.Negotiation:
+        try:
+            consumer_pid = str(msg["consumerPid"])
+            callback = str(msg["callbackAddress"]).rstrip("/")
+            offer = msg["offer"]
+            dataset, version = neg.parse_target(str(offer.get("target", "")))
+            if "providerPid" in msg:
+                raise ValueError("providerPid given: a counter-request needs /negotiations/{providerPid}/request")
+            rule = next((c for p in offer.get("permission") or [] for c in p.get("constraint") or []
+                         if c.get("leftOperand") == "purpose"), None)
+            purpose = str(rule["rightOperand"]) if rule and rule.get("operator") == "eq" else None
+            if not purpose:
+                raise ValueError("the offer must state the purpose: permission constraint purpose eq P")
+            peer_url = get_peer(peer).url
+            if not callback.startswith(peer_url):
+                raise ValueError(f"callbackAddress must lie under the registered URL of {peer} ({peer_url})")
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            audit(peer, "dsp.negotiation", str(msg.get("consumerPid", "?")), "refused", {"status": 400, "reason": str(e)})
+            raise _neg_error(400, f"bad ContractRequestMessage: {e}", msg=msg) from None
+        n = neg.create("provider", peer, consumer_pid, dataset, version, purpose, callback=callback)
+        audit(peer, "dsp.negotiation", consumer_pid, "requested",
+              {"providerPid": n.pid, "dataset": f"{dataset}@{version}", "purpose": purpose})
+        return n
+
+    n = await run_in_threadpool(start)
+    background.add_task(_send_decision, n.pid)
+    return JSONResponse(n.message(), status_code=201)
+
+
+@router.get("/negotiations/{pid}", summary="DSP ContractNegotiation: the provider's state")
+def negotiation_get(pid: str, request: Request) -> JSONResponse:
+    peer = authenticate(request, "dsp.negotiation", NEG_ERR)
+    try:
+        return JSONResponse(neg.get(pid, peer=peer).message())
+    except NotFound as e:
+        raise _neg_error(404, str(e)) from None
+
+
+async def _incoming(request: Request, pid: str, expect: str, message: str, kind: str = "provider",
+                    expect_state: str | None = None, **extra: Any) -> tuple[str, neg.Negotiation, dict[str, Any]]:
+    """Authenticate, parse, and move negotiation ``pid`` by ``message``; DSP errors (nothing changed) otherwise."""
+    peer = await run_in_threadpool(authenticate, request, "dsp.negotiation", NEG_ERR)
+    msg = await body_of(request, NEG_ERR, expect, peer, "dsp.negotiation")
+
+    def move() -> neg.Negotiation:
+        try:
+            n = neg.get(pid, peer=peer)
+            if n.role != kind:
+                raise NotFound(f"no negotiation {pid[:80]!r} with {peer}")
+        except NotFound as e:
+            audit(peer, "dsp.negotiation", pid, "refused", {"status": 404, "reason": str(e), "message": expect})
+            raise _neg_error(404, str(e), msg=msg) from None
+        if kind == "consumer" and n.peer_pid is None:
+            object.__setattr__(n, "peer_pid", msg.get("providerPid"))
+        _ids_ok(msg, n)
+        label = message.removeprefix("Event:")
+        try:
+            extras = {k: (v(msg) if callable(v) else v) for k, v in extra.items()}
+            n2 = neg.advance(pid, message, peer_pid=msg.get("providerPid") if kind == "consumer" else None,
+                             expect_state=expect_state, **extras)
+        except neg.IllegalTransition as e:
+            audit(peer, "dsp.negotiation", n.consumer_pid, "refused", {"status": 409, "reason": str(e), "message": label})
+            raise _neg_error(409, str(e), n) from None
+        audit(peer, "dsp.negotiation", n.consumer_pid, n2.state.lower(), {"message": label, "pid": pid})
+        return n2
+
+    n = await run_in_threadpool(move)
+    return peer, n, msg
+
+
+def _send_finalized(pid: str) -> None:
+    s = settings()
+    n = neg.advance(pid, "Event:FINALIZED", s)
+    audit(n.peer, "dsp.negotiation", n.consumer_pid, "finalized", {"providerPid": pid})
+    _callback(n, "events", {"@context": dsp.CONTEXT, "@type": "ContractNegotiationEventMessage",
+                            "providerPid": pid, "consumerPid": n.consumer_pid, "eventType": "FINALIZED"})
+
+
+@router.post("/negotiations/{pid}/agreement/verification", summary="DSP ContractAgreementVerificationMessage")
+async def negotiation_verification(pid: str, request: Request, background: BackgroundTasks) -> JSONResponse:
+    _, n, _ = await _incoming(request, pid, "ContractAgreementVerificationMessage", "ContractAgreementVerificationMessage")
+    background.add_task(_send_finalized, n.pid)
+    return JSONResponse({}, status_code=200)
+
+
+@router.post("/negotiations/{pid}/termination", summary="DSP ContractNegotiationTerminationMessage from the consumer")
+async def negotiation_termination(pid: str, request: Request) -> JSONResponse:
+    await _incoming(request, pid, "ContractNegotiationTerminationMessage", "ContractNegotiationTerminationMessage",
+                    rule=lambda m: str(m.get("code") or "consumer"),
+                    reason=lambda m: "; ".join(map(str, m.get("reason") or ["terminated by the consumer"])))
+    return JSONResponse({}, status_code=200)
+
+
+# -- contract negotiation (consumer side: the callbacks a provider calls) ------------
+
+
+def _send_verification(pid: str) -> None:
+    """The consumer verifies the agreement it received: record VERIFIED, then tell the provider."""
+    from datalab.federation.client import post_url
+
+    s = settings()
+    n = neg.advance(pid, "ContractAgreementVerificationMessage", s)
+    msg = {"@context": dsp.CONTEXT, "@type": "ContractAgreementVerificationMessage",
+           "providerPid": n.provider_pid, "consumerPid": n.consumer_pid}
+    try:
+        post_url(n.peer, f"{get_peer(n.peer).url}/dsp/negotiations/{n.provider_pid}/agreement/verification", msg)
+        audit(n.peer, "dsp.negotiation", n.consumer_pid, "verified", {"providerPid": n.provider_pid})
+    except DatalabError as e:
+        neg.advance(pid, "ContractNegotiationTerminationMessage", s, rule="unreachable", reason=str(e))
+        audit(n.peer, "dsp.negotiation", n.consumer_pid, "undelivered", {"message": msg["@type"], "reason": str(e)})
+
+
+def _check_agreement(m: dict[str, Any]) -> dict[str, Any]:
+    a = m.get("agreement")
+    if not isinstance(a, dict) or a.get("@type") != "Agreement" or not a.get("@id"):
+        raise _neg_error(400, "ContractAgreementMessage without an Agreement", msg=m)
+    return a
+
+
+@router.post("/callback/negotiations/{pid}/agreement", summary="DSP ContractAgreementMessage (to the consumer)")
+async def callback_agreement(pid: str, request: Request, background: BackgroundTasks) -> JSONResponse:
+    _, n, _ = await _incoming(request, pid, "ContractAgreementMessage", "ContractAgreementMessage", kind="consumer",
+                              agreement=_check_agreement)
+    background.add_task(_send_verification, n.pid)
+    return JSONResponse({}, status_code=200)
+
+
+@router.post("/callback/negotiations/{pid}/events", summary="DSP ContractNegotiationEventMessage (to the consumer)")
+async def callback_event(pid: str, request: Request) -> JSONResponse:
+    body = await request.body()
+    try:
+        event = str(json.loads(body).get("eventType"))
+    except (ValueError, AttributeError):
+        event = "?"
+    await _incoming(request, pid, "ContractNegotiationEventMessage", f"Event:{event}", kind="consumer")
+    return JSONResponse({}, status_code=200)
+
+
+@router.post("/callback/negotiations/{pid}/termination", summary="DSP ContractNegotiationTerminationMessage (to the consumer)")
+async def callback_termination(pid: str, request: Request) -> JSONResponse:
+    await _incoming(request, pid, "ContractNegotiationTerminationMessage", "ContractNegotiationTerminationMessage",
+                    kind="consumer", rule=lambda m: str(m.get("code") or "provider"),
+                    reason=lambda m: "; ".join(map(str, m.get("reason") or ["terminated by the provider"])))
+    return JSONResponse({}, status_code=200)
