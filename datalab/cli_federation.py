@@ -143,6 +143,20 @@ def negotiations_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
     out.print(t)
 
 
+def transfer_cmd(agreement: str = typer.Argument(..., help="the agreement id (`datalab negotiations`)"),
+                 timeout: float = typer.Option(30.0, help="seconds to wait for the data address")) -> None:
+    """Transfer an agreed version from its site (DSP HTTP pull) and register it here as a replica."""
+    from datalab.federation.client import transfer
+
+    try:
+        m = transfer(agreement, timeout)
+    except DatalabError as e:
+        _fail(e)
+    rep = m["replica"]
+    out.print(f"replica {m['dataset']}@{m['version']} from {rep['site']}: {len(m['files'])} files verified, "
+              f"{m.get('rows', 0):,} rows; usable for {rep['purpose']} only", highlight=False, markup=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add the federation commands to the ``datalab`` app."""
     app.add_typer(site_app, name="site")
@@ -150,3 +164,4 @@ def register(app: typer.Typer) -> None:
     app.command("catalog")(catalog_cmd)
     app.command("negotiate")(negotiate_cmd)
     app.command("negotiations")(negotiations_cmd)
+    app.command("transfer")(transfer_cmd)

@@ -36,6 +36,7 @@ class Site:
     contracts: Path
     port: int = 0
     proc: subprocess.Popen | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -49,7 +50,7 @@ class Site:
 
     def env(self) -> dict[str, str]:
         env = lab_env(self.home, self.contracts)
-        env.update(DATALAB_SITE=self.name, DATALAB_SITE_URL=self.url, DATALAB_DSP_VALIDATE="1")
+        env.update(DATALAB_SITE=self.name, DATALAB_SITE_URL=self.url, DATALAB_DSP_VALIDATE="1", **self.extra_env)
         return env
 
     def start(self, timeout: float = 60.0) -> Site:

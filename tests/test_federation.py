@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from datalab.federation import dsp, identity
-from tests.federation_harness import Site, federation  # noqa: F401  (fixture)
+from tests.federation_harness import Site
 
 SHARED = dsp.shared_dsp_dir()
 needs_schemas = pytest.mark.skipif(SHARED is None, reason="../shared/dsp-2025-1 (official DSP schemas) is absent")
@@ -56,7 +56,7 @@ def ask_catalog(site: Site, tok: str | None, body: Any = CATALOG_REQ, raw: bytes
 # -- item 1: identity ---------------------------------------------------------
 
 
-def test_site_key_is_private_and_stable(federation: dict[str, Site]) -> None:  # noqa: F811
+def test_site_key_is_private_and_stable(federation: dict[str, Site]) -> None:
     a = federation["munich"]
     with a.here():
         k1 = identity.public_key_b64()
@@ -77,7 +77,7 @@ def test_peer_add_refuses_a_bad_key(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert identity.list_peers() == []
 
 
-def test_token_refusals_are_401_audited_and_change_nothing(federation: dict[str, Site]) -> None:  # noqa: F811
+def test_token_refusals_are_401_audited_and_change_nothing(federation: dict[str, Site]) -> None:
     a, b, c = federation["munich"], federation["stuttgart"], federation["garching-open"]
     before = len(audit_of(a, "dsp.catalog"))
     good = token(b, "munich")
@@ -106,7 +106,7 @@ def test_token_refusals_are_401_audited_and_change_nothing(federation: dict[str,
     assert [e["decision"] for e in entries] == ["allowed"] + ["refused"] * len(cases)
 
 
-def test_bad_messages_are_dsp_errors(federation: dict[str, Site]) -> None:  # noqa: F811
+def test_bad_messages_are_dsp_errors(federation: dict[str, Site]) -> None:
     a, b = federation["munich"], federation["stuttgart"]
     cases = {
         b"{not json": (400, "malformed JSON"),
@@ -125,7 +125,7 @@ def test_bad_messages_are_dsp_errors(federation: dict[str, Site]) -> None:  # no
 # -- item 2: catalog ----------------------------------------------------------
 
 
-def test_catalog_lists_the_version_with_its_policy_as_an_offer(federation: dict[str, Site]) -> None:  # noqa: F811
+def test_catalog_lists_the_version_with_its_policy_as_an_offer(federation: dict[str, Site]) -> None:
     a, b = federation["munich"], federation["stuttgart"]
     doc = valid(ask_catalog(a, token(b, "munich")).json())
     assert doc["@type"] == "Catalog" and doc["participantId"] == "urn:datalab:site:munich"
@@ -143,7 +143,7 @@ def test_catalog_lists_the_version_with_its_policy_as_an_offer(federation: dict[
     assert card.status_code == 200 and "plant-telemetry" in card.text
 
 
-def test_a_site_below_the_classification_sees_nothing(federation: dict[str, Site]) -> None:  # noqa: F811
+def test_a_site_below_the_classification_sees_nothing(federation: dict[str, Site]) -> None:
     a, c = federation["munich"], federation["garching-open"]
     doc = valid(ask_catalog(a, token(c, "munich")).json())
     assert "dataset" not in doc  # confidential data is never listed to a public-only site
@@ -151,7 +151,7 @@ def test_a_site_below_the_classification_sees_nothing(federation: dict[str, Site
     assert card.status_code == 404 and valid(card.json())["@type"] == "CatalogError"
 
 
-def test_federated_catalog_merges_peers_and_names_a_down_one(federation: dict[str, Site]) -> None:  # noqa: F811
+def test_federated_catalog_merges_peers_and_names_a_down_one(federation: dict[str, Site]) -> None:
     from datalab.federation.client import federated_catalog
 
     b, c = federation["stuttgart"], federation["kajaani"]

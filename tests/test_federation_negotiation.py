@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from datalab.federation import dsp
 from datalab.federation import negotiation as neg
-from tests.federation_harness import Site, federation  # noqa: F401  (fixture)
+from tests.federation_harness import Site
 from tests.test_federation import audit_of, token, valid
 
 
@@ -36,7 +36,7 @@ def provider_side(a: Site, consumer_pid: str) -> neg.Negotiation:
     return n
 
 
-def test_agreement_is_finalized_at_both_sites_and_audited_under_one_id(federation: dict[str, Site]) -> None:  # noqa: F811
+def test_agreement_is_finalized_at_both_sites_and_audited_under_one_id(federation: dict[str, Site]) -> None:
     a, b = federation["munich"], federation["stuttgart"]
     n = negotiate(b, "munich", "plant-telemetry@1.0.0", "research")
     assert n.state == "FINALIZED", (n.rule, n.reason)
@@ -64,7 +64,7 @@ def test_agreement_is_finalized_at_both_sites_and_audited_under_one_id(federatio
     ("stuttgart", "astrology", "purposes"),  # not a word of the vocabulary
     ("kajaani", "research", "residency"),  # FI is outside DE
 ])
-def test_refusal_matrix(federation: dict[str, Site], consumer: str, purpose: str, rule: str) -> None:  # noqa: F811
+def test_refusal_matrix(federation: dict[str, Site], consumer: str, purpose: str, rule: str) -> None:
     a = federation["munich"]
     n = negotiate(federation[consumer], "munich", "plant-telemetry@1.0.0", purpose)
     assert n.state == "TERMINATED" and n.rule == rule, (n.rule, n.reason)
@@ -76,12 +76,12 @@ def test_refusal_matrix(federation: dict[str, Site], consumer: str, purpose: str
     assert p.agreement is None
 
 
-def test_child_of_an_allowed_purpose_is_agreed(federation: dict[str, Site]) -> None:  # noqa: F811
+def test_child_of_an_allowed_purpose_is_agreed(federation: dict[str, Site]) -> None:
     n = negotiate(federation["stuttgart"], "munich", "plant-telemetry@1.0.0", "research.publication")
     assert n.state == "FINALIZED", n.reason
 
 
-def test_classification_cap_and_unknown_versions_terminate(federation: dict[str, Site]) -> None:  # noqa: F811
+def test_classification_cap_and_unknown_versions_terminate(federation: dict[str, Site]) -> None:
     a, g, b = federation["munich"], federation["garching-open"], federation["stuttgart"]
     n = negotiate(b, "munich", "plant-telemetry@9.9.9", "research")
     assert n.state == "TERMINATED" and n.rule == "not-found"
@@ -117,7 +117,7 @@ def test_classification_cap_and_unknown_versions_terminate(federation: dict[str,
     assert r.status_code == 404 and valid(r.json())["@type"] == "ContractNegotiationError"
 
 
-def test_out_of_order_and_unknown_messages_change_nothing(federation: dict[str, Site]) -> None:  # noqa: F811
+def test_out_of_order_and_unknown_messages_change_nothing(federation: dict[str, Site]) -> None:
     a, b = federation["munich"], federation["stuttgart"]
     done = negotiate(b, "munich", "plant-telemetry@1.0.0", "research")
     p = provider_side(a, done.consumer_pid)

@@ -155,3 +155,64 @@ def negotiate(site: str, ref: str, purpose: str, timeout: float = 30.0,
         time.sleep(0.1)
     raise PeerError(f"negotiation {consumer_pid} with {site} is still {n.state} after {timeout:g} s "
                     f"(provider id {ack.get('providerPid')}); `datalab negotiations` shows it later")
+
+
+def transfer(agreement_id: str, timeout: float = 30.0, s: Settings | None = None,
+             progress: Any = None) -> dict[str, Any]:
+    """Run the DSP transfer (HTTP pull) of a finalized agreement and register the replica; its manifest.
+
+    Rerunning after an interruption (this process or the provider killed)
+    asks for a new data address and resumes the files already partly
+    downloaded; nothing is registered until every file verified.
+    """
+    import time
+    import uuid
+
+    import httpx
+
+    from datalab import catalog as cat
+    from datalab.federation import negotiation as neg
+    from datalab.federation import transfer as tr
+    from datalab.federation.identity import get_peer, site_url
+
+    s = s or settings()
+    n = neg.by_agreement(agreement_id, s)
+    if n.role != "consumer" or n.state != "FINALIZED":
+        raise DatalabError(f"agreement {agreement_id} is {n.state} at this site ({n.role}); a transfer needs a "
+                           "finalized agreement this site negotiated as consumer")
+    peer = get_peer(n.peer, s)
+    consumer_pid = f"urn:uuid:{uuid.uuid4()}"
+    callback = site_url(s) + "/dsp/callback"
+    t = tr.create("consumer", n.peer, consumer_pid, agreement_id, callback, pid=consumer_pid, s=s)
+    audit = cat.Catalog(s.catalog_url).audit
+    audit("cli", "dsp.transfer", consumer_pid, "requested", {"site": n.peer, "agreement": agreement_id})
+    msg = {"@context": dsp.CONTEXT, "@type": "TransferRequestMessage", "consumerPid": consumer_pid,
+           "agreementId": agreement_id, "format": "HttpData-PULL", "callbackAddress": callback}
+    try:
+        call(peer, "POST", "/dsp/transfers/request", msg, s=s)
+    except PeerError as e:
+        tr.advance(consumer_pid, "TERMINATED", s, reason=str(e))
+        audit("cli", "dsp.transfer", consumer_pid, "refused", {"reason": str(e)})
+        raise
+    deadline = time.monotonic() + timeout
+    while (t := tr.get(consumer_pid, s)).state == "REQUESTED" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if t.state != "STARTED":
+        raise PeerError(f"transfer {consumer_pid} is {t.state}: {t.reason or 'no data address from ' + n.peer}")
+    try:
+        m = tr.fetch_and_register(t, n.peer, n.purpose, (n.dataset, n.version), s, progress)
+    except (httpx.HTTPError, OSError) as e:
+        audit("cli", "dsp.transfer", consumer_pid, "interrupted", {"reason": f"{e.__class__.__name__}: {e}"})
+        raise PeerError(f"transfer from {n.peer} interrupted ({e.__class__.__name__}); run it again to resume") from None
+    except DatalabError as e:
+        audit("cli", "dsp.transfer", consumer_pid, "failed", {"reason": str(e)})
+        raise
+    tr.advance(consumer_pid, "COMPLETED", s)
+    audit("cli", "dsp.transfer", consumer_pid, "completed", {"agreement": agreement_id, "files": len(m["files"])})
+    try:
+        call(peer, "POST", f"/dsp/transfers/{t.provider_pid}/completion",
+             {"@context": dsp.CONTEXT, "@type": "TransferCompletionMessage", "providerPid": t.provider_pid,
+              "consumerPid": consumer_pid}, s=s)
+    except PeerError as e:  # the replica is complete here; the provider's record just lacks the confirmation
+        audit("cli", "dsp.transfer", consumer_pid, "unconfirmed", {"reason": str(e)})
+    return m

@@ -9,10 +9,12 @@ reason, never a traceback.
 from __future__ import annotations
 
 import json
+import os
+import time
 from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from datalab import catalog as cat
@@ -20,6 +22,7 @@ from datalab.config import safe_segment, settings
 from datalab.errors import DatalabError, NotFound, PolicyRefused
 from datalab.federation import dsp
 from datalab.federation import negotiation as neg
+from datalab.federation import transfer as tr
 from datalab.federation.identity import TokenRefused, get_peer, site_name, site_url, verify_token
 from datalab.service.deps import client_of
 
@@ -311,3 +314,220 @@ async def callback_termination(pid: str, request: Request) -> JSONResponse:
                     kind="consumer", rule=lambda m: str(m.get("code") or "provider"),
                     reason=lambda m: "; ".join(map(str, m.get("reason") or ["terminated by the provider"])))
     return JSONResponse({}, status_code=200)
+
+
+# -- transfer process (provider side) -----------------------------------------------
+
+TR_ERR = "TransferError"
+
+
+def _tr_error(status: int, reason: str, msg: dict[str, Any] | None = None, t: tr.Transfer | None = None) -> DspError:
+    e = DspError(status, TR_ERR, str(status), reason)
+    e.ids = {"providerPid": t.provider_pid if t else str((msg or {}).get("providerPid") or ""),
+             "consumerPid": t.consumer_pid if t else str((msg or {}).get("consumerPid") or "")}
+    return e
+
+
+def _send_start(pid: str, base: str) -> None:
+    from datalab.federation.client import post_url
+
+    s = settings()
+    t, address = tr.start(tr.get(pid, s), base, s)
+    audit(t.peer, "dsp.transfer", t.consumer_pid, "started",
+          {"providerPid": pid, "agreement": t.agreement_id, "expires": t.expires})
+    msg = {"@context": dsp.CONTEXT, "@type": "TransferStartMessage", "providerPid": pid,
+           "consumerPid": t.consumer_pid, "dataAddress": address}
+    try:
+        post_url(t.peer, f"{t.callback}/transfers/{t.consumer_pid}/start", msg)
+    except DatalabError as e:
+        tr.advance(pid, "TERMINATED", s, reason=f"consumer unreachable: {e}")
+        audit(t.peer, "dsp.transfer", t.consumer_pid, "undelivered", {"message": msg["@type"], "reason": str(e)})
+
+
+def _agreed(peer: str, agreement_id: str) -> tuple[neg.Negotiation, dict[str, Any]]:
+    """The provider's finalized negotiation behind ``agreement_id`` with ``peer``, re-decided now."""
+    try:
+        n = neg.by_agreement(agreement_id)
+    except NotFound as e:
+        raise _tr_error(404, str(e)) from None
+    if n.role != "provider" or n.peer != peer:
+        raise _tr_error(404, f"no agreement {agreement_id[:80]!r} with {peer}")
+    if n.state != "FINALIZED":
+        raise _tr_error(409, f"agreement {agreement_id} is {n.state}, not FINALIZED")
+    try:
+        m = neg.decide(n.dataset, n.version, n.purpose, peer)
+    except (PolicyRefused, NotFound) as e:
+        raise _tr_error(403, f"{e}") from None
+    return n, m
+
+
+@router.post("/transfers/request", status_code=201, summary="DSP TransferRequestMessage (HTTP pull)")
+async def transfer_request(request: Request, background: BackgroundTasks) -> JSONResponse:
+    peer = await run_in_threadpool(authenticate, request, "dsp.transfer", TR_ERR)
+    msg = await body_of(request, TR_ERR, "TransferRequestMessage", peer, "dsp.transfer")
+
+    def begin() -> tr.Transfer:
+        try:
+            agreement_id, consumer_pid = str(msg["agreementId"]), str(msg["consumerPid"])
+            callback = str(msg["callbackAddress"]).rstrip("/")
+            if msg.get("format") != "HttpData-PULL":
+                raise ValueError(f"format {str(msg.get('format'))[:40]!r}: this site offers HttpData-PULL only")
+            if not callback.startswith(get_peer(peer).url):
+                raise ValueError(f"callbackAddress must lie under the registered URL of {peer}")
+        except (KeyError, ValueError) as e:
+            audit(peer, "dsp.transfer", str(msg.get("consumerPid", "?")), "refused", {"status": 400, "reason": str(e)})
+            raise _tr_error(400, f"bad TransferRequestMessage: {e}", msg) from None
+        try:
+            n, m = _agreed(peer, agreement_id)
+        except DspError as e:
+            audit(peer, "dsp.transfer", consumer_pid, "refused", {"status": e.status, "reason": e.reason,
+                                                                  "agreement": agreement_id})
+            e.ids = {"providerPid": "", "consumerPid": consumer_pid}
+            raise
+        t = tr.create("provider", peer, consumer_pid, agreement_id, callback)
+        audit(peer, "dsp.transfer", consumer_pid, "requested",
+              {"providerPid": t.pid, "agreement": agreement_id, "negotiation": n.consumer_pid,
+               "dataset": f"{n.dataset}@{m['version']}"})
+        return t
+
+    t = await run_in_threadpool(begin)
+    background.add_task(_send_start, t.pid, base_url(request))
+    return JSONResponse(t.message(), status_code=201)
+
+
+@router.get("/transfers/{pid}", summary="DSP TransferProcess: the provider's state")
+def transfer_get(pid: str, request: Request) -> JSONResponse:
+    peer = authenticate(request, "dsp.transfer", TR_ERR)
+    try:
+        return JSONResponse(tr.get(pid, peer=peer).message())
+    except NotFound as e:
+        raise _tr_error(404, str(e)) from None
+
+
+async def _transfer_msg(request: Request, pid: str, expect: str, state: str, kind: str) -> tr.Transfer:
+    peer = await run_in_threadpool(authenticate, request, "dsp.transfer", TR_ERR)
+    msg = await body_of(request, TR_ERR, expect, peer, "dsp.transfer")
+
+    def move() -> tr.Transfer:
+        try:
+            t = tr.get(pid, peer=peer)
+            if t.role != kind:
+                raise NotFound(f"no transfer process {pid[:80]!r} with {peer}")
+        except NotFound as e:
+            raise _tr_error(404, str(e), msg) from None
+        if msg.get("consumerPid") != t.consumer_pid or (kind == "provider" and msg.get("providerPid") != t.pid):
+            raise _tr_error(400, "providerPid/consumerPid do not match the transfer", msg, t)
+        extra: dict[str, Any] = {}
+        if expect == "TransferStartMessage":
+            extra = {"address": msg.get("dataAddress") or {}, "peer_pid": msg.get("providerPid")}
+        elif "reason" in msg:
+            extra = {"reason": "; ".join(map(str, msg.get("reason") or []))}
+        try:
+            t2 = tr.advance(pid, state, **extra)
+        except tr.TransferRefused as e:
+            audit(peer, "dsp.transfer", t.consumer_pid, "refused", {"status": 409, "reason": str(e), "message": expect})
+            raise _tr_error(409, str(e), msg, t) from None
+        audit(peer, "dsp.transfer", t.consumer_pid, state.lower(), {"message": expect, "pid": pid})
+        return t2
+
+    return await run_in_threadpool(move)
+
+
+@router.post("/transfers/{pid}/completion", summary="DSP TransferCompletionMessage: the consumer confirms")
+async def transfer_completion(pid: str, request: Request) -> JSONResponse:
+    await _transfer_msg(request, pid, "TransferCompletionMessage", "COMPLETED", "provider")
+    return JSONResponse({})
+
+
+@router.post("/transfers/{pid}/termination", summary="DSP TransferTerminationMessage from the consumer")
+async def transfer_termination(pid: str, request: Request) -> JSONResponse:
+    await _transfer_msg(request, pid, "TransferTerminationMessage", "TERMINATED", "provider")
+    return JSONResponse({})
+
+
+@router.post("/callback/transfers/{pid}/start", summary="DSP TransferStartMessage (to the consumer)")
+async def callback_transfer_start(pid: str, request: Request) -> JSONResponse:
+    await _transfer_msg(request, pid, "TransferStartMessage", "STARTED", "consumer")
+    return JSONResponse({})
+
+
+@router.post("/callback/transfers/{pid}/termination", summary="DSP TransferTerminationMessage (to the consumer)")
+async def callback_transfer_termination(pid: str, request: Request) -> JSONResponse:
+    await _transfer_msg(request, pid, "TransferTerminationMessage", "TERMINATED", "consumer")
+    return JSONResponse({})
+
+
+# -- the data plane: what a data address points at -------------------------------------
+
+
+def _data(pid: str, request: Request) -> tuple[tr.Transfer, dict[str, Any]]:
+    from datalab.publish import read_manifest
+
+    try:
+        t = tr.data_transfer(pid, request.headers.get("authorization"))
+        n = neg.by_agreement(t.agreement_id)
+        m = read_manifest(n.dataset, n.version)
+        if m.get("status") != "active":
+            raise tr.TransferRefused(f"{n.dataset}@{n.version} is {m.get('status')}")
+    except (tr.TransferRefused, NotFound) as e:
+        audit("unknown", "dsp.data", pid[:100], "refused", {"status": 403, "reason": str(e), "client": client_of(request)})
+        raise DspError(403, TR_ERR, "403", str(e)) from None
+    return t, m
+
+
+@router.get("/data/{pid}/manifest", summary="Files of the agreed version (sha256, bytes) behind a data address")
+def data_manifest(pid: str, request: Request) -> JSONResponse:
+    t, m = _data(pid, request)
+    keep = ("dataset", "version", "title", "description", "rows", "schema", "policy", "snapshot_id", "created_at")
+    out = {k: m.get(k) for k in keep}
+    out["dataset"], out["version"] = neg.by_agreement(t.agreement_id).dataset, m["version"]
+    out["files"] = [{"sha256": f["sha256"], "bytes": f["bytes"], "rows": f.get("rows")} for f in m["files"]]
+    audit(t.peer, "dsp.data", t.consumer_pid, "manifest", {"providerPid": pid, "files": len(m["files"])})
+    return JSONResponse(out)
+
+
+@router.get("/data/{pid}/card", summary="The card of the agreed version")
+def data_card(pid: str, request: Request) -> PlainTextResponse:
+    _, m = _data(pid, request)
+    s = settings()
+    p = s.versions / m["dataset"] / m["version"] / "card.md" if m.get("dataset") else None
+    return PlainTextResponse(p.read_text() if p and p.exists() else "")
+
+
+@router.get("/data/{pid}/files/{index}", summary="One file of the agreed version (Range supported)")
+def data_file(pid: str, index: int, request: Request) -> StreamingResponse:
+    t, m = _data(pid, request)
+    if not 0 <= index < len(m["files"]):
+        raise DspError(404, TR_ERR, "404", f"no file {index} (the version has {len(m['files'])})")
+    path = settings().home / m["files"][index]["path"]
+    size = path.stat().st_size
+    start = 0
+    rng = request.headers.get("range", "")
+    if rng:
+        try:
+            unit, _, spec = rng.partition("=")
+            first = spec.split("-")[0]
+            if unit.strip() != "bytes" or "," in spec:
+                raise ValueError
+            start = int(first)
+            if not 0 <= start < size:
+                raise ValueError
+        except ValueError:
+            raise DspError(416, TR_ERR, "416", f"unsatisfiable range {rng[:40]!r} (file has {size} bytes)") from None
+    rate = int(os.environ.get("DATALAB_DSP_RATE_LIMIT", "0") or 0)  # bytes/s per stream; 0: unlimited
+
+    def body() -> Any:
+        chunk = 1 << 20 if not rate else max(1024, rate // 10)
+        with open(path, "rb") as f:
+            f.seek(start)
+            while b := f.read(chunk):
+                yield b
+                if rate:
+                    time.sleep(len(b) / rate)
+
+    headers = {"Accept-Ranges": "bytes", "Content-Length": str(size - start)}
+    if rng:
+        headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
+    audit(t.peer, "dsp.data", t.consumer_pid, "file", {"providerPid": pid, "index": index, "from": start})
+    return StreamingResponse(body(), status_code=206 if rng else 200, headers=headers,
+                             media_type="application/vnd.apache.parquet")
