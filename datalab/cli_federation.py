@@ -157,6 +157,31 @@ def transfer_cmd(agreement: str = typer.Argument(..., help="the agreement id (`d
               f"{m.get('rows', 0):,} rows; usable for {rep['purpose']} only", highlight=False, markup=False)
 
 
+def query_cmd(site: str = typer.Argument(..., help="the site holding the data (a registered peer)"),
+              ref: str = typer.Argument(..., help="DATASET@VERSION"),
+              purpose: str = typer.Option(..., "--purpose"),
+              group_by: str = typer.Option("", "--group-by", help="columns; a datetime one as COL:1h (ms, s, m, h, d)"),
+              agg: str = typer.Option("count()", "--agg", help='declared aggregations, e.g. "mean(value),count()"'),
+              as_json: bool = typer.Option(False, "--json")) -> None:
+    """Compute-to-data: a declared aggregation run where the data lives; groups under k rows suppressed."""
+    from datalab.federation.client import query
+
+    try:
+        res = query(site, ref, purpose, group_by, agg)
+    except DatalabError as e:
+        _fail(e)
+    if as_json:
+        out.print_json(json.dumps(res))
+        return
+    cols = [*res["query"]["group_by"], *res["query"]["aggs"]]
+    t = Table(*cols, title=f"{ref} at {site} (k={res['k']}, {res['rows_scanned']:,} rows)")
+    for r in res["groups"]:
+        t.add_row(*[f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in cols])
+    out.print(t)
+    if res["suppressed_groups"]:
+        err.print(f"{res['suppressed_groups']} group(s) suppressed: {res['why_suppressed']}", highlight=False, markup=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add the federation commands to the ``datalab`` app."""
     app.add_typer(site_app, name="site")
@@ -165,3 +190,4 @@ def register(app: typer.Typer) -> None:
     app.command("negotiate")(negotiate_cmd)
     app.command("negotiations")(negotiations_cmd)
     app.command("transfer")(transfer_cmd)
+    app.command("query")(query_cmd)

@@ -6,6 +6,7 @@ request, never a replay the peer would refuse.
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -216,3 +217,32 @@ def transfer(agreement_id: str, timeout: float = 30.0, s: Settings | None = None
     except PeerError as e:  # the replica is complete here; the provider's record just lacks the confirmation
         audit("cli", "dsp.transfer", consumer_pid, "unconfirmed", {"reason": str(e)})
     return m
+
+
+def query(site: str, ref: str, purpose: str, group_by: str, aggs: str, s: Settings | None = None) -> dict[str, Any]:
+    """Ask ``site`` a declared aggregation of ``ref`` for ``purpose``; audited here with the answer's hash."""
+    import hashlib
+
+    from datalab import catalog as cat
+    from datalab.federation import query as cq
+    from datalab.federation.identity import get_peer
+
+    s = s or settings()
+    dataset, _, version = ref.partition("@")
+    if not dataset or not version:
+        raise DatalabError(f"name the version to query: DATASET@VERSION, got {ref!r}")
+    q = cq.parse(group_by, aggs)  # refuse locally what the provider would refuse anyway
+    req = {"dataset": dataset, "version": version.removeprefix("v"), "purpose": purpose, **q.to_dict()}
+    audit = cat.Catalog(s.catalog_url).audit
+    try:
+        res = call(get_peer(site, s), "POST", "/dsp/query", req, timeout=120, s=s)
+    except PeerError as e:
+        audit("cli", "dsp.query", ref, "refused", {"site": site, "purpose": purpose, **q.to_dict(), "reason": str(e)})
+        raise
+    digest = hashlib.sha256(json.dumps(res.get("groups"), sort_keys=True).encode()).hexdigest()
+    if digest != res.get("result_sha256"):
+        raise PeerError(f"{site}'s answer does not match its own hash")
+    audit("cli", "dsp.query", ref, "answered", {"site": site, "purpose": purpose, **q.to_dict(),
+                                                "groups": len(res["groups"]), "suppressed_groups": res["suppressed_groups"],
+                                                "rows_scanned": res["rows_scanned"], "result_sha256": digest})
+    return res

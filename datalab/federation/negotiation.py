@@ -196,10 +196,12 @@ def input_label(cid: str, s: Settings) -> str:
 
 
 def decide(dataset: str, version: str, purpose: str, consumer_site: str,
-           s: Settings | None = None) -> dict[str, Any]:
+           s: Settings | None = None, data_moves: bool = True) -> dict[str, Any]:
     """The manifest if ``consumer_site`` may use ``dataset@version`` for ``purpose``; PolicyRefused otherwise.
 
-    The refusal's message is meant for the peer: inputs appear as pseudonyms.
+    ``data_moves=False`` is compute-to-data: the data stays at this site, so
+    the residency rule does not apply; every other rule does. The refusal's
+    message is meant for the peer: inputs appear as pseudonyms.
     """
     from datalab.federation.dsp import may_ever_receive
     from datalab.policy import expand_residency
@@ -236,7 +238,7 @@ def decide(dataset: str, version: str, purpose: str, consumer_site: str,
         pol.check_retention()
     except PolicyRefused as e:
         raise PolicyRefused(e.rule, f"{_first_clause(str(e))} (rule {e.rule}, set by the combination of the inputs)") from None
-    for cid, p in pols.items():
+    for cid, p in pols.items() if data_moves else ():
         if site.country not in expand_residency(list(p.residency)):
             raise PolicyRefused("residency", f"site {site.name} ({site.country}) is outside the residency "
                                 f"{list(p.residency)} (rule residency, set by {input_label(cid, s)})")

@@ -531,3 +531,43 @@ def data_file(pid: str, index: int, request: Request) -> StreamingResponse:
     audit(t.peer, "dsp.data", t.consumer_pid, "file", {"providerPid": pid, "index": index, "from": start})
     return StreamingResponse(body(), status_code=206 if rng else 200, headers=headers,
                              media_type="application/vnd.apache.parquet")
+
+
+# -- compute-to-data (a lab extension beside DSP: the data stays, an aggregate leaves) ---------
+
+
+@router.post("/query", summary="Compute-to-data: a declared aggregation of a version, groups under k suppressed")
+async def query(request: Request) -> JSONResponse:
+    from datalab.federation import query as cq
+
+    peer = await run_in_threadpool(authenticate, request, "dsp.query", "CatalogError")
+    body = await request.body()
+
+    def answer() -> dict[str, Any]:
+        try:
+            if len(body) > dsp.MAX_MESSAGE_BYTES:
+                raise ValueError(f"query too large: {len(body):,} bytes (limit {dsp.MAX_MESSAGE_BYTES:,})")
+            req = json.loads(body or b"null")
+            if not isinstance(req, dict):
+                raise ValueError("a query is a JSON object")
+            dataset, version, purpose = str(req["dataset"]), str(req["version"]), str(req["purpose"])
+            q = cq.parse(req.get("group_by") or [], req.get("aggs") or [])
+        except (ValueError, KeyError, cq.QueryRefused) as e:
+            audit(peer, "dsp.query", "query", "refused", {"status": 400, "reason": str(e)})
+            raise DspError(400, "QueryError", "400", f"bad query: {e}") from None
+        subject = f"{dataset}@{version}"
+        try:
+            m = neg.decide(dataset, version, purpose, peer, data_moves=False)
+            res = cq.run(m, q)
+        except (PolicyRefused, NotFound, cq.QueryRefused) as e:
+            status = 400 if isinstance(e, cq.QueryRefused) else 403 if isinstance(e, PolicyRefused) else 404
+            audit(peer, "dsp.query", subject, "refused", {"status": status, "reason": str(e), "purpose": purpose,
+                                                          "rule": getattr(e, "rule", "query"), **q.to_dict()})
+            raise DspError(status, "QueryError", str(status), str(e)) from None
+        audit(peer, "dsp.query", subject, "answered", {
+            "purpose": purpose, **q.to_dict(), "k": res["k"], "groups": len(res["groups"]),
+            "suppressed_groups": res["suppressed_groups"], "rows_scanned": res["rows_scanned"],
+            "result_sha256": res["result_sha256"]})
+        return {**res, "site": site_name()}
+
+    return JSONResponse(await run_in_threadpool(answer))
