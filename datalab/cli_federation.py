@@ -182,6 +182,27 @@ def query_cmd(site: str = typer.Argument(..., help="the site holding the data (a
         err.print(f"{res['suppressed_groups']} group(s) suppressed: {res['why_suppressed']}", highlight=False, markup=False)
 
 
+def outbox_cmd(deliver: bool = typer.Option(False, "--deliver", help="scan for withdrawals and send due events now"),
+               as_json: bool = typer.Option(False, "--json")) -> None:
+    """Withdrawal events to peers holding replicas: pending (with retries) and confirmed."""
+    from datalab.federation import events
+
+    try:
+        if deliver:
+            events.scan()
+            events.deliver()
+        rows = events.outbox()
+    except DatalabError as e:
+        _fail(e)
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    t = Table("event", "peer", "subject", "state", "attempts", "last error")
+    for r in rows:
+        t.add_row(r["id"], r["peer"], r["subject"], r["state"], str(r["attempts"]), r["last_error"] or "")
+    out.print(t)
+
+
 def register(app: typer.Typer) -> None:
     """Add the federation commands to the ``datalab`` app."""
     app.add_typer(site_app, name="site")
@@ -191,3 +212,4 @@ def register(app: typer.Typer) -> None:
     app.command("negotiations")(negotiations_cmd)
     app.command("transfer")(transfer_cmd)
     app.command("query")(query_cmd)
+    app.command("outbox")(outbox_cmd)

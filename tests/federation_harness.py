@@ -50,7 +50,8 @@ class Site:
 
     def env(self) -> dict[str, str]:
         env = lab_env(self.home, self.contracts)
-        env.update(DATALAB_SITE=self.name, DATALAB_SITE_URL=self.url, DATALAB_DSP_VALIDATE="1", **self.extra_env)
+        env.update(DATALAB_SITE=self.name, DATALAB_SITE_URL=self.url, DATALAB_DSP_VALIDATE="1",
+                   DATALAB_OUTBOX_INTERVAL="0.3", DATALAB_OUTBOX_MAX_BACKOFF="1", **self.extra_env)
         return env
 
     def start(self, timeout: float = 60.0) -> Site:

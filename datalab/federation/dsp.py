@@ -150,6 +150,8 @@ def strict_check(msg: dict[str, Any]) -> None:
 
     if os.environ.get("DATALAB_DSP_VALIDATE") != "1" or "@type" not in msg or shared_dsp_dir() is None:
         return
+    if str(msg["@type"]).startswith("datalab:"):  # the lab's own events (withdrawal), not DSP messages
+        return
     problems = schema_problems(msg)
     if problems:
         raise ValueError(f"{msg.get('@type')} does not match the DSP 2025-1 schema: {'; '.join(problems[:3])}")

@@ -263,7 +263,7 @@ def register_replica(m: dict[str, Any], inc: Path, site: str, t: Transfer, purpo
         if _sha(inc / f"part-{i:05d}.parquet") != f["sha256"]:
             raise IntegrityError(f"{inc / f'part-{i:05d}.parquet'}: checksum does not match the manifest")
     rel = final.relative_to(s.home)
-    m = {**m, "files": [{**f, "path": str(rel / f"part-{i:05d}.parquet")} for i, f in enumerate(m["files"])],
+    m = {"lineage": {"deliveries": []}, **m, "files": [{**f, "path": str(rel / f"part-{i:05d}.parquet")} for i, f in enumerate(m["files"])],
          "replica": {"site": site, "agreement": t.agreement_id, "purpose": purpose, "transfer": t.consumer_pid,
                      "provider_transfer": t.provider_pid, "received": _now()}}
     (inc / "manifest.json").write_text(json.dumps(m, indent=2, default=str))

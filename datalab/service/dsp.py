@@ -107,6 +107,9 @@ def install(app: Any) -> None:
         return JSONResponse(dsp.error(e.kind, e.code, e.reason, **e.ids), status_code=e.status)
 
     app.include_router(router)
+    from datalab.federation.events import start_loop
+
+    start_loop()  # withdrawal events to peers: scanned and delivered in the background
 
 
 # -- contract negotiation (provider side) -----------------------------------------
@@ -571,3 +574,28 @@ async def query(request: Request) -> JSONResponse:
         return {**res, "site": site_name()}
 
     return JSONResponse(await run_in_threadpool(answer))
+
+
+# -- withdrawal events (provider -> peers holding a replica) --------------------------
+
+
+@router.post("/events/withdrawal", summary="A signed withdrawal event: delete the replica, answer with the proof")
+async def withdrawal_event(request: Request) -> JSONResponse:
+    from datalab.federation import events
+
+    peer = await run_in_threadpool(authenticate, request, "dsp.event", "CatalogError")
+    body = await request.body()
+
+    def apply() -> dict[str, Any]:
+        try:
+            if len(body) > dsp.MAX_MESSAGE_BYTES:
+                raise ValueError("event too large")
+            event = json.loads(body)
+            if not isinstance(event, dict) or event.get("@type") != "datalab:WithdrawalEvent":
+                raise ValueError("not a datalab:WithdrawalEvent")
+            return events.apply_withdrawal(event, peer)
+        except (ValueError, KeyError, DatalabError) as e:
+            audit(peer, "dsp.event", "withdrawal", "refused", {"status": 400, "reason": str(e)})
+            raise DspError(400, "EventError", "400", str(e)) from None
+
+    return JSONResponse(await run_in_threadpool(apply))
