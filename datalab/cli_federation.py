@@ -122,7 +122,7 @@ def negotiate_cmd(site: str = typer.Argument(..., help="the provider site (a reg
     elif n.state == "FINALIZED":
         out.print(f"agreement {info['agreement']}: {ref} from {site} for {purpose}", highlight=False, markup=False)
     else:
-        err.print(f"refused by {site} (rule {n.rule}): {n.reason}", highlight=False, markup=False)
+        err.print(f"{site}: {n.reason}", highlight=False, markup=False)
     if n.state != "FINALIZED":
         raise typer.Exit(1)
 

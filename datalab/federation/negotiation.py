@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sqlite3
 import uuid
 from contextlib import closing
@@ -246,7 +247,9 @@ def decide(dataset: str, version: str, purpose: str, consumer_site: str,
 
 
 def _first_clause(msg: str) -> str:
-    return msg.split("; set by")[0]
+    """The policy's message without its own "refused by rule" prefix and "set by <contract>" tail."""
+    msg = re.sub(r"^refused by rule '[^']*': ", "", msg)
+    return re.split(r";? \(?set by ", msg)[0]
 
 
 def agreement_for(n: Negotiation, provider_site: str, m: dict[str, Any]) -> dict[str, Any]:
