@@ -427,6 +427,9 @@ from datalab.cli_formats import register as _register_formats  # noqa: E402  (me
 _register_formats(app, contract_app)
 
 cli_service.register(app, audit_app)
+from datalab.cli_federation import register as _register_federation  # noqa: E402  (issue 18)
+
+_register_federation(app)
 
 
 def main() -> None:

@@ -28,6 +28,10 @@ class Site:
     region: str = ""
     # The most sensitive classification the site may host (policy.CLASSIFICATIONS).
     max_classification: str = "restricted"
+    # Base URL the site's service answers DSP requests at (federation, issue 18).
+    url: str = ""
+    # Whether the site may receive export-controlled content (federation: a peer sees it only then).
+    export_cleared: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,8 @@ def _load_sites(contracts_dir: Path) -> dict[str, Site]:
         if s.get("max_classification", "restricted") not in CLASSIFICATIONS:
             raise ContractError(str(contracts_dir / "sites.yaml"), [f"sites[{i}].max_classification: one of {list(CLASSIFICATIONS)}"])
         out[s["name"]] = Site(s["name"], s["country"], s.get("operator", ""), s.get("region", ""),
-                              s.get("max_classification", "restricted"))
+                              s.get("max_classification", "restricted"), str(s.get("url") or ""),
+                              bool(s.get("export_cleared", False)))
     return out
 
 

@@ -28,7 +28,7 @@ from datalab.clearance import check_clearance
 from datalab.config import Settings, settings
 from datalab.datasheet import ship as ship_datasheet
 from datalab.errors import DatalabError, IntegrityError, NotFound, PolicyRefused
-from datalab.policy import CLASSIFICATIONS, Policy
+from datalab.policy import CLASSIFICATIONS, Policy, purpose_allowed
 from datalab.publish import read_manifest
 from datalab.sovereignty import check_pull_purpose
 
@@ -171,6 +171,10 @@ def check_policy(m: dict[str, Any], purpose: str, s: Settings, clearance: dict[s
     pol = _policy(m)
     pol.check_purpose(purpose)
     pol.check_retention()
+    rep = m.get("replica")  # a federated replica is usable only for its agreement's purpose (issue 18)
+    if rep and not purpose_allowed(purpose, [rep["purpose"]], [])[0]:
+        raise PolicyRefused("agreement", f"replica of {rep['site']} under agreement {rep['agreement']}: "
+                            f"usable only for purpose {rep['purpose']!r}, not {purpose!r}")
     check_clearance(pol, clearance)  # None: this process's DATALAB_CLEARANCE / DATALAB_EXPORT_CLEARED
     check_site_cap(m, s)
 

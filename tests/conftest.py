@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 # The lab-service harness's fixtures (one template lab and one served lab per session).
-pytest_plugins = ["tests.service_harness"]
+pytest_plugins = ["tests.service_harness", "tests.federation_harness"]
 
 ROOT = Path(__file__).resolve().parent.parent
 REALDATA = Path(os.environ.get("DATALAB_REALDATA", ROOT.parent / "shared" / "realdata"))

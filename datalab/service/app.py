@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from datalab import __version__ as _version
 from datalab import auth
 from datalab.config import settings
-from datalab.service import admin, consumers, providers, ratelimit
+from datalab.service import admin, consumers, dsp, providers, ratelimit
 from datalab.service.deps import ApiError, client_of, current_principal, over_limit, refuse
 
 MAX_HEADER_BYTES = 32 << 10
@@ -136,4 +136,5 @@ def create_app() -> FastAPI:
     app.include_router(providers.router)
     app.include_router(consumers.router)
     app.include_router(admin.router)
+    dsp.install(app)  # site-to-site Dataspace Protocol routes (issue 18)
     return app
