@@ -8,6 +8,7 @@ from assets.timeseries import key_prefix
 from datalab import publish
 from datalab.contract import Contract
 from datalab.datasets import DatasetSpec
+from pipelines.resources import LabResource
 
 
 def build_dataset_asset(spec: DatasetSpec, contracts: dict[str, Contract]) -> dg.AssetsDefinition:
@@ -21,7 +22,7 @@ def build_dataset_asset(spec: DatasetSpec, contracts: dict[str, Contract]) -> dg
         kinds={"iceberg", "parquet"},
         tags={"site": spec.site},
     )
-    def dataset(context: AssetExecutionContext) -> dg.MaterializeResult:
+    def dataset(context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
         res = publish.publish(spec.name, actor="dagster")
         m = res.manifest or publish.read_manifest(spec.name, res.version)
         context.log.info(res.message)

@@ -18,7 +18,7 @@ from assets.datasets import build_dataset_asset
 from assets.timeseries import build_timeseries_assets, partitions_for
 from datalab import contract as contracts_mod
 from datalab import datasets, state
-from datalab.config import settings
+from datalab.config import Settings, settings
 from datalab.contract import Contract
 
 SENSOR_SECONDS = int(os.environ.get("DATALAB_SENSOR_SECONDS", "30"))
@@ -69,10 +69,23 @@ def build_definitions() -> dg.Definitions:
         a = build_dataset_asset(spec, contracts)
         assets.append(a)
         jobs.append(dg.define_asset_job(publish_job_name(name), selection=dg.AssetSelection.assets(a)))
+    from pipelines.resources import lab_resource
     from pipelines.retention import retention_daily, retention_enforce
 
     return dg.Definitions(assets=assets, jobs=[*jobs, retention_enforce], sensors=sensors,
-                          schedules=[retention_daily], executor=dg.in_process_executor)
+                          schedules=[retention_daily], executor=executor_for(s),
+                          resources={"lab": lab_resource(s)})
+
+
+def executor_for(s: Settings) -> dg.ExecutorDefinition:
+    """In-process for the local profile; Celery workers for the cluster profile (docs/scale.md)."""
+    if s.profile != "cluster":
+        return dg.in_process_executor
+    from dagster_celery import celery_executor
+
+    from pipelines.cluster import executor_config
+
+    return celery_executor.configured(executor_config(s))
 
 
 defs = build_definitions()
