@@ -153,13 +153,14 @@ def settings() -> Settings:
 def _dagster_pg_url(catalog_url: str) -> str | None:
     """The Dagster instance's PostgreSQL URL, by default the catalog's database.
 
-    dagster-postgres speaks psycopg2 and wants a plain ``postgresql://`` URL;
+    dagster-postgres speaks psycopg2 (LISTEN/NOTIFY), named in the URL since
+    SQLAlchemy 2.1 defaults to psycopg 3 for a plain ``postgresql://``;
     its tables (runs, event_logs, ...) do not collide with the lab's ``dl_*``
     and pyiceberg's ``iceberg_*`` tables, so one database serves both.
     """
     if not catalog_url.startswith("postgresql"):
         return None
-    return "postgresql://" + catalog_url.split("://", 1)[1]
+    return "postgresql+psycopg2://" + catalog_url.split("://", 1)[1]
 
 
 def _positive_int(name: str, default: int) -> int:
