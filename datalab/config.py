@@ -65,6 +65,7 @@ class Settings:
     # chooses the profile also names what it talks to).
     broker_url: str = "pyamqp://guest:guest@127.0.0.1:5672//"
     dagster_pg_url: str | None = None
+    celery_queue: str = "dagster"
     tenant_run_limit: int = 2
     max_concurrent_runs: int = 8
 
@@ -139,6 +140,7 @@ def settings() -> Settings:
         storage=storage.rstrip("/") if storage else None,
         broker_url=os.environ.get("DATALAB_BROKER_URL") or "pyamqp://guest:guest@127.0.0.1:5672//",
         dagster_pg_url=os.environ.get("DATALAB_DAGSTER_PG_URL") or _dagster_pg_url(url),
+        celery_queue=os.environ.get("DATALAB_CELERY_QUEUE") or "dagster",
         tenant_run_limit=_positive_int("DATALAB_TENANT_RUN_LIMIT", 2),
         max_concurrent_runs=_positive_int("DATALAB_MAX_RUNS", 8),
         catalog_url=url,

@@ -66,7 +66,8 @@ def instance_config(s: Settings) -> dict[str, Any]:
 
 def executor_config(s: Settings) -> dict[str, Any]:
     """The Celery executor's config: the broker the workers listen on."""
-    return {"broker": s.broker_url, "backend": CELERY_BACKEND, "include": INCLUDES}
+    return {"broker": s.broker_url, "backend": CELERY_BACKEND, "include": INCLUDES,
+            "config_source": {"task_default_queue": s.celery_queue}}
 
 
 def write_instance(s: Settings | None = None) -> Path:
@@ -104,7 +105,7 @@ def worker_command(s: Settings, name: str | None = None, concurrency: int = 1) -
     env["DAGSTER_HOME"] = str(s.dagster_home)
     node = f"{name or 'datalab'}-{os.getpid()}@{socket.gethostname()}"
     cmd = [sys.executable, "-m", "celery", "-A", "dagster_celery.app", "worker", "--loglevel", "WARNING",
-           "-n", node, "-c", str(concurrency), "-I", ",".join(INCLUDES), "--without-gossip", "--without-mingle"]
+           "-n", node, "-c", str(concurrency), "-Q", s.celery_queue, "-I", ",".join(INCLUDES), "--without-gossip", "--without-mingle"]
     return cmd, env
 
 

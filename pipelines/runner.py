@@ -17,6 +17,7 @@ import dagster as dg
 from datalab import contract as contracts_mod
 from datalab import state
 from datalab.config import settings
+from datalab.contract import Contract
 from datalab.errors import DatalabError
 
 # In-process runs log to the console at DEBUG by default; the CLI prints its
@@ -86,35 +87,80 @@ def _error(result: dg.ExecuteInProcessResult) -> str:
     return "the run failed"
 
 
-def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun], None] | None = None) -> list[DeliveryRun]:
-    """Materialise every accepted, not yet validated delivery (optionally of one contract)."""
-    from pipelines.definitions import ingest_job_name
+def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun], None] | None = None,
+                parallel: int | None = None) -> list[DeliveryRun]:
+    """Materialise every accepted, not yet validated delivery (optionally of one contract).
 
+    Local profile: one run after the other, in this process (as before).
+    Cluster profile: up to ``parallel`` runs at once (default
+    ``DATALAB_MAX_RUNS``), fairly interleaved across firms so that one firm's
+    backlog does not go first; their steps execute on the Celery workers.
+    """
     s = settings()
     contracts = contracts_mod.load_all(s.contracts_dir)
     chosen = [contracts_mod.find(contracts, contract_ref)] if contract_ref else sorted(contracts.values(), key=lambda c: c.slug)
-    defs = _defs() if settings().profile != "cluster" else None
+    defs = _defs() if s.profile != "cluster" else None
     inst = instance()
-    out = []
+    todo: list[tuple[Contract, str]] = []
     for c in chosen:
         if c.kind not in ("timeseries", "cad"):
             continue
         parts_name = f"{c.slug}__deliveries"
-        for d in state.pending(c.id, s):
-            if not inst.has_dynamic_partition(parts_name, d):
-                inst.add_dynamic_partitions(parts_name, [d])
-            result = _execute(ingest_job_name(c), inst, {"datalab/delivery": d, "datalab/source": "cli",
-                                                         "tenant": c.tenant}, partition_key=d, defs=defs)
-            st = state.get(d, s) or {}
-            ok = result.success
-            msg = "validated" if st.get("validation_ok") else ("validation failed" if st.get("validation_ok") is False else _error(result))
-            if not ok and st.get("stage") not in ("validated", "failed"):
-                state.set_stage(d, "failed", s=s, stats={"error": msg})
-            run = DeliveryRun(c.id, d, ok, st.get("validation_ok"), msg)
-            out.append(run)
+        pending = state.pending(c.id, s)
+        new = [d for d in pending if not inst.has_dynamic_partition(parts_name, d)]
+        if new:
+            inst.add_dynamic_partitions(parts_name, new)
+        todo += [(c, d) for d in pending]
+
+    out: list[DeliveryRun] = []
+    if s.profile != "cluster":
+        for c, d in todo:
+            out.append(_run_one(c, d, inst, defs))
             if on_event:
-                on_event(run)
+                on_event(out[-1])
+        return out
+    # Each run is driven from its own process, as Dagster's run launcher does
+    # (Dagster's in-process logging setup is not thread-safe); the steps
+    # themselves go to the Celery workers.
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=max(1, parallel or s.max_concurrent_runs),
+                             mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_run_in_child, c.id, d) for c, d in fair_order(todo)]
+        for f in as_completed(futures):
+            out.append(f.result())
+            if on_event:
+                on_event(out[-1])
     return out
+
+
+def _run_one(c: Contract, d: str, inst: dg.DagsterInstance, defs: dg.Definitions | None) -> DeliveryRun:
+    from pipelines.definitions import ingest_job_name
+
+    s = settings()
+    result = _execute(ingest_job_name(c), inst, {"datalab/delivery": d, "datalab/source": "cli",
+                                                 "tenant": c.tenant}, partition_key=d, defs=defs)
+    st = state.get(d, s) or {}
+    ok = result.success
+    msg = "validated" if st.get("validation_ok") else ("validation failed" if st.get("validation_ok") is False else _error(result))
+    if not ok and st.get("stage") not in ("validated", "failed"):
+        state.set_stage(d, "failed", s=s, stats={"error": msg})
+    return DeliveryRun(c.id, d, ok, st.get("validation_ok"), msg)
+
+
+def _run_in_child(contract_id: str, d: str) -> DeliveryRun:
+    c = contracts_mod.load_all(settings().contracts_dir)[contract_id]
+    return _run_one(c, d, instance(), None)
+
+
+def fair_order(todo: list[tuple[Contract, str]]) -> list[tuple[Contract, str]]:
+    """Round-robin over firms: the n-th delivery of every firm before the (n+1)-th of any."""
+    by_tenant: dict[str, list[tuple[Contract, str]]] = {}
+    for item in todo:
+        by_tenant.setdefault(item[0].tenant, []).append(item)
+    queues = [by_tenant[t] for t in sorted(by_tenant)]
+    return [q[i] for i in range(max((len(q) for q in queues), default=0)) for q in queues if i < len(q)]
 
 
 def publish(dataset: str) -> dict:
