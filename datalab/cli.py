@@ -330,6 +330,9 @@ from datalab.cli_formats import register as _register_formats  # noqa: E402  (me
 _register_formats(app, contract_app)
 
 cli_service.register(app, audit_app)
+from datalab.cli_cluster import register as _register_cluster  # noqa: E402  (cluster profile, issue 19)
+
+_register_cluster(app)
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ def instance_config(s: Settings) -> dict[str, Any]:
     if not s.dagster_pg_url:
         raise DatalabError(
             "DATALAB_PROFILE=cluster keeps Dagster's runs in PostgreSQL: set DATALAB_CATALOG_URL to a "
-            "postgresql+psycopg:// URL (or DATALAB_DAGSTER_PG_URL to a postgresql:// URL)")
+            "postgresql+psycopg:// URL (or DATALAB_DAGSTER_PG_URL to a postgresql+psycopg2:// URL)")
     cfg["storage"] = {"postgres": {"postgres_url": s.dagster_pg_url}}
     cfg["run_coordinator"] = {
         "module": "dagster._core.run_coordinator",

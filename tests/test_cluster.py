@@ -181,3 +181,39 @@ def test_worker_killed_mid_curation_loses_nothing(cluster_lab: dict, contracts) 
     m = publish.read_manifest("plant-telemetry", md["version"])
     assert [x for x in m["lineage"]["deliveries"] if (x["id"] if isinstance(x, dict) else x) == d] and \
         len([x for x in m["lineage"]["deliveries"] if (x["id"] if isinstance(x, dict) else x) == d]) == 1
+
+
+def test_profile_is_read_once_and_shapes_the_instance(lab: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No services needed: what each profile writes into dagster.yaml, and bad settings refused."""
+    import yaml
+
+    from datalab.config import settings
+    from datalab.errors import DatalabError
+    from pipelines.cluster import instance_config, write_instance
+
+    assert settings().profile == "local"
+    assert yaml.safe_load((write_instance() / "dagster.yaml").read_text()) == {"telemetry": {"enabled": False}}
+    monkeypatch.setenv("DATALAB_PROFILE", "cluster")
+    with pytest.raises(DatalabError, match="PostgreSQL"):
+        instance_config(settings())
+    monkeypatch.setenv("DATALAB_CATALOG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/lab")
+    monkeypatch.setenv("DATALAB_TENANT_RUN_LIMIT", "3")
+    cfg = instance_config(settings())
+    assert cfg["storage"] == {"postgres": {"postgres_url": "postgresql+psycopg2://postgres@127.0.0.1:5432/lab"}}
+    rc = cfg["run_coordinator"]
+    assert rc["class"] == "QueuedRunCoordinator"
+    assert rc["config"]["tag_concurrency_limits"] == [{"key": "tenant", "value": {"applyLimitPerUniqueValue": True}, "limit": 3}]
+    monkeypatch.setenv("DATALAB_PROFILE", "kubernetes")
+    with pytest.raises(ValueError, match="use local or cluster"):
+        settings()
+    monkeypatch.setenv("DATALAB_PROFILE", "local")
+    monkeypatch.setenv("DATALAB_STORAGE", "/mnt/data")
+    with pytest.raises(ValueError, match="s3://bucket/prefix"):
+        settings()
+
+
+def test_fair_order_interleaves_firms(contracts) -> None:
+    from pipelines.runner import fair_order
+
+    todo = [(contracts[SPINDLE], f"s{i}") for i in range(5)] + [(contracts[PRESS], "p0"), (contracts[PUMPS], "u0")]
+    assert [d for _, d in fair_order(todo)][:4] == ["s0", "p0", "u0", "s1"]
