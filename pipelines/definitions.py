@@ -40,12 +40,20 @@ def _sensor(c: Contract, job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefin
                default_status=dg.DefaultSensorStatus.RUNNING,
                description=f"Adds a partition and requests an ingest run for each accepted delivery of {c.id}.")
     def deliveries(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        pending = state.pending(c.id)
-        known = set(context.instance.get_dynamic_partitions(parts.name))
-        new = [d for d in pending if d not in known][:MAX_RUNS_PER_TICK]
+        # One bounded page per tick, after the cursor (the last delivery id
+        # seen); at the end the cursor wraps to the start, so a delivery that
+        # committed late with a smaller id is still picked up on the next
+        # pass, and run_key keeps a delivery from running twice.
+        cursor = context.cursor or ""
+        page = state.pending_page(c.id, after=cursor, limit=MAX_RUNS_PER_TICK)
+        if not page and cursor:
+            cursor = ""
+            page = state.pending_page(c.id, after="", limit=MAX_RUNS_PER_TICK)
+        new = [d for d in page if not context.instance.has_dynamic_partition(parts.name, d)]
         return dg.SensorResult(
             run_requests=[dg.RunRequest(partition_key=d, run_key=d) for d in new],
             dynamic_partitions_requests=[parts.build_add_request(new)] if new else [],
+            cursor=page[-1] if page else cursor,
         )
 
     return deliveries
