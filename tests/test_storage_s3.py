@@ -98,3 +98,26 @@ def test_withdrawal_on_object_storage_leaves_no_object(s3: str, tmp_path: Path) 
     assert sorted(o.key for o in st.list()) == [f"{a}/firm-b/d-1.parquet" for a in ("curated", "landing", "raw")]
     with pytest.raises(DatalabError, match="whole store"):
         st.delete_prefix("/")
+
+
+def test_iceberg_warehouse_on_object_storage(s3: str, lab: Path) -> None:
+    """pyiceberg's FileIO writes and reads a table on the object store; its catalog stays in SQL."""
+    import pyarrow as pa
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    from datalab.storage import iceberg_properties, store
+
+    st = store()
+    lab.mkdir(parents=True, exist_ok=True)
+    ice = SqlCatalog("datalab", uri=f"sqlite:///{lab / 'catalog.db'}", warehouse=st.uri("warehouse"),
+                     **iceberg_properties())
+    ice.create_namespace_if_not_exists("datalab")
+    data = pa.table({"entity": ["M1", "M2", "M3"], "value": [1.0, 2.0, 3.0]})
+    tbl = ice.create_table("datalab.t", schema=data.schema)
+    tbl.append(data)
+    assert tbl.location().startswith("s3://lab-bucket/site-a/warehouse")
+    assert ice.load_table("datalab.t").scan().to_arrow().sort_by("entity").equals(data)
+    keys = [o.key for o in st.list("warehouse")]
+    assert any(k.endswith(".parquet") for k in keys) and any(k.endswith(".metadata.json") for k in keys)
+    # nothing of the table's data under the local home
+    assert not [p for p in lab.rglob("*.parquet")]
