@@ -135,6 +135,9 @@ def test_cluster_twenty_deliveries_three_firms_two_workers(cluster_lab: dict, co
     inst = runner.instance()
     assert type(inst.run_storage).__name__ == "PostgresRunStorage"
     assert len(_step_hosts(inst)) == 2  # both workers took steps
+    # every run carries its firm's tag: what the queued coordinator's per-tenant limit counts
+    tenants = sorted({r.tags.get("tenant") for r in inst.get_runs()})
+    assert tenants == sorted({contracts[c].tenant for c in (SPINDLE, PRESS, PUMPS)})
     md = runner.publish("plant-telemetry")
     assert md["new_version"] and md["version"] == "1.0.0"
     expected = sum(state.get(d)["stats"]["curated"]["rows_out"] for d in pushed)
