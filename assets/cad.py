@@ -17,9 +17,9 @@ from dagster import AssetExecutionContext
 from assets.timeseries import _md_table, key_prefix, partitions_for
 from checks.validation import run_suite_check, suite_check_spec
 from datalab.cad import curate
-from datalab.config import settings
 from datalab.contract import Contract
 from datalab.engine import MemoryWatch
+from pipelines.resources import LabResource
 
 MAX_THUMBS = 8
 PREVIEW = ["file_name", "format", "schema", "length_unit", "faces", "triangles", "volume_mm3", "area_mm2",
@@ -51,7 +51,7 @@ def build_cad_assets(contract: Contract) -> list[dg.AssetsDefinition]:
               description=f"{contract.name}: each file parsed in the sandbox (STEP header + OpenCASCADE, STL, DXF).",
               metadata={"contract": contract.id, "contract_version": contract.version}, tags=tags,
               kinds={"python", "json"})
-    def raw(context: AssetExecutionContext) -> dg.MaterializeResult:
+    def raw(context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
         d = context.partition_key
         with MemoryWatch() as mw:
             st = curate.ingest(contract, d)
@@ -68,9 +68,9 @@ def build_cad_assets(contract: Contract) -> list[dg.AssetsDefinition]:
                           "thumbnails; validated by the CAD suite.",
               check_specs=[suite_check_spec(contract, curated_key)], metadata={"contract": contract.id}, tags=tags,
               kinds={"polars", "parquet", "great_expectations"})
-    def curated(context: AssetExecutionContext) -> dg.MaterializeResult:
+    def curated(context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
         d = context.partition_key
-        s = settings()
+        s = lab.settings()
         with MemoryWatch() as mw:
             st = curate.curate_delivery(contract, d, s)
             path = curate.curated_path(contract, d, s)

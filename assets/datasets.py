@@ -8,6 +8,7 @@ from assets.timeseries import key_prefix
 from datalab import publish
 from datalab.contract import Contract
 from datalab.datasets import DatasetSpec
+from pipelines.resources import LabResource
 
 VERIFY_CHECK = "version_verifies"
 
@@ -28,7 +29,7 @@ def build_dataset_asset(spec: DatasetSpec, contracts: dict[str, Contract]) -> dg
             description="the version's data files, CAD files and thumbnails match the manifest's SHA-256 and "
                         "sizes, and its row counts add up (files, per contract, total)")],
     )
-    def dataset(context: AssetExecutionContext) -> dg.MaterializeResult:
+    def dataset(context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
         res = publish.publish(spec.name, actor="dagster")
         m = res.manifest or publish.read_manifest(spec.name, res.version)
         context.log.info(res.message)

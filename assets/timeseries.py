@@ -15,9 +15,9 @@ from dagster import AssetExecutionContext
 
 from checks.validation import run_suite_check, suite_check_spec
 from datalab import curate, ingest, validate
-from datalab.config import settings
 from datalab.contract import Contract
 from datalab.engine import Engine, MemoryWatch
+from pipelines.resources import LabResource
 
 
 def key_prefix(contract: Contract) -> list[str]:
@@ -55,11 +55,11 @@ def build_timeseries_assets(contract: Contract) -> list[dg.AssetsDefinition]:
         tags=tags,
         kinds={"polars", "parquet"},
     )
-    def raw(context: AssetExecutionContext) -> dg.MaterializeResult:
+    def raw(context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
         d = context.partition_key
         with MemoryWatch() as mw:
             st = ingest.ingest_raw(contract, d)
-        path = ingest.raw_path(contract, d, settings())
+        path = ingest.raw_path(contract, d, lab.settings())
         return dg.MaterializeResult(metadata={
             "delivery_id": d,
             "files": st["files"],
@@ -85,13 +85,13 @@ def build_timeseries_assets(contract: Contract) -> list[dg.AssetsDefinition]:
         tags=tags,
         kinds={"polars", "parquet", "great_expectations"},
     )
-    def curated(context: AssetExecutionContext) -> dg.MaterializeResult:
+    def curated(context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
         d = context.partition_key
         engine = Engine()
         validate.import_in_background()  # the suite check below needs GX; import it while the plan runs
         with MemoryWatch() as mw:
             st = curate.curate_delivery(contract, d, engine)
-            path = curate.curated_path(contract, d, settings())
+            path = curate.curated_path(contract, d, lab.settings())
             check = run_suite_check(contract, d, path, context)
         sensors = pl.DataFrame([{"sensor": k, **{x: v[x] for x in ("unit", "n", "min", "max", "mean", "out_of_range", "outliers")}}
                                 for k, v in st["sensors"].items()])

@@ -431,6 +431,10 @@ from datalab.cli_federation import register as _register_federation  # noqa: E40
 
 _register_federation(app)
 
+from datalab.cli_cluster import register as _register_cluster  # noqa: E402  (cluster profile, issue 19)
+
+_register_cluster(app)
+
 
 def main() -> None:
     """The console script: every error that escapes a command is reported once, by kind."""

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+PROFILES = ("local", "cluster")
+
 _SAFE_SEGMENT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
@@ -58,6 +60,20 @@ class Settings:
     # without a token cannot fill the audit log or slow the firms' pushes.
     rate_token_per_min: int = 6000
     rate_address_per_min: int = 120
+    # ``local`` (the embedded default: in-process executor, Dagster instance
+    # in SQLite under home) or ``cluster`` (Dagster on PostgreSQL, queued
+    # runs with per-tenant limits, the Celery executor; docs/scale.md).
+    profile: str = "local"
+    # Where the lab's data files live: ``None`` for local paths under home,
+    # else an ``s3://bucket/prefix`` URL (datalab.storage).
+    storage: str | None = None
+    # The cluster profile's services (read here so that the one place that
+    # chooses the profile also names what it talks to).
+    broker_url: str = "pyamqp://guest:guest@127.0.0.1:5672//"
+    dagster_pg_url: str | None = None
+    celery_queue: str = "dagster"
+    tenant_run_limit: int = 2
+    max_concurrent_runs: int = 8
 
     @property
     def landing(self) -> Path:
@@ -118,8 +134,21 @@ def settings() -> Settings:
     engine = os.environ.get("DATALAB_ENGINE", "auto").lower()
     if engine not in ("auto", "cpu", "gpu"):
         raise ValueError(f"DATALAB_ENGINE={engine!r}: use auto, cpu or gpu")
+    profile = (os.environ.get("DATALAB_PROFILE") or "local").strip().lower()
+    if profile not in PROFILES:
+        raise ValueError(f"DATALAB_PROFILE={profile!r}: use local or cluster")
+    storage = (os.environ.get("DATALAB_STORAGE") or "").strip() or None
+    if storage is not None and not storage.startswith("s3://"):
+        raise ValueError(f"DATALAB_STORAGE={storage!r}: use s3://bucket/prefix (unset keeps the files under DATALAB_HOME)")
     return Settings(
         home=home,
+        profile=profile,
+        storage=storage.rstrip("/") if storage else None,
+        broker_url=os.environ.get("DATALAB_BROKER_URL") or "pyamqp://guest:guest@127.0.0.1:5672//",
+        dagster_pg_url=os.environ.get("DATALAB_DAGSTER_PG_URL") or _dagster_pg_url(url),
+        celery_queue=os.environ.get("DATALAB_CELERY_QUEUE") or "dagster",
+        tenant_run_limit=_positive_int("DATALAB_TENANT_RUN_LIMIT", 2),
+        max_concurrent_runs=_positive_int("DATALAB_MAX_RUNS", 8),
         catalog_url=url,
         contracts_dir=contracts.expanduser().resolve(),
         engine=engine,
@@ -129,6 +158,19 @@ def settings() -> Settings:
         rate_token_per_min=_positive_int("DATALAB_RATE_TOKEN_PER_MIN", 6000, zero_ok=True),
         rate_address_per_min=_positive_int("DATALAB_RATE_ADDRESS_PER_MIN", 120, zero_ok=True),
     )
+
+
+def _dagster_pg_url(catalog_url: str) -> str | None:
+    """The Dagster instance's PostgreSQL URL, by default the catalog's database.
+
+    dagster-postgres speaks psycopg2 (LISTEN/NOTIFY), named in the URL since
+    SQLAlchemy 2.1 defaults to psycopg 3 for a plain ``postgresql://``;
+    its tables (runs, event_logs, ...) do not collide with the lab's ``dl_*``
+    and pyiceberg's ``iceberg_*`` tables, so one database serves both.
+    """
+    if not catalog_url.startswith("postgresql"):
+        return None
+    return "postgresql+psycopg2://" + catalog_url.split("://", 1)[1]
 
 
 def _positive_int(name: str, default: int, zero_ok: bool = False) -> int:

@@ -136,8 +136,19 @@ def _part(d: dict[str, Any], contracts: dict[str, Any], replaced_by: dict[str, t
 
 
 def publish(name: str, actor: str = "cli", s: Settings | None = None) -> PublishResult:
-    """Publish a new version of dataset ``name`` if its inputs changed."""
+    """Publish a new version of dataset ``name`` if its inputs changed.
+
+    One publish of a dataset at a time (datalab.locks): two racing publishes
+    give one version each for what each saw new, never two claims on one number.
+    """
+    from datalab.locks import publish_lock
+
     s = s or settings()
+    with publish_lock(name, s):
+        return _publish(name, actor, s)
+
+
+def _publish(name: str, actor: str, s: Settings) -> PublishResult:
     t0 = time.perf_counter()
     contracts = contracts_mod.load_all(s.contracts_dir)
     spec = datasets.load_spec(s.contracts_dir, name, contracts)

@@ -62,6 +62,29 @@ def pending(contract_id: str, s: Settings | None = None) -> list[str]:
         return [r.id for r in conn.execute(q)]
 
 
+def pending_page(contract_id: str, after: str = "", limit: int = 25, s: Settings | None = None) -> list[str]:
+    """At most ``limit`` pending deliveries with an id after ``after``, in id order.
+
+    The sensor's bounded read: with thousands of pending deliveries a tick
+    reads one page (an index range scan) instead of all of them, and keeps
+    its place in a cursor. Delivery ids start with their UTC receipt time,
+    so id order is arrival order.
+    """
+    s = s or settings()
+    c = cat.Catalog(s.catalog_url)
+    d, p = cat.deliveries, cat.processing
+    q = (
+        sa.select(d.c.id)
+        .select_from(d.outerjoin(p, p.c.delivery_id == d.c.id))
+        .where(d.c.contract_id == contract_id, d.c.status == "accepted", d.c.id > after)
+        .where(sa.or_(p.c.stage.is_(None), p.c.stage.notin_(["validated", "failed"])))
+        .order_by(d.c.id)
+        .limit(limit)
+    )
+    with c.begin() as conn:
+        return [r.id for r in conn.execute(q)]
+
+
 def accepted(contract_id: str, s: Settings | None = None) -> list[dict[str, Any]]:
     """Every accepted delivery of a contract with its stage, oldest first."""
     s = s or settings()

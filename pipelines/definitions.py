@@ -20,7 +20,7 @@ from assets.datasets import build_dataset_asset
 from assets.timeseries import build_timeseries_assets, partitions_for
 from datalab import contract as contracts_mod
 from datalab import datasets, state
-from datalab.config import settings
+from datalab.config import Settings, settings
 from datalab.contract import Contract
 from datalab.errors import ContractError
 
@@ -43,12 +43,20 @@ def _sensor(c: Contract, job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefin
                default_status=dg.DefaultSensorStatus.RUNNING,
                description=f"Adds a partition and requests an ingest run for each accepted delivery of {c.id}.")
     def deliveries(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        pending = state.pending(c.id)
-        known = set(context.instance.get_dynamic_partitions(parts.name))
-        new = [d for d in pending if d not in known][:MAX_RUNS_PER_TICK]
+        # One bounded page per tick, after the cursor (the last delivery id
+        # seen); at the end the cursor wraps to the start, so a delivery that
+        # committed late with a smaller id is still picked up on the next
+        # pass, and run_key keeps a delivery from running twice.
+        cursor = context.cursor or ""
+        page = state.pending_page(c.id, after=cursor, limit=MAX_RUNS_PER_TICK)
+        if not page and cursor:
+            cursor = ""
+            page = state.pending_page(c.id, after="", limit=MAX_RUNS_PER_TICK)
+        new = [d for d in page if not context.instance.has_dynamic_partition(parts.name, d)]
         return dg.SensorResult(
             run_requests=[dg.RunRequest(partition_key=d, run_key=d) for d in new],
             dynamic_partitions_requests=[parts.build_add_request(new)] if new else [],
+            cursor=page[-1] if page else cursor,
         )
 
     return deliveries
@@ -93,10 +101,23 @@ def build_definitions() -> dg.Definitions:
         a = build_dataset_asset(spec, contracts)
         assets.append(a)
         jobs.append(dg.define_asset_job(publish_job_name(name), selection=dg.AssetSelection.assets(a)))
+    from pipelines.resources import lab_resource
     from pipelines.retention import retention_daily, retention_enforce
 
     return dg.Definitions(assets=assets, jobs=[*jobs, retention_enforce], sensors=sensors,
-                          schedules=[retention_daily], executor=dg.in_process_executor)
+                          schedules=[retention_daily], executor=executor_for(s),
+                          resources={"lab": lab_resource(s)})
+
+
+def executor_for(s: Settings) -> dg.ExecutorDefinition:
+    """In-process for the local profile; Celery workers for the cluster profile (docs/scale.md)."""
+    if s.profile != "cluster":
+        return dg.in_process_executor
+    from dagster_celery import celery_executor
+
+    from pipelines.cluster import executor_config
+
+    return celery_executor.configured(executor_config(s))
 
 
 defs = build_definitions()

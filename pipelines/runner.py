@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 
 from datalab import contract as contracts_mod
 from datalab import state
 from datalab.config import settings
+from datalab.contract import Contract
 from datalab.errors import DatalabError, NotFound
 
 # In-process runs log to the console at DEBUG by default; the CLI prints its
@@ -36,13 +38,40 @@ class DeliveryRun:
 
 
 def instance() -> dg.DagsterInstance:
+    """The lab's Dagster instance: SQLite under home (local) or PostgreSQL (cluster)."""
+    from pipelines.cluster import write_instance
+
     s = settings()
-    s.dagster_home.mkdir(parents=True, exist_ok=True)
-    os.environ["DAGSTER_HOME"] = str(s.dagster_home)
-    cfg = s.dagster_home / "dagster.yaml"
-    if not cfg.exists():
-        cfg.write_text("telemetry:\n  enabled: false\n")
+    os.environ["DAGSTER_HOME"] = str(write_instance(s))
     return dg.DagsterInstance.get()
+
+
+def _execute(job_name: str, inst: dg.DagsterInstance, tags: dict[str, str], partition_key: str | None = None,
+             defs: dg.Definitions | None = None) -> Any:
+    """Run one job of the lab's definitions and wait for it.
+
+    Local profile: in this process, as before. Cluster profile: the job is
+    reconstructed from ``pipelines.definitions`` so that its steps can be sent
+    to the Celery workers, which load the same module; the run's config pins
+    this process's settings for every step (pipelines.resources).
+    """
+    from pipelines.resources import run_config
+
+    s = settings()
+    cfg = run_config(s, QUIET)
+    if s.profile != "cluster":
+        job = (defs or _defs()).resolve_job_def(job_name)
+        return job.execute_in_process(partition_key=partition_key, instance=inst, raise_on_error=False,
+                                      run_config=cfg, tags=tags)
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    from pipelines.cluster import ROOT
+
+    repo = ReconstructableRepository.for_module("pipelines.definitions", "defs", working_directory=str(ROOT))
+    recon = repo.get_reconstructable_job(job_name)
+    if partition_key is not None:
+        tags = {**tags, "dagster/partition": partition_key}
+    return dg.execute_job(recon, instance=inst, run_config=cfg, tags=tags, raise_on_error=False)
 
 
 def _defs() -> dg.Definitions:
@@ -70,36 +99,80 @@ def _error(result: dg.ExecuteInProcessResult) -> str:
     return "the run failed"
 
 
-def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun], None] | None = None) -> list[DeliveryRun]:
-    """Materialise every accepted, not yet validated delivery (optionally of one contract)."""
-    from pipelines.definitions import ingest_job_name
+def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun], None] | None = None,
+                parallel: int | None = None) -> list[DeliveryRun]:
+    """Materialise every accepted, not yet validated delivery (optionally of one contract).
 
+    Local profile: one run after the other, in this process (as before).
+    Cluster profile: up to ``parallel`` runs at once (default
+    ``DATALAB_MAX_RUNS``), fairly interleaved across firms so that one firm's
+    backlog does not go first; their steps execute on the Celery workers.
+    """
     s = settings()
     contracts = contracts_mod.load_all(s.contracts_dir)
     chosen = [contracts_mod.find(contracts, contract_ref)] if contract_ref else sorted(contracts.values(), key=lambda c: c.slug)
-    defs = _defs()
+    defs = _defs() if s.profile != "cluster" else None
     inst = instance()
-    out = []
+    todo: list[tuple[Contract, str]] = []
     for c in chosen:
         if c.kind not in ("timeseries", "cad"):
             continue
-        job = defs.resolve_job_def(ingest_job_name(c))
         parts_name = f"{c.slug}__deliveries"
-        for d in state.pending(c.id, s):
-            if not inst.has_dynamic_partition(parts_name, d):
-                inst.add_dynamic_partitions(parts_name, [d])
-            result = job.execute_in_process(partition_key=d, instance=inst, raise_on_error=False, run_config=QUIET,
-                                            tags={"datalab/delivery": d, "datalab/source": "cli"})
-            st = state.get(d, s) or {}
-            ok = result.success
-            msg = "validated" if st.get("validation_ok") else ("validation failed" if st.get("validation_ok") is False else _error(result))
-            if not ok and st.get("stage") not in ("validated", "failed"):
-                state.set_stage(d, "failed", s=s, stats={"error": msg})
-            run = DeliveryRun(c.id, d, ok, st.get("validation_ok"), msg)
-            out.append(run)
+        pending = state.pending(c.id, s)
+        new = [d for d in pending if not inst.has_dynamic_partition(parts_name, d)]
+        if new:
+            inst.add_dynamic_partitions(parts_name, new)
+        todo += [(c, d) for d in pending]
+
+    out: list[DeliveryRun] = []
+    if s.profile != "cluster":
+        for c, d in todo:
+            out.append(_run_one(c, d, inst, defs))
             if on_event:
-                on_event(run)
+                on_event(out[-1])
+        return out
+    # Each run is driven from its own process, as Dagster's run launcher does
+    # (Dagster's in-process logging setup is not thread-safe); the steps
+    # themselves go to the Celery workers.
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=max(1, parallel or s.max_concurrent_runs),
+                             mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_run_in_child, c.id, d) for c, d in fair_order(todo)]
+        for f in as_completed(futures):
+            out.append(f.result())
+            if on_event:
+                on_event(out[-1])
     return out
+
+
+def _run_one(c: Contract, d: str, inst: dg.DagsterInstance, defs: dg.Definitions | None) -> DeliveryRun:
+    from pipelines.definitions import ingest_job_name
+
+    s = settings()
+    result = _execute(ingest_job_name(c), inst, {"datalab/delivery": d, "datalab/source": "cli",
+                                                 "tenant": c.tenant}, partition_key=d, defs=defs)
+    st = state.get(d, s) or {}
+    ok = result.success
+    msg = "validated" if st.get("validation_ok") else ("validation failed" if st.get("validation_ok") is False else _error(result))
+    if not ok and st.get("stage") not in ("validated", "failed"):
+        state.set_stage(d, "failed", s=s, stats={"error": msg})
+    return DeliveryRun(c.id, d, ok, st.get("validation_ok"), msg)
+
+
+def _run_in_child(contract_id: str, d: str) -> DeliveryRun:
+    c = contracts_mod.load_all(settings().contracts_dir)[contract_id]
+    return _run_one(c, d, instance(), None)
+
+
+def fair_order(todo: list[tuple[Contract, str]]) -> list[tuple[Contract, str]]:
+    """Round-robin over firms: the n-th delivery of every firm before the (n+1)-th of any."""
+    by_tenant: dict[str, list[tuple[Contract, str]]] = {}
+    for item in todo:
+        by_tenant.setdefault(item[0].tenant, []).append(item)
+    queues = [by_tenant[t] for t in sorted(by_tenant)]
+    return [q[i] for i in range(max((len(q) for q in queues), default=0)) for q in queues if i < len(q)]
 
 
 def publish(dataset: str) -> dict:
@@ -107,15 +180,14 @@ def publish(dataset: str) -> dict:
     from pipelines.definitions import publish_job_name
 
     defs = _defs()
-    job = defs.resolve_job_def(publish_job_name(dataset)) if _has_job(defs, publish_job_name(dataset)) else None
-    if job is None:
+    if not _has_job(defs, publish_job_name(dataset)):
         raise NotFound(f"no dataset {dataset!r} (the dataset specs are in data_contracts/datasets/)")
-    result = job.execute_in_process(instance=instance(), raise_on_error=False, run_config=QUIET, tags={"datalab/source": "cli"})
+    result = _execute(publish_job_name(dataset), instance(), {"datalab/source": "cli"}, defs=defs)
     if not result.success:
         raise DatalabError(_error(result))
-    mats = result.asset_materializations_for_node(result.all_node_events[0].node_name) if result.all_node_events else []
-    md = {k: v.value for k, v in mats[-1].metadata.items()} if mats else {}
-    return md
+    mats = [ev.event_specific_data.materialization for ev in result.all_events
+            if ev.event_type_value == "ASSET_MATERIALIZATION"]
+    return {k: v.value for k, v in mats[-1].metadata.items()} if mats else {}
 
 
 def _has_job(defs: dg.Definitions, name: str) -> bool:

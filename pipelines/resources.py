@@ -1,0 +1,74 @@
+"""The lab's settings as a Dagster resource: how a profile reaches the assets.
+
+``DATALAB_PROFILE`` is read once, in :func:`datalab.config.settings`; the
+definitions hand the resolved settings to every asset as the ``lab`` resource.
+The asset code is the same in both profiles (as in Dagster's reference
+projects, where local and production differ only in the resources given to
+the same assets).
+
+Why the resource also exports its values to the step's environment: in the
+cluster profile a step runs in a Celery worker on another machine, whose own
+environment may differ from the process that launched the run. The launcher
+puts its settings into the run's config (:func:`run_config`), so every step of
+a run, wherever it executes, curates from and writes to the same catalog and
+storage. The core (``datalab``, which never imports Dagster) keeps reading its
+settings from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dagster as dg
+
+from datalab.config import Settings, settings
+
+# resource field -> the environment variable the core reads
+_ENV = {
+    "profile": "DATALAB_PROFILE",
+    "home": "DATALAB_HOME",
+    "catalog_url": "DATALAB_CATALOG_URL",
+    "contracts_dir": "DATALAB_CONTRACTS",
+    "storage": "DATALAB_STORAGE",
+}
+
+
+class LabResource(dg.ConfigurableResource):
+    """Where the lab keeps its catalog and files, for the steps of one run."""
+
+    profile: str = "local"
+    home: str = ""
+    catalog_url: str = ""
+    contracts_dir: str = ""
+    storage: str = ""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        for field, var in _ENV.items():
+            value = getattr(self, field)
+            if value:
+                os.environ[var] = value
+            elif field == "storage":  # local files: an empty value is a setting too
+                os.environ.pop(var, None)
+
+    def settings(self) -> Settings:
+        """The core's settings as this run sees them."""
+        return settings()
+
+
+def resource_config(s: Settings | None = None) -> dict[str, str]:
+    """The ``lab`` resource's values for these settings."""
+    s = s or settings()
+    return {"profile": s.profile, "home": str(s.home), "catalog_url": s.catalog_url,
+            "contracts_dir": str(s.contracts_dir), "storage": s.storage or ""}
+
+
+def lab_resource(s: Settings | None = None) -> LabResource:
+    return LabResource(**resource_config(s))
+
+
+def run_config(s: Settings | None = None, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run config that pins the launcher's settings for every step of the run."""
+    cfg = dict(base or {})
+    cfg["resources"] = {**cfg.get("resources", {}), "lab": {"config": resource_config(s)}}
+    return cfg
