@@ -186,3 +186,51 @@ def test_the_store_follows_the_machine(tmp_path_factory: Any, seq: list[str]) ->
             assert c.execute("SELECT state FROM negotiations").fetchall() == [(state,)]
     finally:
         os.environ.pop("DATALAB_HOME", None)
+
+
+def test_export_control_and_withdrawn_versions_terminate(published_template: tuple[Path, Path],
+                                                         tmp_path_factory: Any) -> None:
+    """The refusal matrix's last rows, decided by the provider's own code on a lab of its own.
+
+    A copy of the published lab (so the shared federation is not changed): an
+    export-controlled version is refused to a site without export clearance
+    (rule export_control, even where its classification cap would allow it),
+    and a withdrawn version to everyone (rule withdrawn), whatever the purpose.
+    """
+    import json
+    import shutil
+
+    from datalab.config import settings as lab_settings
+    from datalab.errors import PolicyRefused
+    from datalab.publish import publish, read_manifest
+    from datalab.withdrawals import withdraw_version
+    from tests.federation_harness import EXTRA_SITE
+
+    base = tmp_path_factory.mktemp("federation-refusals")
+    contracts = base / "contracts"
+    shutil.copytree(published_template[1], contracts)
+    with open(contracts / "sites.yaml", "a") as f:
+        f.write(EXTRA_SITE)
+    lab = Site("munich", base / "munich", contracts)
+    shutil.copytree(published_template[0], lab.home)
+    with lab.here():
+        s = lab_settings()
+        assert publish("plant-telemetry", actor="test").version == "1.0.0"
+        assert neg.decide("plant-telemetry", "1.0.0", "research", "stuttgart", s)["version"] == "1.0.0"
+        # the version as if published export-controlled: the manifest's policy is what decides
+        m = read_manifest("plant-telemetry", "1.0.0", s)
+        path = s.home / "versions" / "plant-telemetry" / "1.0.0" / "manifest.json"
+        doc = json.loads(path.read_text())
+        doc["policy"]["export_control"] = True
+        path.write_text(json.dumps(doc))
+        with pytest.raises(PolicyRefused) as e:
+            neg.decide("plant-telemetry", "1.0.0", "research", "stuttgart", s)
+        assert e.value.rule == "export_control", e.value
+        for firm in ("bavaria-spindle", "lyon-presses", "oulu-pumps"):
+            assert firm not in str(e.value)
+        path.write_text(json.dumps({**doc, "policy": m["policy"]}))
+        withdraw_version("plant-telemetry", "1.0.0", "firm withdrew", [], "test", s)
+        for purpose in ("research", "research.publication"):
+            with pytest.raises(PolicyRefused) as e:
+                neg.decide("plant-telemetry", "1.0.0", purpose, "stuttgart", s)
+            assert e.value.rule == "withdrawn", e.value
