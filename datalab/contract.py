@@ -519,7 +519,9 @@ def _lint_timeseries(props: list[Any], custom: dict[str, Any], cps: list[Any]) -
             v = opts.get(k)
             if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
                 p.append(f"{where}.logicalTypeOptions.{k}: must be a number, got {v!r}")
-            elif v is not None and lt not in ("number", "integer") and not (role == "time" and lt != "timestamp"):
+            # An unknown logicalType is its own mistake, reported once on that field.
+            elif v is not None and lt in LOGICAL_TYPES and lt not in ("number", "integer") \
+                    and not (role == "time" and lt != "timestamp"):
                 p.append(f"{where}.logicalTypeOptions.{k}: a bound needs a number or integer property (this one is {lt})")
         lows = [(v, k) for k in ("minimum", "exclusiveMinimum") if isinstance(v := opts.get(k), (int, float))]
         highs = [(v, k) for k in ("maximum", "exclusiveMaximum") if isinstance(v := opts.get(k), (int, float))]
