@@ -44,6 +44,11 @@ class LabResource(dg.ConfigurableResource):
     storage: str = ""
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.profile != "cluster":
+            # Local runs execute in the launcher's process, whose environment
+            # these values came from: exporting them would only pin them there
+            # for whatever that process does next (another lab, a test).
+            return
         for field, var in _ENV.items():
             value = getattr(self, field)
             if value:

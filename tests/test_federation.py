@@ -8,7 +8,6 @@ schemas of ../shared/dsp-2025-1 (skipped with the reason when absent).
 from __future__ import annotations
 
 import json
-import os
 import stat
 import time
 from pathlib import Path
@@ -169,7 +168,7 @@ def test_federated_catalog_merges_peers_and_names_a_down_one(federation: dict[st
             assert rows == []  # prohibited purpose: the offer does not apply
     finally:
         c.start()
-    env = {**os.environ, **b.env()}
+    env = b.env()  # this process's environment minus any other lab's DATALAB_* (lab_env)
     import subprocess
     import sys
 

@@ -188,10 +188,10 @@ def test_cad_version_over_http(published_template, realdata: Path, tmp_path: Pat
             assert runs and all(x["validation_ok"] for x in runs), runs
             pub = c.post("/v1/admin/datasets/tooling-cad/publish", timeout=600)
             assert pub.status_code == 200, pub.text
-        # a consumer without the export-cleared role may never reach the version: to it the dataset does not
-        # exist (issue 17: a refusal would tell it exists), it gets nothing, and the audit log names the rule
+        # a consumer without the export-cleared role may never reach the version: to it the dataset does not exist
+        # (issue 17: a refusal would tell it exists; exit 3 = not found, issue 20), it gets nothing, the audit names the rule
         r = _cli(lab, "team-de", "pull", "tooling-cad@1.0.0", "--purpose", "part-similarity", "--to", str(tmp_path / "no"))
-        assert r.returncode == 1 and "dataset 'tooling-cad' has no published version" in r.stderr
+        assert r.returncode == 3 and "dataset 'tooling-cad' has no published version" in r.stderr
         assert not (tmp_path / "no").exists()
         with lab.as_("team-de") as c:
             listed = c.get("/v1/datasets", params={"purpose": "part-similarity"}).json()

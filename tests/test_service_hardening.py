@@ -130,7 +130,7 @@ def test_a_sites_classification_cap_applies_to_pulls_and_listings(lab: Lab, monk
         from datalab.cli import app
 
         out = CliRunner().invoke(app, ["show", "plant-telemetry@1.0.0"])
-        assert out.exit_code != 0 and "classification" in out.output
+        assert out.exit_code != 0 and "classification" in (out.output + str(out.exception))
         monkeypatch.setenv("DATALAB_SITE", "munich")
         assert next(d for d in pull.list_datasets(settings()) if d["dataset"] == "plant-telemetry")["versions"] == ["1.0.0"]
         assert pull.open_dataset("plant-telemetry", "1.0.0", "research", actor="t").collect().height > 0
