@@ -176,6 +176,16 @@ class Contract:
     raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
+    def missing_numbers(self) -> list[float]:
+        """The missing-value tokens that are numbers (``-999``): compared as numbers by curation."""
+        return sorted({float(t) for t in self.missing_values if _is_number(t)})
+
+    @property
+    def missing_words(self) -> list[str]:
+        """The missing-value tokens that are not numbers (``NA``): read as null by the readers."""
+        return [t for t in self.missing_values if not _is_number(t)]
+
+    @property
     def slug(self) -> str:
         """A short name safe for paths and Dagster keys: tenant__product."""
         return f"{self.tenant}__{self.product}".replace("-", "_")
@@ -1002,3 +1012,11 @@ def find(contracts: dict[str, Contract], ref: str) -> Contract:
     if broken is not None:
         raise ContractError(broken[0], [f"this contract is invalid, so it takes no pushes until it is fixed: {x}" for x in broken[1]])
     raise NotFound(f"no contract {ref!r}; known: {', '.join(sorted(c.path.stem for c in contracts.values()))}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

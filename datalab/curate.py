@@ -210,18 +210,10 @@ def missing_reading(contract: Contract) -> pl.Expr:
     keeps what was delivered; ``value`` is null for a missing reading.
     """
     miss = pl.col("raw_value").is_null() | pl.col("raw_value").is_nan()
-    numbers = sorted({float(t) for t in contract.missing_values if _is_number(t)})
+    numbers = contract.missing_numbers
     if numbers:
         miss = miss | pl.col("raw_value").is_in(pl.Series(numbers, dtype=pl.Float64).implode())
     return miss.fill_null(True)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def rows_plan(

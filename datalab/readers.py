@@ -132,7 +132,7 @@ class TimeseriesReader:
         # a value cell holding one is missing, not "not a number". Numeric
         # sentinels (-999) are read as numbers and made missing by curation,
         # which compares them as numbers ('-999.0' is -999 too).
-        self.missing_tokens = [t for t in contract.missing_values if not _is_number(t)]
+        self.missing_tokens = contract.missing_words
 
     # -- column expectations ------------------------------------------------
 
@@ -778,14 +778,6 @@ class TimeseriesReader:
             cols[a.name] = pl.col("_row") if a.name == lay.row_attribute else pl.lit(None, VALUE_DTYPES[a.logical_type])
         out = long.sort("_row", "_idx").select([e.alias(k) for k, e in cols.items()])
         return out.cast(long_schema(c))  # type: ignore[arg-type]
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _start_us(start: str | None, timezone: str) -> int:
