@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-__version__ = "0.1.0"
+from datalab.version import __version__  # noqa: F401  (the version lives in datalab/version.py)
 
 # Polars' allocator (jemalloc) gives freed pages back to the kernel after
 # 0.5 s by default, so each curation bucket faults its memory in afresh

@@ -39,7 +39,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from datalab import catalog as cat
-from datalab import landing, long_series, pseudonym, state, units
+from datalab import long_series, pseudonym, receipts, state, units
 from datalab.config import Settings, safe_segment, settings
 from datalab.contract import Contract
 from datalab.engine import Engine, EngineRun
@@ -690,7 +690,7 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
     t0 = time.perf_counter()
     raw = pl.scan_parquet(src)
     rows_in = raw.select(pl.len()).collect().item()  # from the Parquet metadata
-    receipt = landing.get_receipt(delivery_id, s=s)
+    receipt = receipts.get_receipt(delivery_id, s=s)
     scratch_raw = out.parent / f".{out.stem}.new-readings.parquet"
     raw, repeats = exclude_repeats(contract, delivery_id, raw, receipt.correction, scratch_raw, s)
     pseudonyms = {
@@ -773,7 +773,7 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
         "bytes_out": out.stat().st_size,
     }
     if stats.get("warnings") and not receipt.warnings:
-        landing.add_warnings(delivery_id, stats["warnings"], s)  # the push did not count them (a very large delivery)
+        receipts.add_warnings(delivery_id, stats["warnings"], s)  # the push did not count them (a very large delivery)
     state.set_stage(delivery_id, "curated", s=s, curated_path=str(out.relative_to(s.home)), stats={"curated": stats})
     return stats
 

@@ -18,7 +18,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datalab import landing, state
+from datalab import receipts, state
 from datalab.config import Settings, safe_segment, settings
 from datalab.contract import Contract
 from datalab.errors import DatalabError
@@ -128,7 +128,7 @@ def _parse(contract: Contract, delivery_id: str, s: Settings) -> tuple[int, int]
     """Parse the stored files again into the raw table; (rows, records)."""
     out = RawWriter(contract, delivery_id, s)
     records = 0
-    files = landing.stored_files(delivery_id, s)
+    files = receipts.stored_files(delivery_id, s)
     side, side_at = None, {}
     if contract.layout.measurement is not None and contract.layout.measurement.side_files:
         # side files are joined to the data files, not read as data
@@ -160,7 +160,7 @@ def ingest_raw(contract: Contract, delivery_id: str, s: Settings | None = None, 
     parses the stored files again, e.g. for deliveries landed before that.
     """
     s = s or settings()
-    rec = landing.get_receipt(delivery_id, tenant=contract.tenant, s=s)
+    rec = receipts.get_receipt(delivery_id, tenant=contract.tenant, s=s)
     if rec.status != "accepted":
         raise DatalabError(f"delivery {delivery_id} was {rec.status}; only accepted deliveries are ingested")
     out = raw_path(contract, delivery_id, s)

@@ -14,8 +14,8 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from datalab.contract import read_yaml
 from datalab.errors import ContractError, PolicyRefused
+from datalab.yamlfile import read_yaml
 
 FILE = "purposes.yaml"
 

@@ -8,6 +8,8 @@ lets the same plan run on the Polars GPU engine.
 
 from __future__ import annotations
 
+import re
+
 # Each unit: (dimension, factor, offset) to the dimension's base unit:
 # base = value * factor + offset.
 _UNITS: dict[str, tuple[str, float, float]] = {
@@ -124,3 +126,36 @@ def conversion_rows(targets: set[str], extra_spellings: set[str] | None = None) 
             if conv is not None:
                 rows.append({"raw_unit": sp, "unit": target, "factor": conv[0], "offset": conv[1]})
     return rows
+
+
+# --------------------------------------------------------------------------
+# durations and sizes written in contracts (``500ms``, ``10GiB``)
+
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
+
+
+_DURATION_US = {"ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
+
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB)?$")
+
+
+_SIZE_MULT = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40, None: 1}
+
+
+def parse_duration_us(text: str) -> int:
+    """'1s', '500ms', '10m' -> microseconds."""
+    m = _DURATION.match(str(text).strip())
+    if not m:
+        raise ValueError(f"'{text}' is not a duration like 500ms, 1s, 10m, 1h or 1d")
+    return int(m.group(1)) * _DURATION_US[m.group(2)]
+
+
+def parse_size(text: str | int) -> int:
+    if isinstance(text, int):
+        return text
+    m = _SIZE.match(str(text).strip())
+    if not m:
+        raise ValueError(f"'{text}' is not a size like 512MiB or 10GiB")
+    return int(float(m.group(1)) * _SIZE_MULT[m.group(2)])
+

@@ -95,7 +95,7 @@ def contract_reasons(cad: CadSettings, name: str, parsed: dict[str, Any]) -> lis
 
 def check_staged(contract: Contract, staged: list[tuple[str, Path, str, int, bool]], s: Settings) -> list[Any]:
     """FileReceipts for the staged (name, path, sha, size, over_limit) files of one delivery."""
-    from datalab.landing import FileReceipt
+    from datalab.receipts import FileReceipt
 
     todo = [(name, path, sha) for name, path, sha, _size, over in staged if not over]
     outcomes = parse_files(contract, todo, s) if todo else {}

@@ -19,7 +19,7 @@ from typing import Any
 
 import polars as pl
 
-from datalab import landing, state
+from datalab import receipts, state
 from datalab.cad import check, features, signature
 from datalab.config import Settings, safe_segment, settings
 from datalab.contract import Contract
@@ -38,10 +38,10 @@ def ingest(contract: Contract, delivery_id: str, s: Settings | None = None) -> d
     """Parse facts for every file of an accepted delivery (from the push's cache, else parsed again)."""
     s = s or settings()
     t0 = time.perf_counter()
-    rec = landing.get_receipt(delivery_id, tenant=contract.tenant, s=s)
+    rec = receipts.get_receipt(delivery_id, tenant=contract.tenant, s=s)
     if rec.status != "accepted":
         raise DatalabError(f"delivery {delivery_id} was {rec.status}; only accepted deliveries are ingested")
-    files = landing.stored_files(delivery_id, s)
+    files = receipts.stored_files(delivery_id, s)
     hits = sum(1 for _, _, sha in files if check.cached(contract, sha, s) is not None)
     outcomes = check.parse_files(contract, files, s)
     bad = [o.reason for o in outcomes.values() if not o.ok]
@@ -69,7 +69,7 @@ def earlier_rows(contract: Contract, delivery_id: str, s: Settings) -> list[dict
 def curate_delivery(contract: Contract, delivery_id: str, s: Settings | None = None) -> dict[str, Any]:
     s = s or settings()
     t0 = time.perf_counter()
-    files = landing.stored_files(delivery_id, s)
+    files = receipts.stored_files(delivery_id, s)
     pol = contract.policy
     rows = []
     tdir = thumbs_dir(contract, s)

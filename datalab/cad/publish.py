@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from datalab import landing, state
+from datalab import receipts, state
 from datalab.config import Settings, safe_segment
 from datalab.publish import sha256_file
 from datalab.pull import copy_verified
@@ -52,7 +52,7 @@ def attach_files(manifest: dict[str, Any], included: list[dict[str, Any]], contr
         c = contracts[d["contract"]]
         if c.kind != "cad":
             continue
-        stored = {sha: path for _n, path, sha in landing.stored_files(d["id"], s)}
+        stored = {sha: path for _n, path, sha in receipts.stored_files(d["id"], s)}
         rows = pl.read_parquet(s.home / d["curated_path"], columns=["file_name", "sha256", "format", "bytes", "thumbnail",
                                                                    "same_part_as", "duplicate_of", "flags"])
         cur_dir = (s.home / d["curated_path"]).parent
@@ -86,7 +86,7 @@ def attach_files(manifest: dict[str, Any], included: list[dict[str, Any]], contr
 
 def pulled_name(entry: dict[str, Any]) -> str:
     """Where a file lands in a pull: ``files/<sha[:12]>-<original name>`` (names may repeat across deliveries)."""
-    return f"{entry['sha256'][:12]}-{landing.safe_name(entry['name'])}"
+    return f"{entry['sha256'][:12]}-{receipts.safe_name(entry['name'])}"
 
 
 def pull_files(manifest: dict[str, Any], out: Path, s: Settings, copy: Any) -> list[Path]:

@@ -48,7 +48,7 @@ def read_side(path: Path, name: str, header: bool, names: tuple[str, ...]) -> pl
 
 def split_side(contract: Contract, staged: list[tuple[str, Path, str, int, bool]]) -> tuple[dict[str, pl.DataFrame], dict[int, Any], list[str]]:
     """(side tables by role, receipts of the side files by staged position, reasons) for one delivery."""
-    from datalab.landing import FileReceipt
+    from datalab.receipts import FileReceipt
 
     ml = contract.layout.measurement
     tables: dict[str, pl.DataFrame] = {}
