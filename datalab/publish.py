@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import sqlalchemy as sa
 
 from datalab import catalog as cat
 from datalab import contract as contracts_mod
 from datalab import datasets, sovereignty, state, table_stream
 from datalab.config import Settings, settings
-from datalab.errors import DatalabError, NotFound
+from datalab.errors import DatalabError
+from datalab.manifests import list_versions, read_manifest, sha256_file
 
 NAMESPACE = "datalab"
 
@@ -38,14 +38,6 @@ class PublishResult:
     created: bool
     message: str
     manifest: dict[str, Any] | None = None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def iceberg_catalog(s: Settings) -> Any:
@@ -80,34 +72,6 @@ def bump(prev: str | None, old: dict[str, str] | None, new: dict[str, str]) -> t
 def latest(dataset: str, s: Settings) -> dict[str, Any] | None:
     versions = list_versions(dataset, s)
     return versions[-1] if versions else None
-
-
-def _vkey(v: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in v.split("."))
-
-
-def list_versions(dataset: str, s: Settings | None = None) -> list[dict[str, Any]]:
-    s = s or settings()
-    c = cat.Catalog(s.catalog_url)
-    with c.begin() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(sa.select(cat.dataset_versions).where(cat.dataset_versions.c.dataset == dataset))]
-    return sorted(rows, key=lambda r: _vkey(r["version"]))
-
-
-def read_manifest(dataset: str, version: str | None, s: Settings | None = None) -> dict[str, Any]:
-    s = s or settings()
-    rows = list_versions(dataset, s)
-    if not rows:
-        raise NotFound(f"dataset {dataset!r} has no published version")
-    if version in (None, "latest"):
-        row = rows[-1]
-    else:
-        row = next((r for r in rows if r["version"] == version.removeprefix("v")), None)
-        if row is None:
-            raise NotFound(f"dataset {dataset!r} has no version {version!r} (published: {', '.join(r['version'] for r in rows)})")
-    m = json.loads((s.home / row["manifest_path"]).read_text())
-    m["status"] = row["status"]
-    return m
 
 
 def correction_parts(included: list[dict[str, Any]], s: Settings) -> dict[str, tuple[Path, ...]]:

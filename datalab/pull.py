@@ -11,7 +11,6 @@ what was published.
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import os
 import shutil
@@ -28,8 +27,8 @@ from datalab.clearance import check_clearance
 from datalab.config import Settings, settings
 from datalab.datasheet import ship as ship_datasheet
 from datalab.errors import DatalabError, IntegrityError, NotFound, PolicyRefused
+from datalab.manifests import copy_verified, list_versions, read_manifest
 from datalab.policy import CLASSIFICATIONS, Policy, purpose_allowed
-from datalab.publish import read_manifest
 from datalab.sovereignty import check_pull_purpose
 
 
@@ -150,7 +149,6 @@ def reachable(m: dict[str, Any], s: Settings, clearance: dict[str, str] | None =
 
 def dataset_reachable(name: str, s: Settings, clearance: dict[str, str] | None = None) -> bool:
     """Whether any published version of ``name`` is ``reachable``: else the dataset is hidden from the caller."""
-    from datalab.publish import list_versions
 
     for v in list_versions(name, s):
         if reachable(read_manifest(name, v["version"], s), s, clearance):
@@ -177,24 +175,6 @@ def check_policy(m: dict[str, Any], purpose: str, s: Settings, clearance: dict[s
                             f"usable only for purpose {rep['purpose']!r}, not {purpose!r}")
     check_clearance(pol, clearance)  # None: this process's DATALAB_CLEARANCE / DATALAB_EXPORT_CLEARED
     check_site_cap(m, s)
-
-
-def copy_verified(src: Path, dst: Path, sha: str) -> None:
-    """Copy ``src`` to ``dst`` through a temporary name, hashing while copying; refuse a checksum mismatch.
-
-    The temporary name carries the process id, so two processes writing the
-    same content-addressed object never share a partial file.
-    """
-    h = hashlib.sha256()
-    tmp = dst.with_suffix(f"{dst.suffix}.{os.getpid()}.part")
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
-        while chunk := fin.read(8 << 20):
-            h.update(chunk)
-            fout.write(chunk)
-    if h.hexdigest() != sha:
-        tmp.unlink()
-        raise IntegrityError(f"{src}: checksum {h.hexdigest()} does not match the manifest's {sha}")
-    os.replace(tmp, dst)
 
 
 def pull(ref: str, purpose: str | None, to: Path, actor: str | None = None, s: Settings | None = None) -> PullResult:
@@ -252,7 +232,6 @@ def _site_may_hold(name: str, version: str, s: Settings) -> bool:
 
 def list_datasets(s: Settings | None = None) -> list[dict[str, Any]]:
     """Every dataset spec with its published versions."""
-    from datalab.publish import list_versions
 
     s = s or settings()
     out = []

@@ -32,6 +32,7 @@ import pyarrow.csv as pacsv
 from datalab import text_blocks
 from datalab.contract import Column, Contract
 from datalab.formats import Sniffed, open_stream
+from datalab.raw_table import TIME_DTYPES, VALUE_DTYPES, long_schema  # noqa: F401  (re-exported)
 
 MAX_DETAILED = 20  # problems listed one by one per file; the rest are counted per rule
 # Small blocks read on this thread: pyarrow's threaded reader reads ~32 blocks
@@ -50,27 +51,6 @@ BATCH_BYTES = 4 << 20
 # block reader's own bound is this one.
 MAX_LINE_BYTES = BATCH_BYTES
 MAX_REASON_CHARS = 400  # one problem as stored and returned; a bad column name may be megabytes long
-
-TIME_DTYPES = {"timestamp": pl.Datetime("us", "UTC"), "integer": pl.Int64, "number": pl.Int64}
-VALUE_DTYPES = {
-    "string": pl.String, "number": pl.Float64, "integer": pl.Int64,
-    "timestamp": pl.Datetime("us", "UTC"), "boolean": pl.Boolean, "date": pl.Date,
-}
-
-
-def long_schema(contract: Contract) -> dict[str, pl.DataType]:
-    """Columns and types of the raw long table for ``contract``."""
-    schema: dict[str, pl.DataType] = {
-        "entity": pl.String(),
-        "time": TIME_DTYPES[contract.time.logical_type],
-        "sensor": pl.String(),
-        "raw_value": pl.Float64(),
-        "raw_unit": pl.String(),
-    }
-    for a in contract.attributes:
-        schema[a.name] = VALUE_DTYPES[a.logical_type]
-    return schema
-
 
 def clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
     """``text`` cut to ``limit`` characters, saying how much was left out.

@@ -192,7 +192,7 @@ def policy_from_manifest(m: dict[str, Any]) -> Policy:
 
 def explain(name: str, version: str | None, s: Settings | None = None) -> dict[str, Any]:
     """Every field of a version's effective policy, who set it, and the exclusions."""
-    from datalab.publish import read_manifest
+    from datalab.manifests import read_manifest
 
     s = s or settings()
     m = read_manifest(name, version, s)
@@ -221,7 +221,7 @@ def replicate(ref: str, site_name: str, actor: str = "cli", s: Settings | None =
     """
     from datalab import contract as contracts_mod
     from datalab import datasets
-    from datalab.publish import read_manifest
+    from datalab.manifests import read_manifest
 
     s = s or settings()
     name, _, version = ref.partition("@")

@@ -25,8 +25,7 @@ import polars as pl
 
 from datalab import receipts, state
 from datalab.config import Settings, safe_segment
-from datalab.publish import sha256_file
-from datalab.pull import copy_verified
+from datalab.manifests import copy_verified, sha256_file
 
 
 def objects_dir(dataset: str, s: Settings) -> Path:

@@ -302,7 +302,7 @@ class MeasurementReader:
     # -- reading ------------------------------------------------------------
 
     def batches(self) -> Iterator[pl.DataFrame]:
-        from datalab.readers import long_schema
+        from datalab.raw_table import long_schema
 
         try:
             h = self.fmt.open(self.path)
@@ -387,7 +387,7 @@ class MeasurementReader:
 
     def _typed_side(self, attr: str, side: str, col: str, text: pl.Series, a: int) -> pl.Series:
         """Side-file text cast to the attribute's type; values that do not cast are problems (never silently null)."""
-        from datalab.readers import VALUE_DTYPES
+        from datalab.raw_table import VALUE_DTYPES
 
         want = VALUE_DTYPES[self.c.column(attr).logical_type]
         clean = text.str.strip_chars()
