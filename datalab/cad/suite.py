@@ -21,7 +21,7 @@ from __future__ import annotations
 from datalab.cad.features import SCHEMA
 from datalab.cad.settings import LENGTH_MM
 from datalab.contract import Contract
-from datalab.validate import ExpectationSpec
+from datalab.expectations import ExpectationSpec
 
 BBOX_SLACK = 1.000001  # float noise of a part that fills its box exactly
 
