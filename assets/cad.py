@@ -64,7 +64,7 @@ def build_cad_assets(contract: Contract) -> list[dg.AssetsDefinition]:
     curated_key = dg.AssetKey([*prefix, "curated"])
 
     @dg.asset(key=curated_key, partitions_def=parts, deps=[raw_key], group_name=contract.slug,
-              description=f"{contract.name}: one row per file in {contract.cad.canonical_unit}, flags, signature, "
+              description=f"{contract.name}: one row per file in {contract.section.canonical_unit}, flags, signature, "
                           "thumbnails; validated by the CAD suite.",
               check_specs=[suite_check_spec(contract, curated_key)], metadata={"contract": contract.id}, tags=tags,
               kinds={"polars", "parquet", "great_expectations"})

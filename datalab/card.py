@@ -39,7 +39,7 @@ def _policy_words(p: dict[str, Any]) -> list[str]:
     return out
 
 
-def render_card(m: dict[str, Any], contracts: dict[str, Contract]) -> str:
+def render_card(m: dict[str, Any], contracts: dict[str, Contract], section: list[str] | None = None) -> str:
     lines = [
         f"# {m['title']} — version {m['version']}",
         "",
@@ -62,12 +62,8 @@ def render_card(m: dict[str, Any], contracts: dict[str, Contract]) -> str:
         lines.append("")
         lines.append("Excluded deliveries:")
         lines += [f"- {e['delivery_id']} ({e['contract']}): {e['reason']}" for e in m["lineage"]["excluded"]]
-    if m.get("cad"):
-        from datalab.cad.publish import card_section
-
-        lines += card_section(m)
-    else:
-        lines += _preparation(m)
+    # how the data was prepared: the kind's section (datalab.kinds: Kind.card_section), else the series table's
+    lines += section if section is not None else preparation_section(m)
     lines += ["", "## Validation", "Great Expectations suites derived from each contract ran as blocking checks:", ""]
     for d, v in m["validation"].items():
         lines.append(f"- {d}: {'passed' if v['success'] else 'FAILED'} ({v['evaluated']} expectations, {v['failed']} failed)")
@@ -85,7 +81,8 @@ def render_card(m: dict[str, Any], contracts: dict[str, Contract]) -> str:
     return "\n".join(lines)
 
 
-def _preparation(m: dict[str, Any]) -> list[str]:
+def preparation_section(m: dict[str, Any]) -> list[str]:
+    """How a curated long table was prepared: per delivery, rows in and out, conversions and flags."""
     lines: list[str] = []
     lines += ["", "## Preparation", "Exact duplicate rows removed; units converted to the contract's canonical units; every other defect is kept and flagged:", ""]
     lines += ["| delivery | rows in | rows out | duplicates removed | converted | " + " | ".join(FLAG_WORDS.values()) + " | engine |",

@@ -29,15 +29,15 @@ from datalab import contract as contracts_mod
 from datalab.cli_table import print_table
 from datalab.config import settings
 from datalab.errors import DatalabError, PolicyRefused
+from datalab.kinds import faces as kind_faces
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="datalab: the federated data lab of an AI factory.")
 contract_app = typer.Typer(no_args_is_help=True, help="Data contracts (ODCS v3).")
 audit_app = typer.Typer(no_args_is_help=True, help="The append-only audit log.")
 app.add_typer(contract_app, name="contract")
 app.add_typer(audit_app, name="audit")
-from datalab.cad.cli import cad_app  # noqa: E402  (CAD files, issue 3)
-
-app.add_typer(cad_app, name="cad")
+for _name, _sub in kind_faces.cli_apps():  # each kind's sub-commands (datalab cad ..., issue 3)
+    app.add_typer(_sub, name=_name)
 out = Console()
 err = Console(stderr=True)
 

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from datalab.errors import DatalabError, IntegrityError, MissingFile, NotFound, PolicyRefused
+from datalab.kinds import kind_of_manifest
 from datalab.landing import FileReceipt, Receipt
 
 Progress = Callable[[str, int, int], None]
@@ -220,19 +221,16 @@ class Client:
             dst = data / f"part-{i:05d}.parquet"
             self._download(f"{base}/files/{i}", purpose, dst, f["sha256"], f.get("bytes", 0), progress)
             files.append(dst)
-        if m.get("cad"):  # the original CAD files and thumbnails, as a local pull lays them out
-            from datalab.cad.publish import pulled_name
-
-            thumbs = out / "files" / "thumbs"
-            thumbs.mkdir(parents=True, exist_ok=True)
-            for i, f in enumerate(m["cad"]["files"]):
-                dst = out / "files" / pulled_name(f)
-                self._download(f"{base}/cad-files/{i}", purpose, dst, f["sha256"], f.get("bytes", 0), progress)
+        kind = kind_of_manifest(m)  # the files its kind attaches (CAD: originals, thumbnails), as a local pull lays them out
+        for folder in kind.download_folders(m):
+            (out / folder).mkdir(parents=True, exist_ok=True)
+        for dl in kind.downloads(m):
+            dst = out / dl.dest
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            self._download(f"{base}/{dl.route}", purpose, dst, dl.sha256, dl.size, progress,
+                           **({"params": dl.params} if dl.params else {}))
+            if dl.listed:
                 files.append(dst)
-                if f.get("thumbnail"):
-                    tdst = thumbs / f"{f['sha256']}.png"
-                    self._download(f"{base}/cad-files/{i}", purpose, tdst, f["thumbnail"]["sha256"], 0, progress,
-                                   params={"thumbnail": "true"})
         (out / "manifest.json").write_text(json.dumps(m, indent=2, default=str))
         for fname in (m.get("datasheet") or {}).get("files") or ["card.md"]:
             got = self.http.get(f"{base}/card-files/{fname}", params={"purpose": purpose})

@@ -3,7 +3,7 @@
 A contract is an ODCS v3 YAML file parsed with the ``open-data-contract-
 standard`` model. The lab's own terms live in ODCS ``customProperties``:
 
-* contract level: ``kind`` (timeseries | cad), ``layout`` (how a delivered
+* contract level: ``kind`` (a registered kind: ``datalab.kinds``), ``layout`` (how a delivered
   file maps to the schema), ``curation`` (sampling interval, gap and outlier
   settings), ``sovereignty`` (the policy), ``limits`` (file sizes);
 * property level: ``role`` (entity | time | measurement | attribute),
@@ -30,11 +30,11 @@ from typing import Any
 
 from datalab import units
 from datalab.errors import ContractError
+from datalab.kinds import sections as kind_sections
 from datalab.policy import CLASSIFICATIONS, COUNTRIES, REGIONS, Policy
 from datalab.units import parse_duration_us, parse_size
 from datalab.yamlfile import read_yaml
 
-KINDS = ("timeseries", "cad")
 ROLES = ("entity", "time", "measurement", "attribute")
 SHAPES = ("long", "wide", "matrix")
 LOGICAL_TYPES = ("string", "number", "integer", "timestamp", "date", "boolean")
@@ -145,7 +145,7 @@ class Contract:
     sla: tuple[dict[str, Any], ...] = ()
     max_file_bytes: int = 20 << 30
     description: str = ""
-    cad: Any = None  # datalab.cad.settings.CadSettings for kind 'cad'
+    section: Any = None  # the kind's own section, as its parser built it (datalab.kinds.sections)
     # Tokens that mean "no reading" in this firm's files (contract-level
     # customProperty ``missingValues`` plus the ``arguments.missingValues`` of
     # missingValues quality rules): such a value is missing, not a number.
@@ -161,6 +161,11 @@ class Contract:
     def missing_words(self) -> list[str]:
         """The missing-value tokens that are not numbers (``NA``): read as null by the readers."""
         return [t for t in self.missing_values if not _is_number(t)]
+
+    @property
+    def series(self) -> bool:
+        """The kind's record is a series with roles (entity, time, measurements): readers, curation, samples, streams."""
+        return kind_sections.get(self.kind).columns
 
     @property
     def slug(self) -> str:
@@ -286,9 +291,10 @@ def _lint_lab_rules(doc: dict[str, Any]) -> list[str]:
         p.append(f"status: must be one of draft, proposed, active, deprecated, retired; got {doc.get('status')!r}")
     cps = doc.get("customProperties") or []
     custom = _custom(cps)
-    kind = custom.get("kind", "timeseries")
-    if kind not in KINDS:
-        p.append(f"customProperties[{_custom_index(cps, 'kind')}].value: kind must be one of {KINDS}, got {kind!r}")
+    kind = custom.get("kind", kind_sections.DEFAULT)
+    known = kind_sections.names()
+    if kind not in known:
+        p.append(f"customProperties[{_custom_index(cps, 'kind')}].value: kind must be one of {known}, got {kind!r}")
     product = doc.get("dataProduct")
     if not isinstance(product, str) or not _SLUG.match(product):
         p.append("dataProduct: required, the product's short name (lower-case letters, digits, '-')")
@@ -305,13 +311,13 @@ def _lint_lab_rules(doc: dict[str, Any]) -> list[str]:
     if not isinstance(props, list) or not props:
         p.append("schema[0].properties: at least one property is required")
         return p
-    if kind == "timeseries":
-        p += _lint_timeseries(props, custom, cps)
-    elif kind == "cad":
-        from datalab.cad.settings import lint as lint_cad
-
-        cad_i = _custom_index(cps, "cad")
-        p += lint_cad(custom.get("cad"), f"customProperties[{cad_i}].value" if cad_i is not None else "customProperties.cad")
+    section = kind_sections.get(kind) if kind in known else kind_sections.Section()
+    if section.columns:
+        p += _lint_columns(props, custom, cps)
+    if section.key is not None and section.lint is not None:
+        sec_i = _custom_index(cps, section.key)
+        p += section.lint(custom.get(section.key),
+                          f"customProperties[{sec_i}].value" if sec_i is not None else f"customProperties.{section.key}")
     for i, q in enumerate(schema[0].get("quality") or []):
         p += _lint_quality(q, f"schema[0].quality[{i}]", [x.get("name") for x in props if isinstance(x, dict)])
     if "limits" in custom:
@@ -441,7 +447,7 @@ def _missing_tokens(values: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _lint_timeseries(props: list[Any], custom: dict[str, Any], cps: list[Any]) -> list[str]:
+def _lint_columns(props: list[Any], custom: dict[str, Any], cps: list[Any]) -> list[str]:
     p: list[str] = []
     roles: dict[str, list[str]] = {r: [] for r in ROLES}
     for i, prop in enumerate(props):
@@ -751,7 +757,7 @@ def _build(doc: dict[str, Any], path: Path) -> Contract:
         status=doc["status"],
         tenant=doc["tenant"],
         name=doc.get("name") or doc["id"],
-        kind=custom.get("kind", "timeseries"),
+        kind=custom.get("kind", kind_sections.DEFAULT),
         product=doc["dataProduct"],
         path=path,
         columns=tuple(columns),
@@ -762,7 +768,7 @@ def _build(doc: dict[str, Any], path: Path) -> Contract:
         sla=tuple(doc.get("slaProperties") or ()),
         max_file_bytes=parse_size(limits.get("max_file_bytes", 20 << 30)),
         description=(desc.get("purpose") or "") if isinstance(desc, dict) else str(desc),
-        cad=_cad_settings(custom) if custom.get("kind") == "cad" else None,
+        section=_section(custom),
         missing_values=_missing_tokens(sentinels),
         raw=doc,
     )
@@ -793,10 +799,10 @@ def _measurement(lay: dict[str, Any]) -> Any:
     return build(lay)
 
 
-def _cad_settings(custom: dict[str, Any]) -> Any:
-    from datalab.cad.settings import build
-
-    return build(custom.get("cad"))
+def _section(custom: dict[str, Any]) -> Any:
+    """The kind's own section, built by its parser (None for a kind without one)."""
+    sec = kind_sections.get(custom.get("kind", kind_sections.DEFAULT))
+    return sec.build(custom.get(sec.key)) if sec.key is not None and sec.build is not None else None
 
 
 def lint(path: Path) -> list[str]:
@@ -864,11 +870,13 @@ def _linter_digest() -> str:
 
     h = hashlib.sha256(__version__.encode())
     here = Path(__file__).resolve().parent
-    for rel in ("contract.py", "units.py", "policy.py", "purposes.py", "measurement/spec.py", "cad/settings.py"):
+    files = [here / rel for rel in ("contract.py", "units.py", "policy.py", "purposes.py", "measurement/spec.py",
+                                    "kinds/sections.py")]
+    for f in [*files, *kind_sections.sources()]:
         try:
-            h.update((here / rel).read_bytes())
+            h.update(f.read_bytes())
         except OSError:
-            h.update(rel.encode())
+            h.update(str(f).encode())
     return h.hexdigest()
 
 

@@ -112,7 +112,7 @@ def load_spec(contracts_dir: Path, name: str, contracts: dict[str, Contract]) ->
         if not doc.get("site"):
             problems.append("site: required, the site the dataset is published to (sites.yaml)")
         kinds = {contracts[c].kind for c in (inputs or []) if c in contracts}
-        times = {contracts[c].time.logical_type for c in (inputs or []) if c in contracts and contracts[c].kind == "timeseries"}
+        times = {contracts[c].time.logical_type for c in (inputs or []) if c in contracts and contracts[c].series}
         if len(kinds) > 1 or len(times) > 1:
             problems.append("inputs: all inputs must have the same kind and time axis (timestamps or an index)")
     if problems:

@@ -29,6 +29,7 @@ import polars as pl
 
 from datalab.config import Settings
 from datalab.contract import Contract
+from datalab.kinds import Kind, kind_of_manifest
 
 # Warn when one group holds more than this share (dominance) ...
 DOMINANT_SHARE = 0.6
@@ -575,9 +576,10 @@ def write(vdir: Path, m: dict[str, Any], contracts: dict[str, Contract], lf: pl.
 
     used = [contracts[c["id"]] for c in m["lineage"]["contracts"] if c["id"] in contracts]
     masks = firm_names.masks_for(used, s)
-    if m.get("cad"):
+    kind = kind_of_manifest(m)
+    if not kind.datasheet_facts:
         firm_names.save(vdir, masks)
-        return _write_cad(vdir, m, contracts, masks)
+        return _write_card_only(vdir, m, contracts, masks, kind)
     # matplotlib's import (0.2-0.8 s) runs on a thread while the row passes
     # finish (Polars, GIL released) and facts are put together; plots()
     # waits for it through the import lock.
@@ -597,8 +599,9 @@ def write(vdir: Path, m: dict[str, Any], contracts: dict[str, Contract], lf: pl.
     return {"files": list(SHIPPED), "warnings": len(f["warnings"]), "gaps": len(f["gaps"])}
 
 
-def _write_cad(vdir: Path, m: dict[str, Any], contracts: dict[str, Contract], masks: dict[str, str]) -> dict[str, Any]:
-    """The card of a CAD dataset: one row per part or file, no sensors or time axis.
+def _write_card_only(vdir: Path, m: dict[str, Any], contracts: dict[str, Contract], masks: dict[str, str],
+                     kind: Kind) -> dict[str, Any]:
+    """The card of a dataset whose kind has no facts over rows (CAD: one row per part or file, no sensors or time axis).
 
     The time-series facts (coverage over time, per-sensor distributions,
     operating conditions) do not exist for geometry; the CAD card lists the
@@ -608,10 +611,10 @@ def _write_cad(vdir: Path, m: dict[str, Any], contracts: dict[str, Contract], ma
     """
     from datalab.card import render_card
 
-    f = {"kind": "cad", "rows": m["rows"], "rows_per_contract": m["rows_per_contract"],
+    f = {"kind": kind.name, "rows": m["rows"], "rows_per_contract": m["rows_per_contract"],
          "policy": m["policy"], "validation": m["validation"], "warnings": [], "gaps": []}
     (vdir / "datasheet.json").write_text(mask(json.dumps(f, indent=2, default=str), masks))
-    md = mask(render_card(m, contracts), masks)
+    md = mask(render_card(m, contracts, kind.card_section(m)), masks)
     (vdir / "card.md").write_text(md)
     (vdir / "card.html").write_text(render_html(md, f"{m['title']} {m['version']}"))
     return {"files": ["card.md", "card.html", "datasheet.json"], "warnings": 0, "gaps": 0}

@@ -21,6 +21,7 @@ from datalab import contract as contracts_mod
 from datalab import landing, pull, sample
 from datalab.config import settings
 from datalab.errors import PolicyRefused
+from datalab.kinds import faces as kind_faces
 from datalab.ui import command_hint
 
 FIRMS = [
@@ -64,10 +65,9 @@ def run_demo(out: Console, rows: int, real: bool, pipelines: Any) -> None:
     if real and (rd := _real_dir()):
         receipts.append(landing.push(cs["urn:datalab:open-benchmarks:cmapss-fd001"], [rd / "cmapss/train_FD001.txt"], actor="firm:open-benchmarks"))
         receipts.append(landing.push(cs["urn:datalab:open-benchmarks:hydraulic-rig"], [rd / "hydraulic/TS1.txt", rd / "hydraulic/VS1.txt"], actor="firm:open-benchmarks"))
-        if (rd / "cad").is_dir():  # Presses de Lyon delivers its tooling CAD next to its sensor data
-            from datalab.cad.demo import push_cad
-
-            receipts += push_cad(cs, rd / "cad")
+        for face in kind_faces.faces():  # e.g. Presses de Lyon delivers its tooling CAD next to its sensor data
+            if face.demo_push is not None:
+                receipts += face.demo_push(cs, rd)
     for r in receipts:
         mark = "[green]accepted[/]" if r.accepted else "[red]rejected[/]"
         out.print(f"{mark} {r.delivery_id} {r.contract_id.split(':')[-1]}: {r.rows or 0:,} rows delivered{' (duplicate)' if r.duplicate else ''}")
@@ -82,10 +82,9 @@ def run_demo(out: Console, rows: int, real: bool, pipelines: Any) -> None:
         for name in ("turbofan-cmapss", "hydraulic-rig"):
             m = pipelines.publish(name)
             out.print(f"{name}@{m['version']}: {m['rows']:,} readings")
-        if (_real_dir() / "cad").is_dir():
-            from datalab.cad.demo import publish_and_pull_cad
-
-            publish_and_pull_cad(out, pipelines, s.home / "pulled")
+        for face in kind_faces.faces():
+            if face.demo_publish is not None:
+                face.demo_publish(out, pipelines, s.home / "pulled", _real_dir())
     out.rule("4. batch 2 (later readings, some late) and a new version")
     start2 = start1 + dt.timedelta(hours=6)
     for i, cid in enumerate(FIRMS):

@@ -246,7 +246,7 @@ def lab_rules(contract: Contract, stats: dict[str, Any] | None) -> list[dict[str
     101,782 of 240,000 real samples one time each passed every GX
     expectation, because the duplicates were gone by then (issue 23).
     """
-    if contract.kind != "timeseries" or not stats or "duplicate_share" not in stats:
+    if not contract.series or not stats or "duplicate_share" not in stats:
         return []
     share, limit = float(stats["duplicate_share"]), contract.curation.max_duplicate_share
     ok = share <= limit

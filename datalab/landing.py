@@ -30,6 +30,7 @@ from datalab.config import Settings, settings
 from datalab.contract import Contract
 from datalab.errors import MissingFile
 from datalab.formats import FileRejected, describe, sniff
+from datalab.kinds import kind_of
 from datalab.receipts import (  # noqa: F401  (re-exported: the receipt store's names, read from here by callers)
     DEFAULT_RECEIPT_LIMIT,
     MAX_REASONS,
@@ -191,8 +192,6 @@ def _check_file(contract: Contract, name: str, path: Path, size: int, over: bool
 
     ``side``: the delivery's side tables by role (datalab.measurement.sidefiles), if its layout has any.
     """
-    from datalab.readers import TimeseriesReader
-
     fr = FileReceipt(name=name, sha256="", bytes=size, rows=None, format=None, compression=None)
     if over:
         fr.reasons.append(
@@ -206,33 +205,12 @@ def _check_file(contract: Contract, name: str, path: Path, size: int, over: bool
         fr.reasons += e.reasons
         return fr
     fr.format, fr.compression = describe(sn), sn.compression
-    if contract.kind != "timeseries":
-        fr.reasons.append(f"{name}: contract kind {contract.kind!r} is not handled by the time-series reader")
-        return fr
-    reader = TimeseriesReader(contract, path, name, sn)
-    reader.side = side
-    for batch in reader.batches():
-        if sink is not None and not reader.problems:
-            sink.write(batch)
-    fr.rows = reader.records
-    fr.reasons += reader.problems.reasons()
-    if not reader.problems and reader.records == 0:
+    rows, problems = kind_of(contract).read_file(contract, name, path, sn, sink, side)
+    fr.rows = rows
+    fr.reasons += problems
+    if not problems and rows == 0:
         fr.reasons.append(f"{name}: no data rows (rule: rowCount > 0)")
     return fr
-
-
-def _cad_check(contract: Contract, staged: list, s: Settings) -> list[FileReceipt]:
-    from datalab.cad.check import check_staged
-
-    return check_staged(contract, [(n, p, sha, size, over) for n, p, sha, size, over in staged], s)
-
-
-def _raw_writer(contract: Contract, delivery_id: str, s: Settings) -> Any:
-    if contract.kind != "timeseries":
-        return None
-    from datalab.ingest import RawWriter  # ingest imports landing
-
-    return RawWriter(contract, delivery_id, s)
 
 
 def _land(contract: Contract, staged: list, actor: str, catalog: cat.Catalog, s: Settings,
@@ -261,9 +239,10 @@ def _land(contract: Contract, staged: list, actor: str, catalog: cat.Catalog, s:
         reasons.append(why)
     checked = []
     delivery_id = new_delivery_id()
-    sink = _raw_writer(contract, delivery_id, s)
-    # CAD files are checked together (parsed in parallel, each in its own sandboxed process).
-    cad_receipts = _cad_check(contract, staged, s) if contract.kind == "cad" else None
+    kind = kind_of(contract)
+    sink = kind.raw_writer(contract, delivery_id, s)
+    # Some kinds check a delivery's files together (CAD: parsed in parallel, each in its own sandbox).
+    together = kind.check_staged(contract, [(n, p, sha, size, over) for n, p, sha, size, over in staged], s)
     side, side_receipts = None, {}
     if contract.layout.measurement is not None and contract.layout.measurement.side_files:
         from datalab.measurement.sidefiles import split_side
@@ -274,8 +253,8 @@ def _land(contract: Contract, staged: list, actor: str, catalog: cat.Catalog, s:
         for i, (name, path, sha, size, over) in enumerate(staged):
             if i in side_receipts:
                 fr = side_receipts[i]
-            elif cad_receipts is not None:
-                fr = cad_receipts[i]
+            elif together is not None:
+                fr = together[i]
             else:
                 fr = _check_file(contract, name, path, size, over, None if reasons else sink, side)
             fr.sha256 = sha

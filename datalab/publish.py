@@ -26,6 +26,7 @@ from datalab import contract as contracts_mod
 from datalab import datasets, sovereignty, state, table_stream
 from datalab.config import Settings, settings
 from datalab.errors import DatalabError
+from datalab.kinds import kind_of
 from datalab.manifests import list_versions, read_manifest, sha256_file
 
 NAMESPACE = "datalab"
@@ -155,8 +156,8 @@ def _publish(name: str, actor: str, s: Settings) -> PublishResult:
 
     # The card's passes over the rows (Polars) run beside the Iceberg work
     # below (Python): datasheet.RowPasses.
-    is_cad = any(contracts[c].kind == "cad" for c in spec.inputs)
-    passes = None if is_cad else datasheet.start_row_passes(new_schema, lf)
+    used_kinds = list({k.name: k for k in (kind_of(contracts[c]) for c in spec.inputs)}.values())
+    passes = datasheet.start_row_passes(new_schema, lf) if all(k.datasheet_facts for k in used_kinds) else None
     ice = iceberg_catalog(s)
 
     prev_ids = set(prev_manifest["lineage"]["deliveries"]) if prev_manifest else set()
@@ -256,10 +257,8 @@ def _publish(name: str, actor: str, s: Settings) -> PublishResult:
         "sovereignty": sovereignty.manifest_section(plan, personal),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    if is_cad:
-        from datalab.cad.publish import attach_files  # the files, versioned with the table
-
-        attach_files(manifest, included, contracts, policy, s)
+    for kind in used_kinds:  # what a kind versions with the table (CAD: the files and thumbnails)
+        kind.attach_files(manifest, included, contracts, policy, s)
     vdir = s.versions / name / version
     vdir.mkdir(parents=True, exist_ok=True)
     (vdir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))

@@ -27,6 +27,7 @@ from datalab.clearance import check_clearance
 from datalab.config import Settings, settings
 from datalab.datasheet import ship as ship_datasheet
 from datalab.errors import DatalabError, IntegrityError, NotFound, PolicyRefused
+from datalab.kinds import kind_of_manifest
 from datalab.manifests import copy_verified, list_versions, read_manifest
 from datalab.policy import CLASSIFICATIONS, Policy, purpose_allowed
 from datalab.sovereignty import check_pull_purpose
@@ -193,10 +194,7 @@ def pull(ref: str, purpose: str | None, to: Path, actor: str | None = None, s: S
             dst = data / f"part-{i:05d}.parquet"
             copy_verified(s.home / f["path"], dst, f["sha256"])
             files.append(dst)
-        if m.get("cad"):
-            from datalab.cad.publish import pull_files  # CAD files and thumbnails beside the table
-
-            files += pull_files(m, out, s, copy_verified)
+        files += kind_of_manifest(m).pull_files(m, out, s, copy_verified)  # attached files (CAD: files, thumbnails)
     except (IntegrityError, OSError) as e:
         catalog.audit(actor, "pull", f"{name}@{m['version']}", "failed", {"purpose": purpose, "reason": str(e)})
         shutil.rmtree(out, ignore_errors=True)

@@ -601,7 +601,7 @@ def generate(
     frame has ``rows - gap_rows + exact_duplicates + key_duplicates + late``
     rows. Same arguments give the same frame.
     """
-    if contract.kind != "timeseries":
+    if not contract.series:
         raise ValueError(
             f"{contract.id}: only time-series contracts can be generated, not {contract.kind}"
         )

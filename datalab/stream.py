@@ -123,7 +123,7 @@ class StreamIngestor:
 
     def __init__(self, contract: Contract, rows: int = 10_000, seconds: float = 60.0, key: str = "id",
                  s: Settings | None = None, name: str = "mqtt"):
-        if contract.kind != "timeseries" or contract.layout.shape != "long" or contract.layout.format is not None:
+        if not contract.series or contract.layout.shape != "long" or contract.layout.format is not None:
             raise ValueError(f"contract {contract.id}: a stream needs a time-series contract of the long layout "
                              "(one reading per message: entity, time, sensor, value)")
         self.c, self.s = contract, s or settings()

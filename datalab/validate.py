@@ -63,6 +63,7 @@ from datalab.expectations import (  # noqa: F401  (re-exported: the derivation's
     mostly_from_rule,
     range_kwargs,
 )
+from datalab.kinds import kind_of
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
@@ -732,7 +733,7 @@ def _validate(
     s = settings()
     chunks = None
     whole_file = isinstance(frame, (str, Path)) and Path(frame).suffix == ".parquet" and Path(frame).is_file()
-    if contract.kind == "timeseries" and whole_file and all(validate_chunks.mergeable(sp.type, sp.kwargs) for sp in specs):
+    if kind_of(contract).validate_in_chunks and whole_file and all(validate_chunks.mergeable(sp.type, sp.kwargs) for sp in specs):
         chunks = validate_chunks.plan_chunks(Path(frame), s.validate_chunk_rows)
     if chunks is not None:
         return _validate_chunked(contract, Path(frame), chunks, specs, run_name, t0)
@@ -770,11 +771,8 @@ def _validate(
 
 
 def _suite_for(contract: Contract) -> list[ExpectationSpec]:
-    if contract.kind == "cad":
-        from datalab.cad.suite import derive_cad_suite  # the CAD table's own rules
-
-        return derive_cad_suite(contract)
-    return derive_suite(contract)
+    """The suite the contract's kind derives from it (datalab.kinds)."""
+    return kind_of(contract).suite(contract)
 
 
 def _report(

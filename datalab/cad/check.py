@@ -51,7 +51,7 @@ def _store(contract: Contract, sha: str, parsed: dict[str, Any], s: Settings) ->
 
 def parse_files(contract: Contract, files: list[tuple[str, Path, str]], s: Settings) -> dict[str, sandbox.Outcome]:
     """Parse (name, path, sha) files not yet in the cache; outcome by sha (cache hits are ok outcomes)."""
-    cad = contract.cad
+    cad = contract.section
     out: dict[str, sandbox.Outcome] = {}
     jobs = []
     for name, path, sha in files:
@@ -112,7 +112,7 @@ def check_staged(contract: Contract, staged: list[tuple[str, Path, str, int, boo
             else:
                 p = o.result
                 fr.format = p["format"] if p["format"] != "stl" else f"stl-{p['detail']}"
-                fr.reasons += contract_reasons(contract.cad, name, p)
+                fr.reasons += contract_reasons(contract.section, name, p)
                 fr.rows = 0 if fr.reasons else 1
         receipts.append(fr)
     return receipts

@@ -95,8 +95,8 @@ def _contract_cad(ref: str) -> Any:
     from datalab.errors import UsageError
 
     c = contracts_mod.find(contracts_mod.load_all(settings().contracts_dir), ref)
-    if c.kind != "cad" or c.cad is None:
+    if c.kind != "cad" or c.section is None:
         e = UsageError(f"--contract {ref}: {c.id} is a {c.kind} contract, not a CAD contract")
         e.hint = "give a contract of kind cad (`datalab contract list` shows each contract's kind)"
         raise e
-    return c.cad
+    return c.section

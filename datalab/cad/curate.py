@@ -85,7 +85,7 @@ def curate_delivery(contract: Contract, delivery_id: str, s: Settings | None = N
             if not dst.exists():
                 shutil.copyfile(png, dst)
             thumb = f"thumbs/{sha}.png"
-        rows.append(features.row(parsed, contract.cad, delivery_id=delivery_id, file_name=name, sha256=sha,
+        rows.append(features.row(parsed, contract.section, delivery_id=delivery_id, file_name=name, sha256=sha,
                                  classification=pol.classification, export_control=pol.export_control, thumbnail=thumb))
     signature.link(rows, earlier_rows(contract, delivery_id, s))
     df = features.frame(rows)

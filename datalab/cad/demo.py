@@ -43,3 +43,14 @@ def publish_and_pull_cad(out: Any, pipelines: Any, pulled: Path) -> None:
     n = len(list((res.directory / "files").glob("*.*")))
     out.print(f"[green]pulled[/] tooling-cad@{res.version} (DATALAB_EXPORT_CLEARED=1): table of {res.rows} rows and "
               f"{n} CAD files -> {res.directory}")
+
+
+def demo_push(contracts: dict[str, Any], real_dir: Path) -> list[Any]:
+    """The demo's CAD pushes, when the real data holds the CAD files (datalab.kinds.faces)."""
+    return push_cad(contracts, real_dir / "cad") if (real_dir / "cad").is_dir() else []
+
+
+def demo_publish(out: Any, pipelines: Any, pulled: Path, real_dir: Path) -> None:
+    """The demo's CAD publish and pulls, when the real data holds the CAD files (datalab.kinds.faces)."""
+    if (real_dir / "cad").is_dir():
+        publish_and_pull_cad(out, pipelines, pulled)

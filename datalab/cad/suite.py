@@ -27,7 +27,7 @@ BBOX_SLACK = 1.000001  # float noise of a part that fills its box exactly
 
 
 def derive_cad_suite(contract: Contract) -> list[ExpectationSpec]:
-    cad = contract.cad
+    cad = contract.section
     pol = contract.policy
     E = ExpectationSpec
     return [

@@ -1,0 +1,87 @@
+"""The CAD kind: STEP, STL and DXF files checked in a sandbox, one curated row per file, the files kept.
+
+What differs from the time series, in one place: the staged files of a push
+are parsed together (each in its own sandboxed process) and no raw table is
+written at push; curation (``datalab.cad.curate``) makes one row per file
+in the contract's canonical length unit; the suite is
+``datalab.cad.suite.derive_cad_suite``; a published version carries the
+original files and thumbnails (``manifest["cad"]``), pulled beside its table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from datalab.cad import check, curate, features, publish, suite
+from datalab.config import Settings
+from datalab.contract import Contract
+from datalab.expectations import ExpectationSpec
+from datalab.formats import Sniffed
+from datalab.kinds import sections
+from datalab.kinds.base import CuratedSchema, Download, Section
+from datalab.policy import Policy
+from datalab.receipts import FileReceipt
+
+
+class CadKind:
+    name = "cad"
+    asset_factory = "cad"
+    manifest_key: str | None = "cad"
+    validate_in_chunks = False
+    datasheet_facts = False
+
+    @property
+    def section(self) -> Section:
+        return sections.get(self.name)
+
+    def check_staged(self, contract: Contract, staged: list[Any], s: Settings) -> list[FileReceipt] | None:
+        # parsed in parallel, each in its own sandboxed process
+        return check.check_staged(contract, list(staged), s)
+
+    def raw_writer(self, contract: Contract, delivery_id: str, s: Settings) -> Any | None:
+        return None  # the parse facts are cached by the check; the raw step reads them (read_raw)
+
+    def read_file(self, contract: Contract, name: str, path: Path, sniffed: Sniffed, sink: Any,
+                  side: Any) -> tuple[int, list[str]]:
+        return 0, [f"{name}: a CAD file is checked with its delivery (datalab.cad.check), not read on its own"]
+
+    def read_raw(self, contract: Contract, delivery_id: str, s: Settings | None = None) -> dict[str, Any]:
+        return curate.ingest(contract, delivery_id, s)
+
+    def curate(self, contract: Contract, delivery_id: str, s: Settings | None = None, engine: Any = None) -> dict[str, Any]:
+        return curate.curate_delivery(contract, delivery_id, s)
+
+    def curated_path(self, contract: Contract, delivery_id: str, s: Settings) -> Path:
+        return curate.curated_path(contract, delivery_id, s)
+
+    def curated_schema(self, contract: Contract) -> CuratedSchema:
+        return CuratedSchema(columns=tuple(features.SCHEMA), flags=("flags",))
+
+    def suite(self, contract: Contract) -> list[ExpectationSpec]:
+        return suite.derive_cad_suite(contract)
+
+    def attach_files(self, manifest: dict[str, Any], included: list[dict[str, Any]], contracts: dict[str, Any],
+                     policy: Policy, s: Settings) -> None:
+        publish.attach_files(manifest, included, contracts, policy, s)
+
+    def card_section(self, manifest: dict[str, Any]) -> list[str]:
+        return publish.card_section(manifest)
+
+    def pull_files(self, manifest: dict[str, Any], out: Path, s: Settings,
+                   copy: Callable[[Path, Path, str], None]) -> list[Path]:
+        return publish.pull_files(manifest, out, s, copy)
+
+    def downloads(self, manifest: dict[str, Any]) -> list[Download]:
+        """The original files and thumbnails, laid out as a local pull lays them out (``files/``, ``files/thumbs/``)."""
+        out = []
+        for i, f in enumerate(manifest["cad"]["files"]):
+            out.append(Download(f"cad-files/{i}", f"files/{publish.pulled_name(f)}", f["sha256"], f.get("bytes", 0)))
+            if f.get("thumbnail"):
+                out.append(Download(f"cad-files/{i}", f"files/thumbs/{f['sha256']}.png", f["thumbnail"]["sha256"], 0,
+                                    {"thumbnail": "true"}, listed=False))
+        return out
+
+    def download_folders(self, manifest: dict[str, Any]) -> list[str]:
+        return ["files/thumbs"]

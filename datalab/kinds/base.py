@@ -1,0 +1,126 @@
+"""What a kind of data is to the core: the ``Kind`` protocol and the small records it hands back.
+
+Below the registry (``datalab.kinds``), so that the kinds' implementations
+can name these types without importing the registry that loads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from datalab.kinds.sections import Section
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from datalab.config import Settings
+    from datalab.contract import Contract
+    from datalab.expectations import ExpectationSpec
+    from datalab.formats import Sniffed
+    from datalab.policy import Policy
+    from datalab.receipts import FileReceipt
+
+# (name, path, sha256, size, over_limit) of one staged file of a push
+Staged = tuple[str, Path, str, int, bool]
+
+
+@dataclass(frozen=True)
+class CuratedSchema:
+    """The curated table of a contract: its columns in order, and which of them are Boolean flags."""
+
+    columns: tuple[str, ...]
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Download:
+    """One file attached to a version, as a remote pull fetches it.
+
+    ``route``: below the version's URL (``cad-files/0``); ``dest``: relative
+    to the pull's folder; ``params``: query parameters besides the purpose;
+    ``listed``: among the files the pull returns (a thumbnail is not).
+    """
+
+    route: str
+    dest: str
+    sha256: str
+    size: int = 0
+    params: dict[str, str] | None = None
+    listed: bool = True
+
+
+@runtime_checkable
+class Kind(Protocol):
+    """What the core asks of a kind of data. Implementations: ``datalab.timeseries.kind``, ``datalab.cad.kind``."""
+
+    name: str
+    # The name the Dagster layer registers this kind's asset factory under (assets/registry.py).
+    asset_factory: str
+    # The manifest key of what this kind attaches to a published version (None: nothing).
+    manifest_key: str | None
+    # The GX runner may validate a whole Parquet file in row chunks (when every expectation merges).
+    validate_in_chunks: bool
+    # The datasheet computes facts over the rows (coverage, sensors, plots); otherwise the card alone.
+    datasheet_facts: bool
+
+    @property
+    def section(self) -> Section:
+        """The kind's part of a contract (datalab.kinds.sections)."""
+        ...
+
+    # landing
+    def check_staged(self, contract: Contract, staged: list[Staged], s: Settings) -> list[FileReceipt] | None:
+        """Receipts of all staged files checked together, or None to read each file (``read_file``)."""
+        ...
+
+    def raw_writer(self, contract: Contract, delivery_id: str, s: Settings) -> Any | None:
+        """Where ``read_file`` writes the raw table while the push checks the files (None: no raw table at push)."""
+        ...
+
+    def read_file(self, contract: Contract, name: str, path: Path, sniffed: Sniffed, sink: Any,
+                  side: Any) -> tuple[int, list[str]]:
+        """Read one staged file (its rows to ``sink`` if given): its row count and problems."""
+        ...
+
+    # raw and curated tables
+    def read_raw(self, contract: Contract, delivery_id: str, s: Settings | None = None) -> dict[str, Any]:
+        """Build the raw table of an accepted delivery; its statistics."""
+        ...
+
+    def curate(self, contract: Contract, delivery_id: str, s: Settings | None = None, engine: Any = None) -> dict[str, Any]:
+        """Curate one delivery; its statistics."""
+        ...
+
+    def curated_path(self, contract: Contract, delivery_id: str, s: Settings) -> Path:
+        ...
+
+    def curated_schema(self, contract: Contract) -> CuratedSchema:
+        ...
+
+    # validation
+    def suite(self, contract: Contract) -> list[ExpectationSpec]:
+        """The expectations derived from the contract for the curated table."""
+        ...
+
+    # publish, card, pull
+    def attach_files(self, manifest: dict[str, Any], included: list[dict[str, Any]], contracts: dict[str, Any],
+                     policy: Policy, s: Settings) -> None:
+        """Store what a version carries besides its table; describe it under ``manifest[manifest_key]``."""
+        ...
+
+    def card_section(self, manifest: dict[str, Any]) -> list[str]:
+        """The card's lines on how the version's data was prepared (markdown)."""
+        ...
+
+    def pull_files(self, manifest: dict[str, Any], out: Path, s: Settings, copy: Callable[[Path, Path, str], None]) -> list[Path]:
+        """Copy the attached files of a version into a local pull's folder ``out``."""
+        ...
+
+    def downloads(self, manifest: dict[str, Any]) -> list[Download]:
+        """The attached files of a version, as a remote pull fetches them (same layout as ``pull_files``)."""
+        ...
+
+    def download_folders(self, manifest: dict[str, Any]) -> list[str]:
+        """Folders (relative to the pull's) a remote pull of the version makes even when empty, as ``pull_files`` does."""
+        ...

@@ -1,0 +1,87 @@
+"""The time-series kind: sensor readings read into a long table, curated, validated and published.
+
+What differs from other kinds, in one place: each staged file is read by
+the text/measurement readers straight into the raw long table while the push
+checks it; curation is the Polars plan of ``datalab.curate``; the suite is
+``datalab.expectations.derive_suite``; the curated columns are the base
+columns, the contract's attributes and the curation flags; the card's
+section is the preparation table; a version carries no files besides its
+table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from datalab import card, curate, expectations, ingest
+from datalab.config import Settings
+from datalab.contract import Contract
+from datalab.formats import Sniffed
+from datalab.kinds import sections
+from datalab.kinds.base import CuratedSchema, Download, Section
+from datalab.policy import Policy
+from datalab.receipts import FileReceipt
+
+
+class TimeseriesKind:
+    name = "timeseries"
+    asset_factory = "timeseries"
+    manifest_key: str | None = None
+    validate_in_chunks = True
+    datasheet_facts = True
+
+    @property
+    def section(self) -> Section:
+        return sections.get(self.name)
+
+    def check_staged(self, contract: Contract, staged: list[Any], s: Settings) -> list[FileReceipt] | None:
+        return None  # each file is read on its own, into the raw table (read_file)
+
+    def raw_writer(self, contract: Contract, delivery_id: str, s: Settings) -> Any | None:
+        return ingest.RawWriter(contract, delivery_id, s)
+
+    def read_file(self, contract: Contract, name: str, path: Path, sniffed: Sniffed, sink: Any,
+                  side: Any) -> tuple[int, list[str]]:
+        from datalab.readers import TimeseriesReader
+
+        reader = TimeseriesReader(contract, path, name, sniffed)
+        reader.side = side
+        for batch in reader.batches():
+            if sink is not None and not reader.problems:
+                sink.write(batch)
+        return reader.records, reader.problems.reasons()
+
+    def read_raw(self, contract: Contract, delivery_id: str, s: Settings | None = None) -> dict[str, Any]:
+        return ingest.ingest_raw(contract, delivery_id, s)
+
+    def curate(self, contract: Contract, delivery_id: str, s: Settings | None = None, engine: Any = None) -> dict[str, Any]:
+        return curate.curate_delivery(contract, delivery_id, engine, s)
+
+    def curated_path(self, contract: Contract, delivery_id: str, s: Settings) -> Path:
+        return curate.curated_path(contract, delivery_id, s)
+
+    def curated_schema(self, contract: Contract) -> CuratedSchema:
+        return CuratedSchema(columns=(*expectations.expected_columns(contract), *curate.PROVENANCE),
+                             flags=tuple(curate.FLAGS))
+
+    def suite(self, contract: Contract) -> list[expectations.ExpectationSpec]:
+        return expectations.derive_suite(contract)
+
+    def attach_files(self, manifest: dict[str, Any], included: list[dict[str, Any]], contracts: dict[str, Any],
+                     policy: Policy, s: Settings) -> None:
+        return None  # the table is the whole version
+
+    def card_section(self, manifest: dict[str, Any]) -> list[str]:
+        return card.preparation_section(manifest)
+
+    def pull_files(self, manifest: dict[str, Any], out: Path, s: Settings,
+                   copy: Callable[[Path, Path, str], None]) -> list[Path]:
+        return []
+
+    def downloads(self, manifest: dict[str, Any]) -> list[Download]:
+        return []
+
+    def download_folders(self, manifest: dict[str, Any]) -> list[str]:
+        return []
