@@ -14,11 +14,12 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
+from assets.registry import asset_factory
 from assets.timeseries import _md_table, key_prefix, partitions_for
 from checks.validation import run_suite_check, suite_check_spec
-from datalab.cad import curate
 from datalab.contract import Contract
 from datalab.engine import MemoryWatch
+from datalab.kinds import kind_of
 from pipelines.resources import LabResource
 
 MAX_THUMBS = 8
@@ -41,8 +42,10 @@ def thumbnails_md(df: pl.DataFrame, thumbs_root: str) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n\n".join(cells) or "no thumbnails")
 
 
+@asset_factory("cad")
 def build_cad_assets(contract: Contract) -> list[dg.AssetsDefinition]:
     parts = partitions_for(contract)
+    kind = kind_of(contract)  # datalab.cad.kind: parse, curate (through the registry, like the core)
     prefix = key_prefix(contract)
     raw_key = dg.AssetKey([*prefix, "raw"])
     tags = {"tenant": contract.tenant, "kind": contract.kind}
@@ -54,7 +57,7 @@ def build_cad_assets(contract: Contract) -> list[dg.AssetsDefinition]:
     def raw(context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
         d = context.partition_key
         with MemoryWatch() as mw:
-            st = curate.ingest(contract, d)
+            st = kind.read_raw(contract, d)
         return dg.MaterializeResult(metadata={
             "delivery_id": d, "files": st["files"], "cached": st["cached"], "parsed": st["parsed"],
             "bytes_in": dg.MetadataValue.int(st["bytes_in"]), "seconds": dg.MetadataValue.float(st["seconds"]),
@@ -72,8 +75,8 @@ def build_cad_assets(contract: Contract) -> list[dg.AssetsDefinition]:
         d = context.partition_key
         s = lab.settings()
         with MemoryWatch() as mw:
-            st = curate.curate_delivery(contract, d, s)
-            path = curate.curated_path(contract, d, s)
+            st = kind.curate(contract, d, s)
+            path = kind.curated_path(contract, d, s)
             check = run_suite_check(contract, d, path, context)
         df = pl.read_parquet(path)
         return dg.MaterializeResult(
@@ -91,7 +94,7 @@ def build_cad_assets(contract: Contract) -> list[dg.AssetsDefinition]:
                 "peak_rss_mb": dg.MetadataValue.float(round(mw.peak_mb, 1)),
                 "path": dg.MetadataValue.path(str(path)),
                 "preview": _md_table(df.select(PREVIEW).head(10)),
-                "thumbnails": thumbnails_md(df, str(curate.thumbs_dir(contract, s).parent)),
+                "thumbnails": thumbnails_md(df, str(path.parent)),  # thumbnails lie in thumbs/ beside the table
             },
             check_results=[check],
         )

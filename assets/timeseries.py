@@ -13,6 +13,7 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
+from assets.registry import asset_factory
 from checks.validation import run_suite_check, suite_check_spec
 from datalab import curate, ingest, validate
 from datalab.contract import Contract
@@ -40,6 +41,7 @@ def _md_table(df: pl.DataFrame) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n".join(lines))
 
 
+@asset_factory("timeseries")
 def build_timeseries_assets(contract: Contract) -> list[dg.AssetsDefinition]:
     parts = partitions_for(contract)
     prefix = key_prefix(contract)

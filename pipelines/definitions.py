@@ -15,9 +15,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.cad import build_cad_assets
 from assets.datasets import build_dataset_asset
-from assets.timeseries import build_timeseries_assets, partitions_for
+from assets.registry import factory_for
+from assets.timeseries import partitions_for
 from datalab import contract as contracts_mod
 from datalab import datasets, state
 from datalab.config import Settings, settings
@@ -81,9 +81,10 @@ def build_definitions() -> dg.Definitions:
     contracts = contracts_mod.load_all(s.contracts_dir)
     assets, jobs, sensors = [], [], []
     for c in sorted(contracts.values(), key=lambda c: c.slug):
-        if c.kind not in ("timeseries", "cad"):
+        factory = factory_for(c)  # the asset factory of the contract's kind (assets/registry.py)
+        if factory is None:
             continue
-        built = build_timeseries_assets(c) if c.kind == "timeseries" else build_cad_assets(c)
+        built = factory(c)
         assets += built
         job = dg.define_asset_job(ingest_job_name(c), selection=dg.AssetSelection.assets(*built),
                                   partitions_def=partitions_for(c), tags={"tenant": c.tenant})

@@ -14,6 +14,7 @@ from typing import Any
 
 import dagster as dg
 
+from assets.registry import factory_for
 from datalab import contract as contracts_mod
 from datalab import state
 from datalab.config import settings
@@ -115,7 +116,7 @@ def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun
     inst = instance()
     todo: list[tuple[Contract, str]] = []
     for c in chosen:
-        if c.kind not in ("timeseries", "cad"):
+        if factory_for(c) is None:  # a kind without Dagster assets
             continue
         parts_name = f"{c.slug}__deliveries"
         pending = state.pending(c.id, s)

@@ -27,7 +27,11 @@ Staged = tuple[str, Path, str, int, bool]
 
 @dataclass(frozen=True)
 class CuratedSchema:
-    """The curated table of a contract: its columns in order, and which of them are Boolean flags."""
+    """The curated table of a contract: its columns in order, and those that carry curation's flags.
+
+    Declared by the kind, once: a time series has one Boolean column per flag;
+    a CAD table lists each file's flags in one text column.
+    """
 
     columns: tuple[str, ...]
     flags: tuple[str, ...]
