@@ -224,7 +224,7 @@ class Client:
         kind = kind_of_manifest(m)  # the files its kind attaches (CAD: originals, thumbnails), as a local pull lays them out
         for folder in kind.download_folders(m):
             (out / folder).mkdir(parents=True, exist_ok=True)
-        for dl in kind.downloads(m):
+        for dl in kind.attached(m):
             dst = out / dl.dest
             dst.parent.mkdir(parents=True, exist_ok=True)
             self._download(f"{base}/{dl.route}", purpose, dst, dl.sha256, dl.size, progress,

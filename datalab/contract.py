@@ -897,6 +897,7 @@ def _lint_cached(path: Path, doc: Any) -> list[str]:
     try:
         s = settings()
         h = hashlib.sha256(_linter_digest().encode())
+        h.update(",".join(kind_sections.names()).encode())  # the kinds registered in this process
         h.update(path.read_bytes())
         pv = Path(s.contracts_dir) / vocab.FILE
         h.update(pv.read_bytes() if pv.is_file() else b"")

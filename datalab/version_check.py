@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from datalab.config import Settings, settings
+from datalab.kinds import kind_of_manifest
 from datalab.publish import read_manifest, sha256_file
 
 MAX_INLINE_BYTES = 4 << 20  # all images of one card together; past this, links stay as they are
@@ -50,10 +51,8 @@ def verify(name: str, version: str, s: Settings | None = None) -> tuple[list[str
     if m.get("status") != "withdrawn":  # a withdrawn version's data is deleted on purpose
         for f in m["files"]:
             check(f["path"], f["sha256"], f.get("bytes"), "data file")
-        for f in (m.get("cad") or {}).get("files") or []:
-            check(f["path"], f["sha256"], f.get("bytes"), "CAD file")
-            if f.get("thumbnail"):
-                check(f["thumbnail"]["path"], f["thumbnail"]["sha256"], None, "thumbnail")
+        for a in kind_of_manifest(m).attached(m):  # what its kind attaches (CAD: the files and thumbnails)
+            check(a.path, a.sha256, a.size or None, a.what)
     in_files = sum(int(f.get("rows") or 0) for f in m["files"])
     per_contract = sum(int(v or 0) for v in (m.get("rows_per_contract") or {}).values())
     if m.get("status") != "withdrawn" and in_files != m["rows"]:
@@ -71,8 +70,8 @@ def card_with_inline_images(name: str, m: dict[str, Any], s: Settings | None = N
     card = vdir / "card.md"
     if not card.is_file():
         return None
-    thumbs = {f"files/thumbs/{f['sha256']}.png": s.home / f["thumbnail"]["path"]
-              for f in (m.get("cad") or {}).get("files") or [] if f.get("thumbnail")}
+    # the card links attached files (CAD thumbnails) where a pull puts them
+    thumbs = {a.dest: s.home / a.path for a in kind_of_manifest(m).attached(m)}
     budget = [MAX_INLINE_BYTES]
 
     def resolve(rel: str) -> Path | None:

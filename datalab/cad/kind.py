@@ -20,7 +20,7 @@ from datalab.contract import Contract
 from datalab.expectations import ExpectationSpec
 from datalab.formats import Sniffed
 from datalab.kinds import sections
-from datalab.kinds.base import CuratedSchema, Download, Section
+from datalab.kinds.base import Attached, CuratedSchema, Section
 from datalab.policy import Policy
 from datalab.receipts import FileReceipt
 
@@ -73,14 +73,17 @@ class CadKind:
                    copy: Callable[[Path, Path, str], None]) -> list[Path]:
         return publish.pull_files(manifest, out, s, copy)
 
-    def downloads(self, manifest: dict[str, Any]) -> list[Download]:
+    def attached(self, manifest: dict[str, Any]) -> list[Attached]:
         """The original files and thumbnails, laid out as a local pull lays them out (``files/``, ``files/thumbs/``)."""
         out = []
-        for i, f in enumerate(manifest["cad"]["files"]):
-            out.append(Download(f"cad-files/{i}", f"files/{publish.pulled_name(f)}", f["sha256"], f.get("bytes", 0)))
+        for i, f in enumerate((manifest.get("cad") or {}).get("files") or []):
+            out.append(Attached(f["path"], f["sha256"], f.get("bytes", 0), "CAD file", f"cad-files/{i}",
+                                f"files/{publish.pulled_name(f)}", name=f["name"]))
             if f.get("thumbnail"):
-                out.append(Download(f"cad-files/{i}", f"files/thumbs/{f['sha256']}.png", f["thumbnail"]["sha256"], 0,
-                                    {"thumbnail": "true"}, listed=False))
+                t = f["thumbnail"]
+                out.append(Attached(t["path"], t["sha256"], 0, "thumbnail", f"cad-files/{i}",
+                                    f"files/thumbs/{f['sha256']}.png", {"thumbnail": "true"}, listed=False,
+                                    name=f"{f['sha256']}.png"))
         return out
 
     def download_folders(self, manifest: dict[str, Any]) -> list[str]:

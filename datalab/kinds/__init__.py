@@ -28,14 +28,26 @@ from typing import TYPE_CHECKING, Any
 
 from datalab.errors import ContractError
 from datalab.kinds import sections
-from datalab.kinds.base import CuratedSchema, Download, Kind, Staged
+from datalab.kinds.base import Attached, CuratedSchema, Kind, Staged
 from datalab.kinds.sections import DEFAULT, Section
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from datalab.contract import Contract
 
-__all__ = ["DEFAULT", "CuratedSchema", "Download", "Kind", "Section", "Staged", "get_kind", "kind_of",
-           "kind_of_manifest", "register", "registered", "unregister"]
+__all__ = [
+    "DEFAULT",
+    "Attached",
+    "CuratedSchema",
+    "Kind",
+    "Section",
+    "Staged",
+    "get_kind",
+    "kind_of",
+    "kind_of_manifest",
+    "register",
+    "registered",
+    "unregister",
+]
 
 
 def _timeseries() -> Kind:

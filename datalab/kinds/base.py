@@ -38,20 +38,26 @@ class CuratedSchema:
 
 
 @dataclass(frozen=True)
-class Download:
-    """One file attached to a version, as a remote pull fetches it.
+class Attached:
+    """One file a kind attaches to a published version besides its table.
 
-    ``route``: below the version's URL (``cad-files/0``); ``dest``: relative
-    to the pull's folder; ``params``: query parameters besides the purpose;
-    ``listed``: among the files the pull returns (a thumbnail is not).
+    ``path``: in the lab's store, relative to its home; ``what``: its name for
+    people (``CAD file``); ``route``: where a remote pull fetches it, below the
+    version's URL (``cad-files/0``); ``dest``: where a pull puts it, relative
+    to the pull's folder (the card links it there); ``params``: query
+    parameters besides the purpose; ``listed``: among the files a pull
+    returns (a thumbnail is not); ``name``: the name it was delivered under.
     """
 
+    path: str
+    sha256: str
+    size: int
+    what: str
     route: str
     dest: str
-    sha256: str
-    size: int = 0
     params: dict[str, str] | None = None
     listed: bool = True
+    name: str = ""
 
 
 @runtime_checkable
@@ -121,8 +127,8 @@ class Kind(Protocol):
         """Copy the attached files of a version into a local pull's folder ``out``."""
         ...
 
-    def downloads(self, manifest: dict[str, Any]) -> list[Download]:
-        """The attached files of a version, as a remote pull fetches them (same layout as ``pull_files``)."""
+    def attached(self, manifest: dict[str, Any]) -> list[Attached]:
+        """The files attached to a version: verified by ``datalab verify``, fetched by a remote pull (laid out as ``pull_files``)."""
         ...
 
     def download_folders(self, manifest: dict[str, Any]) -> list[str]:

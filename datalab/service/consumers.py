@@ -23,6 +23,7 @@ from datalab import catalog as cat
 from datalab.config import Settings, settings
 from datalab.errors import NotFound, PolicyRefused
 from datalab.firm_names import consumer_manifest, consumer_message
+from datalab.kinds import kind_of_manifest
 from datalab.publish import list_versions, read_manifest
 from datalab.pull import authorise, check_policy
 from datalab.service.deps import ApiError, need
@@ -115,17 +116,19 @@ def cad_file(request: Request, name: str = NAME, version: str = VERSION,
              thumbnail: bool = Query(False), p: auth.Principal = Depends(consumer)) -> FileResponse:
     """The files of a CAD version are versioned with its table; a remote pull must bring both."""
     m, s = _authorised(name, version, purpose, p)
-    files = (m.get("cad") or {}).get("files") or []
+    attached = kind_of_manifest(m).attached(m)  # the files the version's kind attached (datalab.kinds)
+    files = [a for a in attached if a.listed]
     if index >= len(files):
         raise ApiError(404, f"{name}@{m['version']} has {len(files)} CAD file(s); there is no CAD file {index}")
     f = files[index]
     if thumbnail:
-        if not f.get("thumbnail"):
+        t = next((a for a in attached if not a.listed and a.route == f.route), None)
+        if t is None:
             raise ApiError(404, f"{name}@{m['version']}: CAD file {index} has no thumbnail")
-        return _serve(request, m, s, p, purpose, f["thumbnail"]["path"], f["thumbnail"]["sha256"], "image/png",
-                      f"{f['sha256']}.png", {"cad_file": index, "thumbnail": True})
-    return _serve(request, m, s, p, purpose, f["path"], f["sha256"], "application/octet-stream",
-                  landing.safe_name(f["name"]), {"cad_file": index})
+        return _serve(request, m, s, p, purpose, t.path, t.sha256, "image/png", t.name,
+                      {"cad_file": index, "thumbnail": True})
+    return _serve(request, m, s, p, purpose, f.path, f.sha256, "application/octet-stream",
+                  landing.safe_name(f.name), {"cad_file": index})
 
 
 @router.get("/{name}/versions/{version}/card-files/{fname}",

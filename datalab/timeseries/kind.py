@@ -20,7 +20,7 @@ from datalab.config import Settings
 from datalab.contract import Contract
 from datalab.formats import Sniffed
 from datalab.kinds import sections
-from datalab.kinds.base import CuratedSchema, Download, Section
+from datalab.kinds.base import Attached, CuratedSchema, Section
 from datalab.policy import Policy
 from datalab.receipts import FileReceipt
 
@@ -80,7 +80,7 @@ class TimeseriesKind:
                    copy: Callable[[Path, Path, str], None]) -> list[Path]:
         return []
 
-    def downloads(self, manifest: dict[str, Any]) -> list[Download]:
+    def attached(self, manifest: dict[str, Any]) -> list[Attached]:
         return []
 
     def download_folders(self, manifest: dict[str, Any]) -> list[str]:
