@@ -48,6 +48,16 @@ def test_kind_of_a_contract_and_of_a_manifest(contracts):
     assert kinds.kind_of_manifest({"files": []}).name == "timeseries"
 
 
+def test_reading_a_series_manifest_loads_no_other_kind():
+    import subprocess
+    import sys
+
+    code = ("import sys; from datalab import kinds; kinds.kind_of_manifest({'files': []}); "
+            "print(sorted(m for m in sys.modules if m.startswith('datalab.cad')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]"
+
+
 def test_the_curated_schema_is_declared_by_the_kind(contracts):
     from datalab.cad.features import SCHEMA
     from datalab.curate import FLAGS
@@ -167,7 +177,8 @@ _MANIFEST = {"title": "Photos", "version": "1.0.0", "dataset": "photos", "rows":
 
 @pytest.fixture
 def images_kind():
-    kinds.register("images", ImagesKind, lambda: sections.Section(key="images", lint=_lint_images, build=dict))
+    kinds.register("images", ImagesKind, lambda: sections.Section(key="images", lint=_lint_images, build=dict),
+                   manifest_key="images")
     try:
         yield kinds.get_kind("images")
     finally:

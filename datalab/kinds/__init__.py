@@ -63,18 +63,26 @@ def _cad() -> Kind:
 
 
 _LOADERS: dict[str, Callable[[], Kind]] = {"timeseries": _timeseries, "cad": _cad}
+# The manifest key under which a kind describes what it attaches to a version (its Kind.manifest_key),
+# known before the kind loads: reading a manifest loads only the kind it belongs to.
+_MANIFEST_KEYS: dict[str, str] = {"cad": "cad"}
 _LOADED: dict[str, Kind] = {}
 
 
-def register(name: str, loader: Callable[[], Kind], section: Callable[[], Section] | None = None) -> None:
-    """Register a kind: ``loader`` builds its ``Kind``; ``section`` its contract section (default: none)."""
+def register(name: str, loader: Callable[[], Kind], section: Callable[[], Section] | None = None,
+             manifest_key: str | None = None) -> None:
+    """Register a kind: ``loader`` builds its ``Kind``; ``section`` its contract section (default: none);
+    ``manifest_key``: its ``Kind.manifest_key``."""
+    unregister(name)
     _LOADERS[name] = loader
-    _LOADED.pop(name, None)
+    if manifest_key is not None:
+        _MANIFEST_KEYS[name] = manifest_key
     sections.register(name, section or Section)
 
 
 def unregister(name: str) -> None:
     _LOADERS.pop(name, None)
+    _MANIFEST_KEYS.pop(name, None)
     _LOADED.pop(name, None)
     sections.unregister(name)
 
@@ -93,6 +101,8 @@ def get_kind(name: str, contract: str | None = None) -> Kind:
         kind = _LOADERS[name]()
         if not isinstance(kind, Kind):
             raise TypeError(f"kind {name!r}: {type(kind).__name__} does not implement datalab.kinds.Kind")
+        if kind.manifest_key != _MANIFEST_KEYS.get(name):
+            raise TypeError(f"kind {name!r}: manifest key {kind.manifest_key!r}, registered as {_MANIFEST_KEYS.get(name)!r}")
         _LOADED[name] = kind
     return _LOADED[name]
 
@@ -104,8 +114,7 @@ def kind_of(contract: Contract) -> Kind:
 
 def kind_of_manifest(manifest: dict[str, Any]) -> Kind:
     """The kind of a published version: the kind whose section the manifest carries, else the default kind."""
-    for name in registered():
-        key = get_kind(name).manifest_key
-        if key is not None and manifest.get(key):
+    for name, key in _MANIFEST_KEYS.items():
+        if manifest.get(key):
             return get_kind(name)
     return get_kind(DEFAULT)
