@@ -63,7 +63,7 @@ def render_card(m: dict[str, Any], contracts: dict[str, Contract], section: list
         lines.append("Excluded deliveries:")
         lines += [f"- {e['delivery_id']} ({e['contract']}): {e['reason']}" for e in m["lineage"]["excluded"]]
     # how the data was prepared: the kind's section (datalab.kinds: Kind.card_section), else the series table's
-    lines += section if section is not None else preparation_section(m)
+    lines += section if section is not None else _preparation(m)
     lines += ["", "## Validation", "Great Expectations suites derived from each contract ran as blocking checks:", ""]
     for d, v in m["validation"].items():
         lines.append(f"- {d}: {'passed' if v['success'] else 'FAILED'} ({v['evaluated']} expectations, {v['failed']} failed)")
@@ -81,7 +81,7 @@ def render_card(m: dict[str, Any], contracts: dict[str, Contract], section: list
     return "\n".join(lines)
 
 
-def preparation_section(m: dict[str, Any]) -> list[str]:
+def _preparation(m: dict[str, Any]) -> list[str]:
     """How a curated long table was prepared: per delivery, rows in and out, conversions and flags."""
     lines: list[str] = []
     lines += ["", "## Preparation", "Exact duplicate rows removed; units converted to the contract's canonical units; every other defect is kept and flagged:", ""]
@@ -101,3 +101,6 @@ def preparation_section(m: dict[str, Any]) -> list[str]:
         lines += [f"| {d} | {sensor} | {tb['time_base']} | {tb['sample_rate_hz'] if tb['sample_rate_hz'] is not None else '-'} |"
                   for d, sensor, tb in bases]
     return lines
+
+
+preparation_section = _preparation  # the time-series kind's card section (datalab/timeseries/kind.py)

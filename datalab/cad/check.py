@@ -1,6 +1,6 @@
 """The push check of a CAD delivery: sniff by content, parse in the sandbox, apply the contract.
 
-Called by ``datalab.landing`` for contracts of kind ``cad``, on the staged
+Called by ``datalab.landing`` through the CAD kind (``datalab/cad/kind.py``: ``check_staged``), on the staged
 files of one delivery. Every file is parsed (in parallel, each in its own
 sandboxed process); its facts are cached content-addressed per tenant
 (``raw/<tenant>/cad-parsed/<sha[:2]>/<sha>.json`` and ``.png``), so the
