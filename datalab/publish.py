@@ -247,9 +247,9 @@ def _publish(name: str, actor: str, s: Settings) -> PublishResult:
     # Data files written by Polars, then registered in one transaction (one
     # commit): see table_stream.
     pl_schema = dict(lf.collect_schema())
-    masks = row_masks(included, contracts, s)
-    parts = [_part(d, contracts, replaced_by, s, masks.get(d["id"])) for d in included]
     new_ids = [d for d in delivery_ids if d not in prev_ids]
+    masks = row_masks([d for d in included if not append_only or d["id"] in new_ids], contracts, s)  # the parts written
+    parts = [_part(d, contracts, replaced_by, s, masks.get(d["id"])) for d in included]
     arrow_schema = table_stream.arrow_schema(pl_schema)
     if not ice.table_exists(ident):
         tbl = ice.create_table(ident, schema=arrow_schema)
