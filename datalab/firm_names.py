@@ -14,6 +14,13 @@ answer for it.
 
 The replacements of a version are kept beside it in ``firm_masks.json``, an
 operator file that is never shipped (not in ``datasheet.SHIPPED``).
+
+The published rows follow the same rule (:func:`row_mask`): a masked firm's
+rows carry its pseudonym in ``tenant``, its masked contract id in
+``contract_id`` and its machines' pseudonyms in ``entity`` (the ids the card
+masks; the rest name nobody and are kept). The lab maps them back from the
+version's lineage (:func:`plain_rows`, :func:`row_contract_ids`): ``diff``
+and the withdrawal path read published rows under the real names.
 """
 
 from __future__ import annotations
@@ -21,8 +28,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import polars as pl
 
 from datalab.config import Settings, settings
 from datalab.contract import Contract
@@ -40,15 +50,30 @@ def label(c: Contract, s: Settings) -> str:
     """The firm's name as consumers see it."""
     if not masked(c):
         return c.tenant
+    return tenant_label(c.tenant, s)
+
+
+def tenant_label(tenant: str, s: Settings) -> str:
+    """The pseudonym of ``tenant``: ``firm-<keyed HMAC>``, the same in every version."""
     from datalab.pseudonym import key, pseudonym
 
-    return "firm-" + pseudonym(key(s), "datasheet:firm", c.tenant)[3:11]
+    return "firm-" + pseudonym(key(s), "datasheet:firm", tenant)[3:11]
+
+
+def machine_label(tenant: str, machine: str, s: Settings) -> str:
+    """The pseudonym of machine ``machine`` of ``tenant``: ``machine-<keyed HMAC>``."""
+    from datalab.pseudonym import key, pseudonym
+
+    return "machine-" + pseudonym(key(s), "datasheet:machine", f"{tenant}/{machine}")[3:11]
+
+
+def contract_label(contract_id: str, tenant: str, s: Settings) -> str:
+    """A contract id with its firm's name replaced by the firm's pseudonym (as the card writes it)."""
+    return apply(contract_id, {tenant: tenant_label(tenant, s)})
 
 
 def masks_for(contracts: Iterable[Contract], s: Settings, machines: Iterable[tuple[str, str]] = ()) -> dict[str, str]:
     """name -> pseudonym for the masked firms of ``contracts``: tenants, licence refs, and ``(tenant, machine)`` ids."""
-    from datalab.pseudonym import key, pseudonym
-
     out: dict[str, str] = {}
     by_tenant = {c.tenant: c for c in contracts if masked(c)}
     for c in by_tenant.values():
@@ -61,7 +86,7 @@ def masks_for(contracts: Iterable[Contract], s: Settings, machines: Iterable[tup
         # a machine id names its firm when it reads like one (BSW-M01); a bare number (C-MAPSS unit 7)
         # does not, and replacing "7" would rewrite every 7 of the card
         if tenant in by_tenant and _distinctive(machine) and machine not in out:
-            out[machine] = "machine-" + pseudonym(key(s), "datasheet:machine", f"{tenant}/{machine}")[3:11]
+            out[machine] = machine_label(tenant, machine, s)
     return out
 
 
@@ -114,3 +139,54 @@ def consumer_message(text: str, name: str | None = None, version: str | None = N
     """A refusal or error text for a consumer, with the masked firms replaced."""
     masks = {**lab_masks(s), **(for_version(name, version, s) if name else {})}
     return apply(text, masks)
+
+
+# -- the published rows -------------------------------------------------------------------
+
+ROW_COLUMNS = ("tenant", "contract_id", "entity")
+
+
+@dataclass(frozen=True)
+class RowMask:
+    """What a masked firm's published rows hold instead of its names (``table_stream.Part`` applies it)."""
+
+    tenant: str
+    contract_id: str
+    entities: tuple[tuple[str, str], ...] = ()  # (machine id, pseudonym) for the ids that name the firm
+
+
+def row_mask(c: Contract, entities: Iterable[str], s: Settings) -> RowMask | None:
+    """The replacements in ``c``'s published rows (``entities``: the machine ids in them); None for a named firm.
+
+    The same pseudonyms the card uses: the tenant's label, the contract id
+    with the tenant replaced, and ``machine-<HMAC>`` for every machine id the
+    card would mask (ids without a letter or shorter than three characters
+    name nobody and are kept, as on the card).
+    """
+    if not masked(c):
+        return None
+    return RowMask(label(c, s), contract_label(c.id, c.tenant, s),
+                   tuple((e, machine_label(c.tenant, e, s)) for e in sorted(set(entities)) if _distinctive(e)))
+
+
+def row_contract_ids(contract_id: str, tenants: Iterable[str], s: Settings) -> list[str]:
+    """Every value ``contract_id`` can hold in published rows: the id, and the id masked for each of ``tenants``."""
+    return sorted({contract_id, *(contract_label(contract_id, t, s) for t in tenants)})
+
+
+def plain_rows(lf: pl.LazyFrame, lineage: Iterable[dict[str, Any]], s: Settings) -> pl.LazyFrame:
+    """Published rows with ``tenant`` and ``contract_id`` under the real names again (the lab's own view).
+
+    ``lineage``: the ``lineage.contracts`` entries (id, tenant) of the
+    manifests the rows come from. A named firm's rows are unchanged; machine
+    ids stay pseudonymised (no reader in the lab needs them back).
+    """
+    tenants: dict[str, str] = {}
+    ids: dict[str, str] = {}
+    for c in lineage:
+        tenants[tenant_label(c["tenant"], s)] = c["tenant"]
+        ids[contract_label(c["id"], c["tenant"], s)] = c["id"]
+    have = lf.collect_schema()
+    back = [pl.col(col).replace({k: v for k, v in m.items() if k != v})
+            for col, m in (("tenant", tenants), ("contract_id", ids)) if col in have and have[col] == pl.String]
+    return lf.with_columns(back) if back else lf

@@ -23,7 +23,7 @@ import polars as pl
 
 from datalab import catalog as cat
 from datalab import contract as contracts_mod
-from datalab import datasets, sovereignty, state, table_stream
+from datalab import datasets, firm_names, sovereignty, state, table_stream
 from datalab.config import Settings, settings
 from datalab.errors import DatalabError
 from datalab.kinds import kind_of
@@ -95,9 +95,42 @@ def correction_parts(included: list[dict[str, Any]], s: Settings) -> dict[str, t
     return {k: tuple(v) for k, v in out.items()}
 
 
-def _part(d: dict[str, Any], contracts: dict[str, Any], replaced_by: dict[str, tuple[Path, ...]], s: Settings) -> table_stream.Part:
-    return table_stream.Part(s.home / d["curated_path"], d["contract"], contracts[d["contract"]].tenant,
-                             d["contract_version"], d["id"], replaced_by.get(d["id"], ()))
+def _part(d: dict[str, Any], contracts: dict[str, Any], replaced_by: dict[str, tuple[Path, ...]], s: Settings,
+          mask: firm_names.RowMask | None = None) -> table_stream.Part:
+    """One included delivery as a part of the version; ``mask``: what its rows hold instead of its firm's names."""
+    if mask is None:
+        return table_stream.Part(s.home / d["curated_path"], d["contract"], contracts[d["contract"]].tenant,
+                                 d["contract_version"], d["id"], replaced_by.get(d["id"], ()))
+    return table_stream.Part(s.home / d["curated_path"], mask.contract_id, mask.tenant,
+                             d["contract_version"], d["id"], replaced_by.get(d["id"], ()), mask.entities)
+
+
+def row_masks(included: list[dict[str, Any]], contracts: dict[str, Any], s: Settings) -> dict[str, firm_names.RowMask]:
+    """Per included delivery of a firm that withholds its name, the pseudonyms its published rows carry.
+
+    The rule is the card's (``datalab.firm_names``): such a firm's rows hold
+    its pseudonym in ``tenant``, its contract id with the pseudonym in
+    ``contract_id`` and ``machine-<HMAC>`` for its machine ids in ``entity``.
+    The machine ids are read from the curated file (one column, streamed).
+    """
+    out: dict[str, firm_names.RowMask] = {}
+    for d in included:
+        c = contracts[d["contract"]]
+        if not firm_names.masked(c):
+            continue
+        path = s.home / d["curated_path"]
+        entities: list[str] = []
+        if pl.read_parquet_schema(path).get("entity") == pl.String:
+            entities = pl.scan_parquet(path).select(pl.col("entity").unique()).collect(engine="streaming")["entity"].drop_nulls().to_list()
+        mask = firm_names.row_mask(c, entities, s)
+        if mask is not None:
+            out[d["id"]] = mask
+    return out
+
+
+def _rows_pseudonymised(m: dict[str, Any] | None) -> set[str]:
+    """The contracts whose rows version ``m`` holds under pseudonyms (none before rows were masked)."""
+    return set((((m or {}).get("sovereignty") or {}).get("rows_pseudonymised") or {}).get("contracts") or [])
 
 
 def publish(name: str, actor: str = "cli", s: Settings | None = None) -> PublishResult:
@@ -146,7 +179,11 @@ def _publish(name: str, actor: str, s: Settings) -> PublishResult:
     prev = latest(name, s)
     prev_manifest = read_manifest(name, prev["version"], s) if prev else None
     delivery_ids = sorted(d["id"] for d in included)
-    content_key = hashlib.sha256(json.dumps([delivery_ids, new_schema, policy.to_dict(), spec.site], sort_keys=True, default=str).encode()).hexdigest()
+    # Firms whose rows are published under their pseudonym (datalab.firm_names); part of the
+    # content only when there are any, so a version without them keeps its key.
+    masked_rows = sorted({d["contract"] for d in included if firm_names.masked(contracts[d["contract"]])})
+    key_parts: list[Any] = [delivery_ids, new_schema, policy.to_dict(), spec.site] + ([{"rows_pseudonymised": masked_rows}] if masked_rows else [])
+    content_key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()
     if prev is not None and prev["content_key"] == content_key:
         return PublishResult(name, prev["version"], False, f"nothing changed since {prev['version']}: no new version")
     version, why = bump(prev["version"] if prev else None, prev_manifest["schema"] if prev_manifest else None, new_schema)
@@ -162,8 +199,10 @@ def _publish(name: str, actor: str, s: Settings) -> PublishResult:
 
     prev_ids = set(prev_manifest["lineage"]["deliveries"]) if prev_manifest else set()
     same_table = prev_manifest is not None and prev_manifest["table"] == ident
+    # A correction changes published files; so does a firm that now withholds its name, or now gives it.
     append_only = same_table and why.startswith("patch") and prev_ids <= set(delivery_ids) \
-        and not any(replaced_by.get(i) for i in prev_ids)  # a correction changes published files
+        and not any(replaced_by.get(i) for i in prev_ids) \
+        and _rows_pseudonymised(prev_manifest) == set(masked_rows) & set((prev_manifest or {}).get("rows_per_contract") or {})
     if append_only:
         # A publish killed after its Iceberg commit but before its catalog row
         # leaves a snapshot no version names; appending on top of it would
@@ -173,8 +212,9 @@ def _publish(name: str, actor: str, s: Settings) -> PublishResult:
     # Data files written by Polars, then registered in one transaction (one
     # commit): see table_stream.
     pl_schema = dict(lf.collect_schema())
-    parts = [_part(d, contracts, replaced_by, s) for d in included]
     new_ids = [d for d in delivery_ids if d not in prev_ids]
+    masks = row_masks([d for d in included if not append_only or d["id"] in new_ids], contracts, s)  # the parts written
+    parts = [_part(d, contracts, replaced_by, s, masks.get(d["id"])) for d in included]
     arrow_schema = table_stream.arrow_schema(pl_schema)
     if not ice.table_exists(ident):
         tbl = ice.create_table(ident, schema=arrow_schema)
@@ -257,6 +297,8 @@ def _publish(name: str, actor: str, s: Settings) -> PublishResult:
         "sovereignty": sovereignty.manifest_section(plan, personal),
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    if masked_rows:  # which rows a consumer reads under pseudonyms (docs/sovereignty.md, "Firm names")
+        manifest["sovereignty"]["rows_pseudonymised"] = {"contracts": masked_rows, "columns": list(firm_names.ROW_COLUMNS)}
     for kind in used_kinds:  # what a kind versions with the table (CAD: the files and thumbnails)
         kind.attach_files(manifest, included, contracts, policy, s)
     vdir = s.versions / name / version

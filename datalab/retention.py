@@ -257,9 +257,11 @@ def purge_table(ident: str, contract_id: str, tags: list[str], s: Settings) -> d
     """Remove a contract's rows from an Iceberg table, for real.
 
     Tags of withdrawn versions go, the rows go from the current snapshot,
-    unprotected snapshots are expired, unreferenced files removed.
+    unprotected snapshots are expired, unreferenced files removed. The rows
+    are found under the contract id and under its pseudonymised form (a firm
+    that withholds its name is published so: ``firm_names.row_mask``).
     """
-    from pyiceberg.expressions import EqualTo
+    from pyiceberg.expressions import In
 
     from datalab.publish import iceberg_catalog
 
@@ -276,9 +278,10 @@ def purge_table(ident: str, contract_id: str, tags: list[str], s: Settings) -> d
         tbl = ice.load_table(ident)
     rows_before = 0
     if tbl.current_snapshot() is not None:
-        rows_before = tbl.scan(row_filter=EqualTo("contract_id", contract_id), selected_fields=("contract_id",)).to_arrow().num_rows
+        mine = In("contract_id", _row_ids(contract_id, s))
+        rows_before = tbl.scan(row_filter=mine, selected_fields=("contract_id",)).to_arrow().num_rows
         if rows_before:
-            tbl.delete(EqualTo("contract_id", contract_id))
+            tbl.delete(mine)
             tbl = ice.load_table(ident)
     protected = {ref.snapshot_id for ref in tbl.metadata.refs.values()}
     expire = [x.snapshot_id for x in tbl.metadata.snapshots if x.snapshot_id not in protected]
@@ -287,6 +290,16 @@ def purge_table(ident: str, contract_id: str, tags: list[str], s: Settings) -> d
         tbl = ice.load_table(ident)
     removed = remove_orphans(tbl)
     return {"tags_removed": present, "rows_deleted": rows_before, "snapshots_expired": len(expire), "files_removed": removed}
+
+
+def _row_ids(contract_id: str, s: Settings) -> list[str]:
+    """The values ``contract_id`` can hold in published rows: the id, and the id under its firm's pseudonym."""
+    from datalab import firm_names
+
+    with cat.Catalog(s.catalog_url).begin() as conn:
+        d = cat.deliveries
+        tenants = {r.tenant for r in conn.execute(sa.select(d.c.tenant).where(d.c.contract_id == contract_id).distinct())}
+    return firm_names.row_contract_ids(contract_id, tenants, s)
 
 
 def _local(path: str) -> Path:

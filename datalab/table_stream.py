@@ -25,6 +25,10 @@ other, and disk use is what it was with rewritten files. Any other part (a
 curated file from before the provenance columns, a dataset of contracts
 with different columns, dropped columns) is rewritten by the sink.
 
+A firm that withholds its name (``datalab.firm_names``) has its parts
+rewritten, never copied: their rows carry its pseudonyms in ``tenant``,
+``contract_id`` and ``entity``, where the curated file holds the names.
+
 Memory stays bounded: a rewritten file holds at most ``COMMIT_ROWS`` rows and
 the sink streams it; a copied file is the curated file, whose row groups
 bound a reader's memory. The files carry no Iceberg field ids; ``add_files``
@@ -65,6 +69,10 @@ class Part:
     # Curated files of later corrections whose readings replace some of this
     # part's (same entity, time, sensor): those rows are left out (issue 23).
     replaced_by: tuple[Path, ...] = ()
+    # Machine ids the version's rows carry pseudonymised, (id, pseudonym): a firm
+    # that withholds its name (datalab.firm_names.row_mask; ``tenant`` and
+    # ``contract_id`` above are then its pseudonyms already).
+    entities: tuple[tuple[str, str], ...] = ()
 
     def rows(self) -> pl.LazyFrame:
         """The part's curated rows, less those a later correction replaces."""
@@ -83,6 +91,8 @@ class Part:
 def conformed(part: Part, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
     """The rows of one curated delivery in the version's schema (a lazy scan)."""
     lf = part.rows().with_columns(**{k: pl.lit(v) for k, v in part.literals.items()})
+    if part.entities:
+        lf = lf.with_columns(pl.col("entity").replace(dict(part.entities)))
     have = lf.collect_schema()
     return lf.select([pl.col(n).cast(t) if n in have else pl.lit(None, t).alias(n) for n, t in schema.items()])
 
@@ -95,7 +105,7 @@ def is_data_file(part: Part, schema: dict[str, pl.DataType]) -> bool:
     holding exactly this part's literals (no nulls, min = max = the value).
     Read from the Parquet footer only.
     """
-    if part.replaced_by or list(pl.read_parquet_schema(part.path).items()) != list(schema.items()):
+    if part.replaced_by or part.entities or list(pl.read_parquet_schema(part.path).items()) != list(schema.items()):
         return False
     meta = pq.ParquetFile(part.path).metadata
     if meta.num_rows == 0:  # no rows to add: left to slices(), which writes none for it

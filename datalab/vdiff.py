@@ -5,6 +5,8 @@ a drift summary per numeric series (mean, std and quantiles of ``value`` per
 sensor, plus every other numeric column). Read from the versions' files as
 published (checksums verified by reading the manifest's paths), so it works
 for old versions too; withdrawn versions have no data left and are refused.
+Rows published under a firm's pseudonym are read under its name again
+(``firm_names.plain_rows``): the diff is the lab's, local-only.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 import polars as pl
 
+from datalab import firm_names
 from datalab.config import Settings, settings
 from datalab.errors import PolicyRefused
 from datalab.publish import read_manifest
@@ -23,7 +26,10 @@ NUMERIC = (pl.Float32, pl.Float64, pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UIn
 def _frame(m: dict[str, Any], s: Settings) -> pl.LazyFrame:
     if m.get("status") == "withdrawn":
         raise PolicyRefused("withdrawn", f"{m['dataset']}@{m['version']} was withdrawn: {(m.get('withdrawn') or {}).get('reason', '')}")
-    return pl.scan_parquet([str(s.home / f["path"]) for f in m["files"]], missing_columns="insert", extra_columns="ignore")
+    lf = pl.scan_parquet([str(s.home / f["path"]) for f in m["files"]], missing_columns="insert", extra_columns="ignore")
+    # a firm that withholds its name has its rows published under its pseudonym; the lab's diff names it
+    # (docs/sovereignty.md, "Firm names"), and a version from before the rows were masked compares alike
+    return firm_names.plain_rows(lf, (m.get("lineage") or {}).get("contracts") or [], s)
 
 
 def _stats(lf: pl.LazyFrame, keys: list[str], col: str) -> pl.DataFrame:
