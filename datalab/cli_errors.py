@@ -44,6 +44,8 @@ from datalab.errors import (
 OK, REFUSED, USAGE, NOT_FOUND, FILESYSTEM, UNREACHABLE, BUG = 0, 1, 2, 3, 4, 5, 70
 INTERRUPTED = 130
 
+# The CLI's consoles (datalab.cli and its command modules share them).
+out = Console()
 err = Console(stderr=True)
 
 

@@ -63,9 +63,9 @@ def local_only(command: str) -> None:
 
 
 def _ui() -> tuple[Any, Any, Any]:
-    from datalab import cli
+    from datalab import cli_errors
 
-    return cli.out, cli.err, cli._fail
+    return cli_errors.out, cli_errors.err, lambda e: cli_errors.fail(e, cli_errors.err)
 
 
 def serve(

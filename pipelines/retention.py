@@ -24,9 +24,9 @@ RETENTION_CRON = "15 2 * * *"  # daily, 02:15 lab time
 def purge_dagster(contract_id: str, deliveries: list[str], versions: list[tuple[str, str]], s: Settings) -> dict[str, Any]:
     """Delete the Dagster records of purged deliveries and withdrawn versions."""
     from assets.timeseries import key_prefix
-    from pipelines import runner
+    from pipelines.cluster import instance
 
-    inst = runner.instance()
+    inst = instance(s)
     runs: set[str] = set()
     for d in deliveries:
         for rec in inst.get_run_records(filters=dg.RunsFilter(tags={"dagster/partition": d})):

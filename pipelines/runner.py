@@ -7,18 +7,18 @@ lives under ``$DATALAB_HOME/dagster``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 
 from datalab import contract as contracts_mod
 from datalab import state
-from datalab.config import settings
+from datalab.config import Settings, settings
 from datalab.contract import Contract
 from datalab.errors import DatalabError, NotFound
+from datalab.runs import DeliveryRun
+from pipelines.cluster import instance as _cluster_instance
 
 # In-process runs log to the console at DEBUG by default; the CLI prints its
 # own summary, and the full event log stays in the instance for the UI. A failed
@@ -28,22 +28,12 @@ from datalab.errors import DatalabError, NotFound
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
-@dataclass
-class DeliveryRun:
-    contract_id: str
-    delivery_id: str
-    success: bool
-    validation_ok: bool | None
-    message: str
+__all__ = ["DAGSTER", "DagsterRunner", "DeliveryRun", "fair_order", "instance", "publish", "run_pending"]
 
 
 def instance() -> dg.DagsterInstance:
     """The lab's Dagster instance: SQLite under home (local) or PostgreSQL (cluster)."""
-    from pipelines.cluster import write_instance
-
-    s = settings()
-    os.environ["DAGSTER_HOME"] = str(write_instance(s))
-    return dg.DagsterInstance.get()
+    return _cluster_instance(settings())
 
 
 def _execute(job_name: str, inst: dg.DagsterInstance, tags: dict[str, str], partition_key: str | None = None,
@@ -196,3 +186,30 @@ def _has_job(defs: dg.Definitions, name: str) -> bool:
         return True
     except Exception:
         return False
+
+
+class DagsterRunner:
+    """The lab's pipelines for the CLI and the service (``datalab.runs.Runner``).
+
+    Declared in ``pyproject.toml`` as the entry point ``dagster`` of the group
+    ``datalab.runners``; the core finds it there (``datalab.runs.runner``)
+    and never imports this package.
+    """
+
+    def run_pending(self, contract_ref: str | None = None, on_event: Callable[[DeliveryRun], None] | None = None,
+                    parallel: int | None = None) -> list[DeliveryRun]:
+        return run_pending(contract_ref, on_event=on_event, parallel=parallel)
+
+    def publish(self, dataset: str) -> dict:
+        return publish(dataset)
+
+    def instance(self) -> dg.DagsterInstance:
+        return instance()
+
+    def purge(self, contract_id: str, deliveries: list[str], versions: list[tuple[str, str]], s: Settings) -> dict[str, Any]:
+        from pipelines.retention import purge_dagster
+
+        return purge_dagster(contract_id, deliveries, versions, s)
+
+
+DAGSTER = DagsterRunner()
