@@ -37,7 +37,7 @@ def instance() -> dg.DagsterInstance:
 
 
 def _execute(job_name: str, inst: dg.DagsterInstance, tags: dict[str, str], partition_key: str | None = None,
-             defs: dg.Definitions | None = None) -> Any:
+             defs: dg.Definitions | None = None, s: Settings | None = None) -> Any:
     """Run one job of the lab's definitions and wait for it.
 
     Local profile: in this process, as before. Cluster profile: the job is
@@ -47,7 +47,7 @@ def _execute(job_name: str, inst: dg.DagsterInstance, tags: dict[str, str], part
     """
     from pipelines.resources import run_config
 
-    s = settings()
+    s = s or settings()
     cfg = run_config(s, QUIET)
     if s.profile != "cluster":
         job = (defs or _defs()).resolve_job_def(job_name)
@@ -102,7 +102,7 @@ def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun
     contracts = contracts_mod.load_all(s.contracts_dir)
     chosen = [contracts_mod.find(contracts, contract_ref)] if contract_ref else sorted(contracts.values(), key=lambda c: c.slug)
     defs = _defs() if s.profile != "cluster" else None
-    inst = instance()
+    inst = _cluster_instance(s)
     todo: list[tuple[Contract, str]] = []
     for c in chosen:
         if c.kind not in ("timeseries", "cad"):
@@ -117,7 +117,7 @@ def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun
     out: list[DeliveryRun] = []
     if s.profile != "cluster":
         for c, d in todo:
-            out.append(_run_one(c, d, inst, defs))
+            out.append(_run_one(c, d, inst, defs, s))
             if on_event:
                 on_event(out[-1])
         return out
@@ -137,12 +137,12 @@ def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun
     return out
 
 
-def _run_one(c: Contract, d: str, inst: dg.DagsterInstance, defs: dg.Definitions | None) -> DeliveryRun:
+def _run_one(c: Contract, d: str, inst: dg.DagsterInstance, defs: dg.Definitions | None,
+             s: Settings) -> DeliveryRun:
     from pipelines.definitions import ingest_job_name
 
-    s = settings()
     result = _execute(ingest_job_name(c), inst, {"datalab/delivery": d, "datalab/source": "cli",
-                                                 "tenant": c.tenant}, partition_key=d, defs=defs)
+                                                 "tenant": c.tenant}, partition_key=d, defs=defs, s=s)
     st = state.get(d, s) or {}
     ok = result.success
     msg = "validated" if st.get("validation_ok") else ("validation failed" if st.get("validation_ok") is False else _error(result))
@@ -152,8 +152,9 @@ def _run_one(c: Contract, d: str, inst: dg.DagsterInstance, defs: dg.Definitions
 
 
 def _run_in_child(contract_id: str, d: str) -> DeliveryRun:
-    c = contracts_mod.load_all(settings().contracts_dir)[contract_id]
-    return _run_one(c, d, instance(), None)
+    s = settings()  # a fresh process: its own settings (the parent's environment)
+    c = contracts_mod.load_all(s.contracts_dir)[contract_id]
+    return _run_one(c, d, _cluster_instance(s), None, s)
 
 
 def fair_order(todo: list[tuple[Contract, str]]) -> list[tuple[Contract, str]]:
