@@ -20,9 +20,21 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from datalab.errors import UsageError
 from datalab.policy import CLASSIFICATIONS
 
 PROFILES = ("local", "cluster")
+
+
+class SettingsError(UsageError, ValueError):
+    """A ``DATALAB_*`` variable has a value the lab cannot use: the message names it and the rule.
+
+    A usage error for the CLI (exit 2, not "a bug in datalab"), and still a
+    ValueError for the code that caught the bare ValueError this used to be.
+    """
+
+    hint = "fix or unset that variable (the README's Settings table gives each one's values)"
+
 ENGINES = ("auto", "cpu", "gpu")
 # The consumer clearances, lowest first: the classifications of datalab.policy.
 CLEARANCES = CLASSIFICATIONS
@@ -192,7 +204,7 @@ def settings() -> Settings:
     profile = _choice("DATALAB_PROFILE", PROFILES, "local")
     storage = (_env("DATALAB_STORAGE") or "").strip() or None
     if storage is not None and not storage.startswith("s3://"):
-        raise ValueError(f"DATALAB_STORAGE={storage!r}: use s3://bucket/prefix (unset keeps the files under DATALAB_HOME)")
+        raise SettingsError(f"DATALAB_STORAGE={storage!r}: use s3://bucket/prefix (unset keeps the files under DATALAB_HOME)")
     return Settings(
         home=home,
         profile=profile,
@@ -258,7 +270,7 @@ def _env(name: str) -> str | None:
 def _choice(name: str, allowed: tuple[str, ...], default: str) -> str:
     value = (_env(name) or default).strip().lower()
     if value not in allowed:
-        raise ValueError(f"{name}={value!r}: use {', '.join(allowed[:-1])} or {allowed[-1]}")
+        raise SettingsError(f"{name}={value!r}: use {', '.join(allowed[:-1])} or {allowed[-1]}")
     return value
 
 
@@ -278,7 +290,7 @@ def _hex(name: str) -> bytes | None:
     try:
         return bytes.fromhex(raw)
     except ValueError:
-        raise ValueError(f"{name}: expected hex (e.g. 64 hex digits)") from None
+        raise SettingsError(f"{name}: expected hex (e.g. 64 hex digits)") from None
 
 
 def _seconds(name: str, default: float, zero_ok: bool = False) -> float:
@@ -289,9 +301,9 @@ def _seconds(name: str, default: float, zero_ok: bool = False) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected {what}") from None
+        raise SettingsError(f"{name}={raw!r}: expected {what}") from None
     if not value >= 0 or (value == 0 and not zero_ok) or value == float("inf"):
-        raise ValueError(f"{name}={raw!r}: expected {what}")
+        raise SettingsError(f"{name}={raw!r}: expected {what}")
     return value
 
 
@@ -316,7 +328,7 @@ def _positive_int(name: str, default: int, zero_ok: bool = False) -> int:
     try:
         value = int(raw.replace("_", ""))
     except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected {what}") from None
+        raise SettingsError(f"{name}={raw!r}: expected {what}") from None
     if value < 0 or (value == 0 and not zero_ok):
-        raise ValueError(f"{name}={raw!r}: expected {what}")
+        raise SettingsError(f"{name}={raw!r}: expected {what}")
     return value
