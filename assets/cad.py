@@ -57,7 +57,7 @@ def build_cad_assets(contract: Contract) -> list[dg.AssetsDefinition]:
     def raw(context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
         d = context.partition_key
         with MemoryWatch() as mw:
-            st = kind.read_raw(contract, d)
+            st = kind.read_raw(contract, d, lab.settings())
         return dg.MaterializeResult(metadata={
             "delivery_id": d, "files": st["files"], "cached": st["cached"], "parsed": st["parsed"],
             "bytes_in": dg.MetadataValue.int(st["bytes_in"]), "seconds": dg.MetadataValue.float(st["seconds"]),
@@ -77,7 +77,7 @@ def build_cad_assets(contract: Contract) -> list[dg.AssetsDefinition]:
         with MemoryWatch() as mw:
             st = kind.curate(contract, d, s)
             path = kind.curated_path(contract, d, s)
-            check = run_suite_check(contract, d, path, context)
+            check = run_suite_check(contract, d, path, context, s)
         df = pl.read_parquet(path)
         return dg.MaterializeResult(
             metadata={

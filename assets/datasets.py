@@ -6,6 +6,7 @@ from dagster import AssetExecutionContext
 
 from assets.timeseries import key_prefix
 from datalab import publish
+from datalab.config import Settings
 from datalab.contract import Contract
 from datalab.datasets import DatasetSpec
 from pipelines.resources import LabResource
@@ -30,8 +31,9 @@ def build_dataset_asset(spec: DatasetSpec, contracts: dict[str, Contract]) -> dg
                         "sizes, and its row counts add up (files, per contract, total)")],
     )
     def dataset(context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
-        res = publish.publish(spec.name, actor="dagster")
-        m = res.manifest or publish.read_manifest(spec.name, res.version)
+        s = lab.settings()
+        res = publish.publish(spec.name, actor="dagster", s=s)
+        m = res.manifest or publish.read_manifest(spec.name, res.version, s)
         context.log.info(res.message)
         return dg.MaterializeResult(metadata={
             "version": res.version or "",
@@ -48,17 +50,15 @@ def build_dataset_asset(spec: DatasetSpec, contracts: dict[str, Contract]) -> dg
             "classification": m["policy"]["classification"],
             "excluded_deliveries": len(m["lineage"]["excluded"]),
             "publish_seconds": dg.MetadataValue.float(m["seconds"]),
-            **_card_metadata(spec.name, m),
-        }, check_results=[_verify_check(spec.name, m["version"])])
+            **_card_metadata(spec.name, m, s),
+        }, check_results=[_verify_check(spec.name, m["version"], s)])
 
     return dataset
 
 
-def _card_metadata(name: str, m: dict) -> dict:
+def _card_metadata(name: str, m: dict, s: Settings) -> dict:
     """The version's datasheet (Markdown) and its warnings, shown in the Dagster UI."""
-    from datalab.config import settings
-
-    vdir = settings().versions / name / m["version"]
+    vdir = s.versions / name / m["version"]
     card = vdir / "card.md"
     if not card.exists():
         return {}
@@ -66,17 +66,17 @@ def _card_metadata(name: str, m: dict) -> dict:
 
     return {
         # the plots and thumbnails inline (data URIs): the UI has no base directory for relative links
-        "card": dg.MetadataValue.md(card_with_inline_images(name, m) or card.read_text()),
+        "card": dg.MetadataValue.md(card_with_inline_images(name, m, s) or card.read_text()),
         "card_html": dg.MetadataValue.path(str(vdir / "card.html")),
         "datasheet_warnings": dg.MetadataValue.int((m.get("datasheet") or {}).get("warnings", 0)),
     }
 
 
-def _verify_check(name: str, version: str) -> dg.AssetCheckResult:
+def _verify_check(name: str, version: str, s: Settings) -> dg.AssetCheckResult:
     """The asset check: the published version verifies against its manifest (``datalab.version_check``)."""
     from datalab.version_check import verify
 
-    problems, facts = verify(name, version)
+    problems, facts = verify(name, version, s)
     return dg.AssetCheckResult(
         check_name=VERIFY_CHECK, passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
         metadata={**{k: (dg.MetadataValue.int(v) if isinstance(v, int) else v) for k, v in facts.items()},

@@ -59,9 +59,10 @@ def build_timeseries_assets(contract: Contract) -> list[dg.AssetsDefinition]:
     )
     def raw(context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
         d = context.partition_key
+        s = lab.settings()
         with MemoryWatch() as mw:
-            st = ingest.ingest_raw(contract, d)
-        path = ingest.raw_path(contract, d, lab.settings())
+            st = ingest.ingest_raw(contract, d, s)
+        path = ingest.raw_path(contract, d, s)
         return dg.MaterializeResult(metadata={
             "delivery_id": d,
             "files": st["files"],
@@ -89,12 +90,13 @@ def build_timeseries_assets(contract: Contract) -> list[dg.AssetsDefinition]:
     )
     def curated(context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
         d = context.partition_key
-        engine = Engine()
+        s = lab.settings()
+        engine = Engine(s.engine)
         validate.import_in_background()  # the suite check below needs GX; import it while the plan runs
         with MemoryWatch() as mw:
-            st = curate.curate_delivery(contract, d, engine)
-            path = curate.curated_path(contract, d, lab.settings())
-            check = run_suite_check(contract, d, path, context)
+            st = curate.curate_delivery(contract, d, engine, s)
+            path = curate.curated_path(contract, d, s)
+            check = run_suite_check(contract, d, path, context, s)
         sensors = pl.DataFrame([{"sensor": k, **{x: v[x] for x in ("unit", "n", "min", "max", "mean", "out_of_range", "outliers")}}
                                 for k, v in st["sensors"].items()])
         eng = st["engine"]

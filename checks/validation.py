@@ -11,7 +11,7 @@ from __future__ import annotations
 import dagster as dg
 
 from datalab import state
-from datalab.config import settings
+from datalab.config import Settings, settings
 from datalab.contract import Contract
 
 
@@ -24,13 +24,15 @@ def suite_check_spec(contract: Contract, asset_key: dg.AssetKey) -> dg.AssetChec
     )
 
 
-def run_suite_check(contract: Contract, delivery_id: str, path, context: dg.AssetExecutionContext | None = None) -> dg.AssetCheckResult:
+def run_suite_check(contract: Contract, delivery_id: str, path, context: dg.AssetExecutionContext | None = None,
+                    s: Settings | None = None) -> dg.AssetCheckResult:
+    """Validate the curated delivery and record the outcome; ``s``: the run's settings (the ``lab`` resource's)."""
     from datalab import validate
 
     report = validate.validate(contract, path, run_name=delivery_id)
     failed = report.failed_results()
     state.set_stage(
-        delivery_id, "validated" if report.success else "failed", s=settings(),
+        delivery_id, "validated" if report.success else "failed", s=s or settings(),
         validation_ok=report.success, validation=report.to_dict(),
     )
     lines = [f"| {r.get('type')} | {r.get('column') or ''} | {r.get('sensor') or ''} | {r.get('unexpected_count')} | "

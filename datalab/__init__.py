@@ -22,7 +22,10 @@ from datalab.version import __version__  # noqa: F401  (the version lives in dat
 # here, before any datalab module imports Polars, and only if the operator
 # has not set ``_RJEM_MALLOC_CONF`` (or ``DATALAB_POLARS_ALLOCATOR=default``).
 POLARS_ALLOCATOR = "dirty_decay_ms:2000,muzzy_decay_ms:0"
-if "polars" not in sys.modules and os.environ.get("DATALAB_POLARS_ALLOCATOR", "") != "default":
+# (``datalab.config.keep_polars_allocator`` reads the variable; config imports no Polars.)
+from datalab.config import keep_polars_allocator  # noqa: E402
+
+if "polars" not in sys.modules and not keep_polars_allocator():
     os.environ.setdefault("_RJEM_MALLOC_CONF", POLARS_ALLOCATOR)
 
 

@@ -32,10 +32,8 @@ from datalab.config import Settings, settings
 
 
 def default_path(s: Settings | None = None) -> Path:
-    env = os.environ.get("DATALAB_AUDIT_CHECKPOINTS")
-    if env:
-        return Path(env).expanduser()
-    return (s or settings()).home / "audit" / "checkpoints.jsonl"
+    s = s or settings()
+    return s.audit_checkpoints or s.home / "audit" / "checkpoints.jsonl"
 
 
 def _sig(key: bytes, seq: int, head: str, ts: str) -> str:

@@ -150,15 +150,12 @@ def audit_key() -> bytes:
     read the key cannot recompute the hashes of rows they edit. Several
     hosts sharing one PostgreSQL catalog share the key through the variable.
     """
-    env = os.environ.get("DATALAB_AUDIT_KEY")
-    if env:
-        try:
-            return bytes.fromhex(env)
-        except ValueError:
-            raise ValueError("DATALAB_AUDIT_KEY: expected hex (e.g. 64 hex digits)") from None
     from datalab.config import settings
 
-    path = settings().secrets / "audit.key"
+    s = settings()
+    if s.audit_key:
+        return s.audit_key
+    path = s.secrets / "audit.key"
     cached = _KEYS.get(str(path))
     if cached is not None:
         return cached

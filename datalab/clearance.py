@@ -17,27 +17,29 @@ like every other refusal.
 
 from __future__ import annotations
 
-import os
-
+from datalab.config import DEFAULT_CLEARANCE, Settings, settings
 from datalab.errors import PolicyRefused
 from datalab.policy import CLASSIFICATIONS, Policy
-
-DEFAULT_CLEARANCE = "confidential"
-
 
 PRINCIPAL_KEY = "principal"  # set by ``auth.clearance_env``: the clearance is a principal's roles, not an environment
 
 
-def check_clearance(pol: Policy, env: dict[str, str] | None = None) -> None:
+def check_clearance(pol: Policy, env: dict[str, str] | None = None, s: Settings | None = None) -> None:
     """Refuse unless the consumer's clearance covers ``pol``; the refusal says how clearance is granted here.
 
     Locally that is the consumer's own environment; over HTTP it is the
     principal's roles, which only an admin of the lab grants (issue 20: the
     message used to tell an HTTP consumer to set an environment variable).
+    ``env`` None: this process's settings (``DATALAB_CLEARANCE``, ``DATALAB_EXPORT_CLEARED``,
+    checked in datalab.config); else a principal's clearance (``auth.clearance_env``).
     """
-    env = dict(os.environ) if env is None else env
-    principal = env.get(PRINCIPAL_KEY)
-    clearance = (env.get("DATALAB_CLEARANCE") or DEFAULT_CLEARANCE).strip().lower()
+    if env is None:
+        s = s or settings()
+        principal, clearance, cleared = None, s.clearance, s.export_cleared
+    else:
+        principal = env.get(PRINCIPAL_KEY)
+        clearance = (env.get("DATALAB_CLEARANCE") or DEFAULT_CLEARANCE).strip().lower()
+        cleared = env.get("DATALAB_EXPORT_CLEARED", "").strip().lower() in ("1", "true", "yes")
     if clearance not in CLASSIFICATIONS:
         raise PolicyRefused("classification", f"DATALAB_CLEARANCE={clearance!r} is not one of {list(CLASSIFICATIONS)}")
     if CLASSIFICATIONS.index(pol.classification) > CLASSIFICATIONS.index(clearance):
@@ -46,7 +48,7 @@ def check_clearance(pol: Policy, env: dict[str, str] | None = None) -> None:
                else "DATALAB_CLEARANCE")
         raise PolicyRefused("classification", f"the version is {pol.classification} (set by {who}); the consumer's "
                             f"clearance is {clearance} ({how})")
-    if pol.export_control and env.get("DATALAB_EXPORT_CLEARED", "").strip().lower() not in ("1", "true", "yes"):
+    if pol.export_control and not cleared:
         who = ", ".join(pol.sources.get("export_control", [])) or "the dataset policy"
         how = (f"principal {principal!r} lacks the role 'export-cleared', which only an admin of the lab grants"
                if principal else "set DATALAB_EXPORT_CLEARED=1 only if it is")

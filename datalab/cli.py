@@ -12,7 +12,6 @@ command takes ``--json`` for machines.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import shutil
@@ -21,10 +20,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from datalab import cli_errors, cli_service
+from datalab import cli_errors, cli_service, runs
 from datalab import contract as contracts_mod
 from datalab.cli_table import print_table
 from datalab.config import settings
@@ -38,16 +36,15 @@ app.add_typer(contract_app, name="contract")
 app.add_typer(audit_app, name="audit")
 for _name, _sub in kind_faces.cli_apps():  # each kind's sub-commands (datalab cad ..., issue 3)
     app.add_typer(_sub, name=_name)
-out = Console()
-err = Console(stderr=True)
+out, err = cli_errors.out, cli_errors.err
 
 
-def _pipelines() -> Any:
-    """The Dagster side, imported only by the commands that run pipelines."""
-    try:
-        return importlib.import_module("pipelines.runner")
-    except ImportError as e:  # a push/pull-only install without Dagster
-        raise DatalabError(f"this command needs the lab's pipelines (Dagster): {e}") from e
+def _pipelines() -> runs.Runner:
+    """The pipelines (Dagster), found only by the commands that run them (datalab/runs.py).
+
+    A push/pull-only install without them gets ``RunnerMissing``, a DatalabError.
+    """
+    return runs.runner()
 
 
 def _contracts() -> dict:

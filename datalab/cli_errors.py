@@ -22,7 +22,6 @@ Exit codes (also in the README):
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 from typing import Any, NoReturn
@@ -31,6 +30,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from datalab import config
 from datalab.errors import (
     ContractError,
     DatalabError,
@@ -44,12 +44,14 @@ from datalab.errors import (
 OK, REFUSED, USAGE, NOT_FOUND, FILESYSTEM, UNREACHABLE, BUG = 0, 1, 2, 3, 4, 5, 70
 INTERRUPTED = 130
 
+# The CLI's consoles (datalab.cli and its command modules share them).
+out = Console()
 err = Console(stderr=True)
 
 
 def debug() -> bool:
     """True when tracebacks were asked for (``--debug`` sets ``DATALAB_DEBUG=1``)."""
-    return os.environ.get("DATALAB_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+    return config.debug()
 
 
 def _is(e: BaseException, module: str, name: str) -> bool:
@@ -60,7 +62,7 @@ def _is(e: BaseException, module: str, name: str) -> bool:
 
 
 def _service_url() -> str:
-    return os.environ.get("DATALAB_URL") or "the lab service"
+    return config.service_url() or "the lab service"
 
 
 def _os_hint(e: OSError) -> str:

@@ -8,7 +8,6 @@ asks ``remote()`` whether to go over HTTP.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import typer
 
 from datalab.cli_table import print_table
-from datalab.config import settings
+from datalab.config import home_is_set, service_url, settings
 from datalab.errors import DatalabError, UsageError
 
 MAX_HEAD_BYTES = 32 << 10
@@ -42,14 +41,14 @@ def require_lab() -> None:
     if not s.home.is_dir():
         from datalab.errors import NotFound
 
-        e = NotFound(f"no lab at {s.home} (DATALAB_HOME{'' if 'DATALAB_HOME' in os.environ else ' is unset: ./.datalab'})")
+        e = NotFound(f"no lab at {s.home} (DATALAB_HOME{'' if home_is_set() else ' is unset: ./.datalab'})")
         e.hint = "check DATALAB_HOME (nothing was created), or create a lab with `datalab demo` or a push"
         raise e
 
 
 def local_note(command: str, what: str | None = None) -> None:
     """Say plainly, on stderr, that ``command`` works on this machine even though DATALAB_URL is set."""
-    url = os.environ.get("DATALAB_URL")
+    url = service_url()
     if url:
         _, err, _ = _ui()
         what = what or f"the lab at {settings().home} (DATALAB_HOME)"
@@ -64,9 +63,9 @@ def local_only(command: str) -> None:
 
 
 def _ui() -> tuple[Any, Any, Any]:
-    from datalab import cli
+    from datalab import cli_errors
 
-    return cli.out, cli.err, cli._fail
+    return cli_errors.out, cli_errors.err, lambda e: cli_errors.fail(e, cli_errors.err)
 
 
 def serve(

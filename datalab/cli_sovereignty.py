@@ -5,7 +5,6 @@ contract withdraw, retention enforce. Registered on the main app by
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import json
 from typing import Any, NoReturn
 
@@ -29,11 +28,11 @@ def _fail(e: BaseException) -> NoReturn:
 
 
 def _hook() -> Any:
-    """The Dagster purge hook when the pipelines are installed, else None."""
-    try:
-        return importlib.import_module("pipelines.retention").purge_dagster
-    except ImportError:
-        return None
+    """The pipelines' purge hook when they are installed (datalab/runs.py), else None."""
+    from datalab.runs import optional_runner
+
+    r = optional_runner()
+    return r.purge if r is not None else None
 
 
 def _actor() -> str:

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from datalab.config import settings
 from datalab.errors import DatalabError, IntegrityError, MissingFile, NotFound, PolicyRefused
 from datalab.kinds import kind_of_manifest
 from datalab.landing import FileReceipt, Receipt
@@ -52,7 +53,8 @@ class RemotePull:
 
 def from_env() -> Client | None:
     """A client when DATALAB_URL and DATALAB_TOKEN are both set, else None (local mode)."""
-    url, token = os.environ.get("DATALAB_URL"), os.environ.get("DATALAB_TOKEN")
+    s = settings()
+    url, token = s.url, s.token
     if not url or not token:
         return None
     return Client(url, token)

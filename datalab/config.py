@@ -1,18 +1,60 @@
-"""Where the lab keeps things, read from the environment once per call.
+"""The lab's settings: every ``DATALAB_*`` environment variable is read and checked here.
 
 Every path the lab writes is derived here from ``$DATALAB_HOME`` so that the
 embedded default (one directory, no servers) and a shared deployment use the
 same layout; tests point ``DATALAB_HOME`` at a temp dir and get a whole lab.
+
+No other module reads a ``DATALAB_*`` variable: they take a :class:`Settings`
+(the Dagster layer hands its ``lab`` resource's settings down; the CLI and the
+service call :func:`settings`, which reads the environment each time, so a
+test or a command that changes it sees the change). A bad value is refused
+here with the variable's name and the rule it breaks. :data:`VARIABLES` lists
+every variable; the README's settings table documents exactly those
+(``tests/test_settings.py`` compares them).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from datalab.errors import UsageError
+from datalab.policy import CLASSIFICATIONS
+
 PROFILES = ("local", "cluster")
+
+
+class SettingsError(UsageError, ValueError):
+    """A ``DATALAB_*`` variable has a value the lab cannot use: the message names it and the rule.
+
+    A usage error for the CLI (exit 2, not "a bug in datalab"), and still a
+    ValueError for the code that caught the bare ValueError this used to be.
+    """
+
+    hint = "fix or unset that variable (the README's Settings table gives each one's values)"
+
+ENGINES = ("auto", "cpu", "gpu")
+# The consumer clearances, lowest first: the classifications of datalab.policy.
+CLEARANCES = CLASSIFICATIONS
+DEFAULT_CLEARANCE = "confidential"
+_TRUE = ("1", "true", "yes", "on")
+
+# Every variable the lab's Python code reads, all of them here (the README's table lists them).
+VARIABLES = (
+    "DATALAB_HOME", "DATALAB_CATALOG_URL", "DATALAB_CONTRACTS", "DATALAB_ENGINE", "DATALAB_SITE",
+    "DATALAB_ACTOR", "DATALAB_CLEARANCE", "DATALAB_EXPORT_CLEARED", "DATALAB_PSEUDONYM_KEY",
+    "DATALAB_AUDIT_KEY", "DATALAB_AUDIT_CHECKPOINTS", "DATALAB_RATE_TOKEN_PER_MIN",
+    "DATALAB_RATE_ADDRESS_PER_MIN", "DATALAB_URL", "DATALAB_TOKEN", "DATALAB_DEBUG",
+    "DATALAB_CURATE_BUCKET_ROWS", "DATALAB_VALIDATE_CHUNK_ROWS", "DATALAB_SITE_URL",
+    "DATALAB_DSP_RATE_LIMIT", "DATALAB_DSP_VALIDATE", "DATALAB_DSP_SCHEMAS", "DATALAB_OUTBOX_INTERVAL",
+    "DATALAB_OUTBOX_MAX_BACKOFF", "DATALAB_PROFILE", "DATALAB_STORAGE", "DATALAB_BROKER_URL",
+    "DATALAB_CELERY_QUEUE", "DATALAB_DAGSTER_PG_URL", "DATALAB_MAX_RUNS", "DATALAB_TENANT_RUN_LIMIT",
+    "DATALAB_SENSOR_SECONDS", "DATALAB_POLARS_ALLOCATOR", "DATALAB_REALDATA",
+)
+# Read by the shell scripts only (scripts/setup.sh), documented in the same table.
+SCRIPT_VARIABLES = ("DATALAB_SETUP_FORCE",)
 
 _SAFE_SEGMENT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -74,6 +116,30 @@ class Settings:
     celery_queue: str = "dagster"
     tenant_run_limit: int = 2
     max_concurrent_runs: int = 8
+    # Seconds between the delivery sensor's ticks (pipelines.definitions).
+    sensor_seconds: int = 30
+    # The CLI as an HTTP client of another lab (both set) or of this one (unset).
+    url: str | None = None
+    token: str | None = field(default=None, repr=False)
+    # Who the audit log records for this process's own actions (None: local:<user>).
+    actor: str | None = None
+    # The consumer's clearance: highest classification it may pull, and whether it
+    # may pull export-controlled versions (datalab.clearance).
+    clearance: str = DEFAULT_CLEARANCE
+    export_cleared: bool = False
+    # Keys given by the operator (hex; None: the key files under secrets/), never printed.
+    pseudonym_key: bytes | None = field(default=None, repr=False)
+    audit_key: bytes | None = field(default=None, repr=False)
+    audit_checkpoints: Path | None = None
+    # Federation (docs/federation.md).
+    site_url: str | None = None
+    dsp_rate_limit: int = 0
+    dsp_validate: bool = False
+    dsp_schemas: Path | None = None
+    outbox_interval: float = 5.0
+    outbox_max_backoff: float = 300.0
+    # ``datalab demo``'s real-data folder (None: ../shared/realdata if present).
+    realdata: Path | None = None
 
     @property
     def landing(self) -> Path:
@@ -127,28 +193,28 @@ class Settings:
 
 
 def settings() -> Settings:
-    """Read the settings from the environment (cheap; call when needed)."""
+    """Read and check the settings from the environment (cheap; call when needed).
+
+    Raises ``ValueError`` naming the variable and the rule when a value is bad.
+    """
     home = Path(os.environ.get("DATALAB_HOME", ".datalab")).expanduser().resolve()
-    url = os.environ.get("DATALAB_CATALOG_URL") or f"sqlite:///{home / 'catalog.db'}"
+    url = _env("DATALAB_CATALOG_URL") or f"sqlite:///{home / 'catalog.db'}"
     contracts = Path(os.environ.get("DATALAB_CONTRACTS", str(_repo_contracts_dir())))
-    engine = os.environ.get("DATALAB_ENGINE", "auto").lower()
-    if engine not in ("auto", "cpu", "gpu"):
-        raise ValueError(f"DATALAB_ENGINE={engine!r}: use auto, cpu or gpu")
-    profile = (os.environ.get("DATALAB_PROFILE") or "local").strip().lower()
-    if profile not in PROFILES:
-        raise ValueError(f"DATALAB_PROFILE={profile!r}: use local or cluster")
-    storage = (os.environ.get("DATALAB_STORAGE") or "").strip() or None
+    engine = _choice("DATALAB_ENGINE", ENGINES, "auto")
+    profile = _choice("DATALAB_PROFILE", PROFILES, "local")
+    storage = (_env("DATALAB_STORAGE") or "").strip() or None
     if storage is not None and not storage.startswith("s3://"):
-        raise ValueError(f"DATALAB_STORAGE={storage!r}: use s3://bucket/prefix (unset keeps the files under DATALAB_HOME)")
+        raise SettingsError(f"DATALAB_STORAGE={storage!r}: use s3://bucket/prefix (unset keeps the files under DATALAB_HOME)")
     return Settings(
         home=home,
         profile=profile,
         storage=storage.rstrip("/") if storage else None,
-        broker_url=os.environ.get("DATALAB_BROKER_URL") or "pyamqp://guest:guest@127.0.0.1:5672//",
-        dagster_pg_url=os.environ.get("DATALAB_DAGSTER_PG_URL") or _dagster_pg_url(url),
-        celery_queue=os.environ.get("DATALAB_CELERY_QUEUE") or "dagster",
+        broker_url=_env("DATALAB_BROKER_URL") or "pyamqp://guest:guest@127.0.0.1:5672//",
+        dagster_pg_url=_env("DATALAB_DAGSTER_PG_URL") or _dagster_pg_url(url),
+        celery_queue=_env("DATALAB_CELERY_QUEUE") or "dagster",
         tenant_run_limit=_positive_int("DATALAB_TENANT_RUN_LIMIT", 2),
         max_concurrent_runs=_positive_int("DATALAB_MAX_RUNS", 8),
+        sensor_seconds=_positive_int("DATALAB_SENSOR_SECONDS", 30),
         catalog_url=url,
         contracts_dir=contracts.expanduser().resolve(),
         engine=engine,
@@ -157,7 +223,88 @@ def settings() -> Settings:
         validate_chunk_rows=_positive_int("DATALAB_VALIDATE_CHUNK_ROWS", 2_000_000),
         rate_token_per_min=_positive_int("DATALAB_RATE_TOKEN_PER_MIN", 6000, zero_ok=True),
         rate_address_per_min=_positive_int("DATALAB_RATE_ADDRESS_PER_MIN", 120, zero_ok=True),
+        url=service_url(),
+        token=_env("DATALAB_TOKEN"),
+        actor=_env("DATALAB_ACTOR"),
+        clearance=_choice("DATALAB_CLEARANCE", CLEARANCES, DEFAULT_CLEARANCE),
+        export_cleared=_flag("DATALAB_EXPORT_CLEARED"),
+        pseudonym_key=_hex("DATALAB_PSEUDONYM_KEY"),
+        audit_key=_hex("DATALAB_AUDIT_KEY"),
+        audit_checkpoints=_path("DATALAB_AUDIT_CHECKPOINTS"),
+        site_url=(_env("DATALAB_SITE_URL") or "").rstrip("/") or None,
+        dsp_rate_limit=_positive_int("DATALAB_DSP_RATE_LIMIT", 0, zero_ok=True),
+        dsp_validate=_env("DATALAB_DSP_VALIDATE") == "1",
+        dsp_schemas=_path("DATALAB_DSP_SCHEMAS"),
+        outbox_interval=_seconds("DATALAB_OUTBOX_INTERVAL", 5.0, zero_ok=True),
+        outbox_max_backoff=_seconds("DATALAB_OUTBOX_MAX_BACKOFF", 300.0),
+        realdata=_path("DATALAB_REALDATA"),
     )
+
+
+def debug() -> bool:
+    """``DATALAB_DEBUG``: print tracebacks (read on its own: the error path must not fail on another variable)."""
+    return (_env("DATALAB_DEBUG") or "").strip().lower() in _TRUE
+
+
+def service_url() -> str | None:
+    """``DATALAB_URL``: the lab service the CLI talks to (read on its own for error messages)."""
+    return _env("DATALAB_URL")
+
+
+def home_is_set() -> bool:
+    """Whether ``DATALAB_HOME`` was given (else the lab is ``./.datalab``)."""
+    return "DATALAB_HOME" in os.environ
+
+
+def keep_polars_allocator() -> bool:
+    """``DATALAB_POLARS_ALLOCATOR=default``: leave Polars' allocator settings alone (read by
+    ``datalab/__init__.py`` before Polars is imported, so it needs no Settings)."""
+    return (_env("DATALAB_POLARS_ALLOCATOR") or "") == "default"
+
+
+def _env(name: str) -> str | None:
+    """A variable's value; unset and empty are the same (None)."""
+    return os.environ.get(name) or None
+
+
+def _choice(name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = (_env(name) or default).strip().lower()
+    if value not in allowed:
+        raise SettingsError(f"{name}={value!r}: use {', '.join(allowed[:-1])} or {allowed[-1]}")
+    return value
+
+
+def _flag(name: str) -> bool:
+    return (_env(name) or "").strip().lower() in ("1", "true", "yes")
+
+
+def _path(name: str) -> Path | None:
+    raw = _env(name)
+    return Path(raw).expanduser() if raw else None
+
+
+def _hex(name: str) -> bytes | None:
+    raw = _env(name)
+    if raw is None:
+        return None
+    try:
+        return bytes.fromhex(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected hex (e.g. 64 hex digits)") from None
+
+
+def _seconds(name: str, default: float, zero_ok: bool = False) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    what = "a number of seconds, 0 or more (0: off)" if zero_ok else "a positive number of seconds"
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected {what}") from None
+    if not value >= 0 or (value == 0 and not zero_ok) or value == float("inf"):
+        raise SettingsError(f"{name}={raw!r}: expected {what}")
+    return value
 
 
 def _dagster_pg_url(catalog_url: str) -> str | None:
@@ -181,7 +328,7 @@ def _positive_int(name: str, default: int, zero_ok: bool = False) -> int:
     try:
         value = int(raw.replace("_", ""))
     except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected {what}") from None
+        raise SettingsError(f"{name}={raw!r}: expected {what}") from None
     if value < 0 or (value == 0 and not zero_ok):
-        raise ValueError(f"{name}={raw!r}: expected {what}")
+        raise SettingsError(f"{name}={raw!r}: expected {what}")
     return value

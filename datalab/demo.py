@@ -19,7 +19,7 @@ from rich.table import Table
 
 from datalab import contract as contracts_mod
 from datalab import landing, pull, sample
-from datalab.config import settings
+from datalab.config import Settings, settings
 from datalab.errors import PolicyRefused
 from datalab.kinds import faces as kind_faces
 from datalab.ui import command_hint
@@ -32,10 +32,8 @@ FIRMS = [
 REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "realdata"
 
 
-def _real_dir() -> Path | None:
-    import os
-
-    for p in (os.environ.get("DATALAB_REALDATA"), REAL, Path("../shared/realdata")):
+def _real_dir(s: Settings | None = None) -> Path | None:
+    for p in ((s or settings()).realdata, REAL, Path("../shared/realdata")):
         if p and Path(p).is_dir():
             return Path(p)
     return None
@@ -62,7 +60,7 @@ def run_demo(out: Console, rows: int, real: bool, pipelines: Any) -> None:
     bad2.write_text("machine_id,ts,sensor,value,unit\nBSW-M01,2026-01-05T00:00:00Z,spindle_temp,41.2,Cel\n"
                     "BSW-M01,2026-01-05T00:00:01Z,spindle_temp,4l.3,Cel\nBSW-M01,yesterday,oil_pressure,5.1,bar\n")
     receipts.append(landing.push(cs[FIRMS[0]], [bad2], actor="firm:bavaria-spindle"))
-    if real and (rd := _real_dir()):
+    if real and (rd := _real_dir(s)):
         receipts.append(landing.push(cs["urn:datalab:open-benchmarks:cmapss-fd001"], [rd / "cmapss/train_FD001.txt"], actor="firm:open-benchmarks"))
         receipts.append(landing.push(cs["urn:datalab:open-benchmarks:hydraulic-rig"], [rd / "hydraulic/TS1.txt", rd / "hydraulic/VS1.txt"], actor="firm:open-benchmarks"))
         for face in kind_faces.faces():  # e.g. Presses de Lyon delivers its tooling CAD next to its sensor data
@@ -78,13 +76,13 @@ def run_demo(out: Console, rows: int, real: bool, pipelines: Any) -> None:
     out.rule("3. publish")
     v1 = pipelines.publish("plant-telemetry")
     out.print(f"plant-telemetry@{v1['version']}: {v1['why']}, {v1['rows']:,} readings; residency {v1['residency']}; purposes {v1['purposes']}")
-    if real and _real_dir():
+    if real and _real_dir(s):
         for name in ("turbofan-cmapss", "hydraulic-rig"):
             m = pipelines.publish(name)
             out.print(f"{name}@{m['version']}: {m['rows']:,} readings")
         for face in kind_faces.faces():
             if face.demo_publish is not None:
-                face.demo_publish(out, pipelines, s.home / "pulled", _real_dir())
+                face.demo_publish(out, pipelines, s.home / "pulled", _real_dir(s), s)
     out.rule("4. batch 2 (later readings, some late) and a new version")
     start2 = start1 + dt.timedelta(hours=6)
     for i, cid in enumerate(FIRMS):

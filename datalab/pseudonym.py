@@ -19,10 +19,9 @@ from datalab.config import Settings, settings
 
 
 def key(s: Settings | None = None) -> bytes:
-    env = os.environ.get("DATALAB_PSEUDONYM_KEY")
-    if env:
-        return bytes.fromhex(env)
     s = s or settings()
+    if s.pseudonym_key:
+        return s.pseudonym_key
     path = s.secrets / "pseudonym.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

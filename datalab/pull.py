@@ -42,8 +42,8 @@ class PullResult:
     rows: int
 
 
-def default_actor() -> str:
-    return os.environ.get("DATALAB_ACTOR") or f"local:{getpass.getuser()}"
+def default_actor(s: Settings | None = None) -> str:
+    return (s or settings()).actor or f"local:{getpass.getuser()}"
 
 
 def parse_ref(ref: str) -> tuple[str, str | None]:
@@ -141,7 +141,7 @@ def check_site_cap(m: dict[str, Any], s: Settings) -> None:
 def reachable(m: dict[str, Any], s: Settings, clearance: dict[str, str] | None = None) -> bool:
     """Whether the caller's site and clearance may ever receive version ``m`` (whatever the purpose)."""
     try:
-        check_clearance(_policy(m), clearance)
+        check_clearance(_policy(m), clearance, s)
         check_site_cap(m, s)
     except PolicyRefused:
         return False
@@ -174,7 +174,7 @@ def check_policy(m: dict[str, Any], purpose: str, s: Settings, clearance: dict[s
     if rep and not purpose_allowed(purpose, [rep["purpose"]], [])[0]:
         raise PolicyRefused("agreement", f"replica of {rep['site']} under agreement {rep['agreement']}: "
                             f"usable only for purpose {rep['purpose']!r}, not {purpose!r}")
-    check_clearance(pol, clearance)  # None: this process's DATALAB_CLEARANCE / DATALAB_EXPORT_CLEARED
+    check_clearance(pol, clearance, s)  # None: the settings' DATALAB_CLEARANCE / DATALAB_EXPORT_CLEARED
     check_site_cap(m, s)
 
 

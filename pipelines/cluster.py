@@ -85,6 +85,19 @@ def write_instance(s: Settings | None = None) -> Path:
     return s.dagster_home
 
 
+def instance(s: Settings | None = None) -> Any:
+    """The lab's Dagster instance: SQLite under home (local) or PostgreSQL (cluster).
+
+    Here rather than in ``pipelines.runner`` so that the retention job
+    (``pipelines.retention``, part of the definitions) reaches it without
+    importing the runner, which imports the definitions.
+    """
+    import dagster as dg
+
+    os.environ["DAGSTER_HOME"] = str(write_instance(s))
+    return dg.DagsterInstance.get()
+
+
 def celery_config_dir(s: Settings) -> Path:
     """A folder holding ``dagster_celery_config.py`` for the workers (as dagster-celery's CLI does)."""
     d = s.dagster_home / "celery"

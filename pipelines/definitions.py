@@ -10,7 +10,6 @@ a dataset asset and a publish job. ``workspace.yaml`` loads this module; the
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -24,7 +23,6 @@ from datalab.config import Settings, settings
 from datalab.contract import Contract
 from datalab.errors import ContractError
 
-SENSOR_SECONDS = int(os.environ.get("DATALAB_SENSOR_SECONDS", "30"))
 MAX_RUNS_PER_TICK = 25
 
 
@@ -36,10 +34,10 @@ def publish_job_name(dataset: str) -> str:
     return f"publish__{dataset.replace('-', '_')}"
 
 
-def _sensor(c: Contract, job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
+def _sensor(c: Contract, job: dg.UnresolvedAssetJobDefinition, s: Settings) -> dg.SensorDefinition:
     parts = partitions_for(c)
 
-    @dg.sensor(name=f"deliveries__{c.slug}", job=job, minimum_interval_seconds=SENSOR_SECONDS,
+    @dg.sensor(name=f"deliveries__{c.slug}", job=job, minimum_interval_seconds=s.sensor_seconds,
                default_status=dg.DefaultSensorStatus.RUNNING,
                description=f"Adds a partition and requests an ingest run for each accepted delivery of {c.id}.")
     def deliveries(context: dg.SensorEvaluationContext) -> dg.SensorResult:
@@ -89,7 +87,7 @@ def build_definitions() -> dg.Definitions:
         job = dg.define_asset_job(ingest_job_name(c), selection=dg.AssetSelection.assets(*built),
                                   partitions_def=partitions_for(c), tags={"tenant": c.tenant})
         jobs.append(job)
-        sensors.append(_sensor(c, job))
+        sensors.append(_sensor(c, job, s))
     sensors.append(_broken_contracts_sensor(contracts))
     for name in datasets.list_specs(s.contracts_dir):
         try:

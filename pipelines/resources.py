@@ -11,8 +11,10 @@ cluster profile a step runs in a Celery worker on another machine, whose own
 environment may differ from the process that launched the run. The launcher
 puts its settings into the run's config (:func:`run_config`), so every step of
 a run, wherever it executes, curates from and writes to the same catalog and
-storage. The core (``datalab``, which never imports Dagster) keeps reading its
-settings from the environment.
+storage. The core (``datalab``, which never imports Dagster) takes the settings
+the assets hand it (``lab.settings()``, resolved once per step), and the
+catalog through :meth:`LabResource.catalog`; the values come from the
+environment, which this resource pins for the cluster profile's workers.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import dagster as dg
 
+from datalab.catalog import Catalog
 from datalab.config import Settings, settings
 
 # resource field -> the environment variable the core reads
@@ -57,8 +60,12 @@ class LabResource(dg.ConfigurableResource):
                 os.environ.pop(var, None)
 
     def settings(self) -> Settings:
-        """The core's settings as this run sees them."""
+        """The core's settings as this run sees them (the assets pass them to the core)."""
         return settings()
+
+    def catalog(self, s: Settings | None = None) -> Catalog:
+        """The lab's catalog (receipts, audit, Iceberg tables) for these settings."""
+        return Catalog((s or self.settings()).catalog_url)
 
 
 def resource_config(s: Settings | None = None) -> dict[str, str]:

@@ -17,6 +17,7 @@ from dagster import OpExecutionContext
 from datalab import contract as contracts_mod
 from datalab import retention
 from datalab.config import Settings
+from pipelines.resources import LabResource
 
 RETENTION_CRON = "15 2 * * *"  # daily, 02:15 lab time
 
@@ -24,9 +25,9 @@ RETENTION_CRON = "15 2 * * *"  # daily, 02:15 lab time
 def purge_dagster(contract_id: str, deliveries: list[str], versions: list[tuple[str, str]], s: Settings) -> dict[str, Any]:
     """Delete the Dagster records of purged deliveries and withdrawn versions."""
     from assets.timeseries import key_prefix
-    from pipelines import runner
+    from pipelines.cluster import instance
 
-    inst = runner.instance()
+    inst = instance(s)
     runs: set[str] = set()
     for d in deliveries:
         for rec in inst.get_run_records(filters=dg.RunsFilter(tags={"dagster/partition": d})):
@@ -67,8 +68,8 @@ def purge_dagster(contract_id: str, deliveries: list[str], versions: list[tuple[
     return {"runs_deleted": len(runs), "assets_wiped": wiped}
 
 
-def enforce(context: OpExecutionContext | None = None) -> list[retention.PurgeReport]:
-    reports = retention.enforce(actor="dagster:retention", hook=purge_dagster)
+def enforce(context: OpExecutionContext | None = None, s: Settings | None = None) -> list[retention.PurgeReport]:
+    reports = retention.enforce(actor="dagster:retention", s=s, hook=purge_dagster)
     if context is not None:
         for r in reports:
             context.log.info(f"{r.contract_id}: {r.status}, {len(r.deliveries)} deliveries, {r.files_deleted} files, "
@@ -77,8 +78,8 @@ def enforce(context: OpExecutionContext | None = None) -> list[retention.PurgeRe
 
 
 @dg.op(description="Delete data past retention_until everywhere, withdraw the versions holding it.")
-def retention_enforce_op(context: OpExecutionContext) -> dg.Output[int]:
-    reports = enforce(context)
+def retention_enforce_op(context: OpExecutionContext, lab: LabResource) -> dg.Output[int]:
+    reports = enforce(context, lab.settings())
     return dg.Output(len(reports), metadata={
         "contracts_purged": dg.MetadataValue.int(len(reports)),
         "deliveries_deleted": dg.MetadataValue.int(sum(len(r.deliveries) for r in reports)),

@@ -7,9 +7,7 @@ lives under ``$DATALAB_HOME/dagster``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -17,9 +15,11 @@ import dagster as dg
 from assets.registry import factory_for
 from datalab import contract as contracts_mod
 from datalab import state
-from datalab.config import settings
+from datalab.config import Settings, settings
 from datalab.contract import Contract
 from datalab.errors import DatalabError, NotFound
+from datalab.runs import DeliveryRun
+from pipelines.cluster import instance as _cluster_instance
 
 # In-process runs log to the console at DEBUG by default; the CLI prints its
 # own summary, and the full event log stays in the instance for the UI. A failed
@@ -29,26 +29,16 @@ from datalab.errors import DatalabError, NotFound
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
-@dataclass
-class DeliveryRun:
-    contract_id: str
-    delivery_id: str
-    success: bool
-    validation_ok: bool | None
-    message: str
+__all__ = ["DAGSTER", "DagsterRunner", "DeliveryRun", "fair_order", "instance", "publish", "run_pending"]
 
 
 def instance() -> dg.DagsterInstance:
     """The lab's Dagster instance: SQLite under home (local) or PostgreSQL (cluster)."""
-    from pipelines.cluster import write_instance
-
-    s = settings()
-    os.environ["DAGSTER_HOME"] = str(write_instance(s))
-    return dg.DagsterInstance.get()
+    return _cluster_instance(settings())
 
 
 def _execute(job_name: str, inst: dg.DagsterInstance, tags: dict[str, str], partition_key: str | None = None,
-             defs: dg.Definitions | None = None) -> Any:
+             defs: dg.Definitions | None = None, s: Settings | None = None) -> Any:
     """Run one job of the lab's definitions and wait for it.
 
     Local profile: in this process, as before. Cluster profile: the job is
@@ -58,7 +48,7 @@ def _execute(job_name: str, inst: dg.DagsterInstance, tags: dict[str, str], part
     """
     from pipelines.resources import run_config
 
-    s = settings()
+    s = s or settings()
     cfg = run_config(s, QUIET)
     if s.profile != "cluster":
         job = (defs or _defs()).resolve_job_def(job_name)
@@ -113,7 +103,7 @@ def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun
     contracts = contracts_mod.load_all(s.contracts_dir)
     chosen = [contracts_mod.find(contracts, contract_ref)] if contract_ref else sorted(contracts.values(), key=lambda c: c.slug)
     defs = _defs() if s.profile != "cluster" else None
-    inst = instance()
+    inst = _cluster_instance(s)
     todo: list[tuple[Contract, str]] = []
     for c in chosen:
         if factory_for(c) is None:  # a kind without Dagster assets
@@ -128,7 +118,7 @@ def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun
     out: list[DeliveryRun] = []
     if s.profile != "cluster":
         for c, d in todo:
-            out.append(_run_one(c, d, inst, defs))
+            out.append(_run_one(c, d, inst, defs, s))
             if on_event:
                 on_event(out[-1])
         return out
@@ -148,12 +138,12 @@ def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun
     return out
 
 
-def _run_one(c: Contract, d: str, inst: dg.DagsterInstance, defs: dg.Definitions | None) -> DeliveryRun:
+def _run_one(c: Contract, d: str, inst: dg.DagsterInstance, defs: dg.Definitions | None,
+             s: Settings) -> DeliveryRun:
     from pipelines.definitions import ingest_job_name
 
-    s = settings()
     result = _execute(ingest_job_name(c), inst, {"datalab/delivery": d, "datalab/source": "cli",
-                                                 "tenant": c.tenant}, partition_key=d, defs=defs)
+                                                 "tenant": c.tenant}, partition_key=d, defs=defs, s=s)
     st = state.get(d, s) or {}
     ok = result.success
     msg = "validated" if st.get("validation_ok") else ("validation failed" if st.get("validation_ok") is False else _error(result))
@@ -163,8 +153,9 @@ def _run_one(c: Contract, d: str, inst: dg.DagsterInstance, defs: dg.Definitions
 
 
 def _run_in_child(contract_id: str, d: str) -> DeliveryRun:
-    c = contracts_mod.load_all(settings().contracts_dir)[contract_id]
-    return _run_one(c, d, instance(), None)
+    s = settings()  # a fresh process: its own settings (the parent's environment)
+    c = contracts_mod.load_all(s.contracts_dir)[contract_id]
+    return _run_one(c, d, _cluster_instance(s), None, s)
 
 
 def fair_order(todo: list[tuple[Contract, str]]) -> list[tuple[Contract, str]]:
@@ -197,3 +188,30 @@ def _has_job(defs: dg.Definitions, name: str) -> bool:
         return True
     except Exception:
         return False
+
+
+class DagsterRunner:
+    """The lab's pipelines for the CLI and the service (``datalab.runs.Runner``).
+
+    Declared in ``pyproject.toml`` as the entry point ``dagster`` of the group
+    ``datalab.runners``; the core finds it there (``datalab.runs.runner``)
+    and never imports this package.
+    """
+
+    def run_pending(self, contract_ref: str | None = None, on_event: Callable[[DeliveryRun], None] | None = None,
+                    parallel: int | None = None) -> list[DeliveryRun]:
+        return run_pending(contract_ref, on_event=on_event, parallel=parallel)
+
+    def publish(self, dataset: str) -> dict:
+        return publish(dataset)
+
+    def instance(self) -> dg.DagsterInstance:
+        return instance()
+
+    def purge(self, contract_id: str, deliveries: list[str], versions: list[tuple[str, str]], s: Settings) -> dict[str, Any]:
+        from pipelines.retention import purge_dagster
+
+        return purge_dagster(contract_id, deliveries, versions, s)
+
+
+DAGSTER = DagsterRunner()

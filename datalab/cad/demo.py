@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from datalab import landing, pull
+from datalab.config import Settings, settings
 from datalab.errors import PolicyRefused
 
 TOOLING = "urn:datalab:lyon-presses:tooling-cad"
@@ -23,23 +24,17 @@ def push_cad(contracts: dict[str, Any], cad_dir: Path) -> list[Any]:
     return out
 
 
-def publish_and_pull_cad(out: Any, pipelines: Any, pulled: Path) -> None:
+def publish_and_pull_cad(out: Any, pipelines: Any, pulled: Path, s: Settings | None = None) -> None:
     m = pipelines.publish("tooling-cad")
     out.print(f"tooling-cad@{m['version']}: {m['rows']:,} CAD files; classification {m['classification']}, "
               "export-controlled")
     try:
-        pull.pull(f"tooling-cad@{m['version']}", "part-similarity", pulled, actor="team:ml-geometry")
+        pull.pull(f"tooling-cad@{m['version']}", "part-similarity", pulled, actor="team:ml-geometry", s=s)
     except PolicyRefused as e:
         out.print(f"[yellow]refused[/] tooling-cad for a team without export clearance: {e}", highlight=False)
-    saved = os.environ.get("DATALAB_EXPORT_CLEARED")
-    os.environ["DATALAB_EXPORT_CLEARED"] = "1"  # a team cleared for dual-use data
-    try:
-        res = pull.pull(f"tooling-cad@{m['version']}", "part-similarity", pulled, actor="team:ml-geometry-cleared")
-    finally:
-        if saved is None:
-            os.environ.pop("DATALAB_EXPORT_CLEARED", None)
-        else:
-            os.environ["DATALAB_EXPORT_CLEARED"] = saved
+    cleared = dataclasses.replace(s or settings(), export_cleared=True)  # a team cleared for dual-use data
+    res = pull.pull(f"tooling-cad@{m['version']}", "part-similarity", pulled, actor="team:ml-geometry-cleared",
+                    s=cleared)
     n = len(list((res.directory / "files").glob("*.*")))
     out.print(f"[green]pulled[/] tooling-cad@{res.version} (DATALAB_EXPORT_CLEARED=1): table of {res.rows} rows and "
               f"{n} CAD files -> {res.directory}")
@@ -50,7 +45,7 @@ def demo_push(contracts: dict[str, Any], real_dir: Path) -> list[Any]:
     return push_cad(contracts, real_dir / "cad") if (real_dir / "cad").is_dir() else []
 
 
-def demo_publish(out: Any, pipelines: Any, pulled: Path, real_dir: Path) -> None:
+def demo_publish(out: Any, pipelines: Any, pulled: Path, real_dir: Path, s: Settings | None = None) -> None:
     """The demo's CAD publish and pulls, when the real data holds the CAD files (datalab.kinds.faces)."""
     if (real_dir / "cad").is_dir():
-        publish_and_pull_cad(out, pipelines, pulled)
+        publish_and_pull_cad(out, pipelines, pulled, s)

@@ -146,9 +146,7 @@ def parse(body: bytes, expect_type: str) -> dict[str, Any]:
 def strict_check(msg: dict[str, Any]) -> None:
     """With ``DATALAB_DSP_VALIDATE=1`` (the tests), every DSP message sent or received is checked
     against the official schemas; a mismatch is a ValueError naming the field."""
-    import os
-
-    if os.environ.get("DATALAB_DSP_VALIDATE") != "1" or "@type" not in msg or shared_dsp_dir() is None:
+    if not settings().dsp_validate or "@type" not in msg or shared_dsp_dir() is None:
         return
     if str(msg["@type"]).startswith("datalab:"):  # the lab's own events (withdrawal), not DSP messages
         return
@@ -184,10 +182,8 @@ SCHEMAS = {
 
 def shared_dsp_dir() -> Path | None:
     """``../shared/dsp-2025-1`` beside the repo (or ``DATALAB_DSP_SCHEMAS``), if present."""
-    import os
-
-    env = os.environ.get("DATALAB_DSP_SCHEMAS")
-    cands = [Path(env)] if env else []
+    env = settings().dsp_schemas
+    cands = [env] if env else []
     cands.append(Path(__file__).resolve().parents[3] / "shared" / "dsp-2025-1")
     return next((c for c in cands if (c / "check_message.py").exists()), None)
 

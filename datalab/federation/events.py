@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import os
 import shutil
 import threading
 import time
@@ -125,7 +124,7 @@ def deliver(s: Settings | None = None, now: float | None = None) -> int:
 
     s = s or settings()
     now = time.time() if now is None else now
-    max_backoff = float(os.environ.get("DATALAB_OUTBOX_MAX_BACKOFF", "300"))
+    max_backoff = s.outbox_max_backoff
     with closing(_conn(s)) as c:
         due = c.execute("SELECT id, peer, subject, event, attempts FROM outbox WHERE state='pending' AND next_try<=?",
                         (now,)).fetchall()
@@ -194,9 +193,10 @@ _LOOP: threading.Thread | None = None
 def start_loop() -> None:
     """Scan and deliver every ``DATALAB_OUTBOX_INTERVAL`` seconds (default 5) in this process, once."""
     global _LOOP
-    if _LOOP is not None or not os.environ.get("DATALAB_SITE") or os.environ.get("DATALAB_OUTBOX_INTERVAL") == "0":
+    s = settings()
+    if _LOOP is not None or not s.site or s.outbox_interval == 0:
         return
-    interval = float(os.environ.get("DATALAB_OUTBOX_INTERVAL", "5"))
+    interval = s.outbox_interval
 
     def loop() -> None:
         while True:

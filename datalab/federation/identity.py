@@ -57,9 +57,8 @@ def site_name(s: Settings | None = None) -> str:
 def site_url(s: Settings | None = None) -> str:
     """The base URL peers reach this site at: ``DATALAB_SITE_URL``, else sites.yaml's ``url``."""
     s = s or settings()
-    url = os.environ.get("DATALAB_SITE_URL")
-    if url:
-        return url.rstrip("/")
+    if s.site_url:
+        return s.site_url
     from datalab.datasets import load_sites
 
     site = load_sites(s.contracts_dir).get(site_name(s))

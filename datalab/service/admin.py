@@ -1,12 +1,11 @@
 """Routes for lab admins: principals, tokens, the audit log, and running the pipelines.
 
 Run and publish go through the same Dagster definitions as ``datalab run`` /
-``datalab publish`` (imported lazily: the core never imports Dagster).
+``datalab publish``: the runner the Dagster layer provides (datalab/runs.py; the core never imports Dagster).
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
-from datalab import auth
+from datalab import auth, runs
 from datalab import catalog as cat
 from datalab.config import settings
 from datalab.errors import DatalabError, NotFound
@@ -142,10 +141,11 @@ def audit_checkpoint(p: auth.Principal = Depends(need("admin", "audit"))) -> dic
     return audit_checkpoints.checkpoint()
 
 
-def _runner() -> Any:
+def _runner() -> runs.Runner:
+    """The pipelines (datalab/runs.py); 501 on a server that has none installed."""
     try:
-        return importlib.import_module("pipelines.runner")
-    except ImportError as e:
+        return runs.runner()
+    except runs.RunnerMissing as e:
         raise ApiError(501, f"this server has no pipelines installed (Dagster): {e}") from None
 
 

@@ -9,7 +9,6 @@ reason, never a traceback.
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
@@ -517,7 +516,7 @@ def data_file(pid: str, index: int, request: Request) -> StreamingResponse:
                 raise ValueError
         except ValueError:
             raise DspError(416, TR_ERR, "416", f"unsatisfiable range {rng[:40]!r} (file has {size} bytes)") from None
-    rate = int(os.environ.get("DATALAB_DSP_RATE_LIMIT", "0") or 0)  # bytes/s per stream; 0: unlimited
+    rate = settings().dsp_rate_limit  # bytes/s per stream; 0: unlimited
 
     def body() -> Any:
         chunk = 1 << 20 if not rate else max(1024, rate // 10)
