@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
