@@ -113,12 +113,12 @@ def sample(
     clean: bool = typer.Option(False, help="no defects"),
 ) -> None:
     """Generate a deterministic sample delivery with real-world defects."""
-    from datalab import sample as smp
+    from datalab.kinds import kind_of
 
     try:
         c = contracts_mod.find(_contracts(), contract)
         out_dir.mkdir(parents=True, exist_ok=True)
-        paths = smp.cli_generate(c, rows, seed, out_dir, files=files, fmt=fmt, defects=smp.Defects.none() if clean else None)
+        paths = kind_of(c).sample(c, out_dir, rows, seed=seed, files=files, fmt=fmt, clean=clean)
     except (DatalabError, ValueError) as e:
         _fail(e)
     for p in paths:  # whole paths, one per line, never wrapped: they are pasted into `push`

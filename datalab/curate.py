@@ -44,14 +44,12 @@ from datalab.config import Settings, safe_segment, settings
 from datalab.contract import Contract
 from datalab.engine import Engine, EngineRun
 from datalab.ingest import raw_path
+from datalab.raw_table import KEY, PROVENANCE, duplicate_warning
 
 FLAGS = (
     "flag_missing", "flag_unit_unknown", "flag_out_of_range", "flag_key_duplicate",
     "flag_outlier", "flag_gap_before", "flag_late",
 )
-KEY = ["entity", "time", "sensor"]
-# Literal columns naming where each row came from, last in the curated file.
-PROVENANCE = ("tenant", "contract_id", "contract_version")
 # Time as Int64: microseconds for timestamps, the index itself otherwise
 # (readers.TIME_DTYPES gives time one of those two types).
 TIME_INT = pl.col("time").cast(pl.Int64)
@@ -466,13 +464,6 @@ def long_series_plans(
                    SeriesPiece(med, mad, ch.before))
         for ch in chunks
     ]
-
-
-def duplicate_warning(dup_rows: int, rows: int, limit: float) -> str:
-    """The words receipt, curation stats and card use for a delivery over its duplicate share."""
-    return (f"{dup_rows:,} of {rows:,} rows ({dup_rows / rows:.1%}) repeat the key (entity, time, sensor) of an earlier row "
-            f"of the delivery: more than the contract's max_duplicate_share of {limit:.0%}. Curation removes exact "
-            "duplicates and flags the rest; check the layout's time axis (sample rate, time unit) before using it")
 
 
 def provenance(contract: Contract, contract_version: str) -> dict[str, str]:

@@ -18,10 +18,11 @@ from rich.console import Console
 from rich.table import Table
 
 from datalab import contract as contracts_mod
-from datalab import landing, pull, sample
+from datalab import landing, pull
 from datalab.config import Settings, settings
 from datalab.errors import PolicyRefused
 from datalab.kinds import faces as kind_faces
+from datalab.kinds import kind_of
 from datalab.ui import command_hint
 
 FIRMS = [
@@ -50,8 +51,7 @@ def run_demo(out: Console, rows: int, real: bool, pipelines: Any) -> None:
     start1 = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
     for i, cid in enumerate(FIRMS):
         c = cs[cid]
-        gen = sample.generate(c, rows, seed=100 + i, start=start1)
-        p = sample.write(gen, work / f"{c.product}-batch1.csv")
+        [p] = kind_of(c).sample(c, work, rows, seed=100 + i, start=start1, stem=f"{c.product}-batch1")
         receipts.append(landing.push(c, [p], actor=f"firm:{c.tenant}"))
     bad = work / "spindle-telemetry-broken.csv"
     bad.write_text("machine_id;ts;sensor;value;unit\nBSW-M01;2026-01-05T00:00:00Z;spindle_temp;41.2;Cel\n")
@@ -87,8 +87,7 @@ def run_demo(out: Console, rows: int, real: bool, pipelines: Any) -> None:
     start2 = start1 + dt.timedelta(hours=6)
     for i, cid in enumerate(FIRMS):
         c = cs[cid]
-        gen = sample.generate(c, rows, seed=200 + i, start=start2, defects=sample.Defects(late=25))
-        p = sample.write(gen, work / f"{c.product}-batch2.csv")
+        [p] = kind_of(c).sample(c, work, rows, seed=200 + i, start=start2, late=25, stem=f"{c.product}-batch2")
         r = landing.push(c, [p], actor=f"firm:{c.tenant}")
         receipts.append(r)
         out.print(f"{'accepted' if r.accepted else 'rejected'} {r.delivery_id} {c.product}: {r.rows:,} rows delivered")

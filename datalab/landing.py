@@ -355,7 +355,7 @@ def _duplicate_warnings(contract: Contract, raw: Path) -> list[str]:
     """
     import polars as pl
 
-    from datalab.curate import duplicate_warning
+    from datalab.raw_table import duplicate_warning
 
     lf = pl.scan_parquet(raw)
     rows = lf.select(pl.len()).collect().item()  # from the footer

@@ -14,6 +14,11 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from datalab.contract import Contract
 
 
+# The key of a reading: one value per entity, time and sensor.
+KEY = ["entity", "time", "sensor"]
+# Literal columns naming where each row came from, last in the curated file.
+PROVENANCE = ("tenant", "contract_id", "contract_version")
+
 TIME_DTYPES = {"timestamp": pl.Datetime("us", "UTC"), "integer": pl.Int64, "number": pl.Int64}
 
 
@@ -36,3 +41,9 @@ def long_schema(contract: Contract) -> dict[str, pl.DataType]:
         schema[a.name] = VALUE_DTYPES[a.logical_type]
     return schema
 
+
+def duplicate_warning(dup_rows: int, rows: int, limit: float) -> str:
+    """The words receipt, curation stats and card use for a delivery over its duplicate share."""
+    return (f"{dup_rows:,} of {rows:,} rows ({dup_rows / rows:.1%}) repeat the key (entity, time, sensor) of an earlier row "
+            f"of the delivery: more than the contract's max_duplicate_share of {limit:.0%}. Curation removes exact "
+            "duplicates and flags the rest; check the layout's time axis (sample rate, time unit) before using it")

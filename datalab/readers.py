@@ -33,6 +33,7 @@ from datalab import text_blocks
 from datalab.contract import Column, Contract
 from datalab.formats import Sniffed, open_stream
 from datalab.raw_table import TIME_DTYPES, VALUE_DTYPES, long_schema  # noqa: F401  (re-exported)
+from datalab.receipts import MAX_REASON_CHARS, clip  # noqa: F401  (readers.clip, as callers know it)
 
 MAX_DETAILED = 20  # problems listed one by one per file; the rest are counted per rule
 # Small blocks read on this thread: pyarrow's threaded reader reads ~32 blocks
@@ -50,19 +51,6 @@ BATCH_BYTES = 4 << 20
 # once cost 2 GB of memory and a 537 MB receipt. Equal to BATCH_BYTES so the
 # block reader's own bound is this one.
 MAX_LINE_BYTES = BATCH_BYTES
-MAX_REASON_CHARS = 400  # one problem as stored and returned; a bad column name may be megabytes long
-
-def clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
-    """``text`` cut to ``limit`` characters, saying how much was left out.
-
-    Problems quote what the file held (column names, values); the file is
-    outside input, so what is quoted back is bounded.
-    """
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
-
-
 @dataclass
 class Problems:
     """Problems of one file: the first ones in detail, then counts per rule."""

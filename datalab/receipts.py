@@ -58,6 +58,20 @@ class Receipt:
         return asdict(self)
 
 
+MAX_REASON_CHARS = 400  # one problem as stored and returned; a bad column name may be megabytes long
+
+
+def clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out.
+
+    Problems quote what the file held (column names, values); the file is
+    outside input, so what is quoted back is bounded.
+    """
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+
+
 MAX_REASONS = 100  # reasons stored and returned per receipt (and per file); the rest are counted
 
 
@@ -68,8 +82,6 @@ def bound_reasons(reasons: list[str]) -> list[str]:
     returned by every receipt listing, so both their number and their length
     are bounded here, where they are stored.
     """
-    from datalab.readers import clip
-
     out = [clip(r) for r in reasons[:MAX_REASONS]]
     if len(reasons) > MAX_REASONS:
         out.append(f"and {len(reasons) - MAX_REASONS} more")

@@ -960,18 +960,21 @@ def cli_generate(
     files: int = 1,
     fmt: str = "csv",
     defects: Defects | None = None,
+    start: datetime | None = None,
+    stem: str | None = None,
 ) -> list[Path]:
     """Generate one delivery and write it as ``files`` consecutive parts.
 
-    Files are named ``<product>-<seed>-<i>.<fmt>`` with i from 0; late rows,
-    being appended at the end, land in the last part, as they would arrive.
+    Files are named ``<product>-<seed>-<i>.<fmt>`` with i from 0 (or ``<stem>.<fmt>`` for one
+    file with a ``stem``); late rows, being appended at the end, land in the last part, as they
+    would arrive.
     """
     if files < 1:
         raise ValueError("files must be >= 1")
     fmt = fmt.lower().lstrip(".")
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
-    gen = generate(contract, rows, seed=seed, defects=defects)
+    gen = generate(contract, rows, seed=seed, start=start, defects=defects)
     out_dir = Path(out_dir)
     bounds = np.linspace(0, gen.frame.height, files + 1).round().astype(np.int64)
     paths = []
@@ -982,7 +985,8 @@ def cli_generate(
             header=gen.header,
             separator=gen.separator,
         )
-        paths.append(write(part, out_dir / f"{contract.product}-{seed}-{k}.{fmt}", fmt))
+        name = f"{stem}.{fmt}" if stem and files == 1 else f"{stem or f'{contract.product}-{seed}'}-{k}.{fmt}"
+        paths.append(write(part, out_dir / name, fmt))
     return paths
 
 

@@ -15,7 +15,7 @@ which reads the files' footers for Iceberg's column metrics, 0.3 s.
 
 A curated file that already is a data file of the version (the version's
 schema, in its order, and provenance columns holding this part's literals:
-``curate.PROVENANCE``) is not rewritten but copied byte for byte into the
+``raw_table.PROVENANCE``) is not rewritten but copied byte for byte into the
 table's data folder. Re-encoding 10 M rows took 4 s of a 10 M-row publish on
 two cores; the copy takes 0.05 s (``shutil.copyfile``: the kernel copies,
 by ``sendfile``, without the bytes passing through Python). A copy rather
@@ -48,8 +48,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datalab.curate import KEY as REPLACE_KEY
-from datalab.curate import PROVENANCE
+from datalab.raw_table import KEY as REPLACE_KEY
+from datalab.raw_table import PROVENANCE
 
 # Rows per data file. Each file is streamed by the sink, so this bounds the
 # file size (about 20 MB of zstd Parquet per 2 M rows of sensor readings),

@@ -146,6 +146,9 @@ class ImagesKind:
     def curated_schema(self, contract):
         return kinds.CuratedSchema(columns=("file_name", "width", "height", "flags"), flags=("flags",))
 
+    def sample(self, contract, out_dir, rows, **kw):
+        raise ValueError(f"{contract.id}: images are not generated")
+
     def suite(self, contract):
         from datalab.expectations import ExpectationSpec
 

@@ -11,6 +11,7 @@ original files and thumbnails (``manifest["cad"]``), pulled beside its table.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,12 @@ class CadKind:
 
     def curated_schema(self, contract: Contract) -> CuratedSchema:
         return CuratedSchema(columns=tuple(features.SCHEMA), flags=("flags",))
+
+    def sample(self, contract: Contract, out_dir: Path, rows: int, *, seed: int = 0, files: int = 1,
+               fmt: str = "csv", clean: bool = False, start: datetime | None = None, late: int = 0,
+               stem: str | None = None) -> list[Path]:
+        raise ValueError(f"{contract.id}: only time-series contracts can be generated, not {contract.kind} "
+                         "(a CAD contract takes real files: see ../shared/realdata/cad and docs/cad.md)")
 
     def suite(self, contract: Contract) -> list[ExpectationSpec]:
         return suite.derive_cad_suite(contract)

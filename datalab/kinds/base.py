@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -106,6 +107,14 @@ class Kind(Protocol):
         ...
 
     def curated_schema(self, contract: Contract) -> CuratedSchema:
+        ...
+
+    def sample(self, contract: Contract, out_dir: Path, rows: int, *, seed: int = 0, files: int = 1,
+               fmt: str = "csv", clean: bool = False, start: datetime | None = None, late: int = 0,
+               stem: str | None = None) -> list[Path]:
+        """Sample delivery files for ``contract`` with the kind's real-world defects (``clean``: none;
+        ``late``: rows that arrive late), for ``datalab sample``, the demo and benchmarks. A kind
+        that cannot generate its data raises ``ValueError`` saying so."""
         ...
 
     # validation

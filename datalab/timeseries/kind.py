@@ -12,10 +12,11 @@ table.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from datalab import card, curate, expectations, ingest
+from datalab import card, curate, expectations, ingest, sample
 from datalab.config import Settings
 from datalab.contract import Contract
 from datalab.formats import Sniffed
@@ -65,6 +66,13 @@ class TimeseriesKind:
     def curated_schema(self, contract: Contract) -> CuratedSchema:
         return CuratedSchema(columns=(*expectations.expected_columns(contract), *curate.PROVENANCE),
                              flags=tuple(curate.FLAGS))
+
+    def sample(self, contract: Contract, out_dir: Path, rows: int, *, seed: int = 0, files: int = 1,
+               fmt: str = "csv", clean: bool = False, start: datetime | None = None, late: int = 0,
+               stem: str | None = None) -> list[Path]:
+        defects = sample.Defects.none() if clean else (sample.Defects(late=late) if late else None)
+        return sample.cli_generate(contract, rows, seed, out_dir, files=files, fmt=fmt, defects=defects,
+                                   start=start, stem=stem)
 
     def suite(self, contract: Contract) -> list[expectations.ExpectationSpec]:
         return expectations.derive_suite(contract)
