@@ -102,9 +102,9 @@ class Layout:
     entity_value: str | None = None  # constant entity when the file has none
     start: str | None = None  # matrix with a timestamp time column: time of the first sample (ISO 8601), default 1970-01-01Z
     time_tick_us: int = 1_000_000  # matrix: microseconds per step of the time axis (contract.matrix_tick_us)
-    # measurement files (MATLAB, HDF5, TDMS, MDF 4, Parquet by channel map): datalab.measurement.spec
+    # measurement files (MATLAB, HDF5, TDMS, MDF 4, Parquet by channel map): datalab.contract_measurement
     format: str | None = None
-    measurement: Any = None  # datalab.measurement.spec.MeasurementLayout when ``format`` is set
+    measurement: Any = None  # datalab.contract_measurement.MeasurementLayout when ``format`` is set
 
 
 @dataclass(frozen=True)
@@ -524,7 +524,7 @@ def _lint_columns(props: list[Any], custom: dict[str, Any], cps: list[Any]) -> l
     if not isinstance(lay, dict):
         return [*p, f"{where}: layout must be a mapping"]
     if lay.get("format") is not None:
-        from datalab.measurement.spec import lint as lint_measurement
+        from datalab.contract_measurement import lint as lint_measurement
 
         p += lint_measurement(lay, props, where)
         lay = {"shape": "measurement", "timezone": lay.get("timezone", "UTC")}
@@ -794,7 +794,7 @@ def _tick_of(props: list[dict[str, Any]], lay: dict[str, Any]) -> int:
 
 
 def _measurement(lay: dict[str, Any]) -> Any:
-    from datalab.measurement.spec import build
+    from datalab.contract_measurement import build
 
     return build(lay)
 
@@ -865,13 +865,16 @@ def load(path: Path) -> Contract:
 def _linter_digest() -> str:
     """A hash of the code that lints contracts: a cached lint result is only as good as the code that produced it."""
     import hashlib
+    import sys
 
+    from datalab import contract_measurement, purposes
+    from datalab import policy as policy_mod
     from datalab.version import __version__
 
     h = hashlib.sha256(__version__.encode())
-    here = Path(__file__).resolve().parent
-    files = [here / rel for rel in ("contract.py", "units.py", "policy.py", "purposes.py", "measurement/spec.py",
-                                    "kinds/sections.py")]
+    # by module, not by path: the digest follows the code wherever the modules live
+    files = [Path(str(m.__file__)) for m in (sys.modules[__name__], units, policy_mod, purposes,
+                                             contract_measurement, kind_sections)]
     for f in [*files, *kind_sections.sources()]:
         try:
             h.update(f.read_bytes())

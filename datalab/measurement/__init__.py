@@ -1,7 +1,7 @@
 """Measurement files (MATLAB, HDF5, NI TDMS, ASAM MDF 4, Parquet) under time-series contracts.
 
 A firm describes such a file in its contract's ``layout`` (``format``,
-``channels``, ``time``, ``side_files``; see ``spec``) instead of writing
+``channels``, ``time``, ``side_files``; see ``datalab.contract_measurement``) instead of writing
 code. Each format is one module with a ``FormatReader`` that the registry
 below names by the layout's ``format``; the generic reader (``core``) maps
 the channels to the contract's measured properties, builds each series'
@@ -17,17 +17,9 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-# layout format name -> (module, its reader object, the name people know the format by).
-# A new format is one module with a reader (``base.FormatReader``) and one line here.
-REGISTRY: dict[str, tuple[str, str, str]] = {
-    "mat": ("datalab.measurement.mat", "READER", "MATLAB MAT-file"),
-    "hdf5": ("datalab.measurement.hdf5", "READER", "HDF5"),
-    "tdms": ("datalab.measurement.tdms", "READER", "NI TDMS"),
-    "mdf4": ("datalab.measurement.mdf", "READER", "ASAM MDF 4"),
-    "parquet": ("datalab.measurement.arrowfile", "READER", "Apache Parquet"),
-    "arrow": ("datalab.measurement.arrowfile", "ARROW", "Apache Arrow IPC"),
-    "text": ("datalab.measurement.text", "READER", "delimited text (columns as channels)"),
-}
+from datalab.contract_measurement import (
+    REGISTRY,  # the formats a contract may name (declared with the contract's layout)
+)
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 

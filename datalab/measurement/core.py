@@ -21,9 +21,7 @@ import numpy as np
 import polars as pl
 
 from datalab.contract import Contract
-from datalab.measurement import label, reader_for
-from datalab.measurement.base import ChannelInfo, ReadError
-from datalab.measurement.spec import (
+from datalab.contract_measurement import (
     COLUMN_UNITS,
     RATE_ATTR,
     TIME_ATTR,
@@ -31,6 +29,8 @@ from datalab.measurement.spec import (
     MeasurementLayout,
     unit_matches,
 )
+from datalab.measurement import label, reader_for
+from datalab.measurement.base import ChannelInfo, ReadError
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 

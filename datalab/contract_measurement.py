@@ -28,6 +28,18 @@ from typing import Any
 
 from datalab import units
 
+# layout format name -> (module, its reader object, the name people know the format by).
+# A new format is one module with a reader (``base.FormatReader``) and one line here.
+REGISTRY: dict[str, tuple[str, str, str]] = {
+    "mat": ("datalab.measurement.mat", "READER", "MATLAB MAT-file"),
+    "hdf5": ("datalab.measurement.hdf5", "READER", "HDF5"),
+    "tdms": ("datalab.measurement.tdms", "READER", "NI TDMS"),
+    "mdf4": ("datalab.measurement.mdf", "READER", "ASAM MDF 4"),
+    "parquet": ("datalab.measurement.arrowfile", "READER", "Apache Parquet"),
+    "arrow": ("datalab.measurement.arrowfile", "ARROW", "Apache Arrow IPC"),
+    "text": ("datalab.measurement.text", "READER", "delimited text (columns as channels)"),
+}
+
 BASES = ("rate", "index", "column")
 COLUMN_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1, "timestamp": None}
 JOINS = ("row", "key")
@@ -134,8 +146,6 @@ def build(lay: dict[str, Any]) -> MeasurementLayout:
 
 def lint(lay: dict[str, Any], props: list[dict[str, Any]], where: str) -> list[str]:
     """Problems of a measurement layout, each with its field path (empty: fine)."""
-    from datalab.measurement import REGISTRY
-
     p: list[str] = []
     fmt = lay.get("format")
     if fmt not in REGISTRY:
