@@ -14,8 +14,9 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
+from assets.common import key_prefix, partitions_for
+from assets.common import md_table as _md_table
 from assets.registry import asset_factory
-from assets.timeseries import _md_table, key_prefix, partitions_for
 from checks.validation import run_suite_check, suite_check_spec
 from datalab.contract import Contract
 from datalab.engine import MemoryWatch

@@ -4,7 +4,7 @@
 import dagster as dg
 from dagster import AssetExecutionContext
 
-from assets.timeseries import key_prefix
+from assets.common import key_prefix
 from datalab import publish
 from datalab.config import Settings
 from datalab.contract import Contract

@@ -13,32 +13,14 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
+from assets.common import key_prefix, partitions_for
+from assets.common import md_table as _md_table
 from assets.registry import asset_factory
 from checks.validation import run_suite_check, suite_check_spec
 from datalab import curate, ingest, validate
 from datalab.contract import Contract
 from datalab.engine import Engine, MemoryWatch
 from pipelines.resources import LabResource
-
-
-def key_prefix(contract: Contract) -> list[str]:
-    return [contract.tenant.replace("-", "_"), contract.product.replace("-", "_")]
-
-
-def partitions_for(contract: Contract) -> dg.DynamicPartitionsDefinition:
-    return dg.DynamicPartitionsDefinition(name=f"{contract.slug}__deliveries")
-
-
-def _preview(path: str, n: int = 10) -> dg.MetadataValue:
-    df = pl.read_parquet(path, n_rows=n)
-    return dg.MetadataValue.md(df.to_pandas().to_markdown(index=False) if hasattr(df.to_pandas(), "to_markdown") else str(df))
-
-
-def _md_table(df: pl.DataFrame) -> dg.MetadataValue:
-    cols = df.columns
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in df.iter_rows()]
-    return dg.MetadataValue.md("\n".join(lines))
 
 
 @asset_factory("timeseries")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.common import partitions_for
 from assets.datasets import build_dataset_asset
 from assets.registry import factory_for
-from assets.timeseries import partitions_for
 from datalab import contract as contracts_mod
 from datalab import datasets, state
 from datalab.config import Settings, settings

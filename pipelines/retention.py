@@ -24,7 +24,7 @@ RETENTION_CRON = "15 2 * * *"  # daily, 02:15 lab time
 
 def purge_dagster(contract_id: str, deliveries: list[str], versions: list[tuple[str, str]], s: Settings) -> dict[str, Any]:
     """Delete the Dagster records of purged deliveries and withdrawn versions."""
-    from assets.timeseries import key_prefix
+    from assets.common import key_prefix
     from pipelines.cluster import instance
 
     inst = instance(s)

@@ -1,0 +1,32 @@
+"""What every kind's assets share: asset keys, the partitions of a contract's deliveries, metadata tables.
+
+Kept apart from the kinds' factories (``assets/timeseries.py``, ``assets/cad.py``) so that no kind's
+assets import another kind's, and the dataset assets and the retention job name keys the same way.
+"""
+
+import dagster as dg
+import polars as pl
+
+from datalab.contract import Contract
+
+
+def key_prefix(contract: Contract) -> list[str]:
+    """``<tenant>/<product>``: the asset key prefix of a contract's assets (dashes are not allowed in keys)."""
+    return [contract.tenant.replace("-", "_"), contract.product.replace("-", "_")]
+
+
+def partitions_for(contract: Contract) -> dg.DynamicPartitionsDefinition:
+    """One partition per accepted delivery of the contract, added by the sensor."""
+    return dg.DynamicPartitionsDefinition(name=f"{contract.slug}__deliveries")
+
+
+def preview(path: str, n: int = 10) -> dg.MetadataValue:
+    df = pl.read_parquet(path, n_rows=n)
+    return dg.MetadataValue.md(df.to_pandas().to_markdown(index=False) if hasattr(df.to_pandas(), "to_markdown") else str(df))
+
+
+def md_table(df: pl.DataFrame) -> dg.MetadataValue:
+    cols = df.columns
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in df.iter_rows()]
+    return dg.MetadataValue.md("\n".join(lines))
