@@ -18,7 +18,7 @@ from assets.common import key_prefix, partitions_for
 from assets.common import md_table as _md_table
 from assets.registry import asset_factory
 from checks.validation import run_suite_check, suite_check_spec
-from datalab.contract import Contract
+from datalab.contracts.contract import Contract
 from datalab.engine import MemoryWatch
 from datalab.kinds import kind_of
 from pipelines.resources import LabResource

@@ -7,7 +7,7 @@ assets import another kind's, and the dataset assets and the retention job name 
 import dagster as dg
 import polars as pl
 
-from datalab.contract import Contract
+from datalab.contracts.contract import Contract
 
 
 def key_prefix(contract: Contract) -> list[str]:

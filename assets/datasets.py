@@ -5,10 +5,10 @@ import dagster as dg
 from dagster import AssetExecutionContext
 
 from assets.common import key_prefix
-from datalab import publish
 from datalab.config import Settings
-from datalab.contract import Contract
-from datalab.datasets import DatasetSpec
+from datalab.contracts.contract import Contract
+from datalab.contracts.datasets import DatasetSpec
+from datalab.store import publish
 from pipelines.resources import LabResource
 
 VERIFY_CHECK = "version_verifies"
@@ -62,7 +62,7 @@ def _card_metadata(name: str, m: dict, s: Settings) -> dict:
     card = vdir / "card.md"
     if not card.exists():
         return {}
-    from datalab.version_check import card_with_inline_images
+    from datalab.store.version_check import card_with_inline_images
 
     return {
         # the plots and thumbnails inline (data URIs): the UI has no base directory for relative links
@@ -73,8 +73,8 @@ def _card_metadata(name: str, m: dict, s: Settings) -> dict:
 
 
 def _verify_check(name: str, version: str, s: Settings) -> dg.AssetCheckResult:
-    """The asset check: the published version verifies against its manifest (``datalab.version_check``)."""
-    from datalab.version_check import verify
+    """The asset check: the published version verifies against its manifest (``datalab.store.version_check``)."""
+    from datalab.store.version_check import verify
 
     problems, facts = verify(name, version, s)
     return dg.AssetCheckResult(

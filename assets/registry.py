@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import dagster as dg
 
-from datalab.contract import Contract
+from datalab.contracts.contract import Contract
 from datalab.errors import ContractError
 from datalab.kinds import kind_of
 

@@ -17,9 +17,10 @@ from assets.common import key_prefix, partitions_for
 from assets.common import md_table as _md_table
 from assets.registry import asset_factory
 from checks.validation import run_suite_check, suite_check_spec
-from datalab import curate, ingest, validate
-from datalab.contract import Contract
+from datalab.contracts.contract import Contract
 from datalab.engine import Engine, MemoryWatch
+from datalab.quality import validate
+from datalab.timeseries import curate, ingest
 from pipelines.resources import LabResource
 
 

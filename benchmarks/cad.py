@@ -118,9 +118,11 @@ def generate(n: int, out: Path, seed: int) -> list[Path]:
 
 
 def run_lab(files: list[Path], per: int, workers: int) -> dict:
-    from datalab import contract, landing, validate
     from datalab.cad import curate
     from datalab.config import settings
+    from datalab.contracts import contract
+    from datalab.intake import landing
+    from datalab.quality import validate
 
     s = settings()
     c = contract.load_all(s.contracts_dir)[TOOLING]

@@ -68,7 +68,9 @@ def main() -> None:
     wide.parent.mkdir(parents=True)
     wide.write_text(yaml.safe_dump(wide_contract(a.columns), sort_keys=False))
     os.environ.update(DATALAB_HOME=str(work / "lab"), DATALAB_CONTRACTS=str(contracts_dir), DATALAB_ENGINE="cpu")
-    from datalab import contract, landing, sample
+    from datalab.contracts import contract
+    from datalab.intake import landing
+    from datalab.timeseries import sample
 
     c = contract.load_all(contracts_dir)[SPINDLE]
     files = []

@@ -48,8 +48,12 @@ def rss_mb() -> float:
 
 
 def run_datalab(path: Path | list[Path]) -> dict:
-    from datalab import contract, curate, ingest, landing, publish, validate
     from datalab.config import settings
+    from datalab.contracts import contract
+    from datalab.intake import landing
+    from datalab.quality import validate
+    from datalab.store import publish
+    from datalab.timeseries import curate, ingest
 
     s = settings()
     c = contract.load_all(s.contracts_dir)[SPINDLE]
@@ -72,7 +76,7 @@ def run_datalab(path: Path | list[Path]) -> dict:
     done("curate", t)
     t = time.perf_counter()
     rep = validate.validate(c, curate.curated_path(c, rec.delivery_id, s), run_name=rec.delivery_id, build_docs=False)
-    from datalab import state
+    from datalab.store import state
 
     state.set_stage(rec.delivery_id, "validated" if rep.success else "failed", s=s, validation_ok=rep.success, validation=rep.to_dict())
     done("validate", t)
@@ -132,7 +136,7 @@ def generate_parts(c, rows: int, parts: int, work: Path) -> list[Path]:
     """
     import datetime as dt
 
-    from datalab import sample
+    from datalab.timeseries import sample
 
     step = c.curation.expected_step or 1_000_000
     per = -(-rows // parts)
@@ -161,7 +165,7 @@ def main() -> None:
         return worker(a.worker, a.file)
     work = Path(tempfile.mkdtemp(prefix="datalab-bench-"))
     sys.path.insert(0, str(ROOT))
-    from datalab import contract
+    from datalab.contracts import contract
 
     c = contract.load_all(ROOT / "data_contracts")[SPINDLE]
     t = time.perf_counter()

@@ -39,9 +39,10 @@ REL_TOL = 1e-9
 def worker(engine: str, delivery: str, out: Path) -> None:
     """Curate ``delivery`` with ``engine``; move the curated file to ``out``; print a RESULT line."""
     sys.path.insert(0, str(ROOT))
-    from datalab import contract, curate
     from datalab.config import settings
+    from datalab.contracts import contract
     from datalab.engine import Engine, peak_rss_mb
+    from datalab.timeseries import curate
 
     s = settings()
     c = contract.load_all(s.contracts_dir)[SPINDLE]
@@ -117,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(env)
     sys.path.insert(0, str(ROOT))
     try:
-        from datalab import contract, landing, sample
         from datalab.config import settings
+        from datalab.contracts import contract
+        from datalab.intake import landing
+        from datalab.timeseries import sample
 
         c = contract.load_all(settings().contracts_dir)[SPINDLE]
         t = time.perf_counter()

@@ -86,7 +86,7 @@ def main() -> None:
     procs = {}
     try:
         for s in demo.SITES:
-            procs[s] = subprocess.Popen([sys.executable, "-m", "datalab.cli", "serve", "--host", "127.0.0.1",
+            procs[s] = subprocess.Popen([sys.executable, "-m", "datalab.cli.commands", "serve", "--host", "127.0.0.1",
                                          "--port", str(ports[s])], env=demo.env(base, s, ports),
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         for s in demo.SITES:

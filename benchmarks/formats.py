@@ -116,7 +116,7 @@ def floor(fmt: str, path: Path) -> int:
 
 
 def contract_for(fmt: str, tmp: Path):
-    from datalab import contract
+    from datalab.contracts import contract
 
     layout = {"format": "mat" if fmt == "mat73" else fmt, "entity_value": "bench",
               "time": {"base": "index"} if fmt in ("mat", "mat73", "hdf5", "parquet") else
@@ -144,8 +144,8 @@ def contract_for(fmt: str, tmp: Path):
 
 
 def read_only(c, path: Path) -> int:
-    from datalab.formats import sniff
-    from datalab.readers import TimeseriesReader
+    from datalab.intake.formats import sniff
+    from datalab.timeseries.readers import TimeseriesReader
 
     r = TimeseriesReader(c, path, path.name, sniff(path, path.name))
     rows = sum(len(b) for b in r.batches())
@@ -155,7 +155,7 @@ def read_only(c, path: Path) -> int:
 
 
 def bench(samples: int) -> list[dict]:
-    from datalab.landing import push
+    from datalab.intake.landing import push
 
     out = []
     with tempfile.TemporaryDirectory() as d:
@@ -191,7 +191,7 @@ def memory() -> None:
                 path = write(fmt, tmp / f"m.{fmt}", n)
                 code = (f"import os,sys; sys.path.insert(0,{str(ROOT)!r}); from pathlib import Path; "
                         f"os.environ['DATALAB_HOME'] = {str(tmp / 'lab')!r}; "
-                        f"from benchmarks.formats import contract_for; from datalab.landing import push; "
+                        f"from benchmarks.formats import contract_for; from datalab.intake.landing import push; "
                         f"c = contract_for({fmt!r}, Path({str(tmp)!r})); n = push(c, [Path({str(path)!r})]).rows; "
                         "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0].split()[1]; "
                         "print(n, int(hwm) // 1024)")  # VmHWM: this image's peak (ru_maxrss survives exec)
@@ -208,8 +208,8 @@ def mqtt(n: int, rows: int) -> None:
 
     import paho.mqtt.client as m
 
-    from datalab import contract as cmod
-    from datalab.stream import StreamIngestor, run_mqtt
+    from datalab.contracts import contract as cmod
+    from datalab.intake.stream import StreamIngestor, run_mqtt
 
     with tempfile.TemporaryDirectory() as d:
         os.environ["DATALAB_HOME"] = str(Path(d) / "lab")

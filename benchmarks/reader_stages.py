@@ -39,7 +39,9 @@ def _peak_mb() -> float:
 def worker(kind: str, path: Path) -> dict:
     import polars as pl
 
-    from datalab import contract, formats, readers
+    from datalab.contracts import contract
+    from datalab.intake import formats
+    from datalab.timeseries import readers
 
     c = contract.load_all(ROOT / "data_contracts")[SPINDLE]
     t0 = time.perf_counter()
@@ -76,7 +78,8 @@ def main() -> None:
         return
     path = a.input
     if path is None:
-        from datalab import contract, sample
+        from datalab.contracts import contract
+        from datalab.timeseries import sample
 
         c = contract.load_all(ROOT / "data_contracts")[SPINDLE]
         path = sample.write(sample.generate(c, a.rows, seed=42), Path(tempfile.mkdtemp(prefix="datalab-reader-")) / "delivery.csv")

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/run_all.py --rows 1000000 [--rows 10000000 ...] [--only datalab polars ...]
 
-For each size it generates one bavaria-spindle delivery (``datalab.sample``,
+For each size it generates one bavaria-spindle delivery (``datalab.timeseries.sample``,
 seed 42, every defect: duplicates, wrong units, missing values, spikes,
 gaps, shifted time zones) and runs on that same CSV, each in a fresh
 process so that each peak memory is its own:
@@ -80,8 +80,8 @@ def _datalab_worker(path: Path) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     import e2e
 
-    from datalab import state
     from datalab.config import settings
+    from datalab.store import state
 
     t = time.perf_counter()
     res = e2e.run_datalab(path)
@@ -136,7 +136,8 @@ def gpu_usable() -> tuple[bool, str]:
 
 def generate(rows: int, work: Path) -> tuple[Path, dict]:
     sys.path.insert(0, str(ROOT))
-    from datalab import contract, sample
+    from datalab.contracts import contract
+    from datalab.timeseries import sample
 
     c = contract.load_all(ROOT / "data_contracts")[sample_contract_id()]
     t = time.perf_counter()

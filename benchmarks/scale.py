@@ -73,9 +73,12 @@ def run_config(profile: str, workers: int, deliveries: int, rows: int, pg: str |
             c.execute(sa.text(f'CREATE DATABASE "{db}"'))
         env.update(DATALAB_CATALOG_URL=pg.rsplit("/", 1)[0] + f"/{db}", DATALAB_CELERY_QUEUE=f"scale-{secrets.token_hex(4)}")
     os.environ.update(env)
-    from datalab import catalog as cat
-    from datalab import contract, landing, sample, state
     from datalab.config import settings
+    from datalab.contracts import contract
+    from datalab.intake import landing
+    from datalab.store import catalog as cat
+    from datalab.store import state
+    from datalab.timeseries import sample
 
     cat._ENGINES.clear()
     cs = contract.load_all(settings().contracts_dir)

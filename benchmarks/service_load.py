@@ -217,8 +217,8 @@ def setup_lab(base: Path, workers: int) -> tuple[Any, dict[str, str], dict[str, 
     contracts = copy_contracts(base / "contracts")
     home = base / "lab"
     with use_lab(home, contracts):
-        from datalab import contract as contracts_mod
-        from datalab import landing
+        from datalab.contracts import contract as contracts_mod
+        from datalab.intake import landing
         from pipelines import runner
 
         cs = contracts_mod.load_all(contracts)

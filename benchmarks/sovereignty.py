@@ -7,7 +7,7 @@ readings (operator badge pseudonymised), taken through push, ingest,
 curation and validation by the core functions (no Dagster), then measures:
 
 * publish, and inside it the datasheet (facts, plots, Markdown/HTML) beside
-  the spine's basic card (``datalab.card.render_card``, the obvious
+  the spine's basic card (``datalab.store.card.render_card``, the obvious
   alternative: a text card without numbers from the data);
 * the personal-data check (a scan of the personal column) in rows/s;
 * a retention purge of the contract (files, catalog, Iceberg delete, snapshot
@@ -41,21 +41,13 @@ def main() -> None:
     os.environ.update(DATALAB_HOME=str(work / "lab"), DATALAB_CONTRACTS=str(work / "contracts"), DATALAB_ENGINE="cpu")
     import polars as pl
 
-    from datalab import (
-        card,
-        contract,
-        curate,
-        datasheet,
-        ingest,
-        landing,
-        publish,
-        retention,
-        sample,
-        sovereignty,
-        state,
-        validate,
-    )
     from datalab.config import settings
+    from datalab.contracts import contract
+    from datalab.intake import landing
+    from datalab.policy import retention, sovereignty
+    from datalab.quality import validate
+    from datalab.store import card, datasheet, publish, state
+    from datalab.timeseries import curate, ingest, sample
 
     s = settings()
     c = contract.load_all(s.contracts_dir)[PRESS]

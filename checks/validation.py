@@ -1,6 +1,6 @@
 """The blocking asset check that runs a contract's expectation suite.
 
-The suite is derived from the contract by ``datalab.validate`` and merged
+The suite is derived from the contract by ``datalab.quality.validate`` and merged
 with any hand-written suite in ``checks/suites/<contract slug>.json``. The
 check is blocking: when it fails, nothing downstream runs in that run, the
 delivery is marked failed and publishing leaves it out.
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import dagster as dg
 
-from datalab import state
 from datalab.config import Settings, settings
-from datalab.contract import Contract
+from datalab.contracts.contract import Contract
+from datalab.store import state
 
 
 def suite_check_spec(contract: Contract, asset_key: dg.AssetKey) -> dg.AssetCheckSpec:
@@ -27,7 +27,7 @@ def suite_check_spec(contract: Contract, asset_key: dg.AssetKey) -> dg.AssetChec
 def run_suite_check(contract: Contract, delivery_id: str, path, context: dg.AssetExecutionContext | None = None,
                     s: Settings | None = None) -> dg.AssetCheckResult:
     """Validate the curated delivery and record the outcome; ``s``: the run's settings (the ``lab`` resource's)."""
-    from datalab import validate
+    from datalab.quality import validate
 
     report = validate.validate(contract, path, run_name=delivery_id)
     failed = report.failed_results()

@@ -36,6 +36,6 @@ def open(name: str, version: str | None = None, purpose: str | None = None, **kw
     The purpose is required: it is checked against the version's effective
     sovereignty policy and the access is written to the audit log.
     """
-    from datalab.pull import open_dataset
+    from datalab.store.pull import open_dataset
 
     return open_dataset(name, version=version, purpose=purpose, **kw)

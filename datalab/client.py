@@ -26,8 +26,8 @@ import httpx
 
 from datalab.config import settings
 from datalab.errors import DatalabError, IntegrityError, MissingFile, NotFound, PolicyRefused
+from datalab.intake.landing import FileReceipt, Receipt
 from datalab.kinds import kind_of_manifest
-from datalab.landing import FileReceipt, Receipt
 
 Progress = Callable[[str, int, int], None]
 CHUNK = 1 << 20

@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from datalab.contracts.policy import CLASSIFICATIONS
 from datalab.errors import UsageError
-from datalab.policy import CLASSIFICATIONS
 
 PROFILES = ("local", "cluster")
 
@@ -36,7 +36,7 @@ class SettingsError(UsageError, ValueError):
     hint = "fix or unset that variable (the README's Settings table gives each one's values)"
 
 ENGINES = ("auto", "cpu", "gpu")
-# The consumer clearances, lowest first: the classifications of datalab.policy.
+# The consumer clearances, lowest first: the classifications of datalab.contracts.policy.
 CLEARANCES = CLASSIFICATIONS
 DEFAULT_CLEARANCE = "confidential"
 _TRUE = ("1", "true", "yes", "on")
@@ -107,7 +107,7 @@ class Settings:
     # runs with per-tenant limits, the Celery executor; docs/scale.md).
     profile: str = "local"
     # Where the lab's data files live: ``None`` for local paths under home,
-    # else an ``s3://bucket/prefix`` URL (datalab.storage).
+    # else an ``s3://bucket/prefix`` URL (datalab.store.storage).
     storage: str | None = None
     # The cluster profile's services (read here so that the one place that
     # chooses the profile also names what it talks to).
@@ -124,7 +124,7 @@ class Settings:
     # Who the audit log records for this process's own actions (None: local:<user>).
     actor: str | None = None
     # The consumer's clearance: highest classification it may pull, and whether it
-    # may pull export-controlled versions (datalab.clearance).
+    # may pull export-controlled versions (datalab.policy.clearance).
     clearance: str = DEFAULT_CLEARANCE
     export_cleared: bool = False
     # Keys given by the operator (hex; None: the key files under secrets/), never printed.

@@ -17,11 +17,12 @@ import dagster as dg
 from assets.common import partitions_for
 from assets.datasets import build_dataset_asset
 from assets.registry import factory_for
-from datalab import contract as contracts_mod
-from datalab import datasets, state
 from datalab.config import Settings, settings
-from datalab.contract import Contract
+from datalab.contracts import contract as contracts_mod
+from datalab.contracts import datasets
+from datalab.contracts.contract import Contract
 from datalab.errors import ContractError
+from datalab.store import state
 
 MAX_RUNS_PER_TICK = 25
 

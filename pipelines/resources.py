@@ -24,8 +24,8 @@ from typing import Any
 
 import dagster as dg
 
-from datalab.catalog import Catalog
 from datalab.config import Settings, settings
+from datalab.store.catalog import Catalog
 
 # resource field -> the environment variable the core reads
 _ENV = {

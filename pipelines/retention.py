@@ -1,6 +1,6 @@
 """Retention in Dagster: a daily schedule runs ``retention_enforce``.
 
-The core (:mod:`datalab.retention`) deletes the data from the lab's storage;
+The core (:mod:`datalab.policy.retention`) deletes the data from the lab's storage;
 this module adds what only Dagster can delete: the runs (and their event
 logs, whose materialisation metadata carries row previews) of the purged
 deliveries and of the withdrawn versions, the delivery partitions, and the
@@ -14,9 +14,9 @@ from typing import Any
 import dagster as dg
 from dagster import OpExecutionContext
 
-from datalab import contract as contracts_mod
-from datalab import retention
 from datalab.config import Settings
+from datalab.contracts import contract as contracts_mod
+from datalab.policy import retention
 from pipelines.resources import LabResource
 
 RETENTION_CRON = "15 2 * * *"  # daily, 02:15 lab time
@@ -96,5 +96,5 @@ def retention_enforce() -> None:
 retention_daily = dg.ScheduleDefinition(
     name="retention_daily", job=retention_enforce, cron_schedule=RETENTION_CRON,
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Daily retention enforcement (datalab.retention).",
+    description="Daily retention enforcement (datalab.policy.retention).",
 )

@@ -13,12 +13,12 @@ from typing import Any
 import dagster as dg
 
 from assets.registry import factory_for
-from datalab import contract as contracts_mod
-from datalab import state
 from datalab.config import Settings, settings
-from datalab.contract import Contract
+from datalab.contracts import contract as contracts_mod
+from datalab.contracts.contract import Contract
 from datalab.errors import DatalabError, NotFound
 from datalab.runs import DeliveryRun
+from datalab.store import state
 from pipelines.cluster import instance as _cluster_instance
 
 # In-process runs log to the console at DEBUG by default; the CLI prints its

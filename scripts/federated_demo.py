@@ -49,7 +49,7 @@ def env(base: Path, site: str, ports: dict[str, int]) -> dict[str, str]:
 def dl(site: str, *args: str, base: Path, ports: dict[str, int], check: bool = True) -> str:
     """Run ``datalab ARGS`` as ``site`` and print it like a terminal would."""
     print(f"\n[{site}]$ datalab {' '.join(args)}", flush=True)
-    r = subprocess.run([sys.executable, "-m", "datalab.cli", *args], env=env(base, site, ports),
+    r = subprocess.run([sys.executable, "-m", "datalab.cli.commands", *args], env=env(base, site, ports),
                        capture_output=True, text=True, timeout=300)
     text = (r.stdout + r.stderr).rstrip()
     print("  " + text.replace("\n", "\n  "), flush=True)
@@ -61,9 +61,10 @@ def dl(site: str, *args: str, base: Path, ports: dict[str, int], check: bool = T
 def publish_at_munich(base: Path, ports: dict[str, int], rows: int) -> None:
     """Push one spindle delivery, run the pipelines, publish plant-telemetry (in-process, as munich)."""
     os.environ.update(env(base, "munich", ports))
-    from datalab import contract as contracts_mod
-    from datalab import landing, sample
-    from datalab.publish import publish
+    from datalab.contracts import contract as contracts_mod
+    from datalab.intake import landing
+    from datalab.store.publish import publish
+    from datalab.timeseries import sample
     from pipelines import runner
 
     cs = contracts_mod.load_all(base / "contracts")
@@ -103,7 +104,7 @@ def main() -> None:
     try:
         for s in SITES:
             log = open(base / f"{s}.log", "ab")  # noqa: SIM115  (closed with the process)
-            procs[s] = subprocess.Popen([sys.executable, "-m", "datalab.cli", "serve", "--host", "127.0.0.1",
+            procs[s] = subprocess.Popen([sys.executable, "-m", "datalab.cli.commands", "serve", "--host", "127.0.0.1",
                                          "--port", str(ports[s])], env=env(base, s, ports), stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         for s in SITES:
@@ -141,7 +142,7 @@ def main() -> None:
         dl("munich", "contract", "withdraw", SPINDLE, "--reason", "demo: the firm leaves", base=base, ports=ports,
            check=False)
         for _ in range(100):  # munich's service delivers the event in the background
-            out = json.loads(subprocess.run([sys.executable, "-m", "datalab.cli", "outbox", "--json"],
+            out = json.loads(subprocess.run([sys.executable, "-m", "datalab.cli.commands", "outbox", "--json"],
                                             env=env(base, "munich", ports), capture_output=True, text=True).stdout)
             if out and all(o["state"] == "confirmed" for o in out):
                 break

@@ -31,7 +31,7 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def contracts():
-    from datalab import contract
+    from datalab.contracts import contract
 
     return contract.load_all(ROOT / "data_contracts")
 
@@ -59,7 +59,7 @@ def fresh_pg_database(prefix: str) -> Iterator[str]:
     """
     import sqlalchemy as sa
 
-    from datalab import catalog as cat
+    from datalab.store import catalog as cat
 
     pg = os.environ.get("DATALAB_TEST_PG_URL")
     if not pg:

@@ -55,7 +55,7 @@ class Site:
         return env
 
     def start(self, timeout: float = 60.0) -> Site:
-        cmd = [sys.executable, "-m", "datalab.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "datalab.cli.commands", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(cmd, env=self.env(), stdout=logf, stderr=subprocess.STDOUT,
                                          cwd=str(self.home.parent), start_new_session=True)
@@ -112,7 +112,7 @@ class Site:
 def federation(published_template: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Site]]:
     """munich (plant-telemetry 1.0.0 published), kajaani, garching-open: served, peers of each other."""
     from datalab.federation import identity
-    from datalab.publish import publish
+    from datalab.store.publish import publish
 
     base = tmp_path_factory.mktemp("federation")
     contracts = base / "contracts"

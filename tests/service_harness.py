@@ -103,7 +103,7 @@ class Server:
 
     def start(self, timeout: float = 60.0) -> Server:
         self.port = free_port()
-        cmd = [sys.executable, "-m", "datalab.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+        cmd = [sys.executable, "-m", "datalab.cli.commands", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--workers", str(self.workers), *self.args]
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(cmd, env={**lab_env(self.home, self.contracts), **self.env}, stdout=logf,
@@ -166,7 +166,7 @@ PRINCIPALS = {
 
 
 def add_principals(home: Path, contracts: Path) -> dict[str, str]:
-    from datalab import auth
+    from datalab.policy import auth
 
     with use_lab(home, contracts):
         out = {}
@@ -177,8 +177,8 @@ def add_principals(home: Path, contracts: Path) -> dict[str, str]:
 
 
 def sample_file(contract_id: str, tmp: Path, rows: int = 400, seed: int = 1, name: str | None = None) -> Path:
-    from datalab import contract as contracts_mod
-    from datalab import sample
+    from datalab.contracts import contract as contracts_mod
+    from datalab.timeseries import sample
 
     c = contracts_mod.load_all(ROOT / "data_contracts")[contract_id]
     p = tmp / (name or f"{c.product}-{seed}.csv")
@@ -195,8 +195,8 @@ def published_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     contracts = copy_contracts(base / "contracts")
     home = base / "lab"
     with use_lab(home, contracts):
-        from datalab import contract as contracts_mod
-        from datalab import landing
+        from datalab.contracts import contract as contracts_mod
+        from datalab.intake import landing
         from pipelines import runner
 
         cs = contracts_mod.load_all(contracts)

@@ -15,10 +15,10 @@ from pathlib import Path
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from datalab import audit_checkpoints, audit_export
-from datalab import catalog as cat
-from datalab.cli import app
+from datalab.cli.commands import app
 from datalab.config import settings
+from datalab.policy import audit_checkpoints, audit_export
+from datalab.store import catalog as cat
 
 
 def _log(n: int = 40) -> cat.Catalog:

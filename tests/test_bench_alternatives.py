@@ -50,7 +50,9 @@ def _with_outliers(frame: pl.DataFrame) -> pl.DataFrame:
 @pytest.fixture(scope="module")
 def delivery(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """20 k generated readings, curated by datalab (push, ingest, curate)."""
-    from datalab import contract, curate, ingest, landing, sample
+    from datalab.contracts import contract
+    from datalab.intake import landing
+    from datalab.timeseries import curate, ingest, sample
 
     tmp = tmp_path_factory.mktemp("bench")
     c = contract.load_all(ROOT / "data_contracts")[SPINDLE]
@@ -117,7 +119,7 @@ def test_output_is_datalabs_curated_table_row_for_row(runs: dict, delivery: dict
 
 
 def test_checks_are_the_suite_datalab_derives(runs: dict, delivery: dict) -> None:
-    from datalab import validate
+    from datalab.quality import validate
 
     derived = validate.derive_suite(delivery["contract"])
     for name, r in runs.items():
@@ -129,7 +131,7 @@ def test_checks_are_the_suite_datalab_derives(runs: dict, delivery: dict) -> Non
 
 def test_checks_fail_where_the_contract_is_broken(delivery: dict, tmp_path: Path) -> None:
     """10 % spikes break the < 3 % out-of-range rule of every sensor."""
-    from datalab import sample
+    from datalab.timeseries import sample
 
     c = delivery["contract"]
     gen = sample.generate(c, 4_000, seed=3, defects=sample.Defects(spikes=0.1))

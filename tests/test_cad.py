@@ -259,7 +259,8 @@ def test_fuzz_stl_reader(data: bytes, binary: bool) -> None:
 
 @needs_real
 def test_hostile_cad_pushes_are_rejected_with_reasons(lab: Path, tmp_path: Path) -> None:
-    from datalab import contract, landing
+    from datalab.contracts import contract
+    from datalab.intake import landing
 
     c = contract.load_all(Path(__file__).resolve().parent.parent / "data_contracts")["urn:datalab:lyon-presses:tooling-cad"]
     z = tmp_path / "bracket.stp"

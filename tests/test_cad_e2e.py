@@ -12,11 +12,12 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 
-from datalab import catalog as cat
-from datalab import landing, pull, state
 from datalab.cad import curate
 from datalab.config import settings
 from datalab.errors import PolicyRefused
+from datalab.intake import landing
+from datalab.store import catalog as cat
+from datalab.store import pull, state
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -38,7 +39,7 @@ def cadlab(tmp_path_factory: pytest.TempPathFactory, realdata: Path):
     mp.setenv("DATALAB_CONTRACTS", str(ROOT / "data_contracts"))
     for k in ("DATALAB_SITE", "DATALAB_CATALOG_URL", "DATALAB_CLEARANCE", "DATALAB_EXPORT_CLEARED"):
         mp.delenv(k, raising=False)
-    from datalab import contract
+    from datalab.contracts import contract
     from pipelines import runner
 
     c = contract.load_all(ROOT / "data_contracts")[TOOLING]
@@ -82,7 +83,7 @@ def _rows(delivery_id: str) -> dict[str, dict]:
 
 
 def cadlab_contract():
-    from datalab import contract
+    from datalab.contracts import contract
 
     return contract.load_all(ROOT / "data_contracts")[TOOLING]
 
@@ -139,7 +140,7 @@ def test_dagster_metadata_shows_thumbnails(cadlab) -> None:
 
 def test_published_version_carries_files_and_tags(cadlab) -> None:
     s = settings()
-    from datalab.publish import iceberg_catalog, read_manifest
+    from datalab.store.publish import iceberg_catalog, read_manifest
 
     m = read_manifest("tooling-cad", "1.0.0")
     assert m["rows"] == 8 and m["policy"]["export_control"] and m["policy"]["classification"] == "confidential"

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from datalab import catalog as cat
-from datalab import landing, sample
+from datalab.intake import landing
+from datalab.store import catalog as cat
+from datalab.timeseries import sample
 from tests.conftest import PUMPS, fresh_pg_database
 
 
@@ -58,7 +59,7 @@ def test_receipts_and_iceberg_on_catalog(catalog_url: str, lab: Path, tmp_path: 
     import pyarrow as pa
 
     from datalab.config import settings
-    from datalab.publish import iceberg_catalog
+    from datalab.store.publish import iceberg_catalog
 
     ice = iceberg_catalog(settings())
     t = ice.create_table("datalab.probe", schema=pa.schema([("a", pa.int64())]))

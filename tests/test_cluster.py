@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from datalab import landing, sample, state
+from datalab.intake import landing
+from datalab.store import state
+from datalab.timeseries import sample
 from tests.conftest import PRESS, PUMPS, ROOT, SPINDLE, fresh_pg_database
 
 pytestmark = pytest.mark.slow
@@ -183,7 +185,7 @@ def test_worker_killed_mid_curation_loses_nothing(cluster_lab: dict, contracts) 
     md = runner.publish("plant-telemetry")
     assert md["rows"] == state.get(d)["stats"]["curated"]["rows_out"] > 0
     # the delivery is in the version exactly once
-    from datalab import publish
+    from datalab.store import publish
 
     m = publish.read_manifest("plant-telemetry", md["version"])
     assert [x for x in m["lineage"]["deliveries"] if (x["id"] if isinstance(x, dict) else x) == d] and \

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from datalab import contract
+from datalab.contracts import contract
 from datalab.errors import ContractError
 from tests.conftest import CMAPSS, HYDRAULIC, ROOT, SPINDLE
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from datalab import curate, ingest, landing, sample
+from datalab.intake import landing
+from datalab.timeseries import curate, ingest, sample
 from tests.conftest import CMAPSS, HYDRAULIC, PRESS, PUMPS, SPINDLE
 
 START = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
@@ -128,7 +129,7 @@ def test_hydraulic_real_curation(lab: Path, realdata: Path, contracts) -> None:
 
 def test_plan_has_no_python_udfs(contracts) -> None:
     c = contracts[SPINDLE]
-    raw = pl.LazyFrame(schema={"delivery_id": pl.String, **__import__("datalab.readers").readers.long_schema(c)})
+    raw = pl.LazyFrame(schema={"delivery_id": pl.String, **__import__("datalab.timeseries.readers").readers.long_schema(c)})
     plan = curate.build_plan(c, raw).explain()
     assert "python" not in plan.lower() and "map_" not in plan.lower()
 
@@ -285,8 +286,8 @@ def _profile_read_back(path: Path) -> dict:
 def test_profile_counted_from_the_parts_equals_reading_the_file(lab: Path, tmp_path: Path, contracts, bucket_rows,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Counts, ranges, first units and watermarks gathered per part add up to the file's; mean and std are the file's."""
-    from datalab import catalog as cat
     from datalab.config import settings
+    from datalab.store import catalog as cat
 
     if bucket_rows:
         monkeypatch.setenv("DATALAB_CURATE_BUCKET_ROWS", bucket_rows)

@@ -13,10 +13,12 @@ import sqlalchemy as sa
 import yaml
 
 import datalab
-from datalab import catalog as cat
-from datalab import landing, publish, pull, sample, state
 from datalab.config import settings
 from datalab.errors import DatalabError, PolicyRefused
+from datalab.intake import landing
+from datalab.store import catalog as cat
+from datalab.store import publish, pull, state
+from datalab.timeseries import sample
 from tests.conftest import CMAPSS, HYDRAULIC, PRESS, PUMPS, ROOT, SPINDLE
 
 pytestmark = pytest.mark.slow
@@ -186,7 +188,7 @@ def test_publish_in_bounded_files_is_one_version(lab: Path, tmp_path: Path, cont
     """A version written as many small files (table_stream.COMMIT_ROWS) is one commit with every row once."""
     import polars as pl
 
-    from datalab import table_stream
+    from datalab.store import table_stream
     from pipelines import runner
 
     monkeypatch.setattr(table_stream, "COMMIT_ROWS", 700)  # a few thousand rows -> several files
@@ -228,7 +230,7 @@ def test_curated_file_is_published_as_it_is(lab: Path, tmp_path: Path, contracts
     """A single-contract version's data files are its curated files, byte for byte, carrying their provenance."""
     import polars as pl
 
-    from datalab.curate import PROVENANCE
+    from datalab.timeseries.curate import PROVENANCE
     from pipelines import runner
 
     _dataset(tmp_path, monkeypatch, "whole", "kajaani", [PUMPS])

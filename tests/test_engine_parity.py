@@ -16,10 +16,11 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from datalab import curate, pseudonym, sample
 from datalab.engine import Engine, gpu_status
-from datalab.formats import sniff
-from datalab.readers import read_all
+from datalab.intake.formats import sniff
+from datalab.policy import pseudonym
+from datalab.timeseries import curate, sample
+from datalab.timeseries.readers import read_all
 from tests.conftest import CMAPSS, HYDRAULIC, PRESS, SPINDLE
 
 REL_TOL = 1e-9
@@ -148,7 +149,7 @@ def test_series_rank_by_lookups_equals_the_join(lab: Path, cases) -> None:
 
 def test_one_key_sort_places_nulls_last_and_keeps_delivery_order(contracts) -> None:
     """Null entity and null time sort last (as nulls_last does); key duplicates keep delivery order."""
-    from datalab.readers import long_schema
+    from datalab.timeseries.readers import long_schema
 
     c = contracts[SPINDLE]
     t = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
@@ -172,7 +173,7 @@ def test_one_key_sort_places_nulls_last_and_keeps_delivery_order(contracts) -> N
 
 def test_exact_duplicates_leave_by_sort_as_by_hash(contracts) -> None:
     """The sort-based duplicate drop equals unique(): first copy stays, apart copies too, nulls and NaN alike."""
-    from datalab.readers import long_schema
+    from datalab.timeseries.readers import long_schema
 
     c = contracts[SPINDLE]
     t = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)

@@ -37,7 +37,7 @@ def token(frm: Site, to: str, **kw: Any) -> str:
 
 
 def audit_of(site: Site, action: str) -> list[dict[str, Any]]:
-    from datalab import catalog as cat
+    from datalab.store import catalog as cat
 
     with site.here():
         from datalab.config import settings
@@ -172,7 +172,7 @@ def test_federated_catalog_merges_peers_and_names_a_down_one(federation: dict[st
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "datalab.cli", "catalog", "--federated", "--json"], env=env,
+    out = subprocess.run([sys.executable, "-m", "datalab.cli.commands", "catalog", "--federated", "--json"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)

@@ -202,8 +202,8 @@ def test_export_control_and_withdrawn_versions_terminate(published_template: tup
 
     from datalab.config import settings as lab_settings
     from datalab.errors import PolicyRefused
-    from datalab.publish import publish, read_manifest
-    from datalab.withdrawals import withdraw_version
+    from datalab.policy.withdrawals import withdraw_version
+    from datalab.store.publish import publish, read_manifest
     from tests.federation_harness import EXTRA_SITE
 
     base = tmp_path_factory.mktemp("federation-refusals")

@@ -25,8 +25,8 @@ from tests.test_federation import audit_of, token, valid
 def catalog_row(site: Site, dataset: str, version: str) -> object:
     import sqlalchemy as sa
 
-    from datalab import catalog as cat
     from datalab.config import settings
+    from datalab.store import catalog as cat
 
     with site.here(), cat.Catalog(settings().catalog_url).begin() as conn:
         return conn.execute(sa.select(cat.dataset_versions).where(
@@ -89,7 +89,7 @@ def test_transfer_verifies_survives_a_provider_crash_and_binds_the_purpose(feder
     assert not list((b.home / "federation" / "incoming").rglob("*.part"))
 
     # 4. at the consumer: like a local version, only for the agreed purpose; the card says where from
-    from datalab.pull import open_dataset, pull
+    from datalab.store.pull import open_dataset, pull
 
     with b.here():
         res = pull("plant-telemetry@1.0.0", "research", tmp_path / "out")

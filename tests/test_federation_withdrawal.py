@@ -31,7 +31,7 @@ def _wait(cond, timeout: float = 60.0) -> bool:
 
 
 def test_withdrawal_reaches_a_peer_that_was_offline(federation: dict[str, Site]) -> None:
-    from datalab import retention
+    from datalab.policy import retention
 
     a, b, c = federation["munich"], federation["stuttgart"], federation["kajaani"]
     if catalog_row(b, "plant-telemetry", "1.0.0") is None:

@@ -287,8 +287,8 @@ def test_dagster_card_images_and_version_check(demo_home: Path, tmp_path: Path) 
     """The card in the Dagster UI carries its plots inline; the asset check catches a changed file."""
     import shutil
 
-    from datalab.publish import read_manifest
-    from datalab.version_check import card_with_inline_images, verify
+    from datalab.store.publish import read_manifest
+    from datalab.store.version_check import card_with_inline_images, verify
     from tests.service_harness import use_lab
 
     home = tmp_path / ".datalab"

@@ -1,4 +1,4 @@
-"""Allocator settings: glibc's heap around validation (datalab.heap), Polars' jemalloc decay (datalab.__init__)."""
+"""Allocator settings: glibc's heap around validation (datalab.quality.heap), Polars' jemalloc decay (datalab.__init__)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import ctypes
 import numpy as np
 import pytest
 
-from datalab import heap
+from datalab.quality import heap
 
 
 class _MallInfo2(ctypes.Structure):

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from datalab import contract as contracts_mod
 from datalab import kinds
+from datalab.contracts import contract as contracts_mod
 from datalab.errors import ContractError
 from datalab.kinds import sections
 
@@ -60,7 +60,7 @@ def test_reading_a_series_manifest_loads_no_other_kind():
 
 def test_the_curated_schema_is_declared_by_the_kind(contracts):
     from datalab.cad.features import SCHEMA
-    from datalab.curate import FLAGS
+    from datalab.timeseries.curate import FLAGS
 
     spindle = contracts["urn:datalab:bavaria-spindle:spindle-telemetry"]
     ts = kinds.kind_of(spindle).curated_schema(spindle)
@@ -117,7 +117,7 @@ class ImagesKind:
         return sections.get(self.name)
 
     def check_staged(self, contract, staged, s):
-        from datalab.receipts import FileReceipt
+        from datalab.intake.receipts import FileReceipt
 
         out = []
         for name, path, sha, size, _over in staged:
@@ -150,7 +150,7 @@ class ImagesKind:
         raise ValueError(f"{contract.id}: images are not generated")
 
     def suite(self, contract):
-        from datalab.expectations import ExpectationSpec
+        from datalab.quality.expectations import ExpectationSpec
 
         return [ExpectationSpec("expect_column_values_to_be_between",
                                 {"column": "width", "min_value": 1, "max_value": contract.section["max_pixels"]},
@@ -189,7 +189,9 @@ def images_kind():
 
 
 def test_a_third_kind_plugs_in_through_the_registry_alone(lab, tmp_path, images_kind):
-    from datalab import card, landing, validate
+    from datalab.intake import landing
+    from datalab.quality import validate
+    from datalab.store import card
 
     assert "images" in kinds.registered() and isinstance(images_kind, kinds.Kind)
     # its contract section, linted and built by its own parser

@@ -1,4 +1,4 @@
-"""Tests of the landing zone (datalab.landing.push and friends).
+"""Tests of the landing zone (datalab.intake.landing.push and friends).
 
 Every test pushes real bytes through ``push`` into a temporary lab and then
 checks three things: the receipt's status, that the reasons name the file
@@ -26,7 +26,7 @@ import pytest
 import zstandard
 from conftest import CMAPSS, HYDRAULIC, SPINDLE
 
-from datalab.landing import Receipt, get_receipt, list_receipts, push, safe_name
+from datalab.intake.landing import Receipt, get_receipt, list_receipts, push, safe_name
 
 HEADER = "machine_id,ts,sensor,value,unit\n"
 
@@ -550,7 +550,9 @@ def _big_csv(path: Path, target: int) -> int:
 PUSH_SCRIPT = """
 import resource, sys
 from pathlib import Path
-from datalab import contract, ingest, landing  # ingest: the raw-table writer the push uses
+from datalab.contracts import contract  # ingest: the raw-table writer the push uses
+from datalab.timeseries import ingest
+from datalab.intake import landing
 from datalab.config import settings
 import polars, pyarrow.parquet  # imported by the push's raw writer; part of "the interpreter"
 
@@ -639,8 +641,8 @@ def test_iso_timestamp_spellings_all_read_as_the_same_instant(lab, contracts, tm
     """Z, z, +hh, +hhmm, +hh:mm, a space for T, and no offset (the layout's zone) all parse; nonsense does not."""
     import polars as pl
 
-    from datalab import ingest
     from datalab.config import settings
+    from datalab.timeseries import ingest
 
     c = contracts[SPINDLE]
     spellings = [
@@ -664,7 +666,7 @@ def test_raw_writer_hands_a_write_error_to_the_caller(lab, contracts, tmp_path):
     import polars as pl
 
     from datalab.config import settings
-    from datalab.ingest import RawWriter
+    from datalab.timeseries.ingest import RawWriter
 
     w = RawWriter(contracts[SPINDLE], "d-writer-test", settings())
     good = pl.DataFrame({"entity": ["M"], "time": [None], "sensor": ["spindle_temp"], "raw_value": [1.0], "raw_unit": ["Cel"]},
@@ -691,7 +693,7 @@ def test_problems_of_every_read_block_name_their_line(lab, contracts, tmp_path, 
     """Line numbers stay exact across read blocks; each block's problems come in file order."""
     # About 42,000 lines per 2 MiB block (set here: the default is larger);
     # within a block, reading and splitting problems come before casting ones.
-    from datalab import readers
+    from datalab.timeseries import readers
 
     monkeypatch.setattr(readers, "BATCH_BYTES", 2 << 20)
     bad = {

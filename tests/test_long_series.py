@@ -11,10 +11,12 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from datalab import curate, landing, long_series, pseudonym, sample
 from datalab.config import settings
 from datalab.engine import Engine
-from datalab.readers import long_schema
+from datalab.intake import landing
+from datalab.policy import pseudonym
+from datalab.timeseries import curate, long_series, sample
+from datalab.timeseries.readers import long_schema
 from tests.conftest import PRESS, SPINDLE
 
 START = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
@@ -59,8 +61,8 @@ def _raw(c, frame: pl.DataFrame) -> pl.DataFrame:
 def _generated(c, rows: int, seed: int = 3) -> pl.DataFrame:
     import tempfile
 
-    from datalab.formats import sniff
-    from datalab.readers import read_all
+    from datalab.intake.formats import sniff
+    from datalab.timeseries.readers import read_all
 
     with tempfile.TemporaryDirectory() as tmp:
         path = sample.write(sample.generate(c, rows, seed=seed, start=START), Path(tmp) / "d.csv")

@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 import yaml
 
-from datalab import contract as contract_mod
-from datalab.landing import push
+from datalab.contracts import contract as contract_mod
+from datalab.intake.landing import push
 from tests.conftest import ROOT
 
 EXAMPLES = ROOT / "data_contracts" / "examples" / "measurement"
@@ -273,7 +273,7 @@ def test_side_file_joined_by_row(lab, tmp_path):
     raw = raw_of(lab, rec).filter(pl.col("sensor") == "s2")
     assert raw["label"].to_list() == [-1, -1, 1, -1, 1]
     assert raw["time"][4] == dt.datetime(2008, 7, 19, 11, 54, tzinfo=dt.UTC)
-    from datalab.ingest import ingest_raw
+    from datalab.timeseries.ingest import ingest_raw
 
     assert ingest_raw(c, rec.delivery_id, reparse=True)["rows"] == 10  # parsed again from the stored files
     assert raw_of(lab, rec).filter(pl.col("sensor") == "s2")["label"].to_list() == [-1, -1, 1, -1, 1]
@@ -352,9 +352,9 @@ def test_real_mdf_naive_start_rejected_with_what_to_do(lab, realdata, tmp_path):
 
 
 def test_curated_table_and_card_say_each_series_time_base(lab, realdata):
-    from datalab.card import _preparation
     from datalab.config import settings
-    from datalab.curate import curate_delivery, curated_path
+    from datalab.store.card import _preparation
+    from datalab.timeseries.curate import curate_delivery, curated_path
 
     c = contract_mod.load(EXAMPLES / "tdms-digital-input.yaml")
     rec = push(c, [realdata / "measurement/tdms/Digital_Input.tdms"])
@@ -371,7 +371,7 @@ def test_curated_table_and_card_say_each_series_time_base(lab, realdata):
 @pytest.mark.parametrize("rel", sorted(REAL.values()))
 def test_contract_draft_of_each_real_file_lints_and_takes_the_file(lab, realdata, tmp_path, rel):
     """From a file to a contract in one command: fill in sovereignty and status, and the file is accepted."""
-    from datalab.measurement.draft import draft
+    from datalab.intake.measurement.draft import draft
 
     f = realdata / "measurement" / rel
     d = draft([f], "acme")
@@ -395,7 +395,7 @@ TEXT_TABLES = ["cmapss/train_FD001.txt", "cmapss/test_FD001.txt", "cmapss/RUL_FD
 @pytest.mark.parametrize("rel", TEXT_TABLES)
 def test_contract_draft_of_real_text_tables(lab, realdata, tmp_path, rel):
     """Header-less text tables: every column a channel, time the row index; accepted once filled in."""
-    from datalab.measurement.draft import draft
+    from datalab.intake.measurement.draft import draft
 
     f = realdata / rel
     d = draft([f], "acme")
@@ -413,7 +413,7 @@ def test_contract_draft_of_real_text_tables(lab, realdata, tmp_path, rel):
 @pytest.mark.parametrize("rel", ["cmapss/readme.txt", "hydraulic/documentation.txt", "cad/stl/busted.STL",
                                  "cad/step/nist_ftc_11_asme1_rb.stp", "mat/cwru_README.md"])
 def test_contract_draft_refuses_what_is_not_a_table_with_a_reason(realdata, rel):
-    from datalab.measurement.draft import draft
+    from datalab.intake.measurement.draft import draft
 
     f = realdata / rel if not rel.startswith("mat/") else realdata / "measurement" / rel
     with pytest.raises(ValueError) as e:
@@ -449,7 +449,7 @@ def test_text_table_without_time_or_entity_joined_to_a_label_side_file(lab, tmp_
 def test_contract_draft_cli_writes_and_lints(lab, realdata, tmp_path):
     from typer.testing import CliRunner
 
-    from datalab.cli import app
+    from datalab.cli.commands import app
 
     out = tmp_path / "bearing.yaml"
     res = CliRunner().invoke(app, ["contract", "draft", str(realdata / "measurement/mat/cwru_normal_0.mat"),

@@ -8,8 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from datalab.contracts.policy import (
+    CLASSIFICATIONS,
+    EU,
+    Policy,
+    combine,
+    expand_residency,
+    purpose_allowed,
+)
 from datalab.errors import PolicyRefused
-from datalab.policy import CLASSIFICATIONS, EU, Policy, combine, expand_residency, purpose_allowed
 
 
 def test_combination_rules() -> None:

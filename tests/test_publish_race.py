@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from datalab import landing, sample
+from datalab.intake import landing
+from datalab.timeseries import sample
 from tests.conftest import PRESS, PUMPS, SPINDLE, fresh_pg_database
 
 pytestmark = pytest.mark.slow
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def _publish_in_child(env: dict[str, str], barrier, out) -> None:
     os.environ.update(env)
-    from datalab import publish
+    from datalab.store import publish
 
     barrier.wait()
     try:
@@ -47,7 +48,7 @@ def _race(tmp_path: Path, contracts) -> list[tuple]:
 
 
 def _check(results: list[tuple]) -> None:
-    from datalab import publish
+    from datalab.store import publish
 
     assert results == [("1.0.0", False), ("1.0.0", True)], results
     assert [v["version"] for v in publish.list_versions("plant-telemetry")] == ["1.0.0"]

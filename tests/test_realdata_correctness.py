@@ -22,8 +22,12 @@ import polars as pl
 import pytest
 import yaml
 
-from datalab import contract, curate, ingest, landing, publish, state, validate
 from datalab.config import settings
+from datalab.contracts import contract
+from datalab.intake import landing
+from datalab.quality import validate
+from datalab.store import publish, state
+from datalab.timeseries import curate, ingest
 from tests.conftest import CMAPSS, HYDRAULIC, ROOT, SPINDLE
 
 SOV = {"residency": ["EEA"], "purposes": ["research", "predictive-maintenance"], "classification": "internal",
@@ -283,7 +287,7 @@ def test_renamed_file_and_fixed_contract_get_a_fresh_decision(contracts_dir: Pat
     # A rejection stored the old way (keyed by its bytes alone) is not replayed either.
     import sqlalchemy as sa
 
-    from datalab import catalog as cat
+    from datalab.store import catalog as cat
 
     part = tmp_path / "part" / "VS1.txt"  # the first 100 cycles of the real VS1
     part.parent.mkdir()
@@ -318,7 +322,8 @@ def test_renamed_file_and_fixed_contract_get_a_fresh_decision(contracts_dir: Pat
 def test_broken_contract_reported_and_refused_only_for_its_own_pushes(contracts_dir: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from datalab import cli, sample
+    from datalab.cli import commands as cli
+    from datalab.timeseries import sample
 
     doc = _probe_doc()
     doc["tenant"], doc["id"] = "broken-firm", "urn:datalab:broken-firm:probe"
@@ -351,7 +356,7 @@ def test_broken_contract_reported_and_refused_only_for_its_own_pushes(contracts_
 
     from fastapi.testclient import TestClient
 
-    from datalab import auth
+    from datalab.policy import auth
     from datalab.service.app import create_app
 
     auth.add_principal("ops", "admin")
@@ -546,7 +551,7 @@ def test_contracts_load_once_per_process(contracts_dir: Path, monkeypatch: pytes
 
 
 def test_near_duplicate_series_named(contracts, realdata: Path, tmp_path: Path) -> None:
-    from datalab import datasheet
+    from datalab.store import datasheet
 
     lines = _cmapss_lines(realdata)
     copy = [ln for ln in lines if ln.split(" ")[0] == "97"]

@@ -23,21 +23,14 @@ import polars as pl
 import pytest
 import yaml
 
-from datalab import contract as contracts_mod
-from datalab import (
-    curate,
-    ingest,
-    landing,
-    publish,
-    pull,
-    retention,
-    sample,
-    state,
-    validate,
-    vdiff,
-)
 from datalab.config import settings
-from datalab.firm_names import contract_label, machine_label, tenant_label
+from datalab.contracts import contract as contracts_mod
+from datalab.intake import landing
+from datalab.policy import retention
+from datalab.policy.firm_names import contract_label, machine_label, tenant_label
+from datalab.quality import validate
+from datalab.store import publish, pull, state, vdiff
+from datalab.timeseries import curate, ingest, sample
 from tests.conftest import PUMPS, ROOT, SPINDLE
 
 START = dt.datetime(2026, 3, 2, 5, tzinfo=dt.UTC)
@@ -209,7 +202,7 @@ def test_diff_reports_per_contract_under_the_real_ids(rlab: dict) -> None:
 
 
 def test_withdrawing_the_firm_finds_its_pseudonymised_rows(rlab: dict) -> None:
-    from datalab.publish import iceberg_catalog
+    from datalab.store.publish import iceberg_catalog
 
     s = settings()
     masked_id = contract_label(SPINDLE, "bavaria-spindle", s)

@@ -29,8 +29,8 @@ def test_the_installed_metadata_has_the_runner() -> None:
 def test_without_a_runner_the_commands_say_so(monkeypatch: pytest.MonkeyPatch, lab: Path) -> None:
     from typer.testing import CliRunner
 
-    from datalab.cli import app
-    from datalab.cli_sovereignty import _hook
+    from datalab.cli.commands import app
+    from datalab.cli.sovereignty import _hook
 
     monkeypatch.setattr(runs, "entry_points", lambda group: [])
     with pytest.raises(runs.RunnerMissing, match="needs the lab's pipelines"):

@@ -1,4 +1,4 @@
-"""Tests of the synthetic delivery generator (datalab.sample).
+"""Tests of the synthetic delivery generator (datalab.timeseries.sample).
 
 The curation's tests rely on ``Generated.truth`` being exact, so these
 tests recount every defect from the frame itself, independently of how the
@@ -22,9 +22,9 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datalab import contract, units
-from datalab.contract import Contract
-from datalab.sample import (
+from datalab.contracts import contract, units
+from datalab.contracts.contract import Contract
+from datalab.timeseries.sample import (
     DEFAULT_START,
     GAP_MIN,
     Defects,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from datalab import catalog as cat
 from datalab.config import settings
+from datalab.store import catalog as cat
 from tests.conftest import SPINDLE
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from datalab import audit_export
+from datalab.policy import audit_export
 from tests.conftest import SPINDLE
 from tests.service_harness import Lab, lab_env, sample_file, use_lab
 
@@ -23,7 +23,7 @@ def _cli(lab: Lab, who: str | None, *args: str, cwd: Path | None = None) -> subp
     if who:
         env.update(DATALAB_URL=lab.server.url, DATALAB_TOKEN=lab.tokens[who])
         env["DATALAB_HOME"] = str(lab.home.parent / f"client-{who}")  # the client has no lab of its own
-    return subprocess.run([sys.executable, "-m", "datalab.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "datalab.cli.commands", *args], env=env, capture_output=True, text=True,
                           cwd=str(cwd or lab.home.parent), timeout=300)
 
 
@@ -80,12 +80,12 @@ def test_push_run_publish_pull_over_http(served_lab: Lab, tmp_path: Path) -> Non
     assert (got / "card.md").read_text().startswith("# ")
     # bit for bit what a local pull of the same version gives
     with use_lab(lab.home, lab.contracts):
-        from datalab import pull
+        from datalab.store import pull
 
         local = pull.pull("plant-telemetry@1.0.1", "predictive-maintenance", tmp_path / "local", actor="test")
     assert [_sha(p) for p in local.files] == [_sha(p) for p in files]
     # the datasheet (card, HTML, JSON, plots) arrives as a local pull ships it
-    from datalab import datasheet
+    from datalab.store import datasheet
 
     shipped = [n for n in datasheet.SHIPPED if (local.directory / n).exists()]
     assert len(shipped) == len(datasheet.SHIPPED)
@@ -169,7 +169,7 @@ def test_cad_version_over_http(published_template, realdata: Path, tmp_path: Pat
     role, never the server's environment (which here even says "cleared", and must not count).
     The firm pushes real STEP and STL files with the ordinary CLI over HTTP.
     """
-    from datalab import auth
+    from datalab.policy import auth
     from tests.service_harness import lab_from_template
 
     monkeypatch.setenv("DATALAB_EXPORT_CLEARED", "1")  # the server process's own setting: ignored for principals

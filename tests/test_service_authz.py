@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from datalab import catalog as cat
-from datalab import landing
 from datalab.config import settings
+from datalab.intake import landing
+from datalab.store import catalog as cat
 from tests.conftest import PRESS, SPINDLE
 from tests.service_harness import Lab, sample_file, use_lab
 

@@ -16,10 +16,10 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 
-from datalab import catalog as cat
-from datalab import landing
 from datalab.client import Client
 from datalab.config import settings
+from datalab.intake import landing
+from datalab.store import catalog as cat
 from tests.conftest import PRESS, SPINDLE
 from tests.service_harness import Lab, sample_file, served_copy, use_lab
 

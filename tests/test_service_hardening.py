@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from datalab import auth, readers
 from datalab.errors import PolicyRefused
+from datalab.policy import auth
+from datalab.timeseries import readers
 from tests.service_harness import Lab, served_copy, use_lab
 
 pytestmark = pytest.mark.slow
@@ -84,7 +85,7 @@ def test_one_endless_line_costs_bounded_memory_database_and_answer(lab: Lab, hea
 
 
 def test_reasons_are_bounded_in_number_and_length() -> None:
-    from datalab import landing
+    from datalab.intake import landing
 
     many = [f"r{i} " + "x" * 5000 for i in range(250)]
     out = landing.bound_reasons(many)
@@ -114,8 +115,8 @@ def test_a_sites_classification_cap_applies_to_pulls_and_listings(lab: Lab, monk
             assert c.get(f"{DS}/1.0.0/{what}", params={"purpose": "research"}).status_code == 404
     with lab.as_("team-de") as c:  # munich hosts up to restricted: unchanged
         assert c.get(f"{DS}/1.0.0/manifest", params={"purpose": "research"}).status_code == 200
-    from datalab import pull
     from datalab.config import settings
+    from datalab.store import pull
 
     with use_lab(lab.home, lab.contracts):
         monkeypatch.setenv("DATALAB_SITE", "garching-open")
@@ -127,7 +128,7 @@ def test_a_sites_classification_cap_applies_to_pulls_and_listings(lab: Lab, monk
         assert next(d for d in pull.list_datasets(s) if d["dataset"] == "plant-telemetry")["versions"] == []
         from typer.testing import CliRunner
 
-        from datalab.cli import app
+        from datalab.cli.commands import app
 
         out = CliRunner().invoke(app, ["show", "plant-telemetry@1.0.0"])
         assert out.exit_code != 0 and "classification" in (out.output + str(out.exception))
@@ -151,8 +152,8 @@ def test_hidden_datasets_are_not_found_and_refusals_name_no_hidden_firm(lab: Lab
         r = c.get(f"{DS}/1.0.0/manifest", params={"purpose": "model-training"})
         # lyon-presses' press-line is internal (the card names it); bavaria-spindle is confidential (a pseudonym)
         assert r.status_code == 403 and "prohibited_purposes" in r.text and "bavaria-spindle" not in r.text, r.text
-    from datalab import pull
     from datalab.config import settings
+    from datalab.store import pull
 
     with use_lab(lab.home, lab.contracts):  # locally too: the refusal names the rule and a pseudonym
         monkeypatch.setenv("DATALAB_SITE", "kajaani")
@@ -204,7 +205,7 @@ def test_a_crash_during_landing_leaves_nothing_withdrawal_misses(published_templ
     import httpx
     from typer.testing import CliRunner
 
-    from datalab.cli import app
+    from datalab.cli.commands import app
     from tests.conftest import SPINDLE
 
     machines = [f"BSW-M{i:02d}" for i in range(10, 14)]
@@ -249,7 +250,7 @@ def test_a_crash_during_landing_leaves_nothing_withdrawal_misses(published_templ
 
 def test_rate_limits_per_token_and_address_with_counted_summaries(lab: Lab) -> None:
     """Item 6: before, 6,321 anonymous requests wrote 6,361 audit rows and slowed every push."""
-    from datalab import catalog as cat
+    from datalab.store import catalog as cat
 
     def rows() -> list[cat.AuditEntry]:
         with use_lab(lab.home, lab.contracts):
@@ -332,7 +333,7 @@ def test_smaller_gaps(lab: Lab, tmp_path: Path) -> None:
         assert admin.post("/v1/admin/principals/nobody/disable").status_code == 404
     from typer.testing import CliRunner
 
-    from datalab.cli import app
+    from datalab.cli.commands import app
 
     with use_lab(lab.home, lab.contracts):
         out = CliRunner().invoke(app, ["principal", "disable", "firm-b"])
@@ -369,7 +370,8 @@ def test_spreadsheet_formulas_are_neutralised_in_csv_and_escaped_in_cards(tmp_pa
     """Item 7: "=cmd|' /C calc'!A0" was accepted as a machine id and written as it came."""
     import polars as pl
 
-    from datalab import datasheet, sample
+    from datalab.store import datasheet
+    from datalab.timeseries import sample
 
     evil = "=cmd|' /C calc'!A0"
     frame = pl.DataFrame({"machine_id": [evil, "@SUM(A1)", "BSW-M01"], "value": [-1.5, 2.0, 3.0],

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from datalab import auth, landing
-from datalab import catalog as cat
 from datalab.config import settings
+from datalab.intake import landing
+from datalab.policy import auth
+from datalab.store import catalog as cat
 from tests.conftest import PRESS
 from tests.service_harness import (
     PRESS_LIMIT,

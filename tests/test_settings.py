@@ -167,7 +167,7 @@ def test_the_cli_reports_a_bad_value_as_a_usage_error(tmp_path: Path) -> None:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATALAB_")}
     env.update(DATALAB_HOME=str(tmp_path), DATALAB_SENSOR_SECONDS="often", PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-m", "datalab.cli", "list"], env=env, cwd=ROOT, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "datalab.cli.commands", "list"], env=env, cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2, r.stderr  # a usage error, not "a bug in datalab" (70)
     assert "DATALAB_SENSOR_SECONDS='often': expected a positive integer" in r.stderr
@@ -176,9 +176,9 @@ def test_the_cli_reports_a_bad_value_as_a_usage_error(tmp_path: Path) -> None:
 
 def test_cleared_settings_reach_the_clearance_check(monkeypatch: pytest.MonkeyPatch) -> None:
     """Clearance comes from the Settings handed in (the CAD demo's cleared team), not from os.environ."""
-    from datalab.clearance import check_clearance
+    from datalab.contracts.policy import Policy
     from datalab.errors import PolicyRefused
-    from datalab.policy import Policy
+    from datalab.policy.clearance import check_clearance
 
     monkeypatch.delenv("DATALAB_EXPORT_CLEARED", raising=False)
     pol = Policy(residency=("eu",), purposes=("research",), classification="internal", export_control=True)

@@ -21,10 +21,13 @@ import polars as pl
 import pytest
 import yaml
 
-from datalab import catalog as cat
-from datalab import landing, publish, pull, sample, sovereignty, vdiff, withdrawals
 from datalab.config import settings
 from datalab.errors import ContractError, PolicyRefused
+from datalab.intake import landing
+from datalab.policy import sovereignty, withdrawals
+from datalab.store import catalog as cat
+from datalab.store import publish, pull, vdiff
+from datalab.timeseries import sample
 from tests.conftest import CMAPSS, PRESS, PUMPS, ROOT, SPINDLE
 
 START = dt.datetime(2026, 3, 2, 5, tzinfo=dt.UTC)
@@ -34,7 +37,7 @@ PRESS_B = "urn:datalab:lyon-presses:press-line-b"
 @pytest.fixture(scope="module")
 def mlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A lab with curated deliveries of four firms' contracts (and press-line-b, badge not yet personal)."""
-    from datalab import contract as contracts_mod
+    from datalab.contracts import contract as contracts_mod
     from pipelines import runner
 
     root = tmp_path_factory.mktemp("matrix")
@@ -164,7 +167,7 @@ def test_purpose_hierarchy_by_request(mlab: Path, tmp_path: Path, inputs: list[s
 def test_unknown_purposes_in_contracts_and_specs_are_errors(mlab: Path) -> None:
     path = mlab / "providers/oulu-pumps/pump-telemetry.yaml"
     with _edited(path, lambda d: _sov(d)["purposes"].append("ml-training")):
-        from datalab import contract as contracts_mod
+        from datalab.contracts import contract as contracts_mod
 
         with pytest.raises(ContractError, match=r"unknown purpose 'ml-training' \(purpose vocabulary v1\.2\.0"):
             contracts_mod.load(path)
@@ -212,7 +215,7 @@ def test_policy_explain_names_the_input_of_every_field(mlab: Path) -> None:
     assert fields["personal_data"]["value"] is True and fields["personal_data"]["set_by"] == [PRESS]
     from typer.testing import CliRunner
 
-    from datalab.cli import app
+    from datalab.cli.commands import app
 
     out = CliRunner().invoke(app, ["policy", "explain", f"{name}@1.0.0"])
     assert out.exit_code == 0 and "set by: urn:datalab:lyon-presses:press-line" in out.output
@@ -279,7 +282,7 @@ def test_version_diff(mlab: Path) -> None:
     assert "rows:" in vdiff.render(d)
     from typer.testing import CliRunner
 
-    from datalab.cli import app
+    from datalab.cli.commands import app
 
     out = CliRunner().invoke(app, ["diff", f"{name}@1.0.0", f"{name}@1.1.0"])
     assert out.exit_code == 0 and "added ['operator_badge']" in out.output

@@ -15,9 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datalab import datasets, purposes
-from datalab.errors import ContractError, PolicyRefused
-from datalab.policy import (
+from datalab.contracts import datasets, purposes
+from datalab.contracts.policy import (
     CLASSIFICATIONS,
     COUNTRIES,
     Policy,
@@ -26,7 +25,8 @@ from datalab.policy import (
     meet_purposes,
     purpose_allowed,
 )
-from datalab.sovereignty import check_site
+from datalab.errors import ContractError, PolicyRefused
+from datalab.policy.sovereignty import check_site
 from tests.conftest import ROOT
 
 VOCAB = purposes.load(ROOT / "data_contracts")
@@ -173,8 +173,8 @@ def test_bad_sites_file_is_an_error_naming_the_entry(tmp_path: Path, sites: str,
 def test_bad_spec_sovereignty_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: dict, problem: str) -> None:
     import yaml
 
-    from datalab.datasets import DatasetSpec
-    from datalab.sovereignty import spec_extras
+    from datalab.contracts.datasets import DatasetSpec
+    from datalab.policy.sovereignty import spec_extras
 
     monkeypatch.setenv("DATALAB_CONTRACTS", str(ROOT / "data_contracts"))
     f = tmp_path / "x.yaml"

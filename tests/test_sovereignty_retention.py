@@ -18,10 +18,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from datalab import catalog as cat
-from datalab import landing, publish, pull, sample
 from datalab.config import settings
 from datalab.errors import PolicyRefused
+from datalab.intake import landing
+from datalab.store import catalog as cat
+from datalab.store import publish, pull
+from datalab.timeseries import sample
 from tests.conftest import PRESS, PUMPS, ROOT, fresh_pg_database
 
 START = dt.datetime(2026, 2, 2, tzinfo=dt.UTC)
@@ -121,7 +123,7 @@ def test_retention_and_withdrawal_delete_for_real(lab: Path, tmp_path: Path, con
     assert job.execute_in_process(instance=runner.instance()).output_for_node("retention_enforce_op") == 0
 
     # the press firm withdraws its contract: same effect from that moment
-    from datalab.cli import app
+    from datalab.cli.commands import app
 
     press_ids = [x.encode() for x in pl.read_parquet(again.files)["entity"].unique().to_list()]
     out = CliRunner().invoke(app, ["contract", "withdraw", PRESS, "--reason", "end of cooperation"])
@@ -151,7 +153,10 @@ def test_purge_on_postgresql_catalog(lab: Path, tmp_path: Path, contracts, monke
 def _purge_on(url: str, tmp_path: Path, contracts, monkeypatch) -> None:
     import sqlalchemy as sa
 
-    from datalab import curate, ingest, retention, state, validate
+    from datalab.policy import retention
+    from datalab.quality import validate
+    from datalab.store import state
+    from datalab.timeseries import curate, ingest
 
     monkeypatch.setenv("DATALAB_CATALOG_URL", url)
     spec = tmp_path / "contracts"

@@ -54,7 +54,7 @@ def s3(lab: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 def test_store_defaults_to_home(lab: Path) -> None:
-    from datalab.storage import store
+    from datalab.store.storage import store
 
     st = store()
     assert st.is_local and st.url == str(settings().home)
@@ -68,7 +68,7 @@ def test_withdrawal_on_object_storage_leaves_no_object(s3: str, tmp_path: Path) 
     import polars as pl
     import pyarrow.fs as pafs
 
-    from datalab.storage import store
+    from datalab.store.storage import store
 
     st = store()
     assert not st.is_local
@@ -105,7 +105,7 @@ def test_iceberg_warehouse_on_object_storage(s3: str, lab: Path) -> None:
     import pyarrow as pa
     from pyiceberg.catalog.sql import SqlCatalog
 
-    from datalab.storage import iceberg_properties, store
+    from datalab.store.storage import iceberg_properties, store
 
     st = store()
     lab.mkdir(parents=True, exist_ok=True)

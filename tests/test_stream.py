@@ -33,7 +33,7 @@ def reading(i: int) -> dict:
 
 def test_spool_seals_pushes_and_repushes_the_same_bytes(lab, contracts):
     """A batch sealed but not pushed before a crash is pushed again with the same bytes: one receipt, no double rows."""
-    from datalab.stream import StreamIngestor
+    from datalab.intake.stream import StreamIngestor
 
     c = contracts[SPINDLE]
     ing = StreamIngestor(c, rows=50, seconds=3600)
@@ -79,7 +79,7 @@ def test_mqtt_10000_readings_with_a_lab_restart_land_exactly_once(lab, tmp_path)
     sess.loop_stop()
     sess.disconnect()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "datalab.cli", "stream", SPINDLE, "--mqtt", "mqtt://127.0.0.1:1883", "--topic", topic,
+    cmd = [sys.executable, "-m", "datalab.cli.commands", "stream", SPINDLE, "--mqtt", "mqtt://127.0.0.1:1883", "--topic", topic,
            "--rows", "1000", "--seconds", "1", "--client-id", cid, "--idle-exit", "2"]
     spool = lab / "streams" / "bavaria-spindle" / "spindle-telemetry" / "spool.sqlite"
 
@@ -142,7 +142,7 @@ def test_mqtt_10000_readings_with_a_lab_restart_land_exactly_once(lab, tmp_path)
 def test_stream_cli_refuses_a_wrong_contract_and_a_silent_broker(lab):
     from typer.testing import CliRunner
 
-    from datalab.cli import app
+    from datalab.cli.commands import app
     from tests.conftest import CMAPSS
 
     run = CliRunner()
@@ -160,8 +160,8 @@ def test_opcua_changes_while_the_lab_is_down_are_recovered_from_history(lab, con
 
     from asyncua import Server, ua
 
-    from datalab.stream import StreamIngestor
-    from datalab.stream_opcua import NodeMap, run_opcua
+    from datalab.intake.stream import StreamIngestor
+    from datalab.intake.stream_opcua import NodeMap, run_opcua
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,8 +7,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from datalab import table_stream
-from datalab.table_stream import Part
+from datalab.store import table_stream
+from datalab.store.table_stream import Part
 
 SCHEMA = {"entity": pl.String, "value": pl.Float64, "tenant": pl.String, "contract_id": pl.String, "contract_version": pl.String}
 

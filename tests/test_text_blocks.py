@@ -18,9 +18,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from datalab import formats, readers, sample, text_blocks
-from datalab.contract import Contract
-from datalab.formats import FileRejected
+from datalab.contracts.contract import Contract
+from datalab.intake import formats
+from datalab.intake.formats import FileRejected
+from datalab.timeseries import readers, sample, text_blocks
 from tests.conftest import SPINDLE
 
 

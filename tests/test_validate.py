@@ -1,4 +1,4 @@
-"""Tests of datalab.validate: suites derived from contracts, run with GX 1.x.
+"""Tests of datalab.quality.validate: suites derived from contracts, run with GX 1.x.
 
 The frames are small curated long tables built by hand, so each test states
 exactly which rows break which rule. Most runs skip Data Docs (building them
@@ -18,8 +18,8 @@ import polars as pl
 import pytest
 
 from datalab.config import settings
-from datalab.contract import Contract, load_all
-from datalab.validate import (
+from datalab.contracts.contract import Contract, load_all
+from datalab.quality.validate import (
     FLAG_COLUMNS,
     PSEUDONYM_REGEX,
     ExpectationSpec,
@@ -256,7 +256,7 @@ def test_handwritten_suite_is_read_and_malformed_one_is_refused(
 
 
 def test_module_imports_without_gx() -> None:
-    code = "import sys, datalab.validate; assert 'great_expectations' not in sys.modules"
+    code = "import sys, datalab.quality.validate; assert 'great_expectations' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

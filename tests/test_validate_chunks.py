@@ -8,8 +8,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from datalab import curate, landing, sample, validate, validate_chunks
 from datalab.config import settings
+from datalab.intake import landing
+from datalab.quality import validate, validate_chunks
+from datalab.timeseries import curate, sample
 from tests.conftest import PRESS, SPINDLE
 
 START = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)

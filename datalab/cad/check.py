@@ -1,6 +1,6 @@
 """The push check of a CAD delivery: sniff by content, parse in the sandbox, apply the contract.
 
-Called by ``datalab.landing`` through the CAD kind (``datalab/cad/kind.py``: ``check_staged``), on the staged
+Called by ``datalab.intake.landing`` through the CAD kind (``datalab/cad/kind.py``: ``check_staged``), on the staged
 files of one delivery. Every file is parsed (in parallel, each in its own
 sandboxed process); its facts are cached content-addressed per tenant
 (``raw/<tenant>/cad-parsed/<sha[:2]>/<sha>.json`` and ``.png``), so the
@@ -21,7 +21,7 @@ from typing import Any
 from datalab.cad import sandbox
 from datalab.cad.settings import CadSettings
 from datalab.config import Settings, safe_segment
-from datalab.contract import Contract
+from datalab.contracts.contract import Contract
 
 
 def cache_dir(contract: Contract, s: Settings) -> Path:
@@ -95,7 +95,7 @@ def contract_reasons(cad: CadSettings, name: str, parsed: dict[str, Any]) -> lis
 
 def check_staged(contract: Contract, staged: list[tuple[str, Path, str, int, bool]], s: Settings) -> list[Any]:
     """FileReceipts for the staged (name, path, sha, size, over_limit) files of one delivery."""
-    from datalab.receipts import FileReceipt
+    from datalab.intake.receipts import FileReceipt
 
     todo = [(name, path, sha) for name, path, sha, _size, over in staged if not over]
     outcomes = parse_files(contract, todo, s) if todo else {}

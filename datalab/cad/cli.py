@@ -90,8 +90,8 @@ CONTRACT_RULES = ("cad.formats", "cad.assemblies", "cad.require_closed_outlines"
 
 def _contract_cad(ref: str) -> Any:
     """The CAD settings of contract ``ref``; a contract that is not a CAD contract is a usage error."""
-    from datalab import contract as contracts_mod
     from datalab.config import settings
+    from datalab.contracts import contract as contracts_mod
     from datalab.errors import UsageError
 
     c = contracts_mod.find(contracts_mod.load_all(settings().contracts_dir), ref)

@@ -19,11 +19,12 @@ from typing import Any
 
 import polars as pl
 
-from datalab import receipts, state
 from datalab.cad import check, features, signature
 from datalab.config import Settings, safe_segment, settings
-from datalab.contract import Contract
+from datalab.contracts.contract import Contract
 from datalab.errors import DatalabError
+from datalab.intake import receipts
+from datalab.store import state
 
 
 def curated_path(contract: Contract, delivery_id: str, s: Settings) -> Path:

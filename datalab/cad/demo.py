@@ -6,9 +6,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from datalab import landing, pull
 from datalab.config import Settings, settings
 from datalab.errors import PolicyRefused
+from datalab.intake import landing
+from datalab.store import pull
 
 TOOLING = "urn:datalab:lyon-presses:tooling-cad"
 GOOD = ["step/featuretype.STEP", "step/nist_ctc_01_asme1_rd.stp", "step/nist_ftc_11_asme1_rb.stp", "stl/featuretype.STL",

@@ -17,13 +17,13 @@ from typing import Any
 
 from datalab.cad import check, curate, features, publish, suite
 from datalab.config import Settings
-from datalab.contract import Contract
-from datalab.expectations import ExpectationSpec
-from datalab.formats import Sniffed
+from datalab.contracts.contract import Contract
+from datalab.contracts.policy import Policy
+from datalab.intake.formats import Sniffed
+from datalab.intake.receipts import FileReceipt
 from datalab.kinds import sections
 from datalab.kinds.base import Attached, CuratedSchema, Section
-from datalab.policy import Policy
-from datalab.receipts import FileReceipt
+from datalab.quality.expectations import ExpectationSpec
 
 
 class CadKind:

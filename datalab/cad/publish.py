@@ -1,18 +1,18 @@
 """Publishing and pulling CAD datasets: the Iceberg table of features and the files, versioned together.
 
-``datalab.publish`` writes the table (one row per file, streamed to Iceberg
+``datalab.store.publish`` writes the table (one row per file, streamed to Iceberg
 like every dataset) and calls :func:`attach_files`, which puts every
 original file and thumbnail of the included deliveries into the dataset's
 content-addressed object store (``versions/<name>/objects/<sha[:2]>/<sha>``,
 checksummed while copying, shared by all versions, never rewritten) and
 lists them in the version's manifest with their sha256. The table rows and
 the file list come from the same curated deliveries, so a version's table
-and files always agree. ``datalab.pull`` calls :func:`pull_files`, which
+and files always agree. ``datalab.store.pull`` calls :func:`pull_files`, which
 copies them next to the Parquet files, verifying every checksum.
 
 The sovereignty tags (classification, export_control) are written on the
 manifest's ``cad`` section, the Iceberg table properties (by publish) and
-every row (``features``); ``datalab.clearance`` enforces them on pull.
+every row (``features``); ``datalab.policy.clearance`` enforces them on pull.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from typing import Any
 
 import polars as pl
 
-from datalab import receipts, state
 from datalab.config import Settings, safe_segment
-from datalab.manifests import copy_verified, sha256_file
+from datalab.intake import receipts
+from datalab.store import state
+from datalab.store.manifests import copy_verified, sha256_file
 
 
 def objects_dir(dataset: str, s: Settings) -> Path:

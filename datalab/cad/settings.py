@@ -50,7 +50,7 @@ class CadSettings:
 
 def lint(value: Any, where: str) -> list[str]:
     """Every problem of the ``cad`` property, with its path."""
-    from datalab.units import parse_duration_us, parse_size
+    from datalab.contracts.units import parse_duration_us, parse_size
 
     if value is None:
         return [f"{where}: a CAD contract needs a 'cad' custom property (formats, canonical_unit, ...)"]
@@ -86,7 +86,7 @@ def lint(value: Any, where: str) -> list[str]:
 
 
 def build(value: dict[str, Any] | None) -> CadSettings:
-    from datalab.units import parse_duration_us, parse_size
+    from datalab.contracts.units import parse_duration_us, parse_size
 
     v = value or {}
     return CadSettings(

@@ -1,6 +1,6 @@
 """The expectation suite of a curated CAD table, derived from the contract.
 
-Run by ``datalab.validate.validate`` (Great Expectations, the same machinery,
+Run by ``datalab.quality.validate.validate`` (Great Expectations, the same machinery,
 Data Docs and reports as the sensor suites) as the blocking check of the
 curated CAD asset. Each expectation names the rule it enforces:
 
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from datalab.cad.features import SCHEMA
 from datalab.cad.settings import LENGTH_MM
-from datalab.contract import Contract
-from datalab.expectations import ExpectationSpec
+from datalab.contracts.contract import Contract
+from datalab.quality.expectations import ExpectationSpec
 
 BBOX_SLACK = 1.000001  # float noise of a part that fills its box exactly
 

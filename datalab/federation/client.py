@@ -72,8 +72,8 @@ def federated_catalog(purpose: str | None = None, timeout: float = 5.0,
     A purpose filters each offer with the same purpose rule as a pull
     (``policy.purpose_allowed``); a down or slow peer is reported, never fatal.
     """
+    from datalab.contracts.policy import purpose_allowed
     from datalab.federation.identity import site_name, site_url
-    from datalab.policy import purpose_allowed
 
     s = s or settings()
     peer_list = list_peers(s) if peers else []
@@ -118,9 +118,9 @@ def negotiate(site: str, ref: str, purpose: str, timeout: float = 30.0,
     import time
     import uuid
 
-    from datalab import catalog as cat
     from datalab.federation import negotiation as neg
     from datalab.federation.identity import get_peer, site_url
+    from datalab.store import catalog as cat
 
     s = s or settings()
     dataset, _, version = ref.partition("@")
@@ -171,10 +171,10 @@ def transfer(agreement_id: str, timeout: float = 30.0, s: Settings | None = None
 
     import httpx
 
-    from datalab import catalog as cat
     from datalab.federation import negotiation as neg
     from datalab.federation import transfer as tr
     from datalab.federation.identity import get_peer, site_url
+    from datalab.store import catalog as cat
 
     s = s or settings()
     n = neg.by_agreement(agreement_id, s)
@@ -223,9 +223,9 @@ def query(site: str, ref: str, purpose: str, group_by: str, aggs: str, s: Settin
     """Ask ``site`` a declared aggregation of ``ref`` for ``purpose``; audited here with the answer's hash."""
     import hashlib
 
-    from datalab import catalog as cat
     from datalab.federation import query as cq
     from datalab.federation.identity import get_peer
+    from datalab.store import catalog as cat
 
     s = s or settings()
     dataset, _, version = ref.partition("@")

@@ -15,10 +15,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from datalab import datasets
 from datalab.config import Settings, settings
-from datalab.policy import CLASSIFICATIONS
-from datalab.publish import list_versions, read_manifest
+from datalab.contracts import datasets
+from datalab.contracts.policy import CLASSIFICATIONS
+from datalab.store.publish import list_versions, read_manifest
 
 CONTEXT = ["https://w3id.org/dspace/2025/1/context.jsonld"]
 MAX_MESSAGE_BYTES = 64 << 10  # a DSP control message is small; anything bigger is refused before parsing

@@ -27,10 +27,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from datalab import catalog as cat
 from datalab.config import Settings, settings
 from datalab.errors import DatalabError
 from datalab.federation.identity import _load_public, db, get_peer, private_key, site_name
+from datalab.store import catalog as cat
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -90,7 +90,7 @@ def holders(dataset: str, version: str, s: Settings | None = None) -> list[tuple
 
 def scan(s: Settings | None = None) -> int:
     """Queue a signed withdrawal event for every peer holding a replica of a withdrawn version; how many new."""
-    from datalab import withdrawals
+    from datalab.policy import withdrawals
 
     s = s or settings()
     with withdrawals.catalog(s).begin() as conn:
@@ -149,8 +149,8 @@ def deliver(s: Settings | None = None, now: float | None = None) -> int:
 
 def apply_withdrawal(event: dict[str, Any], peer: str, s: Settings | None = None) -> dict[str, Any]:
     """At the consumer: delete the replica the event names, with the local deletion's proof (idempotent)."""
-    from datalab import withdrawals
     from datalab.federation.transfer import incoming_dir
+    from datalab.policy import withdrawals
 
     s = s or settings()
     verify(event, peer, s)

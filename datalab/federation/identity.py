@@ -59,7 +59,7 @@ def site_url(s: Settings | None = None) -> str:
     s = s or settings()
     if s.site_url:
         return s.site_url
-    from datalab.datasets import load_sites
+    from datalab.contracts.datasets import load_sites
 
     site = load_sites(s.contracts_dir).get(site_name(s))
     return (getattr(site, "url", "") or "").rstrip("/")

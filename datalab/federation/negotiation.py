@@ -26,9 +26,9 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
-from datalab import contract as contracts_mod
-from datalab import datasets
 from datalab.config import Settings, settings
+from datalab.contracts import contract as contracts_mod
+from datalab.contracts import datasets
 from datalab.errors import DatalabError, NotFound, PolicyRefused
 from datalab.federation import dsp
 from datalab.federation.identity import db
@@ -191,7 +191,7 @@ def advance(pid: str, message: str, s: Settings | None = None, *, peer_pid: str 
 
 def input_label(cid: str, s: Settings) -> str:
     """An input as a peer may see it: a keyed pseudonym, never the firm's contract id."""
-    from datalab.pseudonym import key, pseudonym
+    from datalab.policy.pseudonym import key, pseudonym
 
     return "input " + pseudonym(key(s), "federation-input", cid)
 
@@ -204,10 +204,10 @@ def decide(dataset: str, version: str, purpose: str, consumer_site: str,
     the residency rule does not apply; every other rule does. The refusal's
     message is meant for the peer: inputs appear as pseudonyms.
     """
+    from datalab.contracts.policy import expand_residency
     from datalab.federation.dsp import may_ever_receive
-    from datalab.policy import expand_residency
-    from datalab.publish import read_manifest
-    from datalab.sovereignty import check_pull_purpose, input_policies, policy_from_manifest
+    from datalab.policy.sovereignty import check_pull_purpose, input_policies, policy_from_manifest
+    from datalab.store.publish import read_manifest
 
     s = s or settings()
     m = read_manifest(dataset, version, s)

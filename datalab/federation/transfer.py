@@ -31,11 +31,11 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from datalab import catalog as cat
 from datalab.config import Settings, safe_segment, settings
 from datalab.errors import DatalabError, IntegrityError, NotFound
 from datalab.federation import dsp
 from datalab.federation.identity import db
+from datalab.store import catalog as cat
 
 ADDRESS_TTL_S = 15 * 60
 

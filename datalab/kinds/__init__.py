@@ -32,7 +32,7 @@ from datalab.kinds.base import Attached, CuratedSchema, Kind, Staged
 from datalab.kinds.sections import DEFAULT, Section
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from datalab.contract import Contract
+    from datalab.contracts.contract import Contract
 
 __all__ = [
     "DEFAULT",

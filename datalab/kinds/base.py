@@ -16,11 +16,11 @@ from datalab.kinds.sections import Section
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from datalab.config import Settings
-    from datalab.contract import Contract
-    from datalab.expectations import ExpectationSpec
-    from datalab.formats import Sniffed
-    from datalab.policy import Policy
-    from datalab.receipts import FileReceipt
+    from datalab.contracts.contract import Contract
+    from datalab.contracts.policy import Policy
+    from datalab.intake.formats import Sniffed
+    from datalab.intake.receipts import FileReceipt
+    from datalab.quality.expectations import ExpectationSpec
 
 # (name, path, sha256, size, over_limit) of one staged file of a push
 Staged = tuple[str, Path, str, int, bool]

@@ -7,7 +7,7 @@ what else the contract holds: a section of its own under a
 delivered record's columns with roles (time series: entity, time,
 measurements), which contract loading then lints.
 
-This table sits below ``datalab.contract`` (which imports it) and above
+This table sits below ``datalab.contracts.contract`` (which imports it) and above
 nothing: a section parser must not import the contract. The kinds
 themselves (``datalab.kinds``) sit above the contract; registering a kind
 there registers its section here too (:func:`datalab.kinds.register`).

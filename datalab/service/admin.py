@@ -13,11 +13,12 @@ from fastapi import APIRouter, Depends, Query
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
-from datalab import auth, runs
-from datalab import catalog as cat
+from datalab import runs
 from datalab.config import settings
 from datalab.errors import DatalabError, NotFound
+from datalab.policy import auth
 from datalab.service.deps import ApiError, need
+from datalab.store import catalog as cat
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -125,7 +126,7 @@ def audit(after: int = Query(0, ge=0, le=2**63 - 1), limit: int = Query(500, ge=
 
 @router.get("/audit/verify", summary="Recompute the audit log's hash chain")
 def audit_verify(p: auth.Principal = Depends(need("admin", "audit"))) -> dict[str, Any]:
-    from datalab import audit_checkpoints
+    from datalab.policy import audit_checkpoints
 
     s = settings()
     problems = cat.Catalog(s.catalog_url).verify_audit()
@@ -136,7 +137,7 @@ def audit_verify(p: auth.Principal = Depends(need("admin", "audit"))) -> dict[st
 
 @router.post("/audit/checkpoint", summary="Append a signed checkpoint of the audit head (outside the database)")
 def audit_checkpoint(p: auth.Principal = Depends(need("admin", "audit"))) -> dict[str, Any]:
-    from datalab import audit_checkpoints
+    from datalab.policy import audit_checkpoints
 
     return audit_checkpoints.checkpoint()
 

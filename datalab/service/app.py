@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from datalab import __version__ as _version
-from datalab import auth
 from datalab.config import settings
+from datalab.policy import auth
 from datalab.service import admin, consumers, dsp, providers, ratelimit
 from datalab.service.deps import ApiError, client_of, current_principal, over_limit, refuse
 

@@ -18,15 +18,18 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, PlainTextResponse
 
-from datalab import auth, datasets, datasheet, landing
-from datalab import catalog as cat
 from datalab.config import Settings, settings
+from datalab.contracts import datasets
 from datalab.errors import NotFound, PolicyRefused
-from datalab.firm_names import consumer_manifest, consumer_message
+from datalab.intake import landing
 from datalab.kinds import kind_of_manifest
-from datalab.publish import list_versions, read_manifest
-from datalab.pull import authorise, check_policy
+from datalab.policy import auth
+from datalab.policy.firm_names import consumer_manifest, consumer_message
 from datalab.service.deps import ApiError, need
+from datalab.store import catalog as cat
+from datalab.store import datasheet
+from datalab.store.publish import list_versions, read_manifest
+from datalab.store.pull import authorise, check_policy
 
 router = APIRouter(prefix="/v1/datasets", tags=["consumers"])
 consumer = need("consumer", "pull")

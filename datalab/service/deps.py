@@ -15,11 +15,11 @@ from typing import Any
 
 from fastapi import Request
 
-from datalab import auth
-from datalab import catalog as cat
-from datalab import contract as contracts_mod
 from datalab.config import Settings, settings
-from datalab.contract import Contract
+from datalab.contracts import contract as contracts_mod
+from datalab.contracts.contract import Contract
+from datalab.policy import auth
+from datalab.store import catalog as cat
 
 
 class ApiError(Exception):

@@ -16,7 +16,6 @@ from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from datalab import catalog as cat
 from datalab.config import safe_segment, settings
 from datalab.errors import DatalabError, NotFound, PolicyRefused
 from datalab.federation import dsp
@@ -24,6 +23,7 @@ from datalab.federation import negotiation as neg
 from datalab.federation import transfer as tr
 from datalab.federation.identity import TokenRefused, get_peer, site_name, site_url, verify_token
 from datalab.service.deps import client_of
+from datalab.store import catalog as cat
 
 router = APIRouter(prefix="/dsp", tags=["dsp"])
 
@@ -463,7 +463,7 @@ async def callback_transfer_termination(pid: str, request: Request) -> JSONRespo
 
 
 def _data(pid: str, request: Request) -> tuple[tr.Transfer, dict[str, Any]]:
-    from datalab.publish import read_manifest
+    from datalab.store.publish import read_manifest
 
     try:
         t = tr.data_transfer(pid, request.headers.get("authorization"))

@@ -21,13 +21,14 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from datalab import auth, landing
-from datalab import catalog as cat
 from datalab.config import Settings, safe_segment, settings
-from datalab.contract import Contract
+from datalab.contracts.contract import Contract
 from datalab.errors import NotFound
+from datalab.intake import landing
+from datalab.policy import auth
 from datalab.service.deps import contracts, need, refuse
 from datalab.service.uploads import UploadError, receive_multipart, receive_octets
+from datalab.store import catalog as cat
 
 router = APIRouter(prefix="/v1/provider", tags=["providers"])
 IDEM_KEY = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")

@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from datalab import catalog as cat
 from datalab.config import Settings
+from datalab.store import catalog as cat
 
 FLUSH_S = 10.0
 MAX_KEYS = 100_000  # buckets kept; the fullest (idle) ones are dropped first beyond this

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datalab.landing import safe_name
+from datalab.intake.landing import safe_name
 
 MAX_PART_HEADERS = 16 << 10
 MAX_FILES = 1000

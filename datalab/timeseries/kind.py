@@ -2,8 +2,8 @@
 
 What differs from other kinds, in one place: each staged file is read by
 the text/measurement readers straight into the raw long table while the push
-checks it; curation is the Polars plan of ``datalab.curate``; the suite is
-``datalab.expectations.derive_suite``; the curated columns are the base
+checks it; curation is the Polars plan of ``datalab.timeseries.curate``; the suite is
+``datalab.quality.expectations.derive_suite``; the curated columns are the base
 columns, the contract's attributes and the curation flags; the card's
 section is the preparation table; a version carries no files besides its
 table.
@@ -16,14 +16,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from datalab import card, curate, expectations, ingest, sample
 from datalab.config import Settings
-from datalab.contract import Contract
-from datalab.formats import Sniffed
+from datalab.contracts.contract import Contract
+from datalab.contracts.policy import Policy
+from datalab.intake.formats import Sniffed
+from datalab.intake.receipts import FileReceipt
 from datalab.kinds import sections
 from datalab.kinds.base import Attached, CuratedSchema, Section
-from datalab.policy import Policy
-from datalab.receipts import FileReceipt
+from datalab.quality import expectations
+from datalab.store import card
+from datalab.timeseries import curate, ingest, sample
 
 
 class TimeseriesKind:
@@ -45,7 +47,7 @@ class TimeseriesKind:
 
     def read_file(self, contract: Contract, name: str, path: Path, sniffed: Sniffed, sink: Any,
                   side: Any) -> tuple[int, list[str]]:
-        from datalab.readers import TimeseriesReader
+        from datalab.timeseries.readers import TimeseriesReader
 
         reader = TimeseriesReader(contract, path, name, sniffed)
         reader.side = side

@@ -1,0 +1,319 @@
+"""Publishing: immutable, semantically versioned Iceberg snapshots with a manifest.
+
+Each publish that changes the data writes an Iceberg snapshot (pyiceberg SQL
+catalog in the lab's catalog database, warehouse under ``$DATALAB_HOME``),
+tags it ``v<version>`` and writes a manifest and a card beside it. The
+version number comes from the schema diff: patch for new data, minor for an
+added column, major for a removed or retyped column. A major change starts a
+new table (``<name>__v<major>``) because Iceberg cannot retype columns, so
+every older version keeps pointing at its own, untouched data files; that is
+what makes an old version pullable bit for bit a year later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from datalab.config import Settings, settings
+from datalab.contracts import contract as contracts_mod
+from datalab.contracts import datasets
+from datalab.errors import DatalabError
+from datalab.kinds import kind_of
+from datalab.policy import firm_names, sovereignty
+from datalab.store import catalog as cat
+from datalab.store import state, table_stream
+from datalab.store.manifests import list_versions, read_manifest, sha256_file
+
+NAMESPACE = "datalab"
+
+
+@dataclass
+class PublishResult:
+    dataset: str
+    version: str | None
+    created: bool
+    message: str
+    manifest: dict[str, Any] | None = None
+
+
+def iceberg_catalog(s: Settings) -> Any:
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    s.warehouse.mkdir(parents=True, exist_ok=True)
+    c = SqlCatalog("datalab", uri=s.catalog_url, warehouse=s.warehouse.as_uri())
+    c.create_namespace_if_not_exists(NAMESPACE)
+    return c
+
+
+def schema_of(df: pl.DataFrame | pl.LazyFrame) -> dict[str, str]:
+    sch = df.collect_schema() if isinstance(df, pl.LazyFrame) else df.schema
+    return {k: str(v) for k, v in sch.items()}
+
+
+def bump(prev: str | None, old: dict[str, str] | None, new: dict[str, str]) -> tuple[str, str]:
+    """Next version and why: major (removed/retyped), minor (added), patch (data)."""
+    if prev is None or old is None:
+        return "1.0.0", "first version"
+    ma, mi, pa = (int(x) for x in prev.split("."))
+    removed = sorted(set(old) - set(new))
+    retyped = sorted(k for k in set(old) & set(new) if old[k] != new[k])
+    added = sorted(set(new) - set(old))
+    if removed or retyped:
+        return f"{ma + 1}.0.0", f"major: removed {removed} retyped {retyped}"
+    if added:
+        return f"{ma}.{mi + 1}.0", f"minor: added {added}"
+    return f"{ma}.{mi}.{pa + 1}", "patch: new data"
+
+
+def latest(dataset: str, s: Settings) -> dict[str, Any] | None:
+    versions = list_versions(dataset, s)
+    return versions[-1] if versions else None
+
+
+def correction_parts(included: list[dict[str, Any]], s: Settings) -> dict[str, tuple[Path, ...]]:
+    """Per included delivery, the curated files of the later included corrections that replace some of its readings.
+
+    A correction (``datalab push --correction``) records at curation, per
+    earlier delivery of its contract, how many of its readings replace ones
+    there (``replaces``); those earlier rows are left out of the version.
+    """
+    ids = {d["id"] for d in included}
+    out: dict[str, list[Path]] = {}
+    for d in included:
+        st = json.loads(d["stats"]) if isinstance(d.get("stats"), str) else (d.get("stats") or {})
+        cur = st.get("curated") or {}
+        if not cur.get("correction"):
+            continue
+        for earlier, n in (cur.get("replaces") or {}).items():
+            if n and earlier in ids and earlier != d["id"]:
+                out.setdefault(earlier, []).append(s.home / d["curated_path"])
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _part(d: dict[str, Any], contracts: dict[str, Any], replaced_by: dict[str, tuple[Path, ...]], s: Settings,
+          mask: firm_names.RowMask | None = None) -> table_stream.Part:
+    """One included delivery as a part of the version; ``mask``: what its rows hold instead of its firm's names."""
+    if mask is None:
+        return table_stream.Part(s.home / d["curated_path"], d["contract"], contracts[d["contract"]].tenant,
+                                 d["contract_version"], d["id"], replaced_by.get(d["id"], ()))
+    return table_stream.Part(s.home / d["curated_path"], mask.contract_id, mask.tenant,
+                             d["contract_version"], d["id"], replaced_by.get(d["id"], ()), mask.entities)
+
+
+def row_masks(included: list[dict[str, Any]], contracts: dict[str, Any], s: Settings) -> dict[str, firm_names.RowMask]:
+    """Per included delivery of a firm that withholds its name, the pseudonyms its published rows carry.
+
+    The rule is the card's (``datalab.policy.firm_names``): such a firm's rows hold
+    its pseudonym in ``tenant``, its contract id with the pseudonym in
+    ``contract_id`` and ``machine-<HMAC>`` for its machine ids in ``entity``.
+    The machine ids are read from the curated file (one column, streamed).
+    """
+    out: dict[str, firm_names.RowMask] = {}
+    for d in included:
+        c = contracts[d["contract"]]
+        if not firm_names.masked(c):
+            continue
+        path = s.home / d["curated_path"]
+        entities: list[str] = []
+        if pl.read_parquet_schema(path).get("entity") == pl.String:
+            entities = pl.scan_parquet(path).select(pl.col("entity").unique()).collect(engine="streaming")["entity"].drop_nulls().to_list()
+        mask = firm_names.row_mask(c, entities, s)
+        if mask is not None:
+            out[d["id"]] = mask
+    return out
+
+
+def _rows_pseudonymised(m: dict[str, Any] | None) -> set[str]:
+    """The contracts whose rows version ``m`` holds under pseudonyms (none before rows were masked)."""
+    return set((((m or {}).get("sovereignty") or {}).get("rows_pseudonymised") or {}).get("contracts") or [])
+
+
+def publish(name: str, actor: str = "cli", s: Settings | None = None) -> PublishResult:
+    """Publish a new version of dataset ``name`` if its inputs changed.
+
+    One publish of a dataset at a time (datalab.store.locks): two racing publishes
+    give one version each for what each saw new, never two claims on one number.
+    """
+    from datalab.store.locks import publish_lock
+
+    s = s or settings()
+    with publish_lock(name, s):
+        return _publish(name, actor, s)
+
+
+def _publish(name: str, actor: str, s: Settings) -> PublishResult:
+    t0 = time.perf_counter()
+    contracts = contracts_mod.load_all(s.contracts_dir)
+    spec = datasets.load_spec(s.contracts_dir, name, contracts)
+    sites = datasets.load_sites(s.contracts_dir)
+    catalog = cat.Catalog(s.catalog_url)
+    # Inputs, exclusions and the effective policy (refusals audited): sovereignty.py
+    plan = sovereignty.gate(lambda: sovereignty.plan_publish(spec, contracts, sites, s), catalog, actor, name, spec.site)
+    policy = plan.policy
+    included, excluded = [], []
+    for cid in plan.inputs:
+        for d in state.accepted(cid, s):
+            if d["stage"] == "validated" and d["validation_ok"]:
+                included.append({"contract": cid, **d})
+            else:
+                why = "validation failed" if d["stage"] == "failed" or d["validation_ok"] is False else f"not yet processed (stage {d['stage'] or 'landed'})"
+                excluded.append({"delivery_id": d["id"], "contract": cid, "reason": why})
+    if not included:
+        raise DatalabError(f"dataset {name}: no validated delivery to publish yet ({len(excluded)} excluded)")
+    replaced_by = correction_parts(included, s)
+    frames = []
+    for d in included:
+        c = contracts[d["contract"]]
+        frames.append(_part(d, contracts, replaced_by, s).rows().with_columns(
+            tenant=pl.lit(c.tenant), contract_id=pl.lit(c.id), contract_version=pl.lit(d["contract_version"])))
+    # Align attribute columns across inputs; order columns deterministically.
+    lf = pl.concat(frames, how="diagonal_relaxed")
+    lf = lf.drop([c for c in spec.drop_columns if c in lf.collect_schema()])
+    personal = sovereignty.gate(lambda: sovereignty.check_personal(lf, plan.inputs, contracts), catalog, actor, name, spec.site)
+    new_schema = schema_of(lf)
+    prev = latest(name, s)
+    prev_manifest = read_manifest(name, prev["version"], s) if prev else None
+    delivery_ids = sorted(d["id"] for d in included)
+    # Firms whose rows are published under their pseudonym (datalab.policy.firm_names); part of the
+    # content only when there are any, so a version without them keeps its key.
+    masked_rows = sorted({d["contract"] for d in included if firm_names.masked(contracts[d["contract"]])})
+    key_parts: list[Any] = [delivery_ids, new_schema, policy.to_dict(), spec.site] + ([{"rows_pseudonymised": masked_rows}] if masked_rows else [])
+    content_key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()
+    if prev is not None and prev["content_key"] == content_key:
+        return PublishResult(name, prev["version"], False, f"nothing changed since {prev['version']}: no new version")
+    version, why = bump(prev["version"] if prev else None, prev_manifest["schema"] if prev_manifest else None, new_schema)
+    major = version.split(".")[0]
+    ident = f"{NAMESPACE}.{name.replace('-', '_')}__v{major}"
+    from datalab.store import datasheet
+
+    # The card's passes over the rows (Polars) run beside the Iceberg work
+    # below (Python): datasheet.RowPasses.
+    used_kinds = list({k.name: k for k in (kind_of(contracts[c]) for c in spec.inputs)}.values())
+    passes = datasheet.start_row_passes(new_schema, lf) if all(k.datasheet_facts for k in used_kinds) else None
+    ice = iceberg_catalog(s)
+
+    prev_ids = set(prev_manifest["lineage"]["deliveries"]) if prev_manifest else set()
+    same_table = prev_manifest is not None and prev_manifest["table"] == ident
+    # A correction changes published files; so does a firm that now withholds its name, or now gives it.
+    append_only = same_table and why.startswith("patch") and prev_ids <= set(delivery_ids) \
+        and not any(replaced_by.get(i) for i in prev_ids) \
+        and _rows_pseudonymised(prev_manifest) == set(masked_rows) & set((prev_manifest or {}).get("rows_per_contract") or {})
+    if append_only:
+        # A publish killed after its Iceberg commit but before its catalog row
+        # leaves a snapshot no version names; appending on top of it would
+        # count those rows twice, so rewrite the table instead.
+        current = ice.load_table(ident).current_snapshot()
+        append_only = current is not None and current.snapshot_id == prev["snapshot_id"]
+    # Data files written by Polars, then registered in one transaction (one
+    # commit): see table_stream.
+    pl_schema = dict(lf.collect_schema())
+    new_ids = [d for d in delivery_ids if d not in prev_ids]
+    masks = row_masks([d for d in included if not append_only or d["id"] in new_ids], contracts, s)  # the parts written
+    parts = [_part(d, contracts, replaced_by, s, masks.get(d["id"])) for d in included]
+    arrow_schema = table_stream.arrow_schema(pl_schema)
+    if not ice.table_exists(ident):
+        tbl = ice.create_table(ident, schema=arrow_schema)
+    else:
+        tbl = ice.load_table(ident)
+        if not append_only:
+            with tbl.update_schema() as upd:
+                upd.union_by_name(arrow_schema)
+            tbl = ice.load_table(ident)
+    if not tbl.location().startswith("file://"):  # the lab's warehouse is a local folder (settings().warehouse)
+        raise DatalabError(f"table {ident} lives at {tbl.location()}, not in a local folder; publishing writes its data files "
+                           f"itself, so the warehouse must be local (it is {s.warehouse}, under DATALAB_HOME)")
+    data_dir = Path(tbl.location().removeprefix("file://")) / "data"
+    paths = table_stream.write_files(parts, pl_schema, data_dir, set(new_ids) if append_only else None)
+    try:
+        with tbl.transaction() as tx:
+            if not append_only and tbl.current_snapshot() is not None:
+                from pyiceberg.expressions import AlwaysTrue
+
+                tx.delete(AlwaysTrue())  # a rewrite: the new files replace every row
+            tx.add_files([p.as_uri() for p in paths])
+    except BaseException:
+        for p in paths:  # not committed: nothing refers to them
+            p.unlink(missing_ok=True)
+        raise
+    tbl = ice.load_table(ident)
+    snap = tbl.current_snapshot()
+    tbl.manage_snapshots().create_tag(snap.snapshot_id, f"v{version}").commit()
+    with tbl.transaction() as tx:
+        tx.set_properties({
+            "datalab.dataset": name, "datalab.version": version,
+            "datalab.contracts.policy": json.dumps(policy.to_dict(), sort_keys=True, default=str),
+            "datalab.export_control": str(policy.export_control).lower(),
+            "datalab.classification": policy.classification,
+        })
+    known = {f["path"]: f for f in (prev_manifest or {}).get("files", [])}
+    files = []
+    for task in tbl.scan(snapshot_id=snap.snapshot_id).plan_files():
+        p = Path(task.file.file_path.removeprefix("file://"))
+        rel = str(p.relative_to(s.home))
+        f = known.get(rel) or {"path": rel, "sha256": sha256_file(p), "bytes": p.stat().st_size, "rows": task.file.record_count}
+        files.append(f)
+    files.sort(key=lambda f: f["path"])
+    # Counts from each curated file's metadata: a group-by on the literal
+    # contract_id column of the concatenated version is not streamed (3.2 GB
+    # at 200 M rows).
+    rows_of: dict[str, int] = {}
+    for d in included:
+        n = _part(d, contracts, replaced_by, s).rows().select(pl.len()).collect().item()
+        rows_of[d["contract"]] = rows_of.get(d["contract"], 0) + n
+    full = sum(rows_of.values())
+    val = {d["id"]: (state.get(d["id"], s) or {}).get("validation") for d in included}
+    curated_stats = {d["id"]: (state.get(d["id"], s) or {}).get("stats", {}).get("curated", {}) for d in included}
+    manifest = {
+        "dataset": name,
+        "title": spec.title,
+        "description": spec.description,
+        "version": version,
+        "version_reason": why,
+        "created_at": cat.now_iso(),
+        "site": {"name": spec.site, "country": sites[spec.site].country, "operator": sites[spec.site].operator},
+        "table": ident,
+        "snapshot_id": snap.snapshot_id,
+        "schema": new_schema,
+        "rows": full,
+        "rows_per_contract": dict(sorted(rows_of.items())),
+        "files": files,
+        "lineage": {
+            "contracts": [{"id": c, "version": contracts[c].version, "tenant": contracts[c].tenant, "path": str(contracts[c].path.relative_to(s.contracts_dir))} for c in plan.inputs],
+            "deliveries": delivery_ids,
+            "excluded": excluded,
+        },
+        "curation": {k: {x: v.get(x) for x in ("rows_in", "rows_out", "exact_duplicates_removed", "values_converted", "flag_missing", "flag_unit_unknown", "flag_out_of_range", "flag_key_duplicate", "flag_outlier", "flag_gap_before", "flag_late", "constant_sensors", "engine", "time_bases",
+                                                           "repeats_excluded", "correction", "replaces", "duplicate_rows", "duplicate_share",
+                                                           "max_duplicate_share", "warnings")}
+                     | {"rows_replaced_by_corrections": sum(int(n) for c2 in curated_stats.values() for dd, n in (c2.get("replaces") or {}).items() if dd == k)}
+                     for k, v in curated_stats.items()},
+        "validation": {k: {"success": (v or {}).get("success"), "evaluated": (v or {}).get("evaluated"), "failed": (v or {}).get("failed")} for k, v in val.items()},
+        "policy": policy.to_dict(),
+        "sovereignty": sovereignty.manifest_section(plan, personal),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if masked_rows:  # which rows a consumer reads under pseudonyms (docs/sovereignty.md, "Firm names")
+        manifest["sovereignty"]["rows_pseudonymised"] = {"contracts": masked_rows, "columns": list(firm_names.ROW_COLUMNS)}
+    for kind in used_kinds:  # what a kind versions with the table (CAD: the files and thumbnails)
+        kind.attach_files(manifest, included, contracts, policy, s)
+    vdir = s.versions / name / version
+    vdir.mkdir(parents=True, exist_ok=True)
+    (vdir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    manifest["datasheet"] = datasheet.write(vdir, manifest, contracts, lf, s, passes)
+    (vdir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    with catalog.begin() as conn:
+        conn.execute(cat.dataset_versions.insert().values(
+            dataset=name, version=version, table_ident=ident, snapshot_id=snap.snapshot_id,
+            content_key=content_key, manifest_path=str((vdir / "manifest.json").relative_to(s.home)),
+            status="active", created_at=manifest["created_at"]))
+        catalog.audit(actor, "publish", f"{name}@{version}", "published", {
+            "reason": why, "rows": full, "deliveries": len(delivery_ids), "excluded": len(excluded),
+            "site": spec.site, "snapshot_id": snap.snapshot_id}, conn=conn)
+    return PublishResult(name, version, True, why, manifest)

@@ -1,0 +1,94 @@
+"""A published version, checked and shown as it is stored (no Dagster here; ``assets/datasets.py`` uses both).
+
+* :func:`verify` re-reads a version's files and compares them with its
+  manifest: every data file, CAD file and thumbnail is there with the recorded
+  SHA-256 and size, and the row counts add up (the files' rows, the rows per
+  contract and the manifest's total are one number). The Dagster asset check
+  ``version_verifies`` runs it after each publish, so a version whose bytes or
+  counts are wrong is red in the UI, not found out by the next pull.
+* :func:`card_with_inline_images` turns the card's relative image links
+  (``coverage.png``, ``files/thumbs/<sha>.png``) into data URIs: the Dagster
+  UI renders Markdown metadata without a base directory, so relative links
+  showed only their alt text (the CAD thumbnails on the CAD asset were already
+  inlined this way).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+from typing import Any
+
+from datalab.config import Settings, settings
+from datalab.kinds import kind_of_manifest
+from datalab.store.publish import read_manifest, sha256_file
+
+MAX_INLINE_BYTES = 4 << 20  # all images of one card together; past this, links stay as they are
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
+
+
+def verify(name: str, version: str, s: Settings | None = None) -> tuple[list[str], dict[str, Any]]:
+    """(problems, facts) of version ``name@version``; no problems: files and counts match the manifest."""
+    s = s or settings()
+    m = read_manifest(name, version, s)
+    problems: list[str] = []
+    checked = 0
+
+    def check(rel: str, sha: str, size: int | None, what: str) -> None:
+        nonlocal checked
+        p = s.home / rel
+        if not p.is_file():
+            problems.append(f"{what} {rel}: missing from the lab's store")
+            return
+        if size is not None and size and p.stat().st_size != size:
+            problems.append(f"{what} {rel}: {p.stat().st_size:,} bytes, the manifest says {size:,}")
+        got = sha256_file(p)
+        if got != sha:
+            problems.append(f"{what} {rel}: sha256 {got[:16]}… does not match the manifest's {sha[:16]}…")
+        checked += 1
+
+    if m.get("status") != "withdrawn":  # a withdrawn version's data is deleted on purpose
+        for f in m["files"]:
+            check(f["path"], f["sha256"], f.get("bytes"), "data file")
+        for a in kind_of_manifest(m).attached(m):  # what its kind attaches (CAD: the files and thumbnails)
+            check(a.path, a.sha256, a.size or None, a.what)
+    in_files = sum(int(f.get("rows") or 0) for f in m["files"])
+    per_contract = sum(int(v or 0) for v in (m.get("rows_per_contract") or {}).values())
+    if m.get("status") != "withdrawn" and in_files != m["rows"]:
+        problems.append(f"rows: the data files hold {in_files:,}, the manifest says {m['rows']:,}")
+    if m.get("rows_per_contract") and per_contract != m["rows"]:
+        problems.append(f"rows: the rows per contract add up to {per_contract:,}, the manifest says {m['rows']:,}")
+    return problems, {"version": m["version"], "files_checked": checked, "rows": m["rows"],
+                      "rows_in_files": in_files, "rows_per_contract_total": per_contract}
+
+
+def card_with_inline_images(name: str, m: dict[str, Any], s: Settings | None = None) -> str | None:
+    """The version's card.md with its images as data URIs (None when the version has no card)."""
+    s = s or settings()
+    vdir = s.versions / name / m["version"]
+    card = vdir / "card.md"
+    if not card.is_file():
+        return None
+    # the card links attached files (CAD thumbnails) where a pull puts them
+    thumbs = {a.dest: s.home / a.path for a in kind_of_manifest(m).attached(m)}
+    budget = [MAX_INLINE_BYTES]
+
+    def resolve(rel: str) -> Path | None:
+        if rel in thumbs:
+            return thumbs[rel]
+        p = (vdir / rel).resolve()
+        return p if p.is_relative_to(vdir.resolve()) else None
+
+    def inline(mt: re.Match[str]) -> str:
+        alt, rel = mt.group(1), mt.group(2)
+        if rel.startswith(("data:", "http:", "https:")) or not rel.endswith(".png"):
+            return mt.group(0)
+        p = resolve(rel)
+        if p is None or not p.is_file() or p.stat().st_size > budget[0]:
+            return mt.group(0)
+        data = p.read_bytes()
+        budget[0] -= len(data)
+        return f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode()})"
+
+    return _IMAGE.sub(inline, card.read_text(encoding="utf-8"))
