@@ -47,13 +47,10 @@ from datalab.intake import receipts
 from datalab.policy import pseudonym
 from datalab.store import catalog as cat
 from datalab.store import state
-from datalab.timeseries import long_series
+from datalab.timeseries import long_series, schema
 from datalab.timeseries.ingest import raw_path
 
-FLAGS = (
-    "flag_missing", "flag_unit_unknown", "flag_out_of_range", "flag_key_duplicate",
-    "flag_outlier", "flag_gap_before", "flag_late",
-)
+FLAGS = schema.FLAG_COLUMNS  # the curated table's flags, declared once (datalab/timeseries/schema.py)
 # Time as Int64: microseconds for timestamps, the index itself otherwise
 # (readers.TIME_DTYPES gives time one of those two types).
 TIME_INT = pl.col("time").cast(pl.Int64)
@@ -334,7 +331,7 @@ def build_plan(
     for col, table in (pseudonyms or {}).items():
         lf = lf.join(table.lazy().rename({"_orig": col}), on=col, how="left", maintain_order="left") \
             .with_columns(pl.col("_pseudo").alias(col)).drop("_pseudo")
-    cols = ["delivery_id", "entity", "time", "sensor", "value", "unit", "raw_value", "raw_unit", *attrs, *FLAGS]
+    cols = list(schema.columns(attrs))
     if cur.resample_us and time_is_ts:
         every = f"{cur.resample_us}us"
         lf = lf.with_columns(pl.col("time").dt.truncate(every)).group_by(
