@@ -129,7 +129,7 @@ def test_hydraulic_real_curation(lab: Path, realdata: Path, contracts) -> None:
 
 def test_plan_has_no_python_udfs(contracts) -> None:
     c = contracts[SPINDLE]
-    raw = pl.LazyFrame(schema={"delivery_id": pl.String, **__import__("datalab.timeseries.readers").readers.long_schema(c)})
+    raw = pl.LazyFrame(schema={"delivery_id": pl.String, **__import__("datalab.timeseries.readers").timeseries.readers.long_schema(c)})
     plan = curate.build_plan(c, raw).explain()
     assert "python" not in plan.lower() and "map_" not in plan.lower()
 
