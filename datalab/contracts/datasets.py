@@ -14,8 +14,8 @@ from pathlib import Path
 
 from datalab.config import safe_segment
 from datalab.contracts.contract import Contract, read_yaml
-from datalab.contracts.policy import CLASSIFICATIONS, COUNTRIES, Policy, combine
-from datalab.errors import ContractError, NotFound, PolicyRefused
+from datalab.contracts.policy import CLASSIFICATIONS, COUNTRIES
+from datalab.errors import ContractError, NotFound
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -125,21 +125,3 @@ def load_spec(contracts_dir: Path, name: str, contracts: dict[str, Contract]) ->
 
 def list_specs(contracts_dir: Path) -> list[str]:
     return sorted(p.stem for p in (contracts_dir / "datasets").glob("*.yaml"))
-
-
-def effective_policy(spec: DatasetSpec, contracts: dict[str, Contract], sites: dict[str, Site]) -> Policy:
-    """Combine the inputs' policies and check the spec's site against it."""
-    pol = combine([contracts[c].policy for c in spec.inputs])
-    if not pol.residency:
-        raise PolicyRefused("residency", f"the inputs' residencies do not overlap: {', '.join(f'{c} {list(contracts[c].policy.residency)}' for c in spec.inputs)}")
-    if not pol.purposes:
-        raise PolicyRefused("purposes", f"the inputs allow no purpose in common: {', '.join(f'{c} {list(contracts[c].policy.purposes)}' for c in spec.inputs)}")
-    site = sites.get(spec.site)
-    if site is None:
-        raise NotFound(f"dataset {spec.name}: unknown site {spec.site!r} (known: {sorted(sites)})")
-    from datalab.contracts.policy import expand_residency
-
-    for c in spec.inputs:
-        if site.country not in expand_residency(list(contracts[c].policy.residency)):
-            raise PolicyRefused("residency", f"site '{site.name}' ({site.country}) is outside the residency {list(contracts[c].policy.residency)} of input {c}")
-    return pol

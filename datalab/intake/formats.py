@@ -175,9 +175,3 @@ def describe(s: Sniffed) -> str:
         return s.label
     base = {"delimited": f"text ({_DELIMS.get(s.delimiter or '', s.delimiter)}-separated)"}.get(s.format, s.format)
     return base + (f", {s.compression}-compressed" if s.compression else "")
-
-
-def peek_lines(stream: BinaryIO, n: int) -> list[str]:
-    """First ``n`` lines of a text stream (for error messages)."""
-    text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace")
-    return [text.readline().rstrip("\r\n") for _ in range(n)]

@@ -32,7 +32,6 @@ from datalab.contracts.policy import (
     FIELDS,
     Policy,
     combine,
-    compress_residency,
     expand_residency,
 )
 from datalab.errors import ContractError, DatalabError, IntegrityError, NotFound, PolicyRefused
@@ -274,10 +273,6 @@ def render_explain(x: dict[str, Any]) -> str:
     if x.get("withdrawn"):
         lines += ["", f"WITHDRAWN at {x['withdrawn']['at']}: {x['withdrawn']['reason']}"]
     return "\n".join(lines)
-
-
-def residency_words(policy: Policy) -> str:
-    return ", ".join(compress_residency(expand_residency(list(policy.residency))))
 
 
 __all__ = ["PublishPlan", "check_personal", "explain", "plan_publish", "replicate"]

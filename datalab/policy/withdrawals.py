@@ -120,11 +120,3 @@ def _remove(p: Path) -> None:
         shutil.rmtree(p)
     else:
         p.unlink()
-
-
-def version_withdrawal(dataset: str, version: str, s: Settings | None = None) -> dict[str, Any] | None:
-    s = s or settings()
-    with catalog(s).begin() as conn:
-        r = conn.execute(sa.select(version_withdrawals).where(
-            version_withdrawals.c.dataset == dataset, version_withdrawals.c.version == version)).first()
-    return dict(r._mapping) if r else None
