@@ -11,16 +11,16 @@ from typing import Any
 
 from datalab.version import __version__  # noqa: F401  (the version lives in datalab/version.py)
 
-# Polars' allocator (jemalloc) gives freed pages back to the kernel after
-# 0.5 s by default, so each curation bucket faults its memory in afresh
-# (about 2 s of kernel time per 10 M rows). Keeping dirty pages for 2 s
-# curated 10 M rows in 5.3-5.5 s instead of 5.5-5.7 s at the same peak;
-# 5 s was faster still (5.1-5.3 s) but kept 100 MB more at 10 M rows, and a
-# 200 M-row run with it peaked at 5.3 GB (in validation) against 4.0 GB
-# before (docs/performance.md). jemalloc reads this when Polars is
-# loaded (Polars appends it to its own defaults, so it wins), so it is set
-# here, before any datalab module imports Polars, and only if the operator
-# has not set ``_RJEM_MALLOC_CONF`` (or ``DATALAB_POLARS_ALLOCATOR=default``).
+# Polars' allocator (jemalloc) gives freed pages back to the kernel soon
+# after they are freed by default, so each curation bucket faults its memory
+# in afresh, at a cost in kernel time. Keeping dirty pages for 2 s curates
+# faster at the same peak; a longer decay was faster still but kept more
+# memory and raised the peak of a large run (in validation). The
+# measurements are in docs/performance.md ("Why the code is as it is").
+# jemalloc reads this when Polars is loaded (Polars appends it to its own
+# defaults, so it wins), so it is set here, before any datalab module
+# imports Polars, and only if the operator has not set ``_RJEM_MALLOC_CONF``
+# (or ``DATALAB_POLARS_ALLOCATOR=default``).
 POLARS_ALLOCATOR = "dirty_decay_ms:2000,muzzy_decay_ms:0"
 # (``datalab.config.keep_polars_allocator`` reads the variable; config imports no Polars.)
 from datalab.config import keep_polars_allocator  # noqa: E402

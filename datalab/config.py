@@ -89,9 +89,9 @@ class Settings:
     contracts_dir: Path
     engine: str
     site: str | None
-    # Rows per series bucket in curation: bounds its peak memory (the
-    # process peaked at about 3.7 GB for a 7.5 M-row bucket of the benchmark
-    # contract); deliveries up to this size run in one go.
+    # Rows per series bucket in curation: bounds its peak memory (the peak
+    # measured per bucket is in docs/performance.md, "Why the code is as it
+    # is"); deliveries up to this size run in one go.
     curate_bucket_rows: int = 8_000_000
     # Rows per validation chunk (one sensor each); larger curated partitions
     # are validated chunk by chunk, the results merged exactly.

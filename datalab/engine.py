@@ -103,10 +103,10 @@ def gpu_status() -> tuple[bool, str]:
 
 # The curation plan sorts and runs window functions over whole series, which
 # block the streaming engine anyway; on one bucket (at most
-# DATALAB_CURATE_BUCKET_ROWS rows) the in-memory engine is faster and smaller:
-# 10 M rows in 7.4 s at 3.9 GB peak, against 11.5 s at 4.4 GB for
-# sink_parquet on the streaming engine (polars 1.44, 2 cores). Memory is
-# bounded by the bucket, not by this choice.
+# DATALAB_CURATE_BUCKET_ROWS rows) the in-memory engine is faster and smaller
+# than sink_parquet on the streaming engine (the measurements are in
+# docs/performance.md, "Why the code is as it is"). Memory is bounded by the
+# bucket, not by this choice.
 CPU_ENGINE = "in-memory"
 # Called with each result frame while it is in memory (see Engine.sink_parquet).
 OnResult = Callable[[pl.DataFrame], None]
@@ -222,8 +222,9 @@ class Engine:
                     if on_result is not None:
                         on_result(df)
                     # Arrow string views, as Polars holds them: no copy into
-                    # large strings (0.5 s at 10 M rows); the Parquet written
-                    # is the same (plain UTF-8 columns).
+                    # large strings, which cost time on every part (measured
+                    # in docs/performance.md); the Parquet written is the
+                    # same (plain UTF-8 columns).
                     writer.put(df.to_arrow(compat_level=pl.CompatLevel.newest()))
                     del df
         except BaseException:
@@ -241,14 +242,15 @@ class Engine:
 class _PartWriter:
     """Writes curated parts to one Parquet file on a thread, while the next part is computed.
 
-    pyarrow's writer encodes on one core (2.7 of 7.5 s for a 10 M-row
-    delivery in two parts) and releases the GIL; with the write of part k
+    pyarrow's writer encodes on one core (a large share of a delivery's
+    curation) and releases the GIL; with the write of part k
     overlapping the plan of part k+1, at most one finished part waits in
     memory beside the one being computed (the queue holds one).
 
     Constant columns are appended here as dictionary arrays (one byte per
     row). Added to the Polars frame, each became a 16-byte-per-row string
-    column in Arrow: +700 MB of peak at 10 M rows for three of them. The file
+    column in Arrow, which raised the peak considerably (the measurements
+    are in docs/performance.md, "Why the code is as it is"). The file
     is written without the Arrow schema (``store_schema=False``), so readers
     see plain strings, as in a file Polars writes, not dictionaries
     (Categorical); the Parquet types of the other columns carry everything

@@ -812,9 +812,10 @@ def lint(path: Path) -> list[str]:
 
 
 # Contracts loaded in this process, by resolved path: (file signature, the
-# contract or its ContractError). Linting a 590-column contract takes about
-# 2 s (the ODCS JSON schema, then pydantic); re-reading every contract on
-# every push made each firm's push pay for the widest contract of the lab.
+# contract or its ContractError). Linting a wide contract is slow (the ODCS
+# JSON schema, then pydantic; measured in docs/performance.md); re-reading
+# every contract on every push made each firm's push pay for the widest
+# contract of the lab.
 _LOADED: dict[str, tuple[tuple[int, int, int], Contract | ContractError]] = {}
 
 
@@ -888,8 +889,9 @@ def _lint_cached(path: Path, doc: Any) -> list[str]:
     """``lint_document(doc)``, remembered on disk by the contract's bytes, the purpose vocabulary and the linter's code.
 
     One process per CLI push: the per-process cache (``_LOADED``) does not
-    help it, and linting a 590-column contract took 0.8 s of every firm's
-    push (the ODCS JSON schema, then pydantic). The result lives under
+    help it, and linting a wide contract took a noticeable part of every
+    firm's push (the ODCS JSON schema, then pydantic; measured in
+    docs/performance.md). The result lives under
     ``$DATALAB_HOME/cache/lint``; a lab home that cannot be written to just
     lints every time. ``datalab contract lint`` always lints afresh.
     """

@@ -19,8 +19,9 @@ def read_yaml(path: Path) -> tuple[Any, list[str]]:
     except OSError as e:
         return None, [f"cannot read the file: {e.strerror}"]
     try:
-        # libyaml's loader where PyYAML has it: 0.03 s instead of 0.21 s for a
-        # 590-column contract, same documents (both build with SafeConstructor).
+        # libyaml's loader where PyYAML has it: much faster on a wide contract
+        # (measured in docs/performance.md), same documents (both build with
+        # SafeConstructor).
         return yaml.load(text, Loader=_YAML_LOADER), []  # a safe loader (SafeConstructor)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

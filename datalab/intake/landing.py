@@ -361,8 +361,8 @@ def _duplicate_warnings(contract: Contract, raw: Path) -> list[str]:
     rows = lf.select(pl.len()).collect().item()  # from the footer
     if not rows or rows > DUPLICATE_CHECK_MAX_ROWS:
         return []  # curation counts them anyway and adds its warning to the receipt (add_warnings)
-    # Distinct keys by their 64-bit hash: 0.21 s at 2 M rows on two cores,
-    # against 0.27 s for a group-by on the three columns; a collision could
+    # Distinct keys by their 64-bit hash: faster than a group-by on the three
+    # columns (measured in docs/performance.md); a collision could
     # only hide a duplicate, never invent one.
     keys = lf.select(pl.struct("entity", "time", "sensor").hash(seed=23).n_unique()).collect(engine="streaming").item()
     dup = rows - keys

@@ -5,9 +5,10 @@ Great Expectations' pandas engine copies columns of a chunk again and again
 numpy allocate with glibc's malloc, which hands blocks above its mmap
 threshold to the kernel one by one and gives the top of the heap back once
 more than the trim threshold is free: every copy then faults its pages in
-afresh. Validating 10 M curated rows spent 1.6-1.8 s in the kernel and took
-3.9 s; with large blocks kept on the heap while the suite runs it took
-3.3 s, at 80-100 MB more peak (AMD EPYC, 2 cores).
+afresh, and validation spends much of its time in the kernel. Keeping
+large blocks on the heap while the suite runs makes validation faster at a
+little more peak memory (the measurements are in docs/performance.md,
+"Why the code is as it is").
 
 :func:`pandas_heap` raises both thresholds for the duration of a block and
 afterwards gives the free heap back (``malloc_trim``) and leaves the

@@ -2,8 +2,9 @@
 
 Great Expectations' pandas engine holds the whole batch in memory and, for
 every expectation with a row condition (the suite has one per sensor and
-rule), copies the rows it selects: at 4 M rows a suite took 26 s and most of
-it was copying. A curated partition larger than ``chunk_rows`` is therefore
+rule), copies the rows it selects, and on a large batch most of a suite's
+time goes into that copying (measured in docs/performance.md, "Why the code
+is as it is"). A curated partition larger than ``chunk_rows`` is therefore
 validated in chunks that each hold one sensor (and, for large sensors, one
 hash bucket of entities), so memory is bounded by the chunk and a sensor's
 expectations copy only that sensor's rows.
@@ -88,8 +89,8 @@ def chunk_suite(kwargs_list: list[dict[str, Any]], chunk: Chunk, sensors: set[st
     row and is skipped. Only a sensor that no chunk holds has its
     expectations run, as written, in the first chunk, so that GX itself
     says what an empty selection gives. Everything else runs as written.
-    GX filtered rows per condition and metric: 3.4 of the 12.7 s that
-    validation took at 10 M rows.
+    GX filtered rows per condition and metric, a large share of
+    validation's time (measured in docs/performance.md).
     """
     out = []
     for i, kw in enumerate(kwargs_list):
@@ -114,11 +115,11 @@ def columns_read(kwargs_list: list[dict[str, Any]], all_columns: list[str]) -> l
 
     GX's pandas engine copies the whole batch for nearly every column-map
     metric (``df[df[column].notnull()]``, then ``df[unexpected]``), so a
-    batch of only the columns the suite reads copies a third of the data at
-    10 M rows (5 of 15 columns). The set is exact for the kinds a chunked
-    run allows (``mergeable``): their columns are named in ``column``,
-    ``column_A``/``column_B`` or ``column_list``, and a row condition the
-    lab writes names ``sensor``. Any other row condition reads all columns.
+    batch of only the columns the suite reads copies only part of the data
+    (the benchmark's share is in docs/performance.md). The set is exact for
+    the kinds a chunked run allows (``mergeable``): their columns are named
+    in ``column``, ``column_A``/``column_B`` or ``column_list``, and a row
+    condition the lab writes names ``sensor``. Any other row condition reads all columns.
     A table-level expectation (row count) reads none; the batch then keeps
     the first column, so it still has the chunk's rows.
     """

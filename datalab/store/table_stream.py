@@ -9,16 +9,17 @@ its curated order (sensor, entity, time).
 The files are written here, by Polars' streaming Parquet sink, and then
 added to the Iceberg table (``add_files``), rather than handed to pyiceberg's
 writer as Arrow batches. pyiceberg encodes each file on one thread after
-draining its input into memory; at 10 M rows its write took 13-15 s of a
-19 s publish on two cores, where the sink takes 4 s and the registration,
-which reads the files' footers for Iceberg's column metrics, 0.3 s.
+draining its input into memory; its write took most of a publish, where
+the sink and the registration (which reads the files' footers for
+Iceberg's column metrics) take a small part of that (the measurements are
+in docs/performance.md, "Why the code is as it is").
 
 A curated file that already is a data file of the version (the version's
 schema, in its order, and provenance columns holding this part's literals:
 ``raw_table.PROVENANCE``) is not rewritten but copied byte for byte into the
-table's data folder. Re-encoding 10 M rows took 4 s of a 10 M-row publish on
-two cores; the copy takes 0.05 s (``shutil.copyfile``: the kernel copies,
-by ``sendfile``, without the bytes passing through Python). A copy rather
+table's data folder. Re-encoding was a good part of a publish; the copy
+costs next to nothing (``shutil.copyfile``: the kernel copies, by
+``sendfile``, without the bytes passing through Python). A copy rather
 than a hard link: the version's files stay independent of the curated
 store, so damage to one (or retention removing one) never reaches the
 other, and disk use is what it was with rewritten files. Any other part (a
@@ -52,8 +53,8 @@ from datalab.contracts.raw_table import KEY as REPLACE_KEY
 from datalab.contracts.raw_table import PROVENANCE
 
 # Rows per data file. Each file is streamed by the sink, so this bounds the
-# file size (about 20 MB of zstd Parquet per 2 M rows of sensor readings),
-# not memory.
+# file size (the size it gives is in docs/performance.md, "Why the code is
+# as it is"), not memory.
 COMMIT_ROWS = 2_000_000
 
 

@@ -40,11 +40,12 @@ class RawWriter:
     is visible under the final name until ``commit``; ``abort`` leaves no file.
 
     Encoding and compressing a batch (pyarrow, which releases the GIL) runs
-    on a writer thread while the reader parses the next one: at 10 M rows
-    that hides most of the 2.6 s the writes took in line. The queue holds at
-    most ``QUEUE`` batches, so memory stays bounded by a few batches. Only
-    the text columns are dictionary-encoded (they repeat; numbers and
-    timestamps do not): faster, and a third smaller.
+    on a writer thread while the reader parses the next one, which hides
+    most of the time the writes took in line. The queue holds at most
+    ``QUEUE`` batches, so memory stays bounded by a few batches. Only the
+    text columns are dictionary-encoded (they repeat; numbers and timestamps
+    do not): faster, and smaller. The measurements are in
+    docs/performance.md ("Why the code is as it is").
     """
 
     QUEUE = 4
@@ -63,7 +64,7 @@ class RawWriter:
     def write(self, batch: pl.DataFrame) -> None:
         self._raise()
         # Arrow string views, as Polars holds them: no copy into large strings
-        # (0.35 s of the push at 10 M rows). Written without the Arrow schema,
+        # (a measurable part of the push). Written without the Arrow schema,
         # so any reader sees plain UTF-8 columns, as before.
         tbl = batch.with_columns(pl.lit(self.delivery_id).alias("delivery_id")).select(list(self.schema)).to_arrow(
             compat_level=pl.CompatLevel.newest())
@@ -72,13 +73,13 @@ class RawWriter:
             text = [n for n, t in self.schema.items() if t == pl.String()]
             # No statistics for the text columns: the raw table is in delivery
             # order, so every row group holds nearly every entity and sensor
-            # and their min/max prune nothing, while computing them took 0.4
-            # of the writer's 1.9 s CPU at 10 M rows. Time and value keep theirs.
+            # and their min/max prune nothing, while computing them took a
+            # good part of the writer's CPU. Time and value keep theirs.
             # LZ4, not zstd: curation reads the raw table once per bucket
-            # (and once for its series), and LZ4 decodes faster. Curating
-            # 10 M rows took 5.1-5.4 s instead of 5.5-6.0 s, the writer 0.2 s
-            # less CPU; the file is 94 MB instead of 65 MB (uncompressed:
-            # 172 MB, and no faster to curate).
+            # (and once for its series), and LZ4 decodes faster: curation is
+            # faster and the writer spends less CPU, for a larger file
+            # (uncompressed is larger still, and no faster to curate). The
+            # measurements are in docs/performance.md ("Why the code is as it is").
             self._writer = pq.ParquetWriter(self.tmp, tbl.schema, compression="lz4", use_dictionary=text, store_schema=False,
                                             write_statistics=[n for n in self.schema if n not in text])
             self._thread = threading.Thread(target=self._drain, name=f"raw-writer-{self.delivery_id}", daemon=True)

@@ -40,15 +40,15 @@ MAX_DETAILED = 20  # problems listed one by one per file; the rest are counted p
 # ahead, which would hold ~1 GiB of a large file in memory. Each block costs
 # a fixed number of small Polars calls, so larger blocks cost less CPU; the
 # push's peak must not grow with the file, though
-# (tests/test_landing.py::test_large_file_is_not_loaded_whole). Measured in
-# the sixth round (10 M rows, 542 MB): 2 MiB blocks pushed in 4.3 s (6.7 s
-# CPU) at 258 MB peak, 4 MiB in 3.8-3.9 s (6.0 s) at 285 MB, 8 MiB in
-# 3.7 s (5.9 s) at 354-369 MB; for a 30 and a 300 MiB file the peak was
-# flat with 4 MiB (260, 269 MiB) and grew with 8 MiB (312, 334 MiB).
+# (tests/test_landing.py::test_large_file_is_not_loaded_whole). 4 MiB blocks
+# are faster than 2 MiB and their peak stays flat as the file grows; 8 MiB
+# was barely faster still and its peak grew with the file (the measurements
+# are in docs/performance.md, "Why the code is as it is").
 BATCH_BYTES = 4 << 20
 # The longest line any reader holds (header and body alike). A longer one is
-# rejected by its number, never read whole: a 0.26 MB gzip of one 256 MiB line
-# once cost 2 GB of memory and a 537 MB receipt. Equal to BATCH_BYTES so the
+# rejected by its number, never read whole: a small gzip of one huge line
+# once cost far more memory than the file and a huge receipt (the incident's
+# sizes are in docs/performance.md). Equal to BATCH_BYTES so the
 # block reader's own bound is this one.
 MAX_LINE_BYTES = BATCH_BYTES
 @dataclass
@@ -507,7 +507,8 @@ class TimeseriesReader:
         ``%#z`` reads ``Z``, ``+01``, ``+0100`` and ``+01:00``, so offsets
         need no rewriting; the space ISO 8601 allows in place of ``T`` is
         rewritten only when some value uses it. The two regex rewrites this
-        replaced took 3 of the push's 16 s at 10 M rows.
+        replaced were a large share of the push (measured in
+        docs/performance.md).
         """
         norm = s
         if s.str.contains(" ", literal=True).any():
@@ -577,12 +578,13 @@ class TimeseriesReader:
 
         Text columns are stripped, emptied to null and cast in one
         ``select``, so Polars runs the columns in parallel; column by
-        column, as eager series, the casts took 4.3 of the push's 12 s at
-        10 M rows. Each cast's cleaned text is kept as ``_s<i>`` for
-        ``_report_casts``. Columns that arrive typed (Parquet, JSON Lines)
-        are cast by ``_cast``, later, in order. ``strip=False`` when no field
+        column, as eager series, the casts took a large share of the push
+        (measured in docs/performance.md). Each cast's cleaned text is kept
+        as ``_s<i>`` for ``_report_casts``. Columns that arrive typed
+        (Parquet, JSON Lines) are cast by ``_cast``, later, in order.
+        ``strip=False`` when no field
         can hold whitespace (``text_blocks.split_clean`` checked the bytes):
-        stripping every field took 1.2 s of the push at 10 M rows.
+        stripping every field took a noticeable part of the push.
         """
         exprs: list[pl.Expr] = [pl.col("_line")]
         for i, (col, target) in enumerate(casts):
@@ -696,9 +698,10 @@ class TimeseriesReader:
     def _matrix_values(self, df: pl.DataFrame, samples: list[str], unit: str) -> pl.DataFrame:
         """A matrix block as (_line, _sample, raw_value): unpivoted first, then cast as one column.
 
-        Casting 12,000 sample columns one by one took 15 s for five rows of
-        a 12 kHz file (1.3 ms of overhead per column); one cast of the long
-        column takes milliseconds. Bad values are reported as before: by
+        Casting thousands of sample columns one by one paid a fixed overhead
+        per column, seconds for a few rows of a high-rate file; one cast of
+        the long column is cheap (measured in docs/performance.md, "Why the
+        code is as it is"). Bad values are reported as before: by
         sample column, then line (the unpivot's order).
         """
         long = df.select("_line", *samples).unpivot(index="_line", on=samples, variable_name="_sample", value_name="_text")

@@ -2,9 +2,10 @@
 
 The push parses every line of a delivery, because its receipt names each bad
 value by line and column. The line path (pyarrow cuts the text into lines,
-Polars splits each line and checks its field count) took 2.3 of the reader's
-5.7 s at 10 M rows, and stripping every field of every row another 1.2 s,
-although a generated or exported file rarely holds a field to strip.
+Polars splits each line and checks its field count) took a large part of
+the reader's time, and stripping every field of every row a good deal more,
+although a generated or exported file rarely holds a field to strip (the
+measurements are in docs/performance.md, "Why the code is as it is").
 
 So the text is read here in blocks of whole lines, and a block that is
 plainly clean goes through Polars' CSV reader instead: every line has exactly
