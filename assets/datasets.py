@@ -9,6 +9,7 @@ from datalab.config import Settings
 from datalab.contracts.contract import Contract
 from datalab.contracts.datasets import DatasetSpec
 from datalab.store import publish
+from datalab.store.manifest import Manifest
 from pipelines.resources import LabResource
 
 VERIFY_CHECK = "version_verifies"
@@ -39,26 +40,26 @@ def build_dataset_asset(spec: DatasetSpec, contracts: dict[str, Contract]) -> dg
             "version": res.version or "",
             "new_version": res.created,
             "why": res.message,
-            "rows": dg.MetadataValue.int(m["rows"]),
-            "files": len(m["files"]),
-            "snapshot_id": str(m["snapshot_id"]),
-            "table": m["table"],
+            "rows": dg.MetadataValue.int(m.rows),
+            "files": len(m.files),
+            "snapshot_id": str(m.snapshot_id),
+            "table": m.table,
             "site": spec.site,
-            "residency": ", ".join(m["policy"]["residency"]),
-            "purposes": ", ".join(m["policy"]["purposes"]),
-            "prohibited_purposes": ", ".join(m["policy"]["prohibited_purposes"]) or "none",
-            "classification": m["policy"]["classification"],
-            "excluded_deliveries": len(m["lineage"]["excluded"]),
-            "publish_seconds": dg.MetadataValue.float(m["seconds"]),
+            "residency": ", ".join(m.policy["residency"]),
+            "purposes": ", ".join(m.policy["purposes"]),
+            "prohibited_purposes": ", ".join(m.policy["prohibited_purposes"]) or "none",
+            "classification": m.policy["classification"],
+            "excluded_deliveries": len(m.lineage.excluded),
+            "publish_seconds": dg.MetadataValue.float(m.seconds),
             **_card_metadata(spec.name, m, s),
-        }, check_results=[_verify_check(spec.name, m["version"], s)])
+        }, check_results=[_verify_check(spec.name, m.version, s)])
 
     return dataset
 
 
-def _card_metadata(name: str, m: dict, s: Settings) -> dict:
+def _card_metadata(name: str, m: Manifest, s: Settings) -> dict:
     """The version's datasheet (Markdown) and its warnings, shown in the Dagster UI."""
-    vdir = s.versions / name / m["version"]
+    vdir = s.versions / name / m.version
     card = vdir / "card.md"
     if not card.exists():
         return {}
@@ -68,7 +69,7 @@ def _card_metadata(name: str, m: dict, s: Settings) -> dict:
         # the plots and thumbnails inline (data URIs): the UI has no base directory for relative links
         "card": dg.MetadataValue.md(card_with_inline_images(name, m, s) or card.read_text()),
         "card_html": dg.MetadataValue.path(str(vdir / "card.html")),
-        "datasheet_warnings": dg.MetadataValue.int((m.get("datasheet") or {}).get("warnings", 0)),
+        "datasheet_warnings": dg.MetadataValue.int((m.datasheet or {}).get("warnings", 0)),
     }
 
 

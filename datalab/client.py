@@ -28,6 +28,7 @@ from datalab.config import settings
 from datalab.errors import DatalabError, IntegrityError, MissingFile, NotFound, PolicyRefused
 from datalab.intake.landing import FileReceipt, Receipt
 from datalab.kinds import kind_of_manifest
+from datalab.store.manifest import Manifest
 
 Progress = Callable[[str, int, int], None]
 CHUNK = 1 << 20
@@ -213,15 +214,15 @@ class Client:
         name, _, version = ref.partition("@")
         version = version or "latest"
         base = f"/v1/datasets/{name}/versions/{version}"
-        m = self.get_json(f"{base}/manifest", purpose=purpose)
-        out = Path(to) / f"{name}-{m['version']}"
+        m = Manifest.from_dict(self.get_json(f"{base}/manifest", purpose=purpose), where=f"{self.url}{base}/manifest")
+        out = Path(to) / f"{name}-{m.version}"
         data = out / "data"
         data.mkdir(parents=True, exist_ok=True)
-        base = f"/v1/datasets/{name}/versions/{m['version']}"
+        base = f"/v1/datasets/{name}/versions/{m.version}"
         files = []
-        for i, f in enumerate(m["files"]):
+        for i, f in enumerate(m.files):
             dst = data / f"part-{i:05d}.parquet"
-            self._download(f"{base}/files/{i}", purpose, dst, f["sha256"], f.get("bytes", 0), progress)
+            self._download(f"{base}/files/{i}", purpose, dst, f.sha256, f.bytes, progress)
             files.append(dst)
         kind = kind_of_manifest(m)  # the files its kind attaches (CAD: originals, thumbnails), as a local pull lays them out
         for folder in kind.download_folders(m):
@@ -233,8 +234,8 @@ class Client:
                            **({"params": dl.params} if dl.params else {}))
             if dl.listed:
                 files.append(dst)
-        (out / "manifest.json").write_text(json.dumps(m, indent=2, default=str))
-        for fname in (m.get("datasheet") or {}).get("files") or ["card.md"]:
+        (out / "manifest.json").write_text(json.dumps(m.to_dict(), indent=2, default=str))
+        for fname in (m.datasheet or {}).get("files") or ["card.md"]:
             got = self.http.get(f"{base}/card-files/{fname}", params={"purpose": purpose})
             if got.status_code == 404:
                 continue  # listed but not written (e.g. no plot for an empty version)
@@ -242,4 +243,4 @@ class Client:
             if hashlib.sha256(got.content).hexdigest() != got.headers.get("x-checksum-sha256"):
                 raise IntegrityError(f"{base}/card-files/{fname}: checksum does not match the server's")
             (out / fname).write_bytes(got.content)
-        return RemotePull(name, m["version"], out, files, m["rows"])
+        return RemotePull(name, m.version, out, files, m.rows)

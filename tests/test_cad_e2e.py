@@ -142,7 +142,7 @@ def test_published_version_carries_files_and_tags(cadlab) -> None:
     s = settings()
     from datalab.store.publish import iceberg_catalog, read_manifest
 
-    m = read_manifest("tooling-cad", "1.0.0")
+    m = read_manifest("tooling-cad", "1.0.0").to_dict()
     assert m["rows"] == 8 and m["policy"]["export_control"] and m["policy"]["classification"] == "confidential"
     assert [e["delivery_id"] for e in m["lineage"]["excluded"]] == [cadlab["misnamed"].delivery_id]
     assert m["cad"]["export_control"] is True and len(m["cad"]["files"]) == 8

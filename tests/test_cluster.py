@@ -188,8 +188,7 @@ def test_worker_killed_mid_curation_loses_nothing(cluster_lab: dict, contracts) 
     from datalab.store import publish
 
     m = publish.read_manifest("plant-telemetry", md["version"])
-    assert [x for x in m["lineage"]["deliveries"] if (x["id"] if isinstance(x, dict) else x) == d] and \
-        len([x for x in m["lineage"]["deliveries"] if (x["id"] if isinstance(x, dict) else x) == d]) == 1
+    assert m.lineage.deliveries.count(d) == 1
 
 
 def test_profile_is_read_once_and_shapes_the_instance(lab: Path, monkeypatch: pytest.MonkeyPatch) -> None:

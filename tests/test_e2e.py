@@ -110,8 +110,8 @@ def test_failing_expectation_blocks_publishing(lab: Path, tmp_path: Path, contra
     try:
         res = publish.publish("pumps-only")
         assert res.created
-        assert bad.delivery_id not in res.manifest["lineage"]["deliveries"]
-        assert {e["delivery_id"]: e["reason"] for e in res.manifest["lineage"]["excluded"]}[bad.delivery_id] == "validation failed"
+        assert bad.delivery_id not in res.manifest.lineage.deliveries
+        assert {e.delivery_id: e.reason for e in res.manifest.lineage.excluded}[bad.delivery_id] == "validation failed"
     finally:
         os.environ["DATALAB_CONTRACTS"] = str(ROOT / "data_contracts")
 
@@ -139,11 +139,11 @@ def test_schema_change_bumps_minor_and_major(lab: Path, tmp_path: Path, contract
     assert v2.version == "1.1.0" and "operator_badge" in v2.message
     ds.write_text(yaml.safe_dump({"name": "mini", "site": "munich", "inputs": [PUMPS, PRESS], "drop_columns": ["raw_unit"]}))
     v3 = publish.publish("mini")
-    assert v3.version == "2.0.0" and "raw_unit" in v3.message and v3.manifest["table"].endswith("__v2")
+    assert v3.version == "2.0.0" and "raw_unit" in v3.message and v3.manifest.table.endswith("__v2")
     # every version still pulls, checksums verified
     for v in ("1.0.0", "1.1.0", "2.0.0"):
         r = pull.pull(f"mini@{v}", "research", tmp_path / f"p{v}", actor="team:ml")
-        assert r.rows == publish.read_manifest("mini", v)["rows"]
+        assert r.rows == publish.read_manifest("mini", v).rows
     # a site outside an input's residency is refused and audited
     ds.write_text(yaml.safe_dump({"name": "mini", "site": "virginia", "inputs": [PUMPS]}))
     with pytest.raises(PolicyRefused, match=r"virginia.*outside"):
@@ -176,7 +176,7 @@ def test_real_sensor_sets_published_and_pulled(lab: Path, tmp_path: Path, realda
     h = runner.publish("hydraulic-rig")
     assert t["rows"] == 20_631 * 24 and h["rows"] == 2 * 2_205 * 60
     m = publish.read_manifest("turbofan-cmapss", "1.0.0")
-    cur = m["curation"][r1.delivery_id]
+    cur = m.curation[r1.delivery_id]
     assert sorted(cur["constant_sensors"]) == sorted(["setting3", "s1", "s5", "s10", "s16", "s18", "s19"])
     res = pull.pull("hydraulic-rig@1.0.0", "benchmarking", tmp_path / "h", actor="team:bench")
     assert res.rows == 264_600
@@ -201,27 +201,27 @@ def test_publish_in_bounded_files_is_one_version(lab: Path, tmp_path: Path, cont
 
     def check(version: str) -> pl.DataFrame:
         m = publish.read_manifest("chunked", version, s)
-        curated = pl.concat([pl.read_parquet(s.home / state.get(d, s)["curated_path"]) for d in m["lineage"]["deliveries"]])
-        tbl = ice.load_table(m["table"])
-        got = pl.from_arrow(tbl.scan(snapshot_id=m["snapshot_id"]).to_arrow())
-        assert got.height == curated.height == m["rows"] > 3 * 700
+        curated = pl.concat([pl.read_parquet(s.home / state.get(d, s)["curated_path"]) for d in m.lineage.deliveries])
+        tbl = ice.load_table(m.table)
+        got = pl.from_arrow(tbl.scan(snapshot_id=m.snapshot_id).to_arrow())
+        assert got.height == curated.height == m.rows > 3 * 700
         # every row once: the same multiset of (delivery, entity, sensor, time)
         key = ["delivery_id", "entity", "sensor", "time"]
         assert got.select(key).sort(key).equals(curated.select(key).sort(key))
         assert "raw_unit" not in got.columns and got["tenant"].unique().to_list() == [contracts[PUMPS].tenant]
-        assert len(m["files"]) > 1  # several files ...
+        assert len(m.files) > 1  # several files ...
         return got
 
     v1 = publish.publish("chunked")
     assert v1.version == "1.0.0"
     check("1.0.0")
-    tbl = ice.load_table(v1.manifest["table"])
+    tbl = ice.load_table(v1.manifest.table)
     # ... in one transaction: the tag points at the last snapshot, and no version names the others
-    assert tbl.metadata.refs["v1.0.0"].snapshot_id == v1.manifest["snapshot_id"] == tbl.current_snapshot().snapshot_id
+    assert tbl.metadata.refs["v1.0.0"].snapshot_id == v1.manifest.snapshot_id == tbl.current_snapshot().snapshot_id
     _push_batch(contracts, tmp_path, 71, START + dt.timedelta(days=3), rows=2_000, ids=(PUMPS,))
     assert all(r.validation_ok for r in runner.run_pending())
     v2 = publish.publish("chunked")
-    assert v2.version == "1.0.1" and v2.manifest["version_reason"].startswith("patch")
+    assert v2.version == "1.0.1" and v2.manifest.version_reason.startswith("patch")
     check("1.0.1")
     check("1.0.0")  # the older version reads as before
 
@@ -243,14 +243,20 @@ def test_curated_file_is_published_as_it_is(lab: Path, tmp_path: Path, contracts
         prov = pl.read_parquet(path, columns=list(PROVENANCE)).unique()
         assert prov.rows() == [(contracts[PUMPS].tenant, PUMPS, contracts[PUMPS].version)], d
     v = publish.publish("whole")
-    files = [s.home / f["path"] for f in v.manifest["files"]]
+    files = [s.home / f.path for f in v.manifest.files]
     # one file per delivery, in delivery order, each the curated file's bytes (a copy, not a link)
     assert [_sha(p) for p in files] == [_sha(curated[d]) for d in sorted(curated)]
     assert all(p.stat().st_ino != c.stat().st_ino for p, c in zip(files, (curated[d] for d in sorted(curated)), strict=True))
-    tbl = publish.iceberg_catalog(s).load_table(v.manifest["table"])
-    got = pl.from_arrow(tbl.scan(snapshot_id=v.manifest["snapshot_id"]).to_arrow())
+    tbl = publish.iceberg_catalog(s).load_table(v.manifest.table)
+    got = pl.from_arrow(tbl.scan(snapshot_id=v.manifest.snapshot_id).to_arrow())
     want = pl.concat([pl.read_parquet(curated[d]) for d in sorted(curated)])
-    assert got.equals(want.select(got.columns)) and got.height == v.manifest["rows"]
+    assert got.equals(want.select(got.columns)) and got.height == v.manifest.rows
+    # the typed manifest is the JSON on disk, key for key and in the same order, both ways
+    on_disk = json.loads((s.versions / "whole" / v.version / "manifest.json").read_text())
+    assert list(v.manifest.to_dict().items()) == list(on_disk.items())
+    read = publish.read_manifest("whole", v.version)
+    assert read.status == "active" and list(read.to_dict()) == [*on_disk, "status"]
+    assert read.replace(status=None) == v.manifest
 
 
 def test_failed_publish_leaves_no_data_files(lab: Path, tmp_path: Path, contracts, monkeypatch) -> None:
@@ -276,5 +282,5 @@ def test_failed_publish_leaves_no_data_files(lab: Path, tmp_path: Path, contract
     assert publish.list_versions("flaky", s) == []
     v = publish.publish("flaky")
     assert v.version == "1.0.0"
-    got = pl.read_parquet([s.home / f["path"] for f in v.manifest["files"]])
-    assert got.height == v.manifest["rows"] > 0
+    got = pl.read_parquet([s.home / f.path for f in v.manifest.files])
+    assert got.height == v.manifest.rows > 0

@@ -216,7 +216,7 @@ def test_export_control_and_withdrawn_versions_terminate(published_template: tup
     with lab.here():
         s = lab_settings()
         assert publish("plant-telemetry", actor="test").version == "1.0.0"
-        assert neg.decide("plant-telemetry", "1.0.0", "research", "stuttgart", s)["version"] == "1.0.0"
+        assert neg.decide("plant-telemetry", "1.0.0", "research", "stuttgart", s).version == "1.0.0"
         # the version as if published export-controlled: the manifest's policy is what decides
         m = read_manifest("plant-telemetry", "1.0.0", s)
         path = s.home / "versions" / "plant-telemetry" / "1.0.0" / "manifest.json"
@@ -228,7 +228,7 @@ def test_export_control_and_withdrawn_versions_terminate(published_template: tup
         assert e.value.rule == "export_control", e.value
         for firm in ("bavaria-spindle", "lyon-presses", "oulu-pumps"):
             assert firm not in str(e.value)
-        path.write_text(json.dumps({**doc, "policy": m["policy"]}))
+        path.write_text(json.dumps({**doc, "policy": m.policy}))
         withdraw_version("plant-telemetry", "1.0.0", "firm withdrew", [], "test", s)
         for purpose in ("research", "research.publication"):
             with pytest.raises(PolicyRefused) as e:

@@ -81,7 +81,7 @@ def test_transfer_verifies_survives_a_provider_crash_and_binds_the_purpose(feder
     a.start()
     with b.here():
         m = transfer(agreement)
-    assert m["replica"]["agreement"] == agreement and m["replica"]["purpose"] == "research"
+    assert m.replica["agreement"] == agreement and m.replica["purpose"] == "research"
     assert catalog_row(b, "plant-telemetry", "1.0.0") is not None
     resumed = [e for e in audit_of(a, "dsp.data") if e["decision"] == "file"]
     assert any(e["detail"]["from"] > 0 for e in resumed), resumed  # the rerun asked for the rest only
@@ -93,8 +93,8 @@ def test_transfer_verifies_survives_a_provider_crash_and_binds_the_purpose(feder
 
     with b.here():
         res = pull("plant-telemetry@1.0.0", "research", tmp_path / "out")
-        assert res.rows == m["rows"] > 0
-        assert open_dataset("plant-telemetry", "1.0.0", "research.publication").collect().height == m["rows"]
+        assert res.rows == m.rows > 0
+        assert open_dataset("plant-telemetry", "1.0.0", "research.publication").collect().height == m.rows
         with pytest.raises(PolicyRefused, match="only for purpose 'research'"):
             open_dataset("plant-telemetry", "1.0.0", "predictive-maintenance")
         with pytest.raises(DatalabError, match="already in this site's catalog"):

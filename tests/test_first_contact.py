@@ -298,14 +298,14 @@ def test_dagster_card_images_and_version_check(demo_home: Path, tmp_path: Path) 
         card = card_with_inline_images("plant-telemetry", m)
         assert card is not None and card.count("](data:image/png;base64,") == 3
         assert not re.search(r"!\[[^\]]*\]\((?!data:)", card), "a relative image link is left"
-        assert verify("plant-telemetry", "1.0.1") == ([], {"version": "1.0.1", "files_checked": len(m["files"]),
-                                                           "rows": m["rows"], "rows_in_files": m["rows"],
-                                                           "rows_per_contract_total": m["rows"]})
-        f = home / m["files"][0]["path"]
+        assert verify("plant-telemetry", "1.0.1") == ([], {"version": "1.0.1", "files_checked": len(m.files),
+                                                           "rows": m.rows, "rows_in_files": m.rows,
+                                                           "rows_per_contract_total": m.rows})
+        f = home / m.files[0].path
         f.chmod(0o644)
         f.write_bytes(f.read_bytes() + b"x")
         problems, _ = verify("plant-telemetry", "1.0.1")
-        assert len(problems) == 2 and all(m["files"][0]["path"] in p for p in problems), problems
+        assert len(problems) == 2 and all(m.files[0].path in p for p in problems), problems
     # the Dagster asset check version_verifies runs on every materialisation of the dataset asset
     r = _run([DATALAB, "publish", "plant-telemetry"], _env(home))
     assert r.returncode == 1 and "asset check version_verifies failed" in r.stderr, r.stdout + r.stderr

@@ -20,6 +20,7 @@ from datalab import kinds
 from datalab.contracts import contract as contracts_mod
 from datalab.errors import ContractError
 from datalab.kinds import sections
+from datalab.store.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLING = ROOT / "data_contracts" / "providers" / "lyon-presses" / "tooling-cad.yaml"
@@ -43,16 +44,17 @@ def test_kind_of_a_contract_and_of_a_manifest(contracts):
     assert kinds.kind_of(tooling).name == "cad" and kinds.kind_of(spindle).name == "timeseries"
     assert tooling.section.canonical_unit == "mm"  # the CAD section, as cad/settings.py built it
     assert spindle.section is None and spindle.series and not tooling.series
-    assert kinds.kind_of_manifest({"cad": {}}).name == "timeseries"  # an empty section: nothing attached
-    assert kinds.kind_of_manifest({"cad": {"files": [{"name": "a"}]}}).name == "cad"
-    assert kinds.kind_of_manifest({"files": []}).name == "timeseries"
+    assert kinds.kind_of_manifest(_m(cad={})).name == "timeseries"  # an empty section: nothing attached
+    assert kinds.kind_of_manifest(_m(cad={"files": [{"name": "a"}]})).name == "cad"
+    assert kinds.kind_of_manifest(_m()).name == "timeseries"
 
 
 def test_reading_a_series_manifest_loads_no_other_kind():
     import subprocess
     import sys
 
-    code = ("import sys; from datalab import kinds; kinds.kind_of_manifest({'files': []}); "
+    code = ("import sys; from datalab import kinds; from datalab.store.manifest import Manifest; "
+            f"kinds.kind_of_manifest(Manifest.from_dict({_MANIFEST!r})); "
             "print(sorted(m for m in sys.modules if m.startswith('datalab.cad')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert out.strip() == "[]"
@@ -156,11 +158,11 @@ class ImagesKind:
                                 {"column": "width", "min_value": 1, "max_value": contract.section["max_pixels"]},
                                 "images.max_pixels")]
 
-    def attach_files(self, manifest, included, contracts, policy, s):
-        manifest["images"] = {"files": [d["id"] for d in included]}
+    def attach_files(self, dataset, included, contracts, policy, s):
+        return {"files": [d["id"] for d in included]}
 
     def card_section(self, manifest):
-        return ["", "## Preparation (images)", f"{len(manifest['images']['files'])} deliveries of PNG images."]
+        return ["", "## Preparation (images)", f"{len(manifest.sections['images']['files'])} deliveries of PNG images."]
 
     def pull_files(self, manifest, out, s, copy):
         return []
@@ -175,7 +177,13 @@ class ImagesKind:
 _MANIFEST = {"title": "Photos", "version": "1.0.0", "dataset": "photos", "rows": 1, "rows_per_contract": {},
              "version_reason": "first version", "created_at": "2026-01-01T00:00:00Z", "files": [],
              "site": {"name": "lyon", "country": "FR"},
-             "lineage": {"contracts": [], "deliveries": ["d-1"], "excluded": []}, "validation": {}, "schema": {}}
+             "lineage": {"contracts": [], "deliveries": ["d-1"], "excluded": []}, "validation": {}, "schema": {},
+             "policy": {}}
+
+
+def _m(**sections: object) -> Manifest:
+    """A manifest carrying the given kinds' sections."""
+    return Manifest.from_dict({**_MANIFEST, **sections})
 
 
 @pytest.fixture
@@ -214,9 +222,9 @@ def test_a_third_kind_plugs_in_through_the_registry_alone(lab, tmp_path, images_
     assert not no.accepted and no.reasons == ["part.txt: not a PNG (rule: images.format)"]
     # the GX runner's suite, the card's section, the manifest's kind
     assert [sp.source for sp in validate._suite_for(c)] == ["images.max_pixels"]
-    m = {"images": {"files": ["d-1"]}}
+    m = _m(images={"files": ["d-1"]})
     assert kinds.kind_of_manifest(m) is images_kind
-    md = card.render_card({**m, **_MANIFEST, "policy": c.policy.to_dict()}, {}, images_kind.card_section(m))
+    md = card.render_card({**m.to_dict(), "policy": c.policy.to_dict()}, {}, images_kind.card_section(m))
     assert "## Preparation (images)" in md and "## Preparation\n" not in md
 
 

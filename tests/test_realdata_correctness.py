@@ -414,8 +414,8 @@ def test_redelivered_readings_excluded_and_corrections_replace(lab: Path, contra
     assert publish.publish("turbofan-cmapss").created
     union = _keys(one) | _keys(two + copy + renumbered)
     m = publish.read_manifest("turbofan-cmapss", "1.0.0")
-    assert m["rows"] == len(union) * per_row  # the key is unique across the deliveries
-    assert m["curation"][rec2.delivery_id]["repeats_excluded"] == repeated * per_row
+    assert m.rows == len(union) * per_row  # the key is unique across the deliveries
+    assert m.curation[rec2.delivery_id]["repeats_excluded"] == repeated * per_row
     card = _card("turbofan-cmapss", "1.0.0")
     assert card["rows"] == len(union) * per_row and card["flags"]["flag_key_duplicate"] == 0
     assert any("near-duplicate series" in w and "entities 191, 91 " in w for w in card["warnings"]), card["warnings"]
@@ -436,7 +436,7 @@ def test_redelivered_readings_excluded_and_corrections_replace(lab: Path, contra
     assert st3["replaces"] == {rec1.delivery_id: 50 * per_row}
     assert st3["flag_late"] == 0 and rep3.success, rep3.summary()
     res = publish.publish("turbofan-cmapss")
-    m2 = publish.read_manifest("turbofan-cmapss", res.version)
+    m2 = publish.read_manifest("turbofan-cmapss", res.version).to_dict()
     assert m2["rows"] == len(union) * per_row  # replaced, not added
     data = pl.concat([pl.read_parquet(settings().home / f["path"]) for f in m2["files"]])
     s2 = data.filter((pl.col("entity") == "1") & (pl.col("sensor") == "s2") & (pl.col("time") <= 50)).sort("time")

@@ -118,7 +118,7 @@ def rlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         d3 = _deliver(spec, SPINDLE, 300, 4, START + dt.timedelta(days=4), root)
         v3 = publish.publish(NAME)
         assert (v1.version, v2.version, v3.version) == ("1.0.0", "1.0.1", "1.0.2")
-        yield {"spec": spec, "root": root, "v1": v1.manifest, "v2": v2.manifest, "v3": v3.manifest, "d2": d2, "d3": d3}
+        yield {"spec": spec, "root": root, "v1": v1.manifest.to_dict(), "v2": v2.manifest.to_dict(), "v3": v3.manifest.to_dict(), "d2": d2, "d3": d3}
 
 
 def test_withheld_firm_has_no_plain_name_or_machine_id_in_its_rows(rlab: dict) -> None:
@@ -221,7 +221,7 @@ def test_withdrawing_the_firm_finds_its_pseudonymised_rows(rlab: dict) -> None:
         ids = set(pl.read_parquet(p, columns=["contract_id"])["contract_id"].unique())
         assert not ids & {SPINDLE, masked_id}, p
     nxt = publish.publish(NAME)
-    assert nxt.created and set(nxt.manifest["rows_per_contract"]) == {PUMPS}
-    df = _rows(nxt.manifest)
+    assert nxt.created and set(nxt.manifest.rows_per_contract) == {PUMPS}
+    df = _rows(nxt.manifest.to_dict())
     assert set(df["contract_id"].unique()) == {PUMPS} and set(df["tenant"].unique()) == {"oulu-pumps"}
-    assert "rows_pseudonymised" not in nxt.manifest["sovereignty"]
+    assert "rows_pseudonymised" not in nxt.manifest.sovereignty

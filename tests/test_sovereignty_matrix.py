@@ -113,7 +113,7 @@ def test_residency_and_classification_by_site(mlab: Path, inputs: list[str], sit
         assert e.decision == "refused" and e.detail["site"] == site and e.detail["rule"] in ("residency", "classification")
     else:
         r = publish.publish(name)
-        assert r.created and r.manifest["site"]["name"] == site and r.manifest["rows"] > 0
+        assert r.created and r.manifest.site.name == site and r.manifest.rows > 0
         assert _audit("publish", f"{name}@1.0.0")[-1].decision == "published"
 
 
@@ -128,7 +128,7 @@ def test_replication_needs_every_inputs_residency(mlab: Path, tmp_path: Path) ->
         sovereignty.replicate("rep-eu@1.0.0", "virginia", actor="ops")
     dst = sovereignty.replicate("rep-eu@1.0.0", "kajaani", actor="ops")
     copied = sorted(dst.glob("part-*.parquet"))
-    assert len(copied) == len(m["files"]) and pl.read_parquet(copied).height == m["rows"]
+    assert len(copied) == len(m.files) and pl.read_parquet(copied).height == m.rows
     decisions = {(e.subject, e.detail["site"]): e.decision for e in _audit("replicate")}
     assert decisions == {("rep-plant@1.0.0", "kajaani"): "refused", ("rep-eu@1.0.0", "virginia"): "refused",
                          ("rep-eu@1.0.0", "kajaani"): "allowed"}
@@ -193,8 +193,8 @@ def test_incompatible_inputs_stop_unless_excluded(mlab: Path) -> None:
             publish.publish(name)
         _spec(mlab, "inc", [SPINDLE, PUMPS], excluded_inputs=[{"contract": PUMPS, "reason": "data must stay in Finland"}])
         r = publish.publish(name)
-    assert r.created and set(r.manifest["rows_per_contract"]) == {SPINDLE}
-    assert r.manifest["sovereignty"]["exclusions"] == [
+    assert r.created and set(r.manifest.rows_per_contract) == {SPINDLE}
+    assert r.manifest.sovereignty["exclusions"] == [
         {"contract": PUMPS, "reason": "excluded by the dataset spec: data must stay in Finland", "by": "spec"}]
     x = sovereignty.explain(name, "1.0.0")
     assert {f["field"]: f["set_by"] for f in x["fields"]}["residency"] == [SPINDLE]
@@ -237,12 +237,12 @@ def test_personal_data_in_clear_is_refused(mlab: Path) -> None:
         assert _audit("publish", name)[-1].detail["rule"] == "personal_data"
         _spec(mlab, "badge", [PRESS_B], drop_columns=["operator_badge"])
         r = publish.publish(name)
-        assert r.created and "operator_badge" not in r.manifest["schema"]
+        assert r.created and "operator_badge" not in r.manifest.schema
     # the pseudonymised column of the original contract passes, checked on the data
     r = publish.publish(_spec(mlab, "badge-ps", [PRESS]))
-    df = pl.read_parquet([settings().home / f["path"] for f in r.manifest["files"]])
+    df = pl.read_parquet([settings().home / f.path for f in r.manifest.files])
     assert df["operator_badge"].drop_nulls().str.contains(r"^ps_[0-9a-f]{16}$").all()
-    assert r.manifest["sovereignty"]["personal_columns_checked"] == [f"{PRESS}:operator_badge"]
+    assert r.manifest.sovereignty["personal_columns_checked"] == [f"{PRESS}:operator_badge"]
     key = (settings().secrets / "pseudonym.key")
     assert key.exists() and oct(key.stat().st_mode & 0o777) == "0o600"
     assert not any(key.read_text().strip().encode() in p.read_bytes() for p in (settings().home / "warehouse").rglob("*.parquet"))
@@ -254,15 +254,15 @@ def test_expired_and_withdrawn_inputs(mlab: Path) -> None:
     v1 = publish.publish(name)
     with _edited(pumps, lambda d: _sov(d).update(retention_until="2026-01-01")):
         r = publish.publish(_spec(mlab, "exp-b", [PRESS, PUMPS]))
-        assert set(r.manifest["rows_per_contract"]) == {PRESS}
-        assert r.manifest["sovereignty"]["exclusions"][0]["reason"].startswith("retention_until 2026-01-01 of urn:datalab:oulu-pumps")
+        assert set(r.manifest.rows_per_contract) == {PRESS}
+        assert r.manifest.sovereignty["exclusions"][0]["reason"].startswith("retention_until 2026-01-01 of urn:datalab:oulu-pumps")
         with pytest.raises(PolicyRefused, match=r"every input is excluded"):
             publish.publish(_spec(mlab, "exp-c", [PUMPS]))
-    assert v1.manifest["rows_per_contract"].keys() == {PRESS, PUMPS}
+    assert v1.manifest.rows_per_contract.keys() == {PRESS, PUMPS}
     withdrawals.record_contract(PRESS_B, "firm:lyon-presses", "test withdrawal", settings())
     r = publish.publish(_spec(mlab, "wd", [PRESS_B, PRESS], drop_columns=[]))
-    assert set(r.manifest["rows_per_contract"]) == {PRESS}
-    assert "contract withdrawn by firm:lyon-presses" in r.manifest["sovereignty"]["exclusions"][0]["reason"]
+    assert set(r.manifest.rows_per_contract) == {PRESS}
+    assert "contract withdrawn by firm:lyon-presses" in r.manifest.sovereignty["exclusions"][0]["reason"]
     assert _audit("withdraw", PRESS_B)[-1].decision == "recorded"
 
 
@@ -292,7 +292,7 @@ def test_version_diff(mlab: Path) -> None:
 
 def test_demo_dataset_datasheet_matches_the_table(mlab: Path) -> None:
     r = publish.publish("plant-telemetry")
-    m = r.manifest
+    m = r.manifest.to_dict()
     s = settings()
     vdir = s.versions / "plant-telemetry" / m["version"]
     df = pl.read_parquet([s.home / f["path"] for f in m["files"]])

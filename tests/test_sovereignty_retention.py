@@ -77,7 +77,7 @@ def test_retention_and_withdrawal_delete_for_real(lab: Path, tmp_path: Path, con
     card_md = runner.instance().get_latest_materialization_event(dg.AssetKey(["datasets", "mix"])).asset_materialization.metadata["card"]
     assert card_md.value.startswith("# ") and "## Provenance" in card_md.value  # the datasheet is shown in Dagster
     s = settings()
-    pumps_ids = sorted(pl.concat([pl.read_parquet(s.home / f["path"]) for f in publish.read_manifest("mix", "1.0.0")["files"]])
+    pumps_ids = sorted(pl.concat([pl.read_parquet(s.home / f.path) for f in publish.read_manifest("mix", "1.0.0").files])
                        .filter(pl.col("contract_id") == PUMPS)["entity"].unique().to_list())
     markers = [x.encode() for x in pumps_ids]
     assert markers and all(x.startswith("OP-") for x in pumps_ids)
@@ -106,9 +106,9 @@ def test_retention_and_withdrawal_delete_for_real(lab: Path, tmp_path: Path, con
     # the next version leaves the expired contract out, with the reason recorded
     v2 = publish.publish("mix")
     assert v2.created and v2.version == "1.0.1"
-    assert v2.manifest["sovereignty"]["exclusions"][0]["contract"] == PUMPS
-    assert "retention_until" in v2.manifest["sovereignty"]["exclusions"][0]["reason"]
-    assert set(pl.read_parquet([s.home / f["path"] for f in v2.manifest["files"]])["contract_id"].unique()) == {PRESS}
+    assert v2.manifest.sovereignty["exclusions"][0]["contract"] == PUMPS
+    assert "retention_until" in v2.manifest.sovereignty["exclusions"][0]["reason"]
+    assert set(pl.read_parquet([s.home / f.path for f in v2.manifest.files])["contract_id"].unique()) == {PRESS}
     log = cat.Catalog(s.catalog_url)
     deleted = [e for e in log.audit_entries(action="delete") if e.decision == "expired"]
     assert [e.subject for e in deleted] == [recs[PUMPS].delivery_id]

@@ -5,7 +5,7 @@ are parsed together (each in its own sandboxed process) and no raw table is
 written at push; curation (``datalab.cad.curate``) makes one row per file
 in the contract's canonical length unit; the suite is
 ``datalab.cad.suite.derive_cad_suite``; a published version carries the
-original files and thumbnails (``manifest["cad"]``), pulled beside its table.
+original files and thumbnails (``manifest.sections["cad"]``), pulled beside its table.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from datalab.intake.receipts import FileReceipt
 from datalab.kinds import sections
 from datalab.kinds.base import Attached, CuratedSchema, Section
 from datalab.quality.expectations import ExpectationSpec
+from datalab.store.manifest import Manifest
 
 
 class CadKind:
@@ -69,21 +70,21 @@ class CadKind:
     def suite(self, contract: Contract) -> list[ExpectationSpec]:
         return suite.derive_cad_suite(contract)
 
-    def attach_files(self, manifest: dict[str, Any], included: list[dict[str, Any]], contracts: dict[str, Any],
-                     policy: Policy, s: Settings) -> None:
-        publish.attach_files(manifest, included, contracts, policy, s)
+    def attach_files(self, dataset: str, included: list[dict[str, Any]], contracts: dict[str, Any],
+                     policy: Policy, s: Settings) -> dict[str, Any] | None:
+        return publish.attach_files(dataset, included, contracts, policy, s)
 
-    def card_section(self, manifest: dict[str, Any]) -> list[str]:
+    def card_section(self, manifest: Manifest) -> list[str]:
         return publish.card_section(manifest)
 
-    def pull_files(self, manifest: dict[str, Any], out: Path, s: Settings,
+    def pull_files(self, manifest: Manifest, out: Path, s: Settings,
                    copy: Callable[[Path, Path, str], None]) -> list[Path]:
         return publish.pull_files(manifest, out, s, copy)
 
-    def attached(self, manifest: dict[str, Any]) -> list[Attached]:
+    def attached(self, manifest: Manifest) -> list[Attached]:
         """The original files and thumbnails, laid out as a local pull lays them out (``files/``, ``files/thumbs/``)."""
         out = []
-        for i, f in enumerate((manifest.get("cad") or {}).get("files") or []):
+        for i, f in enumerate((manifest.section(self.manifest_key) or {}).get("files") or []):
             out.append(Attached(f["path"], f["sha256"], f.get("bytes", 0), "CAD file", f"cad-files/{i}",
                                 f"files/{publish.pulled_name(f)}", name=f["name"]))
             if f.get("thumbnail"):
@@ -93,5 +94,5 @@ class CadKind:
                                     name=f"{f['sha256']}.png"))
         return out
 
-    def download_folders(self, manifest: dict[str, Any]) -> list[str]:
+    def download_folders(self, manifest: Manifest) -> list[str]:
         return ["files/thumbs"]

@@ -26,6 +26,7 @@ import polars as pl
 from datalab.config import Settings, safe_segment
 from datalab.intake import receipts
 from datalab.store import state
+from datalab.store.manifest import Manifest
 from datalab.store.manifests import copy_verified, sha256_file
 
 
@@ -42,10 +43,9 @@ def _put(src: Path, dst: Path, sha: str) -> None:
     os.chmod(dst, 0o444)
 
 
-def attach_files(manifest: dict[str, Any], included: list[dict[str, Any]], contracts: dict[str, Any],
-                 policy: Any, s: Settings) -> None:
-    """Store the included deliveries' files and thumbnails; list them in ``manifest['cad']``."""
-    name = manifest["dataset"]
+def attach_files(name: str, included: list[dict[str, Any]], contracts: dict[str, Any],
+                 policy: Any, s: Settings) -> dict[str, Any]:
+    """Store the included deliveries' files and thumbnails of dataset ``name``; the manifest's ``cad`` section listing them."""
     objs = objects_dir(name, s)
     files, thumbs = [], {}
     for d in included:
@@ -75,7 +75,7 @@ def attach_files(manifest: dict[str, Any], included: list[dict[str, Any]], contr
     keep = ("rows_out", "values_converted", "duplicates", "same_part_links", "flags", "formats")
     curation = {d["id"]: {k: ((state.get(d["id"], s) or {}).get("stats", {}).get("curated", {})).get(k) for k in keep}
                 for d in included if contracts[d["contract"]].kind == "cad"}
-    manifest["cad"] = {
+    return {
         "curation": curation,
         "files": files,
         "bytes": sum(f["bytes"] for f in files),
@@ -89,12 +89,12 @@ def pulled_name(entry: dict[str, Any]) -> str:
     return f"{entry['sha256'][:12]}-{receipts.safe_name(entry['name'])}"
 
 
-def pull_files(manifest: dict[str, Any], out: Path, s: Settings, copy: Any) -> list[Path]:
+def pull_files(manifest: Manifest, out: Path, s: Settings, copy: Any) -> list[Path]:
     """Copy a version's CAD files and thumbnails to ``out/files`` with ``copy(src, dst, sha)`` (verifying)."""
     got = []
     fdir = out / "files"
     (fdir / "thumbs").mkdir(parents=True, exist_ok=True)
-    for f in manifest["cad"]["files"]:
+    for f in manifest.sections["cad"]["files"]:
         dst = fdir / pulled_name(f)
         copy(s.home / f["path"], dst, f["sha256"])
         got.append(dst)
@@ -105,9 +105,9 @@ def pull_files(manifest: dict[str, Any], out: Path, s: Settings, copy: Any) -> l
     return got
 
 
-def card_section(m: dict[str, Any]) -> list[str]:
+def card_section(m: Manifest) -> list[str]:
     """The CAD part of the dataset card: preparation, files with thumbnails, same parts."""
-    cad = m["cad"]
+    cad = m.sections["cad"]
     lines = ["", "## Preparation (CAD)",
              "Every file was identified by its content and parsed in a sandboxed process (time and memory "
              "limits); lengths are in mm (STEP through OpenCASCADE, STL and unitless DXF in the contract's "

@@ -272,7 +272,7 @@ def list_cmd(as_json: bool = typer.Option(False, "--json"),
 def show(ref: str = typer.Argument(..., help="NAME or NAME@VERSION"), as_json: bool = typer.Option(False, "--json"),
          purpose: str = typer.Option(None, help="only if this purpose may use the version (required over HTTP)")) -> None:
     """A version's dataset card (``--json``: its manifest), locally or over DATALAB_URL."""
-    from datalab.store.publish import read_manifest
+    from datalab.store.manifests import read_manifest
     from datalab.store.pull import check_policy, check_site_cap, parse_ref
 
     client = cli_service.remote()
@@ -281,11 +281,12 @@ def show(ref: str = typer.Argument(..., help="NAME or NAME@VERSION"), as_json: b
     else:
         cli_service.require_lab()
         name, version = parse_ref(ref)
-        m = read_manifest(name, version)
-        check_site_cap(m, settings())  # DATALAB_SITE: only what the site may hold
+        man = read_manifest(name, version)
+        check_site_cap(man, settings())  # DATALAB_SITE: only what the site may hold
         if purpose:  # the pull's own check, without pulling: a purpose that may not use it does not see it
-            check_policy(m, purpose, settings())
-        card = None if as_json else (settings().versions / name / m["version"] / "card.md").read_text()
+            check_policy(man, purpose, settings())
+        m = man.to_dict()
+        card = None if as_json else (settings().versions / name / man.version / "card.md").read_text()
     if as_json:
         out.print_json(json.dumps(m, default=str))
         return

@@ -152,9 +152,9 @@ def transfer_cmd(agreement: str = typer.Argument(..., help="the agreement id (`d
         m = transfer(agreement, timeout)
     except DatalabError as e:
         _fail(e)
-    rep = m["replica"]
-    out.print(f"replica {m['dataset']}@{m['version']} from {rep['site']}: {len(m['files'])} files verified, "
-              f"{m.get('rows', 0):,} rows; usable for {rep['purpose']} only", highlight=False, markup=False)
+    rep = m.replica
+    out.print(f"replica {m.dataset}@{m.version} from {rep['site']}: {len(m.files)} files verified, "
+              f"{m.rows:,} rows; usable for {rep['purpose']} only", highlight=False, markup=False)
 
 
 def query_cmd(site: str = typer.Argument(..., help="the site holding the data (a registered peer)"),

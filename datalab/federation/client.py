@@ -209,7 +209,7 @@ def transfer(agreement_id: str, timeout: float = 30.0, s: Settings | None = None
         audit("cli", "dsp.transfer", consumer_pid, "failed", {"reason": str(e)})
         raise
     tr.advance(consumer_pid, "COMPLETED", s)
-    audit("cli", "dsp.transfer", consumer_pid, "completed", {"agreement": agreement_id, "files": len(m["files"])})
+    audit("cli", "dsp.transfer", consumer_pid, "completed", {"agreement": agreement_id, "files": len(m.files)})
     try:
         call(peer, "POST", f"/dsp/transfers/{t.provider_pid}/completion",
              {"@context": dsp.CONTEXT, "@type": "TransferCompletionMessage", "providerPid": t.provider_pid,

@@ -18,7 +18,8 @@ from typing import Any
 from datalab.config import Settings, settings
 from datalab.contracts import datasets
 from datalab.contracts.policy import CLASSIFICATIONS
-from datalab.store.publish import list_versions, read_manifest
+from datalab.store.manifest import Manifest
+from datalab.store.manifests import list_versions, read_manifest
 
 CONTEXT = ["https://w3id.org/dspace/2025/1/context.jsonld"]
 MAX_MESSAGE_BYTES = 64 << 10  # a DSP control message is small; anything bigger is refused before parsing
@@ -29,9 +30,9 @@ def urn(kind: str, *parts: str) -> str:
     return "urn:datalab:" + kind + ":" + ":".join(parts)
 
 
-def offer(m: dict[str, Any], name: str) -> dict[str, Any]:
+def offer(m: Manifest, name: str) -> dict[str, Any]:
     """The ODRL offer of a version: its effective policy as permission/prohibition constraints."""
-    pol = m["policy"]
+    pol = m.policy
     cons: list[dict[str, Any]] = [
         {"leftOperand": "purpose", "operator": "isAnyOf", "rightOperand": list(pol.get("purposes") or [])},
         {"leftOperand": "spatial", "operator": "isAnyOf", "rightOperand": list(pol.get("residency") or [])},
@@ -42,7 +43,7 @@ def offer(m: dict[str, Any], name: str) -> dict[str, Any]:
         cons.append({"leftOperand": "dateTime", "operator": "lteq", "rightOperand": f"{pol['retention_until']}T23:59:59Z"})
     if pol.get("export_control"):
         cons.append({"leftOperand": "https://w3id.org/datalab/exportControl", "operator": "eq", "rightOperand": "cleared"})
-    out: dict[str, Any] = {"@id": urn("offer", name, m["version"]), "@type": "Offer",
+    out: dict[str, Any] = {"@id": urn("offer", name, m.version), "@type": "Offer",
                            "permission": [{"action": "use", "constraint": cons}]}
     if pol.get("prohibited_purposes"):
         out["prohibition"] = [{"action": "use", "constraint": [
@@ -95,21 +96,21 @@ def catalog(peer_site: str | None, base_url: str, s: Settings | None = None) -> 
             if row["status"] != "active":
                 continue
             m = read_manifest(name, row["version"], s)
-            if peer_site is not None and not may_ever_receive(m["policy"], peer):
+            if peer_site is not None and not may_ever_receive(m.policy, peer):
                 continue
             items.append({
-                "@id": urn("dataset", name, m["version"]), "@type": "Dataset",
-                "title": m.get("title") or name, "description": m.get("description") or "",
-                "https://w3id.org/datalab/dataset": name, "version": m["version"],
-                "https://w3id.org/datalab/rows": m.get("rows", 0),
-                "https://w3id.org/datalab/schema": {k: str(v) for k, v in (m.get("schema") or {}).items()},
-                "https://w3id.org/datalab/card": f"{base_url}/dsp/cards/{name}/{m['version']}",
-                "https://w3id.org/datalab/policyText": policy_in_words(m["policy"]),
+                "@id": urn("dataset", name, m.version), "@type": "Dataset",
+                "title": m.title or name, "description": m.description,
+                "https://w3id.org/datalab/dataset": name, "version": m.version,
+                "https://w3id.org/datalab/rows": m.rows,
+                "https://w3id.org/datalab/schema": {k: str(v) for k, v in m.schema.items()},
+                "https://w3id.org/datalab/card": f"{base_url}/dsp/cards/{name}/{m.version}",
+                "https://w3id.org/datalab/policyText": policy_in_words(m.policy),
                 "hasPolicy": [offer(m, name)],
                 "distribution": [{"@type": "Distribution", "format": "HttpData-PULL", "accessService": service_id,
                                   "https://w3id.org/datalab/files": [
-                                      {"sha256": f["sha256"], "bytes": f["bytes"]} for f in m["files"]],
-                                  "https://w3id.org/datalab/snapshot": str(m.get("snapshot_id"))}],
+                                      {"sha256": f.sha256, "bytes": f.bytes} for f in m.files],
+                                  "https://w3id.org/datalab/snapshot": str(m.snapshot_id)}],
             })
     if items:
         out["dataset"] = items

@@ -31,6 +31,7 @@ from datalab.config import Settings, settings
 from datalab.errors import DatalabError
 from datalab.federation.identity import _load_public, db, get_peer, private_key, site_name
 from datalab.store import catalog as cat
+from datalab.store.manifest import Manifest
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -160,8 +161,8 @@ def apply_withdrawal(event: dict[str, Any], peer: str, s: Settings | None = None
         row = conn.execute(sa.select(cat.dataset_versions).where(
             (cat.dataset_versions.c.dataset == dataset) & (cat.dataset_versions.c.version == version))).first()
     if row is not None:
-        m = json.loads((s.home / row.manifest_path).read_text())
-        rep = m.get("replica") or {}
+        m = Manifest.from_dict(json.loads((s.home / row.manifest_path).read_text()), where=row.manifest_path)
+        rep = m.replica or {}
         if rep.get("site") != peer:
             raise DatalabError(f"{dataset}@{version} here is not a replica of {peer}'s; nothing deleted")
         vdir = (s.home / row.manifest_path).parent

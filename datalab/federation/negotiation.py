@@ -32,6 +32,7 @@ from datalab.contracts import datasets
 from datalab.errors import DatalabError, NotFound, PolicyRefused
 from datalab.federation import dsp
 from datalab.federation.identity import db
+from datalab.store.manifest import Manifest
 
 STATES = ("REQUESTED", "OFFERED", "ACCEPTED", "AGREED", "VERIFIED", "FINALIZED", "TERMINATED")
 TERMINAL = frozenset({"FINALIZED", "TERMINATED"})
@@ -197,7 +198,7 @@ def input_label(cid: str, s: Settings) -> str:
 
 
 def decide(dataset: str, version: str, purpose: str, consumer_site: str,
-           s: Settings | None = None, data_moves: bool = True) -> dict[str, Any]:
+           s: Settings | None = None, data_moves: bool = True) -> Manifest:
     """The manifest if ``consumer_site`` may use ``dataset@version`` for ``purpose``; PolicyRefused otherwise.
 
     ``data_moves=False`` is compute-to-data: the data stays at this site, so
@@ -207,7 +208,7 @@ def decide(dataset: str, version: str, purpose: str, consumer_site: str,
     from datalab.contracts.policy import expand_residency
     from datalab.federation.dsp import may_ever_receive
     from datalab.policy.sovereignty import check_pull_purpose, input_policies, policy_from_manifest
-    from datalab.store.publish import read_manifest
+    from datalab.store.manifests import read_manifest
 
     s = s or settings()
     m = read_manifest(dataset, version, s)
@@ -215,11 +216,11 @@ def decide(dataset: str, version: str, purpose: str, consumer_site: str,
     site = sites.get(consumer_site)
     if site is None:
         raise PolicyRefused("site", f"site {consumer_site!r} is not in this site's sites.yaml")
-    if m.get("status") == "withdrawn":
-        raise PolicyRefused("withdrawn", f"version {m['version']} was withdrawn (rule withdrawn)")
-    if not may_ever_receive(m["policy"], site):
-        rule = "export_control" if m["policy"].get("export_control") and not site.export_cleared else "classification"
-        raise PolicyRefused(rule, f"{dataset}@{m['version']} is not offered to site {site.name} (rule {rule}: the site "
+    if m.status == "withdrawn":
+        raise PolicyRefused("withdrawn", f"version {m.version} was withdrawn (rule withdrawn)")
+    if not may_ever_receive(m.policy, site):
+        rule = "export_control" if m.policy.get("export_control") and not site.export_cleared else "classification"
+        raise PolicyRefused(rule, f"{dataset}@{m.version} is not offered to site {site.name} (rule {rule}: the site "
                             f"hosts up to {site.max_classification}"
                             f"{'' if site.export_cleared else ', not export-controlled content'})")
     try:
@@ -252,16 +253,16 @@ def _first_clause(msg: str) -> str:
     return re.split(r";? \(?set by ", msg)[0]
 
 
-def agreement_for(n: Negotiation, provider_site: str, m: dict[str, Any]) -> dict[str, Any]:
+def agreement_for(n: Negotiation, provider_site: str, m: Manifest) -> dict[str, Any]:
     """The ODRL Agreement the provider grants: this version, this purpose, this consumer site."""
     cons: list[dict[str, Any]] = [{"leftOperand": "purpose", "operator": "eq", "rightOperand": n.purpose},
                                   {"leftOperand": "spatial", "operator": "isAnyOf",
-                                   "rightOperand": list(m["policy"].get("residency") or [])}]
-    if m["policy"].get("retention_until"):
+                                   "rightOperand": list(m.policy.get("residency") or [])}]
+    if m.policy.get("retention_until"):
         cons.append({"leftOperand": "dateTime", "operator": "lteq",
-                     "rightOperand": f"{m['policy']['retention_until']}T23:59:59Z"})
+                     "rightOperand": f"{m.policy['retention_until']}T23:59:59Z"})
     return {"@id": f"urn:uuid:{uuid.uuid4()}", "@type": "Agreement",
-            "target": dsp.urn("dataset", n.dataset, m["version"]), "timestamp": now_iso(),
+            "target": dsp.urn("dataset", n.dataset, m.version), "timestamp": now_iso(),
             "assigner": dsp.urn("site", provider_site), "assignee": dsp.urn("site", n.peer),
             "permission": [{"action": "use", "constraint": cons}]}
 

@@ -23,6 +23,7 @@ import polars as pl
 
 from datalab.config import Settings, settings
 from datalab.errors import DatalabError
+from datalab.store.manifest import Manifest
 
 DEFAULT_K = 10
 MAX_GROUP_COLS = 4
@@ -67,18 +68,18 @@ def parse(group_by: list[str] | str, aggs: list[str] | str) -> Query:
     return Query(tuple(gb), tuple(out))
 
 
-def run(m: dict[str, Any], q: Query, s: Settings | None = None) -> dict[str, Any]:
+def run(m: Manifest, q: Query, s: Settings | None = None) -> dict[str, Any]:
     """Run ``q`` over the version of manifest ``m``; groups under k suppressed; the answer and its hash."""
     s = s or settings()
-    k = int((m.get("policy") or {}).get("min_group_rows") or DEFAULT_K)
-    schema = {c: str(t) for c, t in (m.get("schema") or {}).items()}
-    lf = pl.scan_parquet([str(s.home / f["path"]) for f in m["files"]]) if m["files"] else pl.LazyFrame()
+    k = int(m.policy.get("min_group_rows") or DEFAULT_K)
+    schema = {c: str(t) for c, t in m.schema.items()}
+    lf = pl.scan_parquet([str(s.home / f.path) for f in m.files]) if m.files else pl.LazyFrame()
     keys, too_fine = [], []
     for g in q.group_by:
         b = _BUCKET.match(g)
         col = b.group(1) if b else g
         if col not in schema:
-            raise QueryRefused(f"group-by column {col!r} is not in {m.get('dataset')}@{m['version']} (columns: {', '.join(schema)})")
+            raise QueryRefused(f"group-by column {col!r} is not in {m.ref} (columns: {', '.join(schema)})")
         is_time = schema[col].startswith(("Datetime", "Date"))
         if is_time and not b:
             raise QueryRefused(f"group by the datetime column {col!r} through a time bucket, e.g. {col}:1h")
@@ -110,7 +111,7 @@ def run(m: dict[str, Any], q: Query, s: Settings | None = None) -> dict[str, Any
         kept = kept.sort(list(q.group_by))
     wanted = list(q.group_by) + [f"{f}({c})" for f, c in q.aggs]
     rows = [{c: _jsonable(r[c]) for c in wanted} for r in kept.to_dicts()]
-    answer = {"dataset": m.get("dataset"), "version": m["version"], "query": q.to_dict(), "k": k,
+    answer = {"dataset": m.dataset, "version": m.version, "query": q.to_dict(), "k": k,
               "groups": rows, "suppressed_groups": small.height,
               "why_suppressed": "; ".join(too_fine) or (f"groups with fewer than {k} rows" if small.height else ""),
               "rows_scanned": int(df["count()"].sum() or 0) if df.height else 0}

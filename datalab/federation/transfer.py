@@ -36,6 +36,7 @@ from datalab.errors import DatalabError, IntegrityError, NotFound
 from datalab.federation import dsp
 from datalab.federation.identity import db
 from datalab.store import catalog as cat
+from datalab.store.manifest import Manifest
 
 ADDRESS_TTL_S = 15 * 60
 
@@ -218,7 +219,7 @@ def _download(url: str, secret: str, dst: Path, size: int, sha: str,
 
 
 def fetch_and_register(t: Transfer, site: str, purpose: str, expect: tuple[str, str], s: Settings | None = None,
-                       progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                       progress: Callable[[int], None] | None = None) -> Manifest:
     """Download transfer ``t``'s files, verify them, and register the replica; its manifest."""
     s = s or settings()
     addr = t.address or {}
@@ -233,7 +234,10 @@ def fetch_and_register(t: Transfer, site: str, purpose: str, expect: tuple[str, 
                               f"{expect[0]}@{expect[1]}")
     inc = incoming_dir(t.agreement_id, s)
     inc.mkdir(parents=True, exist_ok=True)
-    for i, f in enumerate(m["files"]):
+    files = m.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, dict) and isinstance(f.get("sha256"), str) for f in files):
+        raise TransferRefused(f"{site} sent a manifest whose 'files' is not a list of files with sha256 and bytes")
+    for i, f in enumerate(files):
         dst = inc / f"part-{i:05d}.parquet"
         if dst.exists() and _sha(dst) == f["sha256"]:
             continue
@@ -251,9 +255,12 @@ def _sha(p: Path) -> str:
 
 
 def register_replica(m: dict[str, Any], inc: Path, site: str, t: Transfer, purpose: str, card: str,
-                     s: Settings) -> dict[str, Any]:
-    """Move verified files from ``inc`` to ``versions/<dataset>/<version>`` in one rename; add the catalog row."""
-    name, version = m["dataset"], m["version"]
+                     s: Settings) -> Manifest:
+    """Move verified files from ``inc`` to ``versions/<dataset>/<version>`` in one rename; add the catalog row.
+
+    ``m``: the manifest the provider's data address sent (its files without paths here).
+    """
+    name, version = str(m["dataset"]), str(m["version"])
     final = s.versions / name / version
     catalog = cat.Catalog(s.catalog_url)
     with catalog.begin() as conn:
@@ -266,12 +273,13 @@ def register_replica(m: dict[str, Any], inc: Path, site: str, t: Transfer, purpo
         if not (inc / f"part-{i:05d}.parquet").is_file():
             raise IntegrityError(f"{inc / f'part-{i:05d}.parquet'}: missing; nothing registered")
     rel = final.relative_to(s.home)
-    m = {"lineage": {"deliveries": []}, **m, "files": [{**f, "path": str(rel / f"part-{i:05d}.parquet")} for i, f in enumerate(m["files"])],
-         "replica": {"site": site, "agreement": t.agreement_id, "purpose": purpose, "transfer": t.consumer_pid,
-                     "provider_transfer": t.provider_pid, "received": _now()}}
-    (inc / "manifest.json").write_text(json.dumps(m, indent=2, default=str))
+    doc = {"lineage": {"deliveries": []}, **m, "files": [{**f, "path": str(rel / f"part-{i:05d}.parquet")} for i, f in enumerate(m["files"])],
+           "replica": {"site": site, "agreement": t.agreement_id, "purpose": purpose, "transfer": t.consumer_pid,
+                       "provider_transfer": t.provider_pid, "received": _now()}}
+    rm = Manifest.from_dict(doc, where=f"manifest of {name}@{version} from {site}")
+    (inc / "manifest.json").write_text(json.dumps(rm.to_dict(), indent=2, default=str))
     (inc / "card.md").write_text(card + f"\n\n## Provenance\n\nReplica of `{name}@{version}` from site **{site}**, "
-                                 f"received {m['replica']['received']} under DSP agreement `{t.agreement_id}`; "
+                                 f"received {doc['replica']['received']} under DSP agreement `{t.agreement_id}`; "
                                  f"usable only for the purpose `{purpose}`.\n")
     if final.exists():  # a leftover of a crash between the rename and the catalog row: not registered, replace it
         shutil.rmtree(final)
@@ -279,9 +287,9 @@ def register_replica(m: dict[str, Any], inc: Path, site: str, t: Transfer, purpo
     os.replace(inc, final)
     with catalog.begin() as conn:
         conn.execute(cat.dataset_versions.insert().values(
-            dataset=name, version=version, table_ident=f"replica:{site}", snapshot_id=int(m.get("snapshot_id") or 0),
-            content_key=hashlib.sha256(json.dumps(m["files"], sort_keys=True).encode()).hexdigest(),
+            dataset=name, version=version, table_ident=f"replica:{site}", snapshot_id=int(rm.snapshot_id or 0),
+            content_key=hashlib.sha256(json.dumps(doc["files"], sort_keys=True).encode()).hexdigest(),
             manifest_path=str(rel / "manifest.json"), status="active", created_at=_now()))
         catalog.audit("federation", "replica", f"{name}@{version}", "registered",
-                      {"site": site, "agreement": t.agreement_id, "purpose": purpose, "files": len(m["files"])}, conn=conn)
-    return m
+                      {"site": site, "agreement": t.agreement_id, "purpose": purpose, "files": len(rm.files)}, conn=conn)
+    return rm

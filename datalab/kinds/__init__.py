@@ -24,7 +24,7 @@ module changes (``tests/test_kinds.py`` checks both).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from datalab.errors import ContractError
 from datalab.kinds import sections
@@ -33,6 +33,7 @@ from datalab.kinds.sections import DEFAULT, Section
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from datalab.contracts.contract import Contract
+    from datalab.store.manifest import Manifest
 
 __all__ = [
     "DEFAULT",
@@ -112,9 +113,9 @@ def kind_of(contract: Contract) -> Kind:
     return get_kind(contract.kind, contract.id)
 
 
-def kind_of_manifest(manifest: dict[str, Any]) -> Kind:
+def kind_of_manifest(manifest: Manifest) -> Kind:
     """The kind of a published version: the kind whose section the manifest carries, else the default kind."""
     for name, key in _MANIFEST_KEYS.items():
-        if manifest.get(key):
+        if manifest.section(key):
             return get_kind(name)
     return get_kind(DEFAULT)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from datalab.intake.formats import Sniffed
     from datalab.intake.receipts import FileReceipt
     from datalab.quality.expectations import ExpectationSpec
+    from datalab.store.manifest import Manifest
 
 # (name, path, sha256, size, over_limit) of one staged file of a push
 Staged = tuple[str, Path, str, int, bool]
@@ -123,23 +124,24 @@ class Kind(Protocol):
         ...
 
     # publish, card, pull
-    def attach_files(self, manifest: dict[str, Any], included: list[dict[str, Any]], contracts: dict[str, Any],
-                     policy: Policy, s: Settings) -> None:
-        """Store what a version carries besides its table; describe it under ``manifest[manifest_key]``."""
+    def attach_files(self, dataset: str, included: list[dict[str, Any]], contracts: dict[str, Any],
+                     policy: Policy, s: Settings) -> dict[str, Any] | None:
+        """Store what a version of ``dataset`` carries besides its table; the manifest's section describing it
+        (publish puts it under ``manifest_key``), or None."""
         ...
 
-    def card_section(self, manifest: dict[str, Any]) -> list[str]:
+    def card_section(self, manifest: Manifest) -> list[str]:
         """The card's lines on how the version's data was prepared (markdown)."""
         ...
 
-    def pull_files(self, manifest: dict[str, Any], out: Path, s: Settings, copy: Callable[[Path, Path, str], None]) -> list[Path]:
+    def pull_files(self, manifest: Manifest, out: Path, s: Settings, copy: Callable[[Path, Path, str], None]) -> list[Path]:
         """Copy the attached files of a version into a local pull's folder ``out``."""
         ...
 
-    def attached(self, manifest: dict[str, Any]) -> list[Attached]:
+    def attached(self, manifest: Manifest) -> list[Attached]:
         """The files attached to a version: verified by ``datalab verify``, fetched by a remote pull (laid out as ``pull_files``)."""
         ...
 
-    def download_folders(self, manifest: dict[str, Any]) -> list[str]:
+    def download_folders(self, manifest: Manifest) -> list[str]:
         """Folders (relative to the pull's) a remote pull of the version makes even when empty, as ``pull_files`` does."""
         ...

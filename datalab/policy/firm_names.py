@@ -30,12 +30,15 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from datalab.config import Settings, settings
 from datalab.contracts.contract import Contract
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from datalab.store.manifest import LineageContract, Manifest
 
 MASKS_FILE = "firm_masks.json"
 NAMED = ("public", "internal")
@@ -129,10 +132,11 @@ def lab_masks(s: Settings | None = None) -> dict[str, str]:
     return masks_for(cs, s)
 
 
-def consumer_manifest(m: dict[str, Any], s: Settings | None = None) -> dict[str, Any]:
-    """The manifest as a consumer receives it (pull, HTTP): masked firms replaced everywhere in it."""
-    masks = for_version(m["dataset"], m.get("version"), s)
-    return json.loads(apply(json.dumps(m, default=str), masks)) if masks else m
+def consumer_manifest(m: Manifest, s: Settings | None = None) -> dict[str, Any]:
+    """The manifest as a consumer receives it (pull, HTTP), as JSON: masked firms replaced everywhere in it."""
+    masks = for_version(m.dataset, m.version, s)
+    d = m.to_dict()
+    return json.loads(apply(json.dumps(d, default=str), masks)) if masks else d
 
 
 def consumer_message(text: str, name: str | None = None, version: str | None = None, s: Settings | None = None) -> str:
@@ -174,18 +178,18 @@ def row_contract_ids(contract_id: str, tenants: Iterable[str], s: Settings) -> l
     return sorted({contract_id, *(contract_label(contract_id, t, s) for t in tenants)})
 
 
-def plain_rows(lf: pl.LazyFrame, lineage: Iterable[dict[str, Any]], s: Settings) -> pl.LazyFrame:
+def plain_rows(lf: pl.LazyFrame, lineage: Iterable[LineageContract], s: Settings) -> pl.LazyFrame:
     """Published rows with ``tenant`` and ``contract_id`` under the real names again (the lab's own view).
 
-    ``lineage``: the ``lineage.contracts`` entries (id, tenant) of the
+    ``lineage``: the ``lineage.contracts`` (id, tenant) of the
     manifests the rows come from. A named firm's rows are unchanged; machine
     ids stay pseudonymised (no reader in the lab needs them back).
     """
     tenants: dict[str, str] = {}
     ids: dict[str, str] = {}
     for c in lineage:
-        tenants[tenant_label(c["tenant"], s)] = c["tenant"]
-        ids[contract_label(c["id"], c["tenant"], s)] = c["id"]
+        tenants[tenant_label(c.tenant, s)] = c.tenant
+        ids[contract_label(c.id, c.tenant, s)] = c.id
     have = lf.collect_schema()
     back = [pl.col(col).replace({k: v for k, v in m.items() if k != v})
             for col, m in (("tenant", tenants), ("contract_id", ids)) if col in have and have[col] == pl.String]

@@ -42,6 +42,7 @@ from datalab.config import Settings, safe_segment, settings
 from datalab.contracts import contract as contracts_mod
 from datalab.policy import withdrawals
 from datalab.store import catalog as cat
+from datalab.store.manifest import Manifest
 
 PURGED = ("expired", "withdrawn")
 # Directories whose files belong to single deliveries (named by delivery id).
@@ -238,8 +239,8 @@ def _withdraw_versions(purged: set[str], reason: str, actor: str, s: Settings) -
     with cat.Catalog(s.catalog_url).begin() as conn:
         rows = list(conn.execute(sa.select(cat.dataset_versions).where(cat.dataset_versions.c.status != "withdrawn")))
     for r in rows:
-        m = json.loads((s.home / r.manifest_path).read_text())
-        hit = sorted(set(m["lineage"]["deliveries"]) & purged)
+        m = Manifest.from_dict(json.loads((s.home / r.manifest_path).read_text()), where=r.manifest_path)
+        hit = sorted(set(m.lineage.deliveries) & purged)
         if hit:
             withdrawals.withdraw_version(r.dataset, r.version, reason, hit, actor, s)
             out.append((r.dataset, r.version, r.table_ident))

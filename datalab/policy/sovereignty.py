@@ -36,6 +36,7 @@ from datalab.contracts.policy import (
 )
 from datalab.errors import ContractError, DatalabError, IntegrityError, NotFound, PolicyRefused
 from datalab.store import catalog as cat
+from datalab.store.manifest import Manifest
 
 
 @dataclass
@@ -183,9 +184,9 @@ def check_personal(lf: pl.LazyFrame, inputs: list[str], contracts: dict[str, Con
     return checked
 
 
-def policy_from_manifest(m: dict[str, Any]) -> Policy:
-    pol = Policy.from_dict({k: v for k, v in m["policy"].items() if k != "sources"})
-    object.__setattr__(pol, "sources", m["policy"].get("sources", {}))
+def policy_from_manifest(m: Manifest) -> Policy:
+    pol = Policy.from_dict({k: v for k, v in m.policy.items() if k != "sources"})
+    object.__setattr__(pol, "sources", m.policy.get("sources", {}))
     return pol
 
 
@@ -196,20 +197,20 @@ def explain(name: str, version: str | None, s: Settings | None = None) -> dict[s
     s = s or settings()
     m = read_manifest(name, version, s)
     pol = policy_from_manifest(m)
-    sov = m.get("sovereignty") or {}
+    sov = m.sovereignty
     return {
-        "dataset": name, "version": m["version"], "status": m.get("status"),
-        "site": m["site"], "fields": explain_fields(pol),
-        "inputs": [c["id"] for c in m["lineage"]["contracts"]],
+        "dataset": name, "version": m.version, "status": m.status,
+        "site": m.site.to_dict(), "fields": explain_fields(pol),
+        "inputs": m.contract_ids,
         "exclusions": sov.get("exclusions", []),
         "purpose_vocabulary": sov.get("purpose_vocabulary"),
         "personal_columns_checked": sov.get("personal_columns_checked", []),
-        "withdrawn": m.get("withdrawn"),
+        "withdrawn": m.withdrawn,
     }
 
 
-def input_policies(m: dict[str, Any], contracts: dict[str, Contract]) -> dict[str, Policy]:
-    return {c["id"]: contracts[c["id"]].policy for c in m["lineage"]["contracts"] if c["id"] in contracts}
+def input_policies(m: Manifest, contracts: dict[str, Contract]) -> dict[str, Policy]:
+    return {cid: contracts[cid].policy for cid in m.contract_ids if cid in contracts}
 
 
 def replicate(ref: str, site_name: str, actor: str = "cli", s: Settings | None = None) -> Path:
@@ -228,9 +229,9 @@ def replicate(ref: str, site_name: str, actor: str = "cli", s: Settings | None =
     subject = ref
     try:
         m = read_manifest(name, version or None, s)
-        subject = f"{name}@{m['version']}"
-        if m.get("status") == "withdrawn":
-            raise PolicyRefused("withdrawn", f"version {m['version']} was withdrawn: {(m.get('withdrawn') or {}).get('reason', '')}")
+        subject = f"{name}@{m.version}"
+        if m.status == "withdrawn":
+            raise PolicyRefused("withdrawn", f"version {m.version} was withdrawn: {(m.withdrawn or {}).get('reason', '')}")
         sites = datasets.load_sites(s.contracts_dir)
         if site_name not in sites:
             raise NotFound(f"unknown site {site_name!r} (known: {sorted(sites)})")
@@ -239,17 +240,17 @@ def replicate(ref: str, site_name: str, actor: str = "cli", s: Settings | None =
     except (PolicyRefused, NotFound) as e:
         catalog.audit(actor, "replicate", subject, "refused", {"site": site_name, "reason": str(e), "rule": getattr(e, "rule", "not-found")})
         raise
-    dst = s.home / "sites" / site_name / name / m["version"]
+    dst = s.home / "sites" / site_name / name / m.version
     dst.mkdir(parents=True, exist_ok=True)
-    for i, f in enumerate(m["files"]):
-        src = s.home / f["path"]
+    for i, f in enumerate(m.files):
+        src = s.home / f.path
         h = hashlib.sha256(src.read_bytes()).hexdigest()
-        if h != f["sha256"]:
+        if h != f.sha256:
             shutil.rmtree(dst, ignore_errors=True)
             raise IntegrityError(f"{src}: checksum does not match the manifest")
         shutil.copyfile(src, dst / f"part-{i:05d}.parquet")
-    (dst / "manifest.json").write_text(json.dumps(m, indent=2, default=str))
-    catalog.audit(actor, "replicate", subject, "allowed", {"site": site_name, "files": len(m["files"]), "to": str(dst.relative_to(s.home))})
+    (dst / "manifest.json").write_text(json.dumps(m.to_dict(), indent=2, default=str))
+    catalog.audit(actor, "replicate", subject, "allowed", {"site": site_name, "files": len(m.files), "to": str(dst.relative_to(s.home))})
     return dst
 
 

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from datalab.config import Settings, settings
 from datalab.store import catalog as cat
+from datalab.store.manifest import Manifest
 
 metadata = sa.MetaData()
 
@@ -99,17 +100,17 @@ def withdraw_version(dataset: str, version: str, reason: str, deliveries: list[s
                                                           deliveries=json.dumps(sorted(deliveries))))
         c.audit(actor, "withdraw", f"{dataset}@{version}", "withdrawn", {"reason": reason, "deliveries": sorted(deliveries)}, conn=conn)
         manifest_path = s.home / row.manifest_path
-    m = json.loads(manifest_path.read_text())
-    m["withdrawn"] = {"at": at, "reason": reason, "deliveries": sorted(deliveries)}
-    manifest_path.write_text(json.dumps(m, indent=2, default=str))
+    m = Manifest.from_dict(json.loads(manifest_path.read_text()), where=str(manifest_path))
+    m = m.replace(withdrawn={"at": at, "reason": reason, "deliveries": sorted(deliveries)})
+    manifest_path.write_text(json.dumps(m.to_dict(), indent=2, default=str))
     vdir = manifest_path.parent
     for p in vdir.iterdir():
         if p.name != "manifest.json":
             _remove(p)
     (vdir / "card.md").write_text(
-        f"# {m.get('title', dataset)} — version {version} (WITHDRAWN)\n\n"
+        f"# {m.title} — version {version} (WITHDRAWN)\n\n"
         f"Withdrawn at {at}: {reason}.\n\nIts data was deleted; the manifest keeps the checksums "
-        f"of the files and the ids of the {len(m['lineage']['deliveries'])} deliveries as evidence. "
+        f"of the files and the ids of the {len(m.lineage.deliveries)} deliveries as evidence. "
         f"Pulls are refused.\n")
 
 

@@ -28,7 +28,8 @@ from datalab.policy.firm_names import consumer_manifest, consumer_message
 from datalab.service.deps import ApiError, need
 from datalab.store import catalog as cat
 from datalab.store import datasheet
-from datalab.store.publish import list_versions, read_manifest
+from datalab.store.manifest import Manifest
+from datalab.store.manifests import list_versions, read_manifest
 from datalab.store.pull import authorise, check_policy
 
 router = APIRouter(prefix="/v1/datasets", tags=["consumers"])
@@ -44,7 +45,7 @@ def _site_settings(p: auth.Principal) -> Settings:
     return dataclasses.replace(settings(), site=p.site)
 
 
-def _authorised(name: str, version: str, purpose: str, p: auth.Principal) -> tuple[dict[str, Any], Settings]:
+def _authorised(name: str, version: str, purpose: str, p: auth.Principal) -> tuple[Manifest, Settings]:
     s = _site_settings(p)
     try:
         return authorise(name, version, purpose, p.actor, s, auth.clearance_env(p), hidden_as_missing=True), s
@@ -66,10 +67,10 @@ def list_visible(purpose: str = PURPOSE, p: auth.Principal = Depends(consumer)) 
                 check_policy(m, purpose, s, auth.clearance_env(p))
             except PolicyRefused:
                 continue
-            visible.append({"version": m["version"], "rows": m["rows"], "created_at": m["created_at"],
-                            "status": m["status"], "files": len(m["files"])})
+            visible.append({"version": m.version, "rows": m.rows, "created_at": m.created_at,
+                            "status": m.status, "files": len(m.files)})
         if visible:
-            out.append({"dataset": name, "title": m.get("title", name), "versions": visible,
+            out.append({"dataset": name, "title": m.title, "versions": visible,
                         "latest": visible[-1]["version"]})
     return out
 
@@ -78,9 +79,9 @@ def list_visible(purpose: str = PURPOSE, p: auth.Principal = Depends(consumer)) 
 def manifest(name: str = NAME, version: str = VERSION, purpose: str = PURPOSE,
              p: auth.Principal = Depends(consumer)) -> dict[str, Any]:
     m, s = _authorised(name, version, purpose, p)
-    cat.Catalog(s.catalog_url).audit(p.actor, "pull", f"{name}@{m['version']}", "allowed",
+    cat.Catalog(s.catalog_url).audit(p.actor, "pull", f"{name}@{m.version}", "allowed",
                                      {"purpose": purpose, "site": p.site, "what": "manifest",
-                                      "files": len(m["files"]), "rows": m["rows"]})
+                                      "files": len(m.files), "rows": m.rows})
     return consumer_manifest(m, s)
 
 
@@ -89,7 +90,7 @@ def manifest(name: str = NAME, version: str = VERSION, purpose: str = PURPOSE,
 def card(name: str = NAME, version: str = VERSION, purpose: str = PURPOSE,
          p: auth.Principal = Depends(consumer)) -> PlainTextResponse:
     m, s = _authorised(name, version, purpose, p)
-    path = s.versions / name / m["version"] / "card.md"
+    path = s.versions / name / m.version / "card.md"
     return PlainTextResponse(path.read_text(encoding="utf-8"), media_type="text/markdown; charset=utf-8")
 
 
@@ -102,10 +103,10 @@ def file(request: Request, name: str = NAME, version: str = VERSION,
          index: int = PathParam(..., ge=0, le=1_000_000), purpose: str = PURPOSE,
          p: auth.Principal = Depends(consumer)) -> FileResponse:
     m, s = _authorised(name, version, purpose, p)
-    if index >= len(m["files"]):
-        raise ApiError(404, f"{name}@{m['version']} has {len(m['files'])} file(s); there is no file {index}")
-    f = m["files"][index]
-    return _serve(request, m, s, p, purpose, f["path"], f["sha256"], "application/vnd.apache.parquet",
+    if index >= len(m.files):
+        raise ApiError(404, f"{name}@{m.version} has {len(m.files)} file(s); there is no file {index}")
+    f = m.files[index]
+    return _serve(request, m, s, p, purpose, f.path, f.sha256, "application/vnd.apache.parquet",
                   f"part-{index:05d}.parquet", {"file": index})
 
 
@@ -122,12 +123,12 @@ def cad_file(request: Request, name: str = NAME, version: str = VERSION,
     attached = kind_of_manifest(m).attached(m)  # the files the version's kind attached (datalab.kinds)
     files = [a for a in attached if a.listed]
     if index >= len(files):
-        raise ApiError(404, f"{name}@{m['version']} has {len(files)} CAD file(s); there is no CAD file {index}")
+        raise ApiError(404, f"{name}@{m.version} has {len(files)} CAD file(s); there is no CAD file {index}")
     f = files[index]
     if thumbnail:
         t = next((a for a in attached if not a.listed and a.route == f.route), None)
         if t is None:
-            raise ApiError(404, f"{name}@{m['version']}: CAD file {index} has no thumbnail")
+            raise ApiError(404, f"{name}@{m.version}: CAD file {index} has no thumbnail")
         return _serve(request, m, s, p, purpose, t.path, t.sha256, "image/png", t.name,
                       {"cad_file": index, "thumbnail": True})
     return _serve(request, m, s, p, purpose, f.path, f.sha256, "application/octet-stream",
@@ -142,23 +143,23 @@ def card_file(request: Request, name: str = NAME, version: str = VERSION,
     """Only the datasheet's own file names are served: the name is looked up, never joined as a path."""
     m, s = _authorised(name, version, purpose, p)
     if fname not in datasheet.SHIPPED:
-        raise ApiError(404, f"{name}@{m['version']}: the datasheet has no file {fname[:64]!r} (files: {', '.join(datasheet.SHIPPED)})")
-    path = s.versions / name / m["version"] / fname
+        raise ApiError(404, f"{name}@{m.version}: the datasheet has no file {fname[:64]!r} (files: {', '.join(datasheet.SHIPPED)})")
+    path = s.versions / name / m.version / fname
     if not path.is_file():
-        raise ApiError(404, f"{name}@{m['version']}: the datasheet has no file {fname!r}")
+        raise ApiError(404, f"{name}@{m.version}: the datasheet has no file {fname!r}")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()  # datasheet files are small (cards, PNGs)
     media = {".md": "text/markdown", ".html": "text/html", ".json": "application/json", ".png": "image/png"}
     return _serve(request, m, s, p, purpose, str(path.relative_to(s.home)), sha,
                   media.get(Path(fname).suffix, "application/octet-stream"), fname, {"card_file": fname})
 
 
-def _serve(request: Request, m: dict[str, Any], s: Settings, p: auth.Principal, purpose: str, rel: str, sha: str,
+def _serve(request: Request, m: Manifest, s: Settings, p: auth.Principal, purpose: str, rel: str, sha: str,
            media: str, filename: str, what: dict[str, Any]) -> FileResponse:
     """Stream a stored file of a version (Range via FileResponse) after checking it lies in the lab; audited."""
     path = (s.home / rel).resolve()
     if not path.is_relative_to(s.home.resolve()) or not path.is_file():
-        raise ApiError(500, f"{m['dataset']}@{m['version']}: a file is missing from the lab's store")
-    cat.Catalog(s.catalog_url).audit(p.actor, "download", f"{m['dataset']}@{m['version']}", "allowed", {
+        raise ApiError(500, f"{m.dataset}@{m.version}: a file is missing from the lab's store")
+    cat.Catalog(s.catalog_url).audit(p.actor, "download", f"{m.dataset}@{m.version}", "allowed", {
         "purpose": purpose, "site": p.site, **what, "sha256": sha,
         "range": request.headers.get("range", "")[:100]})
     return FileResponse(path, media_type=media, filename=filename,

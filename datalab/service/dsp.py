@@ -24,6 +24,7 @@ from datalab.federation import transfer as tr
 from datalab.federation.identity import TokenRefused, get_peer, site_name, site_url, verify_token
 from datalab.service.deps import client_of
 from datalab.store import catalog as cat
+from datalab.store.manifest import Manifest
 
 router = APIRouter(prefix="/dsp", tags=["dsp"])
 
@@ -147,7 +148,7 @@ def _send_decision(pid: str) -> None:
     agreement = neg.agreement_for(n, me, m)
     n = neg.advance(pid, "ContractAgreementMessage", s, agreement=agreement)
     audit(n.peer, "dsp.negotiation", n.consumer_pid, "agreed",
-          {"providerPid": pid, "agreement": agreement["@id"], "purpose": n.purpose, "dataset": f"{n.dataset}@{m['version']}"})
+          {"providerPid": pid, "agreement": agreement["@id"], "purpose": n.purpose, "dataset": f"{n.dataset}@{m.version}"})
     msg = {"@context": dsp.CONTEXT, "@type": "ContractAgreementMessage", "providerPid": pid,
            "consumerPid": n.consumer_pid, "agreement": agreement}
     if not _callback(n, "agreement", msg):
@@ -346,7 +347,7 @@ def _send_start(pid: str, base: str) -> None:
         audit(t.peer, "dsp.transfer", t.consumer_pid, "undelivered", {"message": msg["@type"], "reason": str(e)})
 
 
-def _agreed(peer: str, agreement_id: str) -> tuple[neg.Negotiation, dict[str, Any]]:
+def _agreed(peer: str, agreement_id: str) -> tuple[neg.Negotiation, Manifest]:
     """The provider's finalized negotiation behind ``agreement_id`` with ``peer``, re-decided now."""
     try:
         n = neg.by_agreement(agreement_id)
@@ -389,7 +390,7 @@ async def transfer_request(request: Request, background: BackgroundTasks) -> JSO
         t = tr.create("provider", peer, consumer_pid, agreement_id, callback)
         audit(peer, "dsp.transfer", consumer_pid, "requested",
               {"providerPid": t.pid, "agreement": agreement_id, "negotiation": n.consumer_pid,
-               "dataset": f"{n.dataset}@{m['version']}"})
+               "dataset": f"{n.dataset}@{m.version}"})
         return t
 
     t = await run_in_threadpool(begin)
@@ -462,15 +463,15 @@ async def callback_transfer_termination(pid: str, request: Request) -> JSONRespo
 # -- the data plane: what a data address points at -------------------------------------
 
 
-def _data(pid: str, request: Request) -> tuple[tr.Transfer, dict[str, Any]]:
-    from datalab.store.publish import read_manifest
+def _data(pid: str, request: Request) -> tuple[tr.Transfer, Manifest]:
+    from datalab.store.manifests import read_manifest
 
     try:
         t = tr.data_transfer(pid, request.headers.get("authorization"))
         n = neg.by_agreement(t.agreement_id)
         m = read_manifest(n.dataset, n.version)
-        if m.get("status") != "active":
-            raise tr.TransferRefused(f"{n.dataset}@{n.version} is {m.get('status')}")
+        if m.status != "active":
+            raise tr.TransferRefused(f"{n.dataset}@{n.version} is {m.status}")
     except (tr.TransferRefused, NotFound) as e:
         audit("unknown", "dsp.data", pid[:100], "refused", {"status": 403, "reason": str(e), "client": client_of(request)})
         raise DspError(403, TR_ERR, "403", str(e)) from None
@@ -481,10 +482,11 @@ def _data(pid: str, request: Request) -> tuple[tr.Transfer, dict[str, Any]]:
 def data_manifest(pid: str, request: Request) -> JSONResponse:
     t, m = _data(pid, request)
     keep = ("dataset", "version", "title", "description", "rows", "schema", "policy", "snapshot_id", "created_at")
-    out = {k: m.get(k) for k in keep}
-    out["dataset"], out["version"] = neg.by_agreement(t.agreement_id).dataset, m["version"]
-    out["files"] = [{"sha256": f["sha256"], "bytes": f["bytes"], "rows": f.get("rows")} for f in m["files"]]
-    audit(t.peer, "dsp.data", t.consumer_pid, "manifest", {"providerPid": pid, "files": len(m["files"])})
+    full = m.to_dict()
+    out = {k: full.get(k) for k in keep}
+    out["dataset"], out["version"] = neg.by_agreement(t.agreement_id).dataset, m.version
+    out["files"] = [{"sha256": f.sha256, "bytes": f.bytes, "rows": f.rows} for f in m.files]
+    audit(t.peer, "dsp.data", t.consumer_pid, "manifest", {"providerPid": pid, "files": len(m.files)})
     return JSONResponse(out)
 
 
@@ -492,16 +494,16 @@ def data_manifest(pid: str, request: Request) -> JSONResponse:
 def data_card(pid: str, request: Request) -> PlainTextResponse:
     _, m = _data(pid, request)
     s = settings()
-    p = s.versions / m["dataset"] / m["version"] / "card.md" if m.get("dataset") else None
+    p = s.versions / m.dataset / m.version / "card.md"
     return PlainTextResponse(p.read_text() if p and p.exists() else "")
 
 
 @router.get("/data/{pid}/files/{index}", summary="One file of the agreed version (Range supported)")
 def data_file(pid: str, index: int, request: Request) -> StreamingResponse:
     t, m = _data(pid, request)
-    if not 0 <= index < len(m["files"]):
-        raise DspError(404, TR_ERR, "404", f"no file {index} (the version has {len(m['files'])})")
-    path = settings().home / m["files"][index]["path"]
+    if not 0 <= index < len(m.files):
+        raise DspError(404, TR_ERR, "404", f"no file {index} (the version has {len(m.files)})")
+    path = settings().home / m.files[index].path
     size = path.stat().st_size
     start = 0
     rng = request.headers.get("range", "")

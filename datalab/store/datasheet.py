@@ -30,6 +30,7 @@ import polars as pl
 from datalab.config import Settings
 from datalab.contracts.contract import Contract
 from datalab.kinds import Kind, kind_of_manifest
+from datalab.store.manifest import Manifest
 
 # Warn when one group holds more than this share (dominance) ...
 DOMINANT_SHARE = 0.6
@@ -565,7 +566,7 @@ def mask(text: str, masks: dict[str, str]) -> str:
     return firm_names.apply(text, masks)
 
 
-def write(vdir: Path, m: dict[str, Any], contracts: dict[str, Contract], lf: pl.LazyFrame, s: Settings,
+def write(vdir: Path, manifest: Manifest, contracts: dict[str, Contract], lf: pl.LazyFrame, s: Settings,
           passes: RowPasses | PendingPasses | None = None) -> dict[str, Any]:
     """Write card.md, card.html, datasheet.json and the plots; returns their names.
 
@@ -574,12 +575,13 @@ def write(vdir: Path, m: dict[str, Any], contracts: dict[str, Contract], lf: pl.
     """
     from datalab.policy import firm_names
 
-    used = [contracts[c["id"]] for c in m["lineage"]["contracts"] if c["id"] in contracts]
+    m = manifest.to_dict()
+    used = [contracts[cid] for cid in manifest.contract_ids if cid in contracts]
     masks = firm_names.masks_for(used, s)
-    kind = kind_of_manifest(m)
+    kind = kind_of_manifest(manifest)
     if not kind.datasheet_facts:
         firm_names.save(vdir, masks)
-        return _write_card_only(vdir, m, contracts, masks, kind)
+        return _write_card_only(vdir, manifest, contracts, masks, kind)
     # matplotlib's import (0.2-0.8 s) runs on a thread while the row passes
     # finish (Polars, GIL released) and facts are put together; plots()
     # waits for it through the import lock.
@@ -599,7 +601,7 @@ def write(vdir: Path, m: dict[str, Any], contracts: dict[str, Contract], lf: pl.
     return {"files": list(SHIPPED), "warnings": len(f["warnings"]), "gaps": len(f["gaps"])}
 
 
-def _write_card_only(vdir: Path, m: dict[str, Any], contracts: dict[str, Contract], masks: dict[str, str],
+def _write_card_only(vdir: Path, manifest: Manifest, contracts: dict[str, Contract], masks: dict[str, str],
                      kind: Kind) -> dict[str, Any]:
     """The card of a dataset whose kind has no facts over rows (CAD: one row per part or file, no sensors or time axis).
 
@@ -611,10 +613,11 @@ def _write_card_only(vdir: Path, m: dict[str, Any], contracts: dict[str, Contrac
     """
     from datalab.store.card import render_card
 
+    m = manifest.to_dict()
     f = {"kind": kind.name, "rows": m["rows"], "rows_per_contract": m["rows_per_contract"],
          "policy": m["policy"], "validation": m["validation"], "warnings": [], "gaps": []}
     (vdir / "datasheet.json").write_text(mask(json.dumps(f, indent=2, default=str), masks))
-    md = mask(render_card(m, contracts, kind.card_section(m)), masks)
+    md = mask(render_card(m, contracts, kind.card_section(manifest)), masks)
     (vdir / "card.md").write_text(md)
     (vdir / "card.html").write_text(render_html(md, f"{m['title']} {m['version']}"))
     return {"files": ["card.md", "card.html", "datasheet.json"], "warnings": 0, "gaps": 0}

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from datalab.config import Settings, settings
 from datalab.errors import IntegrityError, NotFound
 from datalab.store import catalog as cat
+from datalab.store.manifest import Manifest
 
 
 def sha256_file(path: Path) -> str:
@@ -40,7 +41,7 @@ def list_versions(dataset: str, s: Settings | None = None) -> list[dict[str, Any
     return sorted(rows, key=lambda r: _vkey(r["version"]))
 
 
-def read_manifest(dataset: str, version: str | None, s: Settings | None = None) -> dict[str, Any]:
+def read_manifest(dataset: str, version: str | None, s: Settings | None = None) -> Manifest:
     s = s or settings()
     rows = list_versions(dataset, s)
     if not rows:
@@ -51,9 +52,9 @@ def read_manifest(dataset: str, version: str | None, s: Settings | None = None) 
         row = next((r for r in rows if r["version"] == version.removeprefix("v")), None)
         if row is None:
             raise NotFound(f"dataset {dataset!r} has no version {version!r} (published: {', '.join(r['version'] for r in rows)})")
-    m = json.loads((s.home / row["manifest_path"]).read_text())
-    m["status"] = row["status"]
-    return m
+    path = s.home / row["manifest_path"]
+    m = Manifest.from_dict(json.loads(path.read_text()), where=f"manifest of {dataset}@{row['version']} ({row['manifest_path']})")
+    return m.replace(status=row["status"])
 
 
 

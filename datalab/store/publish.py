@@ -29,6 +29,7 @@ from datalab.kinds import kind_of
 from datalab.policy import firm_names, sovereignty
 from datalab.store import catalog as cat
 from datalab.store import state, table_stream
+from datalab.store.manifest import DataFile, Excluded, Lineage, LineageContract, Manifest, SiteRef
 from datalab.store.manifests import list_versions, read_manifest, sha256_file
 
 NAMESPACE = "datalab"
@@ -40,7 +41,7 @@ class PublishResult:
     version: str | None
     created: bool
     message: str
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None
 
 
 def iceberg_catalog(s: Settings) -> Any:
@@ -130,9 +131,9 @@ def row_masks(included: list[dict[str, Any]], contracts: dict[str, Any], s: Sett
     return out
 
 
-def _rows_pseudonymised(m: dict[str, Any] | None) -> set[str]:
+def _rows_pseudonymised(m: Manifest | None) -> set[str]:
     """The contracts whose rows version ``m`` holds under pseudonyms (none before rows were masked)."""
-    return set((((m or {}).get("sovereignty") or {}).get("rows_pseudonymised") or {}).get("contracts") or [])
+    return set(((m.sovereignty if m else {}).get("rows_pseudonymised") or {}).get("contracts") or [])
 
 
 def publish(name: str, actor: str = "cli", s: Settings | None = None) -> PublishResult:
@@ -148,15 +149,49 @@ def publish(name: str, actor: str = "cli", s: Settings | None = None) -> Publish
         return _publish(name, actor, s)
 
 
-def _publish(name: str, actor: str, s: Settings) -> PublishResult:
-    t0 = time.perf_counter()
+@dataclass
+class VersionPlan:
+    """What a publish found to put in the next version: its inputs, rows and policy, before anything is written."""
+
+    name: str
+    spec: datasets.DatasetSpec
+    sites: dict[str, Any]
+    contracts: dict[str, Any]
+    plan: sovereignty.PublishPlan
+    included: list[dict[str, Any]]
+    excluded: list[dict[str, Any]]
+    replaced_by: dict[str, tuple[Path, ...]]
+    rows: pl.LazyFrame
+    personal: list[str]
+    schema: dict[str, str]
+    prev: dict[str, Any] | None
+    prev_manifest: Manifest | None
+    delivery_ids: list[str]
+    masked_rows: list[str]
+    content_key: str
+    kinds: list[Any]
+
+    @property
+    def policy(self) -> Any:
+        return self.plan.policy
+
+
+@dataclass(frozen=True)
+class WrittenTable:
+    """The Iceberg snapshot a publish committed: its table, snapshot and data files."""
+
+    ident: str
+    snapshot_id: int
+    files: tuple[DataFile, ...]
+
+
+def plan_version(name: str, actor: str, s: Settings) -> VersionPlan:
+    """Inputs, exclusions and the effective policy of the next version of ``name`` (refusals audited), and its content key."""
     contracts = contracts_mod.load_all(s.contracts_dir)
     spec = datasets.load_spec(s.contracts_dir, name, contracts)
     sites = datasets.load_sites(s.contracts_dir)
     catalog = cat.Catalog(s.catalog_url)
-    # Inputs, exclusions and the effective policy (refusals audited): sovereignty.py
     plan = sovereignty.gate(lambda: sovereignty.plan_publish(spec, contracts, sites, s), catalog, actor, name, spec.site)
-    policy = plan.policy
     included, excluded = [], []
     for cid in plan.inputs:
         for d in state.accepted(cid, s):
@@ -184,28 +219,31 @@ def _publish(name: str, actor: str, s: Settings) -> PublishResult:
     # Firms whose rows are published under their pseudonym (datalab.policy.firm_names); part of the
     # content only when there are any, so a version without them keeps its key.
     masked_rows = sorted({d["contract"] for d in included if firm_names.masked(contracts[d["contract"]])})
-    key_parts: list[Any] = [delivery_ids, new_schema, policy.to_dict(), spec.site] + ([{"rows_pseudonymised": masked_rows}] if masked_rows else [])
+    key_parts: list[Any] = [delivery_ids, new_schema, plan.policy.to_dict(), spec.site] + ([{"rows_pseudonymised": masked_rows}] if masked_rows else [])
     content_key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()
-    if prev is not None and prev["content_key"] == content_key:
-        return PublishResult(name, prev["version"], False, f"nothing changed since {prev['version']}: no new version")
-    version, why = bump(prev["version"] if prev else None, prev_manifest["schema"] if prev_manifest else None, new_schema)
+    kinds = list({k.name: k for k in (kind_of(contracts[c]) for c in spec.inputs)}.values())
+    return VersionPlan(name, spec, sites, contracts, plan, included, excluded, replaced_by, lf, personal, new_schema,
+                       prev, prev_manifest, delivery_ids, masked_rows, content_key, kinds)
+
+
+def write_table(vp: VersionPlan, version: str, why: str, s: Settings) -> WrittenTable:
+    """Write the version's data files and commit them as one Iceberg snapshot tagged ``v<version>``.
+
+    A patch on the same table appends the new deliveries' files; anything
+    else (a new major, a correction, a firm whose name is now masked or now
+    shown) rewrites the table, so every row of the version is as its policy says.
+    """
+    name, prev, prev_manifest, contracts, policy = vp.name, vp.prev, vp.prev_manifest, vp.contracts, vp.policy
     major = version.split(".")[0]
     ident = f"{NAMESPACE}.{name.replace('-', '_')}__v{major}"
-    from datalab.store import datasheet
-
-    # The card's passes over the rows (Polars) run beside the Iceberg work
-    # below (Python): datasheet.RowPasses.
-    used_kinds = list({k.name: k for k in (kind_of(contracts[c]) for c in spec.inputs)}.values())
-    passes = datasheet.start_row_passes(new_schema, lf) if all(k.datasheet_facts for k in used_kinds) else None
     ice = iceberg_catalog(s)
-
-    prev_ids = set(prev_manifest["lineage"]["deliveries"]) if prev_manifest else set()
-    same_table = prev_manifest is not None and prev_manifest["table"] == ident
+    prev_ids = set(prev_manifest.lineage.deliveries) if prev_manifest else set()
+    same_table = prev_manifest is not None and prev_manifest.table == ident
     # A correction changes published files; so does a firm that now withholds its name, or now gives it.
-    append_only = same_table and why.startswith("patch") and prev_ids <= set(delivery_ids) \
-        and not any(replaced_by.get(i) for i in prev_ids) \
-        and _rows_pseudonymised(prev_manifest) == set(masked_rows) & set((prev_manifest or {}).get("rows_per_contract") or {})
-    if append_only:
+    append_only = same_table and why.startswith("patch") and prev_ids <= set(vp.delivery_ids) \
+        and not any(vp.replaced_by.get(i) for i in prev_ids) \
+        and _rows_pseudonymised(prev_manifest) == set(vp.masked_rows) & set(prev_manifest.rows_per_contract if prev_manifest else {})
+    if append_only and prev is not None:
         # A publish killed after its Iceberg commit but before its catalog row
         # leaves a snapshot no version names; appending on top of it would
         # count those rows twice, so rewrite the table instead.
@@ -213,10 +251,10 @@ def _publish(name: str, actor: str, s: Settings) -> PublishResult:
         append_only = current is not None and current.snapshot_id == prev["snapshot_id"]
     # Data files written by Polars, then registered in one transaction (one
     # commit): see table_stream.
-    pl_schema = dict(lf.collect_schema())
-    new_ids = [d for d in delivery_ids if d not in prev_ids]
-    masks = row_masks([d for d in included if not append_only or d["id"] in new_ids], contracts, s)  # the parts written
-    parts = [_part(d, contracts, replaced_by, s, masks.get(d["id"])) for d in included]
+    pl_schema = dict(vp.rows.collect_schema())
+    new_ids = [d for d in vp.delivery_ids if d not in prev_ids]
+    masks = row_masks([d for d in vp.included if not append_only or d["id"] in new_ids], contracts, s)  # the parts written
+    parts = [_part(d, contracts, vp.replaced_by, s, masks.get(d["id"])) for d in vp.included]
     arrow_schema = table_stream.arrow_schema(pl_schema)
     if not ice.table_exists(ident):
         tbl = ice.create_table(ident, schema=arrow_schema)
@@ -252,68 +290,92 @@ def _publish(name: str, actor: str, s: Settings) -> PublishResult:
             "datalab.export_control": str(policy.export_control).lower(),
             "datalab.classification": policy.classification,
         })
-    known = {f["path"]: f for f in (prev_manifest or {}).get("files", [])}
+    known = {f.path: f for f in (prev_manifest.files if prev_manifest else ())}
     files = []
     for task in tbl.scan(snapshot_id=snap.snapshot_id).plan_files():
         p = Path(task.file.file_path.removeprefix("file://"))
         rel = str(p.relative_to(s.home))
-        f = known.get(rel) or {"path": rel, "sha256": sha256_file(p), "bytes": p.stat().st_size, "rows": task.file.record_count}
-        files.append(f)
-    files.sort(key=lambda f: f["path"])
+        files.append(known.get(rel) or DataFile(rel, sha256_file(p), p.stat().st_size, task.file.record_count))
+    files.sort(key=lambda f: f.path)
+    return WrittenTable(ident, snap.snapshot_id, tuple(files))
+
+
+# What the manifest keeps of each delivery's curation statistics (the curated stage's record in the catalog).
+CURATION_KEYS: tuple[str, ...] = (
+    "rows_in", "rows_out", "exact_duplicates_removed", "values_converted", "flag_missing", "flag_unit_unknown",
+    "flag_out_of_range", "flag_key_duplicate", "flag_outlier", "flag_gap_before", "flag_late", "constant_sensors",
+    "engine", "time_bases", "repeats_excluded", "correction", "replaces", "duplicate_rows", "duplicate_share",
+    "max_duplicate_share", "warnings",
+)
+
+
+def build_manifest(vp: VersionPlan, version: str, why: str, written: WrittenTable, s: Settings,
+                   t0: float) -> Manifest:
+    """The version's manifest: lineage, counts, curation and validation per delivery, policy and sovereignty."""
+    contracts, included = vp.contracts, vp.included
     # Counts from each curated file's metadata: a group-by on the literal
     # contract_id column of the concatenated version is not streamed (3.2 GB
     # at 200 M rows).
     rows_of: dict[str, int] = {}
     for d in included:
-        n = _part(d, contracts, replaced_by, s).rows().select(pl.len()).collect().item()
+        n = _part(d, contracts, vp.replaced_by, s).rows().select(pl.len()).collect().item()
         rows_of[d["contract"]] = rows_of.get(d["contract"], 0) + n
-    full = sum(rows_of.values())
     val = {d["id"]: (state.get(d["id"], s) or {}).get("validation") for d in included}
     curated_stats = {d["id"]: (state.get(d["id"], s) or {}).get("stats", {}).get("curated", {}) for d in included}
-    manifest = {
-        "dataset": name,
-        "title": spec.title,
-        "description": spec.description,
-        "version": version,
-        "version_reason": why,
-        "created_at": cat.now_iso(),
-        "site": {"name": spec.site, "country": sites[spec.site].country, "operator": sites[spec.site].operator},
-        "table": ident,
-        "snapshot_id": snap.snapshot_id,
-        "schema": new_schema,
-        "rows": full,
-        "rows_per_contract": dict(sorted(rows_of.items())),
-        "files": files,
-        "lineage": {
-            "contracts": [{"id": c, "version": contracts[c].version, "tenant": contracts[c].tenant, "path": str(contracts[c].path.relative_to(s.contracts_dir))} for c in plan.inputs],
-            "deliveries": delivery_ids,
-            "excluded": excluded,
-        },
-        "curation": {k: {x: v.get(x) for x in ("rows_in", "rows_out", "exact_duplicates_removed", "values_converted", "flag_missing", "flag_unit_unknown", "flag_out_of_range", "flag_key_duplicate", "flag_outlier", "flag_gap_before", "flag_late", "constant_sensors", "engine", "time_bases",
-                                                           "repeats_excluded", "correction", "replaces", "duplicate_rows", "duplicate_share",
-                                                           "max_duplicate_share", "warnings")}
-                     | {"rows_replaced_by_corrections": sum(int(n) for c2 in curated_stats.values() for dd, n in (c2.get("replaces") or {}).items() if dd == k)}
-                     for k, v in curated_stats.items()},
-        "validation": {k: {"success": (v or {}).get("success"), "evaluated": (v or {}).get("evaluated"), "failed": (v or {}).get("failed")} for k, v in val.items()},
-        "policy": policy.to_dict(),
-        "sovereignty": sovereignty.manifest_section(plan, personal),
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    if masked_rows:  # which rows a consumer reads under pseudonyms (docs/sovereignty.md, "Firm names")
-        manifest["sovereignty"]["rows_pseudonymised"] = {"contracts": masked_rows, "columns": list(firm_names.ROW_COLUMNS)}
-    for kind in used_kinds:  # what a kind versions with the table (CAD: the files and thumbnails)
-        kind.attach_files(manifest, included, contracts, policy, s)
+    sov = sovereignty.manifest_section(vp.plan, vp.personal)
+    if vp.masked_rows:  # which rows a consumer reads under pseudonyms (docs/sovereignty.md, "Firm names")
+        sov["rows_pseudonymised"] = {"contracts": vp.masked_rows, "columns": list(firm_names.ROW_COLUMNS)}
+    sections = {}
+    for kind in vp.kinds:  # what a kind versions with the table (CAD: the files and thumbnails)
+        section = kind.attach_files(vp.name, included, contracts, vp.policy, s)
+        if section is not None and kind.manifest_key:
+            sections[kind.manifest_key] = section
+    site = vp.sites[vp.spec.site]
+    return Manifest(
+        dataset=vp.name, title=vp.spec.title, description=vp.spec.description, version=version, version_reason=why,
+        created_at=cat.now_iso(), site=SiteRef(vp.spec.site, site.country, site.operator), table=written.ident,
+        snapshot_id=written.snapshot_id, schema=vp.schema, rows=sum(rows_of.values()),
+        rows_per_contract=dict(sorted(rows_of.items())), files=written.files,
+        lineage=Lineage(
+            tuple(LineageContract(c, contracts[c].version, contracts[c].tenant, str(contracts[c].path.relative_to(s.contracts_dir)))
+                  for c in vp.plan.inputs),
+            tuple(vp.delivery_ids),
+            tuple(Excluded(e["delivery_id"], e["contract"], e["reason"]) for e in vp.excluded)),
+        curation={k: {x: v.get(x) for x in CURATION_KEYS}
+                  | {"rows_replaced_by_corrections": sum(int(n) for c2 in curated_stats.values() for dd, n in (c2.get("replaces") or {}).items() if dd == k)}
+                  for k, v in curated_stats.items()},
+        validation={k: {"success": (v or {}).get("success"), "evaluated": (v or {}).get("evaluated"), "failed": (v or {}).get("failed")} for k, v in val.items()},
+        policy=vp.policy.to_dict(), sovereignty=sov, seconds=round(time.perf_counter() - t0, 3), sections=sections,
+    )
+
+
+def _publish(name: str, actor: str, s: Settings) -> PublishResult:
+    """Plan the version, write its table, describe it: manifest, card and datasheet, then its catalog row."""
+    t0 = time.perf_counter()
+    vp = plan_version(name, actor, s)
+    prev = vp.prev
+    if prev is not None and prev["content_key"] == vp.content_key:
+        return PublishResult(name, prev["version"], False, f"nothing changed since {prev['version']}: no new version")
+    version, why = bump(prev["version"] if prev else None, vp.prev_manifest.schema if vp.prev_manifest else None, vp.schema)
+    from datalab.store import datasheet
+
+    # The card's passes over the rows (Polars) run beside the Iceberg work
+    # below (Python): datasheet.RowPasses.
+    passes = datasheet.start_row_passes(vp.schema, vp.rows) if all(k.datasheet_facts for k in vp.kinds) else None
+    written = write_table(vp, version, why, s)
+    manifest = build_manifest(vp, version, why, written, s, t0)
     vdir = s.versions / name / version
     vdir.mkdir(parents=True, exist_ok=True)
-    (vdir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-    manifest["datasheet"] = datasheet.write(vdir, manifest, contracts, lf, s, passes)
-    (vdir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    (vdir / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2, default=str))
+    manifest = manifest.replace(datasheet=datasheet.write(vdir, manifest, vp.contracts, vp.rows, s, passes))
+    (vdir / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2, default=str))
+    catalog = cat.Catalog(s.catalog_url)
     with catalog.begin() as conn:
         conn.execute(cat.dataset_versions.insert().values(
-            dataset=name, version=version, table_ident=ident, snapshot_id=snap.snapshot_id,
-            content_key=content_key, manifest_path=str((vdir / "manifest.json").relative_to(s.home)),
-            status="active", created_at=manifest["created_at"]))
+            dataset=name, version=version, table_ident=written.ident, snapshot_id=written.snapshot_id,
+            content_key=vp.content_key, manifest_path=str((vdir / "manifest.json").relative_to(s.home)),
+            status="active", created_at=manifest.created_at))
         catalog.audit(actor, "publish", f"{name}@{version}", "published", {
-            "reason": why, "rows": full, "deliveries": len(delivery_ids), "excluded": len(excluded),
-            "site": spec.site, "snapshot_id": snap.snapshot_id}, conn=conn)
+            "reason": why, "rows": manifest.rows, "deliveries": len(vp.delivery_ids), "excluded": len(vp.excluded),
+            "site": vp.spec.site, "snapshot_id": written.snapshot_id}, conn=conn)
     return PublishResult(name, version, True, why, manifest)

@@ -29,6 +29,7 @@ from datalab.policy.clearance import check_clearance
 from datalab.policy.sovereignty import check_pull_purpose
 from datalab.store import catalog as cat
 from datalab.store.datasheet import ship as ship_datasheet
+from datalab.store.manifest import Manifest
 from datalab.store.manifests import copy_verified, list_versions, read_manifest
 
 
@@ -51,7 +52,7 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
 
 
 def authorise(name: str, version: str | None, purpose: str | None, actor: str, s: Settings,
-              clearance: dict[str, str] | None = None, hidden_as_missing: bool = False) -> dict[str, Any]:
+              clearance: dict[str, str] | None = None, hidden_as_missing: bool = False) -> Manifest:
     """The version's manifest if ``actor`` may use it for ``purpose``; else refuse and audit.
 
     With ``hidden_as_missing`` (the HTTP service), a dataset none of whose
@@ -63,7 +64,7 @@ def authorise(name: str, version: str | None, purpose: str | None, actor: str, s
     """
     catalog = cat.Catalog(s.catalog_url)
     subject = f"{name}@{version or 'latest'}"
-    m: dict[str, Any] | None = None
+    m: Manifest | None = None
     hidden = False
     try:
         if not purpose:
@@ -73,7 +74,7 @@ def authorise(name: str, version: str | None, purpose: str | None, actor: str, s
             hidden = True
             raise NotFound(f"dataset {name!r} has no published version")  # read_manifest's words for a missing one
         m = read_manifest(name, version, s)
-        subject = f"{name}@{m['version']}"
+        subject = f"{name}@{m.version}"
         check_policy(m, purpose, s, clearance)
     except (PolicyRefused, NotFound) as e:
         catalog.audit(actor, "pull", subject, "refused", {
@@ -85,13 +86,13 @@ def authorise(name: str, version: str | None, purpose: str | None, actor: str, s
     return m
 
 
-def pseudonymise(message: str, m: dict[str, Any], s: Settings) -> str:
+def pseudonymise(message: str, m: Manifest, s: Settings) -> str:
     """``message`` with the contract ids of the version's policy named as the dataset card names their firms.
 
     A confidential or restricted firm appears on the card only as a keyed
     pseudonym (``datasheet._firm_label``); its refusals say the same.
     """
-    ids = sorted({cid for v in (m.get("policy", {}).get("sources") or {}).values() for cid in (v or [])},
+    ids = sorted({cid for v in (m.policy.get("sources") or {}).values() for cid in (v or [])},
                  key=len, reverse=True)
     ids = [cid for cid in ids if cid in message]
     if not ids:
@@ -110,13 +111,13 @@ def pseudonymise(message: str, m: dict[str, Any], s: Settings) -> str:
     return message
 
 
-def _policy(m: dict[str, Any]) -> Policy:
-    pol = Policy.from_dict({k: v for k, v in m["policy"].items() if k != "sources"})
-    object.__setattr__(pol, "sources", m["policy"].get("sources", {}))
+def _policy(m: Manifest) -> Policy:
+    pol = Policy.from_dict({k: v for k, v in m.policy.items() if k != "sources"})
+    object.__setattr__(pol, "sources", m.policy.get("sources", {}))
     return pol
 
 
-def check_site_cap(m: dict[str, Any], s: Settings) -> None:
+def check_site_cap(m: Manifest, s: Settings) -> None:
     """Refuse unless ``s.site`` may hold version ``m``: inside its residency, and within the site's classification cap.
 
     The same rules publish and replicate check (``sovereignty.check_site``),
@@ -137,7 +138,7 @@ def check_site_cap(m: dict[str, Any], s: Settings) -> None:
                             f"the version is '{pol.classification}' (set by {who})")
 
 
-def reachable(m: dict[str, Any], s: Settings, clearance: dict[str, str] | None = None) -> bool:
+def reachable(m: Manifest, s: Settings, clearance: dict[str, str] | None = None) -> bool:
     """Whether the caller's site and clearance may ever receive version ``m`` (whatever the purpose)."""
     try:
         check_clearance(_policy(m), clearance, s)
@@ -156,7 +157,7 @@ def dataset_reachable(name: str, s: Settings, clearance: dict[str, str] | None =
     return False
 
 
-def check_policy(m: dict[str, Any], purpose: str, s: Settings, clearance: dict[str, str] | None = None) -> None:
+def check_policy(m: Manifest, purpose: str, s: Settings, clearance: dict[str, str] | None = None) -> None:
     """Raise PolicyRefused unless manifest ``m`` may be used for ``purpose`` from ``s.site``.
 
     No audit entry: ``authorise`` audits; the HTTP service also uses this to
@@ -164,12 +165,12 @@ def check_policy(m: dict[str, Any], purpose: str, s: Settings, clearance: dict[s
     for each version it merely does not show.
     """
     check_pull_purpose(purpose, s)
-    if m.get("status") == "withdrawn":
-        raise PolicyRefused("withdrawn", f"version {m['version']} was withdrawn: {(m.get('withdrawn') or {}).get('reason', 'no reason recorded')}")
+    if m.status == "withdrawn":
+        raise PolicyRefused("withdrawn", f"version {m.version} was withdrawn: {(m.withdrawn or {}).get('reason', 'no reason recorded')}")
     pol = _policy(m)
     pol.check_purpose(purpose)
     pol.check_retention()
-    rep = m.get("replica")  # a federated replica is usable only for its agreement's purpose (issue 18)
+    rep = m.replica  # a federated replica is usable only for its agreement's purpose (issue 18)
     if rep and not purpose_allowed(purpose, [rep["purpose"]], [])[0]:
         raise PolicyRefused("agreement", f"replica of {rep['site']} under agreement {rep['agreement']}: "
                             f"usable only for purpose {rep['purpose']!r}, not {purpose!r}")
@@ -183,29 +184,29 @@ def pull(ref: str, purpose: str | None, to: Path, actor: str | None = None, s: S
     actor = actor or default_actor()
     name, version = parse_ref(ref)
     m = authorise(name, version, purpose, actor, s)
-    out = Path(to) / f"{name}-{m['version']}"
+    out = Path(to) / f"{name}-{m.version}"
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     files = []
     catalog = cat.Catalog(s.catalog_url)
     try:
-        for i, f in enumerate(m["files"]):
+        for i, f in enumerate(m.files):
             dst = data / f"part-{i:05d}.parquet"
-            copy_verified(s.home / f["path"], dst, f["sha256"])
+            copy_verified(s.home / f.path, dst, f.sha256)
             files.append(dst)
         files += kind_of_manifest(m).pull_files(m, out, s, copy_verified)  # attached files (CAD: files, thumbnails)
     except (IntegrityError, OSError) as e:
-        catalog.audit(actor, "pull", f"{name}@{m['version']}", "failed", {"purpose": purpose, "reason": str(e)})
+        catalog.audit(actor, "pull", f"{name}@{m.version}", "failed", {"purpose": purpose, "reason": str(e)})
         shutil.rmtree(out, ignore_errors=True)
         raise IntegrityError(str(e)) from e
     # the consumer's copy of the manifest names masked firms by their pseudonym (datalab/policy/firm_names.py)
     from datalab.policy.firm_names import consumer_manifest
 
     (out / "manifest.json").write_text(json.dumps(consumer_manifest(m, s), indent=2, default=str))
-    ship_datasheet(s.versions / name / m["version"], out)
-    catalog.audit(actor, "pull", f"{name}@{m['version']}", "allowed", {
-        "purpose": purpose, "files": len(files), "rows": m["rows"], "to": str(out)})
-    return PullResult(name, m["version"], out, files, m["rows"])
+    ship_datasheet(s.versions / name / m.version, out)
+    catalog.audit(actor, "pull", f"{name}@{m.version}", "allowed", {
+        "purpose": purpose, "files": len(files), "rows": m.rows, "to": str(out)})
+    return PullResult(name, m.version, out, files, m.rows)
 
 
 def open_dataset(name: str, version: str | None = None, purpose: str | None = None,
@@ -214,9 +215,9 @@ def open_dataset(name: str, version: str | None = None, purpose: str | None = No
     s = s or settings()
     actor = actor or default_actor()
     m = authorise(name, version, purpose, actor, s)
-    paths = [str(s.home / f["path"]) for f in m["files"]]
-    cat.Catalog(s.catalog_url).audit(actor, "open", f"{name}@{m['version']}", "allowed", {"purpose": purpose})
-    return pl.scan_parquet(paths, missing_columns="insert", extra_columns="ignore") if paths else pl.LazyFrame(schema=m["schema"])
+    paths = [str(s.home / f.path) for f in m.files]
+    cat.Catalog(s.catalog_url).audit(actor, "open", f"{name}@{m.version}", "allowed", {"purpose": purpose})
+    return pl.scan_parquet(paths, missing_columns="insert", extra_columns="ignore") if paths else pl.LazyFrame(schema=m.schema)
 
 
 def _site_may_hold(name: str, version: str, s: Settings) -> bool:

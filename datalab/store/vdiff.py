@@ -18,18 +18,19 @@ import polars as pl
 from datalab.config import Settings, settings
 from datalab.errors import PolicyRefused
 from datalab.policy import firm_names
-from datalab.store.publish import read_manifest
+from datalab.store.manifest import Manifest
+from datalab.store.manifests import read_manifest
 
 NUMERIC = (pl.Float32, pl.Float64, pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
 
 
-def _frame(m: dict[str, Any], s: Settings) -> pl.LazyFrame:
-    if m.get("status") == "withdrawn":
-        raise PolicyRefused("withdrawn", f"{m['dataset']}@{m['version']} was withdrawn: {(m.get('withdrawn') or {}).get('reason', '')}")
-    lf = pl.scan_parquet([str(s.home / f["path"]) for f in m["files"]], missing_columns="insert", extra_columns="ignore")
+def _frame(m: Manifest, s: Settings) -> pl.LazyFrame:
+    if m.status == "withdrawn":
+        raise PolicyRefused("withdrawn", f"{m.dataset}@{m.version} was withdrawn: {(m.withdrawn or {}).get('reason', '')}")
+    lf = pl.scan_parquet([str(s.home / f.path) for f in m.files], missing_columns="insert", extra_columns="ignore")
     # a firm that withholds its name has its rows published under its pseudonym; the lab's diff names it
     # (docs/sovereignty.md, "Firm names"), and a version from before the rows were masked compares alike
-    return firm_names.plain_rows(lf, (m.get("lineage") or {}).get("contracts") or [], s)
+    return firm_names.plain_rows(lf, m.lineage.contracts, s)
 
 
 def _stats(lf: pl.LazyFrame, keys: list[str], col: str) -> pl.DataFrame:
@@ -42,7 +43,7 @@ def diff(name: str, a: str, b: str, s: Settings | None = None) -> dict[str, Any]
     s = s or settings()
     ma, mb = read_manifest(name, a, s), read_manifest(name, b, s)
     la, lb = _frame(ma, s), _frame(mb, s)
-    sa_, sb = ma["schema"], mb["schema"]
+    sa_, sb = ma.schema, mb.schema
     schema = {"added": sorted(set(sb) - set(sa_)), "removed": sorted(set(sa_) - set(sb)),
               "retyped": {k: [sa_[k], sb[k]] for k in sorted(set(sa_) & set(sb)) if sa_[k] != sb[k]}}
     rows = []
@@ -50,7 +51,7 @@ def diff(name: str, a: str, b: str, s: Settings | None = None) -> dict[str, Any]
     kb = lb.group_by("contract_id", "tenant").agg(rows_b=pl.len()).collect()
     for r in ka.join(kb, on=["contract_id", "tenant"], how="full", coalesce=True).fill_null(0).sort("contract_id").iter_rows(named=True):
         rows.append({**r, "delta": r["rows_b"] - r["rows_a"]})
-    pa_, pb = ma["policy"], mb["policy"]
+    pa_, pb = ma.policy, mb.policy
     policy = {k: [pa_.get(k), pb.get(k)] for k in sorted(set(pa_) | set(pb)) if k != "sources" and pa_.get(k) != pb.get(k)}
     drift = []
     if "value" in sa_ and "value" in sb and "sensor" in sa_:
@@ -66,10 +67,10 @@ def diff(name: str, a: str, b: str, s: Settings | None = None) -> dict[str, Any]
             rb = _stats(lb.with_columns(_k=pl.lit(1)), ["_k"], col).to_dicts()
             r = {**(ra[0] if ra else {}), **{f"{k}_b": v for k, v in (rb[0] if rb else {}).items()}}
             drift.append(_drift_row(col, "*", r))
-    return {"dataset": name, "a": ma["version"], "b": mb["version"], "schema": schema,
-            "rows": {"a": ma["rows"], "b": mb["rows"], "delta": mb["rows"] - ma["rows"], "per_contract": rows},
-            "deliveries": {"added": sorted(set(mb["lineage"]["deliveries"]) - set(ma["lineage"]["deliveries"])),
-                           "removed": sorted(set(ma["lineage"]["deliveries"]) - set(mb["lineage"]["deliveries"]))},
+    return {"dataset": name, "a": ma.version, "b": mb.version, "schema": schema,
+            "rows": {"a": ma.rows, "b": mb.rows, "delta": mb.rows - ma.rows, "per_contract": rows},
+            "deliveries": {"added": sorted(set(mb.lineage.deliveries) - set(ma.lineage.deliveries)),
+                           "removed": sorted(set(ma.lineage.deliveries) - set(mb.lineage.deliveries))},
             "policy": policy, "drift": drift}
 
 

@@ -22,7 +22,8 @@ from typing import Any
 
 from datalab.config import Settings, settings
 from datalab.kinds import kind_of_manifest
-from datalab.store.publish import read_manifest, sha256_file
+from datalab.store.manifest import Manifest
+from datalab.store.manifests import read_manifest, sha256_file
 
 MAX_INLINE_BYTES = 4 << 20  # all images of one card together; past this, links stay as they are
 _IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
@@ -48,25 +49,25 @@ def verify(name: str, version: str, s: Settings | None = None) -> tuple[list[str
             problems.append(f"{what} {rel}: sha256 {got[:16]}… does not match the manifest's {sha[:16]}…")
         checked += 1
 
-    if m.get("status") != "withdrawn":  # a withdrawn version's data is deleted on purpose
-        for f in m["files"]:
-            check(f["path"], f["sha256"], f.get("bytes"), "data file")
+    if m.status != "withdrawn":  # a withdrawn version's data is deleted on purpose
+        for f in m.files:
+            check(f.path, f.sha256, f.bytes, "data file")
         for a in kind_of_manifest(m).attached(m):  # what its kind attaches (CAD: the files and thumbnails)
             check(a.path, a.sha256, a.size or None, a.what)
-    in_files = sum(int(f.get("rows") or 0) for f in m["files"])
-    per_contract = sum(int(v or 0) for v in (m.get("rows_per_contract") or {}).values())
-    if m.get("status") != "withdrawn" and in_files != m["rows"]:
-        problems.append(f"rows: the data files hold {in_files:,}, the manifest says {m['rows']:,}")
-    if m.get("rows_per_contract") and per_contract != m["rows"]:
-        problems.append(f"rows: the rows per contract add up to {per_contract:,}, the manifest says {m['rows']:,}")
-    return problems, {"version": m["version"], "files_checked": checked, "rows": m["rows"],
+    in_files = sum(f.rows for f in m.files)
+    per_contract = sum(int(v or 0) for v in m.rows_per_contract.values())
+    if m.status != "withdrawn" and in_files != m.rows:
+        problems.append(f"rows: the data files hold {in_files:,}, the manifest says {m.rows:,}")
+    if m.rows_per_contract and per_contract != m.rows:
+        problems.append(f"rows: the rows per contract add up to {per_contract:,}, the manifest says {m.rows:,}")
+    return problems, {"version": m.version, "files_checked": checked, "rows": m.rows,
                       "rows_in_files": in_files, "rows_per_contract_total": per_contract}
 
 
-def card_with_inline_images(name: str, m: dict[str, Any], s: Settings | None = None) -> str | None:
+def card_with_inline_images(name: str, m: Manifest, s: Settings | None = None) -> str | None:
     """The version's card.md with its images as data URIs (None when the version has no card)."""
     s = s or settings()
-    vdir = s.versions / name / m["version"]
+    vdir = s.versions / name / m.version
     card = vdir / "card.md"
     if not card.is_file():
         return None

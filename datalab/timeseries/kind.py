@@ -25,6 +25,7 @@ from datalab.kinds import sections
 from datalab.kinds.base import Attached, CuratedSchema, Section
 from datalab.quality import expectations
 from datalab.store import card
+from datalab.store.manifest import Manifest
 from datalab.timeseries import curate, ingest, sample
 
 
@@ -79,19 +80,19 @@ class TimeseriesKind:
     def suite(self, contract: Contract) -> list[expectations.ExpectationSpec]:
         return expectations.derive_suite(contract)
 
-    def attach_files(self, manifest: dict[str, Any], included: list[dict[str, Any]], contracts: dict[str, Any],
-                     policy: Policy, s: Settings) -> None:
+    def attach_files(self, dataset: str, included: list[dict[str, Any]], contracts: dict[str, Any],
+                     policy: Policy, s: Settings) -> dict[str, Any] | None:
         return None  # the table is the whole version
 
-    def card_section(self, manifest: dict[str, Any]) -> list[str]:
-        return card.preparation_section(manifest)
+    def card_section(self, manifest: Manifest) -> list[str]:
+        return card.preparation_section(manifest.to_dict())
 
-    def pull_files(self, manifest: dict[str, Any], out: Path, s: Settings,
+    def pull_files(self, manifest: Manifest, out: Path, s: Settings,
                    copy: Callable[[Path, Path, str], None]) -> list[Path]:
         return []
 
-    def attached(self, manifest: dict[str, Any]) -> list[Attached]:
+    def attached(self, manifest: Manifest) -> list[Attached]:
         return []
 
-    def download_folders(self, manifest: dict[str, Any]) -> list[str]:
+    def download_folders(self, manifest: Manifest) -> list[str]:
         return []
