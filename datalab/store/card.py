@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from datalab.contracts.contract import Contract
+from datalab.contracts.policy import policy_words
 
 FLAG_WORDS = {
     "flag_missing": "missing values",
@@ -21,24 +22,6 @@ FLAG_WORDS = {
 }
 
 
-def _policy_words(p: dict[str, Any]) -> list[str]:
-    out = [
-        f"- **Where**: stored and processed only in {', '.join(p['residency'])}.",
-        f"- **Allowed purposes**: {', '.join(p['purposes']) or 'none'}.",
-    ]
-    if p["prohibited_purposes"]:
-        out.append(f"- **Never for**: {', '.join(p['prohibited_purposes'])}.")
-    out.append(f"- **Classification**: {p['classification']}.")
-    out.append(f"- **Licences to honour**: {', '.join(p['license']) or 'none stated'}.")
-    if p.get("retention_until"):
-        out.append(f"- **Delete after**: {p['retention_until']}.")
-    if p["personal_data"]:
-        out.append("- **Personal data**: present at the source; personal columns are pseudonymised (keyed HMAC, key kept by the lab).")
-    if p["export_control"]:
-        out.append("- **Export control**: dual-use / export-controlled content.")
-    return out
-
-
 def render_card(m: dict[str, Any], contracts: dict[str, Contract], section: list[str] | None = None) -> str:
     lines = [
         f"# {m['title']} — version {m['version']}",
@@ -49,7 +32,7 @@ def render_card(m: dict[str, Any], contracts: dict[str, Contract], section: list
         f"to site **{m['site']['name']}** ({m['site']['country']}). {m['rows']:,} rows in {len(m['files'])} Parquet file(s).",
         "",
         "## Usage policy",
-        *_policy_words(m["policy"]),
+        *policy_words(m["policy"]),
         "",
         "## Provenance",
         "| contract | firm | version | rows |",

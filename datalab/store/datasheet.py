@@ -29,6 +29,7 @@ import polars as pl
 
 from datalab.config import Settings
 from datalab.contracts.contract import Contract
+from datalab.contracts.policy import policy_words
 from datalab.kinds import Kind, kind_of_manifest
 
 # Warn when one group holds more than this share (dominance) ...
@@ -327,22 +328,6 @@ def near_duplicate_series(lf: pl.LazyFrame) -> list[str]:
     return out
 
 
-def _policy_words(p: dict[str, Any]) -> list[str]:
-    out = [f"- **Where**: stored and processed only in {', '.join(p['residency'])} (set by {', '.join(p['sources'].get('residency', [])) or '-'}).",
-           f"- **Allowed purposes**: {', '.join(p['purposes']) or 'none'} (and the purposes that are part of them)."]
-    if p["prohibited_purposes"]:
-        out.append(f"- **Never for**: {', '.join(p['prohibited_purposes'])} (set by {', '.join(p['sources'].get('prohibited_purposes', []))}).")
-    out.append(f"- **Classification**: {p['classification']}.")
-    out.append(f"- **Licences to honour**: {', '.join(p['license']) or 'none stated'}.")
-    if p.get("retention_until"):
-        out.append(f"- **Deleted after**: {p['retention_until']}; the version is withdrawn then and pulls are refused.")
-    if p["personal_data"]:
-        out.append("- **Personal data**: present at the source; personal columns are pseudonymised (keyed HMAC, key kept by the lab) or dropped.")
-    if p["export_control"]:
-        out.append("- **Export control**: dual-use / export-controlled content.")
-    return out
-
-
 def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
     def cell(v: Any) -> str:
         return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else (f"{v:.4g}" if isinstance(v, float) else str(v))
@@ -356,7 +341,7 @@ def render_markdown(m: dict[str, Any], f: dict[str, Any], contracts: dict[str, C
                     f"**{m['site']['name']}** ({m['site']['country']}, {m['site'].get('operator', '')}). "
                     f"**{f['rows']:,} rows** (readings: one row per sensor value; a delivery's receipt counts its file rows) from {len(f['firms'])} firm(s), {len(f['machines'])} machine(s), {len(f['sensors'])} sensor series kind(s), "
                     f"in {len(m['files'])} Parquet file(s).", ""]
-    L += ["## Usage policy (effective)", *_policy_words(m["policy"]), "",
+    L += ["## Usage policy (effective)", *policy_words(m["policy"]), "",
           f"Explain every field and its source: `datalab policy explain {m['dataset']}@{m['version']}`.", ""]
     L += ["## Provenance"]
     L += _table(["contract", "firm", "contract version", "rows", "from", "to"],
