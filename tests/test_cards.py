@@ -62,3 +62,22 @@ def test_a_policy_without_sources_still_reads():
     """A policy stored before rules named their inputs (no ``sources``) renders without them."""
     p = {**_policy(), "sources": {}}
     assert policy_words(p)[0] == "- **Where**: stored and processed only in DE, FR (set by -)."
+
+
+def test_the_flags_are_named_with_the_words_of_the_schema():
+    """The series' preparation table and the datasheet head their flag columns with ``schema.FLAGS``' meanings."""
+    from datalab.timeseries import schema
+    from datalab.timeseries.card import preparation_section
+
+    words = [f.meaning for f in schema.FLAGS]
+    st = {"rows_in": 3, "rows_out": 2, "exact_duplicates_removed": 1, "values_converted": 0,
+          **{f.column: i for i, f in enumerate(schema.FLAGS)}, "engine": {"engine": "cpu"}}
+    m = _manifest(_policy(), {"d-1": st})
+    prep = preparation_section(m)
+    assert prep[4] == "| delivery | rows in | rows out | duplicates removed | converted | " + " | ".join(words) + " | engine |"
+    assert prep[6] == "| d-1 | 3 | 2 | 1 | 0 | " + " | ".join(str(i) for i in range(len(words))) + " | cpu |"
+    md = datasheet.render_markdown(m, {**_facts(), "flags": {"flag_late": 4}}, {})
+    head = next(ln for ln in md.splitlines() if ln.startswith("| delivery | readings in"))
+    assert head.endswith("| values converted | " + " | ".join(words) + " |")
+    assert "| late-arriving readings | 4 |" in md
+    assert card.render_card(m, {}).count("\n## Preparation\n") == 1  # the kind's section, found through the registry

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -72,6 +73,18 @@ def test_the_curated_schema_is_declared_by_the_kind(contracts):
     assert cad.columns == tuple(SCHEMA) and cad.flags == ("flags",)
 
 
+def test_each_kind_names_its_flags_once(contracts):
+    """The flags a kind's table carries and the words the datasheet and the manifest use for them: one list."""
+    from datalab.timeseries import schema
+
+    spindle = contracts["urn:datalab:bavaria-spindle:spindle-telemetry"]
+    tooling = contracts["urn:datalab:lyon-presses:tooling-cad"]
+    for c in (spindle, tooling):
+        k = kinds.kind_of(c)
+        assert tuple(k.flag_words) == k.curated_schema(c).flags and all(k.flag_words.values())
+    assert dict(kinds.kind_of(spindle).flag_words) == {f.column: f.meaning for f in schema.FLAGS}
+
+
 def _contract_text(kind: str, section: str = "") -> str:
     text = TOOLING.read_text().replace("  - property: kind\n    value: cad\n", f"  - property: kind\n    value: {kind}\n")
     start = text.index("  - property: cad\n")
@@ -111,6 +124,7 @@ class ImagesKind:
     manifest_key = "images"
     validate_in_chunks = False
     datasheet_facts = False
+    flag_words = MappingProxyType({"flags": "image flags"})
 
     @property
     def section(self) -> sections.Section:

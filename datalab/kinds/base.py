@@ -6,7 +6,7 @@ can name these types without importing the registry that loads them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -74,6 +74,9 @@ class Kind(Protocol):
     validate_in_chunks: bool
     # The datasheet computes facts over the rows (coverage, sensors, plots); otherwise the card alone.
     datasheet_facts: bool
+    # The curated table's flag columns (``CuratedSchema.flags``, in order) and what each means for people:
+    # the datasheet's headers and the manifest's curation counts read them here, not from a copy of their own.
+    flag_words: Mapping[str, str]
 
     @property
     def section(self) -> Section:

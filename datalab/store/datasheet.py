@@ -40,18 +40,21 @@ MINOR_SHARE = 0.05
 MACHINE_RATIO = 5.0
 # A sensor with more missing values than this is a known gap.
 MISSING_SHARE = 0.05
-FLAGS = ("flag_missing", "flag_unit_unknown", "flag_out_of_range", "flag_key_duplicate", "flag_outlier", "flag_gap_before", "flag_late")
-FLAG_WORDS = {
-    "flag_missing": "missing values", "flag_unit_unknown": "unknown units",
-    "flag_out_of_range": "out of the contract's range", "flag_key_duplicate": "key duplicates",
-    "flag_outlier": "robust outliers", "flag_gap_before": "gaps before the reading", "flag_late": "late readings",
-}
 PLOTS = ("coverage.png", "distributions.png", "quality.png")
 # The distributions plot shows the first this many sensors, from at most
 # this many clean values each.
 PLOTTED_SENSORS = 24
 SAMPLE_VALUES = 200_000
 SHIPPED = ("card.md", "card.html", "datasheet.json", *PLOTS)
+
+
+def flag_words(m: dict[str, Any]) -> dict[str, str]:
+    """The flag columns of version ``m``'s table and their meanings, as its kind declares them (``Kind.flag_words``).
+
+    Read from the kind, not kept here: a copy of the list drifted from
+    curation's (other words: "late readings" for late-arriving ones, no key in "key duplicates").
+    """
+    return dict(kind_of_manifest(m).flag_words)
 
 
 def _firm_label(c: Contract, s: Settings) -> str:
@@ -120,7 +123,7 @@ def fine_counts(m: dict[str, Any], lf: pl.LazyFrame) -> pl.DataFrame:
     # types are put on the grouped table, not on the rows: the streaming
     # engine does not stream ``replace_strict`` with a column as default,
     # and a group-by on it held the version (3.9 GB at 50 M rows).
-    flag_cols = [f for f in FLAGS if f in m["schema"]]
+    flag_cols = [f for f in flag_words(m) if f in m["schema"]]
     keys = ["tenant", "contract_id", "entity", "sensor", *(["condition"] if ts else [])]
     fine = (lf.with_columns(condition=_shift_code()) if ts else lf).group_by(keys).agg(
         rows=pl.len(), time_min=pl.col("time").min(), time_max=pl.col("time").max(),
@@ -217,7 +220,7 @@ def facts(m: dict[str, Any], contracts: dict[str, Contract], lf: pl.LazyFrame, s
     ts = _is_ts(m)
     passes = passes or row_passes(m, lf)
     fine = passes.fine
-    flag_cols = [f for f in FLAGS if f in m["schema"]]
+    flag_cols = [f for f in flag_words(m) if f in m["schema"]]
     fine = fine.with_columns(firm=pl.col("tenant").replace_strict(firms, default=pl.col("tenant")),
                              machine_type=pl.col("contract_id").replace_strict(domain, default=pl.lit("unknown")))
     total = int(fine["rows"].sum())
@@ -364,11 +367,12 @@ def render_markdown(m: dict[str, Any], f: dict[str, Any], contracts: dict[str, C
           "5. Publishing: inputs combined, policy checked, rows written to Iceberg.", ""]
     L += ["Counts are readings (rows of the long table); a wide file row holds one reading per sensor, so a "
           "receipt's \"rows delivered\" can be fewer.", ""]
+    words = flag_words(m)
     L += _table(["delivery", "readings in", "readings out", "duplicates removed", "repeats excluded", "replaced by corrections",
-                 "values converted", *[FLAG_WORDS[k] for k in FLAGS]],
+                 "values converted", *words.values()],
                 [[d + (" (correction)" if st.get("correction") else ""), st.get("rows_in") or 0, st.get("rows_out") or 0,
                   st.get("exact_duplicates_removed") or 0, st.get("repeats_excluded") or 0, st.get("rows_replaced_by_corrections") or 0,
-                  st.get("values_converted") or 0, *[st.get(k) or 0 for k in FLAGS]] for d, st in m["curation"].items()])
+                  st.get("values_converted") or 0, *[st.get(k) or 0 for k in words]] for d, st in m["curation"].items()])
     L += ["", "*Repeats excluded*: readings whose entity, time and sensor an earlier delivery of the contract already holds "
           "(the key is unique across deliveries); *replaced by corrections*: readings a later delivery declared as a "
           "correction (`datalab push --correction`) replaces."]
@@ -385,7 +389,7 @@ def render_markdown(m: dict[str, Any], f: dict[str, Any], contracts: dict[str, C
     L += _table(["contract", "sensor", "unit", "rows", "missing", "flagged", "mean", "std", "min", "median", "max"],
                 [[r["contract_id"].split(":")[-1], r["sensor"], r["unit"], r["rows"], r["missing"], r["flagged"], r["mean"], r["std"], r["min"], r["median"], r["max"]] for r in f["sensors"]])
     L += ["", "Quality flags in this version:", ""]
-    L += _table(["flag", "rows"], [[FLAG_WORDS[k], v] for k, v in f["flags"].items()])
+    L += _table(["flag", "rows"], [[words.get(k, k), v] for k, v in f["flags"].items()])
     L += ["", "![coverage over time per firm](coverage.png)", "", "![value distributions per sensor](distributions.png)", "",
           "![quality flags per version](quality.png)", ""]
     L += ["## Imbalance and possible bias", "",
@@ -532,9 +536,10 @@ def plots(vdir: Path, m: dict[str, Any], f: dict[str, Any], lf: pl.LazyFrame, s:
             hist.append((prev.parent.name, json.loads(prev.read_text())["flags"]))
     hist.append((m["version"], f["flags"]))
     fig, ax = plt.subplots(figsize=(9, 3.5))
+    words = flag_words(m)
     width = 0.8 / max(1, len(f["flags"]))
     for j, flag in enumerate(f["flags"]):
-        ax.bar([i + j * width for i in range(len(hist))], [h.get(flag, 0) for _, h in hist], width, label=FLAG_WORDS[flag])
+        ax.bar([i + j * width for i in range(len(hist))], [h.get(flag, 0) for _, h in hist], width, label=words.get(flag, flag))
     ax.set_xticks([i + 0.4 for i in range(len(hist))], [v for v, _ in hist])
     ax.set_title(f"{m['dataset']}: rows flagged per version")
     ax.legend(fontsize=7)

@@ -270,6 +270,8 @@ def _publish(name: str, actor: str, s: Settings) -> PublishResult:
     full = sum(rows_of.values())
     val = {d["id"]: (state.get(d["id"], s) or {}).get("validation") for d in included}
     curated_stats = {d["id"]: (state.get(d["id"], s) or {}).get("stats", {}).get("curated", {}) for d in included}
+    # each delivery's flag counts under its kind's flag columns (Kind.flag_words: one per flag for a series, one for CAD)
+    flags_of = {d["id"]: tuple(kind_of(contracts[d["contract"]]).flag_words) for d in included}
     manifest = {
         "dataset": name,
         "title": spec.title,
@@ -289,7 +291,8 @@ def _publish(name: str, actor: str, s: Settings) -> PublishResult:
             "deliveries": delivery_ids,
             "excluded": excluded,
         },
-        "curation": {k: {x: v.get(x) for x in ("rows_in", "rows_out", "exact_duplicates_removed", "values_converted", "flag_missing", "flag_unit_unknown", "flag_out_of_range", "flag_key_duplicate", "flag_outlier", "flag_gap_before", "flag_late", "constant_sensors", "engine", "time_bases",
+        "curation": {k: {x: v.get(x) for x in ("rows_in", "rows_out", "exact_duplicates_removed", "values_converted", *flags_of[k],
+                                                           "constant_sensors", "engine", "time_bases",
                                                            "repeats_excluded", "correction", "replaces", "duplicate_rows", "duplicate_share",
                                                            "max_duplicate_share", "warnings")}
                      | {"rows_replaced_by_corrections": sum(int(n) for c2 in curated_stats.values() for dd, n in (c2.get("replaces") or {}).items() if dd == k)}

@@ -5,7 +5,7 @@ the text/measurement readers straight into the raw long table while the push
 checks it; curation is the Polars plan of ``datalab.timeseries.curate``; the suite is
 ``datalab.quality.expectations.derive_suite``; the curated columns are the base
 columns, the contract's attributes and the curation flags; the card's
-section is the preparation table; a version carries no files besides its
+section is the preparation table (``datalab.timeseries.card``); a version carries no files besides its
 table.
 """
 
@@ -24,8 +24,8 @@ from datalab.intake.receipts import FileReceipt
 from datalab.kinds import sections
 from datalab.kinds.base import Attached, CuratedSchema, Section
 from datalab.quality import expectations
-from datalab.store import card
-from datalab.timeseries import curate, ingest, sample
+from datalab.timeseries import curate, ingest, sample, schema
+from datalab.timeseries.card import preparation_section
 
 
 class TimeseriesKind:
@@ -34,6 +34,7 @@ class TimeseriesKind:
     manifest_key: str | None = None
     validate_in_chunks = True
     datasheet_facts = True
+    flag_words = schema.FLAG_WORDS  # one Boolean column per flag (datalab/timeseries/schema.py)
 
     @property
     def section(self) -> Section:
@@ -67,7 +68,7 @@ class TimeseriesKind:
 
     def curated_schema(self, contract: Contract) -> CuratedSchema:
         return CuratedSchema(columns=(*expectations.expected_columns(contract), *curate.PROVENANCE),
-                             flags=tuple(curate.FLAGS))
+                             flags=schema.FLAG_COLUMNS)
 
     def sample(self, contract: Contract, out_dir: Path, rows: int, *, seed: int = 0, files: int = 1,
                fmt: str = "csv", clean: bool = False, start: datetime | None = None, late: int = 0,
@@ -84,7 +85,7 @@ class TimeseriesKind:
         return None  # the table is the whole version
 
     def card_section(self, manifest: dict[str, Any]) -> list[str]:
-        return card.preparation_section(manifest)
+        return preparation_section(manifest)
 
     def pull_files(self, manifest: dict[str, Any], out: Path, s: Settings,
                    copy: Callable[[Path, Path, str], None]) -> list[Path]:
