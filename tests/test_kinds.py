@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ast
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -116,6 +117,17 @@ def _lint_images(value: Any, where: str) -> list[str]:
     return [] if isinstance(px, int) and px > 0 else [f"{where}.max_pixels: a positive number of pixels, got {px!r}"]
 
 
+@dataclass(frozen=True)
+class _Counted:
+    """The images kind's curation statistics (a ``kinds.CurationRecord``)."""
+
+    rows_in: int
+    rows_out: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows_in": self.rows_in, "rows_out": self.rows_out}
+
+
 class ImagesKind:
     """A minimal kind: a PNG is accepted by its magic bytes; its table is one row per image."""
 
@@ -152,7 +164,7 @@ class ImagesKind:
         return {}
 
     def curate(self, contract, delivery_id, s=None, engine=None):
-        return {}
+        return _Counted(0, 0)
 
     def curated_path(self, contract, delivery_id, s):
         return s.curated / contract.tenant / contract.product / f"{delivery_id}.parquet"

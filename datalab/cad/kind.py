@@ -55,7 +55,8 @@ class CadKind:
     def read_raw(self, contract: Contract, delivery_id: str, s: Settings | None = None) -> dict[str, Any]:
         return curate.ingest(contract, delivery_id, s)
 
-    def curate(self, contract: Contract, delivery_id: str, s: Settings | None = None, engine: Any = None) -> dict[str, Any]:
+    def curate(self, contract: Contract, delivery_id: str, s: Settings | None = None,
+               engine: Any = None) -> curate.CadCurationStats:
         return curate.curate_delivery(contract, delivery_id, s)
 
     def curated_path(self, contract: Contract, delivery_id: str, s: Settings) -> Path:

@@ -61,6 +61,24 @@ class Attached:
     name: str = ""
 
 
+class CurationRecord(Protocol):
+    """What a kind's curation of one delivery counted (``Kind.curate``): a typed record of the kind's own.
+
+    The core reads only the rows in and out; ``to_dict()`` is what the
+    catalog stores under ``stats.curated`` and the manifest copies, so the
+    stored JSON stays a plain dict whatever the record's type
+    (``datalab.timeseries.stats.CurationStats``, ``datalab.cad.curate.CadCurationStats``).
+    """
+
+    @property
+    def rows_in(self) -> int: ...
+
+    @property
+    def rows_out(self) -> int: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 @runtime_checkable
 class Kind(Protocol):
     """What the core asks of a kind of data. Implementations: ``datalab.timeseries.kind``, ``datalab.cad.kind``."""
@@ -102,8 +120,8 @@ class Kind(Protocol):
         """Build the raw table of an accepted delivery; its statistics."""
         ...
 
-    def curate(self, contract: Contract, delivery_id: str, s: Settings | None = None, engine: Any = None) -> dict[str, Any]:
-        """Curate one delivery; its statistics."""
+    def curate(self, contract: Contract, delivery_id: str, s: Settings | None = None, engine: Any = None) -> CurationRecord:
+        """Curate one delivery; its statistics (stored as their ``to_dict()``)."""
         ...
 
     def curated_path(self, contract: Contract, delivery_id: str, s: Settings) -> Path:

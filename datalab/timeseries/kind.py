@@ -26,6 +26,7 @@ from datalab.kinds.base import Attached, CuratedSchema, Section
 from datalab.quality import expectations
 from datalab.timeseries import curate, ingest, sample, schema
 from datalab.timeseries.card import preparation_section
+from datalab.timeseries.stats import CurationStats
 
 
 class TimeseriesKind:
@@ -60,7 +61,8 @@ class TimeseriesKind:
     def read_raw(self, contract: Contract, delivery_id: str, s: Settings | None = None) -> dict[str, Any]:
         return ingest.ingest_raw(contract, delivery_id, s)
 
-    def curate(self, contract: Contract, delivery_id: str, s: Settings | None = None, engine: Any = None) -> dict[str, Any]:
+    def curate(self, contract: Contract, delivery_id: str, s: Settings | None = None,
+               engine: Any = None) -> CurationStats:
         return curate.curate_delivery(contract, delivery_id, engine, s)
 
     def curated_path(self, contract: Contract, delivery_id: str, s: Settings) -> Path:
