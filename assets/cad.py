@@ -9,6 +9,7 @@ exactly like the sensor suites. Thumbnails are shown in the metadata.
 """
 
 import base64
+from typing import TYPE_CHECKING, cast
 
 import dagster as dg
 import polars as pl
@@ -22,6 +23,9 @@ from datalab.contracts.contract import Contract
 from datalab.engine import MemoryWatch
 from datalab.kinds import kind_of
 from pipelines.resources import LabResource
+
+if TYPE_CHECKING:  # the CAD package loads with the first CAD contract (datalab.kinds), not with the assets
+    from datalab.cad.curate import CadCurationStats
 
 MAX_THUMBS = 8
 PREVIEW = ["file_name", "format", "schema", "length_unit", "faces", "triangles", "volume_mm3", "area_mm2",
@@ -76,22 +80,22 @@ def build_cad_assets(contract: Contract) -> list[dg.AssetsDefinition]:
         d = context.partition_key
         s = lab.settings()
         with MemoryWatch() as mw:
-            st = kind.curate(contract, d, s)
+            st = cast("CadCurationStats", kind.curate(contract, d, s))  # the CAD kind's record (datalab.cad.curate)
             path = kind.curated_path(contract, d, s)
             check = run_suite_check(contract, d, path, context, s)
         df = pl.read_parquet(path)
         return dg.MaterializeResult(
             metadata={
                 "delivery_id": d,
-                "files": dg.MetadataValue.int(st["rows_out"]),
-                "formats": ", ".join(f"{k}: {v}" for k, v in sorted(st["formats"].items())),
-                "flags": ", ".join(f"{k}: {v}" for k, v in sorted(st["flags"].items())) or "none",
-                "duplicates": dg.MetadataValue.int(st["duplicates"]),
-                "same_part_links": dg.MetadataValue.int(st["same_part_links"]),
-                "converted_to_canonical_unit": dg.MetadataValue.int(st["values_converted"]),
+                "files": dg.MetadataValue.int(st.rows_out),
+                "formats": ", ".join(f"{k}: {v}" for k, v in sorted(st.formats.items())),
+                "flags": ", ".join(f"{k}: {v}" for k, v in sorted(st.flags.items())) or "none",
+                "duplicates": dg.MetadataValue.int(st.duplicates),
+                "same_part_links": dg.MetadataValue.int(st.same_part_links),
+                "converted_to_canonical_unit": dg.MetadataValue.int(st.values_converted),
                 "classification": contract.policy.classification,
                 "export_control": contract.policy.export_control,
-                "curation_seconds": dg.MetadataValue.float(st["seconds"]),
+                "curation_seconds": dg.MetadataValue.float(st.seconds),
                 "peak_rss_mb": dg.MetadataValue.float(round(mw.peak_mb, 1)),
                 "path": dg.MetadataValue.path(str(path)),
                 "preview": _md_table(df.select(PREVIEW).head(10)),

@@ -81,34 +81,34 @@ def build_timeseries_assets(contract: Contract) -> list[dg.AssetsDefinition]:
             path = curate.curated_path(contract, d, s)
             check = run_suite_check(contract, d, path, context, s)
         sensors = pl.DataFrame([{"sensor": k, **{x: v[x] for x in ("unit", "n", "min", "max", "mean", "out_of_range", "outliers")}}
-                                for k, v in st["sensors"].items()])
-        eng = st["engine"]
+                                for k, v in st.sensors.items()])
+        eng = st.engine
         return dg.MaterializeResult(
             metadata={
                 "delivery_id": d,
-                "rows_in": dg.MetadataValue.int(st["rows_in"]),
-                "rows_out": dg.MetadataValue.int(st["rows_out"]),
-                "exact_duplicates_removed": dg.MetadataValue.int(st["exact_duplicates_removed"]),
-                "values_converted": dg.MetadataValue.int(st["values_converted"]),
+                "rows_in": dg.MetadataValue.int(st.rows_in),
+                "rows_out": dg.MetadataValue.int(st.rows_out),
+                "exact_duplicates_removed": dg.MetadataValue.int(st.exact_duplicates_removed),
+                "values_converted": dg.MetadataValue.int(st.values_converted),
                 # issue 23: duplicate keys within the delivery, repeats of earlier deliveries, corrections
-                **({"duplicate_share": dg.MetadataValue.float(float(st["duplicate_share"]))} if "duplicate_share" in st else {}),
-                "repeats_excluded": dg.MetadataValue.int(st.get("repeats_excluded", 0)),
-                "correction": bool(st.get("correction")),
-                "replaces": dg.MetadataValue.json(st.get("replaces") or {}),
-                "warnings": dg.MetadataValue.md("\n".join(f"- **{w}**" for w in st.get("warnings") or []) or "none"),
-                **{f: dg.MetadataValue.int(st[f]) for f in curate.FLAGS},
-                "constant_sensors": ", ".join(st["constant_sensors"]) or "none",
-                "pseudonymised_columns": ", ".join(st["pseudonymised_columns"]) or "none",
+                **({"duplicate_share": dg.MetadataValue.float(float(st.duplicate_share))} if st.duplicate_share is not None else {}),
+                "repeats_excluded": dg.MetadataValue.int(st.repeats_excluded),
+                "correction": st.correction,
+                "replaces": dg.MetadataValue.json(st.replaces),
+                "warnings": dg.MetadataValue.md("\n".join(f"- **{w}**" for w in st.warnings) or "none"),
+                **{f: dg.MetadataValue.int(n) for f, n in st.flags.items()},
+                "constant_sensors": ", ".join(st.constant_sensors) or "none",
+                "pseudonymised_columns": ", ".join(st.pseudonymised_columns) or "none",
                 "engine": eng["engine"],
                 "device": eng["device"],
                 "engine_fallback": eng["fallback"] or "none",
-                "curation_seconds": dg.MetadataValue.float(st["seconds"]),
-                "series_buckets": dg.MetadataValue.int(st["series_buckets"]),
-                "long_series": dg.MetadataValue.int(st["long_series"]["series"]),
-                "long_series_chunks": dg.MetadataValue.int(st["long_series"]["chunks"]),
+                "curation_seconds": dg.MetadataValue.float(st.seconds),
+                "series_buckets": dg.MetadataValue.int(st.series_buckets),
+                "long_series": dg.MetadataValue.int(st.long_series["series"]),
+                "long_series_chunks": dg.MetadataValue.int(st.long_series["chunks"]),
                 "curation_peak_rss_mb": dg.MetadataValue.float(eng["peak_rss_mb"]),
                 "peak_rss_mb": dg.MetadataValue.float(round(mw.peak_mb, 1)),
-                "bytes": dg.MetadataValue.int(st["bytes_out"]),
+                "bytes": dg.MetadataValue.int(st.bytes_out),
                 "path": dg.MetadataValue.path(str(path)),
                 "sensors": _md_table(sensors),
                 "preview": _md_table(pl.read_parquet(path, n_rows=10)),

@@ -89,7 +89,7 @@ def run_datalab(path: Path | list[Path]) -> dict:
     t = time.perf_counter()
     res = publish.publish("bench")
     done("publish", t)
-    return {"rows": st["rows_out"], "stages": stages, "validation_ok": rep.success, "version": res.version}
+    return {"rows": st.rows_out, "stages": stages, "validation_ok": rep.success, "version": res.version}
 
 
 def run_polars(path: Path | list[Path], out: Path) -> dict:

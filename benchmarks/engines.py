@@ -50,8 +50,8 @@ def worker(engine: str, delivery: str, out: Path) -> None:
     st = curate.curate_delivery(c, delivery, Engine(engine), s)
     seconds = time.perf_counter() - t
     shutil.move(curate.curated_path(c, delivery, s), out)
-    res = {"engine_asked": engine, "seconds": seconds, "rows_in": st["rows_in"], "rows_out": st["rows_out"],
-           "buckets": st["series_buckets"], "engine": st["engine"], "peak_rss_mb": peak_rss_mb()}
+    res = {"engine_asked": engine, "seconds": seconds, "rows_in": st.rows_in, "rows_out": st.rows_out,
+           "buckets": st.series_buckets, "engine": st.engine, "peak_rss_mb": peak_rss_mb()}
     print("RESULT " + json.dumps(res, default=str), flush=True)
 
 

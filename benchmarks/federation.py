@@ -103,7 +103,7 @@ def main() -> None:
         t0 = time.perf_counter()
         m = transfer(n.agreement["@id"], timeout=120)
         dsp_s = time.perf_counter() - t0
-        size = sum(int(f["bytes"]) for f in m["files"])
+        size = sum(f.bytes for f in m.files)
         mm = json.loads((base / "munich" / "versions" / "plant-telemetry" / "1.0.0" / "manifest.json").read_text())
         src = [base / "munich" / f["path"] for f in mm["files"]]
         flat = base / "flat"
@@ -119,7 +119,7 @@ def main() -> None:
             assert rows and not failed, failed
         lat.sort()
         print(json.dumps({
-            "rows": m["rows"], "files": len(m["files"]), "bytes": size, "build_s": round(build_s, 1),
+            "rows": m.rows, "files": len(m.files), "bytes": size, "build_s": round(build_s, 1),
             "dsp_transfer_s": round(dsp_s, 3), "dsp_transfer_MBps": round(size / dsp_s / 1e6, 1),
             "plain_http_s": round(plain_s, 3), "plain_http_MBps": round(size / plain_s / 1e6, 1),
             "catalog_federated_p50_ms": round(statistics.median(lat) * 1e3, 1),

@@ -84,21 +84,21 @@ def runs(delivery: dict) -> dict[str, dict]:
 
 def test_the_delivery_has_every_defect_the_comparison_needs(delivery: dict) -> None:
     st = delivery["stats"]
-    assert st["exact_duplicates_removed"] > 0 and st["values_converted"] > 0
+    assert st.exact_duplicates_removed > 0 and st.values_converted > 0
     for flag in ("flag_missing", "flag_out_of_range", "flag_key_duplicate", "flag_outlier", "flag_gap_before"):
-        assert st[flag] > 0, flag
+        assert st.flags[flag] > 0, flag
     assert delivery["truth"]["tz_shifted"] > 0  # naive local and offset timestamps are in the file
 
 
 @pytest.mark.parametrize("name", ALTERNATIVES)
 def test_counts_agree_with_datalab(runs: dict, delivery: dict, name: str) -> None:
     r, st = runs[name], delivery["stats"]
-    assert r["rows_in"] == st["rows_in"]
-    assert r["rows_out"] == st["rows_out"]
-    assert r["exact_duplicates_removed"] == st["exact_duplicates_removed"] == delivery["truth"]["exact_duplicates"]
-    assert r["values_converted"] == st["values_converted"] == delivery["truth"]["wrong_unit"]
+    assert r["rows_in"] == st.rows_in
+    assert r["rows_out"] == st.rows_out
+    assert r["exact_duplicates_removed"] == st.exact_duplicates_removed == delivery["truth"]["exact_duplicates"]
+    assert r["values_converted"] == st.values_converted == delivery["truth"]["wrong_unit"]
     for flag in (*COMPARED, "flag_late"):
-        assert r["flags"][flag] == st[flag], flag
+        assert r["flags"][flag] == st.flags[flag], flag
 
 
 @pytest.mark.parametrize("name", ALTERNATIVES)

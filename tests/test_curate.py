@@ -15,7 +15,8 @@ from tests.conftest import CMAPSS, HYDRAULIC, PRESS, PUMPS, SPINDLE
 START = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
 
 
-def _land_and_curate(c, gen: sample.Generated, path: Path, correction: bool = False) -> tuple[dict, pl.DataFrame]:
+def _land_and_curate(c, gen: sample.Generated, path: Path,
+                     correction: bool = False) -> tuple[curate.CurationStats, pl.DataFrame]:
     sample.write(gen, path)
     rec = landing.push(c, [path], correction=correction)
     assert rec.accepted, rec.reasons
@@ -30,15 +31,15 @@ def test_every_defect_counted(lab: Path, tmp_path: Path, contracts) -> None:
     t = gen.truth
     assert min(t["exact_duplicates"], t["key_duplicates"], t["wrong_unit"], t["missing"], t["spikes"], t["gaps"], t["tz_shifted"]) > 0
     st, df = _land_and_curate(c, gen, tmp_path / "d1.csv")
-    assert st["rows_in"] == t["rows"]
-    assert st["exact_duplicates_removed"] == t["exact_duplicates"]
-    assert st["rows_out"] == t["rows"] - t["exact_duplicates"]
-    assert st["values_converted"] == t["wrong_unit"]
-    assert st["flag_missing"] == t["missing"]
-    assert st["flag_out_of_range"] == t["spikes"]
-    assert st["flag_key_duplicate"] == 2 * t["key_duplicates"]
-    assert st["flag_gap_before"] == t["gaps"]
-    assert st["flag_unit_unknown"] == 0 and st["flag_late"] == 0
+    assert st.rows_in == t["rows"]
+    assert st.exact_duplicates_removed == t["exact_duplicates"]
+    assert st.rows_out == t["rows"] - t["exact_duplicates"]
+    assert st.values_converted == t["wrong_unit"]
+    assert st.flags["flag_missing"] == t["missing"]
+    assert st.flags["flag_out_of_range"] == t["spikes"]
+    assert st.flags["flag_key_duplicate"] == 2 * t["key_duplicates"]
+    assert st.flags["flag_gap_before"] == t["gaps"]
+    assert st.flags["flag_unit_unknown"] == 0 and st.flags["flag_late"] == 0
     # all values in canonical units, times in UTC, nothing but exact duplicates deleted
     assert set(df["unit"].unique()) == {"Cel", "bar", "mm/s", "/min"}
     assert df.schema["time"] == pl.Datetime("us", "UTC")
@@ -49,7 +50,31 @@ def test_every_defect_counted(lab: Path, tmp_path: Path, contracts) -> None:
     if len(temps):
         row = temps.row(0, named=True)
         assert row["value"] == pytest.approx((row["raw_value"] - 32) * 5 / 9)
-    assert st["engine"]["engine"] == "cpu"
+    assert st.engine["engine"] == "cpu"
+
+
+# The keys of the curation statistics the catalog stores (and the manifest copies), in order, as they were
+# before the record was typed (CurationStats); "warnings" comes after max_duplicate_share when there are any.
+STORED_KEYS = ["rows_in", "rows_out", "exact_duplicates_removed", "repeats_excluded", "correction", "replaces",
+               "duplicate_rows", "duplicate_share", "max_duplicate_share", "values_converted", *curate.FLAGS,
+               "entities", "time_min", "time_max", "constant_sensors", "sensors", "pseudonymised_columns", "engine",
+               "series_buckets", "long_series", "seconds", "bytes_out"]
+
+
+def test_the_stored_statistics_keep_their_keys(lab: Path, tmp_path: Path, contracts) -> None:
+    """The typed record is stored as the dict it replaced: the same keys, in the same order, flags at the top level."""
+    import json
+
+    from datalab.store import state
+
+    c = contracts[SPINDLE]
+    st, df = _land_and_curate(c, sample.generate(c, 6_000, seed=3, start=START), tmp_path / "d.csv")
+    stored = state.get(df["delivery_id"][0])["stats"]["curated"]
+    assert stored == json.loads(json.dumps(st.to_dict()))
+    assert [k for k in stored if k != "warnings"] == STORED_KEYS
+    assert all(stored[f] == n for f, n in st.flags.items()) and "flags" not in stored
+    assert stored["long_series"] == st.long_series and stored["engine"]["engine"] == "cpu"
+    assert ("warnings" in stored) == bool(st.warnings)
 
 
 def test_timezone_shift_changes_nothing(lab: Path, tmp_path: Path, contracts) -> None:
@@ -76,7 +101,7 @@ def test_late_rows_flagged_against_earlier_delivery(lab: Path, tmp_path: Path, c
     st, _ = _land_and_curate(c, second, tmp_path / "second.csv")
     # Issue 23: a late row whose key (entity, time, sensor) the first delivery
     # already holds is a repeat, excluded and counted, not flagged late.
-    assert st["flag_late"] + st["repeats_excluded"] == 30 and st["repeats_excluded"] > 0
+    assert st.flags["flag_late"] + st.repeats_excluded == 30 and st.repeats_excluded > 0
 
 
 def test_personal_column_pseudonymised(lab: Path, tmp_path: Path, contracts) -> None:
@@ -96,7 +121,7 @@ def test_wide_layout_unpivots(lab: Path, tmp_path: Path, contracts) -> None:
     gen = sample.generate(c, 2_000, seed=9, start=START)
     st, df = _land_and_curate(c, gen, tmp_path / "w.csv")
     assert set(df["sensor"].unique()) == {"pump_temp", "discharge_pressure", "flow", "vibration"}
-    assert st["rows_out"] == 4 * (gen.truth["rows"] - gen.truth["exact_duplicates"])
+    assert st.rows_out == 4 * (gen.truth["rows"] - gen.truth["exact_duplicates"])
 
 
 def test_cmapss_real_curation(lab: Path, realdata: Path, contracts) -> None:
@@ -106,13 +131,13 @@ def test_cmapss_real_curation(lab: Path, realdata: Path, contracts) -> None:
     raw = ingest.ingest_raw(c, rec.delivery_id)
     assert raw["rows"] == 20_631 * 24
     st = curate.curate_delivery(c, rec.delivery_id)
-    assert st["entities"] == 100 and st["time_min"] == 1 and st["time_max"] == 362
-    assert st["constant_sensors"] == sorted(["setting3", "s1", "s5", "s10", "s16", "s18", "s19"])
-    assert st["exact_duplicates_removed"] == 0 and st["flag_out_of_range"] == 0 and st["flag_unit_unknown"] == 0
+    assert st.entities == 100 and st.time_min == 1 and st.time_max == 362
+    assert st.constant_sensors == sorted(["setting3", "s1", "s5", "s10", "s16", "s18", "s19"])
+    assert st.exact_duplicates_removed == 0 and st.flags["flag_out_of_range"] == 0 and st.flags["flag_unit_unknown"] == 0
     # degR -> K: T2 is 518.67 degR = 288.15 K in every row
-    assert st["sensors"]["s1"]["min"] == pytest.approx(288.15) and st["sensors"]["s1"]["unit"] == "K"
+    assert st.sensors["s1"]["min"] == pytest.approx(288.15) and st.sensors["s1"]["unit"] == "K"
     # 4 temperatures (degR -> K), 4 pressures (psia -> bar), 2 coolant flows (lbm/s -> kg/s)
-    assert st["values_converted"] == 20_631 * 10
+    assert st.values_converted == 20_631 * 10
 
 
 def test_hydraulic_real_curation(lab: Path, realdata: Path, contracts) -> None:
@@ -121,10 +146,10 @@ def test_hydraulic_real_curation(lab: Path, realdata: Path, contracts) -> None:
     assert rec.accepted and rec.rows == 2 * 2_205
     ingest.ingest_raw(c, rec.delivery_id)
     st = curate.curate_delivery(c, rec.delivery_id)
-    assert st["rows_out"] == 2 * 2_205 * 60
-    assert st["time_min"] == 0 and st["time_max"] == 2_205 * 60 - 1
-    assert st["flag_gap_before"] == 0 and st["flag_out_of_range"] == 0
-    assert st["sensors"]["TS1"]["min"] == pytest.approx(34.984) and st["sensors"]["VS1"]["max"] == pytest.approx(2.546)
+    assert st.rows_out == 2 * 2_205 * 60
+    assert st.time_min == 0 and st.time_max == 2_205 * 60 - 1
+    assert st.flags["flag_gap_before"] == 0 and st.flags["flag_out_of_range"] == 0
+    assert st.sensors["TS1"]["min"] == pytest.approx(34.984) and st.sensors["VS1"]["max"] == pytest.approx(2.546)
 
 
 def test_plan_has_no_python_udfs(contracts) -> None:
@@ -139,7 +164,7 @@ def test_series_buckets_give_the_same_table(lab: Path, tmp_path: Path, contracts
     c = contracts[PRESS]  # personal attribute (pseudonym join) and key duplicates
     gen = sample.generate(c, 9_000, seed=11, start=START)
     st_one, one = _land_and_curate(c, gen, tmp_path / "one.csv")
-    assert st_one["series_buckets"] == 1
+    assert st_one.series_buckets == 1
     monkeypatch.setenv("DATALAB_CURATE_BUCKET_ROWS", "2000")
     gen2 = sample.generate(c, 9_000, seed=11, start=START)
     sample.write(gen2, tmp_path / "two.csv")
@@ -149,15 +174,15 @@ def test_series_buckets_give_the_same_table(lab: Path, tmp_path: Path, contracts
     rec = landing.push(c, [tmp_path / "two.csv"], correction=True)  # the same readings again: not repeats
     assert rec.accepted, rec.reasons
     st_many = curate.curate_delivery(c, rec.delivery_id)
-    assert st_many["series_buckets"] > 1
-    assert f"{st_many['series_buckets']} buckets" in st_many["engine"]["device"]
+    assert st_many.series_buckets > 1
+    assert f"{st_many.series_buckets} buckets" in st_many.engine["device"]
     many = pl.read_parquet(curate.curated_path(c, rec.delivery_id, __import__("datalab.config").config.settings()))
     keys = ["entity", "sensor", "time", "raw_value", "raw_unit"]
     a, b = one.drop("delivery_id", "flag_late").sort(keys), many.drop("delivery_id", "flag_late").sort(keys)
     # the same columns and types from both writers, provenance last (Polars' and the part writer's)
     assert list(one.schema.items()) == list(many.schema.items()) and one.columns[-3:] == list(curate.PROVENANCE)
     assert a.equals(b)
-    assert {k: st_one[k] for k in curate.FLAGS if k != "flag_late"} == {k: st_many[k] for k in curate.FLAGS if k != "flag_late"}
+    assert {k: st_one.flags[k] for k in curate.FLAGS if k != "flag_late"} == {k: st_many.flags[k] for k in curate.FLAGS if k != "flag_late"}
 
 
 def test_curated_output_is_deterministic(lab: Path, tmp_path: Path, contracts) -> None:
@@ -168,7 +193,7 @@ def test_curated_output_is_deterministic(lab: Path, tmp_path: Path, contracts) -
     d = first["delivery_id"][0]
     again = curate.curate_delivery(c, d)
     second = pl.read_parquet(curate.curated_path(c, d, __import__("datalab.config").config.settings()))
-    assert again["rows_out"] == len(first)
+    assert again.rows_out == len(first)
     assert first.equals(second)
 
 
@@ -293,23 +318,23 @@ def test_profile_counted_from_the_parts_equals_reading_the_file(lab: Path, tmp_p
         monkeypatch.setenv("DATALAB_CURATE_BUCKET_ROWS", bucket_rows)
     c = contracts[SPINDLE]
     st, df = _land_and_curate(c, sample.generate(c, 24_000, seed=17, start=START), tmp_path / "d.csv")
-    assert st["series_buckets"] > 1 if bucket_rows else st["series_buckets"] == 1
+    assert st.series_buckets > 1 if bucket_rows else st.series_buckets == 1
     if bucket_rows == "1500":
-        assert st["long_series"]["series"] > 0
+        assert st.long_series["series"] > 0
     d = df["delivery_id"][0]
     want = _profile_read_back(curate.curated_path(c, d, settings()))
     a = want["agg"]
-    assert (st["rows_out"], st["entities"], st["values_converted"]) == (a["rows"], a["entities"], a["values_converted"])
-    assert (st["time_min"], st["time_max"]) == (a["time_min"].isoformat(), a["time_max"].isoformat())
-    assert {f: st[f] for f in curate.FLAGS} == {f: a[f] for f in curate.FLAGS}
+    assert (st.rows_out, st.entities, st.values_converted) == (a["rows"], a["entities"], a["values_converted"])
+    assert (st.time_min, st.time_max) == (a["time_min"].isoformat(), a["time_max"].isoformat())
+    assert st.flags == {f: a[f] for f in curate.FLAGS}
     # mean and std come from a streaming pass on both sides, whose float sums
     # may be added in another order from run to run: equal to 12 digits;
     # everything else is exact
     spread = ("mean", "std")
-    assert {k: {f: v for f, v in got.items() if f not in spread} for k, got in st["sensors"].items()} == \
+    assert {k: {f: v for f, v in got.items() if f not in spread} for k, got in st.sensors.items()} == \
         {k: {f: v for f, v in read.items() if f not in spread} for k, read in want["sensors"].items()}
     for k, read in want["sensors"].items():
-        assert [st["sensors"][k][f] for f in spread] == pytest.approx([read[f] for f in spread], rel=1e-12, nan_ok=True)
+        assert [st.sensors[k][f] for f in spread] == pytest.approx([read[f] for f in spread], rel=1e-12, nan_ok=True)
     with cat.Catalog(settings().catalog_url).begin() as conn:
         stored = dict(conn.execute(cat.sa.select(cat.watermarks.c.entity, cat.watermarks.c.max_time)
                                    .where(cat.watermarks.c.delivery_id == d)).all())

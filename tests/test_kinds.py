@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import ast
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -74,6 +76,18 @@ def test_the_curated_schema_is_declared_by_the_kind(contracts):
     assert cad.columns == tuple(SCHEMA) and cad.flags == ("flags",)
 
 
+def test_each_kind_names_its_flags_once(contracts):
+    """The flags a kind's table carries and the words the datasheet and the manifest use for them: one list."""
+    from datalab.timeseries import schema
+
+    spindle = contracts["urn:datalab:bavaria-spindle:spindle-telemetry"]
+    tooling = contracts["urn:datalab:lyon-presses:tooling-cad"]
+    for c in (spindle, tooling):
+        k = kinds.kind_of(c)
+        assert tuple(k.flag_words) == k.curated_schema(c).flags and all(k.flag_words.values())
+    assert dict(kinds.kind_of(spindle).flag_words) == {f.column: f.meaning for f in schema.FLAGS}
+
+
 def _contract_text(kind: str, section: str = "") -> str:
     text = TOOLING.read_text().replace("  - property: kind\n    value: cad\n", f"  - property: kind\n    value: {kind}\n")
     start = text.index("  - property: cad\n")
@@ -105,6 +119,17 @@ def _lint_images(value: Any, where: str) -> list[str]:
     return [] if isinstance(px, int) and px > 0 else [f"{where}.max_pixels: a positive number of pixels, got {px!r}"]
 
 
+@dataclass(frozen=True)
+class _Counted:
+    """The images kind's curation statistics (a ``kinds.CurationRecord``)."""
+
+    rows_in: int
+    rows_out: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows_in": self.rows_in, "rows_out": self.rows_out}
+
+
 class ImagesKind:
     """A minimal kind: a PNG is accepted by its magic bytes; its table is one row per image."""
 
@@ -113,6 +138,7 @@ class ImagesKind:
     manifest_key = "images"
     validate_in_chunks = False
     datasheet_facts = False
+    flag_words = MappingProxyType({"flags": "image flags"})
 
     @property
     def section(self) -> sections.Section:
@@ -140,7 +166,7 @@ class ImagesKind:
         return {}
 
     def curate(self, contract, delivery_id, s=None, engine=None):
-        return {}
+        return _Counted(0, 0)
 
     def curated_path(self, contract, delivery_id, s):
         return s.curated / contract.tenant / contract.product / f"{delivery_id}.parquet"
@@ -224,7 +250,7 @@ def test_a_third_kind_plugs_in_through_the_registry_alone(lab, tmp_path, images_
     assert [sp.source for sp in validate._suite_for(c)] == ["images.max_pixels"]
     m = _m(images={"files": ["d-1"]})
     assert kinds.kind_of_manifest(m) is images_kind
-    md = card.render_card({**m.to_dict(), "policy": c.policy.to_dict()}, {}, images_kind.card_section(m))
+    md = card.render_card(m.replace(policy=c.policy.to_dict()), {}, images_kind.card_section(m))
     assert "## Preparation (images)" in md and "## Preparation\n" not in md
 
 

@@ -145,15 +145,15 @@ def test_a_delivery_with_series_longer_than_a_bucket(lab, tmp_path, contracts, m
     assert rec.accepted, rec.reasons
     one = curate.curate_delivery(c, rec.delivery_id)
     first = pl.read_parquet(curate.curated_path(c, rec.delivery_id, settings()))
-    assert one["long_series"] == {"series": 0, "chunks": 0}
+    assert one.long_series == {"series": 0, "chunks": 0}
     monkeypatch.setenv("DATALAB_CURATE_BUCKET_ROWS", "700")
     many = curate.curate_delivery(c, rec.delivery_id)
     second = pl.read_parquet(curate.curated_path(c, rec.delivery_id, settings()))
-    assert many["long_series"]["series"] > 0 and many["long_series"]["chunks"] > many["long_series"]["series"]
+    assert many.long_series["series"] > 0 and many.long_series["chunks"] > many.long_series["series"]
     assert not list(curate.curated_path(c, rec.delivery_id, settings()).parent.glob(".*.long"))  # scratch removed
     keys = ["sensor", "entity", "time", "raw_value", "raw_unit"]
     assert_frame_equal(first.sort(keys, maintain_order=True), second.sort(keys, maintain_order=True), check_exact=True)
-    assert {k: one[k] for k in curate.FLAGS} == {k: many[k] for k in curate.FLAGS}
+    assert one.flags == many.flags
 
 
 def test_a_bucket_leaves_out_a_long_series_that_shares_its_hash(contracts):

@@ -353,7 +353,8 @@ def test_real_mdf_naive_start_rejected_with_what_to_do(lab, realdata, tmp_path):
 
 def test_curated_table_and_card_say_each_series_time_base(lab, realdata):
     from datalab.config import settings
-    from datalab.store.card import _preparation
+    from datalab.store.manifest import Manifest
+    from datalab.timeseries.card import preparation_section
     from datalab.timeseries.curate import curate_delivery, curated_path
 
     c = contract_mod.load(EXAMPLES / "tdms-digital-input.yaml")
@@ -361,10 +362,12 @@ def test_curated_table_and_card_say_each_series_time_base(lab, realdata):
     stats = curate_delivery(c, rec.delivery_id)
     cur = pl.read_parquet(curated_path(c, rec.delivery_id, settings()))
     assert {"time_base", "sample_rate_hz"} <= set(cur.columns)
-    tb = stats["time_bases"]
+    tb = stats.time_bases
     assert {k: v["sample_rate_hz"] for k, v in tb.items()} == {"line_full": 2000.0, "line_level1": 40.0, "line_level2": 0.8}
     assert tb["line_level2"]["time_base"] == "rate 0.8 Hz (file), start 2012-07-09T23:58:24.593732+00:00 (file)"
-    card = "\n".join(_preparation({"curation": {rec.delivery_id: {**stats, "engine": {}}}}))
+    card = "\n".join(preparation_section(Manifest.from_dict({
+        "dataset": "x", "version": "1.0.0", "rows": 0, "schema": {}, "policy": {}, "files": [],
+        "curation": {rec.delivery_id: {**stats.to_dict(), "engine": {}}}})))
     assert f"| {rec.delivery_id} | line_level1 | rate 40 Hz (file), start 2012-07-09T23:58:24.593732+00:00 (file) | 40.0 |" in card
 
 

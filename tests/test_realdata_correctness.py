@@ -77,7 +77,7 @@ def _role(r: str, **more: Any) -> list[dict[str, Any]]:
     return [{"property": "role", "value": r}, *[{"property": k, "value": v} for k, v in more.items()]]
 
 
-def _process(c: contract.Contract, rec: landing.Receipt) -> tuple[dict[str, Any], validate.ValidationReport]:
+def _process(c: contract.Contract, rec: landing.Receipt) -> tuple[curate.CurationStats, validate.ValidationReport]:
     """What the ingest job does for one accepted delivery: raw table, curation, the blocking suite."""
     assert rec.accepted, rec.reasons
     ingest.ingest_raw(c, rec.delivery_id)
@@ -145,8 +145,8 @@ def test_matrix_layout_keeps_every_sample_at_12khz(contracts_dir: Path, tmp_path
     assert df["time"].n_unique() == samples  # was 5: whole seconds
     # microseconds: sample 12,000 (row 2, first column) lies exactly 1 s after the first
     assert df.filter(pl.col("record") == 2)["time"].min() == 1_000_000
-    assert st["rows_in"] == st["rows_out"] == samples == 60_000
-    assert st["exact_duplicates_removed"] == 0 and st["flag_key_duplicate"] == 0 and st["duplicate_share"] == 0
+    assert st.rows_in == st.rows_out == samples == 60_000
+    assert st.exact_duplicates_removed == 0 and st.flags["flag_key_duplicate"] == 0 and st.duplicate_share == 0
     assert rec.warnings == []
     assert rep.success, rep.summary()
     assert publish.publish("vibration").created
@@ -173,9 +173,9 @@ def test_matrix_at_10hz_without_a_time_unit_counts_microseconds(contracts_dir: P
     assert rec.accepted and rec.warnings == [], rec.reasons
     ingest.ingest_raw(c, rec.delivery_id)
     st = curate.curate_delivery(c, rec.delivery_id)
-    assert st["rows_out"] == sum(cells) == 132_300 and st["exact_duplicates_removed"] == 0 and st["flag_key_duplicate"] == 0
-    assert st["time_max"] == (sum(cells) - 1) * 100_000  # 0.1 s apart, in microseconds
-    assert st["flag_gap_before"] == 0
+    assert st.rows_out == sum(cells) == 132_300 and st.exact_duplicates_removed == 0 and st.flags["flag_key_duplicate"] == 0
+    assert st.time_max == (sum(cells) - 1) * 100_000  # 0.1 s apart, in microseconds
+    assert st.flags["flag_gap_before"] == 0
 
 
 def test_matrix_time_too_coarse_for_the_rate_is_a_lint_error(contracts_dir: Path) -> None:
@@ -202,7 +202,7 @@ def test_duplicate_share_over_the_limit_warns_and_fails_the_suite(lab: Path, con
     assert rec.accepted and len(rec.warnings) == 1 and f"{repeats:,} of {len(rows):,} rows" in rec.warnings[0]
     assert landing.get_receipt(rec.delivery_id).warnings == rec.warnings  # stored with the receipt
     st, rep = _process(c, rec)
-    assert st["duplicate_rows"] == repeats and st["warnings"]
+    assert st.duplicate_rows == repeats and st.warnings
     failed = [r["type"] for r in rep.failed_results()]
     assert "lab_max_duplicate_share" in failed and not rep.success
     # A delivery too large for the push's own count gets curation's warning on its receipt.
@@ -253,9 +253,9 @@ def test_nan_empty_and_sentinels_are_missing(contracts_dir: Path, tmp_path: Path
     want = _recount_long(src, {"-999", "-999.0", "NA"}, 0.0, 200.0)
     rec = landing.push(c, [src])
     st, rep = _process(c, rec)
-    assert st["rows_in"] == want["rows"] == 300
-    assert st["flag_missing"] == want["missing"] == 180
-    assert st["flag_out_of_range"] == want["out"] == 60  # 250 and the exclusive bound 0
+    assert st.rows_in == want["rows"] == 300
+    assert st.flags["flag_missing"] == want["missing"] == 180
+    assert st.flags["flag_out_of_range"] == want["out"] == 60  # 250 and the exclusive bound 0
     df = pl.read_parquet(curate.curated_path(c, rec.delivery_id, settings()))
     assert df.filter(pl.col("flag_missing"))["value"].null_count() == want["missing"]
     assert not df.filter(pl.col("flag_missing"))["flag_out_of_range"].any()
@@ -405,8 +405,8 @@ def test_redelivered_readings_excluded_and_corrections_replace(lab: Path, contra
     st2, rep2 = _process(c, rec2)
     repeated = len(_keys(one) & _keys(two + copy + renumbered))
     assert repeated == 1000
-    assert st2["repeats_excluded"] == repeated * per_row
-    assert st2["flag_late"] == 0 and st2["flag_key_duplicate"] == 0
+    assert st2.repeats_excluded == repeated * per_row
+    assert st2.flags["flag_late"] == 0 and st2.flags["flag_key_duplicate"] == 0
     # Earlier deliveries are compared only where their time ranges meet (cycles here).
     assert [d for d, _ in curate.earlier_curated(c, rec2.delivery_id, settings(), (1, 5))] == [rec1.delivery_id]
     assert curate.earlier_curated(c, rec2.delivery_id, settings(), (10_000, 10_001)) == []
@@ -433,8 +433,8 @@ def test_redelivered_readings_excluded_and_corrections_replace(lab: Path, contra
     rec3 = landing.push(c, [tmp_path / "fix.txt"], correction=True)
     assert rec3.correction and landing.get_receipt(rec3.delivery_id).correction
     st3, rep3 = _process(c, rec3)
-    assert st3["replaces"] == {rec1.delivery_id: 50 * per_row}
-    assert st3["flag_late"] == 0 and rep3.success, rep3.summary()
+    assert st3.replaces == {rec1.delivery_id: 50 * per_row}
+    assert st3.flags["flag_late"] == 0 and rep3.success, rep3.summary()
     res = publish.publish("turbofan-cmapss")
     m2 = publish.read_manifest("turbofan-cmapss", res.version).to_dict()
     assert m2["rows"] == len(union) * per_row  # replaced, not added
@@ -455,7 +455,7 @@ def test_key_unique_whatever_the_curation_order(lab: Path, contracts, realdata: 
         ingest.ingest_raw(c, rec.delivery_id)
     st_b = curate.curate_delivery(c, b.delivery_id)
     st_a = curate.curate_delivery(c, a.delivery_id)
-    assert st_b["repeats_excluded"] == 0 and st_a["repeats_excluded"] == 100 * len(c.measurements)
+    assert st_b.repeats_excluded == 0 and st_a.repeats_excluded == 100 * len(c.measurements)
     both = pl.concat([pl.read_parquet(curate.curated_path(c, r.delivery_id, settings())) for r in (a, b)])
     assert both.height == len(_keys(lines[:500])) * len(c.measurements)
     assert both.select(pl.struct("entity", "time", "sensor").n_unique()).item() == both.height
@@ -488,7 +488,7 @@ def test_valid_values_and_exclusive_bounds_are_honoured(contracts_dir: Path, tmp
         bad = sum(1 for r in csv.DictReader(f) if r["label"] not in ("ok", "worn"))
     rec = landing.push(c, [src])
     st, rep = _process(c, rec)
-    assert st["flag_out_of_range"] == 30  # the exclusive minimum 0; 200 is the inclusive maximum
+    assert st.flags["flag_out_of_range"] == 30  # the exclusive minimum 0; 200 is the inclusive maximum
     failed = {r["type"]: r for r in rep.failed_results()}
     assert failed["expect_column_values_to_be_in_set"]["unexpected_count"] == bad == 50
     assert not rep.success

@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import Counter
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,34 @@ def earlier_rows(contract: Contract, delivery_id: str, s: Settings) -> list[dict
     return rows
 
 
-def curate_delivery(contract: Contract, delivery_id: str, s: Settings | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CadCurationStats:
+    """The counts of one curated CAD delivery; ``to_dict()`` is what the catalog stores under ``stats.curated``.
+
+    Typed like the time series' ``CurationStats`` (both are the
+    ``datalab.kinds.CurationRecord`` a kind's curation returns), so the asset
+    reads fields, not keys; the stored dict keeps its keys and their order.
+    """
+
+    rows_in: int  # files delivered
+    rows_out: int  # rows of the curated table: one per file
+    exact_duplicates_removed: int  # none: a repeated file is linked (duplicate_of), not removed
+    values_converted: int  # files whose lengths were scaled to the canonical unit
+    formats: dict[str, int]  # files per format (step, stl, dxf)
+    flags: dict[str, int]  # files per flag word (the table's one flags column)
+    duplicates: int
+    same_part_links: int
+    volume_mm3_total: float
+    engine: dict[str, str]
+    bytes_out: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def curate_delivery(contract: Contract, delivery_id: str, s: Settings | None = None) -> CadCurationStats:
+    """Curate one ingested CAD delivery into one row per file; writes the curated Parquet and returns its counts."""
     s = s or settings()
     t0 = time.perf_counter()
     files = receipts.stored_files(delivery_id, s)
@@ -96,16 +124,16 @@ def curate_delivery(contract: Contract, delivery_id: str, s: Settings | None = N
     df.write_parquet(tmp, compression="zstd")
     tmp.replace(out)
     flag_counts = Counter(f for r in rows for f in (r["flags"] or "").split(",") if f)
-    stats = {
-        "rows_in": len(files), "rows_out": len(rows), "exact_duplicates_removed": 0,
-        "values_converted": sum(1 for r in rows if r["unit_scale"] != 1.0),
-        "formats": dict(Counter(r["format"] for r in rows)),
-        "flags": dict(flag_counts),
-        "duplicates": sum(1 for r in rows if r["duplicate_of"]),
-        "same_part_links": sum(1 for r in rows if r["same_part_as"]),
-        "volume_mm3_total": sum(r["volume_mm3"] or 0.0 for r in rows),
-        "engine": {"engine": "cad-sandbox", "device": "cpu"},
-        "bytes_out": out.stat().st_size, "seconds": round(time.perf_counter() - t0, 3),
-    }
-    state.set_stage(delivery_id, "curated", s=s, curated_path=str(out.relative_to(s.home)), stats={"curated": stats})
+    stats = CadCurationStats(
+        rows_in=len(files), rows_out=len(rows), exact_duplicates_removed=0,
+        values_converted=sum(1 for r in rows if r["unit_scale"] != 1.0),
+        formats=dict(Counter(r["format"] for r in rows)),
+        flags=dict(flag_counts),
+        duplicates=sum(1 for r in rows if r["duplicate_of"]),
+        same_part_links=sum(1 for r in rows if r["same_part_as"]),
+        volume_mm3_total=sum(r["volume_mm3"] or 0.0 for r in rows),
+        engine={"engine": "cad-sandbox", "device": "cpu"},
+        bytes_out=out.stat().st_size, seconds=round(time.perf_counter() - t0, 3),
+    )
+    state.set_stage(delivery_id, "curated", s=s, curated_path=str(out.relative_to(s.home)), stats={"curated": stats.to_dict()})
     return stats

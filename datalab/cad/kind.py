@@ -10,9 +10,10 @@ original files and thumbnails (``manifest.sections["cad"]``), pulled beside its 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from datalab.cad import check, curate, features, publish, suite
@@ -33,6 +34,9 @@ class CadKind:
     manifest_key: str | None = "cad"
     validate_in_chunks = False
     datasheet_facts = False
+    # One text column lists each file's flags (datalab.cad.features); curation counts them per word.
+    flag_words: Mapping[str, str] = MappingProxyType(
+        {"flags": "file flags (words such as unit_unknown, open_mesh, no_solid; counted per word)"})
 
     @property
     def section(self) -> Section:
@@ -52,14 +56,15 @@ class CadKind:
     def read_raw(self, contract: Contract, delivery_id: str, s: Settings | None = None) -> dict[str, Any]:
         return curate.ingest(contract, delivery_id, s)
 
-    def curate(self, contract: Contract, delivery_id: str, s: Settings | None = None, engine: Any = None) -> dict[str, Any]:
+    def curate(self, contract: Contract, delivery_id: str, s: Settings | None = None,
+               engine: Any = None) -> curate.CadCurationStats:
         return curate.curate_delivery(contract, delivery_id, s)
 
     def curated_path(self, contract: Contract, delivery_id: str, s: Settings) -> Path:
         return curate.curated_path(contract, delivery_id, s)
 
     def curated_schema(self, contract: Contract) -> CuratedSchema:
-        return CuratedSchema(columns=tuple(features.SCHEMA), flags=("flags",))
+        return CuratedSchema(columns=tuple(features.SCHEMA), flags=tuple(self.flag_words))
 
     def sample(self, contract: Contract, out_dir: Path, rows: int, *, seed: int = 0, files: int = 1,
                fmt: str = "csv", clean: bool = False, start: datetime | None = None, late: int = 0,

@@ -224,3 +224,35 @@ def combine(policies: list[Policy]) -> Policy:
         export_control=any(p.export_control for p in policies),
         sources=sources,
     )
+
+
+def policy_words(p: dict[str, Any]) -> list[str]:
+    """A usage policy (``Policy.to_dict()``, as a manifest stores it) as the Markdown list a card shows.
+
+    One wording for every card of a version: the datasheet of a time series
+    and the card of a kind without row facts (``datalab.store.card``, the
+    CAD card) rendered the policy twice and said different things (one
+    named who set a rule, the other did not), and a reader who sees two
+    wordings of one policy asks which one holds. Each rule names the inputs
+    that set it (``sources``, filled by :func:`combine`), so an auditor can
+    follow it back to a contract.
+    """
+    sources: dict[str, list[str]] = p.get("sources") or {}
+
+    def set_by(rule: str) -> str:
+        return f" (set by {', '.join(sources.get(rule) or []) or '-'})"
+
+    out = [f"- **Where**: stored and processed only in {', '.join(p['residency'])}{set_by('residency')}.",
+           f"- **Allowed purposes**: {', '.join(p['purposes']) or 'none'} (and the purposes that are part of them)."]
+    if p["prohibited_purposes"]:
+        out.append(f"- **Never for**: {', '.join(p['prohibited_purposes'])}{set_by('prohibited_purposes')}.")
+    out.append(f"- **Classification**: {p['classification']}.")
+    out.append(f"- **Licences to honour**: {', '.join(p['license']) or 'none stated'}.")
+    if p.get("retention_until"):
+        out.append(f"- **Deleted after**: {p['retention_until']}; the version is withdrawn then and pulls are refused.")
+    if p["personal_data"]:
+        out.append("- **Personal data**: present at the source; personal columns are pseudonymised "
+                   "(keyed HMAC, key kept by the lab) or dropped.")
+    if p["export_control"]:
+        out.append("- **Export control**: dual-use / export-controlled content.")
+    return out

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from datalab.errors import ContractError
 from datalab.kinds import sections
-from datalab.kinds.base import Attached, CuratedSchema, Kind, Staged
+from datalab.kinds.base import Attached, CuratedSchema, CurationRecord, Kind, Staged
 from datalab.kinds.sections import DEFAULT, Section
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT",
     "Attached",
     "CuratedSchema",
+    "CurationRecord",
     "Kind",
     "Section",
     "Staged",

@@ -6,7 +6,7 @@ can name these types without importing the registry that loads them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -62,6 +62,24 @@ class Attached:
     name: str = ""
 
 
+class CurationRecord(Protocol):
+    """What a kind's curation of one delivery counted (``Kind.curate``): a typed record of the kind's own.
+
+    The core reads only the rows in and out; ``to_dict()`` is what the
+    catalog stores under ``stats.curated`` and the manifest copies, so the
+    stored JSON stays a plain dict whatever the record's type
+    (``datalab.timeseries.stats.CurationStats``, ``datalab.cad.curate.CadCurationStats``).
+    """
+
+    @property
+    def rows_in(self) -> int: ...
+
+    @property
+    def rows_out(self) -> int: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 @runtime_checkable
 class Kind(Protocol):
     """What the core asks of a kind of data. Implementations: ``datalab.timeseries.kind``, ``datalab.cad.kind``."""
@@ -75,6 +93,9 @@ class Kind(Protocol):
     validate_in_chunks: bool
     # The datasheet computes facts over the rows (coverage, sensors, plots); otherwise the card alone.
     datasheet_facts: bool
+    # The curated table's flag columns (``CuratedSchema.flags``, in order) and what each means for people:
+    # the datasheet's headers and the manifest's curation counts read them here, not from a copy of their own.
+    flag_words: Mapping[str, str]
 
     @property
     def section(self) -> Section:
@@ -100,8 +121,8 @@ class Kind(Protocol):
         """Build the raw table of an accepted delivery; its statistics."""
         ...
 
-    def curate(self, contract: Contract, delivery_id: str, s: Settings | None = None, engine: Any = None) -> dict[str, Any]:
-        """Curate one delivery; its statistics."""
+    def curate(self, contract: Contract, delivery_id: str, s: Settings | None = None, engine: Any = None) -> CurationRecord:
+        """Curate one delivery; its statistics (stored as their ``to_dict()``)."""
         ...
 
     def curated_path(self, contract: Contract, delivery_id: str, s: Settings) -> Path:

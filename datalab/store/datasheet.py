@@ -29,6 +29,7 @@ import polars as pl
 
 from datalab.config import Settings
 from datalab.contracts.contract import Contract
+from datalab.contracts.policy import policy_words
 from datalab.kinds import Kind, kind_of_manifest
 from datalab.store.manifest import Manifest
 
@@ -40,18 +41,21 @@ MINOR_SHARE = 0.05
 MACHINE_RATIO = 5.0
 # A sensor with more missing values than this is a known gap.
 MISSING_SHARE = 0.05
-FLAGS = ("flag_missing", "flag_unit_unknown", "flag_out_of_range", "flag_key_duplicate", "flag_outlier", "flag_gap_before", "flag_late")
-FLAG_WORDS = {
-    "flag_missing": "missing values", "flag_unit_unknown": "unknown units",
-    "flag_out_of_range": "out of the contract's range", "flag_key_duplicate": "key duplicates",
-    "flag_outlier": "robust outliers", "flag_gap_before": "gaps before the reading", "flag_late": "late readings",
-}
 PLOTS = ("coverage.png", "distributions.png", "quality.png")
 # The distributions plot shows the first this many sensors, from at most
 # this many clean values each.
 PLOTTED_SENSORS = 24
 SAMPLE_VALUES = 200_000
 SHIPPED = ("card.md", "card.html", "datasheet.json", *PLOTS)
+
+
+def flag_words(m: Manifest) -> dict[str, str]:
+    """The flag columns of version ``m``'s table and their meanings, as its kind declares them (``Kind.flag_words``).
+
+    Read from the kind, not kept here: a copy of the list drifted from
+    curation's (other words: "late readings" for late-arriving ones, no key in "key duplicates").
+    """
+    return dict(kind_of_manifest(m).flag_words)
 
 
 def _firm_label(c: Contract, s: Settings) -> str:
@@ -90,25 +94,28 @@ def _warn_shares(what: str, shares: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _clean_value(m: dict[str, Any]) -> pl.Expr:
+def _clean_value(schema: dict[str, str]) -> pl.Expr:
     """``value`` where it is in the contract's range and no robust outlier, else null.
 
     Distributions and statistics describe these; the flagged values are
     counted separately (a few spikes would otherwise hide the distribution).
     """
-    bad = [pl.col(f) for f in ("flag_out_of_range", "flag_outlier") if f in m["schema"]]
+    bad = [pl.col(f) for f in ("flag_out_of_range", "flag_outlier") if f in schema]
     if not bad:
         return pl.col("value")
     return pl.when(~pl.any_horizontal(*bad)).then(pl.col("value")).otherwise(None)
 
 
-def _is_ts(m: dict[str, Any]) -> bool:
-    return m["schema"].get("time", "").startswith("Datetime")
+def _is_ts(schema: dict[str, str]) -> bool:
+    return schema.get("time", "").startswith("Datetime")
 
 
-def fine_counts(m: dict[str, Any], lf: pl.LazyFrame) -> pl.DataFrame:
-    """Row, time-span and flag counts per (firm, contract, entity, sensor, shift): one pass over the version."""
-    ts = _is_ts(m)
+def fine_counts(schema: dict[str, str], flags: tuple[str, ...], lf: pl.LazyFrame) -> pl.DataFrame:
+    """Row, time-span and flag counts per (firm, contract, entity, sensor, shift): one pass over the version.
+
+    ``flags``: the flag columns of the version's kind (``Kind.flag_words``).
+    """
+    ts = _is_ts(schema)
     # One pass for every count of the card: a group-by on the finest key the
     # card needs (firm, machine type, entity, sensor, operating condition),
     # from which totals, per-firm, per-type, per-machine, flag and condition
@@ -120,7 +127,7 @@ def fine_counts(m: dict[str, Any], lf: pl.LazyFrame) -> pl.DataFrame:
     # types are put on the grouped table, not on the rows: the streaming
     # engine does not stream ``replace_strict`` with a column as default,
     # and a group-by on it held the version (3.9 GB at 50 M rows).
-    flag_cols = [f for f in FLAGS if f in m["schema"]]
+    flag_cols = [f for f in flags if f in schema]
     keys = ["tenant", "contract_id", "entity", "sensor", *(["condition"] if ts else [])]
     fine = (lf.with_columns(condition=_shift_code()) if ts else lf).group_by(keys).agg(
         rows=pl.len(), time_min=pl.col("time").min(), time_max=pl.col("time").max(),
@@ -131,9 +138,9 @@ def fine_counts(m: dict[str, Any], lf: pl.LazyFrame) -> pl.DataFrame:
     return fine
 
 
-def sensor_stats(m: dict[str, Any], lf: pl.LazyFrame) -> pl.DataFrame:
+def sensor_stats(schema: dict[str, str], lf: pl.LazyFrame) -> pl.DataFrame:
     """Per (contract, sensor): unit, rows, missing and flagged counts, and the statistics of the clean values."""
-    clean = _clean_value(m)
+    clean = _clean_value(schema)
     per_sensor = lf.group_by("contract_id", "sensor").agg(
         unit=pl.col("unit").first(), rows=pl.len(), missing=pl.col("value").is_null().sum(),
         flagged=(pl.col("value").is_not_null() & clean.is_null()).sum(),
@@ -167,13 +174,13 @@ class RowPasses:
     samples: list[Any]  # numpy arrays: clean values of the first PLOTTED_SENSORS sensors (at most SAMPLE_VALUES each)
 
 
-def row_passes(m: dict[str, Any], lf: pl.LazyFrame) -> RowPasses:
-    """Every pass over the version's rows the card needs (``m`` needs only its ``schema``)."""
-    fine = fine_counts(m, lf)
-    sensors = sensor_stats(m, lf)
-    cov = coverage(m, lf, span=(fine["time_min"].min(), fine["time_max"].max()))
+def row_passes(schema: dict[str, str], flags: tuple[str, ...], lf: pl.LazyFrame) -> RowPasses:
+    """Every pass over the version's rows the card needs: they need only its schema and its kind's flag columns."""
+    fine = fine_counts(schema, flags, lf)
+    sensors = sensor_stats(schema, lf)
+    cov = coverage(schema, lf, span=(fine["time_min"].min(), fine["time_max"].max()))
     samples = [
-        lf.filter((pl.col("contract_id") == cid) & (pl.col("sensor") == sensor)).select(_clean_value(m).alias("v")).drop_nulls()
+        lf.filter((pl.col("contract_id") == cid) & (pl.col("sensor") == sensor)).select(_clean_value(schema).alias("v")).drop_nulls()
         .head(SAMPLE_VALUES).collect(engine="streaming")["v"].to_numpy()
         for cid, sensor in sensors.select("contract_id", "sensor").head(PLOTTED_SENSORS).iter_rows()
     ]
@@ -183,15 +190,16 @@ def row_passes(m: dict[str, Any], lf: pl.LazyFrame) -> RowPasses:
 class PendingPasses:
     """:func:`row_passes` running on a daemon thread; :meth:`result` waits and re-raises its error."""
 
-    def __init__(self, m: dict[str, Any], lf: pl.LazyFrame):
+    def __init__(self, schema: dict[str, str], flags: tuple[str, ...], lf: pl.LazyFrame):
         self._out: RowPasses | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(m, lf), name="datalab-datasheet-passes", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(schema, flags, lf), name="datalab-datasheet-passes",
+                                        daemon=True)
         self._thread.start()
 
-    def _run(self, m: dict[str, Any], lf: pl.LazyFrame) -> None:
+    def _run(self, schema: dict[str, str], flags: tuple[str, ...], lf: pl.LazyFrame) -> None:
         try:
-            self._out = row_passes(m, lf)
+            self._out = row_passes(schema, flags, lf)
         except BaseException as e:  # handed to result()
             self._error = e
 
@@ -203,21 +211,21 @@ class PendingPasses:
         return self._out
 
 
-def start_row_passes(schema: dict[str, str], lf: pl.LazyFrame) -> PendingPasses:
+def start_row_passes(schema: dict[str, str], flags: tuple[str, ...], lf: pl.LazyFrame) -> PendingPasses:
     """Start :func:`row_passes` for a version with ``schema`` on a thread (see :class:`RowPasses`)."""
-    return PendingPasses({"schema": schema}, lf)
+    return PendingPasses(schema, flags, lf)
 
 
-def facts(m: dict[str, Any], contracts: dict[str, Contract], lf: pl.LazyFrame, s: Settings,
+def facts(m: Manifest, contracts: dict[str, Contract], lf: pl.LazyFrame, s: Settings,
           passes: RowPasses | None = None) -> dict[str, Any]:
     """Every number of the card, computed from the version's rows (``passes``: :func:`row_passes`, if already run)."""
-    used = {c["id"]: contracts[c["id"]] for c in m["lineage"]["contracts"] if c["id"] in contracts}
+    used = {cid: contracts[cid] for cid in m.contract_ids if cid in contracts}
     firms = {c.tenant: _firm_label(c, s) for c in used.values()}
     domain = {cid: str(c.raw.get("domain") or c.product) for cid, c in used.items()}
-    ts = _is_ts(m)
-    passes = passes or row_passes(m, lf)
+    ts = _is_ts(m.schema)
+    passes = passes or row_passes(m.schema, tuple(flag_words(m)), lf)
     fine = passes.fine
-    flag_cols = [f for f in FLAGS if f in m["schema"]]
+    flag_cols = [f for f in flag_words(m) if f in m.schema]
     fine = fine.with_columns(firm=pl.col("tenant").replace_strict(firms, default=pl.col("tenant")),
                              machine_type=pl.col("contract_id").replace_strict(domain, default=pl.lit("unknown")))
     total = int(fine["rows"].sum())
@@ -251,19 +259,19 @@ def facts(m: dict[str, Any], contracts: dict[str, Contract], lf: pl.LazyFrame, s
     for r in per_firm.iter_rows(named=True):
         if r["gaps"]:
             gaps.append(f"firm {r['firm']}: {r['gaps']:,} readings follow a gap in their series (flag_gap_before)")
-    for d, st in m["curation"].items():
+    for d, st in m.curation.items():
         for w in st.get("warnings") or []:
             warnings.append(f"delivery {d}: {w}")
         if st.get("repeats_excluded"):
             gaps.append(f"delivery {d}: {st['repeats_excluded']:,} readings repeat ones an earlier delivery holds; excluded")
     warnings += near_duplicate_series(lf)
-    const = sorted({x for st in m["curation"].values() for x in (st.get("constant_sensors") or [])})
+    const = sorted({x for st in m.curation.values() for x in (st.get("constant_sensors") or [])})
     if const:
         gaps.append(f"constant sensors (no information for learning): {', '.join(const)}")
-    for e in (m.get("sovereignty") or {}).get("exclusions", []):
+    for e in m.sovereignty.get("exclusions", []):
         gaps.append(f"input {e['contract']} left out: {e['reason']}")
-    for e in m["lineage"]["excluded"]:
-        gaps.append(f"delivery {e['delivery_id']} ({e['contract']}) left out: {e['reason']}")
+    for e in m.lineage.excluded:
+        gaps.append(f"delivery {e.delivery_id} ({e.contract}) left out: {e.reason}")
     collection = []
     for cid, c in used.items():
         step = c.curation.expected_step
@@ -276,7 +284,7 @@ def facts(m: dict[str, Any], contracts: dict[str, Contract], lf: pl.LazyFrame, s
         return "" if v is None else str(v)
 
     return {
-        "dataset": m["dataset"], "version": m["version"], "rows": total,
+        "dataset": m.dataset, "version": m.version, "rows": total,
         "firms": [{**r, "time_min": _t(r["time_min"]), "time_max": _t(r["time_max"])} for r in per_firm.iter_rows(named=True)],
         "firm_shares": firm_shares, "machine_type_shares": type_shares, "condition_shares": cond,
         "machines": list(per_machine.iter_rows(named=True)),
@@ -328,22 +336,6 @@ def near_duplicate_series(lf: pl.LazyFrame) -> list[str]:
     return out
 
 
-def _policy_words(p: dict[str, Any]) -> list[str]:
-    out = [f"- **Where**: stored and processed only in {', '.join(p['residency'])} (set by {', '.join(p['sources'].get('residency', [])) or '-'}).",
-           f"- **Allowed purposes**: {', '.join(p['purposes']) or 'none'} (and the purposes that are part of them)."]
-    if p["prohibited_purposes"]:
-        out.append(f"- **Never for**: {', '.join(p['prohibited_purposes'])} (set by {', '.join(p['sources'].get('prohibited_purposes', []))}).")
-    out.append(f"- **Classification**: {p['classification']}.")
-    out.append(f"- **Licences to honour**: {', '.join(p['license']) or 'none stated'}.")
-    if p.get("retention_until"):
-        out.append(f"- **Deleted after**: {p['retention_until']}; the version is withdrawn then and pulls are refused.")
-    if p["personal_data"]:
-        out.append("- **Personal data**: present at the source; personal columns are pseudonymised (keyed HMAC, key kept by the lab) or dropped.")
-    if p["export_control"]:
-        out.append("- **Export control**: dual-use / export-controlled content.")
-    return out
-
-
 def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
     def cell(v: Any) -> str:
         return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else (f"{v:.4g}" if isinstance(v, float) else str(v))
@@ -351,21 +343,21 @@ def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
 
 
-def render_markdown(m: dict[str, Any], f: dict[str, Any], contracts: dict[str, Contract]) -> str:
-    L: list[str] = [f"# {m['title']} — version {m['version']}", "", m.get("description") or "", "",
-                    f"Dataset `{m['dataset']}@{m['version']}` ({m['version_reason']}), published {m['created_at']} to site "
-                    f"**{m['site']['name']}** ({m['site']['country']}, {m['site'].get('operator', '')}). "
+def render_markdown(m: Manifest, f: dict[str, Any], contracts: dict[str, Contract]) -> str:
+    L: list[str] = [f"# {m.title} — version {m.version}", "", m.description, "",
+                    f"Dataset `{m.dataset}@{m.version}` ({m.version_reason}), published {m.created_at} to site "
+                    f"**{m.site.name}** ({m.site.country}, {m.site.operator}). "
                     f"**{f['rows']:,} rows** (readings: one row per sensor value; a delivery's receipt counts its file rows) from {len(f['firms'])} firm(s), {len(f['machines'])} machine(s), {len(f['sensors'])} sensor series kind(s), "
-                    f"in {len(m['files'])} Parquet file(s).", ""]
-    L += ["## Usage policy (effective)", *_policy_words(m["policy"]), "",
-          f"Explain every field and its source: `datalab policy explain {m['dataset']}@{m['version']}`.", ""]
+                    f"in {len(m.files)} Parquet file(s).", ""]
+    L += ["## Usage policy (effective)", *policy_words(m.policy), "",
+          f"Explain every field and its source: `datalab policy explain {m.dataset}@{m.version}`.", ""]
     L += ["## Provenance"]
     L += _table(["contract", "firm", "contract version", "rows", "from", "to"],
-                [[c["id"], next((x["firm"] for x in f["collection"] if x["contract"] == c["id"]), c["tenant"]), c["version"],
-                  m["rows_per_contract"].get(c["id"], 0),
-                  *next(([x["time_min"], x["time_max"]] for x in f["firms"] if x["firm"] == next((y["firm"] for y in f["collection"] if y["contract"] == c["id"]), None)), ["", ""])]
-                 for c in m["lineage"]["contracts"]])
-    L += ["", f"Deliveries ({len(m['lineage']['deliveries'])}): {', '.join(m['lineage']['deliveries'])}.", ""]
+                [[c.id, next((x["firm"] for x in f["collection"] if x["contract"] == c.id), c.tenant), c.version,
+                  m.rows_per_contract.get(c.id, 0),
+                  *next(([x["time_min"], x["time_max"]] for x in f["firms"] if x["firm"] == next((y["firm"] for y in f["collection"] if y["contract"] == c.id), None)), ["", ""])]
+                 for c in m.lineage.contracts])
+    L += ["", f"Deliveries ({len(m.lineage.deliveries)}): {', '.join(m.lineage.deliveries)}.", ""]
     L += ["## Collection"]
     for x in f["collection"]:
         sensors = ", ".join(f"{y['name']} [{y['unit']}]" for y in x["sensors"])
@@ -380,16 +372,17 @@ def render_markdown(m: dict[str, Any], f: dict[str, Any], contracts: dict[str, C
           "5. Publishing: inputs combined, policy checked, rows written to Iceberg.", ""]
     L += ["Counts are readings (rows of the long table); a wide file row holds one reading per sensor, so a "
           "receipt's \"rows delivered\" can be fewer.", ""]
+    words = flag_words(m)
     L += _table(["delivery", "readings in", "readings out", "duplicates removed", "repeats excluded", "replaced by corrections",
-                 "values converted", *[FLAG_WORDS[k] for k in FLAGS]],
+                 "values converted", *words.values()],
                 [[d + (" (correction)" if st.get("correction") else ""), st.get("rows_in") or 0, st.get("rows_out") or 0,
                   st.get("exact_duplicates_removed") or 0, st.get("repeats_excluded") or 0, st.get("rows_replaced_by_corrections") or 0,
-                  st.get("values_converted") or 0, *[st.get(k) or 0 for k in FLAGS]] for d, st in m["curation"].items()])
+                  st.get("values_converted") or 0, *[st.get(k) or 0 for k in words]] for d, st in m.curation.items()])
     L += ["", "*Repeats excluded*: readings whose entity, time and sensor an earlier delivery of the contract already holds "
           "(the key is unique across deliveries); *replaced by corrections*: readings a later delivery declared as a "
           "correction (`datalab push --correction`) replaces."]
     L += ["", "## Validation"]
-    for d, v in m["validation"].items():
+    for d, v in m.validation.items():
         L.append(f"- {d}: {'passed' if v['success'] else 'FAILED'} ({v['evaluated']} expectations, {v['failed']} failed)")
     L += ["", "## Quantity and coverage", "", "Per firm:", ""]
     L += _table(["firm", "rows", "share", "machines", "sensors", "from", "to"],
@@ -401,7 +394,7 @@ def render_markdown(m: dict[str, Any], f: dict[str, Any], contracts: dict[str, C
     L += _table(["contract", "sensor", "unit", "rows", "missing", "flagged", "mean", "std", "min", "median", "max"],
                 [[r["contract_id"].split(":")[-1], r["sensor"], r["unit"], r["rows"], r["missing"], r["flagged"], r["mean"], r["std"], r["min"], r["median"], r["max"]] for r in f["sensors"]])
     L += ["", "Quality flags in this version:", ""]
-    L += _table(["flag", "rows"], [[FLAG_WORDS[k], v] for k, v in f["flags"].items()])
+    L += _table(["flag", "rows"], [[words.get(k, k), v] for k, v in f["flags"].items()])
     L += ["", "![coverage over time per firm](coverage.png)", "", "![value distributions per sensor](distributions.png)", "",
           "![quality flags per version](quality.png)", ""]
     L += ["## Imbalance and possible bias", "",
@@ -413,14 +406,14 @@ def render_markdown(m: dict[str, Any], f: dict[str, Any], contracts: dict[str, C
                 + [["operating condition (shift)", x["group"], x["rows"], f"{x['share']:.1%}"] for x in (f["condition_shares"] or [])])
     L += [""] + ([f"- **Warning**: {w}" for w in f["warnings"]] or ["No share crosses a threshold."])
     L += ["", "## Known gaps and shortcomings", ""] + ([f"- {g}" for g in f["gaps"]] or ["- none found"])
-    L += ["", "## Schema", *_table(["column", "type"], [[k, v] for k, v in m["schema"].items()])]
-    cites = "; ".join(f"{contracts[c['id']].name} ({x})" for c in m["lineage"]["contracts"] if c["id"] in contracts
-                      for x in [next((y["firm"] for y in f["collection"] if y["contract"] == c["id"]), c["tenant"])])
+    L += ["", "## Schema", *_table(["column", "type"], [[k, v] for k, v in m.schema.items()])]
+    cites = "; ".join(f"{contracts[c.id].name} ({x})" for c in m.lineage.contracts if c.id in contracts
+                      for x in [next((y["firm"] for y in f["collection"] if y["contract"] == c.id), c.tenant)])
     L += ["", "## How to use",
-          f"`datalab pull {m['dataset']}@{m['version']} --purpose <purpose> --to DIR`, or `datalab.open('{m['dataset']}', version='{m['version']}', purpose='<purpose>')`.",
+          f"`datalab pull {m.dataset}@{m.version} --purpose <purpose> --to DIR`, or `datalab.open('{m.dataset}', version='{m.version}', purpose='<purpose>')`.",
           "", "## Licence and how to cite",
-          f"Licences: {', '.join(m['policy']['license']) or 'none stated'}.",
-          f"Cite as: {m['title']}, version {m['version']}, datalab dataset `{m['dataset']}@{m['version']}`, Iceberg snapshot {m['snapshot_id']}; providers: {cites}.", ""]
+          f"Licences: {', '.join(m.policy['license']) or 'none stated'}.",
+          f"Cite as: {m.title}, version {m.version}, datalab dataset `{m.dataset}@{m.version}`, Iceberg snapshot {m.snapshot_id}; providers: {cites}.", ""]
     return "\n".join(L)
 
 
@@ -480,9 +473,9 @@ class Coverage:
     unit_words: str
 
 
-def coverage(m: dict[str, Any], lf: pl.LazyFrame, span: tuple[Any, Any]) -> Coverage:
+def coverage(schema: dict[str, str], lf: pl.LazyFrame, span: tuple[Any, Any]) -> Coverage:
     """One pass counting rows per firm and time bucket; about 60 buckets over ``span`` (the version's first and last time)."""
-    ts = _is_ts(m)
+    ts = _is_ts(schema)
     lo, hi = span
     if ts:
         seconds = (hi - lo).total_seconds() if lo is not None else 0
@@ -505,12 +498,12 @@ def coverage(m: dict[str, Any], lf: pl.LazyFrame, span: tuple[Any, Any]) -> Cove
     return Coverage(cov, full, unit_words)
 
 
-def plots(vdir: Path, m: dict[str, Any], f: dict[str, Any], lf: pl.LazyFrame, s: Settings,
+def plots(vdir: Path, m: Manifest, f: dict[str, Any], lf: pl.LazyFrame, s: Settings,
           passes: RowPasses | None = None) -> None:
     """The three PNGs, rendered headless (Agg). ``passes``: :func:`row_passes`, if already run."""
     plt = _import_pyplot()
-    passes = passes or row_passes(m, lf)
-    labels = {c["tenant"]: x["firm"] for c in m["lineage"]["contracts"] for x in f["collection"] if x["contract"] == c["id"]}
+    passes = passes or row_passes(m.schema, tuple(flag_words(m)), lf)
+    labels = {c.tenant: x["firm"] for c in m.lineage.contracts for x in f["collection"] if x["contract"] == c.id}
     # 1. coverage over time per firm
     cov, full = passes.coverage.rows, passes.coverage.buckets
     fig, ax = plt.subplots(figsize=(9, 3.5))
@@ -518,7 +511,7 @@ def plots(vdir: Path, m: dict[str, Any], f: dict[str, Any], lf: pl.LazyFrame, s:
         assert full is not None
         d = full.join(cov.filter(pl.col("tenant") == t).select("bucket", "rows"), on="bucket", how="left").fill_null(0).sort("bucket")
         ax.step(d["bucket"].to_list(), d["rows"].to_list(), where="post", label=labels.get(t, t))
-    ax.set_title(f"{m['dataset']}@{m['version']}: rows per {passes.coverage.unit_words} per firm")
+    ax.set_title(f"{m.dataset}@{m.version}: rows per {passes.coverage.unit_words} per firm")
     ax.set_ylabel("rows")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -546,13 +539,14 @@ def plots(vdir: Path, m: dict[str, Any], f: dict[str, Any], lf: pl.LazyFrame, s:
     for prev in sorted(earlier, key=lambda p: tuple(int(x) for x in p.parent.name.split("."))):
         if prev.parent != vdir:
             hist.append((prev.parent.name, json.loads(prev.read_text())["flags"]))
-    hist.append((m["version"], f["flags"]))
+    hist.append((m.version, f["flags"]))
     fig, ax = plt.subplots(figsize=(9, 3.5))
+    words = flag_words(m)
     width = 0.8 / max(1, len(f["flags"]))
     for j, flag in enumerate(f["flags"]):
-        ax.bar([i + j * width for i in range(len(hist))], [h.get(flag, 0) for _, h in hist], width, label=FLAG_WORDS[flag])
+        ax.bar([i + j * width for i in range(len(hist))], [h.get(flag, 0) for _, h in hist], width, label=words.get(flag, flag))
     ax.set_xticks([i + 0.4 for i in range(len(hist))], [v for v, _ in hist])
-    ax.set_title(f"{m['dataset']}: rows flagged per version")
+    ax.set_title(f"{m.dataset}: rows flagged per version")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(vdir / "quality.png", dpi=90)
@@ -575,8 +569,8 @@ def write(vdir: Path, manifest: Manifest, contracts: dict[str, Contract], lf: pl
     """
     from datalab.policy import firm_names
 
-    m = manifest.to_dict()
-    used = [contracts[cid] for cid in manifest.contract_ids if cid in contracts]
+    m = manifest
+    used = [contracts[cid] for cid in m.contract_ids if cid in contracts]
     masks = firm_names.masks_for(used, s)
     kind = kind_of_manifest(manifest)
     if not kind.datasheet_facts:
@@ -587,7 +581,7 @@ def write(vdir: Path, manifest: Manifest, contracts: dict[str, Contract], lf: pl
     # waits for it through the import lock.
     importer = threading.Thread(target=_import_pyplot, name="datalab-pyplot-import", daemon=True)
     importer.start()
-    passes = passes.result() if isinstance(passes, PendingPasses) else (passes or row_passes(m, lf))
+    passes = passes.result() if isinstance(passes, PendingPasses) else (passes or row_passes(m.schema, tuple(flag_words(m)), lf))
     f = facts(m, contracts, lf, s, passes)
     tenant_of = {_firm_label(c, s): c.tenant for c in used}  # the facts name firms by their label already
     masks = firm_names.masks_for(used, s, ((tenant_of.get(r["firm"], ""), str(r["entity"])) for r in f["machines"]))
@@ -597,7 +591,7 @@ def write(vdir: Path, manifest: Manifest, contracts: dict[str, Contract], lf: pl
     plots(vdir, m, f, lf, s, passes)
     md = mask(render_markdown(m, f, contracts), masks)
     (vdir / "card.md").write_text(md)
-    (vdir / "card.html").write_text(render_html(md, f"{m['title']} {m['version']}"))
+    (vdir / "card.html").write_text(render_html(md, f"{m.title} {m.version}"))
     return {"files": list(SHIPPED), "warnings": len(f["warnings"]), "gaps": len(f["gaps"])}
 
 
@@ -613,13 +607,13 @@ def _write_card_only(vdir: Path, manifest: Manifest, contracts: dict[str, Contra
     """
     from datalab.store.card import render_card
 
-    m = manifest.to_dict()
-    f = {"kind": kind.name, "rows": m["rows"], "rows_per_contract": m["rows_per_contract"],
-         "policy": m["policy"], "validation": m["validation"], "warnings": [], "gaps": []}
+    m = manifest
+    f = {"kind": kind.name, "rows": m.rows, "rows_per_contract": m.rows_per_contract,
+         "policy": m.policy, "validation": m.validation, "warnings": [], "gaps": []}
     (vdir / "datasheet.json").write_text(mask(json.dumps(f, indent=2, default=str), masks))
-    md = mask(render_card(m, contracts, kind.card_section(manifest)), masks)
+    md = mask(render_card(m, contracts, kind.card_section(m)), masks)
     (vdir / "card.md").write_text(md)
-    (vdir / "card.html").write_text(render_html(md, f"{m['title']} {m['version']}"))
+    (vdir / "card.html").write_text(render_html(md, f"{m.title} {m.version}"))
     return {"files": ["card.md", "card.html", "datasheet.json"], "warnings": 0, "gaps": 0}
 
 

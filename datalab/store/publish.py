@@ -300,12 +300,12 @@ def write_table(vp: VersionPlan, version: str, why: str, s: Settings) -> Written
     return WrittenTable(ident, snap.snapshot_id, tuple(files))
 
 
-# What the manifest keeps of each delivery's curation statistics (the curated stage's record in the catalog).
-CURATION_KEYS: tuple[str, ...] = (
-    "rows_in", "rows_out", "exact_duplicates_removed", "values_converted", "flag_missing", "flag_unit_unknown",
-    "flag_out_of_range", "flag_key_duplicate", "flag_outlier", "flag_gap_before", "flag_late", "constant_sensors",
-    "engine", "time_bases", "repeats_excluded", "correction", "replaces", "duplicate_rows", "duplicate_share",
-    "max_duplicate_share", "warnings",
+# What the manifest keeps of each delivery's curation statistics (the curated stage's record in the
+# catalog): these counts, then the kind's flag columns (Kind.flag_words), then the rest.
+CURATION_COUNTS: tuple[str, ...] = ("rows_in", "rows_out", "exact_duplicates_removed", "values_converted")
+CURATION_REST: tuple[str, ...] = (
+    "constant_sensors", "engine", "time_bases", "repeats_excluded", "correction", "replaces", "duplicate_rows",
+    "duplicate_share", "max_duplicate_share", "warnings",
 )
 
 
@@ -322,6 +322,8 @@ def build_manifest(vp: VersionPlan, version: str, why: str, written: WrittenTabl
         rows_of[d["contract"]] = rows_of.get(d["contract"], 0) + n
     val = {d["id"]: (state.get(d["id"], s) or {}).get("validation") for d in included}
     curated_stats = {d["id"]: (state.get(d["id"], s) or {}).get("stats", {}).get("curated", {}) for d in included}
+    # each delivery's flag counts under its kind's flag columns (Kind.flag_words: one per flag for a series, one for CAD)
+    flags_of = {d["id"]: tuple(kind_of(contracts[d["contract"]]).flag_words) for d in included}
     sov = sovereignty.manifest_section(vp.plan, vp.personal)
     if vp.masked_rows:  # which rows a consumer reads under pseudonyms (docs/sovereignty.md, "Firm names")
         sov["rows_pseudonymised"] = {"contracts": vp.masked_rows, "columns": list(firm_names.ROW_COLUMNS)}
@@ -341,7 +343,7 @@ def build_manifest(vp: VersionPlan, version: str, why: str, written: WrittenTabl
                   for c in vp.plan.inputs),
             tuple(vp.delivery_ids),
             tuple(Excluded(e["delivery_id"], e["contract"], e["reason"]) for e in vp.excluded)),
-        curation={k: {x: v.get(x) for x in CURATION_KEYS}
+        curation={k: {x: v.get(x) for x in (*CURATION_COUNTS, *flags_of[k], *CURATION_REST)}
                   | {"rows_replaced_by_corrections": sum(int(n) for c2 in curated_stats.values() for dd, n in (c2.get("replaces") or {}).items() if dd == k)}
                   for k, v in curated_stats.items()},
         validation={k: {"success": (v or {}).get("success"), "evaluated": (v or {}).get("evaluated"), "failed": (v or {}).get("failed")} for k, v in val.items()},
@@ -361,7 +363,8 @@ def _publish(name: str, actor: str, s: Settings) -> PublishResult:
 
     # The card's passes over the rows (Polars) run beside the Iceberg work
     # below (Python): datasheet.RowPasses.
-    passes = datasheet.start_row_passes(vp.schema, vp.rows) if all(k.datasheet_facts for k in vp.kinds) else None
+    flags = tuple(dict.fromkeys(f for k in vp.kinds for f in k.flag_words))
+    passes = datasheet.start_row_passes(vp.schema, flags, vp.rows) if all(k.datasheet_facts for k in vp.kinds) else None
     written = write_table(vp, version, why, s)
     manifest = build_manifest(vp, version, why, written, s, t0)
     vdir = s.versions / name / version

@@ -49,6 +49,7 @@ from datalab.store import catalog as cat
 from datalab.store import state
 from datalab.timeseries import long_series, schema
 from datalab.timeseries.ingest import raw_path
+from datalab.timeseries.stats import CurationStats
 
 FLAGS = schema.FLAG_COLUMNS  # the curated table's flags, declared once (datalab/timeseries/schema.py)
 # Time as Int64: microseconds for timestamps, the index itself otherwise
@@ -673,8 +674,9 @@ def _time_bases(path: Path) -> dict[str, dict[str, Any]]:
     return {r.pop("sensor"): r for r in rows.iter_rows(named=True)}
 
 
-def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None = None, s: Settings | None = None) -> dict[str, Any]:
-    """Curate one ingested delivery; writes the curated Parquet and returns its counts."""
+def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None = None,
+                    s: Settings | None = None) -> CurationStats:
+    """Curate one ingested delivery; writes the curated Parquet and returns its counts (stored as ``to_dict()``)."""
     s = s or settings()
     engine = engine or Engine()
     src = raw_path(contract, delivery_id, s)
@@ -731,43 +733,43 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
     share = dup_rows / rows_in if rows_in else 0.0
     limit = contract.curation.max_duplicate_share
     resampled = bool(contract.curation.resample_us and contract.time.logical_type == "timestamp")
-    stats = {
-        "rows_in": rows_in,
-        "rows_out": prof["rows"],
-        "exact_duplicates_removed": exact,
+    stats = CurationStats(
+        rows_in=rows_in,
+        rows_out=prof["rows"],
+        exact_duplicates_removed=exact,
         # Readings whose key (entity, time, sensor) an earlier delivery of
         # the contract already holds: excluded, or for a declared correction
         # kept, replacing the earlier ones (per earlier delivery, at publish).
-        **repeats,
+        repeats_excluded=repeats["repeats_excluded"],
+        correction=repeats["correction"],
+        replaces=repeats["replaces"],
         # Rows that repeat an earlier row's key (removed or flagged), and
         # their share: over curation.max_duplicate_share the suite fails
         # (validate.lab_rules) and the card says so.
         # (Not with resampling, whose output rows are buckets, not readings.)
-        **({} if resampled else {
-            "duplicate_rows": dup_rows,
-            "duplicate_share": round(share, 6),
-            "max_duplicate_share": limit,
-            **({"warnings": [duplicate_warning(dup_rows, rows_in, limit)]} if share > limit else {}),
-        }),
-        "values_converted": int(prof["values_converted"]),
-        **prof["flags"],
-        "entities": prof["entities"],
-        "time_min": prof["time_min"],
-        "time_max": prof["time_max"],
-        "constant_sensors": prof["constant_sensors"],
-        "sensors": prof["sensors"],
-        "pseudonymised_columns": sorted(pseudonyms),
-        **({"time_bases": time_bases} if time_bases else {}),
-        "engine": run.to_dict(),
-        "series_buckets": buckets,
-        "long_series": long_info,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "bytes_out": out.stat().st_size,
-    }
-    if stats.get("warnings") and not receipt.warnings:
-        receipts.add_warnings(delivery_id, stats["warnings"], s)  # the push did not count them (a very large delivery)
-    state.set_stage(delivery_id, "curated", s=s, curated_path=str(out.relative_to(s.home)), stats={"curated": stats})
+        duplicate_rows=None if resampled else dup_rows,
+        duplicate_share=None if resampled else round(share, 6),
+        max_duplicate_share=None if resampled else limit,
+        warnings=(duplicate_warning(dup_rows, rows_in, limit),) if not resampled and share > limit else (),
+        values_converted=int(prof["values_converted"]),
+        flags=prof["flags"],
+        entities=prof["entities"],
+        time_min=prof["time_min"],
+        time_max=prof["time_max"],
+        constant_sensors=prof["constant_sensors"],
+        sensors=prof["sensors"],
+        pseudonymised_columns=sorted(pseudonyms),
+        time_bases=time_bases,
+        engine=run.to_dict(),
+        series_buckets=buckets,
+        long_series=long_info,
+        seconds=round(time.perf_counter() - t0, 3),
+        bytes_out=out.stat().st_size,
+    )
+    if stats.warnings and not receipt.warnings:
+        receipts.add_warnings(delivery_id, list(stats.warnings), s)  # the push did not count them (a very large delivery)
+    state.set_stage(delivery_id, "curated", s=s, curated_path=str(out.relative_to(s.home)), stats={"curated": stats.to_dict()})
     return stats
 
 
-__all__ = ["FLAGS", "PROVENANCE", "Profile", "SeriesOrder", "build_plan", "curate_delivery", "curated_path", "json"]
+__all__ = ["FLAGS", "PROVENANCE", "CurationStats", "Profile", "SeriesOrder", "build_plan", "curate_delivery", "curated_path", "json"]

@@ -5,7 +5,7 @@ the text/measurement readers straight into the raw long table while the push
 checks it; curation is the Polars plan of ``datalab.timeseries.curate``; the suite is
 ``datalab.quality.expectations.derive_suite``; the curated columns are the base
 columns, the contract's attributes and the curation flags; the card's
-section is the preparation table; a version carries no files besides its
+section is the preparation table (``datalab.timeseries.card``); a version carries no files besides its
 table.
 """
 
@@ -24,9 +24,10 @@ from datalab.intake.receipts import FileReceipt
 from datalab.kinds import sections
 from datalab.kinds.base import Attached, CuratedSchema, Section
 from datalab.quality import expectations
-from datalab.store import card
 from datalab.store.manifest import Manifest
-from datalab.timeseries import curate, ingest, sample
+from datalab.timeseries import curate, ingest, sample, schema
+from datalab.timeseries.card import preparation_section
+from datalab.timeseries.stats import CurationStats
 
 
 class TimeseriesKind:
@@ -35,6 +36,7 @@ class TimeseriesKind:
     manifest_key: str | None = None
     validate_in_chunks = True
     datasheet_facts = True
+    flag_words = schema.FLAG_WORDS  # one Boolean column per flag (datalab/timeseries/schema.py)
 
     @property
     def section(self) -> Section:
@@ -60,7 +62,8 @@ class TimeseriesKind:
     def read_raw(self, contract: Contract, delivery_id: str, s: Settings | None = None) -> dict[str, Any]:
         return ingest.ingest_raw(contract, delivery_id, s)
 
-    def curate(self, contract: Contract, delivery_id: str, s: Settings | None = None, engine: Any = None) -> dict[str, Any]:
+    def curate(self, contract: Contract, delivery_id: str, s: Settings | None = None,
+               engine: Any = None) -> CurationStats:
         return curate.curate_delivery(contract, delivery_id, engine, s)
 
     def curated_path(self, contract: Contract, delivery_id: str, s: Settings) -> Path:
@@ -68,7 +71,7 @@ class TimeseriesKind:
 
     def curated_schema(self, contract: Contract) -> CuratedSchema:
         return CuratedSchema(columns=(*expectations.expected_columns(contract), *curate.PROVENANCE),
-                             flags=tuple(curate.FLAGS))
+                             flags=schema.FLAG_COLUMNS)
 
     def sample(self, contract: Contract, out_dir: Path, rows: int, *, seed: int = 0, files: int = 1,
                fmt: str = "csv", clean: bool = False, start: datetime | None = None, late: int = 0,
@@ -85,7 +88,7 @@ class TimeseriesKind:
         return None  # the table is the whole version
 
     def card_section(self, manifest: Manifest) -> list[str]:
-        return card.preparation_section(manifest.to_dict())
+        return preparation_section(manifest)
 
     def pull_files(self, manifest: Manifest, out: Path, s: Settings,
                    copy: Callable[[Path, Path, str], None]) -> list[Path]:
