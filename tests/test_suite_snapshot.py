@@ -114,3 +114,13 @@ def test_the_snapshot_covers_every_rule() -> None:
             "expect_column_mean_to_be_between", "expect_column_values_to_be_increasing"} <= types
     sources = {s["source"] for specs in pinned.values() for s in specs}
     assert any("personal" in s for s in sources) and any("validValues" in s for s in sources)
+
+
+def test_every_timeseries_expectation_names_the_rule_that_wrote_it() -> None:
+    from datalab.timeseries import suite
+
+    for name, c in contracts().items():
+        if c.kind != "timeseries":
+            continue
+        for spec in kind_of(c).suite(c):
+            assert spec.rule and callable(getattr(suite, spec.rule, None)), (name, spec.type, spec.rule)

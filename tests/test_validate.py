@@ -19,15 +19,10 @@ import pytest
 
 from datalab.config import settings
 from datalab.contracts.contract import Contract, load_all
-from datalab.quality.validate import (
-    FLAG_COLUMNS,
-    PSEUDONYM_REGEX,
-    ExpectationSpec,
-    derive_suite,
-    load_handwritten,
-    mostly_from_rule,
-    validate,
-)
+from datalab.quality.expectations import ExpectationSpec, mostly_from_rule
+from datalab.quality.validate import load_handwritten, validate
+from datalab.timeseries.schema import FLAG_COLUMNS
+from datalab.timeseries.suite import PSEUDONYM_REGEX, derive_suite
 
 BAVARIA = "urn:datalab:bavaria-spindle:spindle-telemetry"
 LYON = "urn:datalab:lyon-presses:press-line"

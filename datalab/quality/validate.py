@@ -1,8 +1,9 @@
 """Validation of curated time-series tables with Great Expectations (GX 1.x).
 
-The contract is the single source of the rules: :func:`derive_suite` turns an
-ODCS contract into a list of :class:`ExpectationSpec` (plain data, no GX
-objects, so it is cheap, testable and printable), hand-written additions come
+The contract is the single source of the rules: the contract's kind
+(``datalab.kinds``) derives from it a list of :class:`ExpectationSpec` (plain
+data, no GX objects, so it is cheap, testable and printable; the time-series
+suite is ``datalab/timeseries/suite.py``), hand-written additions come
 from ``checks/suites/<slug>.json`` (:func:`load_handwritten`), and
 :func:`validate` runs both against one curated table and returns a
 :class:`ValidationReport` that names, for every failure, the column, the
@@ -34,36 +35,14 @@ import sys
 import threading
 import time as _time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from datalab.config import safe_segment, settings
 from datalab.kinds import kind_of
 from datalab.quality import heap, validate_chunks
-from datalab.quality.expectations import (  # noqa: F401  (re-exported: the derivation's names, read from here by callers)
-    _BAD_FRACTION_METRICS,
-    _EQ_CONDITION,
-    BASE_COLUMNS,
-    FLAG_COLUMNS,
-    KEY_COLUMNS,
-    LAB_MAX_DUPLICATE_SHARE,
-    PSEUDONYM_REGEX,
-    ExpectationSpec,
-    _custom_spec,
-    _jsonable,
-    _property_rule,
-    _row_count_kwargs,
-    _rule_operator,
-    _rule_text,
-    _sensor_condition,
-    _valid_values_spec,
-    derive_suite,
-    expected_columns,
-    lab_rules,
-    mostly_from_rule,
-    range_kwargs,
-)
+from datalab.quality.expectations import _EQ_CONDITION, ExpectationSpec, _jsonable, lab_rules
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
@@ -124,10 +103,6 @@ class ValidationReport:
             f"({self.successful}/{self.evaluated} expectations, {self.rows} rows, {self.seconds:.1f}s)"
         )
         return "\n".join([head, *(f"  - {r['message']}" for r in self.failed_results())])
-
-
-# --------------------------------------------------------------------------
-# deriving the suite from the contract
 
 
 # --------------------------------------------------------------------------
@@ -829,8 +804,7 @@ def _chunk_suites(gx: Any, slug: str, specs: list[ExpectationSpec], chosen: list
     out = []
     for part, columns in ((schema, []), (data, validate_chunks.columns_read([kw for _, kw in data], all_columns))):
         if part:
-            expectations = [_build_expectation(ExpectationSpec(specs[i].type, kw, specs[i].source, specs[i].sensor), i)
-                            for i, kw in part]
+            expectations = [_build_expectation(replace(specs[i], kwargs=kw), i) for i, kw in part]
             out.append(_ChunkSuite([i for i, _ in part], gx.ExpectationSuite(name=f"{slug}.chunk", expectations=expectations),
                                    columns))
     return out

@@ -3,7 +3,7 @@
 What differs from other kinds, in one place: each staged file is read by
 the text/measurement readers straight into the raw long table while the push
 checks it; curation is the Polars plan of ``datalab.timeseries.curate``; the suite is
-``datalab.quality.expectations.derive_suite``; the curated columns are the base
+``datalab.timeseries.suite.derive_suite``; the curated columns are the base
 columns, the contract's attributes and the curation flags; the card's
 section is the preparation table; a version carries no files besides its
 table.
@@ -26,6 +26,7 @@ from datalab.kinds.base import Attached, CuratedSchema, Section
 from datalab.quality import expectations
 from datalab.store import card
 from datalab.timeseries import curate, ingest, sample
+from datalab.timeseries import suite as ts_suite
 
 
 class TimeseriesKind:
@@ -77,7 +78,7 @@ class TimeseriesKind:
                                    start=start, stem=stem)
 
     def suite(self, contract: Contract) -> list[expectations.ExpectationSpec]:
-        return expectations.derive_suite(contract)
+        return ts_suite.derive_suite(contract)
 
     def attach_files(self, manifest: dict[str, Any], included: list[dict[str, Any]], contracts: dict[str, Any],
                      policy: Policy, s: Settings) -> None:
