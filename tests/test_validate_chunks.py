@@ -160,7 +160,7 @@ def _fresh_python(code: str) -> str:
 
 def test_gx_imports_in_the_background_and_validation_waits_for_it() -> None:
     code = ("import sys, threading\n"
-            "from datalab import validate\n"
+            "from datalab.quality import validate\n"
             "assert 'great_expectations' not in sys.modules\n"
             "validate.import_in_background()\n"
             "assert any(t.name == 'datalab-gx-import' for t in threading.enumerate())\n"
@@ -174,7 +174,7 @@ def test_gx_imports_in_the_background_and_validation_waits_for_it() -> None:
 def test_gx_loads_without_scipy_stats_until_something_uses_it(how: str) -> None:
     """scipy.stats is a lazy module after GX's import (either way in): loaded, and right, on first use."""
     code = ("import sys\n"
-            "from datalab import validate\n"
+            "from datalab.quality import validate\n"
             + ("validate.import_in_background()\n" if how == "background" else "")
             + "validate._import_gx()\n"
             "import great_expectations.expectations.core.expect_column_kl_divergence_to_be_less_than as kl\n"
