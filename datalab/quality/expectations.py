@@ -24,34 +24,6 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 # the runner's logger: the warnings read as they did before the derivation moved here
 log = logging.getLogger("datalab.quality.validate")
 
-# Columns every curated long table has, before the contract's attributes.
-BASE_COLUMNS: tuple[str, ...] = (
-    "delivery_id",
-    "entity",
-    "time",
-    "sensor",
-    "value",
-    "unit",
-    "raw_value",
-    "raw_unit",
-)
-
-
-# Curation flags (Boolean), after the attributes.
-FLAG_COLUMNS: tuple[str, ...] = (
-    "flag_missing",
-    "flag_key_duplicate",
-    "flag_unit_unknown",
-    "flag_out_of_range",
-    "flag_outlier",
-    "flag_gap_before",
-    "flag_late",
-)
-
-
-KEY_COLUMNS: tuple[str, ...] = ("entity", "time", "sensor")
-
-
 _EQ_CONDITION = re.compile(r"""^\s*([A-Za-z_][A-Za-z0-9_]*)\s*==\s*(["'])(.*)\2\s*$""")
 
 
@@ -249,11 +221,6 @@ def lab_rules(contract: Contract, stats: dict[str, Any] | None) -> list[dict[str
         "observed_value": round(share, 6), "element_count": int(stats.get("rows_in") or 0),
         "message": ("" if ok else "FAILED: ") + msg,
     }]
-
-
-def expected_columns(contract: Contract) -> list[str]:
-    """Every column the curated long table of ``contract`` must have."""
-    return [*BASE_COLUMNS, *(a.name for a in contract.attributes), *FLAG_COLUMNS]
 
 
 def _jsonable(x: Any) -> Any:

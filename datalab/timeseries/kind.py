@@ -23,9 +23,9 @@ from datalab.intake.formats import Sniffed
 from datalab.intake.receipts import FileReceipt
 from datalab.kinds import sections
 from datalab.kinds.base import Attached, CuratedSchema, Section
-from datalab.quality import expectations
+from datalab.quality.expectations import ExpectationSpec
 from datalab.store import card
-from datalab.timeseries import curate, ingest, sample
+from datalab.timeseries import curate, ingest, sample, schema
 from datalab.timeseries import suite as ts_suite
 
 
@@ -67,7 +67,7 @@ class TimeseriesKind:
         return curate.curated_path(contract, delivery_id, s)
 
     def curated_schema(self, contract: Contract) -> CuratedSchema:
-        return CuratedSchema(columns=(*expectations.expected_columns(contract), *curate.PROVENANCE),
+        return CuratedSchema(columns=(*schema.columns([a.name for a in contract.attributes]), *curate.PROVENANCE),
                              flags=tuple(curate.FLAGS))
 
     def sample(self, contract: Contract, out_dir: Path, rows: int, *, seed: int = 0, files: int = 1,
@@ -77,7 +77,7 @@ class TimeseriesKind:
         return sample.cli_generate(contract, rows, seed, out_dir, files=files, fmt=fmt, defects=defects,
                                    start=start, stem=stem)
 
-    def suite(self, contract: Contract) -> list[expectations.ExpectationSpec]:
+    def suite(self, contract: Contract) -> list[ExpectationSpec]:
         return ts_suite.derive_suite(contract)
 
     def attach_files(self, manifest: dict[str, Any], included: list[dict[str, Any]], contracts: dict[str, Any],

@@ -37,10 +37,10 @@ from datalab.quality.expectations import (
     _rule_operator,
     _rule_text,
     _sensor_condition,
-    expected_columns,
     mostly_from_rule,
     range_kwargs,
 )
+from datalab.timeseries import schema
 from datalab.timeseries.schema import KEY_COLUMNS
 
 # the runner's logger: the warnings read as they did before the derivation moved here
@@ -76,6 +76,11 @@ class Prop:
 
 def _props(contract: Contract) -> dict[str, Prop]:
     return {c.name: Prop(c, f"{PROPS}[{i}] ({c.name})") for i, c in enumerate(contract.columns)}
+
+
+def expected_columns(contract: Contract) -> list[str]:
+    """Every column the curated long table of ``contract`` must have, in the table's order (``schema.columns``)."""
+    return list(schema.columns([a.name for a in contract.attributes]))
 
 
 def _with_mostly(found: tuple[int, dict[str, Any]] | None) -> tuple[float, str]:
