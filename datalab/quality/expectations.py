@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from datalab.quality.results import ExpectationResult
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from datalab.contracts.contract import Column, Contract
 
@@ -197,8 +199,8 @@ def range_kwargs(col: Column) -> dict[str, Any]:
 LAB_MAX_DUPLICATE_SHARE = "lab_max_duplicate_share"
 
 
-def lab_rules(contract: Contract, stats: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Results of the lab's rules on a delivery's curation counts, in the shape of GX results.
+def lab_rules(contract: Contract, stats: dict[str, Any] | None) -> list[ExpectationResult]:
+    """Results of the lab's rules on a delivery's curation counts, beside GX's (``by_lab``).
 
     ``lab_max_duplicate_share``: the share of the delivery's rows that
     repeat a key (entity, time, sensor) of an earlier row, removed as exact
@@ -206,6 +208,7 @@ def lab_rules(contract: Contract, stats: dict[str, Any] | None) -> list[dict[str
     ``curation.max_duplicate_share`` (default 5 %). A layout that gave
     101,782 of 240,000 real samples one time each passed every GX
     expectation, because the duplicates were gone by then (issue 23).
+    ``index`` is -1: the runner numbers them after the suite.
     """
     if not contract.series or not stats or "duplicate_share" not in stats:
         return []
@@ -214,13 +217,13 @@ def lab_rules(contract: Contract, stats: dict[str, Any] | None) -> list[dict[str
     n = int(stats.get("duplicate_rows") or 0)
     msg = (f"{n:,} of {int(stats.get('rows_in') or 0):,} rows ({share:.2%}) repeat an earlier row's key (entity, time, sensor); "
            f"the contract allows {limit:.2%} (customProperties curation.max_duplicate_share)")
-    return [{
-        "index": -1, "type": LAB_MAX_DUPLICATE_SHARE, "success": ok, "column": None, "sensor": None,
-        "kwargs": {"max_share": limit}, "source": "customProperties.curation.max_duplicate_share (default 0.05)",
-        "unexpected_count": n, "unexpected_percent": round(share * 100, 4), "sample_values": [],
-        "observed_value": round(share, 6), "element_count": int(stats.get("rows_in") or 0),
-        "message": ("" if ok else "FAILED: ") + msg,
-    }]
+    return [ExpectationResult(
+        index=-1, type=LAB_MAX_DUPLICATE_SHARE, success=ok, column=None, sensor=None,
+        kwargs={"max_share": limit}, source="customProperties.curation.max_duplicate_share (default 0.05)",
+        unexpected_count=n, unexpected_percent=round(share * 100, 4), sample_values=(),
+        observed_value=round(share, 6), element_count=int(stats.get("rows_in") or 0),
+        message=("" if ok else "FAILED: ") + msg, rule=LAB_MAX_DUPLICATE_SHARE, by_lab=True,
+    )]
 
 
 def _jsonable(x: Any) -> Any:
