@@ -35,8 +35,8 @@ def run_suite_check(contract: Contract, delivery_id: str, path, context: dg.Asse
         delivery_id, "validated" if report.success else "failed", s=s or settings(),
         validation_ok=report.success, validation=report.to_dict(),
     )
-    lines = [f"| {r.get('type')} | {r.get('column') or ''} | {r.get('sensor') or ''} | {r.get('unexpected_count')} | "
-             f"{r.get('unexpected_percent')} | {r.get('sample_values')} |" for r in failed]
+    lines = [f"| {r.type} | {r.column or ''} | {r.sensor or ''} | {r.unexpected_count} | "
+             f"{r.unexpected_percent} | {list(r.sample_values)} |" for r in failed]
     md = "| expectation | column | sensor | unexpected | % | samples |\n|---|---|---|---|---|---|\n" + "\n".join(lines) if lines else "all expectations passed"
     if context is not None and not report.success:
         context.log.warning(f"delivery {delivery_id}: {report.failed} of {report.evaluated} expectations failed")

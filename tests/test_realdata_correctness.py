@@ -203,7 +203,7 @@ def test_duplicate_share_over_the_limit_warns_and_fails_the_suite(lab: Path, con
     assert landing.get_receipt(rec.delivery_id).warnings == rec.warnings  # stored with the receipt
     st, rep = _process(c, rec)
     assert st.duplicate_rows == repeats and st.warnings
-    failed = [r["type"] for r in rep.failed_results()]
+    failed = [r.type for r in rep.failed_results()]
     assert "lab_max_duplicate_share" in failed and not rep.success
     # A delivery too large for the push's own count gets curation's warning on its receipt.
     monkeypatch.setattr(landing, "DUPLICATE_CHECK_MAX_ROWS", 10)
@@ -489,8 +489,8 @@ def test_valid_values_and_exclusive_bounds_are_honoured(contracts_dir: Path, tmp
     rec = landing.push(c, [src])
     st, rep = _process(c, rec)
     assert st.flags["flag_out_of_range"] == 30  # the exclusive minimum 0; 200 is the inclusive maximum
-    failed = {r["type"]: r for r in rep.failed_results()}
-    assert failed["expect_column_values_to_be_in_set"]["unexpected_count"] == bad == 50
+    failed = {r.type: r for r in rep.failed_results()}
+    assert failed["expect_column_values_to_be_in_set"].unexpected_count == bad == 50
     assert not rep.success
 
 

@@ -19,15 +19,10 @@ import pytest
 
 from datalab.config import settings
 from datalab.contracts.contract import Contract, load_all
-from datalab.quality.validate import (
-    FLAG_COLUMNS,
-    PSEUDONYM_REGEX,
-    ExpectationSpec,
-    derive_suite,
-    load_handwritten,
-    mostly_from_rule,
-    validate,
-)
+from datalab.quality.expectations import ExpectationSpec, mostly_from_rule
+from datalab.quality.validate import load_handwritten, validate
+from datalab.timeseries.schema import FLAG_COLUMNS
+from datalab.timeseries.suite import PSEUDONYM_REGEX, derive_suite
 
 BAVARIA = "urn:datalab:bavaria-spindle:spindle-telemetry"
 LYON = "urn:datalab:lyon-presses:press-line"
@@ -108,7 +103,7 @@ def spoil(df: pl.DataFrame, sensor: str, every: int, value: float) -> pl.DataFra
 
 
 def failed_for(report, type_: str) -> list[dict]:
-    return [r for r in report.failed_results() if r["type"] == type_]
+    return [r for r in report.failed_results() if r.type == type_]
 
 
 # --------------------------------------------------------------------------
@@ -292,15 +287,15 @@ def test_out_of_range_sensor_fails_with_count_and_samples(contracts: dict[str, C
     report = validate(c, df, run_name="d-hot", build_docs=False)
     assert not report.success
     [bad] = failed_for(report, "expect_column_values_to_be_between")
-    assert bad["sensor"] == "spindle_temp" and bad["column"] == "value"
-    assert bad["unexpected_count"] == 2 * N // 10
-    assert bad["unexpected_percent"] == pytest.approx(10.0)
-    assert bad["element_count"] == 2 * N
-    assert bad["mostly"] == pytest.approx(0.97)
-    assert 1 <= len(bad["sample_values"]) <= 5
-    assert all(v >= 500.0 for v in bad["sample_values"])
-    assert "spindle_temp" in bad["message"] and "10.00%" in bad["message"]
-    assert "spindle_temp" in bad["source"]
+    assert bad.sensor == "spindle_temp" and bad.column == "value"
+    assert bad.unexpected_count == 2 * N // 10
+    assert bad.unexpected_percent == pytest.approx(10.0)
+    assert bad.element_count == 2 * N
+    assert bad.mostly == pytest.approx(0.97)
+    assert 1 <= len(bad.sample_values) <= 5
+    assert all(v >= 500.0 for v in bad.sample_values)
+    assert "spindle_temp" in bad.message and "10.00%" in bad.message
+    assert "spindle_temp" in bad.source
     assert report.failed == 1  # only that sensor's range: the other sensors are fine
 
 
@@ -315,9 +310,9 @@ def test_out_of_range_within_tolerance_passes(
     [r] = [
         r
         for r in report.results
-        if r["type"] == "expect_column_values_to_be_between" and r["sensor"] == "vibration"
+        if r.type == "expect_column_values_to_be_between" and r.sensor == "vibration"
     ]
-    assert r["unexpected_count"] == 2 * N // 50 and r["success"]
+    assert r.unexpected_count == 2 * N // 50 and r.success
 
 
 def test_duplicate_keys_beyond_rule_fail(contracts: dict[str, Contract]) -> None:
@@ -326,10 +321,10 @@ def test_duplicate_keys_beyond_rule_fail(contracts: dict[str, Contract]) -> None
     dups = df.head(200).with_columns(pl.lit(True).alias("flag_key_duplicate"))  # 200 of 1800 rows
     report = validate(c, pl.concat([df, dups]), run_name="d-dups", build_docs=False)
     [bad] = failed_for(report, "expect_compound_columns_to_be_unique")
-    assert bad["column"] == "entity, time, sensor"
-    assert bad["unexpected_count"] == 400  # GX counts every row of a repeated key
-    assert set(bad["sample_values"][0]) == {"entity", "time", "sensor"}
-    assert bad["sample_values"][0]["time"].startswith("2024-03-01T00:00:00")
+    assert bad.column == "entity, time, sensor"
+    assert bad.unexpected_count == 400  # GX counts every row of a repeated key
+    assert set(bad.sample_values[0]) == {"entity", "time", "sensor"}
+    assert bad.sample_values[0]["time"].startswith("2024-03-01T00:00:00")
 
 
 def test_unknown_sensor_fails(contracts: dict[str, Contract]) -> None:
@@ -337,8 +332,8 @@ def test_unknown_sensor_fails(contracts: dict[str, Contract]) -> None:
     df = curated(c, ["BSW-M01"])
     stray = df.head(3).with_columns(pl.lit("coolant_level").alias("sensor"))
     report = validate(c, pl.concat([df, stray]), run_name="d-stray", build_docs=False)
-    [bad] = [r for r in report.failed_results() if r["column"] == "sensor"]
-    assert bad["unexpected_count"] == 3 and bad["sample_values"] == ["coolant_level"]
+    [bad] = [r for r in report.failed_results() if r.column == "sensor"]
+    assert bad.unexpected_count == 3 and bad.sample_values == ("coolant_level",)
 
 
 def test_personal_attribute_in_clear_fails(contracts: dict[str, Contract]) -> None:
@@ -346,7 +341,7 @@ def test_personal_attribute_in_clear_fails(contracts: dict[str, Contract]) -> No
     clear = curated(c, ["LP-A1"], attributes={"operator_badge": "B12345"})
     report = validate(c, clear, run_name="d-clear", build_docs=False)
     [bad] = report.failed_results()
-    assert bad["column"] == "operator_badge" and bad["sample_values"] == ["B12345"]
+    assert bad.column == "operator_badge" and bad.sample_values == ("B12345",)
     pseudo = curated(c, ["LP-A1"], attributes={"operator_badge": "ps_0123456789abcdef"})
     assert validate(c, pseudo, run_name="d-pseudo", build_docs=False).success
 
@@ -363,10 +358,10 @@ def test_integer_time_contract_flags_only_the_missing_readings(
         pl.when(pl.int_range(pl.len()) < 5).then(None).otherwise(pl.col("value")).alias("value")
     )
     report = validate(c, nulls, run_name="d-cmapss-nulls", build_docs=False)
-    failed = {(r["sensor"], r["source"].split(" ")[0]) for r in report.failed_results()}
+    failed = {(r.sensor, r.source.split(" ")[0]) for r in report.failed_results()}
     # setting1 is required (nullValues mustBe 0 on the table as well)
     assert failed == {("setting1", "schema[0].properties[2]"), (None, "schema[0].quality[1]")}
-    assert all(r["unexpected_count"] == 5 for r in report.failed_results())
+    assert all(r.unexpected_count == 5 for r in report.failed_results())
     assert report.evaluated == len(derive_suite(c)) and report.rows == 24 * 2 * 20
 
 
@@ -398,13 +393,13 @@ def test_two_runs_in_a_row_and_handwritten_suite(
     assert first.success and first.evaluated == len(derive_suite(c))
     assert second.evaluated == first.evaluated + 2
     added = second.results[-2:]
-    assert [r["source"] for r in added] == [
+    assert [r.source for r in added] == [
         f"{suites / (c.slug + '.json')}[0]",
         f"{suites / (c.slug + '.json')}[1]",
     ]
     # the hand-written range is tighter than the contract's: it fails and names the sensor
-    assert added[0]["sensor"] == "spindle_temp" and not added[0]["success"]
-    assert added[1]["success"]
+    assert added[0].sensor == "spindle_temp" and not added[0].success
+    assert added[1].success
     html = Path(second.docs_path).read_text()
     assert "d-one" in html and "d-two" in html
     assert {p.name for p in (lab_home / "validation").iterdir()} == {"d-one.json", "d-two.json"}
@@ -415,7 +410,7 @@ def test_missing_column_and_bad_run_name(contracts: dict[str, Contract]) -> None
     df = curated(c, ["BSW-M01"], n=20).drop("raw_unit")
     report = validate(c, df.lazy(), run_name="d-nocol", build_docs=False)
     [bad] = report.failed_results()
-    assert bad["type"] == "expect_table_columns_to_match_set"
-    assert "raw_unit" in bad["message"]
+    assert bad.type == "expect_table_columns_to_match_set"
+    assert "raw_unit" in bad.message
     with pytest.raises(ValueError, match="run name"):
         validate(c, df, run_name="../escape", build_docs=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
@@ -11,6 +12,7 @@ import pytest
 from datalab.config import settings
 from datalab.intake import landing
 from datalab.quality import validate, validate_chunks
+from datalab.quality.results import ExpectationResult
 from datalab.timeseries import curate, sample
 from tests.conftest import PRESS, SPINDLE
 
@@ -43,30 +45,32 @@ def test_chunked_equals_whole(lab: Path, tmp_path: Path, contracts, monkeypatch:
     assert chunked.success == whole.success
     assert len(chunked.results) == len(whole.results)
     for a, b in zip(whole.results, chunked.results, strict=True):
-        assert {k: a[k] for k in COMPARED} == {k: b[k] for k in COMPARED}, a["message"]
-        if a.get("unexpected_percent") is not None:
-            assert b["unexpected_percent"] == pytest.approx(a["unexpected_percent"])
+        assert {k: getattr(a, k) for k in COMPARED} == {k: getattr(b, k) for k in COMPARED}, a.message
+        if a.unexpected_percent is not None:
+            assert b.unexpected_percent == pytest.approx(a.unexpected_percent)
         # Chunks run on narrowed batches with GX's BASIC format: the samples
         # must still come back, and only values the whole run also found bad.
-        assert bool(a["sample_values"]) == bool(b["sample_values"]), a["message"]
+        assert bool(a.sample_values) == bool(b.sample_values), a.message
     if defects is not None and cid == SPINDLE:
         assert not whole.success and chunked.failed == whole.failed > 0
 
 
 def test_merge_applies_mostly_to_totals() -> None:
-    base = {"type": "expect_column_values_to_be_between", "kwargs": {"mostly": 0.9}, "missing_count": 0}
+    base = ExpectationResult(type="expect_column_values_to_be_between", column="value", sensor=None, source="test",
+                             success=True, kwargs={"mostly": 0.9}, index=0, missing_count=0)
     # 8 % and 12 % unexpected in the two chunks: 10 % overall meets mostly=0.9 exactly
-    a = {**base, "success": True, "element_count": 100, "unexpected_count": 8, "sample_values": [1]}
-    b = {**base, "success": False, "element_count": 100, "unexpected_count": 12, "sample_values": [2]}
+    a = replace(base, success=True, element_count=100, unexpected_count=8, sample_values=(1,))
+    b = replace(base, success=False, element_count=100, unexpected_count=12, sample_values=(2,))
     (m,) = validate_chunks.merge([[a], [b]])
-    assert m["success"] and m["unexpected_count"] == 20 and m["element_count"] == 200
-    assert m["unexpected_percent"] == pytest.approx(10.0) and m["sample_values"] == [1, 2]
-    c = {**b, "unexpected_count": 13}
+    assert m.success and m.unexpected_count == 20 and m.element_count == 200
+    assert m.unexpected_percent == pytest.approx(10.0) and m.sample_values == (1, 2)
+    c = replace(b, unexpected_count=13)
     (m,) = validate_chunks.merge([[a], [c]])
-    assert not m["success"]
-    rc = {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 150}, "success": False, "observed_value": 100}
-    (m,) = validate_chunks.merge([[rc], [dict(rc)]])
-    assert m["success"] and m["observed_value"] == 200
+    assert not m.success
+    rc = replace(base, type="expect_table_row_count_to_be_between", column=None, kwargs={"min_value": 150},
+                 success=False, observed_value=100)
+    (m,) = validate_chunks.merge([[rc], [rc]])
+    assert m.success and m.observed_value == 200
 
 
 def test_unmergeable_expectations_run_unchunked() -> None:
@@ -86,9 +90,9 @@ def test_sensor_missing_from_the_data_gives_the_whole_table_verdict(lab: Path, t
     monkeypatch.setenv("DATALAB_VALIDATE_CHUNK_ROWS", "3000")
     chunked = validate.validate(c, path, run_name="chunked-missing", build_docs=False)
     assert any("chunks" in n for n in chunked.notes)
-    assert [r["sensor"] for r in chunked.results].count(gone) >= 1
+    assert [r.sensor for r in chunked.results].count(gone) >= 1
     for a, b in zip(whole.results, chunked.results, strict=True):
-        assert {k: a[k] for k in COMPARED} == {k: b[k] for k in COMPARED}, a["message"]
+        assert {k: getattr(a, k) for k in COMPARED} == {k: getattr(b, k) for k in COMPARED}, a.message
     assert chunked.success == whole.success and chunked.rows == whole.rows
 
 
@@ -119,8 +123,8 @@ def test_regex_on_text_column_counts_every_bad_row(lab: Path, tmp_path: Path, co
     threshold = pandas_execution_engine.HASH_THRESHOLD
     rep = validate.validate(c, path, run_name="regex", build_docs=False)
     assert any("chunks" in n for n in rep.notes)
-    regex = next(r for r in rep.results if r["type"] == "expect_column_values_to_match_regex")
-    assert not regex["success"] and regex["unexpected_count"] == expected, regex["message"]
+    regex = next(r for r in rep.results if r.type == "expect_column_values_to_match_regex")
+    assert not regex.success and regex.unexpected_count == expected, regex.message
     # The batch fingerprint is skipped only inside the chunk loop.
     assert pandas_execution_engine.HASH_THRESHOLD == threshold > 0
 

@@ -1,11 +1,11 @@
 """Expectations derived from a contract, as plain data (before they become GX objects).
 
-``derive_suite`` turns a timeseries contract into ``ExpectationSpec``s; the
-CAD kind derives its own (``datalab/cad/suite.py``) from the same record.
-Kept below the GX runner (``datalab.quality.validate``), which finds a contract's
-suite through its kind (``datalab.kinds``), so that the kinds can derive
-suites without importing the runner. ``datalab.quality.validate`` re-exports these
-names.
+The record (``ExpectationSpec``) and the readings of ODCS rules every kind may
+use (``mostly_from_rule``, ``range_kwargs``, custom GX rules, row counts); each
+kind derives its own suite from them (``datalab/timeseries/suite.py``,
+``datalab/cad/suite.py``). Kept below the GX runner (``datalab.quality.validate``),
+which finds a contract's suite through its kind (``datalab.kinds``), so that the
+kinds can derive suites without importing the runner.
 """
 
 from __future__ import annotations
@@ -18,43 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from datalab.quality.results import ExpectationResult
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from datalab.contracts.contract import Column, Contract
 
 # the runner's logger: the warnings read as they did before the derivation moved here
 log = logging.getLogger("datalab.quality.validate")
-
-# Columns every curated long table has, before the contract's attributes.
-BASE_COLUMNS: tuple[str, ...] = (
-    "delivery_id",
-    "entity",
-    "time",
-    "sensor",
-    "value",
-    "unit",
-    "raw_value",
-    "raw_unit",
-)
-
-
-# Curation flags (Boolean), after the attributes.
-FLAG_COLUMNS: tuple[str, ...] = (
-    "flag_missing",
-    "flag_key_duplicate",
-    "flag_unit_unknown",
-    "flag_out_of_range",
-    "flag_outlier",
-    "flag_gap_before",
-    "flag_late",
-)
-
-
-# What curation writes in place of a personal attribute: "ps_" + 16 hex chars.
-PSEUDONYM_REGEX = r"^ps_[0-9a-f]{16}$"
-
-
-KEY_COLUMNS: tuple[str, ...] = ("entity", "time", "sensor")
-
 
 _EQ_CONDITION = re.compile(r"""^\s*([A-Za-z_][A-Za-z0-9_]*)\s*==\s*(["'])(.*)\2\s*$""")
 
@@ -75,6 +45,11 @@ class ExpectationSpec:
     kwargs: dict[str, Any]
     source: str  # where it comes from, for people
     sensor: str | None = None
+    # The name of the derivation's rule that wrote it (``datalab/timeseries/suite.py``), or None
+    # (hand-written suites, the CAD suite, whose ``source`` names its rule). A label for people,
+    # left out of ``to_dict``: the GX runner fingerprints that, and renaming a rule changes
+    # nothing GX runs.
+    rule: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -219,25 +194,13 @@ def range_kwargs(col: Column) -> dict[str, Any]:
     return out
 
 
-def _valid_values_spec(col: Column, column: str, where: str, cond: dict[str, Any]) -> ExpectationSpec:
-    """The expectation of a property's invalidValues rule with validValues: values outside the list are invalid."""
-    j, rule = _property_rule(col, ("invalidValues",)) or (0, {})
-    mostly, note = mostly_from_rule(rule) if rule.get("metric") else (1.0, "mostly=1.0")
-    return ExpectationSpec(
-        "expect_column_values_to_be_in_set",
-        {"column": column, "value_set": list(col.valid_values or ()), "mostly": mostly, **cond},
-        f"{where}.quality[{j}].validValues ({note})",
-        col.name if column == "value" else None,
-    )
-
-
 # The lab's own rule on curation's counts (not a GX expectation: GX sees the
 # curated table, after the duplicates are gone). See ``lab_rules``.
 LAB_MAX_DUPLICATE_SHARE = "lab_max_duplicate_share"
 
 
-def lab_rules(contract: Contract, stats: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Results of the lab's rules on a delivery's curation counts, in the shape of GX results.
+def lab_rules(contract: Contract, stats: dict[str, Any] | None) -> list[ExpectationResult]:
+    """Results of the lab's rules on a delivery's curation counts, beside GX's (``by_lab``).
 
     ``lab_max_duplicate_share``: the share of the delivery's rows that
     repeat a key (entity, time, sensor) of an earlier row, removed as exact
@@ -245,6 +208,7 @@ def lab_rules(contract: Contract, stats: dict[str, Any] | None) -> list[dict[str
     ``curation.max_duplicate_share`` (default 5 %). A layout that gave
     101,782 of 240,000 real samples one time each passed every GX
     expectation, because the duplicates were gone by then (issue 23).
+    ``index`` is -1: the runner numbers them after the suite.
     """
     if not contract.series or not stats or "duplicate_share" not in stats:
         return []
@@ -253,307 +217,13 @@ def lab_rules(contract: Contract, stats: dict[str, Any] | None) -> list[dict[str
     n = int(stats.get("duplicate_rows") or 0)
     msg = (f"{n:,} of {int(stats.get('rows_in') or 0):,} rows ({share:.2%}) repeat an earlier row's key (entity, time, sensor); "
            f"the contract allows {limit:.2%} (customProperties curation.max_duplicate_share)")
-    return [{
-        "index": -1, "type": LAB_MAX_DUPLICATE_SHARE, "success": ok, "column": None, "sensor": None,
-        "kwargs": {"max_share": limit}, "source": "customProperties.curation.max_duplicate_share (default 0.05)",
-        "unexpected_count": n, "unexpected_percent": round(share * 100, 4), "sample_values": [],
-        "observed_value": round(share, 6), "element_count": int(stats.get("rows_in") or 0),
-        "message": ("" if ok else "FAILED: ") + msg,
-    }]
-
-
-def expected_columns(contract: Contract) -> list[str]:
-    """Every column the curated long table of ``contract`` must have."""
-    return [*BASE_COLUMNS, *(a.name for a in contract.attributes), *FLAG_COLUMNS]
-
-
-def derive_suite(contract: Contract) -> list[ExpectationSpec]:
-    """The expectations a curated table of ``contract`` must meet.
-
-    Each spec names the contract field it comes from. The order is stable
-    (table, entity, time, sensors, per-sensor rules, attributes, table
-    rules) so that Data Docs and reports read the same from run to run.
-    """
-    specs: list[ExpectationSpec] = []
-    props = "schema[0].properties"
-    index = {c.name: i for i, c in enumerate(contract.columns)}
-
-    def where(col: Column) -> str:
-        return f"{props}[{index[col.name]}] ({col.name})"
-
-    specs.append(
-        ExpectationSpec(
-            "expect_table_columns_to_match_set",
-            {"column_set": expected_columns(contract), "exact_match": False},
-            f"{props} (curated long layout: base columns, attributes, flags)",
-        )
-    )
-
-    # entity: stored as a string whatever the contract's type (curation casts it)
-    ent = contract.entity
-    specs.append(
-        ExpectationSpec(
-            "expect_column_values_to_not_be_null", {"column": "entity"}, f"{where(ent)}.role=entity"
-        )
-    )
-    if ent.pattern:
-        specs.append(
-            ExpectationSpec(
-                "expect_column_values_to_match_regex",
-                {"column": "entity", "regex": ent.pattern},
-                f"{where(ent)}.logicalTypeOptions.pattern",
-            )
-        )
-    if ent.enum:
-        specs.append(
-            ExpectationSpec(
-                "expect_column_values_to_be_in_set",
-                {"column": "entity", "value_set": [str(v) for v in ent.enum]},
-                f"{where(ent)}.enum",
-            )
-        )
-
-    tcol = contract.time
-    specs.append(
-        ExpectationSpec(
-            "expect_column_values_to_not_be_null", {"column": "time"}, f"{where(tcol)}.role=time"
-        )
-    )
-    if tcol.logical_type != "timestamp" and (tcol.minimum is not None or tcol.maximum is not None):
-        # An integer index (cycle, seconds) keeps its values, so its range holds.
-        specs.append(
-            ExpectationSpec(
-                "expect_column_values_to_be_between",
-                {"column": "time", "min_value": tcol.minimum, "max_value": tcol.maximum},
-                f"{where(tcol)}.logicalTypeOptions",
-            )
-        )
-
-    measurements = contract.measurements
-    specs.append(
-        ExpectationSpec(
-            "expect_column_values_to_not_be_null",
-            {"column": "sensor"},
-            f"{props} (role=measurement)",
-        )
-    )
-    specs.append(
-        ExpectationSpec(
-            "expect_column_values_to_be_in_set",
-            {"column": "sensor", "value_set": [m.name for m in measurements]},
-            f"{props} (names of the measurements)",
-        )
-    )
-
-    for m in measurements:
-        cond = _sensor_condition(m.name)
-        if m.unit:
-            specs.append(
-                ExpectationSpec(
-                    "expect_column_values_to_be_in_set",
-                    {"column": "unit", "value_set": [m.unit], **cond},
-                    f"{where(m)}.customProperties.unit",
-                    m.name,
-                )
-            )
-        bounds = range_kwargs(m)
-        if bounds:
-            found = _property_rule(m, ("invalidValues",))
-            mostly, note = (
-                mostly_from_rule(found[1]) if found else (1.0, "no invalidValues rule; mostly=1.0")
-            )
-            src = f"{where(m)}.logicalTypeOptions"
-            src += f"; mostly from .quality[{found[0]}] ({note})" if found else f"; {note}"
-            specs.append(
-                ExpectationSpec(
-                    "expect_column_values_to_be_between",
-                    {"column": "value", **bounds, "mostly": mostly, **cond},
-                    src,
-                    m.name,
-                )
-            )
-        if m.valid_values:
-            specs.append(_valid_values_spec(m, "value", where(m), cond))
-        null_rule = _property_rule(m, ("nullValues", "missingValues"))
-        if m.required or null_rule:
-            if null_rule:
-                mostly, note = mostly_from_rule(null_rule[1])
-                req = "required; " if m.required else ""
-                src = f"{where(m)}.{req}quality[{null_rule[0]}] ({note})"
-            else:
-                mostly, src = 1.0, f"{where(m)}.required (no nullValues rule; mostly=1.0)"
-            specs.append(
-                ExpectationSpec(
-                    "expect_column_values_to_not_be_null",
-                    {"column": "value", "mostly": mostly, **cond},
-                    src,
-                    m.name,
-                )
-            )
-        for j, rule in enumerate(m.quality):
-            if not isinstance(rule, dict):
-                continue
-            qw = f"{where(m)}.quality[{j}]"
-            if rule.get("type") == "custom":
-                spec = _custom_spec(rule, qw, m)
-                if spec:
-                    specs.append(spec)
-            elif (
-                rule.get("type", "library") == "library" and rule.get("metric") == "duplicateValues"
-            ):
-                mostly, note = mostly_from_rule(rule)
-                specs.append(
-                    ExpectationSpec(
-                        "expect_compound_columns_to_be_unique",
-                        {"column_list": list(KEY_COLUMNS), "mostly": mostly, **cond},
-                        f"{qw} ({note})",
-                        m.name,
-                    )
-                )
-            elif rule.get("type", "library") == "library" and rule.get("metric") == "rowCount":
-                op = _rule_operator(rule)
-                kw = _row_count_kwargs(*op) if op else None
-                if kw is None:
-                    log.warning("%s: rowCount %s cannot be expressed as a range; ignored", qw, op)
-                    continue
-                specs.append(
-                    ExpectationSpec(
-                        "expect_table_row_count_to_be_between",
-                        {**kw, **cond},
-                        f"{qw} ({_rule_text(rule)})",
-                        m.name,
-                    )
-                )
-
-    for a in contract.attributes:
-        if a.personal:
-            # Curation replaces personal values by pseudonyms before anything is
-            # stored; the contract's pattern describes the clear value, so it
-            # must NOT match here: a clear value would mean a privacy leak.
-            specs.append(
-                ExpectationSpec(
-                    "expect_column_values_to_match_regex",
-                    {"column": a.name, "regex": PSEUDONYM_REGEX},
-                    f"{where(a)}.customProperties.personal (pseudonymised)",
-                )
-            )
-        elif a.pattern and a.logical_type == "string":
-            found = _property_rule(a, ("invalidValues",))
-            mostly, note = mostly_from_rule(found[1]) if found else (1.0, "mostly=1.0")
-            specs.append(
-                ExpectationSpec(
-                    "expect_column_values_to_match_regex",
-                    {"column": a.name, "regex": a.pattern, "mostly": mostly},
-                    f"{where(a)}.logicalTypeOptions.pattern; {note}",
-                )
-            )
-        if a.valid_values and not a.personal:
-            specs.append(_valid_values_spec(a, a.name, where(a), {}))
-        if a.enum and not a.personal:
-            found = _property_rule(a, ("invalidValues",))
-            mostly, note = mostly_from_rule(found[1]) if found else (1.0, "mostly=1.0")
-            specs.append(
-                ExpectationSpec(
-                    "expect_column_values_to_be_in_set",
-                    {"column": a.name, "value_set": list(a.enum), "mostly": mostly},
-                    f"{where(a)}.enum; {note}",
-                )
-            )
-        if (a.minimum is not None or a.maximum is not None) and a.logical_type in (
-            "number",
-            "integer",
-        ):
-            found = _property_rule(a, ("invalidValues",))
-            mostly, note = mostly_from_rule(found[1]) if found else (1.0, "mostly=1.0")
-            specs.append(
-                ExpectationSpec(
-                    "expect_column_values_to_be_between",
-                    {
-                        "column": a.name,
-                        "min_value": a.minimum,
-                        "max_value": a.maximum,
-                        "mostly": mostly,
-                    },
-                    f"{where(a)}.logicalTypeOptions; {note}",
-                )
-            )
-        null_rule = _property_rule(a, ("nullValues", "missingValues"))
-        if a.required or null_rule:
-            mostly, note = mostly_from_rule(null_rule[1]) if null_rule else (1.0, "mostly=1.0")
-            specs.append(
-                ExpectationSpec(
-                    "expect_column_values_to_not_be_null",
-                    {"column": a.name, "mostly": mostly},
-                    f"{where(a)}.{'required' if a.required else 'quality'}; {note}",
-                )
-            )
-        for j, rule in enumerate(a.quality):
-            if isinstance(rule, dict) and rule.get("type") == "custom":
-                spec = _custom_spec(rule, f"{where(a)}.quality[{j}]", a)
-                if spec:
-                    specs.append(spec)
-
-    # custom rules on the entity and time properties
-    for col in (ent, tcol):
-        for j, rule in enumerate(col.quality):
-            if isinstance(rule, dict) and rule.get("type") == "custom":
-                spec = _custom_spec(rule, f"{where(col)}.quality[{j}]", col)
-                if spec:
-                    specs.append(spec)
-
-    for i, rule in enumerate(contract.quality):
-        qw = f"schema[0].quality[{i}]"
-        if not isinstance(rule, dict):
-            continue
-        if rule.get("type") == "custom":
-            spec = _custom_spec(rule, qw, None)
-            if spec:
-                specs.append(spec)
-            continue
-        if rule.get("type", "library") != "library":
-            continue  # text rules are for people
-        metric = rule.get("metric")
-        if metric == "rowCount":
-            op = _rule_operator(rule)
-            kw = _row_count_kwargs(*op) if op else None
-            if kw is None:
-                log.warning("%s: rowCount %s cannot be expressed as a range; ignored", qw, op)
-                continue
-            specs.append(
-                ExpectationSpec(
-                    "expect_table_row_count_to_be_between", kw, f"{qw} ({_rule_text(rule)})"
-                )
-            )
-        elif metric in ("nullValues", "missingValues"):
-            mostly, note = mostly_from_rule(rule)
-            specs.append(
-                ExpectationSpec(
-                    "expect_column_values_to_not_be_null",
-                    {"column": "value", "mostly": mostly},
-                    f"{qw} ({note})",
-                )
-            )
-        elif metric == "duplicateValues":
-            mostly, note = mostly_from_rule(rule)
-            specs.append(
-                ExpectationSpec(
-                    "expect_compound_columns_to_be_unique",
-                    {"column_list": list(KEY_COLUMNS), "mostly": mostly},
-                    f"{qw} ({note})",
-                )
-            )
-        elif metric == "invalidValues":
-            # Table-wide invalid readings: curation flags every reading outside
-            # its sensor's range, so the flag's share is the invalid share.
-            mostly, note = mostly_from_rule(rule)
-            specs.append(
-                ExpectationSpec(
-                    "expect_column_values_to_be_in_set",
-                    {"column": "flag_out_of_range", "value_set": [False], "mostly": mostly},
-                    f"{qw} ({note})",
-                )
-            )
-    return specs
+    return [ExpectationResult(
+        index=-1, type=LAB_MAX_DUPLICATE_SHARE, success=ok, column=None, sensor=None,
+        kwargs={"max_share": limit}, source="customProperties.curation.max_duplicate_share (default 0.05)",
+        unexpected_count=n, unexpected_percent=round(share * 100, 4), sample_values=(),
+        observed_value=round(share, 6), element_count=int(stats.get("rows_in") or 0),
+        message=("" if ok else "FAILED: ") + msg, rule=LAB_MAX_DUPLICATE_SHARE, by_lab=True,
+    )]
 
 
 def _jsonable(x: Any) -> Any:

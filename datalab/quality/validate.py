@@ -1,12 +1,14 @@
 """Validation of curated time-series tables with Great Expectations (GX 1.x).
 
-The contract is the single source of the rules: :func:`derive_suite` turns an
-ODCS contract into a list of :class:`ExpectationSpec` (plain data, no GX
-objects, so it is cheap, testable and printable), hand-written additions come
+The contract is the single source of the rules: the contract's kind
+(``datalab.kinds``) derives from it a list of :class:`ExpectationSpec` (plain
+data, no GX objects, so it is cheap, testable and printable; the time-series
+suite is ``datalab/timeseries/suite.py``), hand-written additions come
 from ``checks/suites/<slug>.json`` (:func:`load_handwritten`), and
 :func:`validate` runs both against one curated table and returns a
-:class:`ValidationReport` that names, for every failure, the column, the
-sensor, how many values broke the rule and a few of them.
+:class:`ValidationReport` of typed results (``datalab.quality.results.ExpectationResult``)
+that name, for every failure, the column, the sensor, how many values broke the
+rule and a few of them.
 
 The table being validated is the curated *long* table: one row per reading
 with ``delivery_id, entity, time, sensor, value, unit, raw_value, raw_unit``,
@@ -34,36 +36,15 @@ import sys
 import threading
 import time as _time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from datalab.config import safe_segment, settings
 from datalab.kinds import kind_of
 from datalab.quality import heap, validate_chunks
-from datalab.quality.expectations import (  # noqa: F401  (re-exported: the derivation's names, read from here by callers)
-    _BAD_FRACTION_METRICS,
-    _EQ_CONDITION,
-    BASE_COLUMNS,
-    FLAG_COLUMNS,
-    KEY_COLUMNS,
-    LAB_MAX_DUPLICATE_SHARE,
-    PSEUDONYM_REGEX,
-    ExpectationSpec,
-    _custom_spec,
-    _jsonable,
-    _property_rule,
-    _row_count_kwargs,
-    _rule_operator,
-    _rule_text,
-    _sensor_condition,
-    _valid_values_spec,
-    derive_suite,
-    expected_columns,
-    lab_rules,
-    mostly_from_rule,
-    range_kwargs,
-)
+from datalab.quality.expectations import _EQ_CONDITION, ExpectationSpec, _jsonable, lab_rules
+from datalab.quality.results import ExpectationResult
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
@@ -99,7 +80,7 @@ class ValidationReport:
     evaluated: int
     successful: int
     failed: int
-    results: list[dict[str, Any]]
+    results: list[ExpectationResult]
     docs_path: str | None
     seconds: float
     run_name: str = ""
@@ -109,13 +90,15 @@ class ValidationReport:
     report_path: str | None = None
     notes: list[str] = field(default_factory=list)
 
-    def failed_results(self) -> list[dict[str, Any]]:
+    def failed_results(self) -> list[ExpectationResult]:
         """The results of the expectations that failed, in suite order."""
-        return [r for r in self.results if not r.get("success")]
+        return [r for r in self.results if not r.success]
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (values already made JSON-safe)."""
-        return _jsonable(asdict(self))
+        """A JSON-serialisable dict (values already made JSON-safe): the report file, and the delivery's state."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["results"] = [r.to_dict() for r in self.results]
+        return _jsonable(out)
 
     def summary(self) -> str:
         """One line per failure, for logs and the CLI."""
@@ -123,11 +106,7 @@ class ValidationReport:
             f"suite {self.suite}: {'passed' if self.success else 'FAILED'} "
             f"({self.successful}/{self.evaluated} expectations, {self.rows} rows, {self.seconds:.1f}s)"
         )
-        return "\n".join([head, *(f"  - {r['message']}" for r in self.failed_results())])
-
-
-# --------------------------------------------------------------------------
-# deriving the suite from the contract
+        return "\n".join([head, *(f"  - {r.message}" for r in self.failed_results())])
 
 
 # --------------------------------------------------------------------------
@@ -531,7 +510,7 @@ def _without_batch_fingerprint() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------
-# turning GX results into readable dicts
+# turning GX results into the lab's (datalab.quality.results)
 
 
 def _columns_of(kwargs: dict[str, Any]) -> str | None:
@@ -546,37 +525,6 @@ def _columns_of(kwargs: dict[str, Any]) -> str | None:
             )
             return ", ".join(str(c) for c in cols)
     return None
-
-
-def _message(r: dict[str, Any]) -> str:
-    """One sentence a person can act on, for a result dict."""
-    what = r["type"].removeprefix("expect_").replace("_", " ")
-    target = f"column {r['column']}" if r["column"] else "table"
-    if r["sensor"]:
-        target += f" (sensor {r['sensor']})"
-    status = "passed" if r["success"] else "FAILED"
-    text = f"{status}: {target}: {what}"
-    kw = r.get("kwargs") or {}
-    if "min_value" in kw or "max_value" in kw:
-        text += f" [{kw.get('min_value')}, {kw.get('max_value')}]"
-    if r.get("exception"):
-        return f"{text}: error: {r['exception']} (from {r['source']})"
-    if r.get("unexpected_count") is not None:
-        allowed = 100.0 * (1.0 - (r["mostly"] if r["mostly"] is not None else 1.0))
-        pct = r.get("unexpected_percent")
-        text += (
-            f": {r['unexpected_count']} of {r.get('element_count')} rows unexpected"
-            f" ({(pct or 0.0):.2f}%, allowed {allowed:.2f}%)"
-        )
-        if r.get("sample_values") and not r["success"]:
-            text += f"; e.g. {', '.join(json.dumps(v) for v in r['sample_values'])}"
-    elif r.get("observed_value") is not None:
-        text += f": observed {json.dumps(r['observed_value'])}"
-    details = r.get("details") or {}
-    mismatched = details.get("mismatched") if isinstance(details, dict) else None
-    if isinstance(mismatched, dict) and mismatched.get("missing"):
-        text += f"; missing columns {mismatched['missing']}"
-    return f"{text} (from {r['source']})"
 
 
 def _exception_message(info: Any) -> str | None:
@@ -614,39 +562,35 @@ def _samples(values: Any) -> list[Any]:
     return out
 
 
-def _result_dict(res: Any, specs: list[ExpectationSpec]) -> dict[str, Any]:
+def _result(res: Any, specs: list[ExpectationSpec]) -> ExpectationResult:
+    """The lab's result of one GX result: the spec it ran (found by the suite index GX carries in its meta), JSON-safe."""
     cfg = res.expectation_config
     meta = ((cfg.meta or {}) if cfg is not None else {}).get("datalab") or {}
     idx = meta.get("index")
     spec = specs[idx] if isinstance(idx, int) and 0 <= idx < len(specs) else None
     kwargs = dict(spec.kwargs) if spec else dict(cfg.kwargs if cfg is not None else {})
     result = res.result or {}
-    exc_msg = _exception_message(res.exception_info)
-    out: dict[str, Any] = {
-        "type": spec.type if spec else cfg.type,
-        "column": _columns_of(kwargs),
-        "sensor": spec.sensor if spec else meta.get("sensor"),
-        "source": spec.source if spec else meta.get("source", ""),
-        "success": bool(res.success),
-        "mostly": kwargs.get("mostly", 1.0)
-        if "unexpected_count" in result or "mostly" in kwargs
-        else None,
-        "unexpected_count": result.get("unexpected_count"),
-        "unexpected_percent": result.get("unexpected_percent"),
-        "element_count": result.get("element_count"),
-        "missing_count": result.get("missing_count"),
-        "sample_values": _samples(result.get("partial_unexpected_list")),
-        "observed_value": result.get("observed_value"),
-        "kwargs": kwargs,
-        "index": idx if isinstance(idx, int) else len(specs),
-    }
-    if "details" in result:
-        out["details"] = result["details"]
-    if exc_msg:
-        out["exception"] = exc_msg
-    out = _jsonable(out)
-    out["message"] = _message(out)
-    return out
+    mostly = kwargs.get("mostly", 1.0) if "unexpected_count" in result or "mostly" in kwargs else None
+    details = result.get("details")
+    return ExpectationResult(
+        type=spec.type if spec else cfg.type,
+        column=_columns_of(kwargs),
+        sensor=spec.sensor if spec else meta.get("sensor"),
+        source=spec.source if spec else meta.get("source", ""),
+        success=bool(res.success),
+        mostly=_jsonable(mostly),
+        unexpected_count=_jsonable(result.get("unexpected_count")),
+        unexpected_percent=_jsonable(result.get("unexpected_percent")),
+        element_count=_jsonable(result.get("element_count")),
+        missing_count=_jsonable(result.get("missing_count")),
+        sample_values=tuple(_samples(result.get("partial_unexpected_list"))),
+        observed_value=_jsonable(result.get("observed_value")),
+        kwargs=_jsonable(kwargs),
+        index=idx if isinstance(idx, int) else len(specs),
+        details=_jsonable(details) if "details" in result else None,
+        exception=_exception_message(res.exception_info),
+        rule=spec.rule if spec else None,
+    ).with_message()
 
 
 def _docs_index(ctx: Any, root: Path) -> str | None:
@@ -699,12 +643,11 @@ def validate(
     if not extra:
         return report
     for r in extra:
-        r["index"] = report.evaluated
-        report.results.append(r)
+        report.results.append(replace(r, index=report.evaluated))
         report.evaluated += 1
-        report.successful += int(r["success"])
-        report.failed += int(not r["success"])
-        report.success = report.success and r["success"]
+        report.successful += int(r.success)
+        report.failed += int(not r.success)
+        report.success = report.success and r.success
     return _write_report(report, t0 - report.seconds)
 
 
@@ -762,8 +705,8 @@ def _validate(
             ]
         docs_path = _docs_index(ctx, root) if build_docs else None
 
-    results = [_result_dict(r, specs) for sr in suite_results for r in sr.results]
-    results.sort(key=lambda r: r["index"])  # GX may reorder; reports follow the suite
+    results = [_result(r, specs) for sr in suite_results for r in sr.results]
+    results.sort(key=lambda r: r.index)  # GX may reorder; reports follow the suite
     report = _report(contract, specs, results, run_name, len(df), docs_path)
     if len(results) != len(specs):
         report.notes.append(f"{len(specs)} expectations in the suite but {len(results)} results")
@@ -776,13 +719,13 @@ def _suite_for(contract: Contract) -> list[ExpectationSpec]:
 
 
 def _report(
-    contract: Contract, specs: list[ExpectationSpec], results: list[dict[str, Any]], run_name: str,
+    contract: Contract, specs: list[ExpectationSpec], results: list[ExpectationResult], run_name: str,
     rows: int, docs_path: str | None, notes: list[str] | None = None,
 ) -> ValidationReport:
     """The report of a run: it passes only if every expectation of the suite has a passing result."""
-    successful = sum(1 for r in results if r["success"])
+    successful = sum(1 for r in results if r.success)
     return ValidationReport(
-        success=all(r["success"] for r in results) and len(results) == len(specs),
+        success=all(r.success for r in results) and len(results) == len(specs),
         suite=contract.slug,
         evaluated=len(results),
         successful=successful,
@@ -829,8 +772,7 @@ def _chunk_suites(gx: Any, slug: str, specs: list[ExpectationSpec], chosen: list
     out = []
     for part, columns in ((schema, []), (data, validate_chunks.columns_read([kw for _, kw in data], all_columns))):
         if part:
-            expectations = [_build_expectation(ExpectationSpec(specs[i].type, kw, specs[i].source, specs[i].sensor), i)
-                            for i, kw in part]
+            expectations = [_build_expectation(replace(specs[i], kwargs=kw), i) for i, kw in part]
             out.append(_ChunkSuite([i for i, _ in part], gx.ExpectationSuite(name=f"{slug}.chunk", expectations=expectations),
                                    columns))
     return out
@@ -856,7 +798,7 @@ def _validate_chunked(
     result_format = {"result_format": "BASIC", "partial_unexpected_count": PARTIAL_UNEXPECTED_COUNT}
     sensors = {ch.sensor for ch in chunks}
     suites: dict[tuple[str | None, bool], list[_ChunkSuite]] = {}
-    got: list[dict[str, Any]] = []
+    got: list[ExpectationResult] = []
     rows = 0
     regex_columns = _regex_columns(specs)
     all_columns = list(pl.read_parquet_schema(path))
@@ -885,15 +827,13 @@ def _validate_chunked(
                 res = Validator(batch_definition=batch_def, batch_parameters={"dataframe": df},
                                 result_format=result_format).validate_expectation_suite(run.suite)
                 del df
-                part = [_result_dict(r, specs) for r in res.results]
-                if sorted(r["index"] for r in part) != sorted(run.indexes):
+                part = [_result(r, specs) for r in res.results]
+                if sorted(r.index for r in part) != sorted(run.indexes):
                     raise RuntimeError(f"a chunk ran {len(run.indexes)} expectations but gave {len(part)} results")
                 got += part
-    results = validate_chunks.merge_by_index(got)
+    results = [r.with_message() for r in validate_chunks.merge_by_index(got)]
     if len(results) != len(specs):
         raise RuntimeError(f"{len(specs)} expectations in the suite but {len(results)} merged results")
-    for r in results:
-        r["message"] = _message(r)
     note = (f"validated in {len(chunks)} chunks of at most {s.validate_chunk_rows:,} rows (one sensor each), "
             "results merged exactly; Data Docs are not rebuilt for chunked runs")
     return _write_report(_report(contract, specs, results, run_name, rows, None, [note]), t0)

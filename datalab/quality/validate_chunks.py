@@ -19,11 +19,13 @@ in every chunk). A suite holding any other kind runs unchunked.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from datalab.quality.results import ExpectationResult
 
 MERGEABLE_TABLE = {"expect_table_columns_to_match_set", "expect_table_row_count_to_be_between"}
 SAMPLES = 5
@@ -136,58 +138,50 @@ def columns_read(kwargs_list: list[dict[str, Any]], all_columns: list[str]) -> l
     return [c for c in all_columns if c in want] or list(all_columns[:1])
 
 
-def merge_by_index(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Merge the results of every chunk, each dict carrying its suite ``index``, into one per index."""
-    groups: dict[int, list[dict[str, Any]]] = {}
+def merge_by_index(results: list[ExpectationResult]) -> list[ExpectationResult]:
+    """Merge the results of every chunk, each carrying its suite ``index``, into one per index."""
+    groups: dict[int, list[ExpectationResult]] = {}
     for r in results:
-        groups.setdefault(int(r["index"]), []).append(r)
+        groups.setdefault(r.index, []).append(r)
     return [_merge_one(groups[i]) for i in sorted(groups)]
 
 
-def merge(chunks: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Merge per-chunk result dicts (each list in suite order) into one list."""
-    merged = []
-    for parts in zip(*chunks, strict=True):
-        merged.append(_merge_one(list(parts)))
-    return merged
+def merge(chunks: list[list[ExpectationResult]]) -> list[ExpectationResult]:
+    """Merge per-chunk results (each list in suite order) into one list."""
+    return [_merge_one(list(parts)) for parts in zip(*chunks, strict=True)]
 
 
-def _merge_one(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    first = dict(parts[0])
-    kind = first["type"]
-    errors = [p["exception"] for p in parts if p.get("exception")]
+def _merge_one(parts: list[ExpectationResult]) -> ExpectationResult:
+    """One result from the same expectation's results on every chunk (its message is the caller's to rewrite)."""
+    first = parts[0]
+    errors = [p.exception for p in parts if p.exception]
     if errors:
-        first["exception"] = errors[0]
-        first["success"] = False
-        return first
-    if kind == "expect_table_columns_to_match_set":
-        failed = next((p for p in parts if not p["success"]), None)
-        return dict(failed) if failed else first
-    if kind == "expect_table_row_count_to_be_between":
-        total = sum(int(p.get("observed_value") or 0) for p in parts)
-        lo, hi = first["kwargs"].get("min_value"), first["kwargs"].get("max_value")
-        first["observed_value"] = total
-        first["success"] = (lo is None or total >= lo) and (hi is None or total <= hi)
-        return first
-    element = sum(int(p.get("element_count") or 0) for p in parts)
-    unexpected = sum(int(p.get("unexpected_count") or 0) for p in parts)
-    missing_known = any(p.get("missing_count") is not None for p in parts)
-    missing = sum(int(p.get("missing_count") or 0) for p in parts)
+        return replace(first, exception=errors[0], success=False)
+    if first.type == "expect_table_columns_to_match_set":
+        return next((p for p in parts if not p.success), first)
+    if first.type == "expect_table_row_count_to_be_between":
+        total = sum(int(p.observed_value or 0) for p in parts)
+        lo, hi = first.kwargs.get("min_value"), first.kwargs.get("max_value")
+        return replace(first, observed_value=total, success=(lo is None or total >= lo) and (hi is None or total <= hi))
+    element = sum(int(p.element_count or 0) for p in parts)
+    unexpected = sum(int(p.unexpected_count or 0) for p in parts)
+    missing_known = any(p.missing_count is not None for p in parts)
+    missing = sum(int(p.missing_count or 0) for p in parts)
     denom = element - missing
-    mostly = first["kwargs"].get("mostly", 1.0)
+    mostly = first.kwargs.get("mostly", 1.0)
     mostly = 1.0 if mostly is None else float(mostly)
     share_ok = 1.0 if denom <= 0 else (denom - unexpected) / denom
     samples: list[Any] = []
     for p in parts:
-        for v in p.get("sample_values") or []:
+        for v in p.sample_values:
             if len(samples) < SAMPLES and v not in samples:
                 samples.append(v)
-    first.update(
+    return replace(
+        first,
         element_count=element,
         unexpected_count=unexpected,
         missing_count=missing if missing_known else None,
         unexpected_percent=(100.0 * unexpected / denom) if denom > 0 else 0.0,
-        sample_values=samples,
+        sample_values=tuple(samples),
         success=share_ok >= mostly - 1e-12,
     )
-    return first

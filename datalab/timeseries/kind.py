@@ -3,7 +3,7 @@
 What differs from other kinds, in one place: each staged file is read by
 the text/measurement readers straight into the raw long table while the push
 checks it; curation is the Polars plan of ``datalab.timeseries.curate``; the suite is
-``datalab.quality.expectations.derive_suite``; the curated columns are the base
+``datalab.timeseries.suite.derive_suite``; the curated columns are the base
 columns, the contract's attributes and the curation flags; the card's
 section is the preparation table (``datalab.timeseries.card``); a version carries no files besides its
 table.
@@ -23,9 +23,10 @@ from datalab.intake.formats import Sniffed
 from datalab.intake.receipts import FileReceipt
 from datalab.kinds import sections
 from datalab.kinds.base import Attached, CuratedSchema, Section
-from datalab.quality import expectations
+from datalab.quality.expectations import ExpectationSpec
 from datalab.store.manifest import Manifest
 from datalab.timeseries import curate, ingest, sample, schema
+from datalab.timeseries import suite as ts_suite
 from datalab.timeseries.card import preparation_section
 from datalab.timeseries.stats import CurationStats
 
@@ -70,7 +71,7 @@ class TimeseriesKind:
         return curate.curated_path(contract, delivery_id, s)
 
     def curated_schema(self, contract: Contract) -> CuratedSchema:
-        return CuratedSchema(columns=(*expectations.expected_columns(contract), *curate.PROVENANCE),
+        return CuratedSchema(columns=(*schema.columns([a.name for a in contract.attributes]), *curate.PROVENANCE),
                              flags=schema.FLAG_COLUMNS)
 
     def sample(self, contract: Contract, out_dir: Path, rows: int, *, seed: int = 0, files: int = 1,
@@ -80,8 +81,8 @@ class TimeseriesKind:
         return sample.cli_generate(contract, rows, seed, out_dir, files=files, fmt=fmt, defects=defects,
                                    start=start, stem=stem)
 
-    def suite(self, contract: Contract) -> list[expectations.ExpectationSpec]:
-        return expectations.derive_suite(contract)
+    def suite(self, contract: Contract) -> list[ExpectationSpec]:
+        return ts_suite.derive_suite(contract)
 
     def attach_files(self, dataset: str, included: list[dict[str, Any]], contracts: dict[str, Any],
                      policy: Policy, s: Settings) -> dict[str, Any] | None:
