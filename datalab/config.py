@@ -192,11 +192,30 @@ class Settings:
         return self.landing / safe_segment(tenant, "tenant") / area
 
 
+# The last settings read, by what they were read from (the DATALAB_* variables and the working
+# directory, which a relative DATALAB_HOME resolves against). Reading them resolves paths on disk;
+# the service reads them several times per request, so an unchanged environment reuses its Settings
+# (frozen, so sharing one is safe); any change to a variable reads them afresh.
+_CACHE: dict[tuple[object, ...], Settings] = {}
+
+
 def settings() -> Settings:
     """Read and check the settings from the environment (cheap; call when needed).
 
     Raises ``ValueError`` naming the variable and the rule when a value is bad.
     """
+    key = (os.getcwd(), *sorted((k, v) for k, v in os.environ.items() if k.startswith("DATALAB_")))
+    hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    s = _read_settings()
+    if len(_CACHE) > 16:  # tests and tools switch labs; keep the few in use
+        _CACHE.clear()
+    _CACHE[key] = s
+    return s
+
+
+def _read_settings() -> Settings:
     home = Path(os.environ.get("DATALAB_HOME", ".datalab")).expanduser().resolve()
     url = _env("DATALAB_CATALOG_URL") or f"sqlite:///{home / 'catalog.db'}"
     contracts = Path(os.environ.get("DATALAB_CONTRACTS", str(_repo_contracts_dir())))

@@ -186,3 +186,21 @@ def test_cleared_settings_reach_the_clearance_check(monkeypatch: pytest.MonkeyPa
         check_clearance(pol)
     check_clearance(pol, s=dataclasses.replace(settings(), export_cleared=True))
     assert "DATALAB_EXPORT_CLEARED" not in __import__("os").environ
+
+
+def test_settings_are_reused_until_a_variable_or_the_directory_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """settings() keeps the last reading per environment: the same object while nothing changes, a new one after."""
+    monkeypatch.setenv("DATALAB_HOME", str(tmp_path / "a"))
+    first = config.settings()
+    assert config.settings() is first
+    monkeypatch.setenv("DATALAB_CURATE_BUCKET_ROWS", "1234")
+    changed = config.settings()
+    assert changed is not first and changed.curate_bucket_rows == 1234
+    monkeypatch.setenv("DATALAB_HOME", "rel-home")
+    monkeypatch.chdir(tmp_path)
+    assert config.settings().home == tmp_path / "rel-home"
+    monkeypatch.setenv("DATALAB_CURATE_BUCKET_ROWS", "0")
+    with pytest.raises(config.SettingsError):
+        config.settings()  # a bad value is refused every time, never cached
+    with pytest.raises(config.SettingsError):
+        config.settings()
