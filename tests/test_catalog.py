@@ -65,3 +65,36 @@ def test_receipts_and_iceberg_on_catalog(catalog_url: str, lab: Path, tmp_path: 
     t = ice.create_table("datalab.probe", schema=pa.schema([("a", pa.int64())]))
     t.append(pa.table({"a": [1, 2, 3]}))
     assert len(ice.load_table("datalab.probe").scan().to_arrow()) == 3
+
+
+def test_sqlite_write_gate_is_given_back_on_rollback_and_queues_processes(tmp_path: Path) -> None:
+    """Writers take the gate at their first write and give it back at commit or rollback, in every process."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'gate.db'}"
+    c = cat.Catalog(url)
+    with pytest.raises(RuntimeError), c.begin() as conn:
+        conn.execute(cat.audit_head.update().where(cat.audit_head.c.id == 1).values(seq=cat.audit_head.c.seq))
+        raise RuntimeError("rolled back while holding the gate")
+    done = threading.Event()
+
+    def other() -> None:
+        c.audit("t", "probe", "x", "ok")
+        done.set()
+
+    t = threading.Thread(target=other, daemon=True)
+    t.start()
+    t.join(30)
+    assert done.is_set(), "the gate was not given back by the rollback"
+    # a read-only transaction never takes it: a writer in another process proceeds while it is open
+    code = ("import sys; from datalab.store import catalog as cat; c = cat.Catalog(sys.argv[1]); "
+            "[c.audit('p', 'probe', str(i), 'ok') for i in range(20)]")
+    with c.begin() as conn:
+        conn.execute(sa.select(cat.audit_head)).first()
+        procs = [subprocess.Popen([sys.executable, "-c", code, url]) for _ in range(2)]
+        assert [p.wait(60) for p in procs] == [0, 0]
+    for _ in range(3):
+        c.audit("t", "probe", "y", "ok")
+    assert (tmp_path / "gate.db.writelock").exists()
+    assert c.verify_audit() == [] and len(c.audit_entries()) == 1 + 40 + 3

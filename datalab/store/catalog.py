@@ -194,6 +194,89 @@ class AuditEntry:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
+
+
+class WriteGate:
+    """One SQLite writer at a time across the lab's threads and processes, queued in the kernel.
+
+    SQLite lets one transaction write at a time; the others wait in its busy
+    handler, which sleeps and retries (1, 2, 5 ... 100 ms): under many
+    concurrent pushes an unlucky writer keeps losing the race and waits
+    seconds while later ones get in. A transaction here takes this gate at
+    its first write statement and gives it back at commit or rollback: a
+    thread lock inside a process, then an exclusive ``flock`` on a file beside
+    the database across processes (the service's workers, the Dagster runs).
+    Waiters block in the kernel and are woken when the gate is free, so the
+    busy handler is left with nothing to wait for. Reads never take it (WAL
+    readers do not block writers).
+    """
+
+    def __init__(self, db_path: str):
+        import threading
+
+        self._path = db_path + ".writelock"
+        self._local = threading.local()  # this thread's depth: a nested write transaction does not lock twice
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a forked child starts with the gate free and its own file
+
+    def _reset(self) -> None:
+        import threading
+
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+        self._local = threading.local()
+
+    def acquire(self) -> None:
+        import fcntl
+
+        depth = getattr(self._local, "depth", 0)
+        if depth:
+            self._local.depth = depth + 1
+            return
+        self._thread_lock.acquire()
+        try:
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        self._local.depth = 1
+
+    def release(self) -> None:
+        import fcntl
+
+        depth = getattr(self._local, "depth", 0)
+        if depth > 1:
+            self._local.depth = depth - 1
+            return
+        if depth == 0:
+            return
+        self._local.depth = 0
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def attach(self, engine: Engine) -> None:
+        """Take the gate at a connection's first write of a transaction; give it back when the transaction ends."""
+
+        @sa.event.listens_for(engine, "before_cursor_execute")
+        def _before(conn: Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+            if not conn.info.get("dl_writing") and statement.lstrip()[:7].upper().startswith(_WRITES):
+                self.acquire()
+                conn.info["dl_writing"] = True
+
+        def _end(conn: Connection) -> None:
+            if conn.info.pop("dl_writing", False):
+                self.release()
+
+        sa.event.listen(engine, "commit", _end)
+        sa.event.listen(engine, "rollback", _end)
+
+
 def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 60})
@@ -206,6 +289,9 @@ def _make_engine(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=60000")
             cur.close()
 
+        path = url.removeprefix("sqlite:///")
+        if path and path != url and not path.startswith(":memory:"):
+            WriteGate(path).attach(engine)
         return engine
     return sa.create_engine(url, pool_pre_ping=True)
 
