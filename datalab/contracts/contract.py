@@ -794,80 +794,20 @@ def _lint_matrix_time(lay: dict[str, Any], props: list[Any], where: str) -> list
 
 
 def _build(doc: dict[str, Any], path: Path) -> Contract:
+    """The ``Contract`` of a document that passed the lint (``load``): each part read by its own function.
+
+    The lint has already said what is wrong with a document, so the builders
+    do not check again: they apply the lab's defaults and spellings (role from
+    the type, ``tab`` for a tab, durations in microseconds).
+    """
     cps = doc.get("customProperties") or []
     custom = _custom(cps)
     obj = doc["schema"][0]
     lay = dict(custom.get("layout") or {})
-    columns = []
-    for prop in obj["properties"]:
-        pc = _custom(prop.get("customProperties"))
-        lt = prop.get("logicalType", "string")
-        role = pc.get("role") or ("measurement" if lt in ("number", "integer") else "attribute")
-        opts = prop.get("logicalTypeOptions") or {}
-        enum = prop.get("enum")
-        if enum is not None:
-            enum = tuple(e.get("value") if isinstance(e, dict) else e for e in enum)
-        columns.append(
-            Column(
-                name=prop["name"],
-                source_name=prop.get("physicalName") or prop["name"],
-                logical_type=lt,
-                role=role,
-                required=bool(prop.get("required")),
-                unique=bool(prop.get("unique")),
-                primary_key=bool(prop.get("primaryKey")),
-                unit=units.canonical(str(pc["unit"])) if pc.get("unit") is not None else None,
-                source_unit=units.canonical(str(pc["source_unit"])) if pc.get("source_unit") else None,
-                minimum=opts.get("minimum"),
-                maximum=opts.get("maximum"),
-                pattern=opts.get("pattern"),
-                enum=enum,
-                exclusive_minimum=opts.get("exclusiveMinimum"),
-                exclusive_maximum=opts.get("exclusiveMaximum"),
-                valid_values=_valid_values(prop.get("quality")),
-                classification=prop.get("classification"),
-                personal=bool(pc.get("personal", False)),
-                quality=tuple(prop.get("quality") or ()),
-                description=prop.get("description") or "",
-            )
-        )
-    delim = lay.get("delimiter")
-    layout = Layout(
-        shape=lay.get("shape", "long"),
-        header=bool(lay.get("header", True)),
-        delimiter={"\\t": "\t", "tab": "\t", "space": "whitespace"}.get(delim, delim),
-        encoding=lay.get("encoding", "utf-8"),
-        columns=tuple(lay.get("columns") or ()),
-        sensor_column=lay.get("sensor_column", "sensor"),
-        value_column=lay.get("value_column", "value"),
-        unit_column=lay.get("unit_column", "unit"),
-        timezone=lay.get("timezone", "UTC"),
-        timestamp_format=lay.get("timestamp_format"),
-        sensor_from_filename=lay.get("sensor_from_filename"),
-        samples_per_row=lay.get("samples_per_row"),
-        sample_rate_hz=lay.get("sample_rate_hz"),
-        row_attribute=lay.get("row_attribute"),
-        entity_value=lay.get("entity_value"),
-        start=str(lay["start"]) if lay.get("start") is not None else None,
-        time_tick_us=_tick_of(obj["properties"], lay),
-        format=lay.get("format"),
-        measurement=_measurement(lay) if lay.get("format") is not None else None,
-    )
-    cur = custom.get("curation") or {}
-    curation = Curation(
-        expected_step=(
-            cur["sampling_interval"] if isinstance(cur.get("sampling_interval"), int)
-            else parse_duration_us(cur["sampling_interval"]) if cur.get("sampling_interval") else None
-        ),
-        gap_factor=float(cur.get("gap_factor", 3.0)),
-        outlier_mad=float(cur.get("outlier_mad", 8.0)),
-        resample_us=parse_duration_us(cur["resample"]) if cur.get("resample") else None,
-        max_duplicate_share=float(cur.get("max_duplicate_share", 0.05)),
-    )
-    sentinels = list(custom.get("missingValues") or [])
-    for rule in [*(obj.get("quality") or []), *[q for x in obj["properties"] for q in (x.get("quality") or [])]]:
-        if isinstance(rule, dict) and (rule.get("metric") or rule.get("rule")) == "missingValues":
-            sentinels += list(_quality_list(rule, "missingValues") or [])
+    columns = [_column(prop) for prop in obj["properties"]]
+    layout = _layout(lay, obj["properties"])
+    curation = _curation(custom.get("curation") or {})
+    sentinels = _sentinels(custom, obj)
     desc = doc.get("description") or {}
     limits = custom.get("limits") or {}
     return Contract(
@@ -891,6 +831,96 @@ def _build(doc: dict[str, Any], path: Path) -> Contract:
         missing_values=_missing_tokens(sentinels),
         raw=doc,
     )
+
+
+def _column(prop: dict[str, Any]) -> Column:
+    """One schema property as a ``Column``: a property without a role is a measurement if numeric, else an attribute."""
+    pc = _custom(prop.get("customProperties"))
+    lt = prop.get("logicalType", "string")
+    role = pc.get("role") or ("measurement" if lt in ("number", "integer") else "attribute")
+    opts = prop.get("logicalTypeOptions") or {}
+    enum = prop.get("enum")
+    if enum is not None:
+        enum = tuple(e.get("value") if isinstance(e, dict) else e for e in enum)
+    return Column(
+        name=prop["name"],
+        source_name=prop.get("physicalName") or prop["name"],
+        logical_type=lt,
+        role=role,
+        required=bool(prop.get("required")),
+        unique=bool(prop.get("unique")),
+        primary_key=bool(prop.get("primaryKey")),
+        unit=units.canonical(str(pc["unit"])) if pc.get("unit") is not None else None,
+        source_unit=units.canonical(str(pc["source_unit"])) if pc.get("source_unit") else None,
+        minimum=opts.get("minimum"),
+        maximum=opts.get("maximum"),
+        pattern=opts.get("pattern"),
+        enum=enum,
+        exclusive_minimum=opts.get("exclusiveMinimum"),
+        exclusive_maximum=opts.get("exclusiveMaximum"),
+        valid_values=_valid_values(prop.get("quality")),
+        classification=prop.get("classification"),
+        personal=bool(pc.get("personal", False)),
+        quality=tuple(prop.get("quality") or ()),
+        description=prop.get("description") or "",
+    )
+
+
+def _layout(lay: dict[str, Any], props: list[dict[str, Any]]) -> Layout:
+    """The ``layout`` section with the lab's defaults: a long CSV with a header, in UTF-8 and UTC."""
+    delim = lay.get("delimiter")
+    return Layout(
+        shape=lay.get("shape", "long"),
+        header=bool(lay.get("header", True)),
+        delimiter={"\\t": "\t", "tab": "\t", "space": "whitespace"}.get(delim, delim),
+        encoding=lay.get("encoding", "utf-8"),
+        columns=tuple(lay.get("columns") or ()),
+        sensor_column=lay.get("sensor_column", "sensor"),
+        value_column=lay.get("value_column", "value"),
+        unit_column=lay.get("unit_column", "unit"),
+        timezone=lay.get("timezone", "UTC"),
+        timestamp_format=lay.get("timestamp_format"),
+        sensor_from_filename=lay.get("sensor_from_filename"),
+        samples_per_row=lay.get("samples_per_row"),
+        sample_rate_hz=lay.get("sample_rate_hz"),
+        row_attribute=lay.get("row_attribute"),
+        entity_value=lay.get("entity_value"),
+        start=str(lay["start"]) if lay.get("start") is not None else None,
+        time_tick_us=_tick_of(props, lay),
+        format=lay.get("format"),
+        measurement=_measurement(lay) if lay.get("format") is not None else None,
+    )
+
+
+def _curation(cur: dict[str, Any]) -> Curation:
+    """The ``curation`` section with the lab's defaults; durations in microseconds.
+
+    An integer ``sampling_interval`` counts steps of an integer time axis and
+    is kept as it is; a duration (``10ms``) is converted.
+    """
+    return Curation(
+        expected_step=(
+            cur["sampling_interval"] if isinstance(cur.get("sampling_interval"), int)
+            else parse_duration_us(cur["sampling_interval"]) if cur.get("sampling_interval") else None
+        ),
+        gap_factor=float(cur.get("gap_factor", 3.0)),
+        outlier_mad=float(cur.get("outlier_mad", 8.0)),
+        resample_us=parse_duration_us(cur["resample"]) if cur.get("resample") else None,
+        max_duplicate_share=float(cur.get("max_duplicate_share", 0.05)),
+    )
+
+
+def _sentinels(custom: dict[str, Any], obj: dict[str, Any]) -> list[Any]:
+    """Every value that means "no reading": the contract-level ``missingValues``, then each missingValues rule's.
+
+    Rules on the table and on single properties both count: a file writes
+    its sentinel the same way whichever column it stands in.
+    """
+    sentinels = list(custom.get("missingValues") or [])
+    for rule in [*(obj.get("quality") or []), *[q for x in obj["properties"] for q in (x.get("quality") or [])]]:
+        if isinstance(rule, dict) and (rule.get("metric") or rule.get("rule")) == "missingValues":
+            sentinels += list(_quality_list(rule, "missingValues") or [])
+    return sentinels
 
 
 def _valid_values(quality: Any) -> tuple[Any, ...] | None:
