@@ -453,8 +453,8 @@ def _lint_columns(props: list[Any], custom: dict[str, Any], cps: list[Any]) -> l
     The order of the problems is the order people read them in (and tests
     compare): each property from first to last, then the roles the schema
     must hold, the contract's missing values, the layout and the curation
-    settings. A layout or curation that is not a mapping ends the lint there:
-    the rules after it would only repeat that one mistake.
+    settings. A layout or curation that is not a mapping ends the lint there,
+    with that one problem: the rules after it read the section's keys.
     """
     p: list[str] = []
     roles: dict[str, list[str]] = {r: [] for r in ROLES}
