@@ -448,76 +448,23 @@ def _missing_tokens(values: Any) -> tuple[str, ...]:
 
 
 def _lint_columns(props: list[Any], custom: dict[str, Any], cps: list[Any]) -> list[str]:
+    """The rules of a kind whose contracts describe columns (time series), one function per rule.
+
+    The order of the problems is the order people read them in (and tests
+    compare): each property from first to last, then the roles the schema
+    must hold, the contract's missing values, the layout and the curation
+    settings. A layout or curation that is not a mapping ends the lint there,
+    with that one problem: the rules after it read the section's keys.
+    """
     p: list[str] = []
     roles: dict[str, list[str]] = {r: [] for r in ROLES}
     for i, prop in enumerate(props):
-        where = f"schema[0].properties[{i}]"
-        if not isinstance(prop, dict) or not prop.get("name"):
-            p.append(f"{where}: a property needs a name")
-            continue
-        name = prop["name"]
-        where = f"{where} ({name})"
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", name):
-            p.append(f"{where}.name: {name!r} must be an identifier (letters, digits, '_')")
-        lt = prop.get("logicalType")
-        if lt not in LOGICAL_TYPES:
-            p.append(f"{where}.logicalType: {lt!r} is not supported for time series (use {list(LOGICAL_TYPES)})")
-        pc = _custom(prop.get("customProperties"))
-        role = pc.get("role") or ("measurement" if lt in ("number", "integer") else "attribute")
-        if role not in ROLES:
-            p.append(f"{where}.customProperties.role: {role!r} must be one of {list(ROLES)}")
-            continue
-        roles[role].append(name)
-        opts = prop.get("logicalTypeOptions") or {}
-        if role == "measurement":
-            if lt not in ("number", "integer"):
-                p.append(f"{where}.logicalType: a measurement must be number or integer")
-            unit = pc.get("unit")
-            if unit is None:
-                p.append(f"{where}.customProperties: a measurement needs a 'unit' (UCUM code, e.g. Cel, bar, mm/s, 1)")
-            elif not units.known(str(unit)):
-                p.append(f"{where}.customProperties.unit: {unit!r} is not a unit the lab knows")
-            src = pc.get("source_unit")
-            if src is not None and unit is not None and units.conversion(str(src), str(unit)) is None:
-                p.append(f"{where}.customProperties.source_unit: cannot convert {src!r} to {unit!r}")
-        if role == "time" and lt not in ("timestamp", "integer", "number"):
-            p.append(f"{where}.logicalType: the time column must be a timestamp or an integer index")
-        if not isinstance(opts, dict):
-            p.append(f"{where}.logicalTypeOptions: must be a mapping")
-            opts = {}
-        for k in sorted(set(opts) - set(LOGICAL_TYPE_OPTION_KEYS)):
-            p.append(f"{where}.logicalTypeOptions.{k}: not honoured by the lab (it reads {list(LOGICAL_TYPE_OPTION_KEYS)})")
-        for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-            v = opts.get(k)
-            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
-                p.append(f"{where}.logicalTypeOptions.{k}: must be a number, got {v!r}")
-            # An unknown logicalType is its own mistake, reported once on that field.
-            elif v is not None and lt in LOGICAL_TYPES and lt not in ("number", "integer") \
-                    and not (role == "time" and lt != "timestamp"):
-                p.append(f"{where}.logicalTypeOptions.{k}: a bound needs a number or integer property (this one is {lt})")
-        lows = [(v, k) for k in ("minimum", "exclusiveMinimum") if isinstance(v := opts.get(k), (int, float))]
-        highs = [(v, k) for k in ("maximum", "exclusiveMaximum") if isinstance(v := opts.get(k), (int, float))]
-        if lows and highs and max(lows)[0] > min(highs)[0]:
-            (lo, lk), (hi, hk) = max(lows), min(highs)
-            p.append(f"{where}.logicalTypeOptions: {lk} {lo} is greater than {hk} {hi}")
-        pat = opts.get("pattern")
-        if pat is not None:
-            try:
-                re.compile(pat)
-            except re.error as e:
-                p.append(f"{where}.logicalTypeOptions.pattern: not a regular expression ({e})")
-        for j, q in enumerate(prop.get("quality") or []):
-            p += _lint_quality(q, f"{where}.quality[{j}]", [name])
-    for role in ("entity", "time"):
-        if len(roles[role]) != 1:
-            p.append(f"schema[0].properties: a time-series contract needs exactly one '{role}' column (role: {role}), found {roles[role] or 'none'}")
-    if not roles["measurement"]:
-        p.append("schema[0].properties: a time-series contract needs at least one measurement")
-    mv_i = _custom_index(cps, "missingValues")
-    if mv_i is not None:
-        mv = custom.get("missingValues")
-        if not isinstance(mv, list) or not all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in mv):
-            p.append(f"customProperties[{mv_i}].value: missingValues must be a list of the tokens that mean no reading (e.g. [-999, 'NA'])")
+        role, problems = _lint_property(prop, f"schema[0].properties[{i}]")
+        p += problems
+        if role is not None:
+            roles[role].append(prop["name"])
+    p += _lint_roles(roles)
+    p += _lint_missing_values(custom, cps)
     lay_i = _custom_index(cps, "layout")
     lay = custom.get("layout") or {}
     where = f"customProperties[{lay_i}].value" if lay_i is not None else "customProperties.layout"
@@ -527,20 +474,181 @@ def _lint_columns(props: list[Any], custom: dict[str, Any], cps: list[Any]) -> l
         from datalab.contracts.measurement import lint as lint_measurement
 
         p += lint_measurement(lay, props, where)
+        # a measurement file (TDMS, MDF4 ...) says its own layout: only the time zone is the contract's
         lay = {"shape": "measurement", "timezone": lay.get("timezone", "UTC")}
+    p += _lint_layout(lay, props, where)
+    cur_i = _custom_index(cps, "curation")
+    cur = custom.get("curation") or {}
+    cw = f"customProperties[{cur_i}].value"
+    if not isinstance(cur, dict):
+        return [*p, f"{cw}: curation must be a mapping"]
+    return p + _lint_curation(cur, lay, props, cw)
+
+
+# --------------------------------------------------------------------------
+# the schema's properties
+
+
+def _lint_property(prop: Any, where: str) -> tuple[str | None, list[str]]:
+    """One schema property: its role (None when it has none the lab knows) and its problems.
+
+    A property without a name or with an unknown role stops here: every
+    later rule depends on what the role makes of the column.
+    """
+    if not isinstance(prop, dict) or not prop.get("name"):
+        return None, [f"{where}: a property needs a name"]
+    name = prop["name"]
+    where = f"{where} ({name})"
+    p: list[str] = []
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", name):
+        p.append(f"{where}.name: {name!r} must be an identifier (letters, digits, '_')")
+    lt = prop.get("logicalType")
+    if lt not in LOGICAL_TYPES:
+        p.append(f"{where}.logicalType: {lt!r} is not supported for time series (use {list(LOGICAL_TYPES)})")
+    pc = _custom(prop.get("customProperties"))
+    role = pc.get("role") or ("measurement" if lt in ("number", "integer") else "attribute")
+    if role not in ROLES:
+        p.append(f"{where}.customProperties.role: {role!r} must be one of {list(ROLES)}")
+        return None, p
+    opts = prop.get("logicalTypeOptions") or {}
+    if role == "measurement":
+        p += _lint_measurement_column(lt, pc, where)
+    if role == "time" and lt not in ("timestamp", "integer", "number"):
+        p.append(f"{where}.logicalType: the time column must be a timestamp or an integer index")
+    p += _lint_type_options(opts, lt, role, where)
+    for j, q in enumerate(prop.get("quality") or []):
+        p += _lint_quality(q, f"{where}.quality[{j}]", [name])
+    return role, p
+
+
+def _lint_measurement_column(lt: Any, pc: dict[str, Any], where: str) -> list[str]:
+    """A measurement is a number with a unit the lab knows: curation converts and compares readings by it."""
+    p: list[str] = []
+    if lt not in ("number", "integer"):
+        p.append(f"{where}.logicalType: a measurement must be number or integer")
+    unit = pc.get("unit")
+    if unit is None:
+        p.append(f"{where}.customProperties: a measurement needs a 'unit' (UCUM code, e.g. Cel, bar, mm/s, 1)")
+    elif not units.known(str(unit)):
+        p.append(f"{where}.customProperties.unit: {unit!r} is not a unit the lab knows")
+    src = pc.get("source_unit")
+    if src is not None and unit is not None and units.conversion(str(src), str(unit)) is None:
+        p.append(f"{where}.customProperties.source_unit: cannot convert {src!r} to {unit!r}")
+    return p
+
+
+def _lint_type_options(opts: Any, lt: Any, role: str, where: str) -> list[str]:
+    """``logicalTypeOptions``: only the keys the lab honours, as the suite will check them."""
+    p: list[str] = []
+    if not isinstance(opts, dict):
+        p.append(f"{where}.logicalTypeOptions: must be a mapping")
+        opts = {}
+    for k in sorted(set(opts) - set(LOGICAL_TYPE_OPTION_KEYS)):
+        p.append(f"{where}.logicalTypeOptions.{k}: not honoured by the lab (it reads {list(LOGICAL_TYPE_OPTION_KEYS)})")
+    p += _lint_bounds(opts, lt, role, where)
+    p += _lint_bound_order(opts, where)
+    pat = opts.get("pattern")
+    if pat is not None:
+        try:
+            re.compile(pat)
+        except re.error as e:
+            p.append(f"{where}.logicalTypeOptions.pattern: not a regular expression ({e})")
+    return p
+
+
+def _lint_bounds(opts: dict[str, Any], lt: Any, role: str, where: str) -> list[str]:
+    """Each bound is a number, on a property whose values are numbers (an integer time index counts)."""
+    p: list[str] = []
+    for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        v = opts.get(k)
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+            p.append(f"{where}.logicalTypeOptions.{k}: must be a number, got {v!r}")
+        # An unknown logicalType is its own mistake, reported once on that field.
+        elif v is not None and lt in LOGICAL_TYPES and lt not in ("number", "integer") \
+                and not (role == "time" and lt != "timestamp"):
+            p.append(f"{where}.logicalTypeOptions.{k}: a bound needs a number or integer property (this one is {lt})")
+    return p
+
+
+def _lint_bound_order(opts: dict[str, Any], where: str) -> list[str]:
+    """The lower bound is not above the upper one: such a range would reject every reading."""
+    lows = [(v, k) for k in ("minimum", "exclusiveMinimum") if isinstance(v := opts.get(k), (int, float))]
+    highs = [(v, k) for k in ("maximum", "exclusiveMaximum") if isinstance(v := opts.get(k), (int, float))]
+    if lows and highs and max(lows)[0] > min(highs)[0]:
+        (lo, lk), (hi, hk) = max(lows), min(highs)
+        return [f"{where}.logicalTypeOptions: {lk} {lo} is greater than {hk} {hi}"]
+    return []
+
+
+def _lint_roles(roles: dict[str, list[str]]) -> list[str]:
+    """A series is keyed by one entity and one time column, and carries at least one measurement."""
+    p: list[str] = []
+    for role in ("entity", "time"):
+        if len(roles[role]) != 1:
+            p.append(f"schema[0].properties: a time-series contract needs exactly one '{role}' column (role: {role}), found {roles[role] or 'none'}")
+    if not roles["measurement"]:
+        p.append("schema[0].properties: a time-series contract needs at least one measurement")
+    return p
+
+
+def _lint_missing_values(custom: dict[str, Any], cps: list[Any]) -> list[str]:
+    """The contract-level ``missingValues``: a list of the tokens a file writes for no reading."""
+    mv_i = _custom_index(cps, "missingValues")
+    if mv_i is None:
+        return []
+    mv = custom.get("missingValues")
+    if not isinstance(mv, list) or not all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in mv):
+        return [f"customProperties[{mv_i}].value: missingValues must be a list of the tokens that mean no reading (e.g. [-999, 'NA'])"]
+    return []
+
+
+# --------------------------------------------------------------------------
+# the layout: how a delivered file maps to the schema
+
+
+def _lint_layout(lay: dict[str, Any], props: list[Any], where: str) -> list[str]:
+    """The layout's rules in order: its shape and keys, a header-less file's columns, the matrix, the time zone."""
+    p: list[str] = []
     shape = lay.get("shape", "long")
     if shape not in (*SHAPES, "measurement"):
         p.append(f"{where}.shape: must be one of {list(SHAPES)}")
     if shape != "measurement":
-        for k in sorted(set(lay) - set(LAYOUT_KEYS), key=str):
-            near = difflib.get_close_matches(str(k), LAYOUT_KEYS, n=1)
-            hint = f"did you mean {near[0]!r}? " if near else ""
-            if str(k) in ("null_values", "na_values", "missing_values"):
-                hint = "tokens that mean no reading go in the contract-level customProperty 'missingValues'; "
-            p.append(f"{where}.{k}: unknown layout key, the lab would ignore it ({hint}allowed: {', '.join(LAYOUT_KEYS)})")
-        delim = lay.get("delimiter")
-        if delim is not None and (not isinstance(delim, str) or (len(delim) != 1 and delim not in ("\\t", "tab", "space", "whitespace"))):
-            p.append(f"{where}.delimiter: {delim!r} must be one character, 'tab', 'space' or 'whitespace'")
+        p += _lint_layout_keys(lay, where)
+    p += _lint_layout_columns(lay, shape, props, where)
+    if shape == "matrix":
+        p += _lint_matrix(lay, props, where)
+    tz = lay.get("timezone", "UTC")
+    try:
+        import zoneinfo
+
+        zoneinfo.ZoneInfo(tz)
+    except Exception:
+        p.append(f"{where}.timezone: unknown time zone {tz!r}")
+    return p
+
+
+def _lint_layout_keys(lay: dict[str, Any], where: str) -> list[str]:
+    """Only the keys the lab reads, and a delimiter it can use.
+
+    A misspelt key (``delimter``) used to be ignored and the file sniffed
+    instead; the hint names the key that was probably meant.
+    """
+    p: list[str] = []
+    for k in sorted(set(lay) - set(LAYOUT_KEYS), key=str):
+        near = difflib.get_close_matches(str(k), LAYOUT_KEYS, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        if str(k) in ("null_values", "na_values", "missing_values"):
+            hint = "tokens that mean no reading go in the contract-level customProperty 'missingValues'; "
+        p.append(f"{where}.{k}: unknown layout key, the lab would ignore it ({hint}allowed: {', '.join(LAYOUT_KEYS)})")
+    delim = lay.get("delimiter")
+    if delim is not None and (not isinstance(delim, str) or (len(delim) != 1 and delim not in ("\\t", "tab", "space", "whitespace"))):
+        p.append(f"{where}.delimiter: {delim!r} must be one character, 'tab', 'space' or 'whitespace'")
+    return p
+
+
+def _lint_layout_columns(lay: dict[str, Any], shape: Any, props: list[Any], where: str) -> list[str]:
+    """``columns``: a header-less file has only these names, so the key columns must be among them."""
+    p: list[str] = []
     if shape in ("long", "wide") and lay.get("header") is False and lay.get("columns"):
         by_role = {prop.get("name"): (_custom(prop.get("customProperties")).get("role"), prop.get("physicalName"))
                    for prop in props if isinstance(prop, dict)}
@@ -554,39 +662,57 @@ def _lint_columns(props: list[Any], custom: dict[str, Any], cps: list[Any]) -> l
     for i, col in enumerate(lay.get("columns") or []):
         if col not in names and shape == "wide":
             p.append(f"{where}.columns[{i}]: {col!r} is not a property of the schema")
-    if shape == "matrix":
-        for k in ("sensor_from_filename", "samples_per_row", "sample_rate_hz"):
-            if not lay.get(k):
-                p.append(f"{where}.{k}: required for the matrix shape")
-        p += _lint_matrix_time(lay, props, where)
-        if lay.get("start") is not None:
-            try:
-                dt.datetime.fromisoformat(str(lay["start"]))
-            except ValueError:
-                p.append(f"{where}.start: {lay['start']!r} is not an ISO 8601 time")
-        rx = lay.get("sensor_from_filename")
-        if rx:
-            try:
-                if "sensor" not in re.compile(rx).groupindex:
-                    p.append(f"{where}.sensor_from_filename: needs a named group (?P<sensor>...)")
-            except re.error as e:
-                p.append(f"{where}.sensor_from_filename: not a regular expression ({e})")
-    tz = lay.get("timezone", "UTC")
-    try:
-        import zoneinfo
+    return p
 
-        zoneinfo.ZoneInfo(tz)
-    except Exception:
-        p.append(f"{where}.timezone: unknown time zone {tz!r}")
-    cur_i = _custom_index(cps, "curation")
-    cur = custom.get("curation") or {}
-    cw = f"customProperties[{cur_i}].value"
-    if not isinstance(cur, dict):
-        return [*p, f"{cw}: curation must be a mapping"]
+
+def _lint_matrix(lay: dict[str, Any], props: list[Any], where: str) -> list[str]:
+    """A matrix file holds one sensor's samples, many per row: the layout says which sensor, how many, how fast."""
+    p: list[str] = []
+    for k in ("sensor_from_filename", "samples_per_row", "sample_rate_hz"):
+        if not lay.get(k):
+            p.append(f"{where}.{k}: required for the matrix shape")
+    p += _lint_matrix_time(lay, props, where)
+    if lay.get("start") is not None:
+        try:
+            dt.datetime.fromisoformat(str(lay["start"]))
+        except ValueError:
+            p.append(f"{where}.start: {lay['start']!r} is not an ISO 8601 time")
+    rx = lay.get("sensor_from_filename")
+    if rx:
+        try:
+            if "sensor" not in re.compile(rx).groupindex:
+                p.append(f"{where}.sensor_from_filename: needs a named group (?P<sensor>...)")
+        except re.error as e:
+            p.append(f"{where}.sensor_from_filename: not a regular expression ({e})")
+    return p
+
+
+# --------------------------------------------------------------------------
+# curation: sampling, gaps, outliers, duplicates
+
+
+def _lint_curation(cur: dict[str, Any], lay: dict[str, Any], props: list[Any], cw: str) -> list[str]:
+    """The curation settings: known keys, numbers in range, an interval the layout agrees with, durations."""
+    p: list[str] = []
     for k in sorted(set(cur) - set(CURATION_KEYS), key=str):
         near = difflib.get_close_matches(str(k), CURATION_KEYS, n=1)
         hint = f"did you mean {near[0]!r}? " if near else ""
         p.append(f"{cw}.{k}: unknown curation key, the lab would ignore it ({hint}allowed: {', '.join(CURATION_KEYS)})")
+    p += _lint_curation_numbers(cur, cw)
+    p += _lint_matrix_interval(lay, props, cur, cw)
+    for k in ("sampling_interval", "resample"):
+        # an integer sampling_interval counts steps of an integer time axis, not a duration
+        if cur.get(k) is not None and not (k == "sampling_interval" and isinstance(cur[k], int)):
+            try:
+                parse_duration_us(cur[k])
+            except ValueError as e:
+                p.append(f"{cw}.{k}: {e}")
+    return p
+
+
+def _lint_curation_numbers(cur: dict[str, Any], cw: str) -> list[str]:
+    """Gap factor and outlier threshold are positive; the duplicate share is a share (0 allowed: none)."""
+    p: list[str] = []
     for k, lo_ok in (("gap_factor", False), ("outlier_mad", False), ("max_duplicate_share", True)):
         v = cur.get(k)
         if v is None:
@@ -595,13 +721,6 @@ def _lint_columns(props: list[Any], custom: dict[str, Any], cps: list[Any]) -> l
             p.append(f"{cw}.{k}: must be a number {'>= 0' if lo_ok else '> 0'}, got {v!r}")
         elif k == "max_duplicate_share" and v > 1:
             p.append(f"{cw}.{k}: a share between 0 and 1 (0.05 = 5 %), got {v!r}")
-    p += _lint_matrix_interval(lay, props, cur, cw)
-    for k in ("sampling_interval", "resample"):
-        if cur.get(k) is not None and not (k == "sampling_interval" and isinstance(cur[k], int)):
-            try:
-                parse_duration_us(cur[k])
-            except ValueError as e:
-                p.append(f"customProperties[{cur_i}].value.{k}: {e}")
     return p
 
 
@@ -675,80 +794,20 @@ def _lint_matrix_time(lay: dict[str, Any], props: list[Any], where: str) -> list
 
 
 def _build(doc: dict[str, Any], path: Path) -> Contract:
+    """The ``Contract`` of a document that passed the lint (``load``): each part read by its own function.
+
+    The lint has already said what is wrong with a document, so the builders
+    do not check again: they apply the lab's defaults and spellings (role from
+    the type, ``tab`` for a tab, durations in microseconds).
+    """
     cps = doc.get("customProperties") or []
     custom = _custom(cps)
     obj = doc["schema"][0]
     lay = dict(custom.get("layout") or {})
-    columns = []
-    for prop in obj["properties"]:
-        pc = _custom(prop.get("customProperties"))
-        lt = prop.get("logicalType", "string")
-        role = pc.get("role") or ("measurement" if lt in ("number", "integer") else "attribute")
-        opts = prop.get("logicalTypeOptions") or {}
-        enum = prop.get("enum")
-        if enum is not None:
-            enum = tuple(e.get("value") if isinstance(e, dict) else e for e in enum)
-        columns.append(
-            Column(
-                name=prop["name"],
-                source_name=prop.get("physicalName") or prop["name"],
-                logical_type=lt,
-                role=role,
-                required=bool(prop.get("required")),
-                unique=bool(prop.get("unique")),
-                primary_key=bool(prop.get("primaryKey")),
-                unit=units.canonical(str(pc["unit"])) if pc.get("unit") is not None else None,
-                source_unit=units.canonical(str(pc["source_unit"])) if pc.get("source_unit") else None,
-                minimum=opts.get("minimum"),
-                maximum=opts.get("maximum"),
-                pattern=opts.get("pattern"),
-                enum=enum,
-                exclusive_minimum=opts.get("exclusiveMinimum"),
-                exclusive_maximum=opts.get("exclusiveMaximum"),
-                valid_values=_valid_values(prop.get("quality")),
-                classification=prop.get("classification"),
-                personal=bool(pc.get("personal", False)),
-                quality=tuple(prop.get("quality") or ()),
-                description=prop.get("description") or "",
-            )
-        )
-    delim = lay.get("delimiter")
-    layout = Layout(
-        shape=lay.get("shape", "long"),
-        header=bool(lay.get("header", True)),
-        delimiter={"\\t": "\t", "tab": "\t", "space": "whitespace"}.get(delim, delim),
-        encoding=lay.get("encoding", "utf-8"),
-        columns=tuple(lay.get("columns") or ()),
-        sensor_column=lay.get("sensor_column", "sensor"),
-        value_column=lay.get("value_column", "value"),
-        unit_column=lay.get("unit_column", "unit"),
-        timezone=lay.get("timezone", "UTC"),
-        timestamp_format=lay.get("timestamp_format"),
-        sensor_from_filename=lay.get("sensor_from_filename"),
-        samples_per_row=lay.get("samples_per_row"),
-        sample_rate_hz=lay.get("sample_rate_hz"),
-        row_attribute=lay.get("row_attribute"),
-        entity_value=lay.get("entity_value"),
-        start=str(lay["start"]) if lay.get("start") is not None else None,
-        time_tick_us=_tick_of(obj["properties"], lay),
-        format=lay.get("format"),
-        measurement=_measurement(lay) if lay.get("format") is not None else None,
-    )
-    cur = custom.get("curation") or {}
-    curation = Curation(
-        expected_step=(
-            cur["sampling_interval"] if isinstance(cur.get("sampling_interval"), int)
-            else parse_duration_us(cur["sampling_interval"]) if cur.get("sampling_interval") else None
-        ),
-        gap_factor=float(cur.get("gap_factor", 3.0)),
-        outlier_mad=float(cur.get("outlier_mad", 8.0)),
-        resample_us=parse_duration_us(cur["resample"]) if cur.get("resample") else None,
-        max_duplicate_share=float(cur.get("max_duplicate_share", 0.05)),
-    )
-    sentinels = list(custom.get("missingValues") or [])
-    for rule in [*(obj.get("quality") or []), *[q for x in obj["properties"] for q in (x.get("quality") or [])]]:
-        if isinstance(rule, dict) and (rule.get("metric") or rule.get("rule")) == "missingValues":
-            sentinels += list(_quality_list(rule, "missingValues") or [])
+    columns = [_column(prop) for prop in obj["properties"]]
+    layout = _layout(lay, obj["properties"])
+    curation = _curation(custom.get("curation") or {})
+    sentinels = _sentinels(custom, obj)
     desc = doc.get("description") or {}
     limits = custom.get("limits") or {}
     return Contract(
@@ -772,6 +831,96 @@ def _build(doc: dict[str, Any], path: Path) -> Contract:
         missing_values=_missing_tokens(sentinels),
         raw=doc,
     )
+
+
+def _column(prop: dict[str, Any]) -> Column:
+    """One schema property as a ``Column``: a property without a role is a measurement if numeric, else an attribute."""
+    pc = _custom(prop.get("customProperties"))
+    lt = prop.get("logicalType", "string")
+    role = pc.get("role") or ("measurement" if lt in ("number", "integer") else "attribute")
+    opts = prop.get("logicalTypeOptions") or {}
+    enum = prop.get("enum")
+    if enum is not None:
+        enum = tuple(e.get("value") if isinstance(e, dict) else e for e in enum)
+    return Column(
+        name=prop["name"],
+        source_name=prop.get("physicalName") or prop["name"],
+        logical_type=lt,
+        role=role,
+        required=bool(prop.get("required")),
+        unique=bool(prop.get("unique")),
+        primary_key=bool(prop.get("primaryKey")),
+        unit=units.canonical(str(pc["unit"])) if pc.get("unit") is not None else None,
+        source_unit=units.canonical(str(pc["source_unit"])) if pc.get("source_unit") else None,
+        minimum=opts.get("minimum"),
+        maximum=opts.get("maximum"),
+        pattern=opts.get("pattern"),
+        enum=enum,
+        exclusive_minimum=opts.get("exclusiveMinimum"),
+        exclusive_maximum=opts.get("exclusiveMaximum"),
+        valid_values=_valid_values(prop.get("quality")),
+        classification=prop.get("classification"),
+        personal=bool(pc.get("personal", False)),
+        quality=tuple(prop.get("quality") or ()),
+        description=prop.get("description") or "",
+    )
+
+
+def _layout(lay: dict[str, Any], props: list[dict[str, Any]]) -> Layout:
+    """The ``layout`` section with the lab's defaults: a long CSV with a header, in UTF-8 and UTC."""
+    delim = lay.get("delimiter")
+    return Layout(
+        shape=lay.get("shape", "long"),
+        header=bool(lay.get("header", True)),
+        delimiter={"\\t": "\t", "tab": "\t", "space": "whitespace"}.get(delim, delim),
+        encoding=lay.get("encoding", "utf-8"),
+        columns=tuple(lay.get("columns") or ()),
+        sensor_column=lay.get("sensor_column", "sensor"),
+        value_column=lay.get("value_column", "value"),
+        unit_column=lay.get("unit_column", "unit"),
+        timezone=lay.get("timezone", "UTC"),
+        timestamp_format=lay.get("timestamp_format"),
+        sensor_from_filename=lay.get("sensor_from_filename"),
+        samples_per_row=lay.get("samples_per_row"),
+        sample_rate_hz=lay.get("sample_rate_hz"),
+        row_attribute=lay.get("row_attribute"),
+        entity_value=lay.get("entity_value"),
+        start=str(lay["start"]) if lay.get("start") is not None else None,
+        time_tick_us=_tick_of(props, lay),
+        format=lay.get("format"),
+        measurement=_measurement(lay) if lay.get("format") is not None else None,
+    )
+
+
+def _curation(cur: dict[str, Any]) -> Curation:
+    """The ``curation`` section with the lab's defaults; durations in microseconds.
+
+    An integer ``sampling_interval`` counts steps of an integer time axis and
+    is kept as it is; a duration (``10ms``) is converted.
+    """
+    return Curation(
+        expected_step=(
+            cur["sampling_interval"] if isinstance(cur.get("sampling_interval"), int)
+            else parse_duration_us(cur["sampling_interval"]) if cur.get("sampling_interval") else None
+        ),
+        gap_factor=float(cur.get("gap_factor", 3.0)),
+        outlier_mad=float(cur.get("outlier_mad", 8.0)),
+        resample_us=parse_duration_us(cur["resample"]) if cur.get("resample") else None,
+        max_duplicate_share=float(cur.get("max_duplicate_share", 0.05)),
+    )
+
+
+def _sentinels(custom: dict[str, Any], obj: dict[str, Any]) -> list[Any]:
+    """Every value that means "no reading": the contract-level ``missingValues``, then each missingValues rule's.
+
+    Rules on the table and on single properties both count: a file writes
+    its sentinel the same way whichever column it stands in.
+    """
+    sentinels = list(custom.get("missingValues") or [])
+    for rule in [*(obj.get("quality") or []), *[q for x in obj["properties"] for q in (x.get("quality") or [])]]:
+        if isinstance(rule, dict) and (rule.get("metric") or rule.get("rule")) == "missingValues":
+            sentinels += list(_quality_list(rule, "missingValues") or [])
+    return sentinels
 
 
 def _valid_values(quality: Any) -> tuple[Any, ...] | None:

@@ -180,10 +180,7 @@ def land_staged(
                     or _receipt_by_key(catalog, _rejection_key(contract, staged)))
         if existing is None:
             raise
-        _replayed(existing, contract)
-        catalog.audit(actor, "push", existing.delivery_id, "duplicate",
-                      {"contract": contract.id, "tenant": contract.tenant, "of": existing.delivery_id})
-        return existing
+        return _answer_duplicate(existing, contract, actor, catalog)
 
 
 def _check_file(contract: Contract, name: str, path: Path, size: int, over: bool, sink: Any = None,
@@ -215,81 +212,29 @@ def _check_file(contract: Contract, name: str, path: Path, size: int, over: bool
 
 def _land(contract: Contract, staged: list, actor: str, catalog: cat.Catalog, s: Settings,
           correction: bool = False) -> Receipt:
-    key = _idem_key(contract, [x[2] for x in staged])
-    existing = _receipt_by_key(catalog, key)
-    if existing is not None and existing.status == "rejected":
-        # A rejection keyed by its bytes alone (landed before issue 23): its
-        # cause (names, contract) is unknown, so it is not replayed; its key
-        # is retired so this push can land under it.
-        _retire_key(catalog, existing.delivery_id)
-        existing = None
-    existing = existing or _receipt_by_key(catalog, _rejection_key(contract, staged))
-    if existing is not None:
-        _replayed(existing, contract)
-        catalog.audit(actor, "push", existing.delivery_id, "duplicate",
-                      {"contract": contract.id, "tenant": contract.tenant, "of": existing.delivery_id})
-        return existing
-    reasons: list[str] = []
-    if contract.status != "active":
-        reasons.append(f"contract {contract.id} is {contract.status}; pushes need an active contract (rule: status)")
-    # Sovereignty: a contract its firm withdrew takes no more data.
-    from datalab.policy.withdrawals import withdrawn_reason
+    """Land staged files: replay an earlier receipt, or check, store and record a new one, in that order.
 
-    if (why := withdrawn_reason(contract.id, s)) is not None:
-        reasons.append(why)
-    checked = []
+    The order is what makes a crash safe: the raw table and the files are in
+    place (renamed from their staged names) before the receipt is committed,
+    so a receipt is complete or absent, and nothing is stored for a replay.
+    """
+    existing = _earlier_receipt(contract, staged, catalog)
+    if existing is not None:
+        return _answer_duplicate(existing, contract, actor, catalog)
+    reasons = _contract_reasons(contract, s)
     delivery_id = new_delivery_id()
     kind = kind_of(contract)
     sink = kind.raw_writer(contract, delivery_id, s)
     # Some kinds check a delivery's files together (CAD: parsed in parallel, each in its own sandbox).
     together = kind.check_staged(contract, [(n, p, sha, size, over) for n, p, sha, size, over in staged], s)
-    side, side_receipts = None, {}
-    if contract.layout.measurement is not None and contract.layout.measurement.side_files:
-        from datalab.intake.measurement.sidefiles import split_side
-
-        side, side_receipts, side_reasons = split_side(contract, staged)
-        reasons += side_reasons
-    try:
-        for i, (name, path, sha, size, over) in enumerate(staged):
-            if i in side_receipts:
-                fr = side_receipts[i]
-            elif together is not None:
-                fr = together[i]
-            else:
-                fr = _check_file(contract, name, path, size, over, None if reasons else sink, side)
-            fr.sha256 = sha
-            fr.reasons = bound_reasons(fr.reasons)
-            reasons += fr.reasons
-            checked.append((fr, path, over))
-    except BaseException:
-        if sink is not None:
-            sink.abort()
-        raise
+    side, side_receipts, side_reasons = _side_files(contract, staged)
+    reasons += side_reasons
+    checked, file_reasons = _check_files(contract, staged, reasons, sink, together, side, side_receipts)
+    reasons += file_reasons
     status = "rejected" if reasons else "accepted"
-    if status == "rejected":
-        key = _rejection_key(contract, staged)
-    warnings: list[str] = []
-    if sink is not None:
-        # The raw table exists only for an accepted delivery; it is in place
-        # before the receipt is committed, so a receipt never lacks it.
-        sink.commit() if status == "accepted" else sink.abort()
-        if status == "accepted":
-            warnings += _duplicate_warnings(contract, sink.path)
-    area = "accepted" if status == "accepted" else "quarantine"
-    stored: list[str] = []
-    for fr, path, over in checked:
-        if over:
-            stored.append("")
-            continue
-        rel = Path("landing") / contract.tenant / area / fr.sha256[:2] / fr.sha256
-        dst = s.home / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.exists():
-            path.unlink()
-        else:
-            os.chmod(path, 0o444)
-            os.replace(path, dst)
-        stored.append(str(rel))
+    key = _rejection_key(contract, staged) if status == "rejected" else _idem_key(contract, [x[2] for x in staged])
+    warnings = _settle_raw(sink, status, contract)
+    stored = _store_files(checked, contract, "accepted" if status == "accepted" else "quarantine", s)
     rec = Receipt(
         delivery_id=delivery_id,
         tenant=contract.tenant,
@@ -313,6 +258,120 @@ def _land(contract: Contract, staged: list, actor: str, catalog: cat.Catalog, s:
             sink.path.unlink(missing_ok=True)  # no receipt, so no raw table either
         raise
     return rec
+
+
+def _earlier_receipt(contract: Contract, staged: list, catalog: cat.Catalog) -> Receipt | None:
+    """The receipt this push repeats, if any: an acceptance of the same bytes, or the same rejection.
+
+    A rejection keyed by its bytes alone (landed before issue 23) has an
+    unknown cause (names, contract), so it is not replayed; its key is
+    retired so this push can land under it.
+    """
+    existing = _receipt_by_key(catalog, _idem_key(contract, [x[2] for x in staged]))
+    if existing is not None and existing.status == "rejected":
+        _retire_key(catalog, existing.delivery_id)
+        existing = None
+    return existing or _receipt_by_key(catalog, _rejection_key(contract, staged))
+
+
+def _answer_duplicate(existing: Receipt, contract: Contract, actor: str, catalog: cat.Catalog) -> Receipt:
+    """Answer a repeated push with the first receipt, marked as a replay, and audit it as a duplicate."""
+    _replayed(existing, contract)
+    catalog.audit(actor, "push", existing.delivery_id, "duplicate",
+                  {"contract": contract.id, "tenant": contract.tenant, "of": existing.delivery_id})
+    return existing
+
+
+def _contract_reasons(contract: Contract, s: Settings) -> list[str]:
+    """Reasons against any delivery under this contract, whatever its files: not active, or withdrawn."""
+    reasons: list[str] = []
+    if contract.status != "active":
+        reasons.append(f"contract {contract.id} is {contract.status}; pushes need an active contract (rule: status)")
+    # Sovereignty: a contract its firm withdrew takes no more data.
+    from datalab.policy.withdrawals import withdrawn_reason
+
+    if (why := withdrawn_reason(contract.id, s)) is not None:
+        reasons.append(why)
+    return reasons
+
+
+def _side_files(contract: Contract, staged: list) -> tuple[Any, dict[int, FileReceipt], list[str]]:
+    """The delivery's side files (a measurement layout's tables beside the data), told from its data files.
+
+    Returns the side tables by role, the side files' receipts by position and
+    the reasons against them; nothing for a layout without side files.
+    """
+    if contract.layout.measurement is not None and contract.layout.measurement.side_files:
+        from datalab.intake.measurement.sidefiles import split_side
+
+        return split_side(contract, staged)
+    return None, {}, []
+
+
+def _check_files(contract: Contract, staged: list, prior: list[str], sink: Any, together: Any, side: Any,
+                 side_receipts: dict[int, FileReceipt]) -> tuple[list[tuple[FileReceipt, Path, bool]], list[str]]:
+    """Each staged file's receipt (with its staged path and over-limit flag) and the reasons they give.
+
+    A file is read into the raw table (``sink``) only while the delivery has
+    no reason against it yet (``prior`` and the files before): a rejected
+    delivery writes no raw rows. If checking fails the raw table is aborted.
+    """
+    checked: list[tuple[FileReceipt, Path, bool]] = []
+    found: list[str] = []
+    try:
+        for i, (name, path, sha, size, over) in enumerate(staged):
+            if i in side_receipts:
+                fr = side_receipts[i]
+            elif together is not None:
+                fr = together[i]
+            else:
+                fr = _check_file(contract, name, path, size, over, None if (prior or found) else sink, side)
+            fr.sha256 = sha
+            fr.reasons = bound_reasons(fr.reasons)
+            found += fr.reasons
+            checked.append((fr, path, over))
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
+    return checked, found
+
+
+def _settle_raw(sink: Any, status: str, contract: Contract) -> list[str]:
+    """Commit the raw table of an accepted delivery (abort it otherwise); the receipt's duplicate warnings.
+
+    The raw table exists only for an accepted delivery; it is in place
+    before the receipt is committed, so a receipt never lacks it.
+    """
+    if sink is None:
+        return []
+    sink.commit() if status == "accepted" else sink.abort()
+    return _duplicate_warnings(contract, sink.path) if status == "accepted" else []
+
+
+def _store_files(checked: list[tuple[FileReceipt, Path, bool]], contract: Contract, area: str, s: Settings) -> list[str]:
+    """Move each staged file to ``landing/<tenant>/<area>/<sha[:2]>/<sha256>``, read-only; the stored paths.
+
+    A file over the size limit was never stored (its path is ""); bytes
+    already landed are not written twice. A staged file is made read-only,
+    then renamed into place (``os.replace``, atomic), so a content address
+    never holds part of a file, whenever the process stops.
+    """
+    stored: list[str] = []
+    for fr, path, over in checked:
+        if over:
+            stored.append("")
+            continue
+        rel = Path("landing") / contract.tenant / area / fr.sha256[:2] / fr.sha256
+        dst = s.home / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.exists():
+            path.unlink()
+        else:
+            os.chmod(path, 0o444)
+            os.replace(path, dst)
+        stored.append(str(rel))
+    return stored
 
 
 def _record(catalog: cat.Catalog, rec: Receipt, key: str, stored: list[str], actor: str, contract: Contract) -> None:
