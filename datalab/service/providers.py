@@ -164,8 +164,16 @@ async def push(
                 # completed): landing them again is safe, the landing zone's content key makes
                 # it the same delivery.
         staged = [(f.name, f.path, f.sha256, f.bytes, False) for f in files]
-        rec = await run_in_threadpool(landing.land_staged, c, staged, p.actor, s, correction)
-        if idempotency_key:
+        completed: list[str] = []
+
+        def complete_key(conn: Any, new: landing.Receipt) -> None:
+            # the key completes in the receipt's own transaction: both or neither, one commit fewer
+            _idem_complete_in(conn, p.name, idempotency_key or "", new.delivery_id)
+            completed.append(new.delivery_id)
+
+        rec = await run_in_threadpool(landing.land_staged, c, staged, p.actor, s, correction,
+                                      complete_key if idempotency_key else None)
+        if idempotency_key and not completed:  # an earlier receipt answered: complete the key with it
             await run_in_threadpool(_idem_complete, s, p.name, idempotency_key, rec.delivery_id)
         return JSONResponse(rec.to_dict(), status_code=200 if rec.duplicate else 201,
                             headers={"Location": f"/v1/provider/receipts/{rec.delivery_id}"})
@@ -187,9 +195,13 @@ def _idem_reserve(s: Settings, principal: str, key: str, req_sha: str) -> Any:
 
 def _idem_complete(s: Settings, principal: str, key: str, delivery_id: str) -> None:
     with cat.Catalog(s.catalog_url).begin() as conn:
-        conn.execute(auth.idempotency.update().where(
-            auth.idempotency.c.principal == principal, auth.idempotency.c.key == key,
-        ).values(delivery_id=delivery_id))
+        _idem_complete_in(conn, principal, key, delivery_id)
+
+
+def _idem_complete_in(conn: Any, principal: str, key: str, delivery_id: str) -> None:
+    conn.execute(auth.idempotency.update().where(
+        auth.idempotency.c.principal == principal, auth.idempotency.c.key == key,
+    ).values(delivery_id=delivery_id))
 
 
 @router.get("/receipts", summary="The calling firm's receipts")
