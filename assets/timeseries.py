@@ -8,6 +8,8 @@ Work is done by the core (``datalab``); the assets add partitions and the
 metadata a data engineer reads in the UI.
 """
 
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -21,11 +23,93 @@ from datalab.contracts.contract import Contract
 from datalab.engine import Engine, MemoryWatch
 from datalab.quality import validate
 from datalab.timeseries import curate, ingest
+from datalab.timeseries.stats import CurationStats
 from pipelines.resources import LabResource
+
+
+def materialize_raw(contract: Contract, context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
+    """The raw asset's body: parse the delivery with the contract's types into the long table.
+
+    A module-level function, not the asset's closure, so that it can be
+    read and called without building the Dagster definitions.
+    """
+    d = context.partition_key
+    s = lab.settings()
+    with MemoryWatch() as mw:
+        st = ingest.ingest_raw(contract, d, s)
+    path = ingest.raw_path(contract, d, s)
+    return dg.MaterializeResult(metadata=raw_metadata(d, st, path, mw.peak_mb))
+
+
+def raw_metadata(d: str, st: dict[str, Any], path: Path, peak_mb: float) -> dict[str, Any]:
+    """What the UI shows of a parsed delivery: its counts, timings, memory, path and first rows."""
+    return {
+        "delivery_id": d,
+        "files": st["files"],
+        "records": st["records"],
+        "rows": dg.MetadataValue.int(st["rows"]),
+        "bytes_in": dg.MetadataValue.int(st["bytes_in"]),
+        "bytes_out": dg.MetadataValue.int(st["bytes_out"]),
+        "seconds": dg.MetadataValue.float(st["seconds"]),
+        "parsed_at": st["parsed_at"],
+        "peak_rss_mb": dg.MetadataValue.float(round(peak_mb, 1)),
+        "path": dg.MetadataValue.path(str(path)),
+        "preview": _md_table(pl.read_parquet(path, n_rows=10)),
+    }
+
+
+def materialize_curated(contract: Contract, context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
+    """The curated asset's body: curate the delivery, then run the contract's suite as the blocking check."""
+    d = context.partition_key
+    s = lab.settings()
+    engine = Engine(s.engine)
+    validate.import_in_background()  # the suite check below needs GX; import it while the plan runs
+    with MemoryWatch() as mw:
+        st = curate.curate_delivery(contract, d, engine, s)
+        path = curate.curated_path(contract, d, s)
+        check = run_suite_check(contract, d, path, context, s)
+    return dg.MaterializeResult(metadata=curated_metadata(d, st, path, mw.peak_mb), check_results=[check])
+
+
+def curated_metadata(d: str, st: CurationStats, path: Path, peak_mb: float) -> dict[str, Any]:
+    """What the UI shows of a curated delivery: the curation's statistics, how it ran, per-sensor table, first rows."""
+    sensors = pl.DataFrame([{"sensor": k, **{x: v[x] for x in ("unit", "n", "min", "max", "mean", "out_of_range", "outliers")}}
+                            for k, v in st.sensors.items()])
+    eng = st.engine
+    return {
+        "delivery_id": d,
+        "rows_in": dg.MetadataValue.int(st.rows_in),
+        "rows_out": dg.MetadataValue.int(st.rows_out),
+        "exact_duplicates_removed": dg.MetadataValue.int(st.exact_duplicates_removed),
+        "values_converted": dg.MetadataValue.int(st.values_converted),
+        # issue 23: duplicate keys within the delivery, repeats of earlier deliveries, corrections
+        **({"duplicate_share": dg.MetadataValue.float(float(st.duplicate_share))} if st.duplicate_share is not None else {}),
+        "repeats_excluded": dg.MetadataValue.int(st.repeats_excluded),
+        "correction": st.correction,
+        "replaces": dg.MetadataValue.json(st.replaces),
+        "warnings": dg.MetadataValue.md("\n".join(f"- **{w}**" for w in st.warnings) or "none"),
+        **{f: dg.MetadataValue.int(n) for f, n in st.flags.items()},
+        "constant_sensors": ", ".join(st.constant_sensors) or "none",
+        "pseudonymised_columns": ", ".join(st.pseudonymised_columns) or "none",
+        "engine": eng["engine"],
+        "device": eng["device"],
+        "engine_fallback": eng["fallback"] or "none",
+        "curation_seconds": dg.MetadataValue.float(st.seconds),
+        "series_buckets": dg.MetadataValue.int(st.series_buckets),
+        "long_series": dg.MetadataValue.int(st.long_series["series"]),
+        "long_series_chunks": dg.MetadataValue.int(st.long_series["chunks"]),
+        "curation_peak_rss_mb": dg.MetadataValue.float(eng["peak_rss_mb"]),
+        "peak_rss_mb": dg.MetadataValue.float(round(peak_mb, 1)),
+        "bytes": dg.MetadataValue.int(st.bytes_out),
+        "path": dg.MetadataValue.path(str(path)),
+        "sensors": _md_table(sensors),
+        "preview": _md_table(pl.read_parquet(path, n_rows=10)),
+    }
 
 
 @asset_factory("timeseries")
 def build_timeseries_assets(contract: Contract) -> list[dg.AssetsDefinition]:
+    """The contract's raw and curated assets; their bodies are ``materialize_raw`` and ``materialize_curated``."""
     parts = partitions_for(contract)
     prefix = key_prefix(contract)
     raw_key = dg.AssetKey([*prefix, "raw"])
@@ -41,24 +125,7 @@ def build_timeseries_assets(contract: Contract) -> list[dg.AssetsDefinition]:
         kinds={"polars", "parquet"},
     )
     def raw(context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
-        d = context.partition_key
-        s = lab.settings()
-        with MemoryWatch() as mw:
-            st = ingest.ingest_raw(contract, d, s)
-        path = ingest.raw_path(contract, d, s)
-        return dg.MaterializeResult(metadata={
-            "delivery_id": d,
-            "files": st["files"],
-            "records": st["records"],
-            "rows": dg.MetadataValue.int(st["rows"]),
-            "bytes_in": dg.MetadataValue.int(st["bytes_in"]),
-            "bytes_out": dg.MetadataValue.int(st["bytes_out"]),
-            "seconds": dg.MetadataValue.float(st["seconds"]),
-            "parsed_at": st["parsed_at"],
-            "peak_rss_mb": dg.MetadataValue.float(round(mw.peak_mb, 1)),
-            "path": dg.MetadataValue.path(str(path)),
-            "preview": _md_table(pl.read_parquet(path, n_rows=10)),
-        })
+        return materialize_raw(contract, context, lab)
 
     @dg.asset(
         key=dg.AssetKey([*prefix, "curated"]),
@@ -72,48 +139,6 @@ def build_timeseries_assets(contract: Contract) -> list[dg.AssetsDefinition]:
         kinds={"polars", "parquet", "great_expectations"},
     )
     def curated(context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
-        d = context.partition_key
-        s = lab.settings()
-        engine = Engine(s.engine)
-        validate.import_in_background()  # the suite check below needs GX; import it while the plan runs
-        with MemoryWatch() as mw:
-            st = curate.curate_delivery(contract, d, engine, s)
-            path = curate.curated_path(contract, d, s)
-            check = run_suite_check(contract, d, path, context, s)
-        sensors = pl.DataFrame([{"sensor": k, **{x: v[x] for x in ("unit", "n", "min", "max", "mean", "out_of_range", "outliers")}}
-                                for k, v in st.sensors.items()])
-        eng = st.engine
-        return dg.MaterializeResult(
-            metadata={
-                "delivery_id": d,
-                "rows_in": dg.MetadataValue.int(st.rows_in),
-                "rows_out": dg.MetadataValue.int(st.rows_out),
-                "exact_duplicates_removed": dg.MetadataValue.int(st.exact_duplicates_removed),
-                "values_converted": dg.MetadataValue.int(st.values_converted),
-                # issue 23: duplicate keys within the delivery, repeats of earlier deliveries, corrections
-                **({"duplicate_share": dg.MetadataValue.float(float(st.duplicate_share))} if st.duplicate_share is not None else {}),
-                "repeats_excluded": dg.MetadataValue.int(st.repeats_excluded),
-                "correction": st.correction,
-                "replaces": dg.MetadataValue.json(st.replaces),
-                "warnings": dg.MetadataValue.md("\n".join(f"- **{w}**" for w in st.warnings) or "none"),
-                **{f: dg.MetadataValue.int(n) for f, n in st.flags.items()},
-                "constant_sensors": ", ".join(st.constant_sensors) or "none",
-                "pseudonymised_columns": ", ".join(st.pseudonymised_columns) or "none",
-                "engine": eng["engine"],
-                "device": eng["device"],
-                "engine_fallback": eng["fallback"] or "none",
-                "curation_seconds": dg.MetadataValue.float(st.seconds),
-                "series_buckets": dg.MetadataValue.int(st.series_buckets),
-                "long_series": dg.MetadataValue.int(st.long_series["series"]),
-                "long_series_chunks": dg.MetadataValue.int(st.long_series["chunks"]),
-                "curation_peak_rss_mb": dg.MetadataValue.float(eng["peak_rss_mb"]),
-                "peak_rss_mb": dg.MetadataValue.float(round(mw.peak_mb, 1)),
-                "bytes": dg.MetadataValue.int(st.bytes_out),
-                "path": dg.MetadataValue.path(str(path)),
-                "sensors": _md_table(sensors),
-                "preview": _md_table(pl.read_parquet(path, n_rows=10)),
-            },
-            check_results=[check],
-        )
+        return materialize_curated(contract, context, lab)
 
     return [raw, curated]

@@ -42,7 +42,7 @@ from datalab.config import Settings, safe_segment, settings
 from datalab.contracts import units
 from datalab.contracts.contract import Contract
 from datalab.contracts.raw_table import KEY, PROVENANCE, duplicate_warning
-from datalab.engine import Engine, EngineRun
+from datalab.engine import Engine, EngineRun, OnResult
 from datalab.intake import receipts
 from datalab.policy import pseudonym
 from datalab.store import catalog as cat
@@ -674,19 +674,45 @@ def _time_bases(path: Path) -> dict[str, dict[str, Any]]:
     return {r.pop("sensor"): r for r in rows.iter_rows(named=True)}
 
 
-def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None = None,
-                    s: Settings | None = None) -> CurationStats:
-    """Curate one ingested delivery; writes the curated Parquet and returns its counts (stored as ``to_dict()``)."""
-    s = s or settings()
-    engine = engine or Engine()
-    src = raw_path(contract, delivery_id, s)
-    out = curated_path(contract, delivery_id, s)
-    t0 = time.perf_counter()
-    raw = pl.scan_parquet(src)
+@dataclass(frozen=True)
+class DeliveryInput:
+    """What the curation reads of one delivery before any plan runs: the plans' inputs.
+
+    Gathered once (``read_delivery``) so that running the plans
+    (``run_plans``) and counting the result (``curation_stats``) read the
+    same values by name, not a dozen locals of one long function.
+    """
+
+    raw: pl.LazyFrame  # the delivery's raw rows, repeats of earlier deliveries excluded
+    rows_in: int  # rows of the raw Parquet, before anything was excluded
+    repeats: dict[str, Any]  # exclude_repeats' counts: repeats_excluded, correction, replaces
+    receipt: receipts.Receipt
+    pseudonyms: dict[str, pl.DataFrame]  # per personal attribute, value -> pseudonym
+    watermarks: pl.DataFrame | None  # per entity, what earlier deliveries covered (None for a correction)
+    table: pl.DataFrame  # the series table (series_table)
+    order: SeriesOrder | None
+
+    @property
+    def rows_kept(self) -> int:
+        """The rows the plans read: the delivery's, less the repeats excluded."""
+        return self.rows_in - self.repeats["repeats_excluded"]
+
+
+@dataclass(frozen=True)
+class PlanRun:
+    """How the plans ran: the engine's record, the parts written, the long series cut by time."""
+
+    run: EngineRun
+    buckets: int
+    long_series: dict[str, int]  # series cut by time, and their chunks
+
+
+def read_delivery(contract: Contract, delivery_id: str, scratch: Path, s: Settings) -> DeliveryInput:
+    """The delivery's raw rows and the small tables the plans join to them (``scratch``: see exclude_repeats)."""
+    raw = pl.scan_parquet(raw_path(contract, delivery_id, s))
     rows_in = raw.select(pl.len()).collect().item()  # from the Parquet metadata
     receipt = receipts.get_receipt(delivery_id, s=s)
-    scratch_raw = out.parent / f".{out.stem}.new-readings.parquet"
-    raw, repeats = exclude_repeats(contract, delivery_id, raw, receipt.correction, scratch_raw, s)
+    raw, repeats = exclude_repeats(contract, delivery_id, raw, receipt.correction, scratch, s)
     pseudonyms = {
         a.name: pseudonym.mapping(raw.select(a.name).unique().collect().get_column(a.name), f"{contract.tenant}:{a.name}", s)
         for a in contract.attributes if a.personal
@@ -694,63 +720,95 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
     # A declared correction's readings replace earlier ones: not late.
     wm = None if receipt.correction else watermark_table(contract, delivery_id, s)
     table = series_table(raw)
-    order = series_order(table)
-    version = receipt.contract_version  # pushed under, not the contract's current one
+    return DeliveryInput(raw=raw, rows_in=rows_in, repeats=repeats, receipt=receipt, pseudonyms=pseudonyms,
+                         watermarks=wm, table=table, order=series_order(table))
+
+
+def run_plans(contract: Contract, inp: DeliveryInput, engine: Engine, out: Path, cap: int,
+              on_result: OnResult) -> PlanRun:
+    """Curate the delivery into ``out``: one plan when it fits a bucket of ``cap`` rows, else one per bucket.
+
+    ``on_result`` sees each part while it is in memory (``Profile.add``), so
+    the file is counted without being read back.
+    """
     joins_only = engine.tries_gpu()
-    long_info = {"series": 0, "chunks": 0}  # series cut by time, and their chunks
-    counted = Profile()
-    if rows_in - repeats["repeats_excluded"] <= s.curate_bucket_rows:
-        buckets = 1
-        plan = build_plan(contract, raw, wm, pseudonyms, order, joins_only)
-        run: EngineRun = engine.sink_parquet(plan, out, provenance(contract, version), on_result=counted.add)
-    else:
-        cap = s.curate_bucket_rows
-        # A series longer than a bucket is cut by time (long_series); the
-        # one-key order is needed for that (it names the series by rank).
-        long = table.filter(pl.col("n") > cap) if order is not None else table.clear()
-        short = table.join(long.select("sensor", "entity"), on=["sensor", "entity"], how="anti", nulls_equal=True)
-        # The sizes of series_sizes(raw), from the series table (no second pass).
-        # With long series there are chunk plans to overlap with already.
-        keys = series_buckets(short.group_by(h=SERIES_HASH).agg(n=pl.col("n").sum()), cap,
-                              MIN_BUCKETS if long.is_empty() else 1)
-        long_hashes = set(long.select(SERIES_HASH).to_series().to_list())
-        plans = [build_plan(contract, _short_rows(raw, k, long, long_hashes), wm, pseudonyms, order, joins_only) for k in keys]
-        scratch = out.parent / f".{out.stem}.long"
-        try:
-            for i, r in enumerate(long.sort("sensor", "entity", nulls_last=True).iter_rows(named=True)):
-                plans += long_series_plans(contract, raw, r, cap, wm, pseudonyms, order, joins_only, engine, scratch / str(i))
-            long_info = {"series": long.height, "chunks": len(plans) - len(keys)}
-            buckets = len(plans)
-            run = engine.sink_parquet_parts(plans, out, provenance(contract, version), on_result=counted.add)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-    scratch_raw.unlink(missing_ok=True)
-    prof = counted.result(out)
-    _record_watermarks(contract, delivery_id, counted.watermarks(), s)
-    time_bases = _time_bases(out)
-    exact = rows_in - repeats["repeats_excluded"] - prof["rows"]
+    if inp.rows_kept <= cap:
+        plan = build_plan(contract, inp.raw, inp.watermarks, inp.pseudonyms, inp.order, joins_only)
+        run = engine.sink_parquet(plan, out, _provenance_of(contract, inp), on_result=on_result)
+        return PlanRun(run, buckets=1, long_series={"series": 0, "chunks": 0})
+    return _run_buckets(contract, inp, engine, out, cap, joins_only, on_result)
+
+
+def _provenance_of(contract: Contract, inp: DeliveryInput) -> dict[str, str]:
+    # The version the delivery was pushed under, not the contract's current one.
+    return provenance(contract, inp.receipt.contract_version)
+
+
+def _run_buckets(contract: Contract, inp: DeliveryInput, engine: Engine, out: Path, cap: int, joins_only: bool,
+                 on_result: OnResult) -> PlanRun:
+    """A delivery larger than a bucket: its series in buckets of at most ``cap`` rows, each its own plan.
+
+    A series longer than a bucket is cut by time (long_series); the one-key
+    order is needed for that (it names the series by rank), so without it
+    every series goes to a bucket whole.
+    """
+    table, order = inp.table, inp.order
+    long = table.filter(pl.col("n") > cap) if order is not None else table.clear()
+    short = table.join(long.select("sensor", "entity"), on=["sensor", "entity"], how="anti", nulls_equal=True)
+    # The sizes of series_sizes(raw), from the series table (no second pass).
+    # With long series there are chunk plans to overlap with already.
+    keys = series_buckets(short.group_by(h=SERIES_HASH).agg(n=pl.col("n").sum()), cap,
+                          MIN_BUCKETS if long.is_empty() else 1)
+    long_hashes = set(long.select(SERIES_HASH).to_series().to_list())
+    plans = [build_plan(contract, _short_rows(inp.raw, k, long, long_hashes), inp.watermarks, inp.pseudonyms, order,
+                        joins_only) for k in keys]
+    scratch = out.parent / f".{out.stem}.long"
+    try:
+        for i, r in enumerate(long.sort("sensor", "entity", nulls_last=True).iter_rows(named=True)):
+            plans += long_series_plans(contract, inp.raw, r, cap, inp.watermarks, inp.pseudonyms, order, joins_only,
+                                       engine, scratch / str(i))
+        long_info = {"series": long.height, "chunks": len(plans) - len(keys)}
+        run = engine.sink_parquet_parts(plans, out, _provenance_of(contract, inp), on_result=on_result)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return PlanRun(run, buckets=len(plans), long_series=long_info)
+
+
+def duplicate_counts(contract: Contract, inp: DeliveryInput, prof: dict[str, Any]) -> dict[str, Any]:
+    """The duplicate fields of the statistics, and the warning when their share is over the contract's limit.
+
+    Rows that repeat an earlier row's key (removed or flagged), and their
+    share: over curation.max_duplicate_share the suite fails
+    (validate.lab_rules) and the card says so. Not with resampling, whose
+    output rows are buckets, not readings.
+    """
+    exact = inp.rows_kept - prof["rows"]
     dup_rows = exact + int(prof["key_repeats"])
-    share = dup_rows / rows_in if rows_in else 0.0
+    share = dup_rows / inp.rows_in if inp.rows_in else 0.0
     limit = contract.curation.max_duplicate_share
     resampled = bool(contract.curation.resample_us and contract.time.logical_type == "timestamp")
-    stats = CurationStats(
-        rows_in=rows_in,
+    return {
+        "exact_duplicates_removed": exact,
+        "duplicate_rows": None if resampled else dup_rows,
+        "duplicate_share": None if resampled else round(share, 6),
+        "max_duplicate_share": None if resampled else limit,
+        "warnings": (duplicate_warning(dup_rows, inp.rows_in, limit),) if not resampled and share > limit else (),
+    }
+
+
+def curation_stats(contract: Contract, inp: DeliveryInput, prof: dict[str, Any], ran: PlanRun, out: Path,
+                   t0: float) -> CurationStats:
+    """The typed record of one curation: the profile of the file written, how it ran, how long it took since ``t0``."""
+    return CurationStats(
+        rows_in=inp.rows_in,
         rows_out=prof["rows"],
-        exact_duplicates_removed=exact,
         # Readings whose key (entity, time, sensor) an earlier delivery of
         # the contract already holds: excluded, or for a declared correction
         # kept, replacing the earlier ones (per earlier delivery, at publish).
-        repeats_excluded=repeats["repeats_excluded"],
-        correction=repeats["correction"],
-        replaces=repeats["replaces"],
-        # Rows that repeat an earlier row's key (removed or flagged), and
-        # their share: over curation.max_duplicate_share the suite fails
-        # (validate.lab_rules) and the card says so.
-        # (Not with resampling, whose output rows are buckets, not readings.)
-        duplicate_rows=None if resampled else dup_rows,
-        duplicate_share=None if resampled else round(share, 6),
-        max_duplicate_share=None if resampled else limit,
-        warnings=(duplicate_warning(dup_rows, rows_in, limit),) if not resampled and share > limit else (),
+        repeats_excluded=inp.repeats["repeats_excluded"],
+        correction=inp.repeats["correction"],
+        replaces=inp.repeats["replaces"],
+        **duplicate_counts(contract, inp, prof),
         values_converted=int(prof["values_converted"]),
         flags=prof["flags"],
         entities=prof["entities"],
@@ -758,18 +816,47 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
         time_max=prof["time_max"],
         constant_sensors=prof["constant_sensors"],
         sensors=prof["sensors"],
-        pseudonymised_columns=sorted(pseudonyms),
-        time_bases=time_bases,
-        engine=run.to_dict(),
-        series_buckets=buckets,
-        long_series=long_info,
+        pseudonymised_columns=sorted(inp.pseudonyms),
+        time_bases=_time_bases(out),
+        engine=ran.run.to_dict(),
+        series_buckets=ran.buckets,
+        long_series=ran.long_series,
         seconds=round(time.perf_counter() - t0, 3),
         bytes_out=out.stat().st_size,
     )
+
+
+def _record_curated(delivery_id: str, stats: CurationStats, receipt: receipts.Receipt, out: Path, s: Settings) -> None:
+    """The delivery's state moves to curated with its statistics; a duplicate warning the push missed joins the receipt."""
     if stats.warnings and not receipt.warnings:
         receipts.add_warnings(delivery_id, list(stats.warnings), s)  # the push did not count them (a very large delivery)
     state.set_stage(delivery_id, "curated", s=s, curated_path=str(out.relative_to(s.home)), stats={"curated": stats.to_dict()})
+
+
+def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None = None,
+                    s: Settings | None = None) -> CurationStats:
+    """Curate one ingested delivery; writes the curated Parquet and returns its counts (stored as ``to_dict()``).
+
+    The steps: read the delivery and what its plans join (``read_delivery``),
+    run the plans (``run_plans``, counting each part as it is written),
+    store the delivery's watermarks, and record the statistics
+    (``curation_stats``) in the delivery's state.
+    """
+    s = s or settings()
+    engine = engine or Engine()
+    out = curated_path(contract, delivery_id, s)
+    t0 = time.perf_counter()
+    scratch_raw = out.parent / f".{out.stem}.new-readings.parquet"
+    inp = read_delivery(contract, delivery_id, scratch_raw, s)
+    counted = Profile()
+    ran = run_plans(contract, inp, engine, out, s.curate_bucket_rows, counted.add)
+    scratch_raw.unlink(missing_ok=True)
+    prof = counted.result(out)
+    _record_watermarks(contract, delivery_id, counted.watermarks(), s)
+    stats = curation_stats(contract, inp, prof, ran, out, t0)
+    _record_curated(delivery_id, stats, inp.receipt, out, s)
     return stats
 
 
-__all__ = ["FLAGS", "PROVENANCE", "CurationStats", "Profile", "SeriesOrder", "build_plan", "curate_delivery", "curated_path", "json"]
+__all__ = ["FLAGS", "PROVENANCE", "CurationStats", "DeliveryInput", "PlanRun", "Profile", "SeriesOrder", "build_plan",
+           "curate_delivery", "curated_path", "json"]

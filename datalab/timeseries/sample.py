@@ -644,115 +644,309 @@ def _attribute_columns(
     return out
 
 
-def _generate_long(
-    c: Contract, rows: int, seed: int, start_us: int, step: int, n_ent: int, d: Defects
-) -> Generated:
-    lay = c.layout
-    unit_col = lay.unit_column
-    sen = _sensors(c, unit_in_file=unit_col is not None)
-    n_sen = len(sen.names)
-    per_step = n_ent * n_sen
-    sig = _signal(seed, n_ent, n_sen)
+@dataclass(frozen=True)
+class _Spec:
+    """What one generation fixes before drawing anything: the contract, seed, time axis, shape, sensors and signal.
 
+    Long and wide deliveries differ in what a row is, and only there: a
+    long row is one reading, step, entity and sensor interleaved (every
+    sensor of an entity, then the next entity); a wide row is one entity at
+    one step with a cell per sensor, whose sensor index is the row of all
+    sensors (``[[0, 1, ...]]``) and broadcasts over the cells. ``place`` and
+    ``readings`` say so once, so that the grid, the defects, the duplicates
+    and the late rows are drawn by the same code for both.
+    """
+
+    c: Contract
+    seed: int
+    start_us: int
+    step: int
+    n_ent: int
+    long: bool
+    sen: _Sensors
+    sig: _Signal
+
+    @property
+    def n_sen(self) -> int:
+        return len(self.sen.names)
+
+    @property
+    def per_step(self) -> int:
+        """Rows per expected step: one per (entity, sensor) long, one per entity wide."""
+        return self.n_ent * self.n_sen if self.long else self.n_ent
+
+    def place(self, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(entity, sensor) of rows ``i`` counted from the start of a step run (the step is ``i // per_step``)."""
+        if self.long:
+            return (i // self.n_sen) % self.n_ent, i % self.n_sen
+        return i % self.n_ent, np.arange(self.n_sen)[None, :]
+
+    def readings(self, t: np.ndarray, e: np.ndarray, s: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Canonical values of rows (t, e, s): one per long row, a row of cells per wide row."""
+        if self.long:
+            return _values(self.sig, self.sen, t, e, s, rng.standard_normal(len(t)))
+        return _values(self.sig, self.sen, t[:, None], e[:, None], s, rng.standard_normal((len(t), self.n_sen)))
+
+
+def _spec(c: Contract, seed: int, start_us: int, step: int, n_ent: int, long: bool) -> _Spec:
+    # A wide file carries no unit: values are in each column's source_unit.
+    sen = _sensors(c, unit_in_file=long and c.layout.unit_column is not None)
+    return _Spec(c, seed, start_us, step, n_ent, long, sen, _signal(seed, n_ent, len(sen.names)))
+
+
+@dataclass
+class _Grid:
+    """The clean readings with the gaps cut out: step ``t``, entity ``e``, sensor ``s`` (see ``_Spec.place``), value ``v``.
+
+    ``v`` is canonical and changed in place when spikes are injected.
+    """
+
+    t: np.ndarray
+    e: np.ndarray
+    s: np.ndarray
+    v: np.ndarray
+    gap_idx: np.ndarray  # grid rows removed by the gaps
+    gaps: int  # gaps placed per series
+
+
+def _grid(sp: _Spec, rows: int, gaps: int) -> _Grid:
+    """``rows`` grid rows spaced by one step per ``per_step`` rows, less the gap runs.
+
+    The gaps are cut first so that the defects are drawn from the rows that remain.
+    """
     i = np.arange(rows, dtype=np.int64)
-    t, e, s = i // per_step, (i // n_sen) % n_ent, i % n_sen
-    v = _values(sig, sen, t, e, s, _rng(seed, "values").standard_normal(rows))
+    t = i // sp.per_step
+    e, s = sp.place(i)
+    v = sp.readings(t, e, s, _rng(sp.seed, "values"))
     del i
-
-    # gaps first: the defects below are drawn from the rows that remain
-    gap_idx, g = _gap_runs(rows // per_step, per_step, d.gaps, _rng(seed, "gaps"))
+    gap_idx, g = _gap_runs(rows // sp.per_step, sp.per_step, gaps, _rng(sp.seed, "gaps"))
     if len(gap_idx):
         keep = np.ones(rows, dtype=bool)
         keep[gap_idx] = False
-        t, e, s, v = t[keep], e[keep], s[keep], v[keep]
-    n = len(t)
+        t, e, v = t[keep], e[keep], v[keep]
+        s = s[keep] if sp.long else s
+    return _Grid(t, e, s, v, gap_idx, g)
 
-    # Spikes and missing only on even steps: two removed readings in a row
-    # would leave a hole of 3 steps, which the curation would see as a gap
-    # that the truth does not count.
-    even = t % 2 == 0
-    pick = _Picker(n, _rng(seed, "defects"))
+
+@dataclass(frozen=True)
+class _Picked:
+    """Where each defect goes: row numbers (long rows; wide: cells for spikes and missing, rows for the others).
+
+    Drawn disjoint (``_Picker``), so one reading carries at most one defect
+    and the lengths are the truth.
+    """
+
+    spikes: np.ndarray
+    missing: np.ndarray
+    wrong: np.ndarray
+    tz: np.ndarray
+    exact: np.ndarray
+    key: np.ndarray
+
+
+def _pick_long(sp: _Spec, g: _Grid, d: Defects) -> _Picked:
+    """The readings of each defect, from one permutation (so their draws do not depend on each other's counts).
+
+    Spikes and missing only on even steps: two removed readings in a row
+    would leave a hole of 3 steps, which the curation would see as a gap
+    that the truth does not count. A wrong unit only where the sensor has
+    another unit of its dimension.
+    """
+    n = len(g.t)
+    even = g.t % 2 == 0
+    pick = _Picker(n, _rng(sp.seed, "defects"))
     spikes = pick.take(_count(d.spikes, n), even)
     missing = pick.take(_count(d.missing, n), even)
-    has_alt = sen.has_alt
-    wrong = pick.take(_count(d.wrong_unit, n), has_alt[s]) if has_alt.any() else pick.take(0)
-    tz = pick.take(_count(d.tz_shift, n)) if _iso_time(c) else pick.take(0)
+    has_alt = sp.sen.has_alt
+    wrong = pick.take(_count(d.wrong_unit, n), has_alt[g.s]) if has_alt.any() else pick.take(0)
+    tz = pick.take(_count(d.tz_shift, n)) if _iso_time(sp.c) else pick.take(0)
     exact = pick.take(_count(d.exact_duplicates, n))
     key = pick.take(_count(d.key_duplicates, n))
+    return _Picked(spikes=spikes, missing=missing, wrong=wrong, tz=tz, exact=exact, key=key)
 
-    rng = _rng(seed, "defect-values")
-    ss = s[spikes]
-    v[spikes] = sen.hi[ss] + sen.span[ss] * rng.uniform(5.0, 10.0, len(spikes))
-    out = _round(v * sen.file_factor[s] + sen.file_offset[s], sen.file_dec[s])
-    unit_code = s.copy()
-    sw = s[wrong]
-    out[wrong] = _round(v[wrong] * sen.alt_factor[sw] + sen.alt_offset[sw], sen.alt_dec[sw])
-    unit_code[wrong] += n_sen
-    out[missing] = np.nan
+
+def _pick_wide(sp: _Spec, g: _Grid, d: Defects) -> _Picked:
+    """Cells first (spikes, missing; even steps only, as in ``_pick_long``), then whole rows among the untouched ones.
+
+    No wrong unit: a wide file has no unit column to name one.
+    """
+    n, n_sen = len(g.t), sp.n_sen
+    even_cells = np.repeat(g.t % 2 == 0, n_sen)
+    cells = _Picker(n * n_sen, _rng(sp.seed, "defects"))
+    spikes = cells.take(_count(d.spikes, n * n_sen), even_cells)
+    blank_ok = _separator(sp.c) != " "  # an empty field cannot be told apart in a blank-separated file
+    missing = cells.take(_count(d.missing, n * n_sen) if blank_ok else 0, even_cells)
+    rows_pick = _Picker(n, _rng(sp.seed, "defect-rows"))
+    rows_pick.free[np.concatenate([spikes, missing]) // n_sen] = False
+    tz = rows_pick.take(_count(d.tz_shift, n)) if _iso_time(sp.c) else rows_pick.take(0)
+    exact = rows_pick.take(_count(d.exact_duplicates, n))
+    key = rows_pick.take(_count(d.key_duplicates, n))
+    return _Picked(spikes=spikes, missing=missing, wrong=rows_pick.take(0), tz=tz, exact=exact, key=key)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The delivery's rows as parallel arrays, in the order they are written.
+
+    ``t`` step and ``e`` entity per row; ``out`` the values as written (one
+    per long row, a row of cells per wide row; NaN is an empty field);
+    ``shifted`` how the row's time is written (see ``_time_series``). Long
+    rows also carry ``s``, the sensor, and ``unit``, an index into the unit
+    table (the sensor's unit, or n_sen + sensor for its wrong unit); wide
+    rows do not (None).
+    """
+
+    t: np.ndarray
+    e: np.ndarray
+    out: np.ndarray
+    shifted: np.ndarray
+    s: np.ndarray | None = None
+    unit: np.ndarray | None = None
+
+    def take(self, idx: np.ndarray) -> _Rows:
+        return _Rows(*(None if x is None else x[idx] for x in self._arrays()))
+
+    def concat(self, other: _Rows) -> _Rows:
+        return _Rows(*(None if x is None else np.concatenate([x, y]) for x, y in zip(self._arrays(), other._arrays(), strict=True)))
+
+    def _arrays(self) -> tuple[np.ndarray | None, ...]:
+        return (self.t, self.e, self.out, self.shifted, self.s, self.unit)
+
+
+def _spike_values(sp: _Spec, ss: np.ndarray) -> np.ndarray:
+    """Spikes of sensors ``ss``: 5 to 10 ranges above the maximum, far outside anything plausible."""
+    return sp.sen.hi[ss] + sp.sen.span[ss] * _rng(sp.seed, "defect-values").uniform(5.0, 10.0, len(ss))
+
+
+def _file_values(sen: _Sensors, v: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Canonical values ``v`` of sensors ``s`` in the unit the file writes, rounded as the file writes them."""
+    return _round(v * sen.file_factor[s] + sen.file_offset[s], sen.file_dec[s])
+
+
+def _key_values(sen: _Sensors, vk: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """A key duplicate's canonical value: 15% of the range away from its source's ``vk``, still in range."""
+    delta = 0.15 * sen.span[s]
+    return np.where(vk + delta <= sen.hi[s], vk + delta, vk - delta)
+
+
+def _shift_kinds(sp: _Spec, n: int, tz: np.ndarray) -> np.ndarray:
+    """Per row, how its time is written: 0 in UTC, the rows ``tz`` 1 (with an offset) or 2 (naive local)."""
     shifted = np.zeros(n, dtype=np.int8)
-    shifted[tz] = 1 + _rng(seed, "tz").integers(0, 2, len(tz))
+    shifted[tz] = 1 + _rng(sp.seed, "tz").integers(0, 2, len(tz))
+    return shifted
 
-    # key duplicates: same key, a value 15% of the range away (still in range)
-    sk = s[key]
-    delta = 0.15 * sen.span[sk]
-    kv = np.where(v[key] + delta <= sen.hi[sk], v[key] + delta, v[key] - delta)
-    key_out = _round(kv * sen.file_factor[sk] + sen.file_offset[sk], sen.file_dec[sk])
 
-    src = np.concatenate([exact, key])
-    t = np.concatenate([t, t[src]])
-    e = np.concatenate([e, e[src]])
-    s = np.concatenate([s, s[src]])
-    unit_code = np.concatenate([unit_code, unit_code[src]])
-    out = np.concatenate([out, out[exact], key_out])
-    shifted = np.concatenate([shifted, np.zeros(len(src), dtype=np.int8)])
+def _inject_long(sp: _Spec, g: _Grid, p: _Picked) -> tuple[_Rows, np.ndarray]:
+    """The long rows as written, with spikes, wrong units, missing values and shifted times; and the key duplicates' values.
+
+    A wrong-unit reading is converted to the sensor's other unit, which its
+    unit field names (``unit`` n_sen + sensor).
+    """
+    sen, s, v = sp.sen, g.s, g.v
+    v[p.spikes] = _spike_values(sp, s[p.spikes])
+    out = _file_values(sen, v, s)
+    unit = s.copy()
+    sw = s[p.wrong]
+    out[p.wrong] = _round(v[p.wrong] * sen.alt_factor[sw] + sen.alt_offset[sw], sen.alt_dec[sw])
+    unit[p.wrong] += sp.n_sen
+    out[p.missing] = np.nan
+    shifted = _shift_kinds(sp, len(g.t), p.tz)
+    sk = s[p.key]
+    key_out = _file_values(sen, _key_values(sen, v[p.key], sk), sk)
+    return _Rows(g.t, g.e, out, shifted, s=s, unit=unit), key_out
+
+
+def _inject_wide(sp: _Spec, g: _Grid, p: _Picked) -> tuple[_Rows, np.ndarray]:
+    """The wide rows as written, with spiked and missing cells and shifted times; and the key duplicates' rows of values."""
+    sen, v, sidx = sp.sen, g.v, g.s
+    flat = v.reshape(-1)  # a view: cell id = row * n_sen + sensor
+    flat[p.spikes] = _spike_values(sp, p.spikes % sp.n_sen)
+    out = _file_values(sen, v, sidx)
+    out.reshape(-1)[p.missing] = np.nan
+    shifted = _shift_kinds(sp, len(g.t), p.tz)
+    key_out = _file_values(sen, _key_values(sen, v[p.key], sidx), sidx)
+    return _Rows(g.t, g.e, out, shifted), key_out
+
+
+def _with_duplicates(sp: _Spec, rows: _Rows, p: _Picked, key_out: np.ndarray, shuffle: bool) -> _Rows:
+    """Each duplicate right after its source row, then, with ``shuffle``, the rows mixed within local blocks.
+
+    An exact duplicate repeats its row verbatim; a key duplicate repeats its
+    key with another value (``key_out``); both write their time in UTC.
+    """
+    n = len(rows.t)
+    src = np.concatenate([p.exact, p.key])
+    copies = rows.take(src)
+    copies = _Rows(copies.t, copies.e, np.concatenate([rows.out[p.exact], key_out]),
+                   np.zeros(len(src), dtype=np.int8), copies.s, copies.unit)
+    rows = rows.concat(copies)
     order = _insert_after(n, src)
-    if d.shuffle:
-        order = order[_local_shuffle(t[order], max(64, 4 * per_step), _rng(seed, "shuffle"))]
-    t, e, s, unit_code, out, shifted = (x[order] for x in (t, e, s, unit_code, out, shifted))
+    if shuffle:
+        order = order[_local_shuffle(rows.t[order], max(64, 4 * sp.per_step), _rng(sp.seed, "shuffle"))]
+    return rows.take(order)
 
-    n_late = d.late if _iso_time(c) else 0
-    if n_late:
-        j = np.arange(n_late, dtype=np.int64)
-        lt, ls = -1 - j // per_step, j % n_sen
-        le = (j // n_sen) % n_ent
-        lv = _values(sig, sen, lt, le, ls, _rng(seed, "late").standard_normal(n_late))
-        lout = _round(lv * sen.file_factor[ls] + sen.file_offset[ls], sen.file_dec[ls])
-        t, e, s = np.concatenate([t, lt]), np.concatenate([e, le]), np.concatenate([s, ls])
-        unit_code = np.concatenate([unit_code, ls])
-        out = np.concatenate([out, lout])
-        shifted = np.concatenate([shifted, np.zeros(n_late, dtype=np.int8)])
 
-    cols: dict[str, pl.Series] = {
-        c.entity.source_name: pl.Series(c.entity.source_name, _entity_ids(c.entity, n_ent)).gather(
-            e
-        ),
-        c.time.source_name: _time_series(c, t, shifted, start_us, step),
-        lay.sensor_column: pl.Series(lay.sensor_column, sen.names).gather(s),
-        lay.value_column: pl.Series(lay.value_column, out, nan_to_null=True),
+def _late_rows(sp: _Spec, n_late: int) -> _Rows:
+    """``n_late`` clean rows before the window's start (steps -1, -2, ...), as a gateway's backlog arrives: appended at the end."""
+    j = np.arange(n_late, dtype=np.int64)
+    t = -1 - j // sp.per_step
+    e, s = sp.place(j)
+    out = _file_values(sp.sen, sp.readings(t, e, s, _rng(sp.seed, "late")), s)
+    zeros = np.zeros(n_late, dtype=np.int8)
+    return _Rows(t, e, out, zeros, s=s, unit=s) if sp.long else _Rows(t, e, out, zeros)
+
+
+def _key_columns(sp: _Spec, rows: _Rows) -> dict[str, pl.Series]:
+    """The entity and time columns, both layouts' first two."""
+    c = sp.c
+    return {
+        c.entity.source_name: pl.Series(c.entity.source_name, _entity_ids(c.entity, sp.n_ent)).gather(rows.e),
+        c.time.source_name: _time_series(c, rows.t, rows.shifted, sp.start_us, sp.step),
     }
-    if unit_col is not None:
+
+
+def _long_columns(sp: _Spec, rows: _Rows) -> dict[str, pl.Series]:
+    """Long columns: entity, time, sensor, value, the unit where the layout has a unit column, the attributes."""
+    lay, sen = sp.c.layout, sp.sen
+    cols = _key_columns(sp, rows)
+    cols[lay.sensor_column] = pl.Series(lay.sensor_column, sen.names).gather(rows.s)
+    cols[lay.value_column] = pl.Series(lay.value_column, rows.out, nan_to_null=True)
+    if lay.unit_column is not None:
         table = sen.canon + [a or "" for a in sen.alt]
-        cols[unit_col] = pl.Series(unit_col, table).gather(unit_code)
-    cols.update(_attribute_columns(c, t, e, n_ent, seed, step))
-    frame = pl.DataFrame(list(cols.values()))
-    truth = _truth(frame, exact, key, len(wrong), missing, spikes, g * per_step, gap_idx, n_late, tz, n_ent, n_sen)
-    return Generated(frame, truth, header=lay.header, separator=_separator(c))
+        cols[lay.unit_column] = pl.Series(lay.unit_column, table).gather(rows.unit)
+    cols.update(_attribute_columns(sp.c, rows.t, rows.e, sp.n_ent, sp.seed, sp.step))
+    return cols
 
 
-def _truth(frame: pl.DataFrame, exact: Any, key: Any, wrong: int, missing: Any, spikes: Any, gaps: int,
-           gap_idx: Any, late: int, tz: Any, entities: int, sensors: int) -> dict[str, int]:
-    """What a generator injected, counted (the index arrays' lengths)."""
+def _wide_columns(sp: _Spec, rows: _Rows) -> dict[str, pl.Series]:
+    """Wide columns: entity, time, one per sensor, the attributes; in the layout's order where it fixes one."""
+    cols = _key_columns(sp, rows)
+    for k, name in enumerate(sp.sen.names):
+        cols[name] = pl.Series(name, np.ascontiguousarray(rows.out[:, k]), nan_to_null=True)
+    cols.update(_attribute_columns(sp.c, rows.t, rows.e, sp.n_ent, sp.seed, sp.step))
+    lay = sp.c.layout
+    if lay.columns:  # header-less files: the layout fixes the order
+        by_name = {col.name: col.source_name for col in sp.c.columns}
+        names = [by_name.get(x, x) for x in lay.columns]
+        names += [x for x in cols if x not in names]
+        cols = {x: cols[x] for x in names if x in cols}
+    return cols
+
+
+def _truth(frame: pl.DataFrame, p: _Picked, *, gaps: int, gap_rows: int, late: int, entities: int,
+           sensors: int) -> dict[str, int]:
+    """What a generator injected, counted (the picked index arrays' lengths)."""
     return {
         "rows": frame.height,
-        "exact_duplicates": len(exact),
-        "key_duplicates": len(key),
-        "wrong_unit": wrong,
-        "missing": len(missing),
-        "spikes": len(spikes),
+        "exact_duplicates": len(p.exact),
+        "key_duplicates": len(p.key),
+        "wrong_unit": len(p.wrong),
+        "missing": len(p.missing),
+        "spikes": len(p.spikes),
         "gaps": gaps,
-        "gap_rows": len(gap_idx),
+        "gap_rows": gap_rows,
         "late": late,
-        "tz_shifted": len(tz),
+        "tz_shifted": len(p.tz),
         "entities": entities,
         "sensors": sensors,
     }
@@ -765,6 +959,34 @@ def _separator(c: Contract) -> str:
     return " " if delim == "whitespace" else delim
 
 
+def _deliver(sp: _Spec, g: _Grid, p: _Picked, rows: _Rows, key_out: np.ndarray, d: Defects) -> Generated:
+    """The steps both layouts share after the defects: duplicates, shuffle, late rows, the frame and its truth."""
+    rows = _with_duplicates(sp, rows, p, key_out, d.shuffle)
+    n_late = d.late if _iso_time(sp.c) else 0
+    if n_late:
+        rows = rows.concat(_late_rows(sp, n_late))
+    cols = _long_columns(sp, rows) if sp.long else _wide_columns(sp, rows)
+    frame = pl.DataFrame(list(cols.values()))
+    truth = _truth(frame, p, gaps=g.gaps * sp.n_ent * sp.n_sen, gap_rows=len(g.gap_idx), late=n_late,
+                   entities=sp.n_ent, sensors=sp.n_sen)
+    return Generated(frame, truth, header=sp.c.layout.header, separator=_separator(sp.c))
+
+
+def _generate_long(
+    c: Contract, rows: int, seed: int, start_us: int, step: int, n_ent: int, d: Defects
+) -> Generated:
+    """Long layout: one row per reading (entity, time, sensor, value and, with a unit column, unit).
+
+    Every defect is a share of readings; a reading in a wrong unit says so
+    in its unit field, so wrong units need a unit column.
+    """
+    sp = _spec(c, seed, start_us, step, n_ent, long=True)
+    g = _grid(sp, rows, d.gaps)
+    p = _pick_long(sp, g, d)
+    out, key_out = _inject_long(sp, g, p)
+    return _deliver(sp, g, p, out, key_out, d)
+
+
 def _generate_wide(
     c: Contract, rows: int, seed: int, start_us: int, step: int, n_ent: int, d: Defects
 ) -> Generated:
@@ -775,89 +997,11 @@ def _generate_wide(
     duplicates are whole rows. The file carries no unit, so values are in
     each column's source_unit when it has one, and wrong units cannot occur.
     """
-    lay = c.layout
-    sen = _sensors(c, unit_in_file=False)
-    n_sen = len(sen.names)
-    sig = _signal(seed, n_ent, n_sen)
-    sidx = np.arange(n_sen)[None, :]
-
-    i = np.arange(rows, dtype=np.int64)
-    t, e = i // n_ent, i % n_ent
-    noise = _rng(seed, "values").standard_normal((rows, n_sen))
-    v = _values(sig, sen, t[:, None], e[:, None], sidx, noise)
-    del i, noise
-
-    gap_idx, g = _gap_runs(rows // n_ent, n_ent, d.gaps, _rng(seed, "gaps"))
-    if len(gap_idx):
-        keep = np.ones(rows, dtype=bool)
-        keep[gap_idx] = False
-        t, e, v = t[keep], e[keep], v[keep]
-    n = len(t)
-
-    # cells first (missing, spikes), then whole rows among the untouched ones
-    even_cells = np.repeat(t % 2 == 0, n_sen)
-    cells = _Picker(n * n_sen, _rng(seed, "defects"))
-    spikes = cells.take(_count(d.spikes, n * n_sen), even_cells)
-    blank_ok = _separator(c) != " "  # an empty field cannot be told apart in a blank-separated file
-    missing = cells.take(_count(d.missing, n * n_sen) if blank_ok else 0, even_cells)
-    rows_pick = _Picker(n, _rng(seed, "defect-rows"))
-    rows_pick.free[np.concatenate([spikes, missing]) // n_sen] = False
-    tz = rows_pick.take(_count(d.tz_shift, n)) if _iso_time(c) else rows_pick.take(0)
-    exact = rows_pick.take(_count(d.exact_duplicates, n))
-    key = rows_pick.take(_count(d.key_duplicates, n))
-
-    flat = v.reshape(-1)  # a view: cell id = row * n_sen + sensor
-    ss = spikes % n_sen
-    flat[spikes] = sen.hi[ss] + sen.span[ss] * _rng(seed, "defect-values").uniform(
-        5.0, 10.0, len(spikes)
-    )
-    out = _round(v * sen.file_factor + sen.file_offset, sen.file_dec[None, :])
-    out.reshape(-1)[missing] = np.nan
-    shifted = np.zeros(n, dtype=np.int8)
-    shifted[tz] = 1 + _rng(seed, "tz").integers(0, 2, len(tz))
-
-    delta = 0.15 * sen.span[None, :]
-    kv = np.where(v[key] + delta <= sen.hi, v[key] + delta, v[key] - delta)
-    key_out = _round(kv * sen.file_factor + sen.file_offset, sen.file_dec[None, :])
-
-    src = np.concatenate([exact, key])
-    t = np.concatenate([t, t[src]])
-    e = np.concatenate([e, e[src]])
-    out = np.concatenate([out, out[exact], key_out])
-    shifted = np.concatenate([shifted, np.zeros(len(src), dtype=np.int8)])
-    order = _insert_after(n, src)
-    if d.shuffle:
-        order = order[_local_shuffle(t[order], max(64, 4 * n_ent), _rng(seed, "shuffle"))]
-    t, e, out, shifted = t[order], e[order], out[order], shifted[order]
-
-    n_late = d.late if _iso_time(c) else 0
-    if n_late:
-        j = np.arange(n_late, dtype=np.int64)
-        lt, le = -1 - j // n_ent, j % n_ent
-        noise = _rng(seed, "late").standard_normal((n_late, n_sen))
-        lv = _values(sig, sen, lt[:, None], le[:, None], sidx, noise)
-        lout = _round(lv * sen.file_factor + sen.file_offset, sen.file_dec[None, :])
-        t, e = np.concatenate([t, lt]), np.concatenate([e, le])
-        out = np.concatenate([out, lout])
-        shifted = np.concatenate([shifted, np.zeros(n_late, dtype=np.int8)])
-
-    cols: dict[str, pl.Series] = {
-        c.entity.source_name: pl.Series(c.entity.source_name, _entity_ids(c.entity, n_ent)).gather(
-            e
-        ),
-        c.time.source_name: _time_series(c, t, shifted, start_us, step),
-    }
-    for k, name in enumerate(sen.names):
-        cols[name] = pl.Series(name, np.ascontiguousarray(out[:, k]), nan_to_null=True)
-    cols.update(_attribute_columns(c, t, e, n_ent, seed, step))
-    if lay.columns:  # header-less files: the layout fixes the order
-        by_name = {col.name: col.source_name for col in c.columns}
-        names = [by_name.get(x, x) for x in lay.columns]
-        names += [x for x in cols if x not in names]
-        cols = {x: cols[x] for x in names if x in cols}
-    frame = pl.DataFrame(list(cols.values()))
-    truth = _truth(frame, exact, key, 0, missing, spikes, g * n_ent * n_sen, gap_idx, n_late, tz, n_ent, n_sen)
-    return Generated(frame, truth, header=lay.header, separator=_separator(c))
+    sp = _spec(c, seed, start_us, step, n_ent, long=False)
+    g = _grid(sp, rows, d.gaps)
+    p = _pick_wide(sp, g, d)
+    out, key_out = _inject_wide(sp, g, p)
+    return _deliver(sp, g, p, out, key_out, d)
 
 
 # --------------------------------------------------------------------------
