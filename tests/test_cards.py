@@ -82,3 +82,16 @@ def test_the_flags_are_named_with_the_words_of_the_schema():
     assert head.endswith("| values converted | " + " | ".join(words) + " |")
     assert "| late-arriving readings | 4 |" in md
     assert card.render_card(m, {}).count("\n## Preparation\n") == 1  # the kind's section, found through the registry
+
+
+def test_a_pipe_or_line_break_in_a_firms_value_stays_in_its_cell():
+    """A machine id like ``=cmd|' /C calc'!A0`` or a value with a line break: one cell, in Markdown and in HTML."""
+    evil = "=cmd|' /C calc'!A0\nrow"
+    rows = datasheet._table(["machine", "rows"], [[evil, 3], ["a\\b", 4]])
+    assert all(len(datasheet._cells(r)) == 2 for r in (rows[0], *rows[2:]))
+    assert datasheet._cells(rows[2]) == ["=cmd|' /C calc'!A0 row", "3"] and datasheet._cells(rows[3]) == ["a\\b", "4"]
+    page = datasheet.render_html("\n".join(rows), "t")
+    assert "<td>=cmd|&#x27; /C calc&#x27;!A0 row</td><td>3</td>" in page
+    m = _manifest(_policy()).replace(schema={"a|b": "String"})
+    md = card.render_card(m, {}, [])
+    assert "| a\\|b | String |" in md

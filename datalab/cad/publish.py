@@ -26,6 +26,7 @@ import polars as pl
 from datalab.config import Settings, safe_segment
 from datalab.intake import receipts
 from datalab.store import state
+from datalab.store.card import cell
 from datalab.store.manifest import Manifest
 from datalab.store.manifests import copy_verified, sha256_file
 
@@ -123,6 +124,6 @@ def card_section(m: Manifest) -> list[str]:
               "| thumbnail | file | format | sha256 | same part as | flags |", "|---|---|---|---|---|---|"]
     for f in cad["files"]:
         img = f"![{f['name']}](files/thumbs/{f['sha256']}.png)" if f["thumbnail"] else ""
-        lines.append(f"| {img} | {f['name']} | {f['format']} | `{f['sha256'][:16]}` | {f.get('same_part_as') or ''} | "
+        lines.append(f"| {img} | {cell(f['name'])} | {cell(f['format'])} | `{f['sha256'][:16]}` | {f.get('same_part_as') or ''} | "
                      f"{f.get('flags') or ''} |")
     return lines

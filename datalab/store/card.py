@@ -12,6 +12,13 @@ from datalab.kinds import kind_of_manifest
 from datalab.store.manifest import Manifest
 
 
+def cell(v: object) -> str:
+    """``v`` as one Markdown table cell: a ``|`` in a firm's value (a machine id, a file name) would split the
+    cell and shift every column after it, and a line break would end the row; both are written as text."""
+    s = str(v)
+    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
 def render_card(m: Manifest, contracts: dict[str, Contract], section: list[str] | None = None) -> str:
     """The card of version ``m``: what every kind shares, with ``section``, the kind's lines on how its data was prepared.
 
@@ -35,7 +42,7 @@ def render_card(m: Manifest, contracts: dict[str, Contract], section: list[str] 
         "|---|---|---|---|",
     ]
     for c in m.lineage.contracts:
-        lines.append(f"| {c.id} | {c.tenant} | {c.version} | {m.rows_per_contract.get(c.id, 0):,} |")
+        lines.append(f"| {cell(c.id)} | {cell(c.tenant)} | {cell(c.version)} | {m.rows_per_contract.get(c.id, 0):,} |")
     lines += ["", f"Deliveries: {', '.join(m.lineage.deliveries)}."]
     if m.lineage.excluded:
         lines.append("")
@@ -47,7 +54,7 @@ def render_card(m: Manifest, contracts: dict[str, Contract], section: list[str] 
     for d, v in m.validation.items():
         lines.append(f"- {d}: {'passed' if v['success'] else 'FAILED'} ({v['evaluated']} expectations, {v['failed']} failed)")
     lines += ["", "## Schema", "| column | type |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in m.schema.items()]
+    lines += [f"| {cell(k)} | {cell(v)} |" for k, v in m.schema.items()]
     lines += [
         "", "## How to use",
         f"`datalab pull {m.ref} --purpose <purpose> --to DIR`, or in Python "

@@ -338,7 +338,9 @@ def near_duplicate_series(lf: pl.LazyFrame) -> list[str]:
 
 def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
     def cell(v: Any) -> str:
-        return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else (f"{v:.4g}" if isinstance(v, float) else str(v))
+        from datalab.store.card import cell as text
+
+        return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else (f"{v:.4g}" if isinstance(v, float) else text(v))
 
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
 
@@ -417,6 +419,25 @@ def render_markdown(m: Manifest, f: dict[str, Any], contracts: dict[str, Contrac
     return "\n".join(L)
 
 
+def _cells(row: str) -> list[str]:
+    """The cells of one Markdown table row, ``\\|`` and ``\\\\`` read back as the characters (``card.cell`` wrote them)."""
+    cells, cur, i, body = [], [], 0, row.strip()[1:-1] if row.strip().endswith("|") else row.strip()[1:]
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body) and body[i + 1] in "|\\":
+            cur.append(body[i + 1])
+            i += 2
+            continue
+        if ch == "|":
+            cells.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    cells.append("".join(cur).strip())
+    return cells
+
+
 def render_html(md: str, title: str) -> str:
     """HTML of the card's Markdown (the small subset the card uses: headings, lists, tables, images)."""
     def inline(t: str) -> str:
@@ -431,7 +452,7 @@ def render_html(md: str, title: str) -> str:
             rows = []
             while i < len(lines) and lines[i].startswith("|"):
                 if not re.match(r"^\|(---\|)+$", lines[i]):
-                    rows.append([c.strip() for c in lines[i].strip("|").split("|")])
+                    rows.append(_cells(lines[i]))
                 i += 1
             out.append("<table><thead><tr>" + "".join(f"<th>{inline(c)}</th>" for c in rows[0]) + "</tr></thead><tbody>"
                        + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows[1:]) + "</tbody></table>")

@@ -9,6 +9,7 @@ the kind.
 
 from __future__ import annotations
 
+from datalab.store.card import cell
 from datalab.store.manifest import Manifest
 from datalab.timeseries.schema import FLAG_WORDS
 
@@ -30,6 +31,6 @@ def preparation_section(m: Manifest) -> list[str]:
     if bases:  # measurement files: each series' time axis, as the file and contract gave it (datalab.intake.measurement)
         lines += ["", "Time bases (columns `time_base`, `sample_rate_hz` of the table):", "",
                   "| delivery | sensor | time base | sample rate (Hz) |", "|---|---|---|---|"]
-        lines += [f"| {d} | {sensor} | {tb['time_base']} | {tb['sample_rate_hz'] if tb['sample_rate_hz'] is not None else '-'} |"
+        lines += [f"| {d} | {cell(sensor)} | {cell(tb['time_base'])} | {tb['sample_rate_hz'] if tb['sample_rate_hz'] is not None else '-'} |"
                   for d, sensor, tb in bases]
     return lines
