@@ -13,6 +13,8 @@ not by the file.
 from __future__ import annotations
 
 import datetime as dt
+import gc
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,17 @@ class MdfReader:
         try:
             return MDF(path)
         except Exception as e:
-            raise ReadError(f"asammdf cannot read the file ({e}); truncated or corrupt?") from e
+            why = str(e)
+        # Raised outside the handler and without the cause: asammdf's traceback holds its half-built
+        # MDF4, whose __del__ fails. Kept alive by the error, it was collected later at a random point,
+        # once inside the interpreter's compile() (a CPython 3.11 "AST constructor recursion depth
+        # mismatch"); freed here, its finaliser runs now, and its AttributeError is not news.
+        hook, sys.unraisablehook = sys.unraisablehook, lambda _u: None
+        try:
+            gc.collect()
+        finally:
+            sys.unraisablehook = hook
+        raise ReadError(f"asammdf cannot read the file ({why}); truncated or corrupt?")
 
     def close(self, handle: Any) -> None:
         handle.close()
