@@ -653,6 +653,24 @@ def _listable(schema: pl.Schema, col: Any) -> None:
         raise Unsupported(f"column {col!r} is {dtype}")
 
 
+def may_evaluate(specs: list[ExpectationSpec]) -> bool:
+    """Whether the fast path can take the suite as far as its text tells (types, keywords, conditions).
+
+    Before the table exists (the curated asset starts GX's import while it
+    curates, to hide the import): the columns and their types are checked
+    by :func:`unsupported` once there is a table.
+    """
+    for spec in specs:
+        kw = spec.kwargs
+        if spec.type not in KWARGS or set(kw) - KWARGS[spec.type]:
+            return False
+        rc = kw.get("row_condition")
+        if rc is not None and (not isinstance(rc, str) or not _EQ_CONDITION.match(rc)
+                               or kw.get("condition_parser") not in (None, "pandas")):
+            return False
+    return True
+
+
 def unsupported(specs: list[ExpectationSpec], schema: pl.Schema) -> list[str]:
     """Why the fast path cannot evaluate a suite as GX would: one line per expectation it cannot do (empty: it can)."""
     out = []
