@@ -516,6 +516,19 @@ def _regex_columns(specs: list[ExpectationSpec]) -> frozenset[str]:
     return frozenset(str(sp.kwargs["column"]) for sp in specs if sp.type in REGEX_EXPECTATIONS and "column" in sp.kwargs)
 
 
+def _plain_text_columns(specs: list[ExpectationSpec]) -> frozenset[str]:
+    """Text columns _to_pandas must not make categorical: those a regex reads, and those compared pairwise.
+
+    pandas compares two categoricals only when their categories are the same,
+    and raises otherwise, so GX reported an error instead of a result for the
+    CAD suite's ``format`` = ``name_format`` whenever the two columns held
+    different sets of formats (found by the fast path's parity test, issue 21).
+    """
+    pairs = {str(sp.kwargs[k]) for sp in specs if sp.type.startswith("expect_column_pair_")
+             for k in ("column_A", "column_B") if k in sp.kwargs}
+    return _regex_columns(specs) | pairs
+
+
 @contextlib.contextmanager
 def _without_batch_fingerprint() -> Iterator[None]:
     """Skip GX's per-batch fingerprint while validating chunks.
@@ -670,7 +683,7 @@ def _validate(
         chunks = validate_chunks.plan_chunks(Path(frame), s.validate_chunk_rows)
     if chunks is not None:
         return _validate_chunked(contract, Path(frame), chunks, specs, run_name, t0, notes)
-    df = _to_pandas(frame, _regex_columns(specs))
+    df = _to_pandas(frame, _plain_text_columns(specs))
 
     _import_gx()
     from great_expectations.core.run_identifier import RunIdentifier
@@ -807,7 +820,7 @@ def _validate_chunked(
     suites: dict[tuple[str | None, bool], list[_ChunkSuite]] = {}
     got: list[ExpectationResult] = []
     rows = 0
-    regex_columns = _regex_columns(specs)
+    regex_columns = _plain_text_columns(specs)
     all_columns = list(pl.read_parquet_schema(path))
     with _gx_lock(s.gx_root), _without_batch_fingerprint():
         ctx = _context(s.gx_root)
