@@ -158,7 +158,7 @@ def _cad_frame(rows: int) -> pl.DataFrame:
     fmt = ["step" if k % 3 else "stl" for k in i]
     data.update(
         delivery_id=["d-cad"] * rows, file_name=[f"part{k}.stp" for k in i],
-        sha256=[("%064x" % k) if k % 29 else "XYZ" for k in i], bytes=[0 if k % 31 == 0 else 1000 + k for k in i],
+        sha256=[f"{k:064x}" if k % 29 else "XYZ" for k in i], bytes=[0 if k % 31 == 0 else 1000 + k for k in i],
         format=[f if k % 37 else "iges" for k, f in zip(i, fmt, strict=True)],
         name_format=[None if k % 5 == 0 else ("step" if k % 41 else "stl") for k in i],
         length_unit=[None if k % 43 == 0 else ("furlong" if k % 47 == 0 else "mm") for k in i],
