@@ -1,21 +1,21 @@
 """The derived suites evaluated by Polars, with the results Great Expectations gives (issue 21).
 
 Validating with GX means converting the curated Parquet file to pandas (a
-second read and a copy of every column) and importing GX (seconds); at 10 M
-rows that costs more than the curation it checks. The suites the lab derives
-use a dozen expectation types whose metrics are counts and simple
+second read and a copy of every column) and importing GX: at 10 M rows about
+4 s of suite and 3 s of import and context (issue 21). The suites the lab
+derives use a dozen expectation types whose metrics are counts and simple
 comparisons, so this module evaluates them on a Polars ``LazyFrame`` (a scan
 of the curated file): one ``select`` computes every expectation's counts
-(element, missing, unexpected, row counts), and only the expectations that
-found something unexpected run one more small query for the first
+(element, missing, unexpected, row counts) and its first
 ``PARTIAL_UNEXPECTED_COUNT`` unexpected values, the list GX keeps in its
-SUMMARY result. The result of each expectation is first written in GX's
-result format (``{"success": ..., "result": {"element_count": ...}}``,
-computed the way GX 1.x computes it: nulls, and NaN since pandas reads it as
-null, leave the denominator of column-map expectations; ``mostly`` compares
-the good share of the non-missing rows; ``unexpected_percent`` is the share
-of the non-missing rows; the not-null expectation has no missing count), and
-then becomes the lab's :class:`ExpectationResult` through :func:`record`, the
+SUMMARY result (the unexpected mask is computed once for both); only a column
+mean reads its column once more. The result of each expectation is first
+written in GX's result format (``{"success": ..., "result": {...}}``), computed
+the way GX 1.x computes it: nulls, and NaN since pandas reads it as null,
+leave the denominator of column-map expectations; ``mostly`` compares the
+good share of the non-missing rows; ``unexpected_percent`` is the share of
+the non-missing rows; the not-null expectation has no missing count. It then
+becomes the lab's :class:`ExpectationResult` through :func:`record`, the
 same function the GX runner uses, so both engines write the same reports.
 
 GX stays the reference: ``tests/test_validate_fast.py`` runs every derived
@@ -176,18 +176,17 @@ def _between(value: Any, kw: dict[str, Any]) -> bool:
 class _Plan:
     """One expectation's share of the single aggregate query, and how its GX result is built from it.
 
-    ``aggs``: named aggregate expressions (one row each). ``finish``: the
-    GX-format result from the aggregate row (and, when ``unexpected`` is set
-    and something was unexpected, the unexpected rows' values).
-    ``unexpected``: the query for the first unexpected values, in row order.
-    ``values``: turns those rows into GX's partial_unexpected_list items.
+    ``aggs``: named aggregate expressions (one row each), among them, for
+    a map expectation, ``{i}:sample``: the first PARTIAL_UNEXPECTED_COUNT
+    unexpected values in row order (a list; Polars computes the unexpected
+    mask once for the count and the list). ``finish``: the GX-format result
+    from the aggregate row and GX's partial_unexpected_list (or the
+    ``extra`` query's answer). ``values``: the sample list as GX lists it.
     """
 
     aggs: list[pl.Expr]
-    finish: Callable[[dict[str, Any], list[Any]], dict[str, Any]]
-    unexpected: Callable[[pl.LazyFrame], pl.LazyFrame] | None = None
-    values: Callable[[pl.DataFrame, frozenset[str]], list[Any]] | None = None
-    count_key: str | None = None  # the aggregate holding the unexpected count (no query when 0)
+    finish: Callable[[dict[str, Any], Any], dict[str, Any]]
+    values: Callable[[list[Any], frozenset[str]], list[Any]] | None = None
     extra: Callable[[pl.LazyFrame], Any] | None = None  # a query of its own (the mean, computed as pandas does)
 
 
@@ -328,11 +327,11 @@ def _column_map(i: int, spec: ExpectationSpec, schema: pl.Schema, cond: pl.Expr 
             raise Unsupported("value_set is not a list")
         values = list(values)
         if isinstance(dtype, _TEXT) and all(isinstance(v, str) for v in values):
-            bad = ~_text(col).is_in(pl.Series(values, dtype=pl.String))
+            bad = ~_text(col).is_in(values)
         elif dtype == pl.Boolean and all(isinstance(v, bool) for v in values):
-            bad = ~c.is_in(pl.Series(values, dtype=pl.Boolean))
+            bad = ~c.is_in(values)
         elif (dtype.is_integer() or dtype.is_float()) and all(_number(v) for v in values):
-            bad = ~c.cast(pl.Float64).is_in(pl.Series([float(v) for v in values], dtype=pl.Float64))
+            bad = ~c.cast(pl.Float64).is_in([float(v) for v in values])
         else:
             raise Unsupported(f"value_set {values!r} against a {dtype} column")
     elif t == "expect_column_values_to_be_between":
@@ -372,12 +371,15 @@ def _column_map(i: int, spec: ExpectationSpec, schema: pl.Schema, cond: pl.Expr 
 
     return _Plan(
         aggs=[_count(cond).alias(n), (~present if cond is None else cond & ~present).sum().alias(miss),
-              (keep & bad).sum().alias(unx)],
+              (keep & bad).sum().alias(unx), _first(c.filter(keep & bad), i)],
         finish=finish,
-        unexpected=lambda lf: lf.filter(keep & bad).select(col),
-        values=lambda df, floated: _values(df, col, floated),
-        count_key=unx,
+        values=lambda got, floated: _values(got, col, floated),
     )
+
+
+def _first(unexpected: pl.Expr, i: int) -> pl.Expr:
+    """The first unexpected values, as many as GX keeps, in row order: one list in the aggregate row."""
+    return unexpected.head(PARTIAL_UNEXPECTED_COUNT).implode().alias(f"{i}:sample")
 
 
 def _count(cond: pl.Expr | None) -> pl.Expr:
@@ -419,11 +421,10 @@ def _increasing(i: int, col: str, dtype: pl.DataType, present: pl.Expr, cond: pl
 
     return _Plan(
         aggs=[_count(cond).alias(n), (~present if cond is None else cond & ~present).sum().alias(miss),
-              (~in_order(c.filter(keep))).sum().alias(unx)],
+              (~in_order(c.filter(keep))).sum().alias(unx),
+              _first(pl.col(col).filter(keep).filter(~in_order(c.filter(keep))), i)],
         finish=finish,
-        unexpected=lambda lf: lf.filter(keep).filter(~in_order(c)).select(col),
-        values=lambda df, floated: _values(df, col, floated),
-        count_key=unx,
+        values=lambda got, floated: _values(got, col, floated),
     )
 
 
@@ -457,11 +458,10 @@ def _pair(i: int, spec: ExpectationSpec, schema: pl.Schema, cond: pl.Expr | None
         return _map_output(ok, element, filtered, unexpected, partial)
 
     return _Plan(
-        aggs=[_count(cond).alias(n), keep.sum().alias(kept), (keep & bad).sum().alias(unx)],
+        aggs=[_count(cond).alias(n), keep.sum().alias(kept), (keep & bad).sum().alias(unx),
+              _first(pl.struct(a, b).filter(keep & bad), i)],
         finish=finish,
-        unexpected=lambda lf: lf.filter(keep & bad).select(a, b),
-        values=lambda df, floated: list(zip(_values(df, a, floated), _values(df, b, floated), strict=True)),
-        count_key=unx,
+        values=lambda got, floated: [(_value(r[a], a, floated), _value(r[b], b, floated)) for r in got],
     )
 
 
@@ -487,6 +487,7 @@ def _compound(i: int, spec: ExpectationSpec, schema: pl.Schema, cond: pl.Expr | 
         raise Unsupported(f"ignore_row_if={how!r}")
     keep = ~drop if cond is None else cond & ~drop
     key = pl.struct(cols)
+
     n, kept, unx = f"{i}:n", f"{i}:kept", f"{i}:unexpected"
 
     def finish(row: dict[str, Any], partial: list[Any]) -> dict[str, Any]:
@@ -494,16 +495,12 @@ def _compound(i: int, spec: ExpectationSpec, schema: pl.Schema, cond: pl.Expr | 
         ok = True if element == 0 or filtered == 0 else _mostly_success(filtered, unexpected, mostly)
         return _map_output(ok, element, filtered, unexpected, partial)
 
-    def values(df: pl.DataFrame, floated: frozenset[str]) -> list[Any]:
-        cols_values = [_values(df, c, floated) for c in cols]
-        return [dict(zip(cols, row, strict=True)) for row in zip(*cols_values, strict=True)]
-
+    repeated = key.filter(keep).is_duplicated()  # every row of a repeated key
     return _Plan(
-        aggs=[_count(cond).alias(n), keep.sum().alias(kept), key.filter(keep).is_duplicated().sum().alias(unx)],
+        aggs=[_count(cond).alias(n), keep.sum().alias(kept), repeated.sum().alias(unx),
+              _first(key.filter(keep).filter(repeated), i)],
         finish=finish,
-        unexpected=lambda lf: lf.filter(keep).filter(key.is_duplicated()).select(cols),
-        values=values,
-        count_key=unx,
+        values=lambda got, floated: [{c: _value(r[c], c, floated) for c in cols} for r in got],
     )
 
 
@@ -586,10 +583,13 @@ def _pandas_mean(series: pl.Series, *, as_float: bool) -> float | None:
     return None if math.isnan(mean) else mean
 
 
-def _values(df: pl.DataFrame, col: str, floated: frozenset[str]) -> list[Any]:
-    """A column's values as GX lists them: an integer column holding nulls (``floated``) is float64 in pandas."""
-    s = df.get_column(col)
-    return (s.cast(pl.Float64) if col in floated else s).to_list()
+def _value(v: Any, col: str, floated: frozenset[str]) -> Any:
+    """A value as GX lists it: an integer column holding nulls (``floated``) is float64 in pandas."""
+    return float(v) if col in floated and v is not None else v
+
+
+def _values(got: list[Any], col: str, floated: frozenset[str]) -> list[Any]:
+    return [_value(v, col, floated) for v in got]
 
 
 PLANNERS: dict[str, Callable[[int, ExpectationSpec, pl.Schema, pl.Expr | None], _Plan]] = {
@@ -686,9 +686,9 @@ def evaluate(specs: list[ExpectationSpec], frame: pl.DataFrame | pl.LazyFrame | 
              indexes: list[int] | None = None) -> tuple[list[ExpectationResult], int]:
     """Results of ``specs`` (or those at ``indexes``) on the table, as GX would give them, and its row count.
 
-    One aggregate query over the table; then one query per expectation that
-    found unexpected values (their first PARTIAL_UNEXPECTED_COUNT, in row
-    order, as GX lists them) and per mean, all run together. Raises
+    One aggregate query over the table computes every count and the first
+    PARTIAL_UNEXPECTED_COUNT unexpected values of each expectation (in row
+    order, as GX lists them); a mean reads its column once more. Raises
     :class:`Unsupported` naming every expectation it cannot evaluate.
     """
     lf = scan(frame)
@@ -708,11 +708,8 @@ def evaluate(specs: list[ExpectationSpec], frame: pl.DataFrame | pl.LazyFrame | 
     aggs += [e for p in plans.values() for e in p.aggs]
     row = lf.select(aggs).collect().row(0, named=True)
     floated = frozenset(c for c in ints if row[f"nulls:{c}"] > 0)
-    later = [(i, p) for i, p in plans.items()
-             if p.extra is None and p.unexpected is not None and p.count_key and row[p.count_key] > 0]
-    frames = pl.collect_all([p.unexpected(lf).head(PARTIAL_UNEXPECTED_COUNT) for _, p in later]) if later else []
-    partial: dict[int, Any] = {i: p.values(df, floated) for (i, p), df in zip(later, frames, strict=True)
-                               if p.values is not None}
+    partial: dict[int, Any] = {i: p.values(list(row[f"{i}:sample"] or []), floated)
+                               for i, p in plans.items() if p.values is not None}
     for i, p in plans.items():
         if p.extra is not None:
             partial[i] = p.extra(lf)
