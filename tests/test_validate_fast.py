@@ -128,6 +128,14 @@ def test_wrong_columns(contracts, lab: Path, monkeypatch: pytest.MonkeyPatch) ->
         "mismatched": {"unexpected": ["stray"], "missing": ["raw_unit"]}}
 
 
+def test_an_empty_table_and_a_missing_sensor(contracts, lab: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No rows (vacuous successes, no percent, no mean) and a sensor with no rows (its row conditions select none)."""
+    c = _every_rule(contracts[SPINDLE])
+    df = curated(c, ["BSW-M01"], n=10, attributes={"shift": "A", "load_pct": 5.0, "badge": "ps_0123456789abcdef"})
+    parity(c, df.head(0), monkeypatch, "empty", unsupported=1)
+    parity(c, df.filter(pl.col("sensor") != "vibration"), monkeypatch, "no-vibration", unsupported=1)
+
+
 def test_every_rule_a_contract_can_state(contracts, lab: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The contract with every rule: means, lengths, increasing time, strict bounds, row counts per sensor, attributes.
 
