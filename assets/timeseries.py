@@ -63,7 +63,7 @@ def materialize_curated(contract: Contract, context: AssetExecutionContext, lab:
     d = context.partition_key
     s = lab.settings()
     engine = Engine(s.engine)
-    validate.import_in_background()  # the suite check below needs GX; import it while the plan runs
+    validate.import_in_background(contract)  # if the suite check below needs GX, import it while the plan runs
     with MemoryWatch() as mw:
         st = curate.curate_delivery(contract, d, engine, s)
         path = curate.curated_path(contract, d, s)

@@ -71,7 +71,7 @@ def run_datalab(path: Path | list[Path]) -> dict:
     ingest.ingest_raw(c, rec.delivery_id)
     done("ingest", t)
     t = time.perf_counter()
-    validate.import_in_background()  # as the curated asset does: GX imports while the plan runs
+    validate.import_in_background(c)  # as the curated asset does: GX (if the suite needs it) imports while the plan runs
     st = curate.curate_delivery(c, rec.delivery_id)
     done("curate", t)
     t = time.perf_counter()

@@ -52,5 +52,7 @@ def run_suite_check(contract: Contract, delivery_id: str, path, context: dg.Asse
             "seconds": dg.MetadataValue.float(round(report.seconds, 3)),
             "failed_expectations": dg.MetadataValue.md(md),
             "data_docs": dg.MetadataValue.path(report.docs_path or ""),
+            # "polars" (datalab.quality.fast: no Data Docs) or "great_expectations"
+            "engine": report.engine,
         },
     )

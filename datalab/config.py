@@ -36,6 +36,8 @@ class SettingsError(UsageError, ValueError):
     hint = "fix or unset that variable (the README's Settings table gives each one's values)"
 
 ENGINES = ("auto", "cpu", "gpu")
+# Who evaluates the derived expectation suites (datalab.quality.fast): Polars, or always GX.
+VALIDATE_ENGINES = ("fast", "gx")
 # The consumer clearances, lowest first: the classifications of datalab.contracts.policy.
 CLEARANCES = CLASSIFICATIONS
 DEFAULT_CLEARANCE = "confidential"
@@ -47,7 +49,7 @@ VARIABLES = (
     "DATALAB_ACTOR", "DATALAB_CLEARANCE", "DATALAB_EXPORT_CLEARED", "DATALAB_PSEUDONYM_KEY",
     "DATALAB_AUDIT_KEY", "DATALAB_AUDIT_CHECKPOINTS", "DATALAB_RATE_TOKEN_PER_MIN",
     "DATALAB_RATE_ADDRESS_PER_MIN", "DATALAB_URL", "DATALAB_TOKEN", "DATALAB_DEBUG",
-    "DATALAB_CURATE_BUCKET_ROWS", "DATALAB_VALIDATE_CHUNK_ROWS", "DATALAB_SITE_URL",
+    "DATALAB_CURATE_BUCKET_ROWS", "DATALAB_VALIDATE_CHUNK_ROWS", "DATALAB_VALIDATE_ENGINE", "DATALAB_SITE_URL",
     "DATALAB_DSP_RATE_LIMIT", "DATALAB_DSP_VALIDATE", "DATALAB_DSP_SCHEMAS", "DATALAB_OUTBOX_INTERVAL",
     "DATALAB_OUTBOX_MAX_BACKOFF", "DATALAB_PROFILE", "DATALAB_STORAGE", "DATALAB_BROKER_URL",
     "DATALAB_CELERY_QUEUE", "DATALAB_DAGSTER_PG_URL", "DATALAB_MAX_RUNS", "DATALAB_TENANT_RUN_LIMIT",
@@ -96,6 +98,10 @@ class Settings:
     # Rows per validation chunk (one sensor each); larger curated partitions
     # are validated chunk by chunk, the results merged exactly.
     validate_chunk_rows: int = 2_000_000
+    # ``fast``: a suite whose every expectation Polars can evaluate exactly as
+    # GX does (datalab.quality.fast) runs on the Parquet file, without pandas
+    # or GX; other suites still run in GX. ``gx``: always GX (and Data Docs).
+    validate_engine: str = "fast"
     # Service rate limits, requests per minute (0: off). Per token: what one
     # authenticated caller may send. Per client address: the requests that
     # carry no valid token (anonymous, bad or revoked tokens), so a client
@@ -240,6 +246,7 @@ def _read_settings() -> Settings:
         site=os.environ.get("DATALAB_SITE"),
         curate_bucket_rows=_positive_int("DATALAB_CURATE_BUCKET_ROWS", 8_000_000),
         validate_chunk_rows=_positive_int("DATALAB_VALIDATE_CHUNK_ROWS", 2_000_000),
+        validate_engine=_choice("DATALAB_VALIDATE_ENGINE", VALIDATE_ENGINES, "fast"),
         rate_token_per_min=_positive_int("DATALAB_RATE_TOKEN_PER_MIN", 6000, zero_ok=True),
         rate_address_per_min=_positive_int("DATALAB_RATE_ADDRESS_PER_MIN", 120, zero_ok=True),
         url=service_url(),

@@ -260,8 +260,9 @@ def test_module_imports_without_gx() -> None:
 
 
 def test_clean_frame_passes_and_builds_data_docs(
-    contracts: dict[str, Contract], lab_home: Path
+    contracts: dict[str, Contract], lab_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("DATALAB_VALIDATE_ENGINE", "gx")  # Data Docs are GX's (the fast path does not build them)
     c = contracts[BAVARIA]
     report = validate(c, curated(c, ["BSW-M01", "BSW-M02"]), run_name="d-clean")
     assert report.success, report.summary()
@@ -366,8 +367,9 @@ def test_integer_time_contract_flags_only_the_missing_readings(
 
 
 def test_two_runs_in_a_row_and_handwritten_suite(
-    contracts: dict[str, Contract], tmp_path: Path, lab_home: Path
+    contracts: dict[str, Contract], tmp_path: Path, lab_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("DATALAB_VALIDATE_ENGINE", "gx")  # Data Docs are GX's (the fast path does not build them)
     c = contracts[BAVARIA]
     df = curated(c, ["BSW-M01"], n=50)
     first = validate(c, df, run_name="d-one")

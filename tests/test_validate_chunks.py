@@ -17,6 +17,14 @@ from datalab.timeseries import curate, sample
 from tests.conftest import PRESS, SPINDLE
 
 START = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
+
+
+@pytest.fixture(autouse=True)
+def _gx_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about GX's chunked runs: the fast path (datalab.quality.fast) would take the suites."""
+    monkeypatch.setenv("DATALAB_VALIDATE_ENGINE", "gx")
+
+
 COMPARED = ("type", "column", "sensor", "success", "unexpected_count", "element_count", "missing_count", "observed_value")
 
 

@@ -19,7 +19,11 @@ grants (``mostly``) instead of demanding perfection.
 
 GX is heavy (seconds to import) and is only needed when a table is actually
 validated, so it is imported inside the functions that run it; importing this
-module stays cheap for the CLI and the pull client.
+module stays cheap for the CLI and the pull client. A suite whose every
+expectation the Polars path (``datalab.quality.fast``) evaluates exactly as GX
+does runs there instead, on a scan of the curated file, without pandas or GX
+(``DATALAB_VALIDATE_ENGINE=gx`` keeps GX for every suite); hand-written
+expectations it cannot evaluate send the whole suite to GX.
 """
 
 from __future__ import annotations
@@ -42,8 +46,9 @@ from typing import TYPE_CHECKING, Any
 
 from datalab.config import safe_segment, settings
 from datalab.kinds import kind_of
-from datalab.quality import heap, validate_chunks
+from datalab.quality import fast, heap, validate_chunks
 from datalab.quality.expectations import _EQ_CONDITION, ExpectationSpec, _jsonable, lab_rules
+from datalab.quality.fast import PARTIAL_UNEXPECTED_COUNT, SAMPLE_SIZE  # noqa: F401 - the runner's names since ever
 from datalab.quality.results import ExpectationResult
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -59,10 +64,11 @@ log = logging.getLogger(__name__)
 DATASOURCE_NAME = "datalab"
 BATCH_DEFINITION_NAME = "whole_table"
 DOCS_SITE_NAME = "local_site"
-# How many unexpected values GX keeps per expectation (SUMMARY format); the
-# report shows the first SAMPLE_SIZE of them, Data Docs shows them all.
-PARTIAL_UNEXPECTED_COUNT = 20
-SAMPLE_SIZE = 5
+# How many unexpected values GX keeps per expectation (SUMMARY format,
+# PARTIAL_UNEXPECTED_COUNT); the report shows the first SAMPLE_SIZE distinct
+# ones, Data Docs show them all. Defined with the fast path, which lists them alike.
+ENGINE_POLARS = "polars"
+ENGINE_GX = "great_expectations"
 
 _DEFAULT_SUITES_DIR = Path(__file__).resolve().parents[2] / "checks" / "suites"
 # "notes" is a comment for the people who maintain the file; it is not run.
@@ -89,6 +95,8 @@ class ValidationReport:
     rows: int = 0
     report_path: str | None = None
     notes: list[str] = field(default_factory=list)
+    # Who evaluated the suite: "polars" (datalab.quality.fast) or "great_expectations".
+    engine: str = ENGINE_GX
 
     def failed_results(self) -> list[ExpectationResult]:
         """The results of the expectations that failed, in suite order."""
@@ -204,7 +212,22 @@ def _defer_unused_imports() -> None:
             setattr(sys.modules[parent], child, module)
 
 
-def import_in_background() -> None:
+def needs_gx(contract: Contract, suites_dir: Path | None = None) -> bool:
+    """Whether validating ``contract``'s curated table will (probably) run GX, judged from the suite's text.
+
+    False when the fast path is on and takes every expectation as written; a
+    table whose columns it cannot take still goes to GX (then imported on the spot).
+    """
+    if settings().validate_engine == "gx":
+        return True
+    try:
+        specs = _suite_for(contract) + load_handwritten(contract, suites_dir)
+    except ValueError:  # a malformed hand-written suite: validate() says so
+        return True
+    return not fast.may_evaluate(specs)
+
+
+def import_in_background(contract: Contract | None = None) -> None:
     """Start importing GX on a background thread, so the import overlaps other work.
 
     Importing GX (with pandas, scipy and pydantic models) takes 3-5 s of
@@ -212,10 +235,15 @@ def import_in_background() -> None:
     the same process, and curation spends its time in Polars' native code
     with the GIL released. Starting the import when curation starts hides
     most of it (measured in docs/performance.md). ``_import_gx`` waits for
-    the thread, so a failed background import fails there, as before.
+    the thread, so a failed background import fails there, as before. Given
+    the ``contract`` whose table will be validated, nothing is imported when
+    its suite runs on the fast path (:func:`needs_gx`): the import would
+    only take the GIL from curation.
     """
     global _preload
     if _preload is not None or "great_expectations" in sys.modules:
+        return
+    if contract is not None and not needs_gx(contract):
         return
     os.environ["GX_ANALYTICS_ENABLED"] = "False"
     _defer_unused_imports()
@@ -488,6 +516,19 @@ def _regex_columns(specs: list[ExpectationSpec]) -> frozenset[str]:
     return frozenset(str(sp.kwargs["column"]) for sp in specs if sp.type in REGEX_EXPECTATIONS and "column" in sp.kwargs)
 
 
+def _plain_text_columns(specs: list[ExpectationSpec]) -> frozenset[str]:
+    """Text columns _to_pandas must not make categorical: those a regex reads, and those compared pairwise.
+
+    pandas compares two categoricals only when their categories are the same,
+    and raises otherwise, so GX reported an error instead of a result for the
+    CAD suite's ``format`` = ``name_format`` whenever the two columns held
+    different sets of formats (found by the fast path's parity test, issue 21).
+    """
+    pairs = {str(sp.kwargs[k]) for sp in specs if sp.type.startswith("expect_column_pair_")
+             for k in ("column_A", "column_B") if k in sp.kwargs}
+    return _regex_columns(specs) | pairs
+
+
 @contextlib.contextmanager
 def _without_batch_fingerprint() -> Iterator[None]:
     """Skip GX's per-batch fingerprint while validating chunks.
@@ -513,20 +554,6 @@ def _without_batch_fingerprint() -> Iterator[None]:
 # turning GX results into the lab's (datalab.quality.results)
 
 
-def _columns_of(kwargs: dict[str, Any]) -> str | None:
-    if isinstance(kwargs.get("column"), str):
-        return kwargs["column"]
-    for key in ("column_list", "column_A"):
-        if key in kwargs:
-            cols = (
-                kwargs[key]
-                if key == "column_list"
-                else [kwargs["column_A"], kwargs.get("column_B")]
-            )
-            return ", ".join(str(c) for c in cols)
-    return None
-
-
 def _exception_message(info: Any) -> str | None:
     """The message of an exception GX caught while computing a result.
 
@@ -543,54 +570,21 @@ def _exception_message(info: Any) -> str | None:
     return None
 
 
-def _samples(values: Any) -> list[Any]:
-    """Up to SAMPLE_SIZE *distinct* unexpected values, JSON-safe, in GX's order.
-
-    Distinct because five copies of the same bad value say less than five
-    different ones (an unknown sensor repeats on every row).
-    """
-    out: list[Any] = []
-    seen: set[str] = set()
-    for v in values or []:
-        j = _jsonable(v)
-        key = json.dumps(j, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            out.append(j)
-            if len(out) == SAMPLE_SIZE:
-                break
-    return out
-
-
 def _result(res: Any, specs: list[ExpectationSpec]) -> ExpectationResult:
-    """The lab's result of one GX result: the spec it ran (found by the suite index GX carries in its meta), JSON-safe."""
+    """The lab's result of one GX result: the spec it ran (found by the suite index GX carries in its meta), JSON-safe.
+
+    Written by ``fast.record``, the function the fast path writes its results
+    with, so both engines give the same fields and messages for the same GX result.
+    """
     cfg = res.expectation_config
     meta = ((cfg.meta or {}) if cfg is not None else {}).get("datalab") or {}
     idx = meta.get("index")
     spec = specs[idx] if isinstance(idx, int) and 0 <= idx < len(specs) else None
-    kwargs = dict(spec.kwargs) if spec else dict(cfg.kwargs if cfg is not None else {})
-    result = res.result or {}
-    mostly = kwargs.get("mostly", 1.0) if "unexpected_count" in result or "mostly" in kwargs else None
-    details = result.get("details")
-    return ExpectationResult(
-        type=spec.type if spec else cfg.type,
-        column=_columns_of(kwargs),
-        sensor=spec.sensor if spec else meta.get("sensor"),
-        source=spec.source if spec else meta.get("source", ""),
-        success=bool(res.success),
-        mostly=_jsonable(mostly),
-        unexpected_count=_jsonable(result.get("unexpected_count")),
-        unexpected_percent=_jsonable(result.get("unexpected_percent")),
-        element_count=_jsonable(result.get("element_count")),
-        missing_count=_jsonable(result.get("missing_count")),
-        sample_values=tuple(_samples(result.get("partial_unexpected_list"))),
-        observed_value=_jsonable(result.get("observed_value")),
-        kwargs=_jsonable(kwargs),
-        index=idx if isinstance(idx, int) else len(specs),
-        details=_jsonable(details) if "details" in result else None,
-        exception=_exception_message(res.exception_info),
-        rule=spec.rule if spec else None,
-    ).with_message()
+    if spec is None:  # not one of ours: described by what GX ran
+        spec = ExpectationSpec(cfg.type, dict(cfg.kwargs if cfg is not None else {}), meta.get("source", ""),
+                               meta.get("sensor"))
+    return fast.record(spec, idx if isinstance(idx, int) else len(specs), bool(res.success), res.result or {},
+                       _exception_message(res.exception_info))
 
 
 def _docs_index(ctx: Any, root: Path) -> str | None:
@@ -674,13 +668,22 @@ def _validate(
     safe_segment(run_name, "run name")
     specs = _suite_for(contract) + load_handwritten(contract, suites_dir)
     s = settings()
+    notes: list[str] = []
+    if s.validate_engine == "fast":
+        lf = fast.scan(frame)
+        need_gx = fast.unsupported(specs, lf.collect_schema())
+        if not need_gx:
+            return _validate_fast(contract, lf, specs, run_name, t0)
+        log.info("suite %s: %d expectation(s) need GX, validating with it: %s", contract.slug, len(need_gx), need_gx)
+        notes.append(f"validated by Great Expectations: {len(need_gx)} expectation(s) the Polars path does not "
+                     f"evaluate, e.g. {need_gx[0]}")
     chunks = None
     whole_file = isinstance(frame, (str, Path)) and Path(frame).suffix == ".parquet" and Path(frame).is_file()
     if kind_of(contract).validate_in_chunks and whole_file and all(validate_chunks.mergeable(sp.type, sp.kwargs) for sp in specs):
         chunks = validate_chunks.plan_chunks(Path(frame), s.validate_chunk_rows)
     if chunks is not None:
-        return _validate_chunked(contract, Path(frame), chunks, specs, run_name, t0)
-    df = _to_pandas(frame, _regex_columns(specs))
+        return _validate_chunked(contract, Path(frame), chunks, specs, run_name, t0, notes)
+    df = _to_pandas(frame, _plain_text_columns(specs))
 
     _import_gx()
     from great_expectations.core.run_identifier import RunIdentifier
@@ -707,9 +710,25 @@ def _validate(
 
     results = [_result(r, specs) for sr in suite_results for r in sr.results]
     results.sort(key=lambda r: r.index)  # GX may reorder; reports follow the suite
-    report = _report(contract, specs, results, run_name, len(df), docs_path)
+    report = _report(contract, specs, results, run_name, len(df), docs_path, notes)
     if len(results) != len(specs):
         report.notes.append(f"{len(specs)} expectations in the suite but {len(results)} results")
+    return _write_report(report, t0)
+
+
+def _validate_fast(contract: Contract, lf: pl.LazyFrame, specs: list[ExpectationSpec], run_name: str,
+                   t0: float) -> ValidationReport:
+    """The suite evaluated by Polars on the curated table (``datalab.quality.fast``): no pandas copy, no GX import.
+
+    Data Docs are GX's pages of GX's stored results, so a fast run does not
+    rebuild them (``DATALAB_VALIDATE_ENGINE=gx`` does); the report, the
+    delivery's state and the manifest carry the same results either way.
+    """
+    results, rows = fast.evaluate(specs, lf)
+    note = ("validated by Polars (datalab.quality.fast), results as Great Expectations computes them; "
+            "Data Docs are not rebuilt (DATALAB_VALIDATE_ENGINE=gx rebuilds them)")
+    report = _report(contract, specs, results, run_name, rows, None, [note])
+    report.engine = ENGINE_POLARS
     return _write_report(report, t0)
 
 
@@ -779,7 +798,8 @@ def _chunk_suites(gx: Any, slug: str, specs: list[ExpectationSpec], chosen: list
 
 
 def _validate_chunked(
-    contract: Contract, path: Path, chunks: list[Any], specs: list[ExpectationSpec], run_name: str, t0: float
+    contract: Contract, path: Path, chunks: list[Any], specs: list[ExpectationSpec], run_name: str, t0: float,
+    notes: list[str] | None = None,
 ) -> ValidationReport:
     """Run the suite on each chunk of a large curated file; merge the results exactly.
 
@@ -800,7 +820,7 @@ def _validate_chunked(
     suites: dict[tuple[str | None, bool], list[_ChunkSuite]] = {}
     got: list[ExpectationResult] = []
     rows = 0
-    regex_columns = _regex_columns(specs)
+    regex_columns = _plain_text_columns(specs)
     all_columns = list(pl.read_parquet_schema(path))
     with _gx_lock(s.gx_root), _without_batch_fingerprint():
         ctx = _context(s.gx_root)
@@ -836,4 +856,4 @@ def _validate_chunked(
         raise RuntimeError(f"{len(specs)} expectations in the suite but {len(results)} merged results")
     note = (f"validated in {len(chunks)} chunks of at most {s.validate_chunk_rows:,} rows (one sensor each), "
             "results merged exactly; Data Docs are not rebuilt for chunked runs")
-    return _write_report(_report(contract, specs, results, run_name, rows, None, [note]), t0)
+    return _write_report(_report(contract, specs, results, run_name, rows, None, [*(notes or []), note]), t0)
