@@ -287,3 +287,29 @@ def test_the_comparisons_covered_every_type_the_fast_path_takes() -> None:
     if not SEEN:
         pytest.skip("run with the parity tests of this module")
     assert fast.SUPPORTED <= SEEN, sorted(fast.SUPPORTED - SEEN)
+
+
+@pytest.mark.parametrize("cid", [SPINDLE, PUMPS])
+def test_a_large_file_is_validated_in_chunks_like_gx_chunks_it(lab: Path, tmp_path: Path, contracts,
+                                                               monkeypatch: pytest.MonkeyPatch, cid) -> None:
+    """Past DATALAB_VALIDATE_CHUNK_ROWS the fast path runs per sensor chunk (bounded memory) and merges the
+    chunks as the GX path merges its own: the same results as chunked GX, field for field, and the same
+    verdicts and counts as one unchunked pass."""
+    c = contracts[cid]
+    path = _delivery(c, tmp_path, sample.Defects(spikes=0.05, missing=0.03, key_duplicates=0.04), seed=11)
+    whole = validate(c, path, run_name="whole", build_docs=False)  # one chunk: the file is smaller than the default
+    assert whole.engine == "polars" and not any("chunks" in n for n in whole.notes)
+    monkeypatch.setenv("DATALAB_VALIDATE_CHUNK_ROWS", "3000")
+    chunked = validate(c, path, run_name="chunked", build_docs=False)
+    assert chunked.engine == "polars" and any("chunks" in n for n in chunked.notes), chunked.notes
+    gx = _gx(c, path, monkeypatch, "chunked")
+    assert any("chunks" in n for n in gx.notes)
+    assert chunked.rows == gx.rows == whole.rows and chunked.success == gx.success == whole.success
+    keys = ("type", "success", "unexpected_count", "element_count", "missing_count")
+    for a, b, w in zip(gx.results, chunked.results, whole.results, strict=True):
+        if a.type == "expect_column_mean_to_be_between" and a.observed_value is not None:
+            assert b.observed_value == pytest.approx(a.observed_value, rel=1e-12, abs=1e-12)
+            a, b = dataclasses.replace(a, observed_value=None, message=""), dataclasses.replace(b, observed_value=None, message="")
+        diff = {k: (getattr(a, k), getattr(b, k)) for k in FIELDS if getattr(a, k) != getattr(b, k)}
+        assert not diff, f"{a.type} [{a.index}] {a.source}: chunked GX vs chunked fast {diff}"
+        assert {k: getattr(b, k) for k in keys} == {k: getattr(w, k) for k in keys}
