@@ -383,21 +383,24 @@ def _record(catalog: cat.Catalog, rec: Receipt, key: str, stored: list[str], act
     """Receipt, files and audit entry in one transaction (with the caller's ``with_receipt`` write, if any)."""
     reasons, status = rec.reasons, rec.status
     with catalog.begin() as conn:
-        conn.execute(cat.deliveries.insert().values(
+        # statements built once, parameters per push (cat.deliveries.insert() and a dict: the compiled
+        # statement is reused, where .values(...) built and compiled a new one for every receipt)
+        conn.execute(cat.deliveries.insert(), dict(
             id=rec.delivery_id, tenant=rec.tenant, contract_id=rec.contract_id,
             contract_version=rec.contract_version, status=rec.status, reasons=json.dumps(reasons),
             bytes=rec.bytes, rows=rec.rows, idem_key=key, received_at=rec.received_at, pushed_by=actor,
         ))
         if rec.correction or rec.warnings or rec.decided_by:
-            conn.execute(cat.delivery_meta.insert().values(
+            conn.execute(cat.delivery_meta.insert(), dict(
                 delivery_id=rec.delivery_id, correction=rec.correction, warnings=json.dumps(rec.warnings),
                 decided_by=rec.decided_by))
-        for i, (fr, rel) in enumerate(zip(rec.files, stored, strict=True)):
-            conn.execute(cat.delivery_files.insert().values(
-                delivery_id=rec.delivery_id, position=i, name=fr.name, sha256=fr.sha256, bytes=fr.bytes,
-                rows=fr.rows, format=fr.format, compression=fr.compression, stored_path=rel,
-                reasons=json.dumps(fr.reasons),
-            ))
+        files = [dict(
+            delivery_id=rec.delivery_id, position=i, name=fr.name, sha256=fr.sha256, bytes=fr.bytes,
+            rows=fr.rows, format=fr.format, compression=fr.compression, stored_path=rel,
+            reasons=json.dumps(fr.reasons),
+        ) for i, (fr, rel) in enumerate(zip(rec.files, stored, strict=True))]
+        if files:  # (an empty parameter list would run the insert once with no values)
+            conn.execute(cat.delivery_files.insert(), files)
         catalog.audit(actor, "push", rec.delivery_id, status, {
             "contract": contract.id, "tenant": contract.tenant, "bytes": rec.bytes, "rows": rec.rows,
             "sha256": [f.sha256 for f in rec.files], "reasons": len(reasons),

@@ -298,6 +298,13 @@ def _make_engine(url: str) -> Engine:
 
 _ENGINES: dict[str, Engine] = {}
 
+# The audit append's statements, built once: each push and pull appends an entry, and building the
+# statements anew (coercions, cache keys) cost more than running them.
+_HEAD_LOCK = audit_head.update().where(audit_head.c.id == 1).values(seq=audit_head.c.seq)
+_HEAD_READ = sa.select(audit_head).where(audit_head.c.id == 1)
+_AUDIT_INSERT = audit.insert()
+_HEAD_SET = audit_head.update().where(audit_head.c.id == 1).values(seq=sa.bindparam("new_seq"), hash=sa.bindparam("new_hash"))
+
 
 class Catalog:
     """Access to the lab's tables. Cheap to create; engines are shared per URL."""
@@ -344,8 +351,8 @@ class Catalog:
                 return self.audit(actor, action, subject, decision, detail, c)
         # UPDATE first takes the row (or database) lock, then we read the
         # head we now own: concurrent appends queue here instead of forking.
-        conn.execute(audit_head.update().where(audit_head.c.id == 1).values(seq=audit_head.c.seq))
-        head = conn.execute(sa.select(audit_head).where(audit_head.c.id == 1)).one()
+        conn.execute(_HEAD_LOCK)
+        head = conn.execute(_HEAD_READ).one()
         prev_seq, prev_hash = head.seq, head.hash
         entry = {
             "seq": prev_seq + 1,
@@ -357,16 +364,9 @@ class Catalog:
             "detail": detail or {},
         }
         h = _entry_hash(prev_hash, entry)
-        conn.execute(
-            audit.insert().values(
-                **{**entry, "detail": json.dumps(entry["detail"], sort_keys=True, default=str)},
-                prev_hash=prev_hash,
-                hash=h,
-            )
-        )
-        conn.execute(
-            audit_head.update().where(audit_head.c.id == 1).values(seq=entry["seq"], hash=h)
-        )
+        conn.execute(_AUDIT_INSERT, {**entry, "detail": json.dumps(entry["detail"], sort_keys=True, default=str),
+                                     "prev_hash": prev_hash, "hash": h})
+        conn.execute(_HEAD_SET, {"new_seq": entry["seq"], "new_hash": h})
         return entry["seq"]
 
     def audit_entries(
