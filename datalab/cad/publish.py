@@ -26,9 +26,9 @@ import polars as pl
 from datalab.config import Settings, safe_segment
 from datalab.intake import receipts
 from datalab.store import state
-from datalab.store.card import cell
 from datalab.store.manifest import Manifest
 from datalab.store.manifests import copy_verified, sha256_file
+from datalab.store.markdown import cell
 
 
 def objects_dir(dataset: str, s: Settings) -> Path:

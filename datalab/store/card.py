@@ -10,13 +10,7 @@ from datalab.contracts.contract import Contract
 from datalab.contracts.policy import policy_words
 from datalab.kinds import kind_of_manifest
 from datalab.store.manifest import Manifest
-
-
-def cell(v: object) -> str:
-    """``v`` as one Markdown table cell: a ``|`` in a firm's value (a machine id, a file name) would split the
-    cell and shift every column after it, and a line break would end the row; both are written as text."""
-    s = str(v)
-    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+from datalab.store.markdown import cell
 
 
 def render_card(m: Manifest, contracts: dict[str, Contract], section: list[str] | None = None) -> str:

@@ -338,7 +338,7 @@ def near_duplicate_series(lf: pl.LazyFrame) -> list[str]:
 
 def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
     def cell(v: Any) -> str:
-        from datalab.store.card import cell as text
+        from datalab.store.markdown import cell as text
 
         return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else (f"{v:.4g}" if isinstance(v, float) else text(v))
 

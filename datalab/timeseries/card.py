@@ -9,8 +9,8 @@ the kind.
 
 from __future__ import annotations
 
-from datalab.store.card import cell
 from datalab.store.manifest import Manifest
+from datalab.store.markdown import cell
 from datalab.timeseries.schema import FLAG_WORDS
 
 
