@@ -1,9 +1,10 @@
-"""Three lab sites on loopback, end to end (issue 18): browse, negotiate, transfer, query, withdraw.
+"""Three lab sites on loopback, end to end (issue 18): browse, replicate, query, withdraw.
 
     PYTHONPATH=. .venv/bin/python scripts/federated_demo.py [--base /tmp/dl-fed] [--rows 600] [--keep]
 
 munich publishes plant-telemetry (residency DE, confidential); stuttgart (DE)
-negotiates, transfers and pulls a replica; kajaani (FI) is refused by residency
+replicates it (`datalab replicate`: a DSP negotiation, then the transfer) and
+pulls the replica; kajaani (FI) is refused by residency
 and answered by compute-to-data; then a firm withdraws at munich and the
 replica at stuttgart goes. Each step runs the real ``datalab`` command as the
 site it belongs to and prints what happened there. Servers are started and
@@ -119,10 +120,9 @@ def main() -> None:
         print("\n== 2. browse: the federated catalog")
         dl("stuttgart", "catalog", "--federated", "--purpose", "research", base=base, ports=ports)
 
-        print("\n== 3. negotiate: stuttgart (DE) is agreed, kajaani (FI) is refused by residency")
-        n = json.loads(dl("stuttgart", "negotiate", "munich", "plant-telemetry@1.0.0", "--purpose", "research", "--json",
-                          base=base, ports=ports))
-        dl("kajaani", "negotiate", "munich", "plant-telemetry@1.0.0", "--purpose", "research", base=base, ports=ports,
+        print("\n== 3. replicate (negotiate, then transfer): stuttgart (DE) gets a replica, kajaani (FI) is refused by residency")
+        dl("stuttgart", "replicate", "munich", "plant-telemetry@1.0.0", "--purpose", "research", base=base, ports=ports)
+        dl("kajaani", "replicate", "munich", "plant-telemetry@1.0.0", "--purpose", "research", base=base, ports=ports,
            check=False)
 
         print("\n== 4. compute-to-data answers kajaani instead: aggregates only, small groups suppressed")
@@ -131,8 +131,7 @@ def main() -> None:
         dl("kajaani", "query", "munich", "plant-telemetry@1.0.0", "--purpose", "research", "--group-by",
            "entity,sensor,time:1s", "--agg", "mean(value)", base=base, ports=ports)
 
-        print("\n== 5. transfer to stuttgart, then pull there (for the agreed purpose only)")
-        dl("stuttgart", "transfer", n["agreement"], base=base, ports=ports)
+        print("\n== 5. pull the replica at stuttgart: for the agreed purpose only")
         dl("stuttgart", "pull", "plant-telemetry@1.0.0", "--purpose", "research", "--to", str(base / "pulled"),
            base=base, ports=ports, check=False)
         dl("stuttgart", "pull", "plant-telemetry@1.0.0", "--purpose", "predictive-maintenance", "--to",

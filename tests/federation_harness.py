@@ -108,18 +108,20 @@ class Site:
                     os.environ[k] = v
 
 
-@pytest.fixture(scope="session")
-def federation(published_template: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Site]]:
-    """munich (plant-telemetry 1.0.0 published), kajaani, garching-open: served, peers of each other."""
+def build(published_template: tuple[Path, Path], base: Path,
+          names: tuple[str, ...] = (*SITES, "garching-open")) -> dict[str, Site]:
+    """Sites ``names`` under ``base``, not started: munich publishes plant-telemetry 1.0.0, all are peers.
+
+    garching-open, when named, is an identity only: keys and peers, never served.
+    """
     from datalab.federation import identity
     from datalab.store.publish import publish
 
-    base = tmp_path_factory.mktemp("federation")
     contracts = base / "contracts"
     shutil.copytree(published_template[1], contracts)
     with open(contracts / "sites.yaml", "a") as f:
         f.write(EXTRA_SITE)
-    sites = {n: Site(n, base / n, contracts) for n in (*SITES, "garching-open")}
+    sites = {n: Site(n, base / n, contracts) for n in names}
     shutil.copytree(published_template[0], sites["munich"].home)
     for s in sites.values():
         s.home.mkdir(parents=True, exist_ok=True)
@@ -134,8 +136,16 @@ def federation(published_template: tuple[Path, Path], tmp_path_factory: pytest.T
             for o in sites.values():
                 if o.name != s.name and (s.name == "munich" or o.name != "garching-open"):
                     identity.add_peer(o.name, o.url, keys[o.name])
-    with sites["garching-open"].here():
-        identity.add_peer("munich", sites["munich"].url, keys["munich"])
+    if "garching-open" in sites:
+        with sites["garching-open"].here():
+            identity.add_peer("munich", sites["munich"].url, keys["munich"])
+    return sites
+
+
+@pytest.fixture(scope="session")
+def federation(published_template: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Site]]:
+    """munich (plant-telemetry 1.0.0 published), kajaani, garching-open: served, peers of each other."""
+    sites = build(published_template, tmp_path_factory.mktemp("federation"))
     try:
         for n in SITES:
             sites[n].start()

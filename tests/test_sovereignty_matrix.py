@@ -1,11 +1,12 @@
 """The sovereignty policy matrix on one real lab (module-scoped, built once).
 
-Residency x site (publish and replicate), classification x site, purpose
-hierarchy x request, unknown purposes, incompatible inputs with and without
-an explicit exclusion, personal data in clear, expired and withdrawn inputs.
-Every refusal is asserted with its message, every allowed path is shown to
-work, and every decision is looked up in the audit log. The demo dataset's
-datasheet is checked against its table at the end.
+Residency x site (publish, and the provider's decision on a replication),
+classification x site, purpose hierarchy x request, unknown purposes,
+incompatible inputs with and without an explicit exclusion, personal data
+in clear, expired and withdrawn inputs. Every refusal is asserted with its
+message, every allowed path is shown to work, and every decision is looked
+up in the audit log. The demo dataset's datasheet is checked against its
+table at the end.
 """
 
 from __future__ import annotations
@@ -117,21 +118,44 @@ def test_residency_and_classification_by_site(mlab: Path, inputs: list[str], sit
         assert _audit("publish", f"{name}@1.0.0")[-1].decision == "published"
 
 
-def test_replication_needs_every_inputs_residency(mlab: Path, tmp_path: Path) -> None:
+def test_replication_needs_every_inputs_residency(mlab: Path) -> None:
+    """A copy to another site needs every input's residency, decided where the data lives.
+
+    A peer's ``datalab replicate`` gets the provider's negotiation decision
+    (``negotiation.decide``): refused naming the rule and the input, the
+    input as a keyed pseudonym (the peer never learns the firm's contract).
+    Compute-to-data is not a copy, so residency does not stop it. Publishing
+    to such a site is refused by the same rule, audited with it. (The
+    negotiation's own audit of a refusal is in test_federation_replicate.)
+    """
+    from datalab.federation.negotiation import decide, input_label
+
     _spec(mlab, "rep-plant", [SPINDLE, PRESS, PUMPS])
     _spec(mlab, "rep-eu", [PRESS, PUMPS])
     publish.publish("rep-plant")
     m = publish.publish("rep-eu").manifest
-    with pytest.raises(PolicyRefused, match=r"'kajaani' \(FI.*outside the residency \['DE'\] of input urn:datalab:bavaria-spindle:spindle-telemetry"):
-        sovereignty.replicate("rep-plant@1.0.0", "kajaani", actor="ops")
-    with pytest.raises(PolicyRefused, match=r"'virginia'.*\['EU'\] of input urn:datalab:lyon-presses:press-line"):
-        sovereignty.replicate("rep-eu@1.0.0", "virginia", actor="ops")
-    dst = sovereignty.replicate("rep-eu@1.0.0", "kajaani", actor="ops")
-    copied = sorted(dst.glob("part-*.parquet"))
-    assert len(copied) == len(m.files) and pl.read_parquet(copied).height == m.rows
-    decisions = {(e.subject, e.detail["site"]): e.decision for e in _audit("replicate")}
-    assert decisions == {("rep-plant@1.0.0", "kajaani"): "refused", ("rep-eu@1.0.0", "virginia"): "refused",
-                         ("rep-eu@1.0.0", "kajaani"): "allowed"}
+    s = settings()
+    # virginia hosts public data only, so its classification cap would refuse first: a US site that may hold more
+    us = {"name": "oregon", "country": "US", "region": "non-EU", "operator": "test site outside the EU",
+          "max_classification": "restricted"}
+    with _edited(mlab / "sites.yaml", lambda d: d["sites"].append(us)):
+        with pytest.raises(PolicyRefused, match=r"refused by rule 'residency': site kajaani \(FI\) is outside the residency "
+                           rf"\['DE'\] \(rule residency, set by {input_label(SPINDLE, s)}\)") as e:
+            decide("rep-plant", "1.0.0", "research", "kajaani", s)
+        assert "bavaria" not in str(e.value)
+        with pytest.raises(PolicyRefused, match=r"site oregon \(US\) is outside the residency \['EU'\] "
+                           rf"\(rule residency, set by {input_label(PRESS, s)}\)"):
+            decide("rep-eu", "1.0.0", "research", "oregon", s)
+        with pytest.raises(PolicyRefused, match=r"rule 'classification'.*not offered to site virginia"):
+            decide("rep-eu", "1.0.0", "research", "virginia", s)
+        assert decide("rep-eu", "1.0.0", "research", "kajaani", s).rows == m.rows
+        assert decide("rep-plant", "1.0.0", "research", "kajaani", s, data_moves=False).version == "1.0.0"
+        for inputs, site, res, who in (([SPINDLE, PRESS, PUMPS], "kajaani", "DE", SPINDLE), ([PRESS, PUMPS], "oregon", "EU", PRESS)):
+            name = _spec(mlab, f"rep-at-{site}", inputs, site)
+            with pytest.raises(PolicyRefused, match=rf"site '{site}' \(.*\) is outside the residency \['{res}'\] of input {who}"):
+                publish.publish(name)
+            a = _audit("publish", name)[-1]
+            assert a.decision == "refused" and a.detail["site"] == site and a.detail["rule"] == "residency"
 
 
 PURPOSES = [
@@ -286,8 +310,10 @@ def test_version_diff(mlab: Path) -> None:
 
     out = CliRunner().invoke(app, ["diff", f"{name}@1.0.0", f"{name}@1.1.0"])
     assert out.exit_code == 0 and "added ['operator_badge']" in out.output
-    out = CliRunner().invoke(app, ["replicate", f"{name}@1.1.0", "--site", "virginia"])
-    assert out.exit_code == 1 and "refused by rule 'residency'" in out.output
+    # a replica never replaces a version: refused before any peer is asked (none is registered here), audited
+    out = CliRunner().invoke(app, ["replicate", "munich", f"{name}@1.1.0", "--purpose", "research"])
+    assert out.exit_code == 1 and "a replica never replaces a version" in out.output
+    assert _audit("replicate", f"{name}@1.1.0")[-1].detail["rule"] == "exists"
 
 
 def test_demo_dataset_datasheet_matches_the_table(mlab: Path) -> None:

@@ -417,8 +417,8 @@ def demo(
         _fail(e)
 
 
-# Sovereignty commands (policy explain/purposes, replicate, diff, contract
-# withdraw, retention enforce) live in their own module.
+# Sovereignty commands (policy explain/purposes, diff, contract withdraw,
+# retention enforce) live in their own module; replicate is a federation command.
 from datalab.cli.sovereignty import register as _register_sovereignty  # noqa: E402
 
 _register_sovereignty(app, contract_app)

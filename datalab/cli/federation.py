@@ -1,4 +1,5 @@
-"""Federation commands (issue 18): ``site show``, ``peer add/list/remove``, ``catalog --federated``.
+"""Federation commands (issue 18): ``site show``, ``peer add/list/remove``, ``catalog --federated``,
+``negotiate``, ``transfer``, ``replicate`` (both in one), ``query``, ``outbox``.
 
 Kept out of cli.py so other branches editing the CLI merge cleanly;
 ``register(app)`` is the one line cli.py calls.
@@ -157,6 +158,39 @@ def transfer_cmd(agreement: str = typer.Argument(..., help="the agreement id (`d
               f"{m.rows:,} rows; usable for {rep['purpose']} only", highlight=False, markup=False)
 
 
+def replicate_cmd(site: str = typer.Argument(..., help="the provider site (a registered peer)"),
+                  ref: str = typer.Argument(..., help="DATASET@VERSION in that site's catalog"),
+                  purpose: str = typer.Option(..., "--purpose", help="the declared purpose; the replica is usable for it only"),
+                  timeout: float = typer.Option(30.0, "--timeout",
+                                                help="seconds to wait for each answer of the provider (agreement, data address)"),
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """Replicate a peer's version to this site: negotiate (DSP), transfer when agreed, register the replica.
+
+    Run at the consuming site. A refusal names the provider's rule; the
+    replica is usable here only for PURPOSE.
+    """
+    from datalab.cli.errors import fail
+    from datalab.cli.service import local_only
+    from datalab.config import settings
+    from datalab.federation.client import replicate
+
+    try:
+        local_only("replicate")
+        m = replicate(site, ref, purpose, timeout)
+    except DatalabError as e:
+        fail(e, err)
+    rep = m.replica
+    where = settings().versions / m.dataset / m.version
+    if as_json:
+        out.print_json(json.dumps({"dataset": m.dataset, "version": m.version, "site": rep["site"],
+                                   "agreement": rep["agreement"], "purpose": rep["purpose"], "path": str(where),
+                                   "files": len(m.files), "rows": m.rows}))
+        return
+    out.print(f"replica {m.dataset}@{m.version} from {rep['site']} registered in this site's catalog at {where} "
+              f"({len(m.files)} files verified, {m.rows:,} rows, agreement {rep['agreement']}); "
+              f"usable for {rep['purpose']} only", highlight=False, markup=False, soft_wrap=True)
+
+
 def query_cmd(site: str = typer.Argument(..., help="the site holding the data (a registered peer)"),
               ref: str = typer.Argument(..., help="DATASET@VERSION"),
               purpose: str = typer.Option(..., "--purpose"),
@@ -211,5 +245,6 @@ def register(app: typer.Typer) -> None:
     app.command("negotiate")(negotiate_cmd)
     app.command("negotiations")(negotiations_cmd)
     app.command("transfer")(transfer_cmd)
+    app.command("replicate")(replicate_cmd)
     app.command("query")(query_cmd)
     app.command("outbox")(outbox_cmd)

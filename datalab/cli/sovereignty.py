@@ -1,5 +1,6 @@
-"""CLI commands for sovereignty: policy explain, purposes, replicate, diff,
-contract withdraw, retention enforce. Registered on the main app by
+"""CLI commands for sovereignty: policy explain, purposes, diff,
+contract withdraw, retention enforce (``replicate`` is a federation command
+now: a DSP negotiation and transfer, datalab/cli/federation.py). Registered on the main app by
 :func:`register` (a few lines in ``datalab/cli/commands.py``)."""
 
 from __future__ import annotations
@@ -78,19 +79,6 @@ def policy_purposes(as_json: bool = typer.Option(False, "--json")) -> None:
         out.print(f"{'  ' * p.count('.')}{p}: {v.descriptions[p]}", markup=False, highlight=False, soft_wrap=True)
 
 
-def replicate(ref: str = typer.Argument(..., help="NAME@VERSION"),
-              site: str = typer.Option(..., "--site", help="target site (sites.yaml)")) -> None:
-    """Replicate a version to another site, if every input's residency allows it."""
-    from datalab.policy import sovereignty
-
-    try:
-        local_only("replicate")
-        dst = sovereignty.replicate(ref, site, actor=_actor())
-    except DatalabError as e:
-        _fail(e)
-    out.print(f"[green]replicated[/] {ref} to site {site} -> {dst}", highlight=False)
-
-
 def diff(a: str = typer.Argument(..., help="NAME@A"), b: str = typer.Argument(..., help="NAME@B"),
          as_json: bool = typer.Option(False, "--json")) -> None:
     """Schema changes, row deltas per contract and firm, policy changes, drift per numeric column."""
@@ -152,6 +140,5 @@ def register(app: typer.Typer, contract_app: typer.Typer) -> None:
     """Add the sovereignty commands to the main CLI."""
     app.add_typer(policy_app, name="policy")
     app.add_typer(retention_app, name="retention")
-    app.command("replicate")(replicate)
     app.command("diff")(diff)
     contract_app.command("withdraw")(contract_withdraw)

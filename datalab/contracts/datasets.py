@@ -76,7 +76,7 @@ def _load_sites(contracts_dir: Path) -> dict[str, Site]:
         if not isinstance(s, dict) or s.get("country") not in COUNTRIES or not s.get("name"):
             raise ContractError(str(contracts_dir / "sites.yaml"), [f"sites[{i}]: needs a name and an ISO 3166 country"])
         try:
-            safe_segment(s["name"], "site name")  # replicas are stored under sites/<name>
+            safe_segment(s["name"], "site name")  # a site name goes into URNs, tokens and catalog rows
         except ValueError as e:
             raise ContractError(str(contracts_dir / "sites.yaml"), [f"sites[{i}].name: {e}"]) from None
         if s.get("max_classification", "restricted") not in CLASSIFICATIONS:

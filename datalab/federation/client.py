@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -16,6 +16,9 @@ from datalab.config import Settings, settings
 from datalab.errors import DatalabError
 from datalab.federation import dsp
 from datalab.federation.identity import Peer, issue_token, list_peers
+
+if TYPE_CHECKING:
+    from datalab.store.manifest import Manifest
 
 
 class PeerError(DatalabError):
@@ -159,7 +162,7 @@ def negotiate(site: str, ref: str, purpose: str, timeout: float = 30.0,
 
 
 def transfer(agreement_id: str, timeout: float = 30.0, s: Settings | None = None,
-             progress: Any = None) -> dict[str, Any]:
+             progress: Any = None) -> Manifest:
     """Run the DSP transfer (HTTP pull) of a finalized agreement and register the replica; its manifest.
 
     Rerunning after an interruption (this process or the provider killed)
@@ -217,6 +220,63 @@ def transfer(agreement_id: str, timeout: float = 30.0, s: Settings | None = None
     except PeerError as e:  # the replica is complete here; the provider's record just lacks the confirmation
         audit("cli", "dsp.transfer", consumer_pid, "unconfirmed", {"reason": str(e)})
     return m
+
+
+class ReplicationRefused(DatalabError):
+    """The provider terminated the negotiation of a replication; ``rule`` is the rule it named."""
+
+    def __init__(self, site: str, ref: str, purpose: str, rule: str, reason: str):
+        self.rule = rule
+        super().__init__(f"{site} refused to replicate {ref} for {purpose}: {reason}")
+        # what to do depends on the rule: only some refusals can be changed by the person who asked
+        if rule == "residency":  # the data may not move here, but it may still be asked where it lives
+            self.hint = (f"the data may not leave {site}: `datalab query {site} {ref} --purpose {purpose}` "
+                         "aggregates it there")
+        elif rule in ("purposes", "prohibited_purposes"):
+            self.hint = f"`datalab catalog --federated --purpose P` lists what {site} offers for a purpose P"
+        elif rule in ("provider", "unreachable"):
+            self.hint = f"check that {site} is up (`datalab peer list` has its URL) and run the command again"
+        else:  # not-found, withdrawn, retention, classification, export control, an unknown site
+            self.hint = f"`datalab catalog --federated` lists what {site} offers to this site"
+
+
+def replicate(site: str, ref: str, purpose: str, timeout: float = 30.0, s: Settings | None = None,
+              progress: Any = None) -> Manifest:
+    """Replicate ``ref`` (DATASET@VERSION) from peer ``site`` for ``purpose``: negotiate, then transfer.
+
+    Run at the consuming site; the replica's manifest is returned. It is only
+    the composition of :func:`negotiate` and :func:`transfer`, so every check
+    (the provider's decision, the agreement, the sha256 of every file, the
+    purpose bound to the replica) and every audit entry is theirs. A version
+    number already in this site's catalog is refused before anything is
+    asked of the peer: a replica never replaces a version, so the agreement
+    and the download would be wasted. A termination raises
+    :class:`ReplicationRefused` with the provider's rule and reason.
+    """
+    from datalab.errors import UsageError
+    from datalab.federation import transfer as tr
+    from datalab.store import catalog as cat
+
+    s = s or settings()
+    dataset, _, version = ref.partition("@")
+    if not dataset or not version:
+        raise UsageError(f"name the version to replicate: DATASET@VERSION, got {ref!r}")
+    ref = f"{dataset}@{version.removeprefix('v')}"
+    try:
+        tr.refuse_existing(dataset, version.removeprefix("v"), s)
+    except tr.AlreadyHere as e:
+        cat.Catalog(s.catalog_url).audit("cli", "replicate", ref, "refused",
+                                         {"site": site, "purpose": purpose, "rule": "exists", "reason": str(e)})
+        raise
+    n = negotiate(site, ref, purpose, timeout, s)
+    if n.state != "FINALIZED":  # the termination is already audited (negotiate, and this site's callback)
+        raise ReplicationRefused(site, ref, purpose, n.rule or "provider", n.reason or "terminated")
+    agreement = str((n.agreement or {}).get("@id"))
+    try:
+        return transfer(agreement, timeout, s, progress)
+    except PeerError as e:  # the agreement stands: rerunning only the transfer resumes a partial download
+        e.hint = f"the agreement stands: `datalab transfer {agreement}` tries again and resumes what was downloaded"
+        raise
 
 
 def query(site: str, ref: str, purpose: str, group_by: str, aggs: str, s: Settings | None = None) -> dict[str, Any]:

@@ -160,8 +160,9 @@ def get_peer(name: str, s: Settings | None = None) -> Peer:
     for p in list_peers(s):
         if p.name == name:
             return p
-    raise NotFound(f"no peer {name!r} (registered: {', '.join(p.name for p in list_peers(s)) or 'none'}; "
-                   "add one with `datalab peer add NAME URL --key KEY`)")
+    e = NotFound(f"no peer {name!r} (registered: {', '.join(p.name for p in list_peers(s)) or 'none'})")
+    e.hint = "register it with `datalab peer add NAME URL --key KEY` (its key: `datalab site show` there)"
+    raise e
 
 
 def remove_peer(name: str, s: Settings | None = None) -> None:

@@ -13,6 +13,7 @@ either no replica or the complete one; partial downloads are never read.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -254,6 +255,34 @@ def _sha(p: Path) -> str:
     return h.hexdigest()
 
 
+class AlreadyHere(DatalabError):
+    """The version number is already in this site's catalog: a replica never replaces a version."""
+
+    hint = "use the version that is here (`datalab pull`), or ask for another version"
+
+
+def refuse_existing(name: str, version: str, s: Settings) -> None:
+    """AlreadyHere if ``name@version`` is in this site's catalog, local or a replica.
+
+    Checked before a replication negotiates (no agreement, no download for a
+    copy that could never be registered) and again just before registering,
+    against a race with a publish or another replication.
+    """
+    with cat.Catalog(s.catalog_url).begin() as conn:
+        row = conn.execute(sa.select(cat.dataset_versions).where(
+            (cat.dataset_versions.c.dataset == name) & (cat.dataset_versions.c.version == version))).first()
+    if row is None:
+        return
+    origin = "a local version"
+    if str(row.table_ident).startswith("replica:"):
+        origin = f"a replica from {str(row.table_ident).removeprefix('replica:')}"
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            rep = json.loads((s.home / row.manifest_path).read_text())["replica"]
+            origin += f" for {rep['purpose']}"
+    raise AlreadyHere(f"{name}@{version} is already in this site's catalog ({origin}, {row.manifest_path}); "
+                      "a replica never replaces a version")
+
+
 def register_replica(m: dict[str, Any], inc: Path, site: str, t: Transfer, purpose: str, card: str,
                      s: Settings) -> Manifest:
     """Move verified files from ``inc`` to ``versions/<dataset>/<version>`` in one rename; add the catalog row.
@@ -263,12 +292,7 @@ def register_replica(m: dict[str, Any], inc: Path, site: str, t: Transfer, purpo
     name, version = str(m["dataset"]), str(m["version"])
     final = s.versions / name / version
     catalog = cat.Catalog(s.catalog_url)
-    with catalog.begin() as conn:
-        row = conn.execute(sa.select(cat.dataset_versions).where(
-            (cat.dataset_versions.c.dataset == name) & (cat.dataset_versions.c.version == version))).first()
-    if row is not None:
-        raise DatalabError(f"{name}@{version} is already in this site's catalog ({row.manifest_path}); "
-                           "a replica never replaces a version")
+    refuse_existing(name, version, s)
     for i in range(len(m["files"])):  # each was verified by sha256 as it landed (``_download``)
         if not (inc / f"part-{i:05d}.parquet").is_file():
             raise IntegrityError(f"{inc / f'part-{i:05d}.parquet'}: missing; nothing registered")

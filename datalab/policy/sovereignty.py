@@ -1,4 +1,4 @@
-"""Sovereignty rules enforced at publish, replication and explained on demand.
+"""Sovereignty rules enforced at publish, reused by a peer's replication, explained on demand.
 
 ``publish`` asks :func:`plan_publish` which inputs a version may combine: the
 spec's inputs minus those the spec excludes explicitly (recorded with their
@@ -14,11 +14,7 @@ field of a version's effective policy and which input set it.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
-import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -34,7 +30,7 @@ from datalab.contracts.policy import (
     combine,
     expand_residency,
 )
-from datalab.errors import ContractError, DatalabError, IntegrityError, NotFound, PolicyRefused
+from datalab.errors import ContractError, DatalabError, NotFound, PolicyRefused
 from datalab.store import catalog as cat
 from datalab.store.manifest import Manifest
 
@@ -213,47 +209,6 @@ def input_policies(m: Manifest, contracts: dict[str, Contract]) -> dict[str, Pol
     return {cid: contracts[cid].policy for cid in m.contract_ids if cid in contracts}
 
 
-def replicate(ref: str, site_name: str, actor: str = "cli", s: Settings | None = None) -> Path:
-    """Copy a version's files to another site, if every input's residency allows it.
-
-    The copy lands under ``$DATALAB_HOME/sites/<site>/<dataset>/<version>`` with
-    checksums verified; refusals and copies are audited.
-    """
-    from datalab.contracts import contract as contracts_mod
-    from datalab.contracts import datasets
-    from datalab.store.manifests import read_manifest
-
-    s = s or settings()
-    name, _, version = ref.partition("@")
-    catalog = cat.Catalog(s.catalog_url)
-    subject = ref
-    try:
-        m = read_manifest(name, version or None, s)
-        subject = f"{name}@{m.version}"
-        if m.status == "withdrawn":
-            raise PolicyRefused("withdrawn", f"version {m.version} was withdrawn: {(m.withdrawn or {}).get('reason', '')}")
-        sites = datasets.load_sites(s.contracts_dir)
-        if site_name not in sites:
-            raise NotFound(f"unknown site {site_name!r} (known: {sorted(sites)})")
-        contracts = contracts_mod.load_all(s.contracts_dir)
-        check_site(input_policies(m, contracts), policy_from_manifest(m), sites[site_name])
-    except (PolicyRefused, NotFound) as e:
-        catalog.audit(actor, "replicate", subject, "refused", {"site": site_name, "reason": str(e), "rule": getattr(e, "rule", "not-found")})
-        raise
-    dst = s.home / "sites" / site_name / name / m.version
-    dst.mkdir(parents=True, exist_ok=True)
-    for i, f in enumerate(m.files):
-        src = s.home / f.path
-        h = hashlib.sha256(src.read_bytes()).hexdigest()
-        if h != f.sha256:
-            shutil.rmtree(dst, ignore_errors=True)
-            raise IntegrityError(f"{src}: checksum does not match the manifest")
-        shutil.copyfile(src, dst / f"part-{i:05d}.parquet")
-    (dst / "manifest.json").write_text(json.dumps(m.to_dict(), indent=2, default=str))
-    catalog.audit(actor, "replicate", subject, "allowed", {"site": site_name, "files": len(m.files), "to": str(dst.relative_to(s.home))})
-    return dst
-
-
 def check_pull_purpose(purpose: str, s: Settings | None = None) -> None:
     """A pull's declared purpose must be a word of the vocabulary."""
     s = s or settings()
@@ -276,7 +231,7 @@ def render_explain(x: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["PublishPlan", "check_personal", "explain", "plan_publish", "replicate"]
+__all__ = ["PublishPlan", "check_personal", "explain", "plan_publish"]
 
 
 def gate(check: Any, catalog: cat.Catalog, actor: str, name: str, site: str) -> Any:

@@ -120,7 +120,7 @@ def _policy(m: Manifest) -> Policy:
 def check_site_cap(m: Manifest, s: Settings) -> None:
     """Refuse unless ``s.site`` may hold version ``m``: inside its residency, and within the site's classification cap.
 
-    The same rules publish and replicate check (``sovereignty.check_site``),
+    The same rules publish checks (``sovereignty.check_site``) and a provider applies to a replication,
     applied to every pull, listing, ``show`` and ``datalab.open``: a site
     registered for public data only never receives confidential data.
     """
