@@ -7,7 +7,8 @@ seed 42, every defect: duplicates, wrong units, missing values, spikes,
 gaps, shifted time zones) and runs on that same CSV, each in a fresh
 process so that each peak memory is its own:
 
-* ``datalab``      push -> raw -> curated -> validated (GX) -> published
+* ``datalab``      push -> raw -> curated -> validated (the derived suite on Polars,
+                   results as GX gives them; GX where needed) -> published
                    Iceberg version (``benchmarks/e2e.py``), CPU engine;
 * ``datalab-gpu``  the same with ``DATALAB_ENGINE=gpu``, when cudf-polars
                    imports and finds a GPU (else shown as not available);
