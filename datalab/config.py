@@ -210,11 +210,17 @@ def settings() -> Settings:
 
     Raises ``ValueError`` naming the variable and the rule when a value is bad.
     """
-    key = (os.getcwd(), *sorted((k, v) for k, v in os.environ.items() if k.startswith("DATALAB_")))
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the working directory was removed: an absolute DATALAB_HOME still works, as before
+        cwd = None
+    key = (cwd, *sorted((k, v) for k, v in os.environ.items() if k.startswith("DATALAB_")))
     hit = _CACHE.get(key)
     if hit is not None:
         return hit
     s = _read_settings()
+    if cwd is None:
+        return s  # a relative path cannot be keyed by a directory that is gone
     if len(_CACHE) > 16:  # tests and tools switch labs; keep the few in use
         _CACHE.clear()
     _CACHE[key] = s
