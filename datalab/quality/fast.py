@@ -362,16 +362,22 @@ def _column_map(i: int, spec: ExpectationSpec, schema: pl.Schema, cond: pl.Expr 
         return _not_null(i, col, present, cond, mostly)
     keep = present if cond is None else cond & present
     bad = bad.fill_null(False)
+    return _map_plan(i, col, present, cond, mostly, (keep & bad).sum(), _first(c.filter(keep & bad), i))
+
+
+def _map_plan(i: int, col: str, present: pl.Expr, cond: pl.Expr | None, mostly: float, unexpected: pl.Expr,
+              sample: pl.Expr) -> _Plan:
+    """A column-map expectation's plan: element, missing and ``unexpected`` counts, GX's verdict over the non-missing."""
     n, miss, unx = f"{i}:n", f"{i}:missing", f"{i}:unexpected"
 
     def finish(row: dict[str, Any], partial: list[Any]) -> dict[str, Any]:
-        element, nonnull, unexpected = row[n], row[n] - row[miss], row[unx]
-        ok = True if element == 0 or nonnull == 0 else _mostly_success(nonnull, unexpected, mostly)
-        return _map_output(ok, element, nonnull, unexpected, partial)
+        element, nonnull, bad = row[n], row[n] - row[miss], row[unx]
+        ok = True if element == 0 or nonnull == 0 else _mostly_success(nonnull, bad, mostly)
+        return _map_output(ok, element, nonnull, bad, partial)
 
     return _Plan(
         aggs=[_count(cond).alias(n), (~present if cond is None else cond & ~present).sum().alias(miss),
-              (keep & bad).sum().alias(unx), _first(c.filter(keep & bad), i)],
+              unexpected.alias(unx), sample],
         finish=finish,
         values=lambda got, floated: _values(got, col, floated),
     )
@@ -412,20 +418,8 @@ def _increasing(i: int, col: str, dtype: pl.DataType, present: pl.Expr, cond: pl
         ok = (diff > 0 if strictly else diff >= 0) | diff.is_null()
         return ok | diff.is_nan() if dtype.is_float() else ok
 
-    n, miss, unx = f"{i}:n", f"{i}:missing", f"{i}:unexpected"
-
-    def finish(row: dict[str, Any], partial: list[Any]) -> dict[str, Any]:
-        element, nonnull, unexpected = row[n], row[n] - row[miss], row[unx]
-        good = True if element == 0 or nonnull == 0 else _mostly_success(nonnull, unexpected, mostly)
-        return _map_output(good, element, nonnull, unexpected, partial)
-
-    return _Plan(
-        aggs=[_count(cond).alias(n), (~present if cond is None else cond & ~present).sum().alias(miss),
-              (~in_order(c.filter(keep))).sum().alias(unx),
-              _first(pl.col(col).filter(keep).filter(~in_order(c.filter(keep))), i)],
-        finish=finish,
-        values=lambda got, floated: _values(got, col, floated),
-    )
+    return _map_plan(i, col, present, cond, mostly, (~in_order(c.filter(keep))).sum(),
+                     _first(pl.col(col).filter(keep).filter(~in_order(c.filter(keep))), i))
 
 
 def _pair(i: int, spec: ExpectationSpec, schema: pl.Schema, cond: pl.Expr | None) -> _Plan:

@@ -213,10 +213,8 @@ class WriteGate:
     """
 
     def __init__(self, db_path: str):
-        import threading
 
         self._path = db_path + ".writelock"
-        self._local = threading.local()  # this thread's depth: a nested write transaction does not lock twice
         self._reset()
         os.register_at_fork(after_in_child=self._reset)  # a forked child starts with the gate free and its own file
 
@@ -225,7 +223,7 @@ class WriteGate:
 
         self._thread_lock = threading.Lock()
         self._fd: int | None = None
-        self._local = threading.local()
+        self._local = threading.local()  # this thread's depth: a nested write transaction does not lock twice
 
     def acquire(self) -> None:
         import fcntl

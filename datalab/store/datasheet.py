@@ -32,6 +32,7 @@ from datalab.contracts.contract import Contract
 from datalab.contracts.policy import policy_words
 from datalab.kinds import Kind, kind_of_manifest
 from datalab.store.manifest import Manifest
+from datalab.store.markdown import cell as md_cell
 
 # Warn when one group holds more than this share (dominance) ...
 DOMINANT_SHARE = 0.6
@@ -338,9 +339,7 @@ def near_duplicate_series(lf: pl.LazyFrame) -> list[str]:
 
 def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
     def cell(v: Any) -> str:
-        from datalab.store.markdown import cell as text
-
-        return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else (f"{v:.4g}" if isinstance(v, float) else text(v))
+        return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else (f"{v:.4g}" if isinstance(v, float) else md_cell(v))
 
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
 
@@ -581,7 +580,7 @@ def mask(text: str, masks: dict[str, str]) -> str:
     return firm_names.apply(text, masks)
 
 
-def write(vdir: Path, manifest: Manifest, contracts: dict[str, Contract], lf: pl.LazyFrame, s: Settings,
+def write(vdir: Path, m: Manifest, contracts: dict[str, Contract], lf: pl.LazyFrame, s: Settings,
           passes: RowPasses | PendingPasses | None = None) -> dict[str, Any]:
     """Write card.md, card.html, datasheet.json and the plots; returns their names.
 
@@ -590,13 +589,12 @@ def write(vdir: Path, manifest: Manifest, contracts: dict[str, Contract], lf: pl
     """
     from datalab.policy import firm_names
 
-    m = manifest
     used = [contracts[cid] for cid in m.contract_ids if cid in contracts]
     masks = firm_names.masks_for(used, s)
-    kind = kind_of_manifest(manifest)
+    kind = kind_of_manifest(m)
     if not kind.datasheet_facts:
         firm_names.save(vdir, masks)
-        return _write_card_only(vdir, manifest, contracts, masks, kind)
+        return _write_card_only(vdir, m, contracts, masks, kind)
     # matplotlib's import (0.2-0.8 s) runs on a thread while the row passes
     # finish (Polars, GIL released) and facts are put together; plots()
     # waits for it through the import lock.
@@ -616,7 +614,7 @@ def write(vdir: Path, manifest: Manifest, contracts: dict[str, Contract], lf: pl
     return {"files": list(SHIPPED), "warnings": len(f["warnings"]), "gaps": len(f["gaps"])}
 
 
-def _write_card_only(vdir: Path, manifest: Manifest, contracts: dict[str, Contract], masks: dict[str, str],
+def _write_card_only(vdir: Path, m: Manifest, contracts: dict[str, Contract], masks: dict[str, str],
                      kind: Kind) -> dict[str, Any]:
     """The card of a dataset whose kind has no facts over rows (CAD: one row per part or file, no sensors or time axis).
 
@@ -628,7 +626,6 @@ def _write_card_only(vdir: Path, manifest: Manifest, contracts: dict[str, Contra
     """
     from datalab.store.card import render_card
 
-    m = manifest
     f = {"kind": kind.name, "rows": m.rows, "rows_per_contract": m.rows_per_contract,
          "policy": m.policy, "validation": m.validation, "warnings": [], "gaps": []}
     (vdir / "datasheet.json").write_text(mask(json.dumps(f, indent=2, default=str), masks))

@@ -48,6 +48,12 @@ def _need(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str)
     return v
 
 
+def _obj(d: Any, where: str) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise IntegrityError(f"{where} must be an object")
+    return d
+
+
 @dataclass(frozen=True)
 class SiteRef:
     """The site a version was published to."""
@@ -58,8 +64,7 @@ class SiteRef:
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "manifest.site") -> SiteRef:
-        if not isinstance(d, dict):
-            raise IntegrityError(f"{where} must be an object")
+        d = _obj(d, where)
         return cls(_need(d, "name", str, where), _need(d, "country", str, where), str(d.get("operator") or ""))
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,8 +82,7 @@ class DataFile:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> DataFile:
-        if not isinstance(d, dict):
-            raise IntegrityError(f"{where} must be an object")
+        d = _obj(d, where)
         return cls(_need(d, "path", str, where), _need(d, "sha256", str, where), int(_need(d, "bytes", int, where)),
                    int(d.get("rows") or 0))
 
@@ -97,8 +101,7 @@ class LineageContract:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> LineageContract:
-        if not isinstance(d, dict):
-            raise IntegrityError(f"{where} must be an object")
+        d = _obj(d, where)
         return cls(_need(d, "id", str, where), str(d.get("version") or ""), _need(d, "tenant", str, where),
                    str(d.get("path") or ""))
 
@@ -128,8 +131,7 @@ class Lineage:
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "manifest.lineage") -> Lineage:
-        if not isinstance(d, dict):
-            raise IntegrityError(f"{where} must be an object")
+        d = _obj(d, where)
         cs = d.get("contracts") or []
         ds = d.get("deliveries") or []
         ex = d.get("excluded") or []

@@ -22,11 +22,11 @@ import polars as pl
 from datalab.config import Settings, settings
 from datalab.contracts import contract as contracts_mod
 from datalab.contracts import datasets
-from datalab.contracts.policy import CLASSIFICATIONS, Policy, purpose_allowed
+from datalab.contracts.policy import CLASSIFICATIONS, purpose_allowed
 from datalab.errors import DatalabError, IntegrityError, NotFound, PolicyRefused
 from datalab.kinds import kind_of_manifest
 from datalab.policy.clearance import check_clearance
-from datalab.policy.sovereignty import check_pull_purpose
+from datalab.policy.sovereignty import check_pull_purpose, policy_from_manifest
 from datalab.store import catalog as cat
 from datalab.store.datasheet import ship as ship_datasheet
 from datalab.store.manifest import Manifest
@@ -111,12 +111,6 @@ def pseudonymise(message: str, m: Manifest, s: Settings) -> str:
     return message
 
 
-def _policy(m: Manifest) -> Policy:
-    pol = Policy.from_dict({k: v for k, v in m.policy.items() if k != "sources"})
-    object.__setattr__(pol, "sources", m.policy.get("sources", {}))
-    return pol
-
-
 def check_site_cap(m: Manifest, s: Settings) -> None:
     """Refuse unless ``s.site`` may hold version ``m``: inside its residency, and within the site's classification cap.
 
@@ -130,7 +124,7 @@ def check_site_cap(m: Manifest, s: Settings) -> None:
     if s.site not in sites:
         raise PolicyRefused("residency", f"DATALAB_SITE={s.site!r} is not a known site")
     site = sites[s.site]
-    pol = _policy(m)
+    pol = policy_from_manifest(m)
     pol.check_site(site.name, site.country)
     if CLASSIFICATIONS.index(pol.classification) > CLASSIFICATIONS.index(site.max_classification):
         who = ", ".join(pol.sources.get("classification", [])) or "the dataset policy"
@@ -141,7 +135,7 @@ def check_site_cap(m: Manifest, s: Settings) -> None:
 def reachable(m: Manifest, s: Settings, clearance: dict[str, str] | None = None) -> bool:
     """Whether the caller's site and clearance may ever receive version ``m`` (whatever the purpose)."""
     try:
-        check_clearance(_policy(m), clearance, s)
+        check_clearance(policy_from_manifest(m), clearance, s)
         check_site_cap(m, s)
     except PolicyRefused:
         return False
@@ -167,7 +161,7 @@ def check_policy(m: Manifest, purpose: str, s: Settings, clearance: dict[str, st
     check_pull_purpose(purpose, s)
     if m.status == "withdrawn":
         raise PolicyRefused("withdrawn", f"version {m.version} was withdrawn: {(m.withdrawn or {}).get('reason', 'no reason recorded')}")
-    pol = _policy(m)
+    pol = policy_from_manifest(m)
     pol.check_purpose(purpose)
     pol.check_retention()
     rep = m.replica  # a federated replica is usable only for its agreement's purpose (issue 18)
