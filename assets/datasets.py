@@ -59,16 +59,19 @@ def build_dataset_asset(spec: DatasetSpec, contracts: dict[str, Contract]) -> dg
 
 def _card_metadata(name: str, m: Manifest, s: Settings) -> dict:
     """The version's datasheet (Markdown) and its warnings, shown in the Dagster UI."""
-    vdir = s.versions / name / m.version
-    card = vdir / "card.md"
-    if not card.exists():
-        return {}
     from datalab.store.version_check import card_with_inline_images
 
+    card = card_with_inline_images(name, m, s)
+    if card is None:
+        return {}
+    from datalab.store.storage import store, version_key
+
+    files = store(s)
+    html = version_key(name, m.version, "card.html")
     return {
         # the plots and thumbnails inline (data URIs): the UI has no base directory for relative links
-        "card": dg.MetadataValue.md(card_with_inline_images(name, m, s) or card.read_text()),
-        "card_html": dg.MetadataValue.path(str(vdir / "card.html")),
+        "card": dg.MetadataValue.md(card),
+        "card_html": dg.MetadataValue.path(str(files.local(html)) if files.is_local else files.uri(html)),
         "datasheet_warnings": dg.MetadataValue.int((m.datasheet or {}).get("warnings", 0)),
     }
 
