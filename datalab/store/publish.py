@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -280,27 +281,35 @@ def write_table(vp: VersionPlan, version: str, why: str, s: Settings) -> Written
     data_dir = st.local(f"{st.key_of_uri(tbl.location())}/data")  # refused if the table is outside the lab's store
     paths = table_stream.write_files(parts, pl_schema, data_dir, set(new_ids) if append_only else None)
     fresh = _save_data_files(paths, st)
-    try:
-        with tbl.transaction() as tx:
-            if not append_only and tbl.current_snapshot() is not None:
+
+    def register(t: Any) -> None:
+        with t.transaction() as tx:
+            if not append_only and t.current_snapshot() is not None:
                 from pyiceberg.expressions import AlwaysTrue
 
                 tx.delete(AlwaysTrue())  # a rewrite: the new files replace every row
             tx.add_files([st.uri(k) for k in fresh])
+
+    try:
+        tbl = commit_retrying(ice, ident, "registering the data files", register)
     except BaseException:
         for k in fresh:  # not committed: nothing refers to them
             st.remove(k)
         raise
-    tbl = ice.load_table(ident)
     snap = tbl.current_snapshot()
-    tbl.manage_snapshots().create_tag(snap.snapshot_id, f"v{version}").commit()
-    with tbl.transaction() as tx:
-        tx.set_properties({
-            "datalab.dataset": name, "datalab.version": version,
-            "datalab.contracts.policy": json.dumps(policy.to_dict(), sort_keys=True, default=str),
-            "datalab.export_control": str(policy.export_control).lower(),
-            "datalab.classification": policy.classification,
-        })
+    tbl = commit_retrying(ice, ident, f"tagging v{version}",
+                          lambda t: t.manage_snapshots().create_tag(snap.snapshot_id, f"v{version}").commit())
+
+    def describe(t: Any) -> None:
+        with t.transaction() as tx:
+            tx.set_properties({
+                "datalab.dataset": name, "datalab.version": version,
+                "datalab.contracts.policy": json.dumps(policy.to_dict(), sort_keys=True, default=str),
+                "datalab.export_control": str(policy.export_control).lower(),
+                "datalab.classification": policy.classification,
+            })
+
+    tbl = commit_retrying(ice, ident, "setting its properties", describe)
     known = {f.path: f for f in (prev_manifest.files if prev_manifest else ())}
     files = []
     for task in tbl.scan(snapshot_id=snap.snapshot_id).plan_files():
@@ -312,6 +321,37 @@ def write_table(vp: VersionPlan, version: str, why: str, s: Settings) -> Written
             files.append(DataFile(key, sha, size, task.file.record_count))
     files.sort(key=lambda f: f.path)
     return WrittenTable(ident, snap.snapshot_id, tuple(files))
+
+
+# Tries of one Iceberg commit that another writer's commit beat (pyiceberg's optimistic concurrency).
+COMMIT_TRIES = 5
+
+
+def commit_retrying(ice: Any, ident: str, what: str, apply: Callable[[Any], None]) -> Any:
+    """Apply a change to the table as it is now and commit it; the table after.
+
+    Publishes of one dataset are serialised (datalab.store.locks), but the
+    table has other writers: a retention purge deleting a firm's rows, an
+    operator's maintenance, another tool on the same catalog. pyiceberg
+    commits optimistically: it retries a plain append itself, but refuses a
+    rewrite (delete every row, add the version's files) when rows were added
+    meanwhile (``ValidationException``), and a change its own retries could
+    not place (``CommitFailedException``). The change is then applied again
+    to the table as it is now, after a short back-off: a rewrite replaces
+    what is there then, an append goes on top of it.
+    """
+    from pyiceberg.exceptions import CommitFailedException, ValidationException
+
+    for attempt in range(COMMIT_TRIES):
+        tbl = ice.load_table(ident)
+        try:
+            apply(tbl)
+            return ice.load_table(ident)
+        except (CommitFailedException, ValidationException) as e:
+            if attempt == COMMIT_TRIES - 1:
+                raise DatalabError(f"table {ident}: {what} lost to a concurrent commit {COMMIT_TRIES} times: {e}") from e
+            time.sleep(0.05 * 2 ** attempt)
+    raise AssertionError("unreachable")
 
 
 def _save_data_files(paths: list[Path], st: Store) -> dict[str, tuple[str, int]]:
