@@ -111,6 +111,9 @@ def test_settled_is_decided_in_the_core(kinds_of_delivery: dict[str, list[str]])
     assert ats == sorted(ats, key=dt.datetime.fromisoformat)
     assert [x.delivery_id for x in state.settled(SPINDLE, among=k["rejected_old"][:1])] == k["rejected_old"][:1]
     assert state.settled(PUMPS) == []
+    from datalab.policy import retention
+
+    assert state.PURGED == retention.PURGED  # the statuses retention sets are the ones read here
 
 
 def test_plan_is_a_pure_function() -> None:

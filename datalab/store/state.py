@@ -1,7 +1,9 @@
 """Processing state of deliveries: which stage each reached, with its stats.
 
 Kept in the catalog so the CLI, the Dagster sensor and publishing agree on
-what is pending, curated, validated or failed, whichever process ran it.
+what is pending, curated, validated or failed, whichever process ran it;
+and which deliveries are settled, so that their Dagster partitions may be
+rolled up (:func:`settled`, :func:`plan_rollup`; applied by pipelines/rollup.py).
 """
 
 from __future__ import annotations
