@@ -12,13 +12,14 @@ import datetime as dt
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from datalab.config import Settings, settings
+from datalab.errors import DatalabError
 from datalab.store import catalog as cat
+from datalab.store import storage
 
 
 def get(delivery_id: str, s: Settings | None = None) -> dict[str, Any] | None:
@@ -174,7 +175,7 @@ def first_versions(received: dict[str, str], s: Settings | None = None) -> dict[
     versions created after the earliest of them are read (a version cannot
     hold a delivery received after it), oldest first, and the reading stops
     once every delivery is found. Each manifest's lineage is read once per
-    process (cached by its file's size and modification time).
+    process, from the lab's store (local files or ``DATALAB_STORAGE``).
     """
     s = s or settings()
     if not received:
@@ -186,37 +187,39 @@ def first_versions(received: dict[str, str], s: Settings | None = None) -> dict[
             cat.dataset_versions.c.manifest_path, cat.dataset_versions.c.created_at))
             if _instant(r.created_at) >= since]
     versions.sort(key=lambda r: (_instant(r.created_at), r.dataset, r.version))
+    files = storage.store(s)
     left = dict(received)
     found: dict[str, tuple[str, str]] = {}
     for r in versions:
         if not left:
             break
-        hit = _lineage(s.home / r.manifest_path) & left.keys()
+        hit = _lineage(files, r.manifest_path) & left.keys()
         for delivery_id in hit:
             found[delivery_id] = (f"{r.dataset}@{r.version}", r.created_at)
             del left[delivery_id]
     return found
 
 
-_LINEAGES: dict[str, tuple[int, int, frozenset[str]]] = {}
+_LINEAGES: dict[tuple[str, str], frozenset[str]] = {}
 
 
-def _lineage(path: Path) -> frozenset[str]:
-    """The delivery ids a manifest's lineage names (empty if the manifest cannot be read)."""
+def _lineage(files: storage.Store, key: str) -> frozenset[str]:
+    """The delivery ids a manifest's lineage names (empty if the manifest cannot be read).
+
+    Cached by the store and key: a version's catalog row is written after its
+    manifest, and nothing changes a lineage afterwards (a withdrawal adds a
+    note), so a manifest read once need not be read again (on S3 too).
+    """
+    hit = _LINEAGES.get((files.url, key))
+    if hit is not None:
+        return hit
     try:
-        st = path.stat()
-    except OSError:
-        return frozenset()
-    hit = _LINEAGES.get(str(path))
-    if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
-        return hit[2]
-    try:
-        ids = frozenset(str(x) for x in (json.loads(path.read_text()).get("lineage") or {}).get("deliveries") or ())
-    except (OSError, ValueError, AttributeError):
-        return frozenset()
+        ids = frozenset(str(x) for x in (json.loads(files.read_text(key)).get("lineage") or {}).get("deliveries") or ())
+    except (OSError, ValueError, AttributeError, DatalabError):
+        return frozenset()  # unreadable: its deliveries count as not published (kept), and it is read again next time
     if len(_LINEAGES) > 4096:
         _LINEAGES.clear()
-    _LINEAGES[str(path)] = (st.st_size, st.st_mtime_ns, ids)
+    _LINEAGES[(files.url, key)] = ids
     return ids
 
 
