@@ -53,7 +53,8 @@ VARIABLES = (
     "DATALAB_DSP_RATE_LIMIT", "DATALAB_DSP_VALIDATE", "DATALAB_DSP_SCHEMAS", "DATALAB_OUTBOX_INTERVAL",
     "DATALAB_OUTBOX_MAX_BACKOFF", "DATALAB_PROFILE", "DATALAB_STORAGE", "DATALAB_SCRATCH", "DATALAB_BROKER_URL",
     "DATALAB_CELERY_QUEUE", "DATALAB_DAGSTER_PG_URL", "DATALAB_MAX_RUNS", "DATALAB_TENANT_RUN_LIMIT",
-    "DATALAB_SENSOR_SECONDS", "DATALAB_POLARS_ALLOCATOR", "DATALAB_REALDATA",
+    "DATALAB_SENSOR_SECONDS", "DATALAB_POLARS_ALLOCATOR", "DATALAB_REALDATA", "DATALAB_PARTITION_KEEP_DAYS",
+    "DATALAB_MAX_PARTITIONS",
 )
 # Read by the shell scripts only (scripts/setup.sh), documented in the same table.
 SCRIPT_VARIABLES = ("DATALAB_SETUP_FORCE",)
@@ -129,6 +130,11 @@ class Settings:
     max_concurrent_runs: int = 8
     # Seconds between the delivery sensor's ticks (pipelines.definitions).
     sensor_seconds: int = 30
+    # Dynamic partitions (one per delivery, pipelines.rollup): a settled delivery's partition is
+    # rolled up this many days after it settled (0: at once), and no contract keeps more live
+    # partitions than the bound (half of Dagster's advised 100,000 per asset).
+    partition_keep_days: int = 30
+    max_partitions: int = 50_000
     # The CLI as an HTTP client of another lab (both set) or of this one (unset).
     url: str | None = None
     token: str | None = field(default=None, repr=False)
@@ -258,6 +264,8 @@ def _read_settings() -> Settings:
         tenant_run_limit=_positive_int("DATALAB_TENANT_RUN_LIMIT", 2),
         max_concurrent_runs=_positive_int("DATALAB_MAX_RUNS", 8),
         sensor_seconds=_positive_int("DATALAB_SENSOR_SECONDS", 30),
+        partition_keep_days=_positive_int("DATALAB_PARTITION_KEEP_DAYS", 30, zero_ok=True),
+        max_partitions=_positive_int("DATALAB_MAX_PARTITIONS", 50_000),
         catalog_url=url,
         contracts_dir=contracts.expanduser().resolve(),
         engine=engine,

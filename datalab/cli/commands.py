@@ -435,6 +435,9 @@ _register_federation(app)
 from datalab.cli.cluster import register as _register_cluster  # noqa: E402  (cluster profile, issue 19)
 
 _register_cluster(app)
+from datalab.cli.partitions import register as _register_partitions  # noqa: E402  (partition roll-up)
+
+_register_partitions(app)
 
 
 def main() -> None:
