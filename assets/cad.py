@@ -22,7 +22,7 @@ from checks.validation import run_suite_check, suite_check_spec
 from datalab.contracts.contract import Contract
 from datalab.engine import MemoryWatch
 from datalab.kinds import kind_of
-from datalab.store.storage import Store, store
+from datalab.store.storage import Store
 from pipelines.resources import LabResource
 
 if TYPE_CHECKING:  # the CAD package loads with the first CAD contract (datalab.kinds), not with the assets
@@ -82,7 +82,7 @@ def build_cad_assets(contract: Contract) -> list[dg.AssetsDefinition]:
     def curated(context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
         d = context.partition_key
         s = lab.settings()
-        files = store(s)
+        files = lab.files(s)
         path = kind.curated_path(contract, d, s)
         try:
             with MemoryWatch() as mw:

@@ -10,6 +10,7 @@ from datalab.contracts.contract import Contract
 from datalab.contracts.datasets import DatasetSpec
 from datalab.store import publish
 from datalab.store.manifest import Manifest
+from datalab.store.storage import Store
 from pipelines.resources import LabResource
 
 VERIFY_CHECK = "version_verifies"
@@ -51,22 +52,21 @@ def build_dataset_asset(spec: DatasetSpec, contracts: dict[str, Contract]) -> dg
             "classification": m.policy["classification"],
             "excluded_deliveries": len(m.lineage.excluded),
             "publish_seconds": dg.MetadataValue.float(m.seconds),
-            **_card_metadata(spec.name, m, s),
+            **_card_metadata(spec.name, m, s, lab.files(s)),
         }, check_results=[_verify_check(spec.name, m.version, s)])
 
     return dataset
 
 
-def _card_metadata(name: str, m: Manifest, s: Settings) -> dict:
+def _card_metadata(name: str, m: Manifest, s: Settings, files: Store) -> dict:
     """The version's datasheet (Markdown) and its warnings, shown in the Dagster UI."""
     from datalab.store.version_check import card_with_inline_images
 
     card = card_with_inline_images(name, m, s)
     if card is None:
         return {}
-    from datalab.store.storage import store, version_key
+    from datalab.store.storage import version_key
 
-    files = store(s)
     html = version_key(name, m.version, "card.html")
     return {
         # the plots and thumbnails inline (data URIs): the UI has no base directory for relative links

@@ -22,7 +22,7 @@ from checks.validation import run_suite_check, suite_check_spec
 from datalab.contracts.contract import Contract
 from datalab.engine import Engine, MemoryWatch
 from datalab.quality import validate
-from datalab.store.storage import Store, store
+from datalab.store.storage import Store
 from datalab.timeseries import curate, ingest
 from datalab.timeseries.stats import CurationStats
 from pipelines.resources import LabResource
@@ -39,7 +39,7 @@ def materialize_raw(contract: Contract, context: AssetExecutionContext, lab: Lab
     with MemoryWatch() as mw:
         st = ingest.ingest_raw(contract, d, s)
     path = ingest.raw_path(contract, d, s)
-    return dg.MaterializeResult(metadata=raw_metadata(d, st, path, mw.peak_mb, store(s)))
+    return dg.MaterializeResult(metadata=raw_metadata(d, st, path, mw.peak_mb, lab.files(s)))
 
 
 def raw_metadata(d: str, st: dict[str, Any], path: Path, peak_mb: float, files: Store) -> dict[str, Any]:
@@ -70,7 +70,7 @@ def materialize_curated(contract: Contract, context: AssetExecutionContext, lab:
     s = lab.settings()
     engine = Engine(s.engine)
     validate.import_in_background(contract)  # if the suite check below needs GX, import it while the plan runs
-    files = store(s)
+    files = lab.files(s)
     path = curate.curated_path(contract, d, s)
     try:
         with MemoryWatch() as mw:
