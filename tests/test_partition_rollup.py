@@ -304,3 +304,39 @@ def test_rolled_up_delivery_keeps_its_lineage_status_and_history(lab: Path, tmp_
         assert recs_, f"no materialisation of {d} left"
     # a re-publish with nothing new is still no new version
     assert not runner.publish("pumps-only")["new_version"]
+
+
+@pytest.mark.slow
+def test_datalab_run_keeps_the_bound_too(lab: Path, tmp_path: Path, contracts, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``datalab run`` (runner.run_pending) adds partitions within the bound, rolling up settled ones first."""
+    import shutil
+
+    import yaml
+
+    from datalab.intake import landing
+    from datalab.timeseries import sample
+    from pipelines import rollup, runner
+    from tests.conftest import ROOT
+
+    spec = tmp_path / "contracts"
+    shutil.copytree(ROOT / "data_contracts", spec)
+    (spec / "datasets" / "pumps-only.yaml").write_text(yaml.safe_dump({"name": "pumps-only", "site": "kajaani", "inputs": [PUMPS]}))
+    monkeypatch.setenv("DATALAB_CONTRACTS", str(spec))
+    monkeypatch.setenv("DATALAB_PARTITION_KEEP_DAYS", "0")
+    monkeypatch.setenv("DATALAB_MAX_PARTITIONS", "2")
+    c = contracts[PUMPS]
+    start = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
+    ids = [landing.push(c, [sample.write(sample.generate(c, 300, seed=i, start=start + dt.timedelta(hours=i)),
+                                          tmp_path / f"p{i}.csv")], actor="firm:oulu-pumps").delivery_id for i in range(3)]
+    first = runner.run_pending(c.id)
+    assert [r.delivery_id for r in first] == ids[:2] and all(r.validation_ok for r in first)  # oldest first
+    assert "1 pending deliveries wait" in capsys.readouterr().err
+    name = rollup.partitions_name(c)
+    inst = runner.instance()
+    assert sorted(inst.get_dynamic_partitions(name)) == sorted(ids[:2])
+    assert runner.publish("pumps-only")["version"] == "1.0.0"  # the two settle
+    second = runner.run_pending(c.id)
+    assert [r.delivery_id for r in second] == ids[2:] and second[0].validation_ok
+    assert len(inst.get_dynamic_partitions(name)) <= 2 and ids[2] in inst.get_dynamic_partitions(name)
+    assert any(e.actor == "datalab:run" for e in _rollup_entries())
