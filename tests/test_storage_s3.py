@@ -189,6 +189,10 @@ def test_pipeline_on_object_storage_end_to_end(s3: str, lab: Path, tmp_path: Pat
     assert _objects_holding(st, markers) == {}, "the firm's readings are still in the object store"
     tenant = contracts[PUMPS].tenant
     assert [o.key for o in st.list() if f"/{tenant}/" in o.key] == []  # listed by prefix: nothing of the firm
+    import boto3  # and the bucket's own listing: not even an empty folder marker names the firm
+
+    raw = boto3.client("s3", endpoint_url=s3, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+    assert [o["Key"] for o in raw.list_objects_v2(Bucket="lab-bucket").get("Contents", []) if tenant in o["Key"]] == []
     assert st.exists("versions/mix/1.0.0/manifest.json")  # the evidence stays
     assert "WITHDRAWN" in st.read_text("versions/mix/1.0.0/card.md")
     press = [o.key for o in st.list("curated")]

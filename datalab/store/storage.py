@@ -255,7 +255,28 @@ class Store:
             if info.type == pafs.FileType.File:
                 size = int(info.size or 0)
                 self.fs.delete_file(self._path(key))
+                self._prune(key.rsplit("/", 1)[0] if "/" in key else "")
         return size
+
+    def _prune(self, folder: str) -> None:
+        """Remove the empty "folder" marker objects pyarrow leaves after a delete, up to the area's folder.
+
+        S3 has no folders; pyarrow writes an empty ``<folder>/`` object when a
+        delete empties one, so a folder named after a firm (``raw/<tenant>/``)
+        would outlive its files. Each empty level is deleted, deepest first;
+        the area's own marker (``raw/``) names nobody and stays.
+        """
+        import pyarrow.fs as pafs
+
+        parts = [p for p in folder.strip("/").split("/") if p]
+        while len(parts) > 1:
+            path = self._path("/".join(parts))
+            if self.fs.get_file_info(path).type != pafs.FileType.Directory:
+                return  # no such folder (nothing was left behind here)
+            if self.fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True)):
+                return  # not empty
+            self.fs.delete_dir(path)
+            parts.pop()
 
     # -- objects by key -------------------------------------------------------------------------
 
@@ -313,6 +334,11 @@ class Store:
             self.fs.delete_file(self._path(o.key))
         if not self.is_local:
             shutil.rmtree(self.local(prefix), ignore_errors=True)
+            import pyarrow.fs as pafs
+
+            if self.fs.get_file_info(self._path(prefix)).type == pafs.FileType.Directory:
+                self.fs.delete_dir(self._path(prefix))  # the markers the deletes left
+            self._prune(prefix.strip("/").rsplit("/", 1)[0] if "/" in prefix.strip("/") else "")
         return len(objs), sum(o.size for o in objs)
 
 
