@@ -120,4 +120,7 @@ def executor_for(s: Settings) -> dg.ExecutorDefinition:
     return celery_executor.configured(executor_config(s))
 
 
+# The settings ``defs`` was built for: the runner refuses to drive a cluster
+# run from a process whose settings changed since (pipelines.runner._execute).
+BUILT_WITH = settings()
 defs = build_definitions()

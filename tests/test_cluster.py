@@ -225,3 +225,28 @@ def test_fair_order_interleaves_firms(contracts) -> None:
 
     todo = [(contracts[SPINDLE], f"s{i}") for i in range(5)] + [(contracts[PRESS], "p0"), (contracts[PUMPS], "u0")]
     assert [d for _, d in fair_order(todo)][:4] == ["s0", "p0", "u0", "s1"]
+
+
+def test_a_cluster_run_is_not_driven_by_definitions_built_for_other_settings(lab: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """No services needed: what made this file's kill test hang in CI, refused instead of waited on.
+
+    The job a cluster run executes is ``pipelines.definitions:defs``, built
+    when the process first imported the module. A test process that had run
+    one cluster lab sent the next lab's publish step to the first lab's Celery
+    queue, which no worker consumed any more, and waited forever. Cluster runs
+    are now driven from spawned processes, and a stale module is refused.
+    """
+    from datalab.config import settings
+    from datalab.errors import DatalabError
+
+    # built now or by an earlier test, for the settings of then
+    from pipelines import definitions, runner
+
+    monkeypatch.setenv("DATALAB_PROFILE", "cluster")
+    monkeypatch.setenv("DATALAB_CATALOG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/lab")
+    monkeypatch.setenv("DATALAB_CELERY_QUEUE", f"dl-test-{secrets.token_hex(4)}")
+    s = settings()
+    assert s != definitions.BUILT_WITH
+    with pytest.raises(DatalabError, match="built for other settings"):
+        runner._execute("publish__plant_telemetry", None, {}, s=s)
