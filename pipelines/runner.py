@@ -99,7 +99,25 @@ def _error(result: dg.ExecuteInProcessResult) -> str:
             while err.cause is not None and "DagsterExecutionStepExecutionError" in (err.cls_name or ""):
                 err = err.cause
             return err.message.strip()
-    return "the run failed"
+    return _lost_step(result) or "the run failed"
+
+
+def _lost_step(result: Any) -> str | None:
+    """Why a cluster run could not get a step executed (pipelines/celery_watch.py), or None.
+
+    Not the delivery's fault (no worker consumed the queue, or the step was
+    lost again and again): the delivery is left pending for the next run.
+    """
+    marker = "StepLost: "
+    for ev in result.all_events:
+        if ev.event_type_value not in ("PIPELINE_FAILURE", "RUN_FAILURE"):
+            continue
+        err = getattr(ev.event_specific_data, "error", None)
+        while err is not None:
+            if marker in (err.message or ""):
+                return err.message.split(marker, 1)[1].splitlines()[0].strip()
+            err = err.cause
+    return None
 
 
 def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun], None] | None = None,
@@ -159,7 +177,8 @@ def _run_one(c: Contract, d: str, inst: dg.DagsterInstance, defs: dg.Definitions
     st = state.get(d, s) or {}
     ok = result.success
     msg = "validated" if st.get("validation_ok") else ("validation failed" if st.get("validation_ok") is False else _error(result))
-    if not ok and st.get("stage") not in ("validated", "failed"):
+    # a step no worker would run leaves the delivery pending (the next run takes it), not failed
+    if not ok and st.get("stage") not in ("validated", "failed") and _lost_step(result) is None:
         state.set_stage(d, "failed", s=s, stats={"error": msg})
     return DeliveryRun(c.id, d, ok, st.get("validation_ok"), msg)
 
