@@ -156,7 +156,10 @@ class WatchedTask:
         if now < self._next_check:
             return False
         self._next_check = now + self._policy.check_seconds
-        self._check(now)
+        try:
+            self._check(now)
+        except Exception:  # the broker or the workers did not answer this time: no decision on this look
+            self._absent_since = None
         return self._failure is not None
 
     def get(self) -> Any:

@@ -119,6 +119,16 @@ def test_a_worker_that_does_not_answer_may_hold_the_step() -> None:
     assert len(results) == 1 and not warnings
 
 
+def test_a_look_that_fails_decides_nothing() -> None:
+    class Flaky(Probe):
+        def holders(self, queue: str, task_id: str, consumers: int) -> tuple[list[str], bool]:
+            raise ConnectionError("the broker did not answer")
+
+    w, results, warnings, clock = _watched(Flaky())
+    assert not _poll(w, clock, 300)
+    assert len(results) == 1 and not warnings
+
+
 def test_a_queue_nobody_consumes_fails_the_step_after_the_bound() -> None:
     probe = Probe(ready=1, consumers=0)
     w, results, _, clock = _watched(probe)
