@@ -134,14 +134,21 @@ def build_definitions() -> dg.Definitions:
 
 
 def executor_for(s: Settings) -> dg.ExecutorDefinition:
-    """In-process for the local profile; Celery workers for the cluster profile (docs/scale.md)."""
+    """In-process for the local profile; Celery workers for the cluster profile (docs/scale.md).
+
+    The Celery executor is dagster-celery's with a bound on every wait for a
+    step (pipelines/celery_watch.py): a step no worker will run fails or is
+    submitted again instead of keeping the run waiting forever.
+    """
     if s.profile != "cluster":
         return dg.in_process_executor
-    from dagster_celery import celery_executor
-
+    from pipelines.celery_watch import watched_celery_executor
     from pipelines.cluster import executor_config
 
-    return celery_executor.configured(executor_config(s))
+    return watched_celery_executor.configured(executor_config(s))
 
 
+# The settings ``defs`` was built for: the runner refuses to drive a cluster
+# run from a process whose settings changed since (pipelines.runner._execute).
+BUILT_WITH = settings()
 defs = build_definitions()

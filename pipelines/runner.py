@@ -56,8 +56,20 @@ def _execute(job_name: str, inst: dg.DagsterInstance, tags: dict[str, str], part
                                       run_config=cfg, tags=tags)
     from dagster._core.definitions.reconstruct import ReconstructableRepository
 
+    from pipelines import definitions
     from pipelines.cluster import ROOT
 
+    # The job (and with it the executor: Celery's broker and queue) is the
+    # module's ``defs``, built once when this process first imported the
+    # module. A process whose settings changed since would send the steps to
+    # the broker and queue of the earlier settings, where no worker may
+    # listen, and wait for them forever; cluster runs are therefore driven
+    # from processes spawned for them (run_pending, publish), and a stale
+    # module is refused here rather than waited on.
+    if s != definitions.BUILT_WITH:
+        raise DatalabError("the Dagster definitions of this process were built for other settings "
+                           "(profile, broker, queue or contracts changed since); cluster runs are driven "
+                           "from a fresh process (pipelines.runner.run_pending / publish)")
     repo = ReconstructableRepository.for_module("pipelines.definitions", "defs", working_directory=str(ROOT))
     recon = repo.get_reconstructable_job(job_name)
     if partition_key is not None:
@@ -87,7 +99,25 @@ def _error(result: dg.ExecuteInProcessResult) -> str:
             while err.cause is not None and "DagsterExecutionStepExecutionError" in (err.cls_name or ""):
                 err = err.cause
             return err.message.strip()
-    return "the run failed"
+    return _lost_step(result) or "the run failed"
+
+
+def _lost_step(result: Any) -> str | None:
+    """Why a cluster run could not get a step executed (pipelines/celery_watch.py), or None.
+
+    Not the delivery's fault (no worker consumed the queue, or the step was
+    lost again and again): the delivery is left pending for the next run.
+    """
+    marker = "StepLost: "
+    for ev in result.all_events:
+        if ev.event_type_value not in ("PIPELINE_FAILURE", "RUN_FAILURE"):
+            continue
+        err = getattr(ev.event_specific_data, "error", None)
+        while err is not None:
+            if marker in (err.message or ""):
+                return err.message.split(marker, 1)[1].splitlines()[0].strip()
+            err = err.cause
+    return None
 
 
 def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun], None] | None = None,
@@ -171,7 +201,8 @@ def _run_one(c: Contract, d: str, inst: dg.DagsterInstance, defs: dg.Definitions
     st = state.get(d, s) or {}
     ok = result.success
     msg = "validated" if st.get("validation_ok") else ("validation failed" if st.get("validation_ok") is False else _error(result))
-    if not ok and st.get("stage") not in ("validated", "failed"):
+    # a step no worker would run leaves the delivery pending (the next run takes it), not failed
+    if not ok and st.get("stage") not in ("validated", "failed") and _lost_step(result) is None:
         state.set_stage(d, "failed", s=s, stats={"error": msg})
     return DeliveryRun(c.id, d, ok, st.get("validation_ok"), msg)
 
@@ -192,7 +223,44 @@ def fair_order(todo: list[tuple[Contract, str]]) -> list[tuple[Contract, str]]:
 
 
 def publish(dataset: str) -> dict:
-    """Materialise the dataset asset (publishes a version if anything changed)."""
+    """Materialise the dataset asset (publishes a version if anything changed).
+
+    Cluster profile: driven from a spawned process, like every cluster run
+    (``run_pending``): the process imports the definitions for the settings
+    of now, so the step goes to the broker and queue the workers of this lab
+    listen on (see ``_execute``).
+    """
+    if settings().profile == "cluster":
+        return _in_spawned_process(_publish_here, dataset)
+    return _publish_here(dataset)
+
+
+def _in_spawned_process(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a fresh spawned process (its own imports and settings, read from this environment)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(_portable_errors, fn, *args).result()
+
+
+def _portable_errors(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn``; a DatalabError that would not survive pickling comes back as a plain one with its message."""
+    import pickle
+
+    try:
+        return fn(*args)
+    except DatalabError as e:
+        try:
+            pickle.loads(pickle.dumps(e))
+        except Exception:
+            plain = DatalabError(str(e))
+            plain.hint = e.hint
+            raise plain from None
+        raise
+
+
+def _publish_here(dataset: str) -> dict:
     from pipelines.definitions import publish_job_name
 
     defs = _defs()
