@@ -310,17 +310,23 @@ def write_table(vp: VersionPlan, version: str, why: str, s: Settings) -> Written
             })
 
     tbl = commit_retrying(ice, ident, "setting its properties", describe)
-    known = {f.path: f for f in (prev_manifest.files if prev_manifest else ())}
+    return WrittenTable(ident, snap.snapshot_id, _data_files(tbl, snap.snapshot_id, prev_manifest, fresh, st))
+
+
+def _data_files(tbl: Any, snapshot_id: int, prev: Manifest | None, fresh: dict[str, tuple[str, int]],
+                st: Store) -> tuple[DataFile, ...]:
+    """The snapshot's data files for the manifest: the previous version's records, the checksums taken
+    while writing, and (for a file neither knows) a checksum read from the store."""
+    known = {f.path: f for f in (prev.files if prev else ())}
     files = []
-    for task in tbl.scan(snapshot_id=snap.snapshot_id).plan_files():
+    for task in tbl.scan(snapshot_id=snapshot_id).plan_files():
         key = st.key_of_uri(task.file.file_path)
         if key in known:
             files.append(known[key])
         else:
             sha, size = fresh[key] if key in fresh else _checksum(st, key)
             files.append(DataFile(key, sha, size, task.file.record_count))
-    files.sort(key=lambda f: f.path)
-    return WrittenTable(ident, snap.snapshot_id, tuple(files))
+    return tuple(sorted(files, key=lambda f: f.path))
 
 
 # Tries of one Iceberg commit that another writer's commit beat (pyiceberg's optimistic concurrency).
