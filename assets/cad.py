@@ -22,6 +22,7 @@ from checks.validation import run_suite_check, suite_check_spec
 from datalab.contracts.contract import Contract
 from datalab.engine import MemoryWatch
 from datalab.kinds import kind_of
+from datalab.store.storage import Store
 from pipelines.resources import LabResource
 
 if TYPE_CHECKING:  # the CAD package loads with the first CAD contract (datalab.kinds), not with the assets
@@ -32,15 +33,17 @@ PREVIEW = ["file_name", "format", "schema", "length_unit", "faces", "triangles",
            "bbox_x_mm", "bbox_y_mm", "bbox_z_mm", "flags", "same_part_as", "duplicate_of"]
 
 
-def thumbnails_md(df: pl.DataFrame, thumbs_root: str) -> dg.MetadataValue:
-    """Markdown with the parts' PNGs inlined (data URIs), so the Dagster UI shows them."""
+def thumbnails_md(df: pl.DataFrame, thumbs_root: str, files: Store) -> dg.MetadataValue:
+    """Markdown with the parts' PNGs inlined (data URIs), so the Dagster UI shows them.
+
+    ``thumbs_root``: the key of the folder beside the curated table, in the lab's store.
+    """
     cells = []
     for name, rel in df.select("file_name", "thumbnail").head(MAX_THUMBS).iter_rows():
         if not rel:
             continue
         try:
-            with open(f"{thumbs_root}/{rel}", "rb") as f:
-                b64 = base64.b64encode(f.read()).decode()
+            b64 = base64.b64encode(files.read_bytes(f"{thumbs_root}/{rel}")).decode()
         except OSError:
             continue
         cells.append(f"**{name}**\n\n![{name}](data:image/png;base64,{b64})")
@@ -79,11 +82,15 @@ def build_cad_assets(contract: Contract) -> list[dg.AssetsDefinition]:
     def curated(context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
         d = context.partition_key
         s = lab.settings()
-        with MemoryWatch() as mw:
-            st = cast("CadCurationStats", kind.curate(contract, d, s))  # the CAD kind's record (datalab.cad.curate)
-            path = kind.curated_path(contract, d, s)
-            check = run_suite_check(contract, d, path, context, s)
-        df = pl.read_parquet(path)
+        files = lab.files(s)
+        path = kind.curated_path(contract, d, s)
+        try:
+            with MemoryWatch() as mw:
+                st = cast("CadCurationStats", kind.curate(contract, d, s))  # the CAD kind's record (datalab.cad.curate)
+                check = run_suite_check(contract, d, path, context, s)
+            df = pl.read_parquet(path)
+        finally:
+            files.evict(path)  # with an object store: this worker's copy (the store holds the file)
         return dg.MaterializeResult(
             metadata={
                 "delivery_id": d,
@@ -97,9 +104,9 @@ def build_cad_assets(contract: Contract) -> list[dg.AssetsDefinition]:
                 "export_control": contract.policy.export_control,
                 "curation_seconds": dg.MetadataValue.float(st.seconds),
                 "peak_rss_mb": dg.MetadataValue.float(round(mw.peak_mb, 1)),
-                "path": dg.MetadataValue.path(str(path)),
+                "path": dg.MetadataValue.path(str(path) if files.is_local else files.uri(files.key(path))),
                 "preview": _md_table(df.select(PREVIEW).head(10)),
-                "thumbnails": thumbnails_md(df, str(path.parent)),  # thumbnails lie in thumbs/ beside the table
+                "thumbnails": thumbnails_md(df, files.key(path.parent), files),  # thumbnails lie in thumbs/ beside the table
             },
             check_results=[check],
         )

@@ -10,6 +10,7 @@ from datalab.contracts.contract import Contract
 from datalab.contracts.datasets import DatasetSpec
 from datalab.store import publish
 from datalab.store.manifest import Manifest
+from datalab.store.storage import Store
 from pipelines.resources import LabResource
 
 VERIFY_CHECK = "version_verifies"
@@ -51,24 +52,26 @@ def build_dataset_asset(spec: DatasetSpec, contracts: dict[str, Contract]) -> dg
             "classification": m.policy["classification"],
             "excluded_deliveries": len(m.lineage.excluded),
             "publish_seconds": dg.MetadataValue.float(m.seconds),
-            **_card_metadata(spec.name, m, s),
+            **_card_metadata(spec.name, m, s, lab.files(s)),
         }, check_results=[_verify_check(spec.name, m.version, s)])
 
     return dataset
 
 
-def _card_metadata(name: str, m: Manifest, s: Settings) -> dict:
+def _card_metadata(name: str, m: Manifest, s: Settings, files: Store) -> dict:
     """The version's datasheet (Markdown) and its warnings, shown in the Dagster UI."""
-    vdir = s.versions / name / m.version
-    card = vdir / "card.md"
-    if not card.exists():
-        return {}
     from datalab.store.version_check import card_with_inline_images
 
+    card = card_with_inline_images(name, m, s)
+    if card is None:
+        return {}
+    from datalab.store.storage import version_key
+
+    html = version_key(name, m.version, "card.html")
     return {
         # the plots and thumbnails inline (data URIs): the UI has no base directory for relative links
-        "card": dg.MetadataValue.md(card_with_inline_images(name, m, s) or card.read_text()),
-        "card_html": dg.MetadataValue.path(str(vdir / "card.html")),
+        "card": dg.MetadataValue.md(card),
+        "card_html": dg.MetadataValue.path(str(files.local(html)) if files.is_local else files.uri(html)),
         "datasheet_warnings": dg.MetadataValue.int((m.datasheet or {}).get("warnings", 0)),
     }
 

@@ -22,6 +22,7 @@ from checks.validation import run_suite_check, suite_check_spec
 from datalab.contracts.contract import Contract
 from datalab.engine import Engine, MemoryWatch
 from datalab.quality import validate
+from datalab.store.storage import Store
 from datalab.timeseries import curate, ingest
 from datalab.timeseries.stats import CurationStats
 from pipelines.resources import LabResource
@@ -38,11 +39,11 @@ def materialize_raw(contract: Contract, context: AssetExecutionContext, lab: Lab
     with MemoryWatch() as mw:
         st = ingest.ingest_raw(contract, d, s)
     path = ingest.raw_path(contract, d, s)
-    return dg.MaterializeResult(metadata=raw_metadata(d, st, path, mw.peak_mb))
+    return dg.MaterializeResult(metadata=raw_metadata(d, st, path, mw.peak_mb, lab.files(s)))
 
 
-def raw_metadata(d: str, st: dict[str, Any], path: Path, peak_mb: float) -> dict[str, Any]:
-    """What the UI shows of a parsed delivery: its counts, timings, memory, path and first rows."""
+def raw_metadata(d: str, st: dict[str, Any], path: Path, peak_mb: float, files: Store) -> dict[str, Any]:
+    """What the UI shows of a parsed delivery: its counts, timings, memory, where it is and its first rows."""
     return {
         "delivery_id": d,
         "files": st["files"],
@@ -53,9 +54,14 @@ def raw_metadata(d: str, st: dict[str, Any], path: Path, peak_mb: float) -> dict
         "seconds": dg.MetadataValue.float(st["seconds"]),
         "parsed_at": st["parsed_at"],
         "peak_rss_mb": dg.MetadataValue.float(round(peak_mb, 1)),
-        "path": dg.MetadataValue.path(str(path)),
-        "preview": _md_table(pl.read_parquet(path, n_rows=10)),
+        **_where(path, files),
     }
+
+
+def _where(path: Path, files: Store) -> dict[str, Any]:
+    """The file's location (its path, or its object's URI) and its first rows, read from its first row group."""
+    loc = str(path) if files.is_local else files.uri(files.key(path))
+    return {"path": dg.MetadataValue.path(loc), "preview": _md_table(pl.from_arrow(files.parquet_head(path, 10)))}
 
 
 def materialize_curated(contract: Contract, context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
@@ -64,14 +70,18 @@ def materialize_curated(contract: Contract, context: AssetExecutionContext, lab:
     s = lab.settings()
     engine = Engine(s.engine)
     validate.import_in_background(contract)  # if the suite check below needs GX, import it while the plan runs
-    with MemoryWatch() as mw:
-        st = curate.curate_delivery(contract, d, engine, s)
-        path = curate.curated_path(contract, d, s)
-        check = run_suite_check(contract, d, path, context, s)
-    return dg.MaterializeResult(metadata=curated_metadata(d, st, path, mw.peak_mb), check_results=[check])
+    files = lab.files(s)
+    path = curate.curated_path(contract, d, s)
+    try:
+        with MemoryWatch() as mw:
+            st = curate.curate_delivery(contract, d, engine, s)
+            check = run_suite_check(contract, d, path, context, s)
+        return dg.MaterializeResult(metadata=curated_metadata(d, st, path, mw.peak_mb, files), check_results=[check])
+    finally:
+        files.evict(path)  # with an object store: this worker's copy (the store holds the file)
 
 
-def curated_metadata(d: str, st: CurationStats, path: Path, peak_mb: float) -> dict[str, Any]:
+def curated_metadata(d: str, st: CurationStats, path: Path, peak_mb: float, files: Store) -> dict[str, Any]:
     """What the UI shows of a curated delivery: the curation's statistics, how it ran, per-sensor table, first rows."""
     sensors = pl.DataFrame([{"sensor": k, **{x: v[x] for x in ("unit", "n", "min", "max", "mean", "out_of_range", "outliers")}}
                             for k, v in st.sensors.items()])
@@ -101,9 +111,8 @@ def curated_metadata(d: str, st: CurationStats, path: Path, peak_mb: float) -> d
         "curation_peak_rss_mb": dg.MetadataValue.float(eng["peak_rss_mb"]),
         "peak_rss_mb": dg.MetadataValue.float(round(peak_mb, 1)),
         "bytes": dg.MetadataValue.int(st.bytes_out),
-        "path": dg.MetadataValue.path(str(path)),
         "sensors": _md_table(sensors),
-        "preview": _md_table(pl.read_parquet(path, n_rows=10)),
+        **_where(path, files),
     }
 
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/scale.py                       # small default (quick)
     .venv/bin/python benchmarks/scale.py --deliveries 40 --rows 250000   # the issue's sizes
+    .venv/bin/python benchmarks/scale.py --storage s3          # cluster rows on object storage (moto's S3 server)
 
 Each configuration gets a fresh lab: the deliveries are pushed at once (round
 robin over the firms), then processed with ``local`` (in-process, one after
@@ -11,11 +12,16 @@ minute, p50/p95 push-to-validated latency (receipt time to the validated
 stage in the catalog), peak RSS per worker (VmHWM of the worker processes)
 and each firm's share of done deliveries at 25/50/75% of the wall time (fair
 share). Needs PostgreSQL (``--pg``) and RabbitMQ for the cluster rows.
+``--storage s3`` puts the cluster rows' files in an S3-compatible object
+store: moto's S3 server, started on loopback for the run and stopped by its
+pid (``moto[server]``, the cluster extra); ``--storage local`` keeps them
+under the lab's home.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -26,11 +32,40 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMS = ["urn:datalab:bavaria-spindle:spindle-telemetry", "urn:datalab:lyon-presses:press-line",
-         "urn:datalab:oulu-pumps:pump-telemetry"]
+         "urn:datalab:oulu-pumps:pump-telemetry", "urn:datalab:open-benchmarks:cmapss-fd001"]
+
+
+@contextlib.contextmanager
+def s3_server() -> Iterator[dict[str, str]]:
+    """moto's S3 server on a free loopback port with a bucket ``scale``; the AWS variables that reach it."""
+    import socket
+
+    import boto3
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            if time.time() > deadline or proc.poll() is not None:
+                raise SystemExit("moto's S3 server did not start (pip install 'moto[server]')")
+            time.sleep(0.1)
+        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
+               "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1", aws_access_key_id="bench",
+                     aws_secret_access_key="bench").create_bucket(Bucket="scale")
+        yield env
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
 
 
 def _iso(x: str) -> float:
@@ -59,12 +94,17 @@ def _children(pgid: int) -> list[int]:
     return out
 
 
-def run_config(profile: str, workers: int, deliveries: int, rows: int, pg: str | None, parallel: int) -> dict:
+def run_config(profile: str, workers: int, deliveries: int, rows: int, pg: str | None, parallel: int,
+               s3: dict[str, str] | None = None) -> dict:
     import sqlalchemy as sa
 
     tmp = Path(tempfile.mkdtemp(prefix=f"scale-{profile}{workers}-"))
     env = {"DATALAB_HOME": str(tmp / "lab"), "DATALAB_ENGINE": "cpu", "DATALAB_PROFILE": profile,
            "DATALAB_CONTRACTS": str(ROOT / "data_contracts"), "PYTHONPATH": str(ROOT)}
+    for k in ("DATALAB_STORAGE", "DATALAB_SCRATCH"):
+        os.environ.pop(k, None)
+    if s3 is not None:  # this configuration's files in the object store, under a prefix of its own
+        env.update(s3, DATALAB_STORAGE=f"s3://scale/{tmp.name}", DATALAB_SCRATCH=str(tmp / "scratch"))
     db = None
     if profile == "cluster":
         db = f"dl_scale_{secrets.token_hex(4)}"
@@ -85,7 +125,12 @@ def run_config(profile: str, workers: int, deliveries: int, rows: int, pg: str |
     pushed: list[tuple[str, str]] = []
     for i in range(deliveries):
         c = cs[FIRMS[i % len(FIRMS)]]
-        p = sample.write(sample.generate(c, rows, seed=i, start=dt.datetime(2026, 1, 5, tzinfo=dt.UTC) + dt.timedelta(hours=i)),
+        # About ``rows`` readings each (a wide file holds one column per sensor), a week apart, so
+        # no delivery repeats another's readings; the open benchmark's contract allows no out-of-range
+        # value, so its deliveries are generated clean.
+        n = rows // max(1, len(c.measurements)) if c.layout.shape == "wide" else rows
+        p = sample.write(sample.generate(c, n, seed=i, start=dt.datetime(2026, 1, 5, tzinfo=dt.UTC) + dt.timedelta(days=7 * i),
+                                         defects=sample.Defects.none() if c.tenant == "open-benchmarks" else None),
                          tmp / f"{i}.csv")
         r = landing.push(c, [p], actor=f"firm:{c.tenant}")
         pushed.append((r.delivery_id, c.tenant))
@@ -124,7 +169,8 @@ def run_config(profile: str, workers: int, deliveries: int, rows: int, pg: str |
     for q in (0.25, 0.5, 0.75, 1.0):
         share[f"{int(q * 100)}%"] = {t: sum(1 for x, tt in done if tt == t and x <= q * wall) for t in sorted({t for _, t in pushed})}
     lat.sort()
-    res = {"profile": profile, "workers": workers, "deliveries": deliveries, "rows": rows, "validated": len(done),
+    res = {"profile": profile, "workers": workers, "storage": "s3" if s3 else "local", "deliveries": deliveries,
+           "rows": rows, "validated": len(done),
            "wall_s": round(wall, 1), "deliveries_per_min": round(len(done) / wall * 60, 2),
            "p50_latency_s": round(statistics.median(lat), 1) if lat else None,
            "p95_latency_s": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 1) if lat else None,
@@ -144,13 +190,19 @@ def main() -> None:
     ap.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--configs", default="local:0,cluster:1,cluster:2")
     ap.add_argument("--parallel", type=int, default=4, help="runs driven at once in the cluster profile")
+    ap.add_argument("--storage", choices=("local", "s3"), default="local",
+                    help="where the cluster rows keep their files (s3: moto's S3 server on loopback)")
+    ap.add_argument("--firms", type=int, default=len(FIRMS), help=f"time-series firms pushing (1-{len(FIRMS)})")
     a = ap.parse_args()
+    del FIRMS[max(1, a.firms):]
     out = []
-    for cfg in a.configs.split(","):
-        profile, workers = cfg.split(":")
-        r = run_config(profile, int(workers), a.deliveries, a.rows, a.pg, a.parallel)
-        print(json.dumps(r), flush=True)
-        out.append(r)
+    with s3_server() if a.storage == "s3" else contextlib.nullcontext() as s3:
+        for cfg in a.configs.split(","):
+            profile, workers = cfg.split(":")
+            r = run_config(profile, int(workers), a.deliveries, a.rows, a.pg, a.parallel,
+                           s3 if profile == "cluster" else None)
+            print(json.dumps(r), flush=True)
+            out.append(r)
     c1 = next((r for r in out if r["profile"] == "cluster" and r["workers"] == 1), None)
     c2 = next((r for r in out if r["profile"] == "cluster" and r["workers"] == 2), None)
     if c1 and c2 and c1["deliveries_per_min"]:

@@ -51,9 +51,10 @@ VARIABLES = (
     "DATALAB_RATE_ADDRESS_PER_MIN", "DATALAB_URL", "DATALAB_TOKEN", "DATALAB_DEBUG",
     "DATALAB_CURATE_BUCKET_ROWS", "DATALAB_VALIDATE_CHUNK_ROWS", "DATALAB_VALIDATE_ENGINE", "DATALAB_SITE_URL",
     "DATALAB_DSP_RATE_LIMIT", "DATALAB_DSP_VALIDATE", "DATALAB_DSP_SCHEMAS", "DATALAB_OUTBOX_INTERVAL",
-    "DATALAB_OUTBOX_MAX_BACKOFF", "DATALAB_PROFILE", "DATALAB_STORAGE", "DATALAB_BROKER_URL",
+    "DATALAB_OUTBOX_MAX_BACKOFF", "DATALAB_PROFILE", "DATALAB_STORAGE", "DATALAB_SCRATCH", "DATALAB_BROKER_URL",
     "DATALAB_CELERY_QUEUE", "DATALAB_DAGSTER_PG_URL", "DATALAB_MAX_RUNS", "DATALAB_TENANT_RUN_LIMIT",
-    "DATALAB_SENSOR_SECONDS", "DATALAB_POLARS_ALLOCATOR", "DATALAB_REALDATA",
+    "DATALAB_SENSOR_SECONDS", "DATALAB_POLARS_ALLOCATOR", "DATALAB_REALDATA", "DATALAB_PARTITION_KEEP_DAYS",
+    "DATALAB_MAX_PARTITIONS",
 )
 # Read by the shell scripts only (scripts/setup.sh), documented in the same table.
 SCRIPT_VARIABLES = ("DATALAB_SETUP_FORCE",)
@@ -115,6 +116,11 @@ class Settings:
     # Where the lab's data files live: ``None`` for local paths under home,
     # else an ``s3://bucket/prefix`` URL (datalab.store.storage).
     storage: str | None = None
+    # With object storage: this machine's scratch folder, where a step writes
+    # a file before uploading it and reads a fetched copy (never under home:
+    # home keeps no data files then). Default: a folder per store under the
+    # system's temporary directory (``DATALAB_SCRATCH``).
+    scratch: Path | None = None
     # The cluster profile's services (read here so that the one place that
     # chooses the profile also names what it talks to).
     broker_url: str = "pyamqp://guest:guest@127.0.0.1:5672//"
@@ -124,6 +130,11 @@ class Settings:
     max_concurrent_runs: int = 8
     # Seconds between the delivery sensor's ticks (pipelines.definitions).
     sensor_seconds: int = 30
+    # Dynamic partitions (one per delivery, pipelines.rollup): a settled delivery's partition is
+    # rolled up this many days after it settled (0: at once), and no contract keeps more live
+    # partitions than the bound (half of Dagster's advised 100,000 per asset).
+    partition_keep_days: int = 30
+    max_partitions: int = 50_000
     # The CLI as an HTTP client of another lab (both set) or of this one (unset).
     url: str | None = None
     token: str | None = field(default=None, repr=False)
@@ -148,20 +159,26 @@ class Settings:
     realdata: Path | None = None
 
     @property
+    def files_root(self) -> Path:
+        """Where the data files are on this machine: home, or with object storage the scratch
+        folder (the object store holds them; ``datalab.store.storage`` fetches and uploads)."""
+        return self.home if self.storage is None or self.scratch is None else self.scratch
+
+    @property
     def landing(self) -> Path:
-        return self.home / "landing"
+        return self.files_root / "landing"
 
     @property
     def staging(self) -> Path:
-        return self.home / "staging"
+        return self.files_root / "staging"
 
     @property
     def raw(self) -> Path:
-        return self.home / "raw"
+        return self.files_root / "raw"
 
     @property
     def curated(self) -> Path:
-        return self.home / "curated"
+        return self.files_root / "curated"
 
     @property
     def validation(self) -> Path:
@@ -177,11 +194,11 @@ class Settings:
 
     @property
     def warehouse(self) -> Path:
-        return self.home / "warehouse"
+        return self.files_root / "warehouse"
 
     @property
     def versions(self) -> Path:
-        return self.home / "versions"
+        return self.files_root / "versions"
 
     @property
     def dagster_home(self) -> Path:
@@ -240,12 +257,15 @@ def _read_settings() -> Settings:
         home=home,
         profile=profile,
         storage=storage.rstrip("/") if storage else None,
+        scratch=_scratch(home, storage.rstrip("/")) if storage else None,
         broker_url=_env("DATALAB_BROKER_URL") or "pyamqp://guest:guest@127.0.0.1:5672//",
         dagster_pg_url=_env("DATALAB_DAGSTER_PG_URL") or _dagster_pg_url(url),
         celery_queue=_env("DATALAB_CELERY_QUEUE") or "dagster",
         tenant_run_limit=_positive_int("DATALAB_TENANT_RUN_LIMIT", 2),
         max_concurrent_runs=_positive_int("DATALAB_MAX_RUNS", 8),
         sensor_seconds=_positive_int("DATALAB_SENSOR_SECONDS", 30),
+        partition_keep_days=_positive_int("DATALAB_PARTITION_KEEP_DAYS", 30, zero_ok=True),
+        max_partitions=_positive_int("DATALAB_MAX_PARTITIONS", 50_000),
         catalog_url=url,
         contracts_dir=contracts.expanduser().resolve(),
         engine=engine,
@@ -271,6 +291,20 @@ def _read_settings() -> Settings:
         outbox_max_backoff=_seconds("DATALAB_OUTBOX_MAX_BACKOFF", 300.0),
         realdata=_path("DATALAB_REALDATA"),
     )
+
+
+def _scratch(home: Path, storage: str) -> Path:
+    """``DATALAB_SCRATCH``, or a folder per store under the system's temporary directory; never inside home."""
+    import hashlib
+    import tempfile
+
+    given = _path("DATALAB_SCRATCH")
+    path = (given or Path(tempfile.gettempdir()) / "datalab-scratch"
+            / hashlib.sha256(f"{storage}|{home}".encode()).hexdigest()[:16]).expanduser().resolve()
+    if path == home or home in path.parents:
+        raise SettingsError(f"DATALAB_SCRATCH={path}: must not be inside DATALAB_HOME ({home}); with "
+                            "DATALAB_STORAGE set, home holds no data files")
+    return path
 
 
 def debug() -> bool:

@@ -2,9 +2,11 @@
 
 Per time-series or CAD contract: raw and curated assets on a dynamic partition per
 delivery, the blocking suite check, an ingest job and a sensor that adds a
-partition and requests a run for every accepted delivery. Per dataset spec:
-a dataset asset and a publish job. ``workspace.yaml`` loads this module; the
-``datalab`` CLI runs the same jobs in-process.
+partition and requests a run for every accepted delivery (never past
+``DATALAB_MAX_PARTITIONS``). Per dataset spec: a dataset asset and a publish
+job. Lab-wide: retention and the partition roll-up (``pipelines/rollup.py``).
+``workspace.yaml`` loads this module; the ``datalab`` CLI runs the same jobs
+in-process.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from datalab.contracts import datasets
 from datalab.contracts.contract import Contract
 from datalab.errors import ContractError
 from datalab.store import state
+from pipelines import rollup
 
 MAX_RUNS_PER_TICK = 25
 
@@ -45,17 +48,38 @@ def _sensor(c: Contract, job: dg.UnresolvedAssetJobDefinition, s: Settings) -> d
         # One bounded page per tick, after the cursor (the last delivery id
         # seen); at the end the cursor wraps to the start, so a delivery that
         # committed late with a smaller id is still picked up on the next
-        # pass, and run_key keeps a delivery from running twice.
+        # pass, and run_key keeps a delivery from running twice. A rolled-up
+        # (settled) delivery is never pending, so it is never added again.
         cursor = context.cursor or ""
         page = state.pending_page(c.id, after=cursor, limit=MAX_RUNS_PER_TICK)
         if not page and cursor:
             cursor = ""
             page = state.pending_page(c.id, after="", limit=MAX_RUNS_PER_TICK)
-        new = [d for d in page if not context.instance.has_dynamic_partition(parts.name, d)]
+        existing = context.instance.get_existing_dynamic_partitions(parts.name, page) if page else set()
+        new = [d for d in page if d not in existing]
+        after = page[-1] if page else cursor
+        if new:
+            # Never past DATALAB_MAX_PARTITIONS: at the bound, roll up the earliest settled
+            # deliveries first (pipelines/rollup.py); add only what fits, and keep the place.
+            live = list(context.instance.get_dynamic_partitions(parts.name))
+            if len(live) + len(new) > s.max_partitions:
+                rep = rollup.make_room(context.instance, c, s, live, len(new), actor=f"dagster:sensor:deliveries__{c.slug}")
+                if rep.removed:
+                    context.log.info(rep.line())
+                room = max(0, s.max_partitions - rep.live_after)
+                if room == 0:
+                    return dg.SensorResult(cursor=cursor, skip_reason=dg.SkipReason(
+                        f"{rep.live_after} live partitions of {parts.name}, the bound (DATALAB_MAX_PARTITIONS="
+                        f"{s.max_partitions}), and none settled to roll up: {len(new)} or more accepted deliveries "
+                        "wait. A delivery settles when a published version holds it, its validation fails, or "
+                        "retention deletes it: publish the validated deliveries, or raise the bound."))
+                if room < len(new):
+                    new = new[:room]
+                    after = new[-1]  # the next tick goes on after the last one added
         return dg.SensorResult(
             run_requests=[dg.RunRequest(partition_key=d, run_key=d) for d in new],
             dynamic_partitions_requests=[parts.build_add_request(new)] if new else [],
-            cursor=page[-1] if page else cursor,
+            cursor=after,
         )
 
     return deliveries
@@ -104,8 +128,8 @@ def build_definitions() -> dg.Definitions:
     from pipelines.resources import lab_resource
     from pipelines.retention import retention_daily, retention_enforce
 
-    return dg.Definitions(assets=assets, jobs=[*jobs, retention_enforce], sensors=sensors,
-                          schedules=[retention_daily], executor=executor_for(s),
+    return dg.Definitions(assets=assets, jobs=[*jobs, retention_enforce, rollup.partitions_rollup], sensors=sensors,
+                          schedules=[retention_daily, rollup.partitions_rollup_daily], executor=executor_for(s),
                           resources={"lab": lab_resource(s)})
 
 

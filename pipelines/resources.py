@@ -26,6 +26,7 @@ import dagster as dg
 
 from datalab.config import Settings, settings
 from datalab.store.catalog import Catalog
+from datalab.store.storage import Store, store
 
 # resource field -> the environment variable the core reads
 _ENV = {
@@ -66,6 +67,16 @@ class LabResource(dg.ConfigurableResource):
     def catalog(self, s: Settings | None = None) -> Catalog:
         """The lab's catalog (receipts, audit, Iceberg tables) for these settings."""
         return Catalog((s or self.settings()).catalog_url)
+
+    def files(self, s: Settings | None = None) -> Store:
+        """The lab's files for these settings: a folder under home, or the object store of ``storage``.
+
+        The object store's endpoint and keys are not part of the run's
+        config (no secret travels with a run): each worker reads the standard
+        AWS variables of its own environment, and its own scratch folder
+        (``DATALAB_SCRATCH``).
+        """
+        return store(s or self.settings())
 
 
 def resource_config(s: Settings | None = None) -> dict[str, str]:

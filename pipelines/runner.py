@@ -138,12 +138,7 @@ def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun
     for c in chosen:
         if factory_for(c) is None:  # a kind without Dagster assets
             continue
-        parts_name = f"{c.slug}__deliveries"
-        pending = state.pending(c.id, s)
-        new = [d for d in pending if not inst.has_dynamic_partition(parts_name, d)]
-        if new:
-            inst.add_dynamic_partitions(parts_name, new)
-        todo += [(c, d) for d in pending]
+        todo += [(c, d) for d in _with_partitions(c, state.pending(c.id, s), inst, s)]
 
     out: list[DeliveryRun] = []
     if s.profile != "cluster":
@@ -166,6 +161,35 @@ def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun
             if on_event:
                 on_event(out[-1])
     return out
+
+
+def _with_partitions(c: Contract, pending: list[str], inst: dg.DagsterInstance, s: Settings) -> list[str]:
+    """The pending deliveries that have (or now get) a partition, within ``DATALAB_MAX_PARTITIONS``.
+
+    As the delivery sensor does: at the bound, settled deliveries' partitions
+    are rolled up first (pipelines.rollup); what still does not fit waits for
+    the next run, oldest first, and is said on stderr.
+    """
+    from pipelines import rollup
+
+    parts_name = f"{c.slug}__deliveries"
+    live = list(inst.get_dynamic_partitions(parts_name))
+    have = set(live)
+    new = [d for d in pending if d not in have]
+    if new and len(live) + len(new) > s.max_partitions:
+        rep = rollup.make_room(inst, c, s, live, len(new), actor="datalab:run")
+        room = max(0, s.max_partitions - rep.live_after)
+        if room < len(new):
+            import sys
+
+            print(f"{c.id}: {len(new) - room} pending deliveries wait: {rep.live_after} live partitions of "
+                  f"{parts_name}, the bound (DATALAB_MAX_PARTITIONS={s.max_partitions}); they run once "
+                  "published or failed deliveries' partitions are rolled up", file=sys.stderr)
+            new = new[:room]
+    if new:
+        inst.add_dynamic_partitions(parts_name, new)
+    runnable = have | set(new)
+    return [d for d in pending if d in runnable]
 
 
 def _run_one(c: Contract, d: str, inst: dg.DagsterInstance, defs: dg.Definitions | None,

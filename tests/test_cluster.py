@@ -1,10 +1,12 @@
-"""The cluster profile against the real services: PostgreSQL, RabbitMQ, Celery workers.
+"""The cluster profile against the real services: PostgreSQL, RabbitMQ, Celery workers, an S3 server.
 
 Skips with its reason where PostgreSQL (``DATALAB_TEST_PG_URL``, set by
 scripts/test.sh when 127.0.0.1:5432 answers) or RabbitMQ (127.0.0.1:5672, or
 ``DATALAB_TEST_BROKER_URL``) is missing. Each test gets its own database and
 its own Celery queue (deleted afterwards), so concurrent runs on a shared
-broker do not steal each other's tasks.
+broker do not steal each other's tasks, and its own S3 server (moto, on
+loopback; the cluster extra), so the lab's files are on object storage as at
+a site.
 
 The worker-kill tests run by default: a run gets a fixed time (150 s; it
 takes about 10) and runs on a daemon thread, and the executor bounds its own
@@ -32,7 +34,7 @@ import pytest
 from datalab.intake import landing
 from datalab.store import state
 from datalab.timeseries import sample
-from tests.conftest import PRESS, PUMPS, ROOT, SPINDLE, fresh_pg_database
+from tests.conftest import PRESS, PUMPS, ROOT, SPINDLE, fresh_pg_database, s3_server
 
 pytestmark = pytest.mark.slow
 BROKER = os.environ.get("DATALAB_TEST_BROKER_URL", "pyamqp://guest:guest@127.0.0.1:5672//")
@@ -56,8 +58,11 @@ def cluster_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dic
     pytest.importorskip("dagster_postgres", reason="the cluster extra (dagster-postgres) is not installed")
     if not _broker_answers():
         pytest.skip(f"no RabbitMQ broker at {BROKER} (set DATALAB_TEST_BROKER_URL)")
-    with fresh_pg_database("dl_cluster") as url:
+    with fresh_pg_database("dl_cluster") as url, s3_server() as aws:
         env = {
+            **aws,  # the lab's files on object storage: moto's S3 server on loopback
+            "DATALAB_STORAGE": "s3://lab-bucket/cluster",
+            "DATALAB_SCRATCH": str(tmp_path / "scratch"),
             "DATALAB_HOME": str(tmp_path / "lab"),
             "DATALAB_CONTRACTS": str(ROOT / "data_contracts"),
             "DATALAB_ENGINE": "cpu",
@@ -187,6 +192,21 @@ def test_cluster_twenty_deliveries_three_firms_two_workers(cluster_lab: dict, co
     assert md["new_version"] and md["version"] == "1.0.0"
     expected = sum(state.get(d)["stats"]["curated"]["rows_out"] for d in pushed)
     assert md["rows"] == expected
+    # every data file is in the object store; the local home holds none
+    from datalab.config import settings
+    from datalab.store.storage import store
+
+    st = store()
+    assert not st.is_local
+    keys = [o.key for o in st.list()]
+    for area, n in (("landing/", 20), ("raw/", 20), ("curated/", 20)):
+        assert sum(k.startswith(area) for k in keys) == n, area
+    m = __import__("datalab.store.manifests", fromlist=["read_manifest"]).read_manifest("plant-telemetry", "1.0.0")
+    assert m.files and all(f.path in keys for f in m.files) and "versions/plant-telemetry/1.0.0/manifest.json" in keys
+    home = settings().home
+    data = [p for p in home.rglob("*") if p.is_file() and (p.suffix == ".parquet" or p.relative_to(home).parts[0]
+                                                             in ("landing", "staging", "raw", "curated", "warehouse", "versions"))]
+    assert data == [], f"data files under the local home: {data[:5]}"
 
 
 CURATED = "bavaria_spindle__spindle_telemetry__curated"  # the curated step of SPINDLE's ingest job

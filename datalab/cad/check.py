@@ -22,6 +22,7 @@ from datalab.cad import sandbox
 from datalab.cad.settings import CadSettings
 from datalab.config import Settings, safe_segment
 from datalab.contracts.contract import Contract
+from datalab.store.storage import store
 
 
 def cache_dir(contract: Contract, s: Settings) -> Path:
@@ -34,23 +35,33 @@ def cache_paths(contract: Contract, sha: str, s: Settings) -> tuple[Path, Path]:
 
 
 def cached(contract: Contract, sha: str, s: Settings) -> dict[str, Any] | None:
+    """A file's parse facts, if the cache (in the lab's store) has them."""
     path, _ = cache_paths(contract, sha, s)
+    st = store(s)
     try:
-        return json.loads(path.read_text())
+        return json.loads(st.read_text(st.key(path)))
     except (OSError, ValueError):
         return None
 
 
 def _store(contract: Contract, sha: str, parsed: dict[str, Any], s: Settings) -> None:
-    path, _ = cache_paths(contract, sha, s)
+    """Cache a file's parse facts and its thumbnail (written by the sandbox beside them) in the lab's store."""
+    path, png = cache_paths(contract, sha, s)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(parsed, default=str))
     tmp.replace(path)
+    st = store(s)
+    st.save(path)
+    if png.exists():
+        st.save(png)
 
 
 def parse_files(contract: Contract, files: list[tuple[str, Path, str]], s: Settings) -> dict[str, sandbox.Outcome]:
-    """Parse (name, path, sha) files not yet in the cache; outcome by sha (cache hits are ok outcomes)."""
+    """Parse (name, path, sha) files not yet in the cache; outcome by sha (cache hits are ok outcomes).
+
+    The paths are files on this machine (staged, or fetched from the lab's store).
+    """
     cad = contract.section
     out: dict[str, sandbox.Outcome] = {}
     jobs = []

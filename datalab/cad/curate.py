@@ -26,6 +26,7 @@ from datalab.contracts.contract import Contract
 from datalab.errors import DatalabError
 from datalab.intake import receipts
 from datalab.store import state
+from datalab.store.storage import store
 
 
 def curated_path(contract: Contract, delivery_id: str, s: Settings) -> Path:
@@ -45,7 +46,10 @@ def ingest(contract: Contract, delivery_id: str, s: Settings | None = None) -> d
         raise DatalabError(f"delivery {delivery_id} was {rec.status}; only accepted deliveries are ingested")
     files = receipts.stored_files(delivery_id, s)
     hits = sum(1 for _, _, sha in files if check.cached(contract, sha, s) is not None)
-    outcomes = check.parse_files(contract, files, s)
+    misses = [(p, sha) for _n, p, sha in files if check.cached(contract, sha, s) is None]
+    with store(s).fetched(*(p for p, _sha in misses)) as here:  # only the files to parse again are fetched
+        local = {sha: p for (_p, sha), p in zip(misses, here, strict=True)}
+        outcomes = check.parse_files(contract, [(n, local.get(sha, p), sha) for n, p, sha in files], s)
     bad = [o.reason for o in outcomes.values() if not o.ok]
     if bad:
         raise DatalabError(f"delivery {delivery_id}: {'; '.join(str(b) for b in bad[:5])}")
@@ -58,11 +62,13 @@ def ingest(contract: Contract, delivery_id: str, s: Settings | None = None) -> d
 def earlier_rows(contract: Contract, delivery_id: str, s: Settings) -> list[dict[str, Any]]:
     """Rows of the contract's other curated deliveries (for duplicates and same-part links)."""
     rows: list[dict[str, Any]] = []
+    st = store(s)
     for d in state.accepted(contract.id, s):
         if d["id"] == delivery_id or not d["curated_path"] or d["stage"] not in ("curated", "validated"):
             continue
-        p = s.home / d["curated_path"]
-        if p.exists():
+        if not st.exists(d["curated_path"]):
+            continue
+        with st.fetched(d["curated_path"]) as (p,):
             rows += pl.read_parquet(p, columns=["delivery_id", "file_name", "sha256", "format", "bbox_x_mm", "bbox_y_mm",
                                                 "bbox_z_mm", "area_mm2", "volume_mm3", "curve_length_mm"]).to_dicts()
     return rows
@@ -101,6 +107,7 @@ def curate_delivery(contract: Contract, delivery_id: str, s: Settings | None = N
     files = receipts.stored_files(delivery_id, s)
     pol = contract.policy
     rows = []
+    st = store(s)
     tdir = thumbs_dir(contract, s)
     for name, _path, sha in files:
         parsed = check.cached(contract, sha, s)
@@ -108,11 +115,13 @@ def curate_delivery(contract: Contract, delivery_id: str, s: Settings | None = N
             raise DatalabError(f"delivery {delivery_id}: {name} has no parse result; run the raw stage first")
         thumb = None
         _, png = check.cache_paths(contract, sha, s)
-        if png.exists():
-            tdir.mkdir(parents=True, exist_ok=True)
+        if st.exists(png):
             dst = tdir / f"{sha}.png"
-            if not dst.exists():
-                shutil.copyfile(png, dst)
+            if not st.exists(dst):
+                with st.fetched(png) as (src,):
+                    tdir.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, dst)
+                st.save(dst)
             thumb = f"thumbs/{sha}.png"
         rows.append(features.row(parsed, contract.section, delivery_id=delivery_id, file_name=name, sha256=sha,
                                  classification=pol.classification, export_control=pol.export_control, thumbnail=thumb))
@@ -135,5 +144,6 @@ def curate_delivery(contract: Contract, delivery_id: str, s: Settings | None = N
         engine={"engine": "cad-sandbox", "device": "cpu"},
         bytes_out=out.stat().st_size, seconds=round(time.perf_counter() - t0, 3),
     )
-    state.set_stage(delivery_id, "curated", s=s, curated_path=str(out.relative_to(s.home)), stats={"curated": stats.to_dict()})
+    st.save(out, keep=True)  # the suite check reads it next; the asset drops this machine's copy
+    state.set_stage(delivery_id, "curated", s=s, curated_path=st.key(out), stats={"curated": stats.to_dict()})
     return stats

@@ -29,49 +29,35 @@ from datalab.store import state
 from datalab.store.manifest import Manifest
 from datalab.store.manifests import copy_verified, sha256_file
 from datalab.store.markdown import cell
+from datalab.store.storage import Fetched, Store, store
 
 
 def objects_dir(dataset: str, s: Settings) -> Path:
     return s.versions / safe_segment(dataset, "dataset") / "objects"
 
 
-def _put(src: Path, dst: Path, sha: str) -> None:
-    """Copy ``src`` into the object store under its sha256, verifying it; existing objects are kept, read-only."""
-    if dst.exists():
+def _put(src: Path, dst: Path, sha: str, st: Store) -> None:
+    """Copy ``src`` into the version objects under its sha256, verifying it, and save it to the lab's store;
+    existing objects are kept, read-only."""
+    if st.exists(dst):
         return
     dst.parent.mkdir(parents=True, exist_ok=True)
     copy_verified(src, dst, sha)
     os.chmod(dst, 0o444)
+    st.save(dst)
 
 
 def attach_files(name: str, included: list[dict[str, Any]], contracts: dict[str, Any],
                  policy: Any, s: Settings) -> dict[str, Any]:
     """Store the included deliveries' files and thumbnails of dataset ``name``; the manifest's ``cad`` section listing them."""
     objs = objects_dir(name, s)
+    st = store(s)
     files, thumbs = [], {}
-    for d in included:
-        c = contracts[d["contract"]]
-        if c.kind != "cad":
-            continue
-        stored = {sha: path for _n, path, sha in receipts.stored_files(d["id"], s)}
-        rows = pl.read_parquet(s.home / d["curated_path"], columns=["file_name", "sha256", "format", "bytes", "thumbnail",
-                                                                   "same_part_as", "duplicate_of", "flags"])
-        cur_dir = (s.home / d["curated_path"]).parent
-        for r in rows.to_dicts():
-            sha = r["sha256"]
-            dst = objs / sha[:2] / sha
-            _put(stored[sha], dst, sha)
-            entry = {"name": r["file_name"], "delivery_id": d["id"], "contract": c.id, "sha256": sha, "bytes": r["bytes"],
-                     "format": r["format"], "path": str(dst.relative_to(s.home)), "thumbnail": None}
-            if r["thumbnail"]:
-                src = cur_dir / r["thumbnail"]
-                tsha = thumbs.get(src) or sha256_file(src)
-                thumbs[src] = tsha
-                tdst = objs / tsha[:2] / tsha
-                _put(src, tdst, tsha)
-                entry["thumbnail"] = {"sha256": tsha, "path": str(tdst.relative_to(s.home))}
-            entry.update(flags=r["flags"], same_part_as=r["same_part_as"], duplicate_of=r["duplicate_of"])
-            files.append(entry)
+    with st.session() as here:  # the landed files, curated tables and thumbnails, fetched once each
+        for d in included:
+            c = contracts[d["contract"]]
+            if c.kind == "cad":
+                files += _delivery_objects(d, c, objs, thumbs, here, s)
     files.sort(key=lambda f: (f["delivery_id"], f["name"]))
     keep = ("rows_out", "values_converted", "duplicates", "same_part_links", "flags", "formats")
     curation = {d["id"]: {k: ((state.get(d["id"], s) or {}).get("stats", {}).get("curated", {})).get(k) for k in keep}
@@ -85,23 +71,53 @@ def attach_files(name: str, included: list[dict[str, Any]], contracts: dict[str,
     }
 
 
+def _delivery_objects(d: dict[str, Any], c: Any, objs: Path, thumbs: dict[str, str], here: Fetched,
+                      s: Settings) -> list[dict[str, Any]]:
+    """One CAD delivery's files and thumbnails put into the version objects; their manifest entries."""
+    st = here.store
+    stored = {sha: key for _n, key, sha in receipts.stored_files(d["id"], s)}
+    rows = pl.read_parquet(here.path(d["curated_path"]), columns=["file_name", "sha256", "format", "bytes", "thumbnail",
+                                                                  "same_part_as", "duplicate_of", "flags"])
+    cur_dir = d["curated_path"].rsplit("/", 1)[0]
+    out = []
+    for r in rows.to_dicts():
+        sha = r["sha256"]
+        dst = objs / sha[:2] / sha
+        if not st.exists(dst):
+            _put(here.path(stored[sha]), dst, sha, st)
+        entry = {"name": r["file_name"], "delivery_id": d["id"], "contract": c.id, "sha256": sha, "bytes": r["bytes"],
+                 "format": r["format"], "path": st.key(dst), "thumbnail": None}
+        if r["thumbnail"]:
+            src = f"{cur_dir}/{r['thumbnail']}"
+            tsha = thumbs.get(src) or sha256_file(here.path(src))
+            thumbs[src] = tsha
+            tdst = objs / tsha[:2] / tsha
+            if not st.exists(tdst):
+                _put(here.path(src), tdst, tsha, st)
+            entry["thumbnail"] = {"sha256": tsha, "path": st.key(tdst)}
+        entry.update(flags=r["flags"], same_part_as=r["same_part_as"], duplicate_of=r["duplicate_of"])
+        out.append(entry)
+    return out
+
+
 def pulled_name(entry: dict[str, Any]) -> str:
     """Where a file lands in a pull: ``files/<sha[:12]>-<original name>`` (names may repeat across deliveries)."""
     return f"{entry['sha256'][:12]}-{receipts.safe_name(entry['name'])}"
 
 
 def pull_files(manifest: Manifest, out: Path, s: Settings, copy: Any) -> list[Path]:
-    """Copy a version's CAD files and thumbnails to ``out/files`` with ``copy(src, dst, sha)`` (verifying)."""
+    """Copy a version's CAD files and thumbnails to ``out/files`` with ``copy(key, dst, sha)`` (verifying; the
+    key is the file's in the lab's store)."""
     got = []
     fdir = out / "files"
     (fdir / "thumbs").mkdir(parents=True, exist_ok=True)
     for f in manifest.sections["cad"]["files"]:
         dst = fdir / pulled_name(f)
-        copy(s.home / f["path"], dst, f["sha256"])
+        copy(f["path"], dst, f["sha256"])
         got.append(dst)
         if f["thumbnail"]:
             tdst = fdir / "thumbs" / f"{f['sha256']}.png"
-            copy(s.home / f["thumbnail"]["path"], tdst, f["thumbnail"]["sha256"])
+            copy(f["thumbnail"]["path"], tdst, f["thumbnail"]["sha256"])
             got.append(tdst)
     return got
 

@@ -30,6 +30,7 @@ from datalab.config import settings
 from datalab.contracts import contract as contracts_mod
 from datalab.errors import DatalabError, PolicyRefused
 from datalab.kinds import faces as kind_faces
+from datalab.store.storage import store, version_key
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="datalab: the federated data lab of an AI factory.")
 contract_app = typer.Typer(no_args_is_help=True, help="Data contracts (ODCS v3).")
@@ -286,7 +287,7 @@ def show(ref: str = typer.Argument(..., help="NAME or NAME@VERSION"), as_json: b
         if purpose:  # the pull's own check, without pulling: a purpose that may not use it does not see it
             check_policy(man, purpose, settings())
         m = man.to_dict()
-        card = None if as_json else (settings().versions / name / man.version / "card.md").read_text()
+        card = None if as_json else store(settings()).read_text(version_key(name, man.version, "card.md"))
     if as_json:
         out.print_json(json.dumps(m, default=str))
         return
@@ -434,6 +435,9 @@ _register_federation(app)
 from datalab.cli.cluster import register as _register_cluster  # noqa: E402  (cluster profile, issue 19)
 
 _register_cluster(app)
+from datalab.cli.partitions import register as _register_partitions  # noqa: E402  (partition roll-up)
+
+_register_partitions(app)
 
 
 def main() -> None:

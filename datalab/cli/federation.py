@@ -180,7 +180,10 @@ def replicate_cmd(site: str = typer.Argument(..., help="the provider site (a reg
     except DatalabError as e:
         fail(e, err)
     rep = m.replica
-    where = settings().versions / m.dataset / m.version
+    from datalab.store.storage import store, version_key
+
+    files, key = store(settings()), version_key(m.dataset, m.version)
+    where = files.local(key) if files.is_local else files.uri(key)
     if as_json:
         out.print_json(json.dumps({"dataset": m.dataset, "version": m.version, "site": rep["site"],
                                    "agreement": rep["agreement"], "purpose": rep["purpose"], "path": str(where),

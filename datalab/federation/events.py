@@ -32,6 +32,7 @@ from datalab.errors import DatalabError
 from datalab.federation.identity import _load_public, db, get_peer, private_key, site_name
 from datalab.store import catalog as cat
 from datalab.store.manifest import Manifest
+from datalab.store.storage import store
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -161,14 +162,15 @@ def apply_withdrawal(event: dict[str, Any], peer: str, s: Settings | None = None
         row = conn.execute(sa.select(cat.dataset_versions).where(
             (cat.dataset_versions.c.dataset == dataset) & (cat.dataset_versions.c.version == version))).first()
     if row is not None:
-        m = Manifest.from_dict(json.loads((s.home / row.manifest_path).read_text()), where=row.manifest_path)
+        st = store(s)
+        m = Manifest.from_dict(json.loads(st.read_text(row.manifest_path)), where=row.manifest_path)
         rep = m.replica or {}
         if rep.get("site") != peer:
             raise DatalabError(f"{dataset}@{version} here is not a replica of {peer}'s; nothing deleted")
-        vdir = (s.home / row.manifest_path).parent
-        for p in sorted(vdir.rglob("*")):
-            if p.is_file() and p.name != "manifest.json":
-                ledger.append(_proof(p, s))
+        vdir = row.manifest_path.rsplit("/", 1)[0]
+        for o in st.list(vdir):
+            if not o.key.endswith("/manifest.json"):
+                ledger.append(_stored_proof(st, o.key))
         withdrawals.withdraw_version(dataset, version, f"withdrawn at {peer}: {event.get('reason', '')}",
                                      [], f"site:{peer}", s)
     inc = incoming_dir(str(event.get("agreement", "")), s)
@@ -184,8 +186,20 @@ def apply_withdrawal(event: dict[str, Any], peer: str, s: Settings | None = None
 def _proof(p: Any, s: Settings) -> dict[str, Any]:
     import hashlib
 
-    return {"path": str(p.relative_to(s.home)), "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+    return {"path": str(p.relative_to(s.files_root)), "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
             "bytes": p.stat().st_size}
+
+
+def _stored_proof(st: Any, key: str) -> dict[str, Any]:
+    """A stored file's key, checksum and size (streamed), read before its withdrawal deletes it."""
+    import hashlib
+
+    h, n = hashlib.sha256(), 0
+    with st.open_input(key) as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+            n += len(chunk)
+    return {"path": key, "sha256": h.hexdigest(), "bytes": n}
 
 
 _LOOP: threading.Thread | None = None

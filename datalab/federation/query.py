@@ -24,6 +24,7 @@ import polars as pl
 from datalab.config import Settings, settings
 from datalab.errors import DatalabError
 from datalab.store.manifest import Manifest
+from datalab.store.storage import store
 
 DEFAULT_K = 10
 MAX_GROUP_COLS = 4
@@ -73,7 +74,7 @@ def run(m: Manifest, q: Query, s: Settings | None = None) -> dict[str, Any]:
     s = s or settings()
     k = int(m.policy.get("min_group_rows") or DEFAULT_K)
     schema = {c: str(t) for c, t in m.schema.items()}
-    lf = pl.scan_parquet([str(s.home / f.path) for f in m.files]) if m.files else pl.LazyFrame()
+    lf = store(s).scan_parquet([f.path for f in m.files]) if m.files else pl.LazyFrame()
     keys, too_fine = [], []
     for g in q.group_by:
         b = _BUCKET.match(g)

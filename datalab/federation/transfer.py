@@ -38,6 +38,7 @@ from datalab.federation import dsp
 from datalab.federation.identity import db
 from datalab.store import catalog as cat
 from datalab.store.manifest import Manifest
+from datalab.store.storage import store, version_key
 
 ADDRESS_TTL_S = 15 * 60
 
@@ -177,7 +178,8 @@ def data_transfer(pid: str, authorization: str | None, s: Settings | None = None
 
 
 def incoming_dir(agreement_id: str, s: Settings) -> Path:
-    return s.home / "federation" / "incoming" / hashlib.sha256(agreement_id.encode()).hexdigest()[:24]
+    """Where a replica's files land while they download (on this machine: home, or the scratch folder)."""
+    return s.files_root / "federation" / "incoming" / hashlib.sha256(agreement_id.encode()).hexdigest()[:24]
 
 
 def _download(url: str, secret: str, dst: Path, size: int, sha: str,
@@ -277,7 +279,7 @@ def refuse_existing(name: str, version: str, s: Settings) -> None:
     if str(row.table_ident).startswith("replica:"):
         origin = f"a replica from {str(row.table_ident).removeprefix('replica:')}"
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            rep = json.loads((s.home / row.manifest_path).read_text())["replica"]
+            rep = json.loads(store(s).read_text(row.manifest_path))["replica"]
             origin += f" for {rep['purpose']}"
     raise AlreadyHere(f"{name}@{version} is already in this site's catalog ({origin}, {row.manifest_path}); "
                       "a replica never replaces a version")
@@ -290,14 +292,15 @@ def register_replica(m: dict[str, Any], inc: Path, site: str, t: Transfer, purpo
     ``m``: the manifest the provider's data address sent (its files without paths here).
     """
     name, version = str(m["dataset"]), str(m["version"])
-    final = s.versions / name / version
+    st = store(s)
+    final = st.local(version_key(name, version))
     catalog = cat.Catalog(s.catalog_url)
     refuse_existing(name, version, s)
     for i in range(len(m["files"])):  # each was verified by sha256 as it landed (``_download``)
         if not (inc / f"part-{i:05d}.parquet").is_file():
             raise IntegrityError(f"{inc / f'part-{i:05d}.parquet'}: missing; nothing registered")
-    rel = final.relative_to(s.home)
-    doc = {"lineage": {"deliveries": []}, **m, "files": [{**f, "path": str(rel / f"part-{i:05d}.parquet")} for i, f in enumerate(m["files"])],
+    rel = version_key(name, version)
+    doc = {"lineage": {"deliveries": []}, **m, "files": [{**f, "path": f"{rel}/part-{i:05d}.parquet"} for i, f in enumerate(m["files"])],
            "replica": {"site": site, "agreement": t.agreement_id, "purpose": purpose, "transfer": t.consumer_pid,
                        "provider_transfer": t.provider_pid, "received": _now()}}
     rm = Manifest.from_dict(doc, where=f"manifest of {name}@{version} from {site}")
@@ -305,15 +308,21 @@ def register_replica(m: dict[str, Any], inc: Path, site: str, t: Transfer, purpo
     (inc / "card.md").write_text(card + f"\n\n## Provenance\n\nReplica of `{name}@{version}` from site **{site}**, "
                                  f"received {doc['replica']['received']} under DSP agreement `{t.agreement_id}`; "
                                  f"usable only for the purpose `{purpose}`.\n")
-    if final.exists():  # a leftover of a crash between the rename and the catalog row: not registered, replace it
-        shutil.rmtree(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(inc, final)
+    if st.is_local:
+        if final.exists():  # a leftover of a crash between the rename and the catalog row: not registered, replace it
+            shutil.rmtree(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(inc, final)
+    else:  # uploaded under the version's key (a leftover of a crash is overwritten), then the local copy goes
+        st.delete_prefix(rel)
+        for p in sorted(inc.iterdir()):
+            st.upload(p, f"{rel}/{p.name}")
+        shutil.rmtree(inc)
     with catalog.begin() as conn:
         conn.execute(cat.dataset_versions.insert().values(
             dataset=name, version=version, table_ident=f"replica:{site}", snapshot_id=int(rm.snapshot_id or 0),
             content_key=hashlib.sha256(json.dumps(doc["files"], sort_keys=True).encode()).hexdigest(),
-            manifest_path=str(rel / "manifest.json"), status="active", created_at=_now()))
+            manifest_path=f"{rel}/manifest.json", status="active", created_at=_now()))
         catalog.audit("federation", "replica", f"{name}@{version}", "registered",
                       {"site": site, "agreement": t.agreement_id, "purpose": purpose, "files": len(rm.files)}, conn=conn)
     return rm

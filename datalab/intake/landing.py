@@ -46,6 +46,7 @@ from datalab.intake.receipts import (  # noqa: F401  (re-exported: the receipt s
 )
 from datalab.kinds import kind_of
 from datalab.store import catalog as cat
+from datalab.store.storage import store
 
 Progress = Callable[[str, int, int], None]  # (file name, bytes done, bytes total)
 CHUNK = 8 << 20
@@ -238,6 +239,8 @@ def _land(contract: Contract, staged: list, actor: str, catalog: cat.Catalog, s:
     status = "rejected" if reasons else "accepted"
     key = _rejection_key(contract, staged) if status == "rejected" else _idem_key(contract, [x[2] for x in staged])
     warnings = _settle_raw(sink, status, contract)
+    if sink is not None and status == "accepted":
+        store(s).save(sink.path)  # with an object store: uploaded before the receipt exists
     stored = _store_files(checked, contract, "accepted" if status == "accepted" else "quarantine", s)
     rec = Receipt(
         delivery_id=delivery_id,
@@ -259,7 +262,7 @@ def _land(contract: Contract, staged: list, actor: str, catalog: cat.Catalog, s:
         _record(catalog, rec, key, stored, actor, contract, with_receipt)
     except BaseException:
         if sink is not None and status == "accepted":
-            sink.path.unlink(missing_ok=True)  # no receipt, so no raw table either
+            store(s).remove(sink.path)  # no receipt, so no raw table either
         raise
     return rec
 
@@ -359,22 +362,26 @@ def _store_files(checked: list[tuple[FileReceipt, Path, bool]], contract: Contra
     A file over the size limit was never stored (its path is ""); bytes
     already landed are not written twice. A staged file is made read-only,
     then renamed into place (``os.replace``, atomic), so a content address
-    never holds part of a file, whenever the process stops.
+    never holds part of a file, whenever the process stops. With an object
+    store the file is then uploaded (an object appears whole or not at all)
+    and this machine's copy dropped: all before the receipt is recorded.
     """
+    st = store(s)
     stored: list[str] = []
     for fr, path, over in checked:
         if over:
             stored.append("")
             continue
-        rel = Path("landing") / contract.tenant / area / fr.sha256[:2] / fr.sha256
-        dst = s.home / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.exists():
+        rel = f"landing/{contract.tenant}/{area}/{fr.sha256[:2]}/{fr.sha256}"
+        if st.exists(rel):
             path.unlink()
         else:
+            dst = st.local(rel)
+            dst.parent.mkdir(parents=True, exist_ok=True)
             os.chmod(path, 0o444)
             os.replace(path, dst)
-        stored.append(str(rel))
+            st.save(dst)
+        stored.append(rel)
     return stored
 
 

@@ -182,7 +182,11 @@ def list_receipts(
 
 
 def stored_files(delivery_id: str, s: Settings | None = None) -> list[tuple[str, Path, str]]:
-    """(original name, stored path, sha256) of a delivery's files, in push order."""
+    """(original name, stored path, sha256) of a delivery's files, in push order.
+
+    The paths are where the files are on this machine; with an object store,
+    read them inside ``store(s).fetched(...)``, which downloads them first.
+    """
     s = s or settings()
     catalog = cat.Catalog(s.catalog_url)
     with catalog.begin() as conn:
@@ -190,5 +194,8 @@ def stored_files(delivery_id: str, s: Settings | None = None) -> list[tuple[str,
             sa.select(cat.delivery_files).where(cat.delivery_files.c.delivery_id == delivery_id)
             .order_by(cat.delivery_files.c.position)
         ).all()
-    return [(r.name, s.home / r.stored_path, r.sha256) for r in rows if r.stored_path]
+    from datalab.store.storage import store
+
+    st = store(s)
+    return [(r.name, st.local(r.stored_path), r.sha256) for r in rows if r.stored_path]
 

@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS batches (
 
 
 def stream_dir(contract: Contract, s: Settings) -> Path:
-    return s.home / "streams" / safe_segment(contract.tenant, "tenant") / safe_segment(contract.product, "product")
+    return s.files_root / "streams" / safe_segment(contract.tenant, "tenant") / safe_segment(contract.product, "product")
 
 
 class Spool:

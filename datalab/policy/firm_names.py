@@ -107,6 +107,7 @@ def apply(text: str, masks: dict[str, str]) -> str:
 
 
 def save(vdir: Path, masks: dict[str, str]) -> None:
+    """Written into the version's folder before publish saves the folder to the lab's store."""
     (vdir / MASKS_FILE).write_text(json.dumps(masks, indent=2, sort_keys=True))
 
 
@@ -114,9 +115,12 @@ def for_version(name: str, version: str | None, s: Settings | None = None) -> di
     """The masks of a version (saved at publish), else those the lab's contracts imply (older versions)."""
     s = s or settings()
     if version:
-        p = s.versions / name / version / MASKS_FILE
-        if p.is_file():
-            return json.loads(p.read_text())
+        from datalab.store.storage import store, version_key
+
+        try:
+            return json.loads(store(s).read_text(version_key(name, version, MASKS_FILE)))
+        except (FileNotFoundError, ValueError):  # none saved (an older version), or not a version's name
+            pass
     return lab_masks(s)
 
 

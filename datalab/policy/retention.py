@@ -43,10 +43,14 @@ from datalab.contracts import contract as contracts_mod
 from datalab.policy import withdrawals
 from datalab.store import catalog as cat
 from datalab.store.manifest import Manifest
+from datalab.store.storage import Store, store
 
 PURGED = ("expired", "withdrawn")
 # Directories whose files belong to single deliveries (named by delivery id).
-DELIVERY_AREAS = ("landing", "staging", "raw", "curated", "validation", "gx")
+# Where a delivery's files are: in the lab's store (home, or an object store) and, for its
+# validation reports and GX results, under home on the machine that validated it.
+STORE_AREAS = ("landing", "staging", "raw", "curated")
+HOME_AREAS = ("validation", "gx")
 
 Hook = Callable[[str, list[str], list[tuple[str, str]], Settings], dict[str, Any]]
 
@@ -83,9 +87,12 @@ def _live_deliveries(contract_id: str, conn: sa.Connection) -> list[str]:
     return [r.id for r in conn.execute(sa.select(d.c.id).where(d.c.contract_id == contract_id, d.c.status.notin_(PURGED)))]
 
 
-def _delivery_files(delivery_id: str, contract_id: str, s: Settings, conn: sa.Connection) -> list[Path]:
-    """Every file of a delivery: recorded paths plus anything named after it."""
-    paths: set[Path] = set()
+def _delivery_files(delivery_id: str, contract_id: str, s: Settings, conn: sa.Connection,
+                    stored: list[str]) -> list[str | Path]:
+    """Every file of a delivery: its recorded keys in the lab's store, anything there named after it
+    (``stored``: the keys under the delivery areas, listed once per purge), and this machine's
+    validation reports and GX results named after it (paths under home)."""
+    keys: set[str] = set()
     f, d = cat.delivery_files, cat.deliveries
     for r in conn.execute(sa.select(f.c.stored_path).where(f.c.delivery_id == delivery_id)):
         if not r.stored_path:
@@ -97,33 +104,51 @@ def _delivery_files(delivery_id: str, contract_id: str, s: Settings, conn: sa.Co
             .where(f.c.stored_path == r.stored_path, f.c.delivery_id != delivery_id,
                    d.c.contract_id != contract_id, d.c.status.notin_(PURGED))).first()
         if shared is None:
-            paths.add(s.home / r.stored_path)
+            keys.add(r.stored_path)
     p = conn.execute(sa.select(cat.processing).where(cat.processing.c.delivery_id == delivery_id)).first()
     if p is not None:
-        for rel in (p.raw_path, p.curated_path):
-            if rel:
-                paths.add(s.home / rel)
-    for area in DELIVERY_AREAS:
+        keys.update(rel for rel in (p.raw_path, p.curated_path) if rel)
+    keys.update(k for k in stored if delivery_id in k.rsplit("/", 1)[-1])
+    local: set[Path] = set()
+    for area in HOME_AREAS:
         root = s.home / area
         if root.exists():
-            for q in root.rglob(f"*{delivery_id}*"):
-                paths.add(q)
-    return sorted(paths)
+            local.update(root.rglob(f"*{delivery_id}*"))
+    return [*sorted(keys), *sorted(local)]
 
 
-def _delete_path(p: Path, ledger: list[dict[str, Any]], home: Path) -> None:
+def _stored_keys(s: Settings) -> list[str]:
+    """Every key under the delivery areas of the lab's store (landing, staging, raw, curated)."""
+    st = store(s)
+    return [o.key for area in STORE_AREAS for o in st.list(area)]
+
+
+def _delete_path(p: str | Path, ledger: list[dict[str, Any]], s: Settings) -> None:
+    """Delete a key of the lab's store (a file or everything under it) or a path under home; each file
+    goes into the ledger with its checksum and size, read before it is deleted."""
+    if isinstance(p, str):
+        st = store(s)
+        for key in ([p] if st.exists(p) else [o.key for o in st.list(p)]):
+            with st.open_input(key) as f:
+                h, n = hashlib.sha256(), 0
+                while chunk := f.read(8 << 20):
+                    h.update(chunk)
+                    n += len(chunk)
+            ledger.append({"path": key, "sha256": h.hexdigest(), "bytes": n})
+            st.remove(key)
+        return
     if p.is_dir():
         for q in sorted(p.rglob("*")):
             if q.is_file():
-                ledger.append({"path": str(q.relative_to(home)), "sha256": _sha(q), "bytes": q.stat().st_size})
+                ledger.append({"path": str(q.relative_to(s.home)), "sha256": _sha(q), "bytes": q.stat().st_size})
         shutil.rmtree(p)
     elif p.is_file():
-        ledger.append({"path": str(p.relative_to(home)), "sha256": _sha(p), "bytes": p.stat().st_size})
+        ledger.append({"path": str(p.relative_to(s.home)), "sha256": _sha(p), "bytes": p.stat().st_size})
         p.unlink()
 
 
-def _contract_dirs(contract_id: str, s: Settings) -> list[Path]:
-    """The raw and curated directories that hold only this contract's files (``<area>/<tenant>/<product>``)."""
+def _contract_dirs(contract_id: str, s: Settings) -> list[str]:
+    """The raw and curated folders (keys) that hold only this contract's files (``<area>/<tenant>/<product>``)."""
     c = contracts_mod.load_all(s.contracts_dir).get(contract_id)
     if c is not None:
         tenant, product = c.tenant, c.product
@@ -136,7 +161,7 @@ def _contract_dirs(contract_id: str, s: Settings) -> list[Path]:
         segs = [safe_segment(tenant, "tenant"), safe_segment(product, "product")]
     except ValueError:
         return []
-    return [root / segs[0] / segs[1] for root in (s.raw, s.curated)]
+    return [f"{area}/{segs[0]}/{segs[1]}" for area in ("raw", "curated")]
 
 
 def _sweep_contract(contract_id: str, s: Settings) -> list[dict[str, Any]]:
@@ -149,8 +174,7 @@ def _sweep_contract(contract_id: str, s: Settings) -> list[dict[str, Any]]:
     """
     ledger: list[dict[str, Any]] = []
     for d in _contract_dirs(contract_id, s):
-        if d.exists():
-            _delete_path(d, ledger, s.home)
+        _delete_path(d, ledger, s)
     return ledger
 
 
@@ -177,7 +201,7 @@ def clean_interrupted(s: Settings | None = None, grace_s: float = 60.0) -> list[
                 try:
                     if p.is_file() and now - p.stat().st_mtime >= grace_s:
                         p.unlink()
-                        removed.append(str(p.relative_to(s.home)))
+                        removed.append(str(p.relative_to(s.files_root)))
                 except FileNotFoundError:
                     pass  # its writer finished or another cleaner was first
     return removed
@@ -193,11 +217,12 @@ def purge_contract(contract_id: str, status: str, reason: str, actor: str, s: Se
     ledger: list[dict[str, Any]] = []
     with c.begin() as conn:
         rep.deliveries = _live_deliveries(contract_id, conn)
-        targets = {d: _delivery_files(d, contract_id, s, conn) for d in rep.deliveries}
+        stored = _stored_keys(s) if rep.deliveries else []
+        targets = {d: _delivery_files(d, contract_id, s, conn, stored) for d in rep.deliveries}
     for d, paths in targets.items():
         mine: list[dict[str, Any]] = []
         for p in paths:
-            _delete_path(p, mine, s.home)
+            _delete_path(p, mine, s)
         ledger += mine
         with c.begin() as conn:
             conn.execute(cat.deliveries.update().where(cat.deliveries.c.id == d).values(status=status))
@@ -239,7 +264,7 @@ def _withdraw_versions(purged: set[str], reason: str, actor: str, s: Settings) -
     with cat.Catalog(s.catalog_url).begin() as conn:
         rows = list(conn.execute(sa.select(cat.dataset_versions).where(cat.dataset_versions.c.status != "withdrawn")))
     for r in rows:
-        m = Manifest.from_dict(json.loads((s.home / r.manifest_path).read_text()), where=r.manifest_path)
+        m = Manifest.from_dict(json.loads(store(s).read_text(r.manifest_path)), where=r.manifest_path)
         hit = sorted(set(m.lineage.deliveries) & purged)
         if hit:
             withdrawals.withdraw_version(r.dataset, r.version, reason, hit, actor, s)
@@ -289,7 +314,7 @@ def purge_table(ident: str, contract_id: str, tags: list[str], s: Settings) -> d
     if expire:
         tbl.maintenance.expire_snapshots().by_ids(expire).commit()
         tbl = ice.load_table(ident)
-    removed = remove_orphans(tbl)
+    removed = remove_orphans(tbl, s)
     return {"tags_removed": present, "rows_deleted": rows_before, "snapshots_expired": len(expire), "files_removed": removed}
 
 
@@ -303,36 +328,31 @@ def _row_ids(contract_id: str, s: Settings) -> list[str]:
     return firm_names.row_contract_ids(contract_id, tenants, s)
 
 
-def _local(path: str) -> Path:
-    return Path(path.removeprefix("file://"))
-
-
-def referenced_files(tbl: Any) -> set[Path]:
-    """Every file a remaining snapshot (or the current metadata) needs."""
-    refs = {_local(tbl.metadata_location)}
+def referenced_files(tbl: Any, st: Store) -> set[str]:
+    """Every file (its key in the lab's store) a remaining snapshot (or the current metadata) needs."""
+    refs = {st.key_of_uri(tbl.metadata_location)}
     for snap in tbl.metadata.snapshots:
-        refs.add(_local(snap.manifest_list))
+        refs.add(st.key_of_uri(snap.manifest_list))
         for mf in snap.manifests(tbl.io):
-            refs.add(_local(mf.manifest_path))
+            refs.add(st.key_of_uri(mf.manifest_path))
             for e in mf.fetch_manifest_entry(tbl.io, discard_deleted=True):
-                refs.add(_local(e.data_file.file_path))
+                refs.add(st.key_of_uri(e.data_file.file_path))
     return refs
 
 
-def remove_orphans(tbl: Any) -> int:
-    """Delete files under the table location that no snapshot references.
+def remove_orphans(tbl: Any, s: Settings | None = None) -> int:
+    """Delete files under the table location that no snapshot references (listed by prefix in the store).
 
     Old metadata JSON files go too: the catalog points at the current one,
     and the deleted data's manifests are only reachable through them.
     """
-    root = _local(tbl.metadata.location)
-    refs = {p.resolve() for p in referenced_files(tbl)}
+    st = store(s or settings())
+    refs = referenced_files(tbl, st)
     n = 0
-    if root.exists():
-        for p in sorted(root.rglob("*")):
-            if p.is_file() and p.resolve() not in refs:
-                p.unlink()
-                n += 1
+    for o in st.list(st.key_of_uri(tbl.metadata.location)):
+        if o.key not in refs:
+            st.remove(o.key)
+            n += 1
     return n
 
 

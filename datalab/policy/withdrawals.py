@@ -10,7 +10,6 @@ are small and keep no data: who, when, why, and which deliveries.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -99,25 +98,19 @@ def withdraw_version(dataset: str, version: str, reason: str, deliveries: list[s
         conn.execute(version_withdrawals.insert().values(dataset=dataset, version=version, at=at, reason=reason,
                                                           deliveries=json.dumps(sorted(deliveries))))
         c.audit(actor, "withdraw", f"{dataset}@{version}", "withdrawn", {"reason": reason, "deliveries": sorted(deliveries)}, conn=conn)
-        manifest_path = s.home / row.manifest_path
-    m = Manifest.from_dict(json.loads(manifest_path.read_text()), where=str(manifest_path))
+        manifest_key = row.manifest_path
+    from datalab.store.storage import store
+
+    st = store(s)
+    m = Manifest.from_dict(json.loads(st.read_text(manifest_key)), where=manifest_key)
     m = m.replace(withdrawn={"at": at, "reason": reason, "deliveries": sorted(deliveries)})
-    manifest_path.write_text(json.dumps(m.to_dict(), indent=2, default=str))
-    vdir = manifest_path.parent
-    for p in vdir.iterdir():
-        if p.name != "manifest.json":
-            _remove(p)
-    (vdir / "card.md").write_text(
+    st.write_bytes(manifest_key, json.dumps(m.to_dict(), indent=2, default=str).encode())
+    vdir = manifest_key.rsplit("/", 1)[0]
+    for o in st.list(vdir):  # the card, plots, masks, a CAD version's objects: they describe the deleted data
+        if o.key != manifest_key:
+            st.remove(o.key)
+    st.write_bytes(f"{vdir}/card.md", (
         f"# {m.title} — version {version} (WITHDRAWN)\n\n"
         f"Withdrawn at {at}: {reason}.\n\nIts data was deleted; the manifest keeps the checksums "
         f"of the files and the ids of the {len(m.lineage.deliveries)} deliveries as evidence. "
-        f"Pulls are refused.\n")
-
-
-def _remove(p: Path) -> None:
-    if p.is_dir():
-        import shutil
-
-        shutil.rmtree(p)
-    else:
-        p.unlink()
+        f"Pulls are refused.\n").encode())

@@ -17,10 +17,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, PlainTextResponse
+from starlette.background import BackgroundTask
 
 from datalab.config import Settings, settings
 from datalab.contracts import datasets
-from datalab.errors import NotFound, PolicyRefused
+from datalab.errors import DatalabError, NotFound, PolicyRefused
 from datalab.intake import landing
 from datalab.kinds import kind_of_manifest
 from datalab.policy import auth
@@ -31,6 +32,7 @@ from datalab.store import datasheet
 from datalab.store.manifest import Manifest
 from datalab.store.manifests import list_versions, read_manifest
 from datalab.store.pull import authorise, check_policy
+from datalab.store.storage import store, version_key
 
 router = APIRouter(prefix="/v1/datasets", tags=["consumers"])
 consumer = need("consumer", "pull")
@@ -90,8 +92,8 @@ def manifest(name: str = NAME, version: str = VERSION, purpose: str = PURPOSE,
 def card(name: str = NAME, version: str = VERSION, purpose: str = PURPOSE,
          p: auth.Principal = Depends(consumer)) -> PlainTextResponse:
     m, s = _authorised(name, version, purpose, p)
-    path = s.versions / name / m.version / "card.md"
-    return PlainTextResponse(path.read_text(encoding="utf-8"), media_type="text/markdown; charset=utf-8")
+    text = store(s).read_text(version_key(name, m.version, "card.md"))
+    return PlainTextResponse(text, media_type="text/markdown; charset=utf-8")
 
 
 @router.get(
@@ -144,23 +146,33 @@ def card_file(request: Request, name: str = NAME, version: str = VERSION,
     m, s = _authorised(name, version, purpose, p)
     if fname not in datasheet.SHIPPED:
         raise ApiError(404, f"{name}@{m.version}: the datasheet has no file {fname[:64]!r} (files: {', '.join(datasheet.SHIPPED)})")
-    path = s.versions / name / m.version / fname
-    if not path.is_file():
-        raise ApiError(404, f"{name}@{m.version}: the datasheet has no file {fname!r}")
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()  # datasheet files are small (cards, PNGs)
+    key = version_key(name, m.version, fname)
+    try:
+        sha = hashlib.sha256(store(s).read_bytes(key)).hexdigest()  # datasheet files are small (cards, PNGs)
+    except FileNotFoundError:
+        raise ApiError(404, f"{name}@{m.version}: the datasheet has no file {fname!r}") from None
     media = {".md": "text/markdown", ".html": "text/html", ".json": "application/json", ".png": "image/png"}
-    return _serve(request, m, s, p, purpose, str(path.relative_to(s.home)), sha,
+    return _serve(request, m, s, p, purpose, key, sha,
                   media.get(Path(fname).suffix, "application/octet-stream"), fname, {"card_file": fname})
 
 
 def _serve(request: Request, m: Manifest, s: Settings, p: auth.Principal, purpose: str, rel: str, sha: str,
            media: str, filename: str, what: dict[str, Any]) -> FileResponse:
-    """Stream a stored file of a version (Range via FileResponse) after checking it lies in the lab; audited."""
-    path = (s.home / rel).resolve()
-    if not path.is_relative_to(s.home.resolve()) or not path.is_file():
+    """Stream a stored file of a version (Range via FileResponse) after checking it lies in the lab; audited.
+
+    ``rel`` is the file's key in the lab's store (checked: no '..'); from an
+    object store the file is fetched to this machine and its copy dropped
+    once the response is sent.
+    """
+    st = store(s)
+    try:
+        path = st.fetch(rel)
+    except (FileNotFoundError, DatalabError):
+        raise ApiError(500, f"{m.dataset}@{m.version}: a file is missing from the lab's store") from None
+    if st.is_local and (not path.resolve().is_relative_to(s.home.resolve()) or not path.is_file()):
         raise ApiError(500, f"{m.dataset}@{m.version}: a file is missing from the lab's store")
     cat.Catalog(s.catalog_url).audit(p.actor, "download", f"{m.dataset}@{m.version}", "allowed", {
         "purpose": purpose, "site": p.site, **what, "sha256": sha,
         "range": request.headers.get("range", "")[:100]})
-    return FileResponse(path, media_type=media, filename=filename,
+    return FileResponse(path, media_type=media, filename=filename, background=BackgroundTask(st.evict, path),
                         headers={"X-Checksum-Sha256": sha, "ETag": f'"{sha}"', "Cache-Control": "no-store"})

@@ -25,6 +25,7 @@ from datalab.federation.identity import TokenRefused, get_peer, site_name, site_
 from datalab.service.deps import client_of
 from datalab.store import catalog as cat
 from datalab.store.manifest import Manifest
+from datalab.store.storage import store, version_key
 
 router = APIRouter(prefix="/dsp", tags=["dsp"])
 
@@ -92,7 +93,7 @@ def card(name: str, version: str, request: Request) -> PlainTextResponse:
         doc = dsp.catalog(peer, base_url(request), s)
         if not any(d["@id"] == dsp.urn("dataset", name, version) for d in doc.get("dataset", [])):
             raise NotFound(f"no dataset {name}@{version} in this site's catalog for {peer}")
-        text = (s.versions / name / version / "card.md").read_text()
+        text = store(s).read_text(version_key(name, version, "card.md"))
     except (DatalabError, ValueError, OSError) as e:
         audit(peer, "dsp.card", f"{name}@{version}", "refused", {"status": 404, "reason": str(e)})
         raise DspError(404, "CatalogError", "404", str(e)) from None
@@ -493,9 +494,10 @@ def data_manifest(pid: str, request: Request) -> JSONResponse:
 @router.get("/data/{pid}/card", summary="The card of the agreed version")
 def data_card(pid: str, request: Request) -> PlainTextResponse:
     _, m = _data(pid, request)
-    s = settings()
-    p = s.versions / m.dataset / m.version / "card.md"
-    return PlainTextResponse(p.read_text() if p and p.exists() else "")
+    try:
+        return PlainTextResponse(store(settings()).read_text(version_key(m.dataset, m.version, "card.md")))
+    except FileNotFoundError:
+        return PlainTextResponse("")
 
 
 @router.get("/data/{pid}/files/{index}", summary="One file of the agreed version (Range supported)")
@@ -503,8 +505,9 @@ def data_file(pid: str, index: int, request: Request) -> StreamingResponse:
     t, m = _data(pid, request)
     if not 0 <= index < len(m.files):
         raise DspError(404, TR_ERR, "404", f"no file {index} (the version has {len(m.files)})")
-    path = settings().home / m.files[index].path
-    size = path.stat().st_size
+    files = store(settings())
+    key = m.files[index].path  # a key in the lab's store (checked there: no '..')
+    size = files.size(key)
     start = 0
     rng = request.headers.get("range", "")
     if rng:
@@ -522,7 +525,7 @@ def data_file(pid: str, index: int, request: Request) -> StreamingResponse:
 
     def body() -> Any:
         chunk = 1 << 20 if not rate else max(1024, rate // 10)
-        with open(path, "rb") as f:
+        with files.open_input(key) as f:  # a local file or ranged reads of an object
             f.seek(start)
             while b := f.read(chunk):
                 yield b

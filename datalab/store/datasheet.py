@@ -19,7 +19,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -635,11 +634,16 @@ def _write_card_only(vdir: Path, m: Manifest, contracts: dict[str, Contract], ma
     return {"files": ["card.md", "card.html", "datasheet.json"], "warnings": 0, "gaps": 0}
 
 
-def ship(vdir: Path, out: Path) -> list[Path]:
-    """Copy the card files of a version into a pull directory."""
+def ship(dataset: str, version: str, out: Path, s: Settings) -> list[Path]:
+    """Copy the card files of a version from the lab's store into a pull directory."""
+    from datalab.store.storage import store, version_key
+
+    st = store(s)
     copied = []
     for name in SHIPPED:
-        if (vdir / name).exists():
-            shutil.copyfile(vdir / name, out / name)
-            copied.append(out / name)
+        try:
+            (out / name).write_bytes(st.read_bytes(version_key(dataset, version, name)))
+        except FileNotFoundError:
+            continue
+        copied.append(out / name)
     return copied

@@ -19,6 +19,7 @@ from datalab.config import Settings, settings
 from datalab.errors import IntegrityError, NotFound
 from datalab.store import catalog as cat
 from datalab.store.manifest import Manifest
+from datalab.store.storage import Store
 
 
 def sha256_file(path: Path) -> str:
@@ -52,26 +53,34 @@ def read_manifest(dataset: str, version: str | None, s: Settings | None = None) 
         row = next((r for r in rows if r["version"] == version.removeprefix("v")), None)
         if row is None:
             raise NotFound(f"dataset {dataset!r} has no version {version!r} (published: {', '.join(r['version'] for r in rows)})")
-    path = s.home / row["manifest_path"]
-    m = Manifest.from_dict(json.loads(path.read_text()), where=f"manifest of {dataset}@{row['version']} ({row['manifest_path']})")
+    from datalab.store.storage import store
+
+    text = store(s).read_text(row["manifest_path"])
+    m = Manifest.from_dict(json.loads(text), where=f"manifest of {dataset}@{row['version']} ({row['manifest_path']})")
     return m.replace(status=row["status"])
 
 
 
-def copy_verified(src: Path, dst: Path, sha: str) -> None:
+def copy_verified(src: Path | str, dst: Path, sha: str, files: Store | None = None) -> None:
     """Copy ``src`` to ``dst`` through a temporary name, hashing while copying; refuse a checksum mismatch.
 
-    The temporary name carries the process id, so two processes writing the
-    same content-addressed object never share a partial file.
+    ``files``: read ``src`` as a key of that store (a local file or an
+    object, streamed) instead of as a local path. The temporary name
+    carries the process id, so two processes writing the same
+    content-addressed object never share a partial file.
     """
     h = hashlib.sha256()
     tmp = dst.with_suffix(f"{dst.suffix}.{os.getpid()}.part")
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
-        while chunk := fin.read(8 << 20):
-            h.update(chunk)
-            fout.write(chunk)
+    try:
+        with (files.open_input(src) if files is not None else open(src, "rb")) as fin, open(tmp, "wb") as fout:
+            while chunk := fin.read(8 << 20):
+                h.update(chunk)
+                fout.write(chunk)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     if h.hexdigest() != sha:
         tmp.unlink()
-        raise IntegrityError(f"{src}: checksum {h.hexdigest()} does not match the manifest's {sha}")
+        where = files.uri(files.key(src)) if files is not None else src
+        raise IntegrityError(f"{where}: checksum {h.hexdigest()} does not match the manifest's {sha}")
     os.replace(tmp, dst)
-

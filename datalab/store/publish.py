@@ -1,7 +1,8 @@
 """Publishing: immutable, semantically versioned Iceberg snapshots with a manifest.
 
 Each publish that changes the data writes an Iceberg snapshot (pyiceberg SQL
-catalog in the lab's catalog database, warehouse under ``$DATALAB_HOME``),
+catalog in the lab's catalog database, warehouse in the lab's store: under
+``$DATALAB_HOME`` or in an object store),
 tags it ``v<version>`` and writes a manifest and a card beside it. The
 version number comes from the schema diff: patch for new data, minor for an
 added column, major for a removed or retyped column. A major change starts a
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from datalab.store import catalog as cat
 from datalab.store import state, table_stream
 from datalab.store.manifest import DataFile, Excluded, Lineage, LineageContract, Manifest, SiteRef
 from datalab.store.manifests import list_versions, read_manifest, sha256_file
+from datalab.store.storage import Fetched, Store, iceberg_properties, store
 
 NAMESPACE = "datalab"
 
@@ -45,10 +48,15 @@ class PublishResult:
 
 
 def iceberg_catalog(s: Settings) -> Any:
+    """pyiceberg's SQL catalog in the lab's catalog database, its warehouse in the lab's store
+    (``warehouse/`` under home, or in the object store with the same endpoint and keys)."""
     from pyiceberg.catalog.sql import SqlCatalog
 
-    s.warehouse.mkdir(parents=True, exist_ok=True)
-    c = SqlCatalog("datalab", uri=s.catalog_url, warehouse=s.warehouse.as_uri())
+    st = store(s)
+    if st.is_local:
+        s.warehouse.mkdir(parents=True, exist_ok=True)
+    c = SqlCatalog("datalab", uri=s.catalog_url, warehouse=st.uri("warehouse"),
+                   **({} if st.is_local else iceberg_properties()))
     c.create_namespace_if_not_exists(NAMESPACE)
     return c
 
@@ -78,7 +86,7 @@ def latest(dataset: str, s: Settings) -> dict[str, Any] | None:
     return versions[-1] if versions else None
 
 
-def correction_parts(included: list[dict[str, Any]], s: Settings) -> dict[str, tuple[Path, ...]]:
+def correction_parts(included: list[dict[str, Any]], here: Fetched) -> dict[str, tuple[Path, ...]]:
     """Per included delivery, the curated files of the later included corrections that replace some of its readings.
 
     A correction (``datalab push --correction``) records at curation, per
@@ -94,21 +102,22 @@ def correction_parts(included: list[dict[str, Any]], s: Settings) -> dict[str, t
             continue
         for earlier, n in (cur.get("replaces") or {}).items():
             if n and earlier in ids and earlier != d["id"]:
-                out.setdefault(earlier, []).append(s.home / d["curated_path"])
+                out.setdefault(earlier, []).append(here.path(d["curated_path"]))
     return {k: tuple(v) for k, v in out.items()}
 
 
-def _part(d: dict[str, Any], contracts: dict[str, Any], replaced_by: dict[str, tuple[Path, ...]], s: Settings,
+def _part(d: dict[str, Any], contracts: dict[str, Any], replaced_by: dict[str, tuple[Path, ...]], here: Fetched,
           mask: firm_names.RowMask | None = None) -> table_stream.Part:
     """One included delivery as a part of the version; ``mask``: what its rows hold instead of its firm's names."""
     if mask is None:
-        return table_stream.Part(s.home / d["curated_path"], d["contract"], contracts[d["contract"]].tenant,
+        return table_stream.Part(here.path(d["curated_path"]), d["contract"], contracts[d["contract"]].tenant,
                                  d["contract_version"], d["id"], replaced_by.get(d["id"], ()))
-    return table_stream.Part(s.home / d["curated_path"], mask.contract_id, mask.tenant,
+    return table_stream.Part(here.path(d["curated_path"]), mask.contract_id, mask.tenant,
                              d["contract_version"], d["id"], replaced_by.get(d["id"], ()), mask.entities)
 
 
-def row_masks(included: list[dict[str, Any]], contracts: dict[str, Any], s: Settings) -> dict[str, firm_names.RowMask]:
+def row_masks(included: list[dict[str, Any]], contracts: dict[str, Any], here: Fetched,
+              s: Settings) -> dict[str, firm_names.RowMask]:
     """Per included delivery of a firm that withholds its name, the pseudonyms its published rows carry.
 
     The rule is the card's (``datalab.policy.firm_names``): such a firm's rows hold
@@ -121,7 +130,7 @@ def row_masks(included: list[dict[str, Any]], contracts: dict[str, Any], s: Sett
         c = contracts[d["contract"]]
         if not firm_names.masked(c):
             continue
-        path = s.home / d["curated_path"]
+        path = here.path(d["curated_path"])
         entities: list[str] = []
         if pl.read_parquet_schema(path).get("entity") == pl.String:
             entities = pl.scan_parquet(path).select(pl.col("entity").unique()).collect(engine="streaming")["entity"].drop_nulls().to_list()
@@ -170,6 +179,7 @@ class VersionPlan:
     masked_rows: list[str]
     content_key: str
     kinds: list[Any]
+    here: Fetched  # the curated files on this machine (fetched from an object store for this publish)
 
     @property
     def policy(self) -> Any:
@@ -185,8 +195,11 @@ class WrittenTable:
     files: tuple[DataFile, ...]
 
 
-def plan_version(name: str, actor: str, s: Settings) -> VersionPlan:
-    """Inputs, exclusions and the effective policy of the next version of ``name`` (refusals audited), and its content key."""
+def plan_version(name: str, actor: str, s: Settings, here: Fetched) -> VersionPlan:
+    """Inputs, exclusions and the effective policy of the next version of ``name`` (refusals audited), and its content key.
+
+    ``here``: where the curated files are read on this machine (``store(s).session()``).
+    """
     contracts = contracts_mod.load_all(s.contracts_dir)
     spec = datasets.load_spec(s.contracts_dir, name, contracts)
     sites = datasets.load_sites(s.contracts_dir)
@@ -202,11 +215,11 @@ def plan_version(name: str, actor: str, s: Settings) -> VersionPlan:
                 excluded.append({"delivery_id": d["id"], "contract": cid, "reason": why})
     if not included:
         raise DatalabError(f"dataset {name}: no validated delivery to publish yet ({len(excluded)} excluded)")
-    replaced_by = correction_parts(included, s)
+    replaced_by = correction_parts(included, here)
     frames = []
     for d in included:
         c = contracts[d["contract"]]
-        frames.append(_part(d, contracts, replaced_by, s).rows().with_columns(
+        frames.append(_part(d, contracts, replaced_by, here).rows().with_columns(
             tenant=pl.lit(c.tenant), contract_id=pl.lit(c.id), contract_version=pl.lit(d["contract_version"])))
     # Align attribute columns across inputs; order columns deterministically.
     lf = pl.concat(frames, how="diagonal_relaxed")
@@ -223,7 +236,7 @@ def plan_version(name: str, actor: str, s: Settings) -> VersionPlan:
     content_key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()
     kinds = list({k.name: k for k in (kind_of(contracts[c]) for c in spec.inputs)}.values())
     return VersionPlan(name, spec, sites, contracts, plan, included, excluded, replaced_by, lf, personal, new_schema,
-                       prev, prev_manifest, delivery_ids, masked_rows, content_key, kinds)
+                       prev, prev_manifest, delivery_ids, masked_rows, content_key, kinds, here)
 
 
 def write_table(vp: VersionPlan, version: str, why: str, s: Settings) -> WrittenTable:
@@ -253,8 +266,8 @@ def write_table(vp: VersionPlan, version: str, why: str, s: Settings) -> Written
     # commit): see table_stream.
     pl_schema = dict(vp.rows.collect_schema())
     new_ids = [d for d in vp.delivery_ids if d not in prev_ids]
-    masks = row_masks([d for d in vp.included if not append_only or d["id"] in new_ids], contracts, s)  # the parts written
-    parts = [_part(d, contracts, vp.replaced_by, s, masks.get(d["id"])) for d in vp.included]
+    masks = row_masks([d for d in vp.included if not append_only or d["id"] in new_ids], contracts, vp.here, s)  # the parts written
+    parts = [_part(d, contracts, vp.replaced_by, vp.here, masks.get(d["id"])) for d in vp.included]
     arrow_schema = table_stream.arrow_schema(pl_schema)
     if not ice.table_exists(ident):
         tbl = ice.create_table(ident, schema=arrow_schema)
@@ -264,40 +277,105 @@ def write_table(vp: VersionPlan, version: str, why: str, s: Settings) -> Written
             with tbl.update_schema() as upd:
                 upd.union_by_name(arrow_schema)
             tbl = ice.load_table(ident)
-    if not tbl.location().startswith("file://"):  # the lab's warehouse is a local folder (settings().warehouse)
-        raise DatalabError(f"table {ident} lives at {tbl.location()}, not in a local folder; publishing writes its data files "
-                           f"itself, so the warehouse must be local (it is {s.warehouse}, under DATALAB_HOME)")
-    data_dir = Path(tbl.location().removeprefix("file://")) / "data"
+    st = store(s)
+    data_dir = st.local(f"{st.key_of_uri(tbl.location())}/data")  # refused if the table is outside the lab's store
     paths = table_stream.write_files(parts, pl_schema, data_dir, set(new_ids) if append_only else None)
-    try:
-        with tbl.transaction() as tx:
-            if not append_only and tbl.current_snapshot() is not None:
+    fresh = _save_data_files(paths, st)
+
+    def register(t: Any) -> None:
+        with t.transaction() as tx:
+            if not append_only and t.current_snapshot() is not None:
                 from pyiceberg.expressions import AlwaysTrue
 
                 tx.delete(AlwaysTrue())  # a rewrite: the new files replace every row
-            tx.add_files([p.as_uri() for p in paths])
+            tx.add_files([st.uri(k) for k in fresh])
+
+    try:
+        tbl = commit_retrying(ice, ident, "registering the data files", register)
     except BaseException:
-        for p in paths:  # not committed: nothing refers to them
-            p.unlink(missing_ok=True)
+        for k in fresh:  # not committed: nothing refers to them
+            st.remove(k)
         raise
-    tbl = ice.load_table(ident)
     snap = tbl.current_snapshot()
-    tbl.manage_snapshots().create_tag(snap.snapshot_id, f"v{version}").commit()
-    with tbl.transaction() as tx:
-        tx.set_properties({
-            "datalab.dataset": name, "datalab.version": version,
-            "datalab.contracts.policy": json.dumps(policy.to_dict(), sort_keys=True, default=str),
-            "datalab.export_control": str(policy.export_control).lower(),
-            "datalab.classification": policy.classification,
-        })
+    tbl = commit_retrying(ice, ident, f"tagging v{version}",
+                          lambda t: t.manage_snapshots().create_tag(snap.snapshot_id, f"v{version}").commit())
+
+    def describe(t: Any) -> None:
+        with t.transaction() as tx:
+            tx.set_properties({
+                "datalab.dataset": name, "datalab.version": version,
+                "datalab.contracts.policy": json.dumps(policy.to_dict(), sort_keys=True, default=str),
+                "datalab.export_control": str(policy.export_control).lower(),
+                "datalab.classification": policy.classification,
+            })
+
+    tbl = commit_retrying(ice, ident, "setting its properties", describe)
     known = {f.path: f for f in (prev_manifest.files if prev_manifest else ())}
     files = []
     for task in tbl.scan(snapshot_id=snap.snapshot_id).plan_files():
-        p = Path(task.file.file_path.removeprefix("file://"))
-        rel = str(p.relative_to(s.home))
-        files.append(known.get(rel) or DataFile(rel, sha256_file(p), p.stat().st_size, task.file.record_count))
+        key = st.key_of_uri(task.file.file_path)
+        if key in known:
+            files.append(known[key])
+        else:
+            sha, size = fresh[key] if key in fresh else _checksum(st, key)
+            files.append(DataFile(key, sha, size, task.file.record_count))
     files.sort(key=lambda f: f.path)
     return WrittenTable(ident, snap.snapshot_id, tuple(files))
+
+
+# Tries of one Iceberg commit that another writer's commit beat (pyiceberg's optimistic concurrency).
+COMMIT_TRIES = 5
+
+
+def commit_retrying(ice: Any, ident: str, what: str, apply: Callable[[Any], None]) -> Any:
+    """Apply a change to the table as it is now and commit it; the table after.
+
+    Publishes of one dataset are serialised (datalab.store.locks), but the
+    table has other writers: a retention purge deleting a firm's rows, an
+    operator's maintenance, another tool on the same catalog. pyiceberg
+    commits optimistically: it retries a plain append itself, but refuses a
+    rewrite (delete every row, add the version's files) when rows were added
+    meanwhile (``ValidationException``), and a change its own retries could
+    not place (``CommitFailedException``). The change is then applied again
+    to the table as it is now, after a short back-off: a rewrite replaces
+    what is there then, an append goes on top of it.
+    """
+    from pyiceberg.exceptions import CommitFailedException, ValidationException
+
+    for attempt in range(COMMIT_TRIES):
+        tbl = ice.load_table(ident)
+        try:
+            apply(tbl)
+            return ice.load_table(ident)
+        except (CommitFailedException, ValidationException) as e:
+            if attempt == COMMIT_TRIES - 1:
+                raise DatalabError(f"table {ident}: {what} lost to a concurrent commit {COMMIT_TRIES} times: {e}") from e
+            time.sleep(0.05 * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+def _save_data_files(paths: list[Path], st: Store) -> dict[str, tuple[str, int]]:
+    """Each data file written on this machine, checksummed and saved to the store: (sha256, bytes) by key.
+
+    Checksummed here, before an object store takes it, so the manifest's
+    checksums are of the bytes written, and no file is read back.
+    """
+    out: dict[str, tuple[str, int]] = {}
+    try:
+        for p in paths:
+            sha, size = sha256_file(p), p.stat().st_size
+            out[st.save(p)] = (sha, size)
+    except BaseException:
+        for p in paths:
+            st.remove(p)
+        raise
+    return out
+
+
+def _checksum(st: Store, key: str) -> tuple[str, int]:
+    """A data file's checksum and size, read from the store (one no version recorded and this publish did not write)."""
+    with st.fetched(key) as (p,):
+        return sha256_file(p), p.stat().st_size
 
 
 # What the manifest keeps of each delivery's curation statistics (the curated stage's record in the
@@ -318,7 +396,7 @@ def build_manifest(vp: VersionPlan, version: str, why: str, written: WrittenTabl
     # at 200 M rows).
     rows_of: dict[str, int] = {}
     for d in included:
-        n = _part(d, contracts, vp.replaced_by, s).rows().select(pl.len()).collect().item()
+        n = _part(d, contracts, vp.replaced_by, vp.here).rows().select(pl.len()).collect().item()
         rows_of[d["contract"]] = rows_of.get(d["contract"], 0) + n
     val = {d["id"]: (state.get(d["id"], s) or {}).get("validation") for d in included}
     curated_stats = {d["id"]: (state.get(d["id"], s) or {}).get("stats", {}).get("curated", {}) for d in included}
@@ -354,7 +432,13 @@ def build_manifest(vp: VersionPlan, version: str, why: str, written: WrittenTabl
 def _publish(name: str, actor: str, s: Settings) -> PublishResult:
     """Plan the version, write its table, describe it: manifest, card and datasheet, then its catalog row."""
     t0 = time.perf_counter()
-    vp = plan_version(name, actor, s)
+    with store(s).session() as here:
+        return _publish_with(name, actor, s, here, t0)
+
+
+def _publish_with(name: str, actor: str, s: Settings, here: Fetched, t0: float) -> PublishResult:
+    """``_publish`` with the curated files read through ``here``."""
+    vp = plan_version(name, actor, s, here)
     prev = vp.prev
     if prev is not None and prev["content_key"] == vp.content_key:
         return PublishResult(name, prev["version"], False, f"nothing changed since {prev['version']}: no new version")
@@ -372,11 +456,13 @@ def _publish(name: str, actor: str, s: Settings) -> PublishResult:
     (vdir / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2, default=str))
     manifest = manifest.replace(datasheet=datasheet.write(vdir, manifest, vp.contracts, vp.rows, s, passes))
     (vdir / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2, default=str))
+    st = store(s)
+    st.save_tree(vdir)  # with an object store: the version's files are there before its catalog row
     catalog = cat.Catalog(s.catalog_url)
     with catalog.begin() as conn:
         conn.execute(cat.dataset_versions.insert().values(
             dataset=name, version=version, table_ident=written.ident, snapshot_id=written.snapshot_id,
-            content_key=vp.content_key, manifest_path=str((vdir / "manifest.json").relative_to(s.home)),
+            content_key=vp.content_key, manifest_path=st.key(vdir / "manifest.json"),
             status="active", created_at=manifest.created_at))
         catalog.audit(actor, "publish", f"{name}@{version}", "published", {
             "reason": why, "rows": manifest.rows, "deliveries": len(vp.delivery_ids), "excluded": len(vp.excluded),

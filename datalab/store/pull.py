@@ -31,6 +31,7 @@ from datalab.store import catalog as cat
 from datalab.store.datasheet import ship as ship_datasheet
 from datalab.store.manifest import Manifest
 from datalab.store.manifests import copy_verified, list_versions, read_manifest
+from datalab.store.storage import store
 
 
 @dataclass
@@ -183,12 +184,17 @@ def pull(ref: str, purpose: str | None, to: Path, actor: str | None = None, s: S
     data.mkdir(parents=True, exist_ok=True)
     files = []
     catalog = cat.Catalog(s.catalog_url)
+    st = store(s)
+
+    def copy(key: str, dst: Path, sha: str) -> None:  # from the lab's store (a local file or an object), verified
+        copy_verified(key, dst, sha, st)
+
     try:
         for i, f in enumerate(m.files):
             dst = data / f"part-{i:05d}.parquet"
-            copy_verified(s.home / f.path, dst, f.sha256)
+            copy(f.path, dst, f.sha256)
             files.append(dst)
-        files += kind_of_manifest(m).pull_files(m, out, s, copy_verified)  # attached files (CAD: files, thumbnails)
+        files += kind_of_manifest(m).pull_files(m, out, s, copy)  # attached files (CAD: files, thumbnails)
     except (IntegrityError, OSError) as e:
         catalog.audit(actor, "pull", f"{name}@{m.version}", "failed", {"purpose": purpose, "reason": str(e)})
         shutil.rmtree(out, ignore_errors=True)
@@ -197,7 +203,7 @@ def pull(ref: str, purpose: str | None, to: Path, actor: str | None = None, s: S
     from datalab.policy.firm_names import consumer_manifest
 
     (out / "manifest.json").write_text(json.dumps(consumer_manifest(m, s), indent=2, default=str))
-    ship_datasheet(s.versions / name / m.version, out)
+    ship_datasheet(name, m.version, out, s)
     catalog.audit(actor, "pull", f"{name}@{m.version}", "allowed", {
         "purpose": purpose, "files": len(files), "rows": m.rows, "to": str(out)})
     return PullResult(name, m.version, out, files, m.rows)
@@ -209,9 +215,10 @@ def open_dataset(name: str, version: str | None = None, purpose: str | None = No
     s = s or settings()
     actor = actor or default_actor()
     m = authorise(name, version, purpose, actor, s)
-    paths = [str(s.home / f.path) for f in m.files]
     cat.Catalog(s.catalog_url).audit(actor, "open", f"{name}@{m.version}", "allowed", {"purpose": purpose})
-    return pl.scan_parquet(paths, missing_columns="insert", extra_columns="ignore") if paths else pl.LazyFrame(schema=m.schema)
+    if not m.files:
+        return pl.LazyFrame(schema=m.schema)
+    return store(s).scan_parquet([f.path for f in m.files], missing_columns="insert", extra_columns="ignore")
 
 
 def _site_may_hold(name: str, version: str, s: Settings) -> bool:

@@ -20,6 +20,7 @@ from datalab.errors import PolicyRefused
 from datalab.policy import firm_names
 from datalab.store.manifest import Manifest
 from datalab.store.manifests import read_manifest
+from datalab.store.storage import store
 
 NUMERIC = (pl.Float32, pl.Float64, pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
 
@@ -27,7 +28,7 @@ NUMERIC = (pl.Float32, pl.Float64, pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UIn
 def _frame(m: Manifest, s: Settings) -> pl.LazyFrame:
     if m.status == "withdrawn":
         raise PolicyRefused("withdrawn", f"{m.dataset}@{m.version} was withdrawn: {(m.withdrawn or {}).get('reason', '')}")
-    lf = pl.scan_parquet([str(s.home / f.path) for f in m.files], missing_columns="insert", extra_columns="ignore")
+    lf = store(s).scan_parquet([f.path for f in m.files], missing_columns="insert", extra_columns="ignore")
     # a firm that withholds its name has its rows published under its pseudonym; the lab's diff names it
     # (docs/sovereignty.md, "Firm names"), and a version from before the rows were masked compares alike
     return firm_names.plain_rows(lf, m.lineage.contracts, s)

@@ -16,14 +16,15 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
-from pathlib import Path
 from typing import Any
 
 from datalab.config import Settings, settings
 from datalab.kinds import kind_of_manifest
 from datalab.store.manifest import Manifest
-from datalab.store.manifests import read_manifest, sha256_file
+from datalab.store.manifests import read_manifest
+from datalab.store.storage import Store, store, version_key
 
 MAX_INLINE_BYTES = 4 << 20  # all images of one card together; past this, links stay as they are
 _IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
@@ -36,15 +37,16 @@ def verify(name: str, version: str, s: Settings | None = None) -> tuple[list[str
     problems: list[str] = []
     checked = 0
 
+    st = store(s)
+
     def check(rel: str, sha: str, size: int | None, what: str) -> None:
         nonlocal checked
-        p = s.home / rel
-        if not p.is_file():
+        if not st.exists(rel):
             problems.append(f"{what} {rel}: missing from the lab's store")
             return
-        if size is not None and size and p.stat().st_size != size:
-            problems.append(f"{what} {rel}: {p.stat().st_size:,} bytes, the manifest says {size:,}")
-        got = sha256_file(p)
+        if size is not None and size and st.size(rel) != size:
+            problems.append(f"{what} {rel}: {st.size(rel):,} bytes, the manifest says {size:,}")
+        got = _sha256(st, rel)
         if got != sha:
             problems.append(f"{what} {rel}: sha256 {got[:16]}… does not match the manifest's {sha[:16]}…")
         checked += 1
@@ -67,29 +69,41 @@ def verify(name: str, version: str, s: Settings | None = None) -> tuple[list[str
 def card_with_inline_images(name: str, m: Manifest, s: Settings | None = None) -> str | None:
     """The version's card.md with its images as data URIs (None when the version has no card)."""
     s = s or settings()
-    vdir = s.versions / name / m.version
-    card = vdir / "card.md"
-    if not card.is_file():
+    st = store(s)
+    vdir = version_key(name, m.version)
+    try:
+        text = st.read_text(f"{vdir}/card.md")
+    except FileNotFoundError:
         return None
     # the card links attached files (CAD thumbnails) where a pull puts them
-    thumbs = {a.dest: s.home / a.path for a in kind_of_manifest(m).attached(m)}
+    thumbs = {a.dest: a.path for a in kind_of_manifest(m).attached(m)}
     budget = [MAX_INLINE_BYTES]
 
-    def resolve(rel: str) -> Path | None:
+    def resolve(rel: str) -> str | None:
+        """The key of a linked image: an attached file, or a file of the version's folder (no '..')."""
         if rel in thumbs:
             return thumbs[rel]
-        p = (vdir / rel).resolve()
-        return p if p.is_relative_to(vdir.resolve()) else None
+        parts = [x for x in rel.split("/") if x not in ("", ".")]
+        return None if ".." in parts or not parts else "/".join([vdir, *parts])
 
     def inline(mt: re.Match[str]) -> str:
         alt, rel = mt.group(1), mt.group(2)
         if rel.startswith(("data:", "http:", "https:")) or not rel.endswith(".png"):
             return mt.group(0)
-        p = resolve(rel)
-        if p is None or not p.is_file() or p.stat().st_size > budget[0]:
+        key = resolve(rel)
+        if key is None or not st.exists(key) or st.size(key) > budget[0]:
             return mt.group(0)
-        data = p.read_bytes()
+        data = st.read_bytes(key)
         budget[0] -= len(data)
         return f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode()})"
 
-    return _IMAGE.sub(inline, card.read_text(encoding="utf-8"))
+    return _IMAGE.sub(inline, text)
+
+
+def _sha256(st: Store, key: str) -> str:
+    """A stored file's checksum, streamed (a local file or an object)."""
+    h = hashlib.sha256()
+    with st.open_input(key) as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()

@@ -47,6 +47,7 @@ from datalab.intake import receipts
 from datalab.policy import pseudonym
 from datalab.store import catalog as cat
 from datalab.store import state
+from datalab.store.storage import store
 from datalab.timeseries import long_series, schema
 from datalab.timeseries.ingest import raw_path
 from datalab.timeseries.stats import CurationStats
@@ -511,6 +512,7 @@ def earlier_curated(contract: Contract, delivery_id: str, s: Settings,
     """
     lo, hi = span
     out = []
+    st = store(s)
     rows = state.accepted(contract.id, s)
     me = next((r for r in rows if r["id"] == delivery_id), None)
     if me is None:
@@ -526,9 +528,8 @@ def earlier_curated(contract: Contract, delivery_id: str, s: Settings,
             t0, t1 = _as_time_int(cur.get("time_min")), _as_time_int(cur.get("time_max"))
             if None not in (lo, hi, t0, t1) and (t1 < lo or t0 > hi):  # type: ignore[operator]
                 continue  # no time in common: no key in common
-            p = s.home / r["curated_path"]
-            if p.is_file():
-                out.append((r["id"], p))
+            if st.exists(r["curated_path"]):
+                out.append((r["id"], st.local(r["curated_path"])))
     return out
 
 
@@ -555,6 +556,13 @@ def exclude_repeats(contract: Contract, delivery_id: str, raw: pl.LazyFrame, cor
     earlier = earlier_curated(contract, delivery_id, s, (lo, hi))
     if not earlier:
         return raw, counts
+    with store(s).fetched(*(p for _d, p in earlier)) as here:
+        return _exclude(raw, [(d, p) for (d, _p), p in zip(earlier, here, strict=True)], correction, scratch, counts)
+
+
+def _exclude(raw: pl.LazyFrame, earlier: list[tuple[str, Path]], correction: bool, scratch: Path,
+             counts: dict[str, Any]) -> tuple[pl.LazyFrame, dict[str, Any]]:
+    """exclude_repeats' work on the earlier deliveries' curated files (on this machine for the call)."""
     keys = pl.concat([pl.scan_parquet(p).select(*KEY, earlier=pl.lit(d)) for d, p in earlier])
     keys = keys.unique(subset=[*KEY, "earlier"])
     if correction:
@@ -707,9 +715,12 @@ class PlanRun:
     long_series: dict[str, int]  # series cut by time, and their chunks
 
 
-def read_delivery(contract: Contract, delivery_id: str, scratch: Path, s: Settings) -> DeliveryInput:
-    """The delivery's raw rows and the small tables the plans join to them (``scratch``: see exclude_repeats)."""
-    raw = pl.scan_parquet(raw_path(contract, delivery_id, s))
+def read_delivery(contract: Contract, delivery_id: str, scratch: Path, s: Settings, raw_file: Path | None = None) -> DeliveryInput:
+    """The delivery's raw rows and the small tables the plans join to them (``scratch``: see exclude_repeats).
+
+    ``raw_file``: the raw table on this machine (a fetched copy), if not at its own path.
+    """
+    raw = pl.scan_parquet(raw_file or raw_path(contract, delivery_id, s))
     rows_in = raw.select(pl.len()).collect().item()  # from the Parquet metadata
     receipt = receipts.get_receipt(delivery_id, s=s)
     raw, repeats = exclude_repeats(contract, delivery_id, raw, receipt.correction, scratch, s)
@@ -830,7 +841,7 @@ def _record_curated(delivery_id: str, stats: CurationStats, receipt: receipts.Re
     """The delivery's state moves to curated with its statistics; a duplicate warning the push missed joins the receipt."""
     if stats.warnings and not receipt.warnings:
         receipts.add_warnings(delivery_id, list(stats.warnings), s)  # the push did not count them (a very large delivery)
-    state.set_stage(delivery_id, "curated", s=s, curated_path=str(out.relative_to(s.home)), stats={"curated": stats.to_dict()})
+    state.set_stage(delivery_id, "curated", s=s, curated_path=store(s).key(out), stats={"curated": stats.to_dict()})
 
 
 def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None = None,
@@ -840,20 +851,26 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
     The steps: read the delivery and what its plans join (``read_delivery``),
     run the plans (``run_plans``, counting each part as it is written),
     store the delivery's watermarks, and record the statistics
-    (``curation_stats``) in the delivery's state.
+    (``curation_stats``) in the delivery's state. With an object store the
+    raw table is fetched for the plans and the curated file uploaded before
+    its state says curated; the file stays on this machine for the suite
+    check that follows (``store(s).evict`` drops it).
     """
     s = s or settings()
     engine = engine or Engine()
+    st = store(s)
     out = curated_path(contract, delivery_id, s)
     t0 = time.perf_counter()
     scratch_raw = out.parent / f".{out.stem}.new-readings.parquet"
-    inp = read_delivery(contract, delivery_id, scratch_raw, s)
-    counted = Profile()
-    ran = run_plans(contract, inp, engine, out, s.curate_bucket_rows, counted.add)
+    with st.fetched(raw_path(contract, delivery_id, s)) as (raw_file,):
+        inp = read_delivery(contract, delivery_id, scratch_raw, s, raw_file)
+        counted = Profile()
+        ran = run_plans(contract, inp, engine, out, s.curate_bucket_rows, counted.add)
     scratch_raw.unlink(missing_ok=True)
     prof = counted.result(out)
     _record_watermarks(contract, delivery_id, counted.watermarks(), s)
     stats = curation_stats(contract, inp, prof, ran, out, t0)
+    st.save(out, keep=True)
     _record_curated(delivery_id, stats, inp.receipt, out, s)
     return stats
 

@@ -24,6 +24,7 @@ from datalab.errors import DatalabError
 from datalab.intake import receipts
 from datalab.intake.formats import sniff
 from datalab.store import state
+from datalab.store.storage import store
 from datalab.timeseries.readers import TimeseriesReader, long_schema
 
 
@@ -56,6 +57,7 @@ class RawWriter:
         self.tmp = self.path.with_suffix(".parquet.tmp")
         self.schema = {"delivery_id": pl.String(), **long_schema(contract)}
         self.rows = 0
+        self.records = 0  # source records (set by the caller that parses them)
         self._writer: pq.ParquetWriter | None = None
         self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=self.QUEUE)
         self._thread: threading.Thread | None = None
@@ -128,9 +130,16 @@ class RawWriter:
 
 def _parse(contract: Contract, delivery_id: str, s: Settings) -> tuple[int, int]:
     """Parse the stored files again into the raw table; (rows, records)."""
-    out = RawWriter(contract, delivery_id, s)
-    records = 0
     files = receipts.stored_files(delivery_id, s)
+    with store(s).fetched(*(p for _n, p, _sha in files)) as here:
+        out = _parse_files(contract, delivery_id, [(n, p, sha) for (n, _p, sha), p in zip(files, here, strict=True)], s)
+    store(s).save(out.path)  # an object store holds it now (nothing to do for a local one)
+    return out.rows, out.records
+
+
+def _parse_files(contract: Contract, delivery_id: str, files: list[tuple[str, Path, str]], s: Settings) -> RawWriter:
+    """The stored files (on this machine) parsed into a committed raw table; its writer."""
+    out = RawWriter(contract, delivery_id, s)
     side, side_at = None, {}
     if contract.layout.measurement is not None and contract.layout.measurement.side_files:
         # side files are joined to the data files, not read as data
@@ -147,12 +156,12 @@ def _parse(contract: Contract, delivery_id: str, s: Settings) -> tuple[int, int]
                 out.write(batch)
             if reader.problems:
                 raise DatalabError(f"delivery {delivery_id}: {'; '.join(reader.problems.reasons()[:5])}")
-            records += reader.records
+            out.records += reader.records
     except BaseException:
         out.abort()
         raise
     out.commit()
-    return out.rows, records
+    return out
 
 
 def ingest_raw(contract: Contract, delivery_id: str, s: Settings | None = None, reparse: bool = False) -> dict:
@@ -166,10 +175,11 @@ def ingest_raw(contract: Contract, delivery_id: str, s: Settings | None = None, 
     if rec.status != "accepted":
         raise DatalabError(f"delivery {delivery_id} was {rec.status}; only accepted deliveries are ingested")
     out = raw_path(contract, delivery_id, s)
+    st = store(s)
     t0 = time.perf_counter()
-    if out.exists() and not reparse:
+    if st.exists(out) and not reparse:
         # Written by the push check (RawWriter.commit): the same parse, kept.
-        rows, records, parsed_at = pq.ParquetFile(out).metadata.num_rows, rec.rows, "push"
+        rows, records, parsed_at = st.parquet_rows(out), rec.rows, "push"
     else:
         rows, records, parsed_at = *_parse(contract, delivery_id, s), "ingest"
     stats = {
@@ -178,8 +188,8 @@ def ingest_raw(contract: Contract, delivery_id: str, s: Settings | None = None, 
         "records": records,
         "rows": rows,
         "bytes_in": rec.bytes,
-        "bytes_out": out.stat().st_size,
+        "bytes_out": st.size(out),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    state.set_stage(delivery_id, "raw", s=s, raw_path=str(out.relative_to(s.home)), stats={"raw": stats})
+    state.set_stage(delivery_id, "raw", s=s, raw_path=st.key(out), stats={"raw": stats})
     return stats

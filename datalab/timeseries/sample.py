@@ -545,7 +545,11 @@ def _time_series(
     """
     name = c.time.source_name
     if c.time.logical_type != "timestamp":
-        return pl.Series(name, 1 + t * step, dtype=pl.Int64)
+        # An integer axis (cycles) continues from a later ``start``: one cycle per second after
+        # DEFAULT_START, so deliveries generated for successive windows do not repeat each other's keys
+        # (the default start gives cycles from 1, as before).
+        offset = max(0, (start_us - _utc_us(DEFAULT_START)) // 1_000_000)
+        return pl.Series(name, 1 + offset + t * step, dtype=pl.Int64)
     frac = "" if start_us % 1_000_000 == 0 and step % 1_000_000 == 0 else "%.3f"
     if frac and (start_us % 1000 or step % 1000):
         frac = "%.6f"
