@@ -176,6 +176,7 @@ def test_pipeline_on_object_storage_end_to_end(s3: str, lab: Path, tmp_path: Pat
     lf = pull.open_dataset("mix", "1.0.0", "research", actor="team:ml")
     assert lf.select(pl.len()).collect().item() == m.rows
     assert version_check.verify("mix", "1.0.0", s)[0] == []
+    _served_from_the_object_store(m, tmp_path)
     # home holds no data file; the scratch folder kept none after the steps
     assert _data_under(s.home) == []
     assert [p for p in _data_under(s.files_root) if not p.startswith("staging")] == []
@@ -239,3 +240,32 @@ def test_cad_on_object_storage(s3: str, lab: Path, tmp_path: Path, realdata: Pat
     s = settings()
     assert _data_under(s.home) == []
     assert [p for p in _data_under(s.files_root) if not p.startswith("staging")] == []
+
+
+def _served_from_the_object_store(m, tmp_path: Path) -> None:
+    """The HTTP service streams a version's file from the object store: whole, and by byte range."""
+    import hashlib
+
+    from fastapi.testclient import TestClient
+
+    from datalab.policy import auth
+    from datalab.service.app import create_app
+
+    auth.add_principal("team-de", "consumer", None, "munich", None, actor="test")
+    token = auth.create_token("team-de", 7, "tests", actor="test")[0]
+    url = "/v1/datasets/mix/versions/1.0.0/files/0"
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {token}"}) as c:
+        full = c.get(url, params={"purpose": "research"})
+        assert full.status_code == 200, full.text
+        assert hashlib.sha256(full.content).hexdigest() == full.headers["x-checksum-sha256"] == m.files[0].sha256
+        assert int(full.headers["content-length"]) == m.files[0].bytes and full.headers["accept-ranges"] == "bytes"
+        part = c.get(url, params={"purpose": "research"}, headers={"Range": "bytes=10-99"})
+        assert part.status_code == 206 and part.content == full.content[10:100]
+        assert part.headers["content-range"] == f"bytes 10-99/{len(full.content)}"
+        tail = c.get(url, params={"purpose": "research"}, headers={"Range": "bytes=-5"})
+        assert tail.status_code == 206 and tail.content == full.content[-5:]
+        for bad in (f"bytes={len(full.content) + 10}-", "bytes=50-10", "items=0-1", "bytes=0-1,5-6"):
+            assert c.get(url, params={"purpose": "research"}, headers={"Range": bad}).status_code == 416, bad
+        card = c.get("/v1/datasets/mix/versions/1.0.0/card", params={"purpose": "research"})
+        assert card.status_code == 200 and card.text.startswith("# ")
+

@@ -16,8 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, PlainTextResponse
-from starlette.background import BackgroundTask
+from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 
 from datalab.config import Settings, settings
 from datalab.contracts import datasets
@@ -103,7 +102,7 @@ def card(name: str = NAME, version: str = VERSION, purpose: str = PURPOSE,
 )
 def file(request: Request, name: str = NAME, version: str = VERSION,
          index: int = PathParam(..., ge=0, le=1_000_000), purpose: str = PURPOSE,
-         p: auth.Principal = Depends(consumer)) -> FileResponse:
+         p: auth.Principal = Depends(consumer)) -> Response:
     m, s = _authorised(name, version, purpose, p)
     if index >= len(m.files):
         raise ApiError(404, f"{name}@{m.version} has {len(m.files)} file(s); there is no file {index}")
@@ -119,7 +118,7 @@ def file(request: Request, name: str = NAME, version: str = VERSION,
 )
 def cad_file(request: Request, name: str = NAME, version: str = VERSION,
              index: int = PathParam(..., ge=0, le=1_000_000), purpose: str = PURPOSE,
-             thumbnail: bool = Query(False), p: auth.Principal = Depends(consumer)) -> FileResponse:
+             thumbnail: bool = Query(False), p: auth.Principal = Depends(consumer)) -> Response:
     """The files of a CAD version are versioned with its table; a remote pull must bring both."""
     m, s = _authorised(name, version, purpose, p)
     attached = kind_of_manifest(m).attached(m)  # the files the version's kind attached (datalab.kinds)
@@ -141,7 +140,7 @@ def cad_file(request: Request, name: str = NAME, version: str = VERSION,
             summary="One file of the version's datasheet (card.html, datasheet.json, the plots)")
 def card_file(request: Request, name: str = NAME, version: str = VERSION,
               fname: str = PathParam(..., max_length=64), purpose: str = PURPOSE,
-              p: auth.Principal = Depends(consumer)) -> FileResponse:
+              p: auth.Principal = Depends(consumer)) -> Response:
     """Only the datasheet's own file names are served: the name is looked up, never joined as a path."""
     m, s = _authorised(name, version, purpose, p)
     if fname not in datasheet.SHIPPED:
@@ -157,22 +156,60 @@ def card_file(request: Request, name: str = NAME, version: str = VERSION,
 
 
 def _serve(request: Request, m: Manifest, s: Settings, p: auth.Principal, purpose: str, rel: str, sha: str,
-           media: str, filename: str, what: dict[str, Any]) -> FileResponse:
-    """Stream a stored file of a version (Range via FileResponse) after checking it lies in the lab; audited.
+           media: str, filename: str, what: dict[str, Any]) -> Response:
+    """Stream a stored file of a version (Range supported) after checking it lies in the lab; audited.
 
-    ``rel`` is the file's key in the lab's store (checked: no '..'); from an
-    object store the file is fetched to this machine and its copy dropped
-    once the response is sent.
+    ``rel`` is the file's key in the lab's store (checked: no '..'). A local
+    file goes out through ``FileResponse``; an object is streamed from the
+    object store, only the requested range read (``_object_response``).
     """
     st = store(s)
     try:
-        path = st.fetch(rel)
+        if st.is_local:
+            path = st.local(rel)
+            if not path.resolve().is_relative_to(s.home.resolve()) or not path.is_file():
+                raise FileNotFoundError(rel)
+        size = st.size(rel)
     except (FileNotFoundError, DatalabError):
         raise ApiError(500, f"{m.dataset}@{m.version}: a file is missing from the lab's store") from None
-    if st.is_local and (not path.resolve().is_relative_to(s.home.resolve()) or not path.is_file()):
-        raise ApiError(500, f"{m.dataset}@{m.version}: a file is missing from the lab's store")
     cat.Catalog(s.catalog_url).audit(p.actor, "download", f"{m.dataset}@{m.version}", "allowed", {
         "purpose": purpose, "site": p.site, **what, "sha256": sha,
         "range": request.headers.get("range", "")[:100]})
-    return FileResponse(path, media_type=media, filename=filename, background=BackgroundTask(st.evict, path),
-                        headers={"X-Checksum-Sha256": sha, "ETag": f'"{sha}"', "Cache-Control": "no-store"})
+    headers = {"X-Checksum-Sha256": sha, "ETag": f'"{sha}"', "Cache-Control": "no-store"}
+    if st.is_local:
+        return FileResponse(path, media_type=media, filename=filename, headers=headers)
+    return _object_response(st, rel, size, request.headers.get("range"), media, filename, headers)
+
+
+def _object_response(st: Any, key: str, size: int, rng: str | None, media: str, filename: str,
+                     headers: dict[str, str]) -> Response:
+    """An object of the store, whole or one byte range (``bytes=a-b``, ``bytes=a-``, ``bytes=-n``), streamed."""
+    start, end = 0, size - 1
+    if rng:
+        unit, _, spec = rng.partition("=")
+        first, dash, last = spec.strip().partition("-")
+        try:
+            if unit.strip() != "bytes" or "," in spec or not dash:
+                raise ValueError
+            if first:
+                start, end = int(first), min(int(last), size - 1) if last else size - 1
+            else:  # a suffix: the last n bytes
+                start, end = max(0, size - int(last)), size - 1
+            if start < 0 or start > end or start >= size:
+                raise ValueError
+        except ValueError:
+            return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+
+    def body() -> Any:
+        with st.open_input(key) as f:
+            f.seek(start)
+            left = end - start + 1
+            while left > 0 and (chunk := f.read(min(1 << 20, left))):
+                left -= len(chunk)
+                yield chunk
+
+    out = {**headers, "Accept-Ranges": "bytes", "Content-Length": str(end - start + 1),
+           "Content-Disposition": f'attachment; filename="{filename}"'}
+    if rng:
+        out["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return StreamingResponse(body(), status_code=206 if rng else 200, headers=out, media_type=media)
