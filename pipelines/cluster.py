@@ -151,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         if s.profile != "cluster":
             raise DatalabError("a worker serves the cluster profile: set DATALAB_PROFILE=cluster")
         check_broker(s.broker_url)
+        from datalab.policy.retention import clean_interrupted
+
+        if cleaned := clean_interrupted(s):  # what a killed worker left in this machine's scratch folder
+            print(f"removed {len(cleaned)} file(s) of interrupted work: {', '.join(cleaned[:5])}", file=sys.stderr)
         cmd, env = worker_command(s, a.name, a.concurrency)
         os.chdir(ROOT)
         os.execve(cmd[0], cmd, env)

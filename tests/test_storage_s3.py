@@ -269,3 +269,26 @@ def _served_from_the_object_store(m, tmp_path: Path) -> None:
         card = c.get("/v1/datasets/mix/versions/1.0.0/card", params={"purpose": "research"})
         assert card.status_code == 200 and card.text.startswith("# ")
 
+
+
+def test_copies_of_a_killed_process_are_cleaned(s3: str, lab: Path) -> None:
+    """A process killed while it held fetched copies leaves them; the next start removes them, not a live one's."""
+    import os
+    import subprocess
+    import sys
+
+    from datalab.policy.retention import clean_interrupted
+    from datalab.store.storage import store
+
+    st = store()
+    st.write_bytes("curated/firm-a/p/d-1.parquet", b"readings")
+    mine = st.fetch("curated/firm-a/p/d-1.parquet")  # this (live) process's copy
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = st.local_root / ".fetch" / f"{gone.stdout.strip()}-1-0" / "curated" / "firm-a" / "p" / "d-1.parquet"
+    dead.parent.mkdir(parents=True)
+    dead.write_bytes(b"readings")
+    removed = clean_interrupted()
+    assert removed == [f".fetch/{gone.stdout.strip()}-1-0"]
+    assert not dead.exists() and mine.exists() and f"/.fetch/{os.getpid()}-" in str(mine)
+    st.evict(mine)
+    assert not mine.exists()

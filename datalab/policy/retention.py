@@ -182,7 +182,8 @@ INTERRUPTED = ("*.tmp", "*.part")
 
 
 def clean_interrupted(s: Settings | None = None, grace_s: float = 60.0) -> list[str]:
-    """Remove the temporary files of writes a crash interrupted (raw, curated, landing); returns their paths.
+    """Remove the temporary files of writes a crash interrupted (raw, curated, landing), and with an
+    object store the fetched copies of processes that died; returns their paths.
 
     Every writer of the lab writes ``<name>.tmp`` (or ``.part``) and renames
     it when complete, so a temporary file nobody has written to for
@@ -204,6 +205,8 @@ def clean_interrupted(s: Settings | None = None, grace_s: float = 60.0) -> list[
                         removed.append(str(p.relative_to(s.files_root)))
                 except FileNotFoundError:
                     pass  # its writer finished or another cleaner was first
+    # with an object store: the fetched copies of processes that died on this machine
+    removed += [f".fetch/{d}" for d in store(s).clean_fetched()]
     return removed
 
 

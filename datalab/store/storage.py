@@ -119,6 +119,27 @@ class Store:
             raise
         return dst
 
+    def clean_fetched(self) -> list[str]:
+        """Remove the private fetched copies of processes on this machine that are gone; their folders.
+
+        A process drops its copies when its work ends; one that was killed
+        (a worker's SIGKILL, an out-of-memory kill) leaves them in the scratch
+        folder. A copy's folder names its process (``<pid>-<thread>-<n>``),
+        so a folder whose process no longer runs is removed. Called when the
+        service or a worker starts.
+        """
+        root = self.local_root / ".fetch"
+        if self.is_local or not root.is_dir():
+            return []
+        removed = []
+        for d in sorted(root.iterdir()):
+            pid = d.name.split("-", 1)[0]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d.name)
+        return removed
+
     def _fetch_dir(self, path: Path) -> Path | None:
         """The private folder a fetched copy is in (None for any other path)."""
         try:
@@ -340,6 +361,17 @@ class Store:
                 self.fs.delete_dir(self._path(prefix))  # the markers the deletes left
             self._prune(prefix.strip("/").rsplit("/", 1)[0] if "/" in prefix.strip("/") else "")
         return len(objs), sum(o.size for o in objs)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 class Fetched:
