@@ -36,6 +36,12 @@ def test_store_defaults_to_home(lab: Path) -> None:
     assert (lab / "raw" / "firm-a" / "x.parquet").read_bytes() == b"abc"
     with pytest.raises(DatalabError, match=r"'\.\.'"):
         st.write_bytes("raw/../../etc/passwd", b"")
+    # a path is a key only inside the files root, and never climbs out of it
+    assert st.key(lab / "raw" / "firm-a" / "x.parquet") == "raw/firm-a/x.parquet"
+    with pytest.raises(DatalabError, match=r"'\.\.'"):
+        st.key(lab / "raw" / ".." / ".." / "etc")
+    with pytest.raises(DatalabError, match="not under the lab's files root"):
+        st.fetch(Path("/etc/passwd"))
 
 
 def test_withdrawal_on_object_storage_leaves_no_object(s3: str, tmp_path: Path) -> None:

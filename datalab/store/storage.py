@@ -76,9 +76,11 @@ class Store:
             self._path(path)  # checked
             return path.strip("/")
         try:
-            return Path(path).relative_to(self.local_root).as_posix()
+            key = Path(path).relative_to(self.local_root).as_posix()
         except ValueError:
             raise DatalabError(f"{path} is not under the lab's files root {self.local_root}") from None
+        self._path(key)  # checked: no '..' climbing out of the root
+        return key
 
     def local(self, key: str) -> Path:
         """Where ``key``'s file is (or would be) on this machine; nothing is fetched."""
