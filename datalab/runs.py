@@ -59,6 +59,11 @@ class Runner(Protocol):
         """Delete the orchestrator's records of purged deliveries and withdrawn versions (retention)."""
         ...
 
+    def rollup(self, dry_run: bool, actor: str) -> list[dict[str, Any]]:
+        """Remove the partitions of settled deliveries (``datalab partitions rollup``): one report per
+        contract, with its ``summary`` line and the ``deliveries`` removed (or that would be)."""
+        ...
+
 
 class RunnerMissing(DatalabError):
     """No runner is installed (a push/pull-only install, or the package's metadata predates the group)."""

@@ -16,13 +16,10 @@ What stays: the delivery's receipt, processing state, validation and
 lineage in the catalog, its runs and materialisations in Dagster's event
 log; each roll-up is in the audit log (action ``rollup``). Run daily by the
 schedule ``partitions_rollup_daily``, at the bound by the sensor, and by
-``datalab partitions rollup [--dry-run]`` (which runs ``python -m pipelines.rollup``).
+``datalab partitions rollup [--dry-run]`` (through the runner, ``datalab.runs.Runner.rollup``).
 """
 
-import argparse
 import datetime as dt
-import json
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +30,6 @@ from assets.registry import factory_for
 from datalab.config import Settings, settings
 from datalab.contracts import contract as contracts_mod
 from datalab.contracts.contract import Contract
-from datalab.errors import DatalabError
 from datalab.store import state
 from pipelines.resources import LabResource
 
@@ -73,7 +69,7 @@ class RollupReport:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"contract": self.contract_id, "partitions": self.partitions, "dry_run": self.dry_run,
+        return {"contract": self.contract_id, "summary": self.line(), "partitions": self.partitions, "dry_run": self.dry_run,
                 "live_before": self.live_before, "live_after": self.live_after,
                 "max_partitions": self.max_partitions, "keep_days": self.keep_days,
                 "removed": len(self.removed), "by_reason": self.counts(), "settled_kept": self.settled_kept,
@@ -173,33 +169,3 @@ def make_room(inst: dg.DagsterInstance, c: Contract, s: Settings, live: list[str
               actor: str) -> RollupReport:
     """The sensor at the bound: roll up (at most SENSOR_ROLLUP_LIMIT) so that ``need`` partitions fit."""
     return rollup_contract(inst, c, s, actor, need=need, limit=SENSOR_ROLLUP_LIMIT, live=live)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pipelines.rollup [--dry-run] [--json]``: what ``datalab partitions rollup`` execs."""
-    p = argparse.ArgumentParser(prog="python -m pipelines.rollup", description="roll up settled delivery partitions")
-    p.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
-    p.add_argument("--json", action="store_true", help="one JSON document")
-    p.add_argument("--actor", default=None, help="who the audit log records (default: DATALAB_ACTOR or local:<user>)")
-    a = p.parse_args(argv)
-    try:
-        from datalab.store.pull import default_actor
-        from pipelines.cluster import instance
-
-        s = settings()
-        reports = rollup(instance(s), s, actor=a.actor or default_actor(), dry_run=a.dry_run)
-    except DatalabError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if a.json:
-        print(json.dumps([r.to_dict() for r in reports], indent=2))
-        return 0
-    for r in reports:
-        print(r.line())
-        for d in r.removed:
-            print(f"  {d['id']}  {d['settled']} at {d['at']}{' in ' + d['version'] if d.get('version') else ''} ({d['rule']})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

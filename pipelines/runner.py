@@ -305,5 +305,11 @@ class DagsterRunner:
 
         return purge_dagster(contract_id, deliveries, versions, s)
 
+    def rollup(self, dry_run: bool, actor: str) -> list[dict[str, Any]]:
+        from pipelines import rollup
+
+        s = settings()
+        return [r.to_dict() for r in rollup.rollup(_cluster_instance(s), s, actor=actor, dry_run=dry_run)]
+
 
 DAGSTER = DagsterRunner()

@@ -1,31 +1,22 @@
 """``datalab partitions rollup``: remove the Dagster partitions of settled deliveries now.
 
 What is settled is decided in the core (``datalab.store.state.settled``);
-deleting partition keys is Dagster's work, so, as ``datalab cluster init``
-does, this execs ``python -m pipelines.rollup`` (pipelines/rollup.py) in place
-of this process; its output and exit status are the command's. The daily
-schedule ``partitions_rollup_daily`` and the delivery sensor at
-``DATALAB_MAX_PARTITIONS`` run the same roll-up (docs/scale.md).
+deleting partition keys is the pipelines' work, reached through the runner
+(``datalab.runs.Runner.rollup``) as ``datalab run`` and ``publish`` reach
+theirs. The daily schedule ``partitions_rollup_daily`` and the delivery
+sensor at ``DATALAB_MAX_PARTITIONS`` run the same roll-up (docs/scale.md).
 """
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
+import json
 
 import typer
 
+from datalab import runs
+from datalab.cli import errors as cli_errors
 from datalab.cli.service import local_only
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _exec(args: list[str]) -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    os.chdir(ROOT)
-    os.execve(sys.executable, [sys.executable, "-m", "pipelines.rollup", *args], env)
+from datalab.errors import DatalabError
 
 
 def register(app: typer.Typer) -> None:
@@ -38,4 +29,18 @@ def register(app: typer.Typer) -> None:
         """Remove the partitions of settled deliveries past DATALAB_PARTITION_KEEP_DAYS (and past
         DATALAB_MAX_PARTITIONS the earliest settled); audited; prints what it removed."""
         local_only("partitions rollup")
-        _exec([*(["--dry-run"] if dry_run else []), *(["--json"] if as_json else [])])
+        from datalab.store.pull import default_actor
+
+        try:
+            reports = runs.runner().rollup(dry_run, default_actor())
+        except DatalabError as e:
+            cli_errors.fail(e, cli_errors.err)
+        if as_json:
+            cli_errors.out.print_json(json.dumps(reports, default=str))
+            return
+        for r in reports:
+            cli_errors.out.print(r["summary"], highlight=False, soft_wrap=True)
+            for d in r["deliveries"]:
+                version = f" in {d['version']}" if d.get("version") else ""
+                cli_errors.out.print(f"  {d['id']}  {d['settled']} at {d['at']}{version} ({d['rule']})",
+                                     highlight=False, soft_wrap=True)
