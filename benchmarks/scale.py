@@ -32,40 +32,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMS = ["urn:datalab:bavaria-spindle:spindle-telemetry", "urn:datalab:lyon-presses:press-line",
          "urn:datalab:oulu-pumps:pump-telemetry", "urn:datalab:open-benchmarks:cmapss-fd001"]
-
-
-@contextlib.contextmanager
-def s3_server() -> Iterator[dict[str, str]]:
-    """moto's S3 server on a free loopback port with a bucket ``scale``; the AWS variables that reach it."""
-    import socket
-
-    import boto3
-
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        port = sk.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 30
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-            if time.time() > deadline or proc.poll() is not None:
-                raise SystemExit("moto's S3 server did not start (pip install 'moto[server]')")
-            time.sleep(0.1)
-        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
-               "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
-        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1", aws_access_key_id="bench",
-                     aws_secret_access_key="bench").create_bucket(Bucket="scale")
-        yield env
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
 
 
 def _iso(x: str) -> float:
@@ -196,7 +167,10 @@ def main() -> None:
     a = ap.parse_args()
     del FIRMS[max(1, a.firms):]
     out = []
-    with s3_server() if a.storage == "s3" else contextlib.nullcontext() as s3:
+    sys.path.insert(0, str(ROOT))
+    from tests.s3_harness import moto_s3  # the tests' S3 server (moto, on loopback)
+
+    with moto_s3("scale", key="bench") if a.storage == "s3" else contextlib.nullcontext() as s3:
         for cfg in a.configs.split(","):
             profile, workers = cfg.split(":")
             r = run_config(profile, int(workers), a.deliveries, a.rows, a.pg, a.parallel,

@@ -82,36 +82,12 @@ def fresh_pg_database(prefix: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def s3_server(bucket: str = "lab-bucket") -> Iterator[dict[str, str]]:
-    """moto's S3 server on a free loopback port with ``bucket`` created; the AWS variables that reach it.
-
-    Skips the test where ``moto[server]`` (the cluster extra) is missing. The
-    server runs in its own process and is stopped by its pid.
-    """
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-
+    """moto's S3 server with ``bucket`` (tests/s3_harness.py); skips the test where ``moto[server]`` is missing."""
     pytest.importorskip("moto.server", reason="moto[server] (the cluster extra) is not installed")
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        port = sk.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 30
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-            if time.time() > deadline or proc.poll() is not None:
-                pytest.fail("moto's S3 server did not start")
-            time.sleep(0.1)
-        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-               "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
-        import boto3
+    from tests.s3_harness import S3ServerError, moto_s3
 
-        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                     aws_access_key_id="test", aws_secret_access_key="test").create_bucket(Bucket=bucket)
-        yield env
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
+    try:
+        with moto_s3(bucket) as env:
+            yield env
+    except S3ServerError as e:
+        pytest.fail(str(e))
