@@ -9,7 +9,6 @@ prefix) and keeps the manifest as evidence.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from tests.federation_harness import build
 from tests.test_federation import audit_of
 from tests.test_federation_replicate import datalab
 from tests.test_federation_transfer import catalog_row
+from tests.test_federation_withdrawal import _wait
 
 pytestmark = pytest.mark.slow
 PREFIX = "site-stuttgart"
@@ -54,15 +54,6 @@ def _objects(aws: dict[str, str]) -> dict[str, bytes]:
     # pyarrow's empty folder markers ("<folder>/") hold no bytes; they are not files of the lab
     assert all(v == b"" for k, v in out.items() if k.endswith("/"))
     return {k: v for k, v in out.items() if not k.endswith("/")}
-
-
-def _wait(cond, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_replica_on_object_storage_replicated_pulled_withdrawn(s3_pair: dict, tmp_path: Path) -> None:
