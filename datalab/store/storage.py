@@ -185,15 +185,8 @@ class Store:
     def fetched(self, *keys: Path | str) -> Iterator[list[Path]]:
         """The files on this machine for the block (read the paths given, not the keys' own paths);
         copies downloaded for it are dropped after."""
-        paths: list[Path] = []
-        try:
-            for k in keys:
-                paths.append(self.fetch(k))
-            yield paths
-        finally:
-            for p in paths:
-                if self._fetch_dir(p) is not None:
-                    self.evict(p)
+        with self.session() as here:
+            yield [here.path(k) for k in keys]
 
     def scan_parquet(self, keys: list[str], **kw: Any) -> Any:
         """A Polars LazyFrame over the files in place: local paths, or the objects read by Polars itself
