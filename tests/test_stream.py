@@ -230,7 +230,7 @@ def test_opcua_changes_while_the_lab_is_down_are_recovered_from_history(lab, con
         stop.set()
         first.join(20)
         on_server(write(300, 600))  # the lab is away
-        second = lab_run(None, 1.5)
+        second = lab_run(None, 3.0)
         deadline = time.time() + 20
         while stored() < 1202 and time.time() < deadline:
             time.sleep(0.05)

@@ -8,8 +8,9 @@ rows or T seconds with a receipt. The delivery key is the node id and the
 source timestamp, so the same value seen twice lands once.
 
 OPC UA keeps no session for a client that is gone, so on every start the
-lab reads each node's history (HistoryRead, raw) from the last reading it
-spooled for that node: values that changed while the lab was down, or that
+lab subscribes, then reads each node's history (HistoryRead, raw) from the
+last reading it spooled for that node (subscribed first, so a change made
+in between is in one or the other; the spool keeps each key once): values that changed while the lab was down, or that
 arrived but were not yet spooled when it died, are recovered, at least once.
 That needs the server to historize the nodes; one that does not loses the
 changes made while the lab is down (the start says so per node).
@@ -87,21 +88,9 @@ async def _run(ing: StreamIngestor, url: str, nodes: list[NodeMap], stop: thread
             last[0] = time.time()
 
     async with Client(url) as client:
-        handles = {}
-        for m in nodes:
-            handles[m.node] = client.get_node(m.node)
-            since = _cursor(ing, m)
-            if since is None:
-                continue
-            try:  # what changed while the lab was away
-                # end a day ahead: a PLC clock running ahead of the lab's must not hide its latest values
-                hist = await handles[m.node].read_raw_history(
-                    starttime=since, endtime=dt.datetime.now(dt.UTC) + dt.timedelta(days=1), numvalues=0)
-            except Exception as e:
-                log.warning("%s: no history for %s since %s (%s): changes while the lab was down are lost", url, m.node, since, e)
-                continue
-            for dv in hist:
-                ing.offer(_reading(ing, m, dv.Value.Value, dv.SourceTimestamp or dv.ServerTimestamp))
+        handles = {m.node: client.get_node(m.node) for m in nodes}
+        # Where each node's history starts, taken before the subscription's first values move it.
+        since = {m.node: _cursor(ing, m) for m in nodes}
         by_id = {handles[m.node].nodeid.to_string(): m for m in nodes}
         sub = await client.create_subscription(50, Handler(by_id))
         # Every sample, not only changed values: a PLC writing the same value again at a new source
@@ -109,15 +98,31 @@ async def _run(ing: StreamIngestor, url: str, nodes: list[NodeMap], stop: thread
         # server's fastest. asyncua's public subscribe_data_change takes no filter, so _subscribe.
         every = ua.DataChangeFilter(Trigger=ua.DataChangeTrigger.StatusValueTimestamp)
         await sub._subscribe(list(handles.values()), mfilter=every, queuesize=10_000, sampling_interval=0.0)
+        # Subscribed first, history after: a change made between the two is in one or the other
+        # (the spool keeps a key once), never in neither.
+        for m in nodes:
+            if since[m.node] is None:
+                continue
+            try:  # what changed while the lab was away
+                # end a day ahead: a PLC clock running ahead of the lab's must not hide its latest values
+                hist = await handles[m.node].read_raw_history(
+                    starttime=since[m.node], endtime=dt.datetime.now(dt.UTC) + dt.timedelta(days=1), numvalues=0)
+            except Exception as e:
+                log.warning("%s: no history for %s since %s (%s): changes while the lab was down are lost",
+                            url, m.node, since[m.node], e)
+                continue
+            for dv in hist:
+                ing.offer(_reading(ing, m, dv.Value.Value, dv.SourceTimestamp or dv.ServerTimestamp))
         last[0] = time.time()
-        for r in ing.deliver():
-            on_receipt and on_receipt(r)
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
-            for r in ing.deliver():
+        while True:
+            pushed = ing.deliver()
+            for r in pushed:
                 on_receipt and on_receipt(r)
-            if idle_exit is not None and time.time() - last[0] > idle_exit:
+            if pushed:  # quiet time counts from the end of the lab's own pushing, not only the last message
+                last[0] = max(last[0], time.time())
+            if stop.is_set() or (idle_exit is not None and time.time() - last[0] > idle_exit):
                 break
+            await asyncio.sleep(0.05)
     for r in ing.deliver(final=True):
         on_receipt and on_receipt(r)
 
