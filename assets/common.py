@@ -15,6 +15,19 @@ def key_prefix(contract: Contract) -> list[str]:
     return [contract.tenant.replace("-", "_"), contract.product.replace("-", "_")]
 
 
+# The tags of a run over a range of partitions (Dagster's own names): a run over several small
+# deliveries of one contract (DATALAB_RUN_BATCH; datalab.runs.plan_batches).
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
+def range_request(batch: list[str], run_key: str | None = None, **kw) -> dg.RunRequest:
+    """The run request of one delivery (its partition) or of neighbouring deliveries (their range)."""
+    if len(batch) == 1:
+        return dg.RunRequest(partition_key=batch[0], run_key=run_key or batch[0], **kw)
+    tags = {**kw.pop("tags", {}), RANGE_START: batch[0], RANGE_END: batch[-1], "datalab/deliveries": str(len(batch))}
+    return dg.RunRequest(run_key=run_key or f"{batch[0]}..{batch[-1]}", tags=tags, **kw)
+
+
 def partitions_for(contract: Contract) -> dg.DynamicPartitionsDefinition:
     """One partition per accepted delivery of the contract, added by the sensor."""
     return dg.DynamicPartitionsDefinition(name=f"{contract.slug}__deliveries")

@@ -12,6 +12,7 @@ import dagster as dg
 
 from datalab.config import Settings, settings
 from datalab.contracts.contract import Contract
+from datalab.quality.validate import ValidationReport
 from datalab.store import state
 
 
@@ -27,19 +28,35 @@ def suite_check_spec(contract: Contract, asset_key: dg.AssetKey) -> dg.AssetChec
 def run_suite_check(contract: Contract, delivery_id: str, path, context: dg.AssetExecutionContext | None = None,
                     s: Settings | None = None) -> dg.AssetCheckResult:
     """Validate the curated delivery and record the outcome; ``s``: the run's settings (the ``lab`` resource's)."""
-    from datalab.quality import validate
-
-    report = validate.validate(contract, path, run_name=delivery_id)
-    failed = report.failed_results()
-    state.set_stage(
-        delivery_id, "validated" if report.success else "failed", s=s or settings(),
-        validation_ok=report.success, validation=report.to_dict(),
-    )
-    lines = [f"| {r.type} | {r.column or ''} | {r.sensor or ''} | {r.unexpected_count} | "
-             f"{r.unexpected_percent} | {list(r.sample_values)} |" for r in failed]
-    md = "| expectation | column | sensor | unexpected | % | samples |\n|---|---|---|---|---|---|\n" + "\n".join(lines) if lines else "all expectations passed"
+    report = suite_report(contract, delivery_id, path)
+    record_verdict(delivery_id, report, s or settings())
     if context is not None and not report.success:
         context.log.warning(f"delivery {delivery_id}: {report.failed} of {report.evaluated} expectations failed")
+    return check_result(delivery_id, report)
+
+
+def suite_report(contract: Contract, delivery_id: str, path) -> ValidationReport:
+    """The suite's report on one curated delivery; nothing recorded yet (``record_verdict``)."""
+    from datalab.quality import validate
+
+    return validate.validate(contract, path, run_name=delivery_id)
+
+
+def record_verdict(delivery_id: str, report: ValidationReport, s: Settings) -> None:
+    """The delivery's verdict in the lab's state: from here on it is settled (validated or failed)."""
+    state.set_stage(delivery_id, "validated" if report.success else "failed", s=s,
+                    validation_ok=report.success, validation=report.to_dict())
+
+
+def _failed_md(report: ValidationReport) -> str:
+    lines = [f"| {r.type} | {r.column or ''} | {r.sensor or ''} | {r.unexpected_count} | "
+             f"{r.unexpected_percent} | {list(r.sample_values)} |" for r in report.failed_results()]
+    return ("| expectation | column | sensor | unexpected | % | samples |\n|---|---|---|---|---|---|\n" + "\n".join(lines)
+            if lines else "all expectations passed")
+
+
+def check_result(delivery_id: str, report: ValidationReport) -> dg.AssetCheckResult:
+    """The check's evaluation of one delivery, as the UI shows it."""
     return dg.AssetCheckResult(
         check_name="contract_suite",
         passed=report.success,
@@ -50,9 +67,33 @@ def run_suite_check(contract: Contract, delivery_id: str, path, context: dg.Asse
             "successful": report.successful,
             "failed": report.failed,
             "seconds": dg.MetadataValue.float(round(report.seconds, 3)),
-            "failed_expectations": dg.MetadataValue.md(md),
+            "failed_expectations": dg.MetadataValue.md(_failed_md(report)),
             "data_docs": dg.MetadataValue.path(report.docs_path or ""),
             # "polars" (datalab.quality.fast: no Data Docs) or "great_expectations"
             "engine": report.engine,
+        },
+    )
+
+
+def batch_check_result(verdicts: list[tuple[str, ValidationReport]]) -> dg.AssetCheckResult:
+    """One evaluation for a run over several deliveries (a partition range): passed when every one passed.
+
+    Dagster records a check once per run, not per partition of a range; the
+    per-delivery verdicts are in its table and in each delivery's state.
+    """
+    failed = [(d, r) for d, r in verdicts if not r.success]
+    rows = "\n".join(f"| {d} | {'passed' if r.success else 'failed'} | {r.evaluated} | {r.failed} | "
+                     f"{', '.join(sorted({x.type for x in r.failed_results()}))} |" for d, r in verdicts)
+    return dg.AssetCheckResult(
+        check_name="contract_suite",
+        passed=not failed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "deliveries": len(verdicts),
+            "failed_deliveries": ", ".join(d for d, _ in failed) or "none",
+            "seconds": dg.MetadataValue.float(round(sum(r.seconds for _, r in verdicts), 3)),
+            "verdicts": dg.MetadataValue.md("| delivery | verdict | evaluated | failed | failed expectation types |\n"
+                                            "|---|---|---|---|---|\n" + rows),
+            "engine": ", ".join(sorted({r.engine for _, r in verdicts})),
         },
     )

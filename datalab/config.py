@@ -54,7 +54,7 @@ VARIABLES = (
     "DATALAB_OUTBOX_MAX_BACKOFF", "DATALAB_PROFILE", "DATALAB_STORAGE", "DATALAB_SCRATCH", "DATALAB_BROKER_URL",
     "DATALAB_CELERY_QUEUE", "DATALAB_DAGSTER_PG_URL", "DATALAB_MAX_RUNS", "DATALAB_TENANT_RUN_LIMIT",
     "DATALAB_SENSOR_SECONDS", "DATALAB_POLARS_ALLOCATOR", "DATALAB_REALDATA", "DATALAB_PARTITION_KEEP_DAYS",
-    "DATALAB_MAX_PARTITIONS",
+    "DATALAB_MAX_PARTITIONS", "DATALAB_RUN_BATCH",
 )
 # Read by the shell scripts only (scripts/setup.sh), documented in the same table.
 SCRIPT_VARIABLES = ("DATALAB_SETUP_FORCE",)
@@ -135,6 +135,9 @@ class Settings:
     # partitions than the bound (half of Dagster's advised 100,000 per asset).
     partition_keep_days: int = 30
     max_partitions: int = 50_000
+    # Most deliveries of one contract curated and validated in one Dagster run (a partition range);
+    # 1: a run per delivery. A run's fixed cost (~0.3-0.5 s) is most of a small delivery's time.
+    run_batch: int = 50
     # The CLI as an HTTP client of another lab (both set) or of this one (unset).
     url: str | None = None
     token: str | None = field(default=None, repr=False)
@@ -266,6 +269,7 @@ def _read_settings() -> Settings:
         sensor_seconds=_positive_int("DATALAB_SENSOR_SECONDS", 30),
         partition_keep_days=_positive_int("DATALAB_PARTITION_KEEP_DAYS", 30, zero_ok=True),
         max_partitions=_positive_int("DATALAB_MAX_PARTITIONS", 50_000),
+        run_batch=_positive_int("DATALAB_RUN_BATCH", 50),
         catalog_url=url,
         contracts_dir=contracts.expanduser().resolve(),
         engine=engine,

@@ -12,7 +12,7 @@ import from ``pipelines`` inside the core.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -24,6 +24,38 @@ if TYPE_CHECKING:
 
 GROUP = "datalab.runners"
 DEFAULT = "dagster"
+
+
+# A run over several deliveries holds their verdicts until all are done: past this many rows
+# together a delivery waits for the next run, and one larger than this runs alone, so a large
+# delivery's verdict never waits on others and a small one's never on a large one.
+BATCH_ROWS = 1_000_000
+
+
+def plan_batches(pending: Sequence[str], order: Sequence[str], rows: Mapping[str, int | None],
+                 most: int, most_rows: int = BATCH_ROWS) -> list[list[str]]:
+    """Cut one contract's pending deliveries into runs, oldest first.
+
+    A run covers a range of the contract's partitions (``order``: the order
+    they were added in), so a run's deliveries are neighbours there: a
+    delivery already settled between two pending ones ends a run. At most
+    ``most`` deliveries and ``most_rows`` rows per run (rows unknown count
+    as none). Deliveries without a partition are left out.
+    """
+    pos = {d: i for i, d in enumerate(order)}
+    out: list[list[str]] = []
+    cur: list[str] = []
+    cur_rows = 0
+    for d in sorted((d for d in set(pending) if d in pos), key=pos.__getitem__):
+        n = rows.get(d) or 0
+        if cur and (pos[d] != pos[cur[-1]] + 1 or len(cur) >= most or cur_rows + n > most_rows):
+            out.append(cur)
+            cur, cur_rows = [], 0
+        cur.append(d)
+        cur_rows += n
+    if cur:
+        out.append(cur)
+    return out
 
 
 @dataclass

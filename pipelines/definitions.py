@@ -16,7 +16,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.common import partitions_for
+from assets.common import RANGE_END, RANGE_START, partitions_for, range_request
 from assets.datasets import build_dataset_asset
 from assets.registry import factory_for
 from datalab.config import Settings, settings
@@ -24,6 +24,7 @@ from datalab.contracts import contract as contracts_mod
 from datalab.contracts import datasets
 from datalab.contracts.contract import Contract
 from datalab.errors import ContractError
+from datalab.runs import plan_batches
 from datalab.store import state
 from pipelines import rollup
 
@@ -76,13 +77,42 @@ def _sensor(c: Contract, job: dg.UnresolvedAssetJobDefinition, s: Settings) -> d
                 if room < len(new):
                     new = new[:room]
                     after = new[-1]  # the next tick goes on after the last one added
+        # neighbouring new partitions go in runs of up to DATALAB_RUN_BATCH (a range each)
+        batches = plan_batches(new, new, state.rows_of(new, s) if len(new) > 1 else {}, s.run_batch)
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(partition_key=d, run_key=d) for d in new],
+            run_requests=[range_request(b) for b in batches],
             dynamic_partitions_requests=[parts.build_add_request(new)] if new else [],
             cursor=after,
         )
 
     return deliveries
+
+
+def _alone_after_failed_batch(c: Contract, job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
+    """A failed run over several deliveries: each it left unsettled gets a run of its own.
+
+    The curated asset records a range's verdicts only once all of them are
+    reached, so a run that breaks half way settles none; alone, each
+    delivery gets its own verdict or its own error, as without batches.
+    """
+    parts = partitions_for(c)
+
+    @dg.run_failure_sensor(name=f"deliveries_alone__{c.slug}", monitored_jobs=[job], request_job=job,
+                           default_status=dg.DefaultSensorStatus.RUNNING,
+                           description=f"Runs each delivery of a failed batch run of {c.id} alone.")
+    def alone(context: dg.RunFailureSensorContext) -> list[dg.RunRequest]:
+        tags = context.dagster_run.tags
+        if RANGE_START not in tags:
+            return []
+        keys = list(context.instance.get_dynamic_partitions(parts.name))
+        try:
+            covered = keys[keys.index(tags[RANGE_START]):keys.index(tags[RANGE_END]) + 1]
+        except ValueError:  # rolled up meanwhile: settled
+            return []
+        waiting = set(state.pending(c.id))
+        return [range_request([d], run_key=f"alone:{d}") for d in covered if d in waiting]
+
+    return alone
 
 
 def _broken_contracts_sensor(contracts: contracts_mod.Contracts) -> dg.SensorDefinition:
@@ -112,7 +142,7 @@ def build_definitions() -> dg.Definitions:
         job = dg.define_asset_job(ingest_job_name(c), selection=dg.AssetSelection.assets(*built),
                                   partitions_def=partitions_for(c), tags={"tenant": c.tenant})
         jobs.append(job)
-        sensors.append(_sensor(c, job, s))
+        sensors += [_sensor(c, job, s), _alone_after_failed_batch(c, job)]
     sensors.append(_broken_contracts_sensor(contracts))
     for name in datasets.list_specs(s.contracts_dir):
         try:

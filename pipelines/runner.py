@@ -8,16 +8,17 @@ lives under ``$DATALAB_HOME/dagster``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import dagster as dg
 
+from assets.common import RANGE_END, RANGE_START, partitions_for
 from assets.registry import factory_for
 from datalab.config import Settings, settings
 from datalab.contracts import contract as contracts_mod
 from datalab.contracts.contract import Contract
 from datalab.errors import DatalabError, NotFound
-from datalab.runs import DeliveryRun
+from datalab.runs import DeliveryRun, plan_batches
 from datalab.store import state
 from pipelines.cluster import instance as _cluster_instance
 
@@ -124,28 +125,37 @@ def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun
                 parallel: int | None = None) -> list[DeliveryRun]:
     """Materialise every accepted, not yet validated delivery (optionally of one contract).
 
-    Local profile: one run after the other, in this process (as before).
+    A contract's pending deliveries go in runs of up to ``DATALAB_RUN_BATCH``
+    (``datalab.runs.plan_batches``: neighbouring partitions, at most
+    ``BATCH_ROWS`` rows together), the runs round-robin over firms.
+    Local profile: one run after the other, in this process.
     Cluster profile: up to ``parallel`` runs at once (default
-    ``DATALAB_MAX_RUNS``), fairly interleaved across firms so that one firm's
-    backlog does not go first; their steps execute on the Celery workers.
+    ``DATALAB_MAX_RUNS``), each driven from its own process; their steps
+    execute on the Celery workers.
     """
     s = settings()
     contracts = contracts_mod.load_all(s.contracts_dir)
     chosen = [contracts_mod.find(contracts, contract_ref)] if contract_ref else sorted(contracts.values(), key=lambda c: c.slug)
     defs = _defs() if s.profile != "cluster" else None
     inst = _cluster_instance(s)
-    todo: list[tuple[Contract, str]] = []
+    todo: list[tuple[Contract, list[str]]] = []
     for c in chosen:
         if factory_for(c) is None:  # a kind without Dagster assets
             continue
-        todo += [(c, d) for d in _with_partitions(c, state.pending(c.id, s), inst, s)]
+        ready = _with_partitions(c, state.pending(c.id, s), inst, s)
+        if not ready:
+            continue
+        order = list(inst.get_dynamic_partitions(partitions_for(c).name)) if s.run_batch > 1 and len(ready) > 1 else ready
+        rows = state.rows_of(ready, s) if s.run_batch > 1 and len(ready) > 1 else {}
+        todo += [(c, b) for b in plan_batches(ready, order, rows, s.run_batch)]
 
     out: list[DeliveryRun] = []
     if s.profile != "cluster":
-        for c, d in todo:
-            out.append(_run_one(c, d, inst, defs, s))
-            if on_event:
-                on_event(out[-1])
+        for c, batch in fair_order(todo):
+            for r in _run_batch(c, batch, inst, defs, s):
+                out.append(r)
+                if on_event:
+                    on_event(r)
         return out
     # Each run is driven from its own process, as Dagster's run launcher does
     # (Dagster's in-process logging setup is not thread-safe); the steps
@@ -155,11 +165,12 @@ def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun
 
     with ProcessPoolExecutor(max_workers=max(1, parallel or s.max_concurrent_runs),
                              mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_run_in_child, c.id, d) for c, d in fair_order(todo)]
+        futures = [pool.submit(_run_in_child, c.id, batch) for c, batch in fair_order(todo)]
         for f in as_completed(futures):
-            out.append(f.result())
-            if on_event:
-                on_event(out[-1])
+            for r in f.result():
+                out.append(r)
+                if on_event:
+                    on_event(r)
     return out
 
 
@@ -192,6 +203,35 @@ def _with_partitions(c: Contract, pending: list[str], inst: dg.DagsterInstance, 
     return [d for d in pending if d in runnable]
 
 
+def _run_batch(c: Contract, batch: list[str], inst: dg.DagsterInstance, defs: dg.Definitions | None,
+               s: Settings) -> list[DeliveryRun]:
+    """One run over a range of neighbouring deliveries; any it did not settle is run alone after.
+
+    The assets record the verdicts only once every delivery of the range is
+    curated and validated, so a run that fails half way (a delivery whose
+    data breaks a step, a lost worker) leaves its deliveries pending, and
+    each then gets its own run: its own error, exactly as without batches.
+    """
+    if len(batch) == 1:
+        return [_run_one(c, batch[0], inst, defs, s)]
+    from pipelines.definitions import ingest_job_name
+
+    _execute(ingest_job_name(c), inst, {"datalab/deliveries": str(len(batch)), "datalab/source": "cli",
+                                        "tenant": c.tenant, RANGE_START: batch[0], RANGE_END: batch[-1]},
+             defs=defs, s=s)
+    out = []
+    for d in batch:
+        st = state.get(d, s) or {}
+        if st.get("stage") in ("validated", "failed"):
+            ok = bool(st.get("validation_ok"))
+            msg = "validated" if ok else ("validation failed" if st.get("validation_ok") is False
+                                          else str((st.get("stats") or {}).get("error") or "failed"))
+            out.append(DeliveryRun(c.id, d, ok, st.get("validation_ok"), msg))
+        else:
+            out.append(_run_one(c, d, inst, defs, s))
+    return out
+
+
 def _run_one(c: Contract, d: str, inst: dg.DagsterInstance, defs: dg.Definitions | None,
              s: Settings) -> DeliveryRun:
     from pipelines.definitions import ingest_job_name
@@ -207,15 +247,18 @@ def _run_one(c: Contract, d: str, inst: dg.DagsterInstance, defs: dg.Definitions
     return DeliveryRun(c.id, d, ok, st.get("validation_ok"), msg)
 
 
-def _run_in_child(contract_id: str, d: str) -> DeliveryRun:
+def _run_in_child(contract_id: str, batch: list[str]) -> list[DeliveryRun]:
     s = settings()  # a fresh process: its own settings (the parent's environment)
     c = contracts_mod.load_all(s.contracts_dir)[contract_id]
-    return _run_one(c, d, _cluster_instance(s), None, s)
+    return _run_batch(c, batch, _cluster_instance(s), None, s)
 
 
-def fair_order(todo: list[tuple[Contract, str]]) -> list[tuple[Contract, str]]:
-    """Round-robin over firms: the n-th delivery of every firm before the (n+1)-th of any."""
-    by_tenant: dict[str, list[tuple[Contract, str]]] = {}
+T = TypeVar("T")
+
+
+def fair_order(todo: list[tuple[Contract, T]]) -> list[tuple[Contract, T]]:
+    """Round-robin over firms: the n-th run of every firm before the (n+1)-th of any."""
+    by_tenant: dict[str, list[tuple[Contract, T]]] = {}
     for item in todo:
         by_tenant.setdefault(item[0].tenant, []).append(item)
     queues = [by_tenant[t] for t in sorted(by_tenant)]

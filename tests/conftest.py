@@ -91,3 +91,12 @@ def s3_server(bucket: str = "lab-bucket") -> Iterator[dict[str, str]]:
             yield env
     except S3ServerError as e:
         pytest.fail(str(e))
+
+
+def covered(request, order: list[str]) -> list[str]:
+    """The deliveries a sensor's run request covers: its partition, or its range in the partitions' ``order``."""
+    from assets.common import RANGE_END, RANGE_START
+
+    if request.partition_key:
+        return [request.partition_key]
+    return order[order.index(request.tags[RANGE_START]):order.index(request.tags[RANGE_END]) + 1]

@@ -92,6 +92,18 @@ def pending_page(contract_id: str, after: str = "", limit: int = 25, s: Settings
         return [r.id for r in conn.execute(q)]
 
 
+def rows_of(ids: list[str], s: Settings | None = None) -> dict[str, int | None]:
+    """The rows each delivery's receipt counted (None where the push did not count them)."""
+    s = s or settings()
+    c = cat.Catalog(s.catalog_url)
+    d = cat.deliveries
+    out: dict[str, int | None] = {}
+    with c.begin() as conn:
+        for i in range(0, len(ids), 500):  # a bounded IN list
+            out.update({r.id: r.rows for r in conn.execute(sa.select(d.c.id, d.c.rows).where(d.c.id.in_(ids[i:i + 500])))})
+    return out
+
+
 def accepted(contract_id: str, s: Settings | None = None) -> list[dict[str, Any]]:
     """Every accepted delivery of a contract with its stage, oldest first."""
     s = s or settings()

@@ -1,0 +1,139 @@
+"""Small deliveries in one Dagster run (issue 21): a partition range, each delivery with its own verdict.
+
+Real Dagster instance under a temp home, real pushes; the batch run must give
+every delivery the same curated file and verdict as a run of its own, and a
+batch that breaks half way must leave each delivery to its own run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from datalab.intake import landing
+from datalab.runs import plan_batches
+from datalab.store import state
+from datalab.timeseries import curate, sample
+from tests.conftest import PRESS, SPINDLE
+
+START = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
+
+
+def _push(contracts, tmp: Path, cid: str, n: int, rows: int = 400, first_seed: int = 0, defects=None) -> list[str]:
+    c = contracts[cid]
+    out = []
+    for i in range(first_seed, first_seed + n):
+        p = sample.write(sample.generate(c, rows, seed=i, start=START + dt.timedelta(days=i), defects=defects),
+                         tmp / f"{c.product}-{i}.csv")
+        out.append(landing.push(c, [p], actor=f"firm:{c.tenant}").delivery_id)
+    return out
+
+
+def test_plan_batches_cuts_at_gaps_counts_and_rows() -> None:
+    order = [f"d{i}" for i in range(10)]
+    pending = ["d1", "d2", "d3", "d5", "d6", "d7", "d8", "d9", "x"]  # d4 settled, x has no partition
+    rows = {d: 10 for d in order} | {"d8": 1_000}
+    assert plan_batches(pending, order, rows, most=50) == [["d1", "d2", "d3"], ["d5", "d6", "d7", "d8", "d9"]]
+    assert plan_batches(pending, order, rows, most=2) == [["d1", "d2"], ["d3"], ["d5", "d6"], ["d7", "d8"], ["d9"]]
+    # a delivery over the rows bound runs alone; the bound counts the run's rows together
+    assert plan_batches(pending, order, rows, most=50, most_rows=100) == [["d1", "d2", "d3"], ["d5", "d6", "d7"],
+                                                                         ["d8"], ["d9"]]
+    assert plan_batches(["d3", "d1"], order, {}, most=50) == [["d1"], ["d3"]]
+    assert plan_batches([], order, {}, most=50) == []
+
+
+def _checks(inst, run_id: str) -> list:
+    import dagster as dg
+
+    recs = inst.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+    return [r.event_log_entry.dagster_event.event_specific_data for r in recs]
+
+
+def test_a_backlog_runs_in_batches_with_a_verdict_and_metadata_per_delivery(lab: Path, tmp_path: Path, contracts,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import dagster as dg
+
+    from datalab.config import settings
+    from pipelines import runner
+
+    monkeypatch.setenv("DATALAB_RUN_BATCH", "4")
+    good = _push(contracts, tmp_path, SPINDLE, 5)
+    bad = _push(contracts, tmp_path, SPINDLE, 1, first_seed=5, defects=sample.Defects(spikes=0.2))
+    press = _push(contracts, tmp_path, PRESS, 2)
+    seen = []
+    out = runner.run_pending(on_event=seen.append)
+    assert [r.delivery_id for r in out] == [r.delivery_id for r in seen]
+    by = {r.delivery_id: r for r in out}
+    assert set(by) == {*good, *bad, *press}
+    assert all(by[d].validation_ok and by[d].message == "validated" for d in good + press)
+    assert by[bad[0]].validation_ok is False and by[bad[0]].message == "validation failed" and not by[bad[0]].success
+    for d in good + press:
+        assert state.get(d)["stage"] == "validated"
+    assert state.get(bad[0])["stage"] == "failed"
+
+    inst = runner.instance()
+    runs = inst.get_runs()
+    # spindle: 4 + 2 (the second holds the failing one), press: 2 -> three runs, none per delivery
+    assert len(runs) == 3
+    ranges = sorted((r.tags[runner.RANGE_START], r.tags[runner.RANGE_END]) for r in runs)
+    assert ranges == sorted([(good[0], good[3]), (good[4], bad[0]), (press[0], press[1])])
+    # each delivery has its own materialisation of raw and curated, with its own metadata
+    slug = contracts[SPINDLE].slug
+    key = dg.AssetKey(["bavaria_spindle", "spindle_telemetry", "curated"])
+    mats = inst.fetch_materializations(key, limit=100).records
+    md = {m.partition_key: m.asset_materialization.metadata for m in mats}
+    assert set(md) == {*good, *bad}
+    for d in good + bad:
+        assert md[d]["delivery_id"].value == d
+        assert md[d]["rows_out"].value == pl.read_parquet(curate.curated_path(contracts[SPINDLE], d, settings())).height
+    raws = inst.fetch_materializations(dg.AssetKey(["bavaria_spindle", "spindle_telemetry", "raw"]), limit=100).records
+    assert {m.partition_key for m in raws} == {*good, *bad}
+    # one check evaluation per run: passed where all passed, failed naming the failing delivery
+    run_of = {r.tags[runner.RANGE_START]: r for r in runs}
+    [ok_check] = _checks(inst, run_of[good[0]].run_id)
+    [bad_check] = _checks(inst, run_of[good[4]].run_id)
+    assert ok_check.passed and ok_check.metadata["deliveries"].value == 4
+    assert not bad_check.passed and bad_check.metadata["failed_deliveries"].value == bad[0]
+    assert slug  # the contract's partitions hold every delivery once
+    assert sorted(inst.get_dynamic_partitions(f"{slug}__deliveries")) == sorted(good + bad)
+    assert runner.run_pending() == []  # nothing left
+
+
+def test_a_batch_that_breaks_leaves_each_delivery_to_its_own_run(lab: Path, tmp_path: Path, contracts,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delivery whose raw table is gone breaks the batch's step: the others are validated alone, it fails alone."""
+    from datalab.config import settings
+    from datalab.timeseries import ingest
+    from pipelines import runner
+
+    ds = _push(contracts, tmp_path, SPINDLE, 3)
+    c = contracts[SPINDLE]
+    real = ingest.ingest_raw
+
+    def broken(contract, d, s):  # the landed bytes of the middle delivery are unreadable to this run
+        if d == ds[1]:
+            raise OSError(f"{d}: landed file unreadable (test)")
+        return real(contract, d, s)
+
+    monkeypatch.setattr(ingest, "ingest_raw", broken)
+    out = {r.delivery_id: r for r in runner.run_pending()}
+    assert out[ds[0]].validation_ok and out[ds[2]].validation_ok
+    assert not out[ds[1]].success and "landed file unreadable" in out[ds[1]].message
+    assert state.get(ds[1])["stage"] == "failed"
+    runs = runner.instance().get_runs()
+    # the batch, then one run per delivery it did not settle
+    assert sorted(r.tags.get("datalab/delivery") or "batch" for r in runs) == sorted(["batch", *ds])
+    assert curate.curated_path(c, ds[0], settings()).exists()
+
+
+def test_one_run_per_delivery_when_batches_are_off(lab: Path, tmp_path: Path, contracts,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines import runner
+
+    monkeypatch.setenv("DATALAB_RUN_BATCH", "1")
+    ds = _push(contracts, tmp_path, SPINDLE, 3)
+    assert all(r.validation_ok for r in runner.run_pending())
+    assert sorted(r.tags["datalab/delivery"] for r in runner.instance().get_runs()) == sorted(ds)
