@@ -61,7 +61,7 @@ def run_datalab(path: Path | list[Path]) -> dict:
 
     def done(stage: str, t0: float) -> None:
         stages[stage] = time.perf_counter() - t0
-        print(f"  datalab {stage}: {stages[stage]:.1f} s (peak RSS so far {rss_mb():,.0f} MB)", file=sys.stderr, flush=True)
+        print(f"  datalab {stage}: {stages[stage]:.2f} s (peak RSS so far {rss_mb():,.0f} MB)", file=sys.stderr, flush=True)
 
     t = time.perf_counter()
     rec = landing.push(c, list(path) if isinstance(path, list) else [path])

@@ -10,12 +10,9 @@ four firms, not five; one of them (open-benchmarks' hydraulic-rig) has a
 matrix layout that ``sample.generate`` does not produce, so the deliveries
 go round-robin over the other four, one per firm: bavaria-spindle
 spindle-telemetry, lyon-presses press-line, oulu-pumps pump-telemetry and
-open-benchmarks cmapss-fd001. cmapss-fd001 counts time in cycles, which the
-sample does not move by the seed's day: its deliveries after the first
-repeat the first one's keys, the lab excludes the repeats (issue 23) and
-the suite fails them for having no rows. Their runs do the whole work all
-the same, so they count as validated (a verdict was reached); the summary
-says how many passed and which contracts failed. Every delivery is ``datalab.timeseries.sample`` output without
+open-benchmarks cmapss-fd001 (whose cycle axis ``sample.generate``
+continues from a later start, so its deliveries do not repeat each other).
+Every delivery is ``datalab.timeseries.sample`` output without
 defects, unique by seed (each seed on a day of its own, so no delivery
 repeats another's readings); the files are written before the clock starts.
 
@@ -25,7 +22,8 @@ Then, at the same moment:
   takes them (``POST /v1/provider/contracts/<product>/deliveries``); each
   delivery's push time is when its receipt came back;
 * a separate processing process runs ``pipelines.runner.run_pending()`` in a
-  loop, as the sensor would launch the runs, and records the moment each
+  loop, as the sensor would launch the runs (a contract's pending deliveries
+  in runs of up to ``DATALAB_RUN_BATCH``; set it to 1 for a run per delivery), and records the moment each
   delivery's run reports it validated (``on_event``). The process has
   imported Dagster and built the definitions before the clock starts (a
   running daemon is warm too).

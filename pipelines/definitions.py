@@ -1,9 +1,10 @@
 """The lab's Dagster definitions, built from the contracts in ``data_contracts/``.
 
 Per time-series or CAD contract: raw and curated assets on a dynamic partition per
-delivery, the blocking suite check, an ingest job and a sensor that adds a
-partition and requests a run for every accepted delivery (never past
-``DATALAB_MAX_PARTITIONS``). Per dataset spec: a dataset asset and a publish
+delivery, the blocking suite check, an ingest job, a sensor that adds a
+partition for every accepted delivery (never past ``DATALAB_MAX_PARTITIONS``)
+and requests runs over ranges of them (up to ``DATALAB_RUN_BATCH`` each), and
+a run-failure sensor that runs each delivery of a failed range alone. Per dataset spec: a dataset asset and a publish
 job. Lab-wide: retention and the partition roll-up (``pipelines/rollup.py``).
 ``workspace.yaml`` loads this module; the ``datalab`` CLI runs the same jobs
 in-process.
@@ -44,7 +45,7 @@ def _sensor(c: Contract, job: dg.UnresolvedAssetJobDefinition, s: Settings) -> d
 
     @dg.sensor(name=f"deliveries__{c.slug}", job=job, minimum_interval_seconds=s.sensor_seconds,
                default_status=dg.DefaultSensorStatus.RUNNING,
-               description=f"Adds a partition and requests an ingest run for each accepted delivery of {c.id}.")
+               description=f"Adds a partition for each accepted delivery of {c.id} and requests ingest runs over them (DATALAB_RUN_BATCH each).")
     def deliveries(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         # One bounded page per tick, after the cursor (the last delivery id
         # seen); at the end the cursor wraps to the start, so a delivery that
