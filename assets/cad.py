@@ -9,19 +9,20 @@ exactly like the sensor suites. Thumbnails are shown in the metadata.
 """
 
 import base64
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
-from assets.common import key_prefix, partitions_for
+from assets.common import each_delivery, key_prefix, partitions_for
 from assets.common import md_table as _md_table
 from assets.registry import asset_factory
-from checks.validation import run_suite_check, suite_check_spec
+from checks.validation import suite_check_spec, suite_report, validated_deliveries
 from datalab.contracts.contract import Contract
 from datalab.engine import MemoryWatch
 from datalab.kinds import kind_of
+from datalab.quality.validate import ValidationReport
 from datalab.store.storage import Store
 from pipelines.resources import LabResource
 
@@ -63,14 +64,16 @@ def build_cad_assets(contract: Contract) -> list[dg.AssetsDefinition]:
               metadata={"contract": contract.id, "contract_version": contract.version}, tags=tags,
               kinds={"python", "json"})
     def raw(context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
-        d = context.partition_key
-        with MemoryWatch() as mw:
-            st = kind.read_raw(contract, d, lab.settings())
-        return dg.MaterializeResult(metadata={
-            "delivery_id": d, "files": st["files"], "cached": st["cached"], "parsed": st["parsed"],
-            "bytes_in": dg.MetadataValue.int(st["bytes_in"]), "seconds": dg.MetadataValue.float(st["seconds"]),
-            "peak_rss_mb": dg.MetadataValue.float(round(mw.peak_mb, 1)),
-        })
+        s = lab.settings()
+
+        def one(d: str) -> dict[str, Any]:
+            with MemoryWatch() as mw:
+                st = kind.read_raw(contract, d, s)
+            return {"delivery_id": d, "files": st["files"], "cached": st["cached"], "parsed": st["parsed"],
+                    "bytes_in": dg.MetadataValue.int(st["bytes_in"]), "seconds": dg.MetadataValue.float(st["seconds"]),
+                    "peak_rss_mb": dg.MetadataValue.float(round(mw.peak_mb, 1))}
+
+        return each_delivery(context, one)
 
     curated_key = dg.AssetKey([*prefix, "curated"])
 
@@ -80,19 +83,19 @@ def build_cad_assets(contract: Contract) -> list[dg.AssetsDefinition]:
               check_specs=[suite_check_spec(contract, curated_key)], metadata={"contract": contract.id}, tags=tags,
               kinds={"polars", "parquet", "great_expectations"})
     def curated(context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
-        d = context.partition_key
         s = lab.settings()
         files = lab.files(s)
-        path = kind.curated_path(contract, d, s)
-        try:
-            with MemoryWatch() as mw:
-                st = cast("CadCurationStats", kind.curate(contract, d, s))  # the CAD kind's record (datalab.cad.curate)
-                check = run_suite_check(contract, d, path, context, s)
-            df = pl.read_parquet(path)
-        finally:
-            files.evict(path)  # with an object store: this worker's copy (the store holds the file)
-        return dg.MaterializeResult(
-            metadata={
+
+        def one(d: str) -> tuple[dict[str, Any], ValidationReport]:
+            path = kind.curated_path(contract, d, s)
+            try:
+                with MemoryWatch() as mw:
+                    st = cast("CadCurationStats", kind.curate(contract, d, s))  # the CAD kind's record (datalab.cad.curate)
+                    report = suite_report(contract, d, path)
+                df = pl.read_parquet(path)
+            finally:
+                files.evict(path)  # with an object store: this worker's copy (the store holds the file)
+            return {
                 "delivery_id": d,
                 "files": dg.MetadataValue.int(st.rows_out),
                 "formats": ", ".join(f"{k}: {v}" for k, v in sorted(st.formats.items())),
@@ -107,8 +110,8 @@ def build_cad_assets(contract: Contract) -> list[dg.AssetsDefinition]:
                 "path": dg.MetadataValue.path(str(path) if files.is_local else files.uri(files.key(path))),
                 "preview": _md_table(df.select(PREVIEW).head(10)),
                 "thumbnails": thumbnails_md(df, files.key(path.parent), files),  # thumbnails lie in thumbs/ beside the table
-            },
-            check_results=[check],
-        )
+            }, report
+
+        return validated_deliveries(context, s, one)
 
     return [raw, curated]

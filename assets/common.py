@@ -4,6 +4,9 @@ Kept apart from the kinds' factories (``assets/timeseries.py``, ``assets/cad.py`
 assets import another kind's, and the dataset assets and the retention job name keys the same way.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 import dagster as dg
 import polars as pl
 
@@ -26,6 +29,17 @@ def range_request(batch: list[str], run_key: str | None = None, **kw) -> dg.RunR
         return dg.RunRequest(partition_key=batch[0], run_key=run_key or batch[0], **kw)
     tags = {**kw.pop("tags", {}), RANGE_START: batch[0], RANGE_END: batch[-1], "datalab/deliveries": str(len(batch))}
     return dg.RunRequest(run_key=run_key or f"{batch[0]}..{batch[-1]}", tags=tags, **kw)
+
+
+def each_delivery(context: dg.AssetExecutionContext, one: Callable[[str], dict[str, Any]]) -> dg.MaterializeResult:
+    """A raw asset's result over the run's deliveries (one, or a range): ``one(d)`` does ``d`` and gives its metadata."""
+    keys = context.partition_keys
+    for d in keys:
+        md = one(d)
+        if len(keys) == 1:
+            return dg.MaterializeResult(metadata=md)
+        context.add_asset_metadata(md, partition_key=d)
+    return dg.MaterializeResult(metadata={"deliveries": dg.MetadataValue.int(len(keys))})
 
 
 def partitions_for(contract: Contract) -> dg.DynamicPartitionsDefinition:

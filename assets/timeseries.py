@@ -15,16 +15,10 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
-from assets.common import key_prefix, partitions_for
+from assets.common import each_delivery, key_prefix, partitions_for
 from assets.common import md_table as _md_table
 from assets.registry import asset_factory
-from checks.validation import (
-    batch_check_result,
-    check_result,
-    record_verdict,
-    suite_check_spec,
-    suite_report,
-)
+from checks.validation import suite_check_spec, suite_report, validated_deliveries
 from datalab.contracts.contract import Contract
 from datalab.engine import Engine, MemoryWatch
 from datalab.quality import validate
@@ -38,21 +32,17 @@ from pipelines.resources import LabResource
 def materialize_raw(contract: Contract, context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
     """The raw asset's body: parse each delivery of the run with the contract's types into the long table.
 
-    A run covers one delivery, or a range of them (``DATALAB_RUN_BATCH``,
-    pipelines/runner.py): each gets its own metadata on its own partition.
     A module-level function, not the asset's closure, so that it can be
     read and called without building the Dagster definitions.
     """
     s = lab.settings()
-    keys = context.partition_keys
-    for d in keys:
+
+    def one(d: str) -> dict[str, Any]:
         with MemoryWatch() as mw:
             st = ingest.ingest_raw(contract, d, s)
-        md = raw_metadata(d, st, ingest.raw_path(contract, d, s), mw.peak_mb, lab.files(s))
-        if len(keys) == 1:
-            return dg.MaterializeResult(metadata=md)
-        context.add_asset_metadata(md, partition_key=d)
-    return dg.MaterializeResult(metadata={"deliveries": dg.MetadataValue.int(len(keys))})
+        return raw_metadata(d, st, ingest.raw_path(contract, d, s), mw.peak_mb, lab.files(s))
+
+    return each_delivery(context, one)
 
 
 def raw_metadata(d: str, st: dict[str, Any], path: Path, peak_mb: float, files: Store) -> dict[str, Any]:
@@ -78,38 +68,23 @@ def _where(path: Path, files: Store) -> dict[str, Any]:
 
 
 def materialize_curated(contract: Contract, context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
-    """The curated asset's body: curate each delivery of the run, then run the contract's suite as the blocking check.
-
-    In a run over several deliveries the verdicts are recorded only once
-    every delivery is curated and validated: a step that fails half way
-    leaves none of them settled, and the runner runs each alone again.
-    """
+    """The curated asset's body: curate each delivery of the run, then run the contract's suite as the blocking check."""
     s = lab.settings()
     engine = Engine(s.engine)
     validate.import_in_background(contract)  # if the suite check below needs GX, import it while the plan runs
     files = lab.files(s)
-    keys = context.partition_keys
-    verdicts: list[tuple[str, ValidationReport]] = []
-    for d in keys:
+
+    def one(d: str) -> tuple[dict[str, Any], ValidationReport]:
         path = curate.curated_path(contract, d, s)
         try:
             with MemoryWatch() as mw:
                 st = curate.curate_delivery(contract, d, engine, s)
                 report = suite_report(contract, d, path)
-            md = curated_metadata(d, st, path, mw.peak_mb, files)
+            return curated_metadata(d, st, path, mw.peak_mb, files), report
         finally:
             files.evict(path)  # with an object store: this worker's copy (the store holds the file)
-        if not report.success:
-            context.log.warning(f"delivery {d}: {report.failed} of {report.evaluated} expectations failed")
-        if len(keys) == 1:
-            record_verdict(d, report, s)
-            return dg.MaterializeResult(metadata=md, check_results=[check_result(d, report)])
-        context.add_asset_metadata(md, partition_key=d)
-        verdicts.append((d, report))
-    for d, report in verdicts:
-        record_verdict(d, report, s)
-    return dg.MaterializeResult(metadata={"deliveries": dg.MetadataValue.int(len(keys))},
-                                check_results=[batch_check_result(verdicts)])
+
+    return validated_deliveries(context, s, one)
 
 
 def curated_metadata(d: str, st: CurationStats, path: Path, peak_mb: float, files: Store) -> dict[str, Any]:

@@ -8,9 +8,12 @@ delivery is marked failed and publishing leaves it out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import dagster as dg
 
-from datalab.config import Settings, settings
+from datalab.config import Settings
 from datalab.contracts.contract import Contract
 from datalab.quality.validate import ValidationReport
 from datalab.store import state
@@ -25,14 +28,30 @@ def suite_check_spec(contract: Contract, asset_key: dg.AssetKey) -> dg.AssetChec
     )
 
 
-def run_suite_check(contract: Contract, delivery_id: str, path, context: dg.AssetExecutionContext | None = None,
-                    s: Settings | None = None) -> dg.AssetCheckResult:
-    """Validate the curated delivery and record the outcome; ``s``: the run's settings (the ``lab`` resource's)."""
-    report = suite_report(contract, delivery_id, path)
-    record_verdict(delivery_id, report, s or settings())
-    if context is not None and not report.success:
-        context.log.warning(f"delivery {delivery_id}: {report.failed} of {report.evaluated} expectations failed")
-    return check_result(delivery_id, report)
+def validated_deliveries(context: dg.AssetExecutionContext, s: Settings,
+                         one: Callable[[str], tuple[dict[str, Any], ValidationReport]]) -> dg.MaterializeResult:
+    """The curated asset's result over the run's deliveries (one, or a range): ``one(d)`` curates and validates ``d``.
+
+    Each delivery gets its own metadata on its own partition. In a run over
+    several, the verdicts are recorded only once every delivery is curated
+    and validated: a step that fails half way leaves none of them settled,
+    and each is then run alone (pipelines/runner.py, the run-failure sensor).
+    """
+    keys = context.partition_keys
+    verdicts: list[tuple[str, ValidationReport]] = []
+    for d in keys:
+        md, report = one(d)
+        if not report.success:
+            context.log.warning(f"delivery {d}: {report.failed} of {report.evaluated} expectations failed")
+        if len(keys) == 1:
+            record_verdict(d, report, s)
+            return dg.MaterializeResult(metadata=md, check_results=[check_result(d, report)])
+        context.add_asset_metadata(md, partition_key=d)
+        verdicts.append((d, report))
+    for d, report in verdicts:
+        record_verdict(d, report, s)
+    return dg.MaterializeResult(metadata={"deliveries": dg.MetadataValue.int(len(keys))},
+                                check_results=[batch_check_result(verdicts)])
 
 
 def suite_report(contract: Contract, delivery_id: str, path) -> ValidationReport:

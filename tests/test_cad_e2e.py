@@ -126,6 +126,15 @@ def test_duplicates_and_blocking_suite(cadlab) -> None:
     v = state.get(cadlab["misnamed"].delivery_id)["validation"]
     failed = [r for r in v["results"] if not r["success"]]
     assert [r["type"] for r in failed] == ["expect_column_pair_values_to_be_equal"]
+    # the three accepted deliveries went through Dagster in one run over their range (DATALAB_RUN_BATCH)
+    import dagster as dg
+
+    from assets.common import RANGE_END, RANGE_START
+    from pipelines.definitions import ingest_job_name
+
+    [run] = cadlab["runner"].instance().get_runs(filters=dg.RunsFilter(job_name=ingest_job_name(cadlab["c"])))
+    assert (run.tags[RANGE_START], run.tags[RANGE_END]) == (cadlab["good"].delivery_id, cadlab["misnamed"].delivery_id)
+    assert len(cadlab["runs"]) == 3
 
 
 def test_dagster_metadata_shows_thumbnails(cadlab) -> None:
