@@ -290,16 +290,27 @@ def test_the_comparisons_covered_every_type_the_fast_path_takes() -> None:
 
 
 @pytest.mark.parametrize("cid", [SPINDLE, PUMPS])
+@pytest.mark.parametrize("chunk_rows", [3000, 500])
 def test_a_large_file_is_validated_in_chunks_like_gx_chunks_it(lab: Path, tmp_path: Path, contracts,
-                                                               monkeypatch: pytest.MonkeyPatch, cid) -> None:
+                                                               monkeypatch: pytest.MonkeyPatch, cid, chunk_rows) -> None:
     """Past DATALAB_VALIDATE_CHUNK_ROWS the fast path runs per sensor chunk (bounded memory) and merges the
     chunks as the GX path merges its own: the same results as chunked GX, field for field, and the same
-    verdicts and counts as one unchunked pass."""
+    verdicts and counts as one unchunked pass. At 500 rows a chunk, every series (about 1,300 rows) is
+    also cut into time ranges, with the key duplicates inside them."""
+    from datalab.quality import validate_chunks
+
     c = contracts[cid]
     path = _delivery(c, tmp_path, sample.Defects(spikes=0.05, missing=0.03, key_duplicates=0.04), seed=11)
     whole = validate(c, path, run_name="whole", build_docs=False)  # one chunk: the file is smaller than the default
     assert whole.engine == "polars" and not any("chunks" in n for n in whole.notes)
-    monkeypatch.setenv("DATALAB_VALIDATE_CHUNK_ROWS", "3000")
+    plan = validate_chunks.plan_chunks(path, chunk_rows, by_time=True)
+    df = pl.read_parquet(path)
+    sizes = [df.filter(ch.filter).height for ch in plan]
+    assert sum(sizes) == df.height  # every row in exactly one chunk
+    longest = df.group_by("entity", "sensor").len()["len"].max()
+    if chunk_rows < longest:  # series cut by time: no chunk holds a whole series any more
+        assert max(sizes) < longest and len([n for n in sizes if n]) > df.select("entity", "sensor").n_unique()
+    monkeypatch.setenv("DATALAB_VALIDATE_CHUNK_ROWS", str(chunk_rows))
     chunked = validate(c, path, run_name="chunked", build_docs=False)
     assert chunked.engine == "polars" and any("chunks" in n for n in chunked.notes), chunked.notes
     gx = _gx(c, path, monkeypatch, "chunked")

@@ -676,7 +676,8 @@ def _validate(
         lf = fast.scan(frame)
         need_gx = fast.unsupported(specs, lf.collect_schema())
         if not need_gx:
-            chunks = validate_chunks.plan_chunks(Path(frame), s.validate_chunk_rows) if chunkable else None
+            chunks = validate_chunks.plan_chunks(Path(frame), s.validate_chunk_rows,
+                                                 validate_chunks.splittable_by_time(specs)) if chunkable else None
             if chunks is not None:
                 return _validate_fast_chunked(contract, Path(frame), chunks, specs, run_name, t0)
             return _validate_fast(contract, lf, specs, run_name, t0)
@@ -685,7 +686,7 @@ def _validate(
                      f"evaluate, e.g. {need_gx[0]}")
     chunks = None
     if chunkable:
-        chunks = validate_chunks.plan_chunks(Path(frame), s.validate_chunk_rows)
+        chunks = validate_chunks.plan_chunks(Path(frame), s.validate_chunk_rows, validate_chunks.splittable_by_time(specs))
     if chunks is not None:
         return _validate_chunked(contract, Path(frame), chunks, specs, run_name, t0, notes)
     df = _to_pandas(frame, _plain_text_columns(specs))
