@@ -137,3 +137,41 @@ def test_one_run_per_delivery_when_batches_are_off(lab: Path, tmp_path: Path, co
     ds = _push(contracts, tmp_path, SPINDLE, 3)
     assert all(r.validation_ok for r in runner.run_pending())
     assert sorted(r.tags["datalab/delivery"] for r in runner.instance().get_runs()) == sorted(ds)
+
+
+def test_the_daemon_runs_each_delivery_of_a_failed_range_alone(lab: Path, tmp_path: Path, contracts,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A range run launched as the sensor launches it breaks on one delivery; the run-failure sensor
+    requests a run of its own for each delivery the range left pending, and none for a settled one."""
+    import dagster as dg
+
+    from assets.common import RANGE_END, RANGE_START
+    from datalab.config import settings
+    from datalab.timeseries import ingest
+    from pipelines import runner
+    from pipelines.definitions import build_definitions, ingest_job_name
+
+    c = contracts[SPINDLE]
+    ds = _push(contracts, tmp_path, SPINDLE, 3)
+    inst = runner.instance()
+    inst.add_dynamic_partitions(f"{c.slug}__deliveries", ds)
+    real = ingest.ingest_raw
+
+    def broken(contract, d, s):
+        if d == ds[2]:
+            raise OSError(f"{d}: landed file unreadable (test)")
+        return real(contract, d, s)
+
+    monkeypatch.setattr(ingest, "ingest_raw", broken)
+    defs = build_definitions()
+    res = runner._execute(ingest_job_name(c), inst, {RANGE_START: ds[0], RANGE_END: ds[2]}, defs=defs, s=settings())
+    assert not res.success
+    assert all((state.get(d) or {}).get("stage") not in ("validated", "failed") for d in ds)  # none settled
+    state.set_stage(ds[1], "failed", s=settings(), stats={"error": "settled meanwhile (test)"})
+    run = inst.get_run_by_id(res.run_id)
+    [failure] = [e.dagster_event for e in inst.all_logs(res.run_id) if e.dagster_event
+                 and e.dagster_event.event_type_value == "PIPELINE_FAILURE"]
+    sensor = defs.resolve_sensor_def(f"deliveries_alone__{c.slug}")
+    ctx = dg.build_run_status_sensor_context(sensor.name, failure, inst, run, repository_def=defs.get_repository_def())
+    requests = list(sensor(ctx.for_run_failure()) or [])
+    assert [(r.partition_key, r.run_key) for r in requests] == [(ds[0], f"alone:{ds[0]}"), (ds[2], f"alone:{ds[2]}")]
