@@ -223,13 +223,16 @@ def _run_batch(c: Contract, batch: list[str], inst: dg.DagsterInstance, defs: dg
     for d in batch:
         st = state.get(d, s) or {}
         if st.get("stage") in ("validated", "failed"):
-            ok = bool(st.get("validation_ok"))
-            msg = "validated" if ok else ("validation failed" if st.get("validation_ok") is False
-                                          else str((st.get("stats") or {}).get("error") or "failed"))
-            out.append(DeliveryRun(c.id, d, ok, st.get("validation_ok"), msg))
+            msg = _verdict(st) or str((st.get("stats") or {}).get("error") or "failed")
+            out.append(DeliveryRun(c.id, d, bool(st.get("validation_ok")), st.get("validation_ok"), msg))
         else:
             out.append(_run_one(c, d, inst, defs, s))
     return out
+
+
+def _verdict(st: dict[str, Any]) -> str | None:
+    """What the suite said of a delivery ("validated", "validation failed"), None before it ran."""
+    return {True: "validated", False: "validation failed"}.get(st.get("validation_ok"))
 
 
 def _run_one(c: Contract, d: str, inst: dg.DagsterInstance, defs: dg.Definitions | None,
@@ -240,7 +243,7 @@ def _run_one(c: Contract, d: str, inst: dg.DagsterInstance, defs: dg.Definitions
                                                  "tenant": c.tenant}, partition_key=d, defs=defs, s=s)
     st = state.get(d, s) or {}
     ok = result.success
-    msg = "validated" if st.get("validation_ok") else ("validation failed" if st.get("validation_ok") is False else _error(result))
+    msg = _verdict(st) or _error(result)
     # a step no worker would run leaves the delivery pending (the next run takes it), not failed
     if not ok and st.get("stage") not in ("validated", "failed") and _lost_step(result) is None:
         state.set_stage(d, "failed", s=s, stats={"error": msg})

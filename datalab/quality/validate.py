@@ -672,12 +672,12 @@ def _validate(
     whole_file = isinstance(frame, (str, Path)) and Path(frame).suffix == ".parquet" and Path(frame).is_file()
     chunkable = kind_of(contract).validate_in_chunks and whole_file \
         and all(validate_chunks.mergeable(sp.type, sp.kwargs) for sp in specs)
+    by_time = validate_chunks.splittable_by_time(specs)  # a long series may be cut into time ranges
     if s.validate_engine == "fast":
         lf = fast.scan(frame)
         need_gx = fast.unsupported(specs, lf.collect_schema())
         if not need_gx:
-            chunks = validate_chunks.plan_chunks(Path(frame), s.validate_chunk_rows,
-                                                 validate_chunks.splittable_by_time(specs)) if chunkable else None
+            chunks = validate_chunks.plan_chunks(Path(frame), s.validate_chunk_rows, by_time) if chunkable else None
             if chunks is not None:
                 return _validate_fast_chunked(contract, Path(frame), chunks, specs, run_name, t0)
             return _validate_fast(contract, lf, specs, run_name, t0)
@@ -686,7 +686,7 @@ def _validate(
                      f"evaluate, e.g. {need_gx[0]}")
     chunks = None
     if chunkable:
-        chunks = validate_chunks.plan_chunks(Path(frame), s.validate_chunk_rows, validate_chunks.splittable_by_time(specs))
+        chunks = validate_chunks.plan_chunks(Path(frame), s.validate_chunk_rows, by_time)
     if chunks is not None:
         return _validate_chunked(contract, Path(frame), chunks, specs, run_name, t0, notes)
     df = _to_pandas(frame, _plain_text_columns(specs))

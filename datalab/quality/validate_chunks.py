@@ -96,8 +96,7 @@ def plan_chunks(path: Path, chunk_rows: int, by_time: bool = False) -> list[Chun
             out.append(Chunk(is_sensor, sensor))
             continue
         long = [] if not by_time else series.filter(
-            (pl.col("sensor").is_null() if sensor is None else pl.col("sensor") == sensor),
-            pl.col("entity").is_not_null(), pl.col("lo").is_not_null(), pl.col("n") > chunk_rows,
+            is_sensor, pl.col("entity").is_not_null(), pl.col("lo").is_not_null(), pl.col("n") > chunk_rows,
         ).select("entity", "n", "lo", "hi").sort("entity").rows()  # group_by's order is not stable
         rest_rows = n - sum(en for _, en, *_ in long)
         if rest_rows > 0:  # the sensor's shorter series, by entity hash
