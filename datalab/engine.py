@@ -10,6 +10,7 @@ fallback is always visible in the asset's metadata and the manifest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import resource
@@ -112,6 +113,43 @@ CPU_ENGINE = "in-memory"
 OnResult = Callable[[pl.DataFrame], None]
 
 
+@dataclass(frozen=True)
+class Twin:
+    """A second file of a sink's rows, written in the same run: other constants, some text values renamed.
+
+    The published form of a firm that withholds its name (its pseudonyms in
+    the provenance columns and in ``entity``: datalab.policy.firm_names) is
+    such a twin of the curated file. Written from the result while it is in
+    memory, it costs one more encoding of the rows, where publishing the
+    firm's rows later cost a read, a decode and that encoding (the
+    measurements are in docs/performance.md, "Why the code is as it is").
+    ``rename``: per text column, the function giving each distinct value's
+    replacement (called once per value per part; nulls stay null).
+    """
+
+    path: Path
+    constants: dict[str, str]
+    rename: dict[str, Callable[[str], str]]
+
+    def arrow(self, tbl: Any) -> Any:
+        """The twin of one result table (Arrow), before its constants are appended."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        for name, fn in self.rename.items():
+            i = tbl.schema.get_field_index(name)
+            enc = pc.dictionary_encode(tbl.column(i).combine_chunks())
+            values = pa.array([fn(v) for v in enc.dictionary.to_pylist()], pa.string())
+            tbl = tbl.set_column(i, name, pa.DictionaryArray.from_arrays(enc.indices, values))
+        return tbl
+
+    def frame(self, df: pl.DataFrame) -> pl.DataFrame:
+        """The twin of one result frame (Polars), with its constants."""
+        names = {n: {v: fn(v) for v in df.get_column(n).drop_nulls().unique().to_list()} for n, fn in self.rename.items()}
+        return df.with_columns(*(pl.col(n).replace(m) for n, m in names.items()),
+                               *(pl.lit(v, pl.String).alias(k) for k, v in self.constants.items()))
+
+
 class Engine:
     """Runs LazyFrames on the chosen device and says what it did."""
 
@@ -155,21 +193,22 @@ class Engine:
         return df, EngineRun("cpu", self._cpu_device(), time.perf_counter() - t0, fallback, peak_rss_mb())
 
     def sink_parquet(self, lf: pl.LazyFrame, path: Path, constants: dict[str, str] | None = None,
-                     on_result: OnResult | None = None) -> EngineRun:
+                     on_result: OnResult | None = None, twin: Twin | None = None) -> EngineRun:
         """Run ``lf`` and write it to ``path`` atomically (tmp file, then rename).
 
         ``constants``: string columns appended with one value on every row
         (provenance); added to the result, not to the plan. ``on_result``
         sees the result (without them) while it is in memory, before it is
         written: counting there costs no second read of the file.
+        ``twin``: a second file of the same rows (:class:`Twin`), written too.
         """
         with MemoryWatch() as mw:
-            run = self._sink_parquet(lf, path, constants or {}, on_result)
+            run = self._sink_parquet(lf, path, constants or {}, on_result, twin)
         run.peak_rss_mb = round(mw.peak_mb, 1)
         return run
 
     def _sink_parquet(self, lf: pl.LazyFrame, path: Path, constants: dict[str, str],
-                      on_result: OnResult | None = None) -> EngineRun:
+                      on_result: OnResult | None = None, twin: Twin | None = None) -> EngineRun:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".parquet.tmp")
         t0 = time.perf_counter()
@@ -188,18 +227,24 @@ class Engine:
         # once, whichever engine ran it.
         if on_result is not None:
             on_result(df)
+        twin_tmp = twin.path.with_suffix(".parquet.tmp") if twin is not None else None
         try:
             df.with_columns(lits).write_parquet(tmp, statistics=True)
+            if twin is not None and twin_tmp is not None:
+                twin.frame(df).write_parquet(twin_tmp, statistics=True)
+                os.replace(twin_tmp, twin.path)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
+            if twin_tmp is not None:
+                twin_tmp.unlink(missing_ok=True)
             raise
         if on_gpu:
             return EngineRun("gpu", _gpu_name(), time.perf_counter() - t0, None, peak_rss_mb())
         return EngineRun("cpu", self._cpu_device(), time.perf_counter() - t0, fallback, peak_rss_mb())
 
     def sink_parquet_parts(self, plans: list[pl.LazyFrame], path: Path, constants: dict[str, str] | None = None,
-                           on_result: OnResult | None = None) -> EngineRun:
+                           on_result: OnResult | None = None, twin: Twin | None = None) -> EngineRun:
         """Run ``plans`` one after the other and write their results, in order, to one Parquet file.
 
         Used for deliveries larger than one curation bucket: at most two
@@ -207,15 +252,18 @@ class Engine:
         the one being written (``_PartWriter``). The run counts as GPU only
         if every part ran there; the first fallback reason is kept.
         ``constants`` and ``on_result`` (called for each part, in order) as
-        for :meth:`sink_parquet`.
+        for :meth:`sink_parquet`; the ``twin``'s parts are written on a thread of their own.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".parquet.tmp")
+        twin_tmp = twin.path.with_suffix(".parquet.tmp") if twin is not None else None
         t0 = time.perf_counter()
         runs: list[EngineRun] = []
         mw = MemoryWatch().__enter__()
         try:
-            with _PartWriter(tmp, constants or {}) as writer:
+            with _PartWriter(tmp, constants or {}) as writer, \
+                    _PartWriter(twin_tmp, twin.constants, twin.arrow) if twin is not None and twin_tmp is not None \
+                    else contextlib.nullcontext() as twin_writer:
                 for lf in plans:
                     df, r = self.collect(lf)
                     runs.append(r)
@@ -225,13 +273,20 @@ class Engine:
                     # large strings, which cost time on every part (measured
                     # in docs/performance.md); the Parquet written is the
                     # same (plain UTF-8 columns).
-                    writer.put(df.to_arrow(compat_level=pl.CompatLevel.newest()))
-                    del df
+                    tbl = df.to_arrow(compat_level=pl.CompatLevel.newest())
+                    writer.put(tbl)
+                    if twin_writer is not None:
+                        twin_writer.put(tbl)
+                    del df, tbl
         except BaseException:
             tmp.unlink(missing_ok=True)
+            if twin_tmp is not None:
+                twin_tmp.unlink(missing_ok=True)
             raise
         finally:
             mw.__exit__()
+        if twin is not None and twin_tmp is not None:
+            os.replace(twin_tmp, twin.path)
         os.replace(tmp, path)
         gpu = bool(runs) and all(r.engine == "gpu" for r in runs)
         fallback = next((r.fallback for r in runs if r.fallback), None)
@@ -257,9 +312,11 @@ class _PartWriter:
     else (UTC timestamps, unsigned integers).
     """
 
-    def __init__(self, path: Path, constants: dict[str, str] | None = None):
+    def __init__(self, path: Path, constants: dict[str, str] | None = None,
+                 transform: Callable[[Any], Any] | None = None):
         self.path = path
         self.constants = constants or {}
+        self.transform = transform  # applied to each part first, on this writer's thread (Twin.arrow)
         self._q: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="datalab-part-writer", daemon=True)
@@ -280,6 +337,8 @@ class _PartWriter:
         writer: Any = None
         try:
             while (tbl := self._q.get()) is not None:
+                if self.transform is not None:
+                    tbl = self.transform(tbl)
                 for name, value in self.constants.items():
                     tbl = tbl.append_column(name, pa.DictionaryArray.from_arrays(
                         pa.nulls(tbl.num_rows, pa.int8()).fill_null(0), pa.array([value], pa.string())))

@@ -177,6 +177,24 @@ def row_mask(c: Contract, entities: Iterable[str], s: Settings) -> RowMask | Non
                    tuple((e, machine_label(c.tenant, e, s)) for e in sorted(set(entities)) if _distinctive(e)))
 
 
+def entity_label(c: Contract, machine: str, s: Settings) -> str:
+    """What a masked firm's published rows hold for its machine id ``machine`` (as :func:`row_mask` maps it)."""
+    return machine_label(c.tenant, machine, s) if _distinctive(machine) else machine
+
+
+def mask_digest(mask: RowMask, contract_version: str) -> str:
+    """A fingerprint of what a masked firm's published rows hold: its pseudonyms and the machine ids they replace.
+
+    Curation records it with a delivery's published form (the twin of its
+    curated file); publishing copies that file only when the mask it would
+    apply now has the same fingerprint (same key, names and machines).
+    """
+    import hashlib
+
+    body = json.dumps([mask.tenant, mask.contract_id, contract_version, [list(e) for e in mask.entities]])
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
 def row_contract_ids(contract_id: str, tenants: Iterable[str], s: Settings) -> list[str]:
     """Every value ``contract_id`` can hold in published rows: the id, and the id masked for each of ``tenants``."""
     return sorted({contract_id, *(contract_label(contract_id, t, s) for t in tenants)})

@@ -108,12 +108,28 @@ def correction_parts(included: list[dict[str, Any]], here: Fetched) -> dict[str,
 
 def _part(d: dict[str, Any], contracts: dict[str, Any], replaced_by: dict[str, tuple[Path, ...]], here: Fetched,
           mask: firm_names.RowMask | None = None) -> table_stream.Part:
-    """One included delivery as a part of the version; ``mask``: what its rows hold instead of its firm's names."""
+    """One included delivery as a part of the version; ``mask``: what its rows hold instead of its firm's names.
+
+    A masked delivery whose curation wrote its published form under this very
+    mask (``curate.PublishedForm``: same fingerprint) is that file, whose rows
+    already hold the pseudonyms: it is copied, not rewritten (table_stream).
+    A correction that replaces some of its rows still rewrites it.
+    """
+    replaced = replaced_by.get(d["id"], ())
     if mask is None:
         return table_stream.Part(here.path(d["curated_path"]), d["contract"], contracts[d["contract"]].tenant,
-                                 d["contract_version"], d["id"], replaced_by.get(d["id"], ()))
+                                 d["contract_version"], d["id"], replaced)
+    form = _published_form(d)
+    if form and not replaced and here.store.exists(form["key"]) and form.get("mask_sha256") == firm_names.mask_digest(mask, d["contract_version"]):
+        return table_stream.Part(here.path(form["key"]), mask.contract_id, mask.tenant, d["contract_version"], d["id"])
     return table_stream.Part(here.path(d["curated_path"]), mask.contract_id, mask.tenant,
-                             d["contract_version"], d["id"], replaced_by.get(d["id"], ()), mask.entities)
+                             d["contract_version"], d["id"], replaced, mask.entities)
+
+
+def _published_form(d: dict[str, Any]) -> dict[str, str] | None:
+    """The published form curation recorded for delivery ``d`` (a firm that withholds its name), if any."""
+    st = json.loads(d["stats"]) if isinstance(d.get("stats"), str) else (d.get("stats") or {})
+    return (st.get("curated") or {}).get("published_form")
 
 
 def row_masks(included: list[dict[str, Any]], contracts: dict[str, Any], here: Fetched,

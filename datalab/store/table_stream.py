@@ -26,9 +26,11 @@ other, and disk use is what it was with rewritten files. Any other part (a
 curated file from before the provenance columns, a dataset of contracts
 with different columns, dropped columns) is rewritten by the sink.
 
-A firm that withholds its name (``datalab.policy.firm_names``) has its parts
-rewritten, never copied: their rows carry its pseudonyms in ``tenant``,
-``contract_id`` and ``entity``, where the curated file holds the names.
+A firm that withholds its name (``datalab.policy.firm_names``) has its rows
+carry its pseudonyms in ``tenant``, ``contract_id`` and ``entity``, where
+the curated file holds the names: such a part is its published form
+(written by curation, ``curate.PublishedForm``; then it is copied like any
+data file) or, where there is none under the current mask, rewritten.
 
 Memory stays bounded: a rewritten file holds at most ``COMMIT_ROWS`` rows and
 the sink streams it; a copied file is the curated file, whose row groups

@@ -28,6 +28,7 @@ publishing registers it as it is instead of re-encoding every row (4 s of a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -42,9 +43,9 @@ from datalab.config import Settings, safe_segment, settings
 from datalab.contracts import units
 from datalab.contracts.contract import Contract
 from datalab.contracts.raw_table import KEY, PROVENANCE, duplicate_warning
-from datalab.engine import Engine, EngineRun, OnResult
+from datalab.engine import Engine, EngineRun, OnResult, Twin
 from datalab.intake import receipts
-from datalab.policy import pseudonym
+from datalab.policy import firm_names, pseudonym
 from datalab.store import catalog as cat
 from datalab.store import state
 from datalab.store.storage import store
@@ -60,6 +61,51 @@ TIME_INT = pl.col("time").cast(pl.Int64)
 
 def curated_path(contract: Contract, delivery_id: str, s: Settings) -> Path:
     return s.curated / contract.tenant / contract.product / f"{safe_segment(delivery_id, 'delivery id')}.parquet"
+
+
+def published_form_path(curated: Path) -> Path:
+    """Where a masked firm's delivery keeps its published form: beside its curated file, named after the delivery."""
+    return curated.with_name(f"{curated.stem}.published.parquet")
+
+
+@dataclass
+class PublishedForm:
+    """The published form of a delivery of a firm that withholds its name, written with its curated file.
+
+    The version's rows of such a firm carry its pseudonyms (tenant, contract
+    id, machine ids: datalab.policy.firm_names). Publishing used to read the
+    curated file and write those rows anew; now curation writes them once
+    more while its result is in memory (``engine.Twin``), and publishing
+    copies the file when the mask it would apply has the fingerprint recorded
+    here (datalab.store.publish). The file is named after the delivery, so
+    retention and withdrawal delete it with the delivery's other files.
+    """
+
+    contract: Contract
+    contract_version: str
+    twin: Twin
+    machines: set[str]
+
+    @classmethod
+    def of(cls, contract: Contract, contract_version: str, curated: Path, s: Settings) -> PublishedForm | None:
+        """The form to write for ``contract``'s delivery; None for a firm published under its own name."""
+        mask = firm_names.row_mask(contract, (), s)
+        if mask is None:
+            return None
+        machines: set[str] = set()
+
+        def entity(machine: str) -> str:
+            machines.add(machine)
+            return firm_names.entity_label(contract, machine, s)
+
+        constants = dict(zip(PROVENANCE, (mask.tenant, mask.contract_id, contract_version), strict=True))
+        return cls(contract, contract_version, Twin(published_form_path(curated), constants, {"entity": entity}), machines)
+
+    def record(self, key: str, s: Settings) -> dict[str, str]:
+        """What the delivery's statistics keep: the file's store key and the fingerprint of its mask."""
+        mask = firm_names.row_mask(self.contract, self.machines, s)
+        assert mask is not None
+        return {"key": key, "mask_sha256": firm_names.mask_digest(mask, self.contract_version)}
 
 
 def sensor_table(contract: Contract) -> pl.DataFrame:
@@ -736,18 +782,19 @@ def read_delivery(contract: Contract, delivery_id: str, scratch: Path, s: Settin
 
 
 def run_plans(contract: Contract, inp: DeliveryInput, engine: Engine, out: Path, cap: int,
-              on_result: OnResult) -> PlanRun:
+              on_result: OnResult, twin: Twin | None = None) -> PlanRun:
     """Curate the delivery into ``out``: one plan when it fits a bucket of ``cap`` rows, else one per bucket.
 
     ``on_result`` sees each part while it is in memory (``Profile.add``), so
-    the file is counted without being read back.
+    the file is counted without being read back. ``twin``: the delivery's
+    published form (:class:`PublishedForm`), written from the same parts.
     """
     joins_only = engine.tries_gpu()
     if inp.rows_kept <= cap:
         plan = build_plan(contract, inp.raw, inp.watermarks, inp.pseudonyms, inp.order, joins_only)
-        run = engine.sink_parquet(plan, out, _provenance_of(contract, inp), on_result=on_result)
+        run = engine.sink_parquet(plan, out, _provenance_of(contract, inp), on_result=on_result, twin=twin)
         return PlanRun(run, buckets=1, long_series={"series": 0, "chunks": 0})
-    return _run_buckets(contract, inp, engine, out, cap, joins_only, on_result)
+    return _run_buckets(contract, inp, engine, out, cap, joins_only, on_result, twin)
 
 
 def _provenance_of(contract: Contract, inp: DeliveryInput) -> dict[str, str]:
@@ -756,7 +803,7 @@ def _provenance_of(contract: Contract, inp: DeliveryInput) -> dict[str, str]:
 
 
 def _run_buckets(contract: Contract, inp: DeliveryInput, engine: Engine, out: Path, cap: int, joins_only: bool,
-                 on_result: OnResult) -> PlanRun:
+                 on_result: OnResult, twin: Twin | None = None) -> PlanRun:
     """A delivery larger than a bucket: its series in buckets of at most ``cap`` rows, each its own plan.
 
     A series longer than a bucket is cut by time (long_series); the one-key
@@ -779,7 +826,7 @@ def _run_buckets(contract: Contract, inp: DeliveryInput, engine: Engine, out: Pa
             plans += long_series_plans(contract, inp.raw, r, cap, inp.watermarks, inp.pseudonyms, order, joins_only,
                                        engine, scratch / str(i))
         long_info = {"series": long.height, "chunks": len(plans) - len(keys)}
-        run = engine.sink_parquet_parts(plans, out, _provenance_of(contract, inp), on_result=on_result)
+        run = engine.sink_parquet_parts(plans, out, _provenance_of(contract, inp), on_result=on_result, twin=twin)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return PlanRun(run, buckets=len(plans), long_series=long_info)
@@ -865,11 +912,18 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
     with st.fetched(raw_path(contract, delivery_id, s)) as (raw_file,):
         inp = read_delivery(contract, delivery_id, scratch_raw, s, raw_file)
         counted = Profile()
-        ran = run_plans(contract, inp, engine, out, s.curate_bucket_rows, counted.add)
+        form = PublishedForm.of(contract, inp.receipt.contract_version, out, s)
+        ran = run_plans(contract, inp, engine, out, s.curate_bucket_rows, counted.add, form.twin if form else None)
     scratch_raw.unlink(missing_ok=True)
     prof = counted.result(out)
     _record_watermarks(contract, delivery_id, counted.watermarks(), s)
     stats = curation_stats(contract, inp, prof, ran, out, t0)
+    twin = published_form_path(out)
+    if form is not None:
+        st.save(twin)
+        stats = dataclasses.replace(stats, published_form=form.record(st.key(twin), s))
+    else:  # curated again after the firm chose to be named: an earlier form is stale
+        st.remove(st.key(twin))
     st.save(out, keep=True)
     _record_curated(delivery_id, stats, inp.receipt, out, s)
     return stats

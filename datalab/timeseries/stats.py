@@ -57,6 +57,9 @@ class CurationStats:
     warnings: tuple[str, ...] = ()
     # per sensor, where its time came from (measurement files only; datalab.intake.measurement)
     time_bases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # a firm that withholds its name: the store key of the delivery's published form (its rows under the
+    # firm's pseudonyms, written by curation) and the fingerprint of that mask (firm_names.mask_digest)
+    published_form: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The statistics as the catalog stores them: flags as top-level keys; the duplicate counts,
@@ -88,4 +91,5 @@ class CurationStats:
             "long_series": self.long_series,
             "seconds": self.seconds,
             "bytes_out": self.bytes_out,
+            **({"published_form": self.published_form} if self.published_form else {}),
         }

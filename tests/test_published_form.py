@@ -1,0 +1,145 @@
+"""A firm that withholds its name: curation writes its published form, and publishing copies it (issue 21).
+
+The version's rows of such a firm hold its pseudonyms (tenant, contract id,
+machine ids). Curation writes those rows once more while its result is in
+memory (``curate.PublishedForm``, ``engine.Twin``), in both of its paths (one
+plan, written by Polars; buckets, written by the part writer). The tests
+check that the form holds exactly the rows the rewrite would give, that a
+publish copies it byte for byte, that a form whose mask no longer matches is
+not used (the rows are rewritten as before), that a named firm gets no form,
+and that withdrawing the firm deletes the forms with its other files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from datalab.config import settings
+from datalab.contracts import contract as contracts_mod
+from datalab.intake import landing
+from datalab.policy import firm_names, retention
+from datalab.quality import validate
+from datalab.store import catalog as cat
+from datalab.store import publish, state, table_stream
+from datalab.timeseries import curate, ingest, sample
+from tests.conftest import PUMPS, ROOT, SPINDLE
+
+START = dt.datetime(2026, 5, 4, 6, tzinfo=dt.UTC)
+
+
+def _deliver(spec: Path, cid: str, rows: int, seed: int, start: dt.datetime, tmp: Path) -> str:
+    s = settings()
+    c = contracts_mod.load_all(spec)[cid]
+    f = sample.write(sample.generate(c, rows, seed=seed, start=start), tmp / f"{c.product}-{seed}.csv")
+    rec = landing.push(c, [f], actor=f"firm:{c.tenant}")
+    assert rec.accepted, rec.reasons
+    ingest.ingest_raw(c, rec.delivery_id, s)
+    curate.curate_delivery(c, rec.delivery_id, s=s)
+    rep = validate.validate(c, curate.curated_path(c, rec.delivery_id, s), run_name=rec.delivery_id, build_docs=False)
+    state.set_stage(rec.delivery_id, "validated", s=s, validation_ok=rep.success, validation=rep.to_dict())
+    assert rep.success
+    return rec.delivery_id
+
+
+def _dataset(spec: Path, name: str, inputs: list[str]) -> None:
+    (spec / "datasets" / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, "site": "munich", "inputs": inputs}))
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def flab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """The spindle firm (confidential: withheld) with a delivery curated in buckets and one in a single plan,
+    and the pumps firm (internal: named) with one delivery."""
+    root = tmp_path_factory.mktemp("pubform")
+    spec = root / "contracts"
+    shutil.copytree(ROOT / "data_contracts", spec)
+    _dataset(spec, "forms", [SPINDLE, PUMPS])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DATALAB_HOME", str(root / "lab"))
+        mp.setenv("DATALAB_CONTRACTS", str(spec))
+        mp.setenv("DATALAB_ENGINE", "cpu")
+        mp.setenv("DATALAB_CURATE_BUCKET_ROWS", "1000")  # the 3,000-reading delivery runs in buckets
+        for k in ("DATALAB_SITE", "DATALAB_CATALOG_URL", "DATALAB_PSEUDONYM_KEY", "DATALAB_STORAGE"):
+            mp.delenv(k, raising=False)
+        big = _deliver(spec, SPINDLE, 3000, 11, START, root)
+        small = _deliver(spec, SPINDLE, 400, 12, START + dt.timedelta(days=3), root)
+        named = _deliver(spec, PUMPS, 500, 13, START, root)
+        yield {"spec": spec, "root": root, "big": big, "small": small, "named": named}
+
+
+def _expected(d: str, spec: Path) -> pl.DataFrame:
+    """What publishing would write for delivery ``d`` without a published form (the rewrite path)."""
+    s = settings()
+    c = contracts_mod.load_all(spec)[SPINDLE]
+    cur = s.home / state.get(d, s)["curated_path"]
+    entities = pl.read_parquet(cur, columns=["entity"])["entity"].drop_nulls().unique().to_list()
+    mask = firm_names.row_mask(c, entities, s)
+    assert mask is not None and mask.entities
+    part = table_stream.Part(cur, mask.contract_id, mask.tenant, c.version, d, (), mask.entities)
+    return table_stream.conformed(part, dict(pl.read_parquet_schema(cur))).collect()
+
+
+def test_curation_writes_the_published_form_of_a_withheld_firm(flab: dict) -> None:
+    s = settings()
+    for d in (flab["big"], flab["small"]):
+        st = state.get(d, s)
+        cur = s.home / st["curated_path"]
+        form = st["stats"]["curated"]["published_form"]
+        assert form["key"] == str(Path(st["curated_path"]).with_name(f"{d}.published.parquet"))
+        twin = s.home / form["key"]
+        got = pl.read_parquet(twin)
+        assert list(got.schema.items()) == list(pl.read_parquet_schema(cur).items())  # plain strings, same order
+        assert got.equals(_expected(d, flab["spec"])), d
+        assert b"bavaria" not in twin.read_bytes() and b"BSW-M" not in twin.read_bytes()
+    assert state.get(flab["big"], s)["stats"]["curated"]["series_buckets"] > 1  # the part writer's path
+    assert state.get(flab["small"], s)["stats"]["curated"]["series_buckets"] == 1  # the single plan's
+    # a named firm's delivery has none
+    named = state.get(flab["named"], s)
+    assert "published_form" not in named["stats"]["curated"]
+    assert not (s.home / named["curated_path"]).with_name(f"{flab['named']}.published.parquet").exists()
+
+
+def test_publish_copies_the_form_and_rewrites_when_the_mask_changed(flab: dict) -> None:
+    s = settings()
+    forms = {d: s.home / state.get(d, s)["stats"]["curated"]["published_form"]["key"] for d in (flab["big"], flab["small"])}
+    v = publish.publish("forms")
+    files = {f.sha256: s.home / f.path for f in v.manifest.files}
+    assert {_sha(p) for p in forms.values()} <= set(files)  # byte for byte
+    rows = pl.concat([pl.read_parquet(p) for p in files.values()], how="diagonal_relaxed")
+    mine = rows.filter(pl.col("contract_id") == firm_names.contract_label(SPINDLE, "bavaria-spindle", s))
+    expected = pl.concat([_expected(d, flab["spec"]) for d in sorted(forms)])
+    assert mine.sort(mine.columns).equals(expected.sort(expected.columns))
+    # the fingerprint no longer matches (as after a new pseudonym key): the rows are rewritten, the same rows
+    big = state.get(flab["big"], s)
+    stats = big["stats"]
+    stats["curated"]["published_form"]["mask_sha256"] = "0" * 64
+    with cat.Catalog(s.catalog_url).begin() as conn:
+        conn.execute(sa.update(cat.processing).where(cat.processing.c.delivery_id == flab["big"]).values(stats=json.dumps(stats)))
+    _dataset(flab["spec"], "forms-again", [SPINDLE])
+    again = publish.publish("forms-again")
+    shas = {f.sha256 for f in again.manifest.files}
+    assert _sha(forms[flab["small"]]) in shas and _sha(forms[flab["big"]]) not in shas
+    rows2 = pl.concat([pl.read_parquet(s.home / f.path) for f in again.manifest.files], how="diagonal_relaxed")
+    assert rows2.sort(rows2.columns).equals(expected.sort(expected.columns))
+
+
+def test_withdrawal_deletes_the_published_forms(flab: dict) -> None:
+    s = settings()
+    forms = [s.home / state.get(d, s)["stats"]["curated"]["published_form"]["key"] for d in (flab["big"], flab["small"])]
+    assert all(p.exists() for p in forms)
+    retention.withdraw_contract(SPINDLE, "firm:bavaria-spindle", "end of cooperation", s)
+    assert not any(p.exists() for p in forms)
+    assert not list((s.home / "curated" / "bavaria-spindle").rglob("*.parquet"))
