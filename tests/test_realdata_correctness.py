@@ -563,3 +563,12 @@ def test_near_duplicate_series_named(contracts, realdata: Path, tmp_path: Path) 
     warns = datasheet.near_duplicate_series(frame.lazy())
     assert len(warns) == 1 and "entities 107, 97" in warns[0] and f"{len(copy):,} readings" in warns[0]
     assert datasheet.near_duplicate_series(frame.filter(pl.col("entity") == "97").lazy()) == []
+    # the card finds it from its fine counts (no pass of its own), split by tenant and shift as the card splits
+    rows = frame.with_columns(tenant=pl.lit("nasa"), flag_gap_before=False, flag_missing=pl.col("value").is_null())
+    schema = {k: str(v) for k, v in rows.schema.items()}
+    assert datasheet.near_duplicates_of(datasheet.fine_counts(schema, (), rows.lazy())) == warns
+    shifted = rows.with_columns(time=pl.datetime(2026, 1, 1) + pl.duration(hours=pl.col("time")))  # over several shifts
+    schema = {k: str(v) for k, v in shifted.schema.items()}
+    fine = datasheet.fine_counts(schema, (), shifted.lazy())
+    assert fine["condition"].n_unique() > 1 and datasheet.near_duplicates_of(fine) == warns
+    assert datasheet.near_duplicates_of(fine.filter(pl.col("entity") == "97")) == []
