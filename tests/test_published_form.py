@@ -72,12 +72,15 @@ def flab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         mp.setenv("DATALAB_CONTRACTS", str(spec))
         mp.setenv("DATALAB_ENGINE", "cpu")
         mp.setenv("DATALAB_CURATE_BUCKET_ROWS", "1000")  # the 3,000-reading delivery runs in buckets
+        mp.setattr(curate, "PUBLISHED_FORM_ROWS", 100)  # both spindle deliveries get a form ...
         for k in ("DATALAB_SITE", "DATALAB_CATALOG_URL", "DATALAB_PSEUDONYM_KEY", "DATALAB_STORAGE"):
             mp.delenv(k, raising=False)
         big = _deliver(spec, SPINDLE, 3000, 11, START, root)
         small = _deliver(spec, SPINDLE, 400, 12, START + dt.timedelta(days=3), root)
         named = _deliver(spec, PUMPS, 500, 13, START, root)
-        yield {"spec": spec, "root": root, "big": big, "small": small, "named": named}
+        mp.setattr(curate, "PUBLISHED_FORM_ROWS", 1_000)
+        tiny = _deliver(spec, SPINDLE, 200, 14, START + dt.timedelta(days=6), root)  # ... this one, under it, none
+        yield {"spec": spec, "root": root, "big": big, "small": small, "named": named, "tiny": tiny}
 
 
 def _expected(d: str, spec: Path) -> pl.DataFrame:
@@ -106,21 +109,23 @@ def test_curation_writes_the_published_form_of_a_withheld_firm(flab: dict) -> No
         assert b"bavaria" not in twin.read_bytes() and b"BSW-M" not in twin.read_bytes()
     assert state.get(flab["big"], s)["stats"]["curated"]["series_buckets"] > 1  # the part writer's path
     assert state.get(flab["small"], s)["stats"]["curated"]["series_buckets"] == 1  # the single plan's
-    # a named firm's delivery has none
-    named = state.get(flab["named"], s)
-    assert "published_form" not in named["stats"]["curated"]
-    assert not (s.home / named["curated_path"]).with_name(f"{flab['named']}.published.parquet").exists()
+    # a named firm's delivery has none, nor has a delivery under PUBLISHED_FORM_ROWS
+    for d in (flab["named"], flab["tiny"]):
+        st = state.get(d, s)
+        assert "published_form" not in st["stats"]["curated"]
+        assert not (s.home / st["curated_path"]).with_name(f"{d}.published.parquet").exists()
 
 
 def test_publish_copies_the_form_and_rewrites_when_the_mask_changed(flab: dict) -> None:
     s = settings()
     forms = {d: s.home / state.get(d, s)["stats"]["curated"]["published_form"]["key"] for d in (flab["big"], flab["small"])}
     v = publish.publish("forms")
+    assert flab["tiny"] in v.manifest.lineage.deliveries  # rewritten at publish, as before forms
     files = {f.sha256: s.home / f.path for f in v.manifest.files}
     assert {_sha(p) for p in forms.values()} <= set(files)  # byte for byte
     rows = pl.concat([pl.read_parquet(p) for p in files.values()], how="diagonal_relaxed")
     mine = rows.filter(pl.col("contract_id") == firm_names.contract_label(SPINDLE, "bavaria-spindle", s))
-    expected = pl.concat([_expected(d, flab["spec"]) for d in sorted(forms)])
+    expected = pl.concat([_expected(d, flab["spec"]) for d in sorted([*forms, flab["tiny"]])])
     assert mine.sort(mine.columns).equals(expected.sort(expected.columns))
     # the fingerprint no longer matches (as after a new pseudonym key): the rows are rewritten, the same rows
     big = state.get(flab["big"], s)
@@ -143,3 +148,32 @@ def test_withdrawal_deletes_the_published_forms(flab: dict) -> None:
     retention.withdraw_contract(SPINDLE, "firm:bavaria-spindle", "end of cooperation", s)
     assert not any(p.exists() for p in forms)
     assert not list((s.home / "curated" / "bavaria-spindle").rglob("*.parquet"))
+
+
+def test_the_published_form_on_object_storage(lab: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On S3 (moto's server on loopback): the form is uploaded, not left on this machine, copied into the
+    version from the bucket, and deleted from it with the firm's other objects."""
+    from datalab.store.storage import store
+    from tests.conftest import s3_server
+
+    with s3_server() as env:
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("DATALAB_STORAGE", "s3://lab-bucket/site-a")
+        monkeypatch.setenv("DATALAB_SCRATCH", str(lab.parent / "scratch"))
+        spec = tmp_path / "contracts"
+        shutil.copytree(ROOT / "data_contracts", spec)
+        _dataset(spec, "forms-s3", [SPINDLE])
+        monkeypatch.setenv("DATALAB_CONTRACTS", str(spec))
+        monkeypatch.setattr(curate, "PUBLISHED_FORM_ROWS", 0)
+        d = _deliver(spec, SPINDLE, 800, 21, START, tmp_path)
+        s, st = settings(), store()
+        key = state.get(d, s)["stats"]["curated"]["published_form"]["key"]
+        assert st.exists(key) and not st.local(key).exists()  # uploaded, no copy left here
+        twin_sha = hashlib.sha256(st.read_bytes(key)).hexdigest()
+        v = publish.publish("forms-s3")
+        assert [f.sha256 for f in v.manifest.files] == [twin_sha]
+        assert st.read_bytes(v.manifest.files[0].path) == st.read_bytes(key)
+        retention.withdraw_contract(SPINDLE, "firm:bavaria-spindle", "end of cooperation", s)
+        assert not st.exists(key)
+        assert [o.key for o in st.list("curated")] == []
