@@ -107,6 +107,8 @@ def test_curation_writes_the_published_form_of_a_withheld_firm(flab: dict) -> No
         assert list(got.schema.items()) == list(pl.read_parquet_schema(cur).items())  # plain strings, same order
         assert got.equals(_expected(d, flab["spec"])), d
         assert b"bavaria" not in twin.read_bytes() and b"BSW-M" not in twin.read_bytes()
+        # the machine ids of its rows, so that a publish need not read them from the file
+        assert form["machines"] == sorted(pl.read_parquet(cur, columns=["entity"])["entity"].drop_nulls().unique())
     assert state.get(flab["big"], s)["stats"]["curated"]["series_buckets"] > 1  # the part writer's path
     assert state.get(flab["small"], s)["stats"]["curated"]["series_buckets"] == 1  # the single plan's
     # a named firm's delivery has none, nor has a delivery under PUBLISHED_FORM_ROWS
@@ -123,6 +125,7 @@ def test_publish_copies_the_form_and_rewrites_when_the_mask_changed(flab: dict) 
     assert flab["tiny"] in v.manifest.lineage.deliveries  # rewritten at publish, as before forms
     files = {f.sha256: s.home / f.path for f in v.manifest.files}
     assert {_sha(p) for p in forms.values()} <= set(files)  # byte for byte
+    assert "published_form" not in json.dumps(v.manifest.to_dict()) and "BSW-M" not in json.dumps(v.manifest.to_dict())
     rows = pl.concat([pl.read_parquet(p) for p in files.values()], how="diagonal_relaxed")
     mine = rows.filter(pl.col("contract_id") == firm_names.contract_label(SPINDLE, "bavaria-spindle", s))
     expected = pl.concat([_expected(d, flab["spec"]) for d in sorted([*forms, flab["tiny"]])])

@@ -139,16 +139,18 @@ def row_masks(included: list[dict[str, Any]], contracts: dict[str, Any], here: F
     The rule is the card's (``datalab.policy.firm_names``): such a firm's rows hold
     its pseudonym in ``tenant``, its contract id with the pseudonym in
     ``contract_id`` and ``machine-<HMAC>`` for its machine ids in ``entity``.
-    The machine ids are read from the curated file (one column, streamed).
+    The machine ids are those curation recorded with the delivery's published
+    form, else read from the curated file (one column, streamed: 0.5 s of a
+    10 M-row publish).
     """
     out: dict[str, firm_names.RowMask] = {}
     for d in included:
         c = contracts[d["contract"]]
         if not firm_names.masked(c):
             continue
-        path = here.path(d["curated_path"])
-        entities: list[str] = []
-        if pl.read_parquet_schema(path).get("entity") == pl.String:
+        entities: list[str] = list((_published_form(d) or {}).get("machines") or [])
+        path = here.path(d["curated_path"]) if not entities else None
+        if path is not None and pl.read_parquet_schema(path).get("entity") == pl.String:
             entities = pl.scan_parquet(path).select(pl.col("entity").unique()).collect(engine="streaming")["entity"].drop_nulls().to_list()
         mask = firm_names.row_mask(c, entities, s)
         if mask is not None:

@@ -109,11 +109,12 @@ class PublishedForm:
         constants = dict(zip(PROVENANCE, (mask.tenant, mask.contract_id, contract_version), strict=True))
         return cls(contract, contract_version, Twin(published_form_path(curated), constants, {"entity": entity}), machines)
 
-    def record(self, key: str, s: Settings) -> dict[str, str]:
-        """What the delivery's statistics keep: the file's store key and the fingerprint of its mask."""
+    def record(self, key: str, s: Settings) -> dict[str, Any]:
+        """What the delivery's statistics keep: the file's store key, the machine ids of its rows (so that
+        a publish needs no pass over the file to find them) and the fingerprint of its mask."""
         mask = firm_names.row_mask(self.contract, self.machines, s)
         assert mask is not None
-        return {"key": key, "mask_sha256": firm_names.mask_digest(mask, self.contract_version)}
+        return {"key": key, "machines": sorted(self.machines), "mask_sha256": firm_names.mask_digest(mask, self.contract_version)}
 
 
 def sensor_table(contract: Contract) -> pl.DataFrame:

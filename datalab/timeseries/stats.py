@@ -58,8 +58,9 @@ class CurationStats:
     # per sensor, where its time came from (measurement files only; datalab.intake.measurement)
     time_bases: dict[str, dict[str, Any]] = field(default_factory=dict)
     # a firm that withholds its name: the store key of the delivery's published form (its rows under the
-    # firm's pseudonyms, written by curation) and the fingerprint of that mask (firm_names.mask_digest)
-    published_form: dict[str, str] | None = None
+    # firm's pseudonyms, written by curation), its rows' machine ids and the fingerprint of its mask
+    # (firm_names.mask_digest); never copied into a manifest (datalab.store.publish.CURATION_REST)
+    published_form: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The statistics as the catalog stores them: flags as top-level keys; the duplicate counts,
