@@ -159,8 +159,17 @@ def test_plan_has_no_python_udfs(contracts) -> None:
     assert "python" not in plan.lower() and "map_" not in plan.lower()
 
 
-def test_series_buckets_give_the_same_table(lab: Path, tmp_path: Path, contracts, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A delivery curated in series buckets (bounded memory) equals the one-go result, row for row."""
+@pytest.mark.parametrize("split_from", [None, 1], ids=["filtered", "split"])
+def test_series_buckets_give_the_same_table(lab: Path, tmp_path: Path, contracts, monkeypatch: pytest.MonkeyPatch,
+                                            split_from: int | None) -> None:
+    """A delivery curated in series buckets (bounded memory) equals the one-go result, row for row,
+    whether each bucket filters the raw rows or the rows were split into a file per bucket first."""
+    from datalab.timeseries import split
+
+    if split_from is not None:
+        monkeypatch.setattr(split, "SPLIT_FROM_PARTS", split_from)
+        monkeypatch.setattr(split, "BATCH_ROWS", 1_000)  # several batches, several flushes per part
+        monkeypatch.setattr(split, "FLUSH_ROWS", 300)
     c = contracts[PRESS]  # personal attribute (pseudonym join) and key duplicates
     gen = sample.generate(c, 9_000, seed=11, start=START)
     st_one, one = _land_and_curate(c, gen, tmp_path / "one.csv")
@@ -176,6 +185,7 @@ def test_series_buckets_give_the_same_table(lab: Path, tmp_path: Path, contracts
     st_many = curate.curate_delivery(c, rec.delivery_id)
     assert st_many.series_buckets > 1
     assert f"{st_many.series_buckets} buckets" in st_many.engine["device"]
+    assert not list(curate.curated_path(c, rec.delivery_id, __import__("datalab.config").config.settings()).parent.glob(".*.parts"))
     many = pl.read_parquet(curate.curated_path(c, rec.delivery_id, __import__("datalab.config").config.settings()))
     keys = ["entity", "sensor", "time", "raw_value", "raw_unit"]
     a, b = one.drop("delivery_id", "flag_late").sort(keys), many.drop("delivery_id", "flag_late").sort(keys)
@@ -340,3 +350,25 @@ def test_profile_counted_from_the_parts_equals_reading_the_file(lab: Path, tmp_p
                                    .where(cat.watermarks.c.delivery_id == d)).all())
     latest = df.group_by("entity").agg(curate.TIME_INT.max())
     assert stored == dict(latest.iter_rows())
+
+
+def test_split_rows_keeps_each_parts_rows_in_order(tmp_path: Path) -> None:
+    """split.split_rows: every row once, in its part, in the order read; empty parts written; a row
+    with no part refused with the file and the row named, and nothing left behind."""
+    from datalab.timeseries import split
+
+    n = 10_000
+    df = pl.DataFrame({"entity": [f"M{i % 7}" for i in range(n)], "sensor": [f"s{i % 3}" for i in range(n)],
+                       "i": list(range(n))})
+    src = tmp_path / "raw.parquet"
+    df.write_parquet(src, row_group_size=1_500)
+    part = pl.col("entity").str.slice(1).cast(pl.Int32) % 3  # parts 0-2; part 3 gets no row
+    files = split.split_rows(src, part, 4, tmp_path / "parts")
+    got = [pl.read_parquet(f) for f in files]
+    assert [g.height for g in got] == [df.filter(part == k).height for k in range(4)] and got[3].is_empty()
+    assert got[3].columns == df.columns
+    for k in range(3):
+        assert got[k].equals(df.filter(part == k))  # the same rows in the same order
+    with pytest.raises(ValueError, match=r"raw\.parquet: row .* belongs to no part"):
+        split.split_rows(src, pl.when(pl.col("i") < 9_000).then(pl.lit(0, pl.Int32)), 1, tmp_path / "bad")
+    assert not list((tmp_path / "bad").glob("*.parquet"))

@@ -137,8 +137,14 @@ def test_edges_null_times_nan_and_duplicates_across_cuts(contracts, tmp_path):
     assert_frame_equal(chunked, whole, check_exact=True)
 
 
-def test_a_delivery_with_series_longer_than_a_bucket(lab, tmp_path, contracts, monkeypatch):
-    """Through curate_delivery: long series are cut, the table equals the one-go table."""
+@pytest.mark.parametrize("split_from", [None, 1], ids=["filtered", "split"])
+def test_a_delivery_with_series_longer_than_a_bucket(lab, tmp_path, contracts, monkeypatch, split_from):
+    """Through curate_delivery: long series are cut, the table equals the one-go table (each bucket and
+    long series filtered from the raw rows, or split into files of their own first)."""
+    from datalab.timeseries import split
+
+    if split_from is not None:
+        monkeypatch.setattr(split, "SPLIT_FROM_PARTS", split_from)
     c = contracts[SPINDLE]
     src = sample.write(sample.generate(c, 12_000, seed=9, start=START), tmp_path / "one.csv")
     rec = landing.push(c, [src])

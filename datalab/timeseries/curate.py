@@ -49,7 +49,7 @@ from datalab.policy import firm_names, pseudonym
 from datalab.store import catalog as cat
 from datalab.store import state
 from datalab.store.storage import store
-from datalab.timeseries import long_series, schema
+from datalab.timeseries import long_series, schema, split
 from datalab.timeseries.ingest import raw_path
 from datalab.timeseries.stats import CurationStats
 
@@ -754,6 +754,7 @@ class DeliveryInput:
     watermarks: pl.DataFrame | None  # per entity, what earlier deliveries covered (None for a correction)
     table: pl.DataFrame  # the series table (series_table)
     order: SeriesOrder | None
+    raw_file: Path | None = None  # the Parquet file ``raw`` scans (the split reads it: split.split_rows)
 
     @property
     def rows_kept(self) -> int:
@@ -775,10 +776,11 @@ def read_delivery(contract: Contract, delivery_id: str, scratch: Path, s: Settin
 
     ``raw_file``: the raw table on this machine (a fetched copy), if not at its own path.
     """
-    raw = pl.scan_parquet(raw_file or raw_path(contract, delivery_id, s))
-    rows_in = raw.select(pl.len()).collect().item()  # from the Parquet metadata
+    source = raw_file or raw_path(contract, delivery_id, s)
+    whole = pl.scan_parquet(source)
+    rows_in = whole.select(pl.len()).collect().item()  # from the Parquet metadata
     receipt = receipts.get_receipt(delivery_id, s=s)
-    raw, repeats = exclude_repeats(contract, delivery_id, raw, receipt.correction, scratch, s)
+    raw, repeats = exclude_repeats(contract, delivery_id, whole, receipt.correction, scratch, s)
     pseudonyms = {
         a.name: pseudonym.mapping(raw.select(a.name).unique().collect().get_column(a.name), f"{contract.tenant}:{a.name}", s)
         for a in contract.attributes if a.personal
@@ -787,7 +789,8 @@ def read_delivery(contract: Contract, delivery_id: str, scratch: Path, s: Settin
     wm = None if receipt.correction else watermark_table(contract, delivery_id, s)
     table = series_table(raw)
     return DeliveryInput(raw=raw, rows_in=rows_in, repeats=repeats, receipt=receipt, pseudonyms=pseudonyms,
-                         watermarks=wm, table=table, order=series_order(table))
+                         watermarks=wm, table=table, order=series_order(table),
+                         raw_file=source if raw is whole else scratch)
 
 
 def run_plans(contract: Contract, inp: DeliveryInput, engine: Engine, out: Path, cap: int,
@@ -826,19 +829,41 @@ def _run_buckets(contract: Contract, inp: DeliveryInput, engine: Engine, out: Pa
     # With long series there are chunk plans to overlap with already.
     keys = series_buckets(short.group_by(h=SERIES_HASH).agg(n=pl.col("n").sum()), cap,
                           MIN_BUCKETS if long.is_empty() else 1)
-    long_hashes = set(long.select(SERIES_HASH).to_series().to_list())
-    plans = [build_plan(contract, _short_rows(inp.raw, k, long, long_hashes), inp.watermarks, inp.pseudonyms, order,
-                        joins_only) for k in keys]
+    long = long.sort("sensor", "entity", nulls_last=True)
     scratch = out.parent / f".{out.stem}.long"
+    parts_dir = out.parent / f".{out.stem}.parts"
     try:
-        for i, r in enumerate(long.sort("sensor", "entity", nulls_last=True).iter_rows(named=True)):
-            plans += long_series_plans(contract, inp.raw, r, cap, inp.watermarks, inp.pseudonyms, order, joins_only,
+        bucket_raw, long_raw = _bucket_inputs(inp, keys, long, parts_dir)
+        plans = [build_plan(contract, r, inp.watermarks, inp.pseudonyms, order, joins_only) for r in bucket_raw]
+        for i, (r, rows) in enumerate(zip(long.iter_rows(named=True), long_raw, strict=True)):
+            plans += long_series_plans(contract, rows, r, cap, inp.watermarks, inp.pseudonyms, order, joins_only,
                                        engine, scratch / str(i))
         long_info = {"series": long.height, "chunks": len(plans) - len(keys)}
         run = engine.sink_parquet_parts(plans, out, _provenance_of(contract, inp), on_result=on_result, twin=twin)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(parts_dir, ignore_errors=True)
     return PlanRun(run, buckets=len(plans), long_series=long_info)
+
+
+def _bucket_inputs(inp: DeliveryInput, keys: list[list[int]], long: pl.DataFrame,
+                   parts_dir: Path) -> tuple[list[pl.LazyFrame], list[pl.LazyFrame]]:
+    """The rows of each bucket (``keys``: their series hashes) and of each long series (``long``, in order).
+
+    From ``split.SPLIT_FROM_PARTS`` parts on, one pass writes them to a file
+    each (``split.split_rows``); below, each is a filter over the raw rows.
+    """
+    if len(keys) + long.height < split.SPLIT_FROM_PARTS or inp.raw_file is None:
+        long_hashes = set(long.select(SERIES_HASH).to_series().to_list())
+        return [_short_rows(inp.raw, k, long, long_hashes) for k in keys], [inp.raw] * long.height
+    hashes = pl.Series([h for k in keys for h in k], dtype=pl.UInt64)
+    which = pl.Series([i for i, k in enumerate(keys) for _ in k], dtype=pl.Int32)
+    part = SERIES_HASH.replace_strict(hashes, which, default=None, return_dtype=pl.Int32)
+    # a long series may share its hash with short ones: its own part, by name
+    for j, r in enumerate(long.iter_rows(named=True)):
+        part = pl.when(_is_series(r["sensor"], r["entity"])).then(pl.lit(len(keys) + j, pl.Int32)).otherwise(part)
+    files = [pl.scan_parquet(f) for f in split.split_rows(inp.raw_file, part, len(keys) + long.height, parts_dir)]
+    return files[:len(keys)], files[len(keys):]
 
 
 def duplicate_counts(contract: Contract, inp: DeliveryInput, prof: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,86 @@
+"""One pass that splits a delivery's raw table into a file per curation bucket.
+
+A delivery larger than one curation bucket is curated bucket by bucket
+(``curate.series_buckets``), and each bucket's plan read the whole raw table
+to pick its series: a scan and a hash of every row per bucket. With four
+buckets (10 M rows) that is 1.2 s; the number of buckets grows with the
+delivery, so the reading grew with its square: 12 buckets at 50 M rows, 25
+at 200 M, each reading all 200 M rows (the measurements are in
+docs/performance.md, "Why the code is as it is"). From ``SPLIT_FROM_PARTS``
+buckets on, the rows are split once instead: the raw table is read batch by
+batch, each row's bucket computed by an expression, and the rows appended to
+that bucket's file in the order they were read (the plans' results depend
+on it: the first of two readings with one key is the one kept unflagged).
+
+Memory: one batch, and per bucket at most ``FLUSH_ROWS`` rows waiting to be
+written; the files are written with LZ4, which costs a quarter of zstd's
+time, as they are read once and deleted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+# Buckets from which the split pays: one more write and read of the rows against a scan of the whole
+# table per bucket (at 4 buckets the two cost the same).
+SPLIT_FROM_PARTS = 8
+BATCH_ROWS = 1_000_000
+FLUSH_ROWS = 250_000
+
+
+def split_rows(raw_file: Path, part: pl.Expr, parts: int, folder: Path) -> list[Path]:
+    """Split the Parquet file ``raw_file`` into ``parts`` files in ``folder`` by ``part`` (an Int32
+    expression giving each row's part, 0 to parts-1); their paths, every one written (empty where no
+    row fell in it). Raises ``ValueError`` naming a row that has no part."""
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"part-{k:05d}.parquet" for k in range(parts)]
+    writers: dict[int, Any] = {}
+    waiting: dict[int, list[pl.DataFrame]] = {k: [] for k in range(parts)}
+    held = dict.fromkeys(range(parts), 0)
+    src = pq.ParquetFile(raw_file)
+    schema = pl.from_arrow(src.schema_arrow.empty_table()).schema
+    try:
+        for batch in src.iter_batches(batch_size=BATCH_ROWS):
+            df = pl.from_arrow(batch)
+            assert isinstance(df, pl.DataFrame)
+            keyed = df.with_columns(_part=part)
+            missing = keyed.filter(pl.col("_part").is_null() | (pl.col("_part") < 0) | (pl.col("_part") >= parts))
+            if missing.height:
+                raise ValueError(f"{raw_file}: row {missing.drop('_part').row(0, named=True)} belongs to no part")
+            for (k,), rows in keyed.partition_by("_part", maintain_order=True, include_key=False, as_dict=True).items():
+                waiting[int(k)].append(rows)
+                held[int(k)] += rows.height
+                if held[int(k)] >= FLUSH_ROWS:
+                    _flush(int(k), waiting, held, writers, paths)
+        for k in range(parts):
+            _flush(k, waiting, held, writers, paths)
+            if k not in writers:  # no row of this part: an empty file with the table's columns
+                pl.DataFrame(schema=schema).write_parquet(paths[k], compression="lz4")
+    except BaseException:
+        for w in writers.values():
+            w.close()
+        for p in paths:
+            p.unlink(missing_ok=True)
+        raise
+    for w in writers.values():
+        w.close()
+    return paths
+
+
+def _flush(k: int, waiting: dict[int, list[pl.DataFrame]], held: dict[int, int], writers: dict[int, Any],
+           paths: list[Path]) -> None:
+    """Write part ``k``'s waiting rows as one row group of its file."""
+    if not waiting[k]:
+        return
+    import pyarrow.parquet as pq
+
+    tbl = pl.concat(waiting[k]).to_arrow()
+    if k not in writers:
+        writers[k] = pq.ParquetWriter(paths[k], tbl.schema, compression="lz4")
+    writers[k].write_table(tbl)
+    waiting[k], held[k] = [], 0
