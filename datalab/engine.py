@@ -131,6 +131,11 @@ class Twin:
     constants: dict[str, str]
     rename: dict[str, Callable[[str], str]]
 
+    @property
+    def tmp(self) -> Path:
+        """Where the twin is written before it is renamed to ``path`` (as the sink's own file)."""
+        return self.path.with_suffix(".parquet.tmp")
+
     def arrow(self, tbl: Any) -> Any:
         """The twin of one result table (Arrow), before its constants are appended."""
         import pyarrow as pa
@@ -227,17 +232,16 @@ class Engine:
         # once, whichever engine ran it.
         if on_result is not None:
             on_result(df)
-        twin_tmp = twin.path.with_suffix(".parquet.tmp") if twin is not None else None
+        tmps = [tmp, *([twin.tmp] if twin is not None else [])]
         try:
             df.with_columns(lits).write_parquet(tmp, statistics=True)
-            if twin is not None and twin_tmp is not None:
-                twin.frame(df).write_parquet(twin_tmp, statistics=True)
-                os.replace(twin_tmp, twin.path)
+            if twin is not None:
+                twin.frame(df).write_parquet(twin.tmp, statistics=True)
+                os.replace(twin.tmp, twin.path)
             os.replace(tmp, path)
         except BaseException:
-            tmp.unlink(missing_ok=True)
-            if twin_tmp is not None:
-                twin_tmp.unlink(missing_ok=True)
+            for t in tmps:
+                t.unlink(missing_ok=True)
             raise
         if on_gpu:
             return EngineRun("gpu", _gpu_name(), time.perf_counter() - t0, None, peak_rss_mb())
@@ -256,13 +260,13 @@ class Engine:
         """
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".parquet.tmp")
-        twin_tmp = twin.path.with_suffix(".parquet.tmp") if twin is not None else None
+        tmps = [tmp, *([twin.tmp] if twin is not None else [])]
         t0 = time.perf_counter()
         runs: list[EngineRun] = []
         mw = MemoryWatch().__enter__()
         try:
             with _PartWriter(tmp, constants or {}) as writer, \
-                    _PartWriter(twin_tmp, twin.constants, twin.arrow) if twin is not None and twin_tmp is not None \
+                    _PartWriter(twin.tmp, twin.constants, twin.arrow) if twin is not None \
                     else contextlib.nullcontext() as twin_writer:
                 for lf in plans:
                     df, r = self.collect(lf)
@@ -279,14 +283,13 @@ class Engine:
                         twin_writer.put(tbl)
                     del df, tbl
         except BaseException:
-            tmp.unlink(missing_ok=True)
-            if twin_tmp is not None:
-                twin_tmp.unlink(missing_ok=True)
+            for t in tmps:
+                t.unlink(missing_ok=True)
             raise
         finally:
             mw.__exit__()
-        if twin is not None and twin_tmp is not None:
-            os.replace(twin_tmp, twin.path)
+        if twin is not None:
+            os.replace(twin.tmp, twin.path)
         os.replace(tmp, path)
         gpu = bool(runs) and all(r.engine == "gpu" for r in runs)
         fallback = next((r.fallback for r in runs if r.fallback), None)

@@ -100,3 +100,26 @@ def covered(request, order: list[str]) -> list[str]:
     if request.partition_key:
         return [request.partition_key]
     return order[order.index(request.tags[RANGE_START]):order.index(request.tags[RANGE_END]) + 1]
+
+
+def deliver_validated(spec: Path, cid: str, rows: int, seed: int, start, tmp: Path) -> str:
+    """Push one sample delivery of contract ``cid`` (from the contracts in ``spec``) and take it through
+    ingest, curation and validation with the core alone; its delivery id. The suite must pass."""
+    from datalab.config import settings
+    from datalab.contracts import contract as contracts_mod
+    from datalab.intake import landing
+    from datalab.quality import validate
+    from datalab.store import state
+    from datalab.timeseries import curate, ingest, sample
+
+    s = settings()
+    c = contracts_mod.load_all(spec)[cid]
+    f = sample.write(sample.generate(c, rows, seed=seed, start=start), tmp / f"{c.product}-{seed}.csv")
+    rec = landing.push(c, [f], actor=f"firm:{c.tenant}")
+    assert rec.accepted, rec.reasons
+    ingest.ingest_raw(c, rec.delivery_id, s)
+    curate.curate_delivery(c, rec.delivery_id, s=s)
+    rep = validate.validate(c, curate.curated_path(c, rec.delivery_id, s), run_name=rec.delivery_id, build_docs=False)
+    state.set_stage(rec.delivery_id, "validated", s=s, validation_ok=rep.success, validation=rep.to_dict())
+    assert rep.success
+    return rec.delivery_id

@@ -26,29 +26,13 @@ import yaml
 
 from datalab.config import settings
 from datalab.contracts import contract as contracts_mod
-from datalab.intake import landing
 from datalab.policy import firm_names, retention
-from datalab.quality import validate
 from datalab.store import catalog as cat
 from datalab.store import publish, state, table_stream
-from datalab.timeseries import curate, ingest, sample
-from tests.conftest import PUMPS, ROOT, SPINDLE
+from datalab.timeseries import curate
+from tests.conftest import PUMPS, ROOT, SPINDLE, deliver_validated
 
 START = dt.datetime(2026, 5, 4, 6, tzinfo=dt.UTC)
-
-
-def _deliver(spec: Path, cid: str, rows: int, seed: int, start: dt.datetime, tmp: Path) -> str:
-    s = settings()
-    c = contracts_mod.load_all(spec)[cid]
-    f = sample.write(sample.generate(c, rows, seed=seed, start=start), tmp / f"{c.product}-{seed}.csv")
-    rec = landing.push(c, [f], actor=f"firm:{c.tenant}")
-    assert rec.accepted, rec.reasons
-    ingest.ingest_raw(c, rec.delivery_id, s)
-    curate.curate_delivery(c, rec.delivery_id, s=s)
-    rep = validate.validate(c, curate.curated_path(c, rec.delivery_id, s), run_name=rec.delivery_id, build_docs=False)
-    state.set_stage(rec.delivery_id, "validated", s=s, validation_ok=rep.success, validation=rep.to_dict())
-    assert rep.success
-    return rec.delivery_id
 
 
 def _dataset(spec: Path, name: str, inputs: list[str]) -> None:
@@ -75,11 +59,11 @@ def flab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         mp.setattr(curate, "PUBLISHED_FORM_ROWS", 100)  # both spindle deliveries get a form ...
         for k in ("DATALAB_SITE", "DATALAB_CATALOG_URL", "DATALAB_PSEUDONYM_KEY", "DATALAB_STORAGE"):
             mp.delenv(k, raising=False)
-        big = _deliver(spec, SPINDLE, 3000, 11, START, root)
-        small = _deliver(spec, SPINDLE, 400, 12, START + dt.timedelta(days=3), root)
-        named = _deliver(spec, PUMPS, 500, 13, START, root)
+        big = deliver_validated(spec, SPINDLE, 3000, 11, START, root)
+        small = deliver_validated(spec, SPINDLE, 400, 12, START + dt.timedelta(days=3), root)
+        named = deliver_validated(spec, PUMPS, 500, 13, START, root)
         mp.setattr(curate, "PUBLISHED_FORM_ROWS", 1_000)
-        tiny = _deliver(spec, SPINDLE, 200, 14, START + dt.timedelta(days=6), root)  # ... this one, under it, none
+        tiny = deliver_validated(spec, SPINDLE, 200, 14, START + dt.timedelta(days=6), root)  # ... this one, under it, none
         yield {"spec": spec, "root": root, "big": big, "small": small, "named": named, "tiny": tiny}
 
 
@@ -169,7 +153,7 @@ def test_the_published_form_on_object_storage(lab: Path, tmp_path: Path, monkeyp
         _dataset(spec, "forms-s3", [SPINDLE])
         monkeypatch.setenv("DATALAB_CONTRACTS", str(spec))
         monkeypatch.setattr(curate, "PUBLISHED_FORM_ROWS", 0)
-        d = _deliver(spec, SPINDLE, 800, 21, START, tmp_path)
+        d = deliver_validated(spec, SPINDLE, 800, 21, START, tmp_path)
         s, st = settings(), store()
         key = state.get(d, s)["stats"]["curated"]["published_form"]["key"]
         assert st.exists(key) and not st.local(key).exists()  # uploaded, no copy left here

@@ -25,13 +25,10 @@ import yaml
 
 from datalab.config import settings
 from datalab.contracts import contract as contracts_mod
-from datalab.intake import landing
 from datalab.policy import retention
 from datalab.policy.firm_names import contract_label, machine_label, tenant_label
-from datalab.quality import validate
 from datalab.store import publish, pull, state, vdiff
-from datalab.timeseries import curate, ingest, sample
-from tests.conftest import PUMPS, ROOT, SPINDLE
+from tests.conftest import PUMPS, ROOT, SPINDLE, deliver_validated
 
 START = dt.datetime(2026, 3, 2, 5, tzinfo=dt.UTC)
 NAME = "rows-mixed"
@@ -45,21 +42,6 @@ def _classify(spec: Path, classification: str) -> None:
         if cp["property"] == "sovereignty":
             cp["value"]["classification"] = classification
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
-
-
-def _deliver(spec: Path, cid: str, rows: int, seed: int, start: dt.datetime, tmp: Path) -> str:
-    """Push one sample delivery of ``cid`` and take it through ingest, curation and validation (core only)."""
-    s = settings()
-    c = contracts_mod.load_all(spec)[cid]
-    f = sample.write(sample.generate(c, rows, seed=seed, start=start), tmp / f"{c.product}-{seed}.csv")
-    rec = landing.push(c, [f], actor=f"firm:{c.tenant}")
-    assert rec.accepted, rec.reasons
-    ingest.ingest_raw(c, rec.delivery_id, s)
-    curate.curate_delivery(c, rec.delivery_id, s=s)
-    rep = validate.validate(c, curate.curated_path(c, rec.delivery_id, s), run_name=rec.delivery_id, build_docs=False)
-    state.set_stage(rec.delivery_id, "validated", s=s, validation_ok=rep.success, validation=rep.to_dict())
-    assert rep.success
-    return rec.delivery_id
 
 
 def _rows(m: dict) -> pl.DataFrame:
@@ -109,13 +91,13 @@ def rlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         mp.delenv("DATALAB_CATALOG_URL", raising=False)
         mp.delenv("DATALAB_PSEUDONYM_KEY", raising=False)
         _classify(spec, "internal")
-        _deliver(spec, SPINDLE, 600, 1, START, root)
-        _deliver(spec, PUMPS, 600, 2, START, root)
+        deliver_validated(spec, SPINDLE, 600, 1, START, root)
+        deliver_validated(spec, PUMPS, 600, 2, START, root)
         v1 = publish.publish(NAME)
         _classify(spec, "confidential")
-        d2 = _deliver(spec, SPINDLE, 400, 3, START + dt.timedelta(days=2), root)
+        d2 = deliver_validated(spec, SPINDLE, 400, 3, START + dt.timedelta(days=2), root)
         v2 = publish.publish(NAME)
-        d3 = _deliver(spec, SPINDLE, 300, 4, START + dt.timedelta(days=4), root)
+        d3 = deliver_validated(spec, SPINDLE, 300, 4, START + dt.timedelta(days=4), root)
         v3 = publish.publish(NAME)
         assert (v1.version, v2.version, v3.version) == ("1.0.0", "1.0.1", "1.0.2")
         yield {"spec": spec, "root": root, "v1": v1.manifest.to_dict(), "v2": v2.manifest.to_dict(), "v3": v3.manifest.to_dict(), "d2": d2, "d3": d3}

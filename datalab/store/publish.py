@@ -96,8 +96,7 @@ def correction_parts(included: list[dict[str, Any]], here: Fetched) -> dict[str,
     ids = {d["id"] for d in included}
     out: dict[str, list[Path]] = {}
     for d in included:
-        st = json.loads(d["stats"]) if isinstance(d.get("stats"), str) else (d.get("stats") or {})
-        cur = st.get("curated") or {}
+        cur = _curated_stats(d)
         if not cur.get("correction"):
             continue
         for earlier, n in (cur.get("replaces") or {}).items():
@@ -126,10 +125,15 @@ def _part(d: dict[str, Any], contracts: dict[str, Any], replaced_by: dict[str, t
                              d["contract_version"], d["id"], replaced, mask.entities)
 
 
-def _published_form(d: dict[str, Any]) -> dict[str, str] | None:
-    """The published form curation recorded for delivery ``d`` (a firm that withholds its name), if any."""
+def _curated_stats(d: dict[str, Any]) -> dict[str, Any]:
+    """The curation statistics of an included delivery (its state's ``stats.curated``; JSON text or parsed)."""
     st = json.loads(d["stats"]) if isinstance(d.get("stats"), str) else (d.get("stats") or {})
-    return (st.get("curated") or {}).get("published_form")
+    return st.get("curated") or {}
+
+
+def _published_form(d: dict[str, Any]) -> dict[str, Any] | None:
+    """The published form curation recorded for delivery ``d`` (a firm that withholds its name), if any."""
+    return _curated_stats(d).get("published_form")
 
 
 def row_masks(included: list[dict[str, Any]], contracts: dict[str, Any], here: Fetched,
@@ -148,14 +152,19 @@ def row_masks(included: list[dict[str, Any]], contracts: dict[str, Any], here: F
         c = contracts[d["contract"]]
         if not firm_names.masked(c):
             continue
-        entities: list[str] = list((_published_form(d) or {}).get("machines") or [])
-        path = here.path(d["curated_path"]) if not entities else None
-        if path is not None and pl.read_parquet_schema(path).get("entity") == pl.String:
-            entities = pl.scan_parquet(path).select(pl.col("entity").unique()).collect(engine="streaming")["entity"].drop_nulls().to_list()
+        form = _published_form(d)
+        entities = form["machines"] if form and "machines" in form else _entities(here.path(d["curated_path"]))
         mask = firm_names.row_mask(c, entities, s)
         if mask is not None:
             out[d["id"]] = mask
     return out
+
+
+def _entities(path: Path) -> list[str]:
+    """The machine ids of a curated file (its ``entity`` column, streamed; none where it holds no text ids)."""
+    if pl.read_parquet_schema(path).get("entity") != pl.String:
+        return []
+    return pl.scan_parquet(path).select(pl.col("entity").unique()).collect(engine="streaming")["entity"].drop_nulls().to_list()
 
 
 def _rows_pseudonymised(m: Manifest | None) -> set[str]:

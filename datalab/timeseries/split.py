@@ -41,7 +41,6 @@ def split_rows(raw_file: Path, part: pl.Expr, parts: int, folder: Path) -> list[
     paths = [folder / f"part-{k:05d}.parquet" for k in range(parts)]
     writers: dict[int, Any] = {}
     waiting: dict[int, list[pl.DataFrame]] = {k: [] for k in range(parts)}
-    held = dict.fromkeys(range(parts), 0)
     src = pq.ParquetFile(raw_file)
     schema = pl.from_arrow(src.schema_arrow.empty_table()).schema
     try:
@@ -54,11 +53,10 @@ def split_rows(raw_file: Path, part: pl.Expr, parts: int, folder: Path) -> list[
                 raise ValueError(f"{raw_file}: row {missing.drop('_part').row(0, named=True)} belongs to no part")
             for (k,), rows in keyed.partition_by("_part", maintain_order=True, include_key=False, as_dict=True).items():
                 waiting[int(k)].append(rows)
-                held[int(k)] += rows.height
-                if held[int(k)] >= FLUSH_ROWS:
-                    _flush(int(k), waiting, held, writers, paths)
+                if sum(w.height for w in waiting[int(k)]) >= FLUSH_ROWS:
+                    _flush(int(k), waiting, writers, paths)
         for k in range(parts):
-            _flush(k, waiting, held, writers, paths)
+            _flush(k, waiting, writers, paths)
             if k not in writers:  # no row of this part: an empty file with the table's columns
                 pl.DataFrame(schema=schema).write_parquet(paths[k], compression="lz4")
     except BaseException:
@@ -72,8 +70,7 @@ def split_rows(raw_file: Path, part: pl.Expr, parts: int, folder: Path) -> list[
     return paths
 
 
-def _flush(k: int, waiting: dict[int, list[pl.DataFrame]], held: dict[int, int], writers: dict[int, Any],
-           paths: list[Path]) -> None:
+def _flush(k: int, waiting: dict[int, list[pl.DataFrame]], writers: dict[int, Any], paths: list[Path]) -> None:
     """Write part ``k``'s waiting rows as one row group of its file."""
     if not waiting[k]:
         return
@@ -83,4 +80,4 @@ def _flush(k: int, waiting: dict[int, list[pl.DataFrame]], held: dict[int, int],
     if k not in writers:
         writers[k] = pq.ParquetWriter(paths[k], tbl.schema, compression="lz4")
     writers[k].write_table(tbl)
-    waiting[k], held[k] = [], 0
+    waiting[k] = []
