@@ -34,12 +34,23 @@ ROOT = Path(__file__).resolve().parent.parent
 CELERY_BACKEND = "rpc://"
 # What every worker imports besides dagster_celery's tasks: the lab's code location.
 INCLUDES = ["pipelines.definitions"]
+# Every ingest run carries its contract's slug under this tag; at most one run per contract at a
+# time: which of two deliveries keeps a reading both hold depends on which was curated first
+# (datalab.timeseries.curate.earlier_curated), so two runs of one contract must not curate at once.
+CONTRACT_TAG = "datalab/contract"
+ONE_RUN_PER_CONTRACT = {"key": CONTRACT_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
 
 
 def instance_config(s: Settings) -> dict[str, Any]:
     """The ``dagster.yaml`` of this profile (local: SQLite under home, as before)."""
     cfg: dict[str, Any] = {"telemetry": {"enabled": False}}
     if s.profile != "cluster":
+        # Dagster's SQLite event log, keeping its connections open (pipelines.dagster_storage);
+        # the files are where Dagster's default storage puts them, so an instance keeps its history.
+        cfg["event_log_storage"] = {"module": "pipelines.dagster_storage", "class": "PooledSqliteEventLogStorage",
+                                    "config": {"base_dir": str(s.dagster_home / "history" / "runs")}}
+        # the daemon's queue (`datalab ui`): runs of different contracts at once, one per contract
+        cfg["run_queue"] = {"tag_concurrency_limits": [ONE_RUN_PER_CONTRACT]}
         return cfg
     if not s.dagster_pg_url:
         raise DatalabError(
@@ -54,6 +65,7 @@ def instance_config(s: Settings) -> dict[str, Any]:
             # fair share: at most N runs of any one firm at a time
             "tag_concurrency_limits": [
                 {"key": "tenant", "value": {"applyLimitPerUniqueValue": True}, "limit": s.tenant_run_limit},
+                ONE_RUN_PER_CONTRACT,
             ],
         },
     }

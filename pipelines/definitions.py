@@ -28,6 +28,7 @@ from datalab.errors import ContractError
 from datalab.runs import plan_batches
 from datalab.store import state
 from pipelines import rollup
+from pipelines.cluster import CONTRACT_TAG
 
 MAX_RUNS_PER_TICK = 25
 
@@ -141,7 +142,7 @@ def build_definitions() -> dg.Definitions:
         built = factory(c)
         assets += built
         job = dg.define_asset_job(ingest_job_name(c), selection=dg.AssetSelection.assets(*built),
-                                  partitions_def=partitions_for(c), tags={"tenant": c.tenant})
+                                  partitions_def=partitions_for(c), tags={"tenant": c.tenant, CONTRACT_TAG: c.slug})
         jobs.append(job)
         sensors += [_sensor(c, job, s), _alone_after_failed_batch(c, job)]
     sensors.append(_broken_contracts_sensor(contracts))

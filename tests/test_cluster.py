@@ -332,7 +332,12 @@ def test_profile_is_read_once_and_shapes_the_instance(lab: Path, monkeypatch: py
     from pipelines.cluster import instance_config, write_instance
 
     assert settings().profile == "local"
-    assert yaml.safe_load((write_instance() / "dagster.yaml").read_text()) == {"telemetry": {"enabled": False}}
+    one_per_contract = {"key": "datalab/contract", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+    local = yaml.safe_load((write_instance() / "dagster.yaml").read_text())
+    assert local == {"telemetry": {"enabled": False},
+                     "event_log_storage": {"module": "pipelines.dagster_storage", "class": "PooledSqliteEventLogStorage",
+                                           "config": {"base_dir": str(lab / "dagster" / "history" / "runs")}},
+                     "run_queue": {"tag_concurrency_limits": [one_per_contract]}}
     monkeypatch.setenv("DATALAB_PROFILE", "cluster")
     with pytest.raises(DatalabError, match="PostgreSQL"):
         instance_config(settings())
@@ -342,7 +347,8 @@ def test_profile_is_read_once_and_shapes_the_instance(lab: Path, monkeypatch: py
     assert cfg["storage"] == {"postgres": {"postgres_url": "postgresql+psycopg2://postgres@127.0.0.1:5432/lab"}}
     rc = cfg["run_coordinator"]
     assert rc["class"] == "QueuedRunCoordinator"
-    assert rc["config"]["tag_concurrency_limits"] == [{"key": "tenant", "value": {"applyLimitPerUniqueValue": True}, "limit": 3}]
+    assert rc["config"]["tag_concurrency_limits"] == [
+        {"key": "tenant", "value": {"applyLimitPerUniqueValue": True}, "limit": 3}, one_per_contract]
     monkeypatch.setenv("DATALAB_PROFILE", "kubernetes")
     with pytest.raises(ValueError, match="use local or cluster"):
         settings()
