@@ -82,6 +82,7 @@ def process(events: Path, expect: int, deadline_s: float) -> None:
 
     out = events.open("a", buffering=1)
     runner.run_pending()  # warm: definitions built, instance opened (nothing is pending yet)
+    runner.start_local_workers()  # and the worker processes that run contracts side by side (DATALAB_LOCAL_RUNS)
     out.write(json.dumps({"ready": time.time()}) + "\n")
     seen = 0
     deadline = time.monotonic() + deadline_s
@@ -103,8 +104,12 @@ def process(events: Path, expect: int, deadline_s: float) -> None:
         calls += 1
         if not runner.run_pending(on_event=on_event):
             time.sleep(0.2)
-    out.write(json.dumps({"done": time.time(), "seen": seen, "run_pending_calls": calls,
-                          "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}) + "\n")
+    done = time.time()
+    runner.stop_local_workers()  # so that their peak is counted (a child's is known once it has exited)
+    out.write(json.dumps({"done": done, "seen": seen, "run_pending_calls": calls,
+                          "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                          "worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)})
+              + "\n")
     out.close()
 
 
@@ -272,6 +277,16 @@ def single_runs(url: str, tokens: dict[str, str], home: Path, contracts: Path, c
 # --- the benchmark ---------------------------------------------------------------------------------------------
 
 
+def _local_runs(home: Path, contracts: Path) -> int:
+    """DATALAB_LOCAL_RUNS as the processing process read it."""
+    from tests.service_harness import use_lab
+
+    with use_lab(home, contracts):
+        from datalab.config import settings
+
+        return settings().local_runs
+
+
 def run(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     from tests.service_harness import lab_env
 
@@ -333,7 +348,8 @@ def run(args: argparse.Namespace, base: Path) -> dict[str, Any]:
             "validated_per_s": round(len(validated) / span, 2) if span > 0 else None,
             "latency_p50_s": pct(lat, 50), "latency_p95_s": pct(lat, 95), "latency_p99_s": pct(lat, 99),
             "latency_max_s": round(max(lat), 3) if lat else None,
-            "processing_peak_rss_mb": done.get("peak_rss_mb"), "run_pending_calls": done.get("run_pending_calls"),
+            "processing_peak_rss_mb": done.get("peak_rss_mb"), "worker_peak_rss_mb": done.get("worker_peak_rss_mb"),
+            "local_runs": _local_runs(home, contracts), "run_pending_calls": done.get("run_pending_calls"),
         }
         if args.single:
             out["single"] = single_runs(server.url, tokens, home, contracts, chosen, args.single, args.rows,
@@ -373,7 +389,8 @@ def main() -> None:
           f"(target >= 5: {'met' if sus and sus >= 5 else 'NOT met'})")
     print(f"push-to-validated p50 {out['latency_p50_s']} s, p95 {p95} s (target < 10: "
           f"{'met' if p95 is not None and p95 < 10 else 'NOT met'}), p99 {out['latency_p99_s']} s; "
-          f"processing peak RSS {out['processing_peak_rss_mb']} MB")
+          f"processing peak RSS {out['processing_peak_rss_mb']} MB, largest worker's "
+          f"{out['worker_peak_rss_mb']} MB ({out['local_runs']} runs side by side)")
     for s in out.get("single", []):
         print(f"alone: {s}")
     print(json.dumps(out))

@@ -52,7 +52,7 @@ VARIABLES = (
     "DATALAB_CURATE_BUCKET_ROWS", "DATALAB_VALIDATE_CHUNK_ROWS", "DATALAB_VALIDATE_ENGINE", "DATALAB_SITE_URL",
     "DATALAB_DSP_RATE_LIMIT", "DATALAB_DSP_VALIDATE", "DATALAB_DSP_SCHEMAS", "DATALAB_OUTBOX_INTERVAL",
     "DATALAB_OUTBOX_MAX_BACKOFF", "DATALAB_PROFILE", "DATALAB_STORAGE", "DATALAB_SCRATCH", "DATALAB_BROKER_URL",
-    "DATALAB_CELERY_QUEUE", "DATALAB_DAGSTER_PG_URL", "DATALAB_MAX_RUNS", "DATALAB_TENANT_RUN_LIMIT",
+    "DATALAB_CELERY_QUEUE", "DATALAB_DAGSTER_PG_URL", "DATALAB_MAX_RUNS", "DATALAB_LOCAL_RUNS", "DATALAB_TENANT_RUN_LIMIT",
     "DATALAB_SENSOR_SECONDS", "DATALAB_POLARS_ALLOCATOR", "DATALAB_REALDATA", "DATALAB_PARTITION_KEEP_DAYS",
     "DATALAB_MAX_PARTITIONS", "DATALAB_RUN_BATCH",
 )
@@ -128,6 +128,11 @@ class Settings:
     celery_queue: str = "dagster"
     tenant_run_limit: int = 2
     max_concurrent_runs: int = 8
+    # The local profile's ``datalab run``: runs of different contracts at once,
+    # each in a warm worker process (one contract's runs stay in order; at most
+    # one run of a delivery over ``datalab.runs.BATCH_ROWS`` rows at a time).
+    # Read from ``DATALAB_LOCAL_RUNS``; default the machine's cores, at most 4.
+    local_runs: int = 1
     # Seconds between the delivery sensor's ticks (pipelines.definitions).
     sensor_seconds: int = 30
     # Dynamic partitions (one per delivery, pipelines.rollup): a settled delivery's partition is
@@ -266,6 +271,7 @@ def _read_settings() -> Settings:
         celery_queue=_env("DATALAB_CELERY_QUEUE") or "dagster",
         tenant_run_limit=_positive_int("DATALAB_TENANT_RUN_LIMIT", 2),
         max_concurrent_runs=_positive_int("DATALAB_MAX_RUNS", 8),
+        local_runs=_positive_int("DATALAB_LOCAL_RUNS", min(4, os.cpu_count() or 1)),
         sensor_seconds=_positive_int("DATALAB_SENSOR_SECONDS", 30),
         partition_keep_days=_positive_int("DATALAB_PARTITION_KEEP_DAYS", 30, zero_ok=True),
         max_partitions=_positive_int("DATALAB_MAX_PARTITIONS", 50_000),

@@ -1,0 +1,189 @@
+"""Runs of different contracts side by side (issue 21), and the local profile's Dagster event log.
+
+The scheduler (``pipelines.runner.side_by_side``) is driven with real
+futures of a thread pool, recording when each run starts and ends: a
+contract's runs never overlap and keep their order, at most one heavy run
+is in flight, and a run that raises stops new runs but lets the running
+ones settle. Then the real thing: deliveries of two contracts through
+Dagster in the local worker processes, with the same verdicts and Dagster
+records as in this process, a worker killed between two calls, and the
+event log that keeps its connections open read back by Dagster's own
+SQLite storage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from datalab.errors import DatalabError
+from datalab.intake import landing
+from datalab.runs import DeliveryRun
+from datalab.store import state
+from datalab.timeseries import sample
+from tests.conftest import PRESS, SPINDLE
+
+START = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class _C:
+    id: str
+
+
+def _drive(runs: list[tuple[_C, list[str]]], width: int, heavy: set[str] = frozenset(), fail: str | None = None,
+           seconds: float = 0.05) -> tuple[list[tuple[str, str, float, float]], list[str], BaseException | None]:
+    """side_by_side over a thread pool: (contract, first delivery, start, end) per run, settled deliveries, error."""
+    from pipelines.runner import side_by_side
+
+    log: list[tuple[str, str, float, float]] = []
+    lock = threading.Lock()
+    settled: list[str] = []
+
+    def work(c: _C, batch: list[str]) -> list[DeliveryRun]:
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        with lock:
+            log.append((c.id, batch[0], t0, time.monotonic()))
+        if batch[0] == fail:
+            raise RuntimeError(f"{fail} broke (test)")
+        return [DeliveryRun(c.id, d, True, True, "validated") for d in batch]
+
+    error = None
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        try:
+            side_by_side(runs, width, lambda b: b[0] in heavy, lambda c, b: pool.submit(work, c, b),
+                         lambda rs: settled.extend(r.delivery_id for r in rs))
+        except BaseException as e:  # the test looks at it
+            error = e
+    return log, settled, error
+
+
+def _overlap(a: tuple[str, str, float, float], b: tuple[str, str, float, float]) -> bool:
+    return a[2] < b[3] and b[2] < a[3]
+
+
+def test_a_contracts_runs_never_overlap_and_keep_their_order() -> None:
+    a, b, c = _C("a"), _C("b"), _C("c")
+    runs = [(a, ["a1"]), (b, ["b1"]), (c, ["c1"]), (a, ["a2"]), (b, ["b2"]), (a, ["a3"])]
+    log, settled, error = _drive(runs, width=3)
+    assert error is None and sorted(settled) == sorted(d for _c, b_ in runs for d in b_)
+    for x in log:
+        for y in log:
+            if x is not y and x[0] == y[0]:
+                assert not _overlap(x, y), (x, y)
+    starts = {run[1]: run[2] for run in log}
+    assert starts["a1"] < starts["a2"] < starts["a3"] and starts["b1"] < starts["b2"]
+    # different contracts did run side by side (three lanes, three contracts at first)
+    assert _overlap(*[x for x in log if x[1] in ("a1", "b1")])
+
+
+def test_at_most_width_runs_and_one_heavy_run_at_once() -> None:
+    runs = [(_C(f"k{i}"), [f"d{i}"]) for i in range(6)]
+    log, settled, error = _drive(runs, width=2, heavy={"d0", "d1", "d2"})
+    assert error is None and len(settled) == 6
+    for x in log:
+        assert sum(1 for y in log if y[2] <= x[2] < y[3]) <= 2  # running when x started: itself and one other
+        if x[1] in ("d0", "d1", "d2"):
+            assert not any(_overlap(x, y) for y in log if y is not x and y[1] in ("d0", "d1", "d2"))
+
+
+def test_a_run_that_raises_stops_new_runs_and_lets_running_ones_settle() -> None:
+    a, b = _C("a"), _C("b")
+    runs = [(a, ["a1"]), (b, ["b1"]), (a, ["a2"]), (b, ["b2"])]
+    log, settled, error = _drive(runs, width=2, fail="a1", seconds=0.1)
+    assert isinstance(error, RuntimeError) and "a1 broke" in str(error)
+    assert "b1" in settled  # running beside the failing run: waited for and settled
+    assert not {"a2", "b2"} & {x[1] for x in log}  # nothing started after the error
+
+
+# --- the real runs ---------------------------------------------------------------------------------------------
+
+
+def _push(contracts, tmp: Path, cid: str, n: int, first_seed: int = 0) -> list[str]:
+    c = contracts[cid]
+    out = []
+    for i in range(first_seed, first_seed + n):
+        p = sample.write(sample.generate(c, 300, seed=i, start=START + dt.timedelta(days=i)), tmp / f"{c.product}-{i}.csv")
+        out.append(landing.push(c, [p], actor=f"firm:{c.tenant}").delivery_id)
+    return out
+
+
+def test_two_contracts_run_side_by_side_in_worker_processes(lab: Path, tmp_path: Path, contracts,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import dagster as dg
+
+    from pipelines import runner
+
+    monkeypatch.setenv("DATALAB_LOCAL_RUNS", "2")
+    monkeypatch.setenv("DATALAB_RUN_BATCH", "2")
+    spindle, press = _push(contracts, tmp_path, SPINDLE, 3), _push(contracts, tmp_path, PRESS, 2)
+    seen: list[DeliveryRun] = []
+    out = runner.run_pending(on_event=seen.append)
+    assert 2 in runner._LOCAL  # the worker processes ran them
+    assert [r.delivery_id for r in out] == [r.delivery_id for r in seen]
+    assert sorted(r.delivery_id for r in out) == sorted(spindle + press)
+    assert all(r.validation_ok and r.message == "validated" for r in out)
+    assert all(state.get(d)["stage"] == "validated" for d in spindle + press)
+    # this lab's Dagster instance holds the workers' runs: spindle in two (2 + 1), press in one
+    inst = runner.instance()
+    assert len(inst.get_runs()) == 3 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in inst.get_runs())
+    key = dg.AssetKey(["bavaria_spindle", "spindle_telemetry", "curated"])
+    assert {m.partition_key for m in inst.fetch_materializations(key, limit=10).records} == set(spindle)
+    assert runner.run_pending() == []
+
+
+def test_a_killed_worker_leaves_its_deliveries_pending_and_the_next_call_runs_them(
+        lab: Path, tmp_path: Path, contracts, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines import runner
+
+    monkeypatch.setenv("DATALAB_LOCAL_RUNS", "2")
+    runner.start_local_workers(2)
+    for pid in list(runner._LOCAL[2]._processes):
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    ds = _push(contracts, tmp_path, SPINDLE, 1) + _push(contracts, tmp_path, PRESS, 1)
+    with pytest.raises(DatalabError, match=r"worker process running deliveries died.*stay pending"):
+        runner.run_pending()
+    assert 2 not in runner._LOCAL
+    assert set(ds) <= set(state.pending(contracts[SPINDLE].id)) | set(state.pending(contracts[PRESS].id))
+    out = runner.run_pending()
+    assert sorted(r.delivery_id for r in out) == sorted(ds) and all(r.validation_ok for r in out)
+
+
+def test_the_event_log_keeps_connections_open_and_dagster_reads_it_as_its_own(
+        lab: Path, tmp_path: Path, contracts, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dagster as dg
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+    from pipelines import dagster_storage, runner
+
+    inst = runner.instance()
+    storage = inst.event_log_storage
+    assert isinstance(storage, dagster_storage.PooledSqliteEventLogStorage)
+    # more runs than the files it keeps open (a run per delivery, all on this instance):
+    # the oldest are closed, every run's events stay
+    monkeypatch.setenv("DATALAB_RUN_BATCH", "1")
+    monkeypatch.setattr(runner, "_cluster_instance", lambda s: inst)
+    ds = _push(contracts, tmp_path, SPINDLE, dagster_storage.KEEP_RUN_FILES + 2)
+    assert [r.delivery_id for r in runner.run_pending(SPINDLE) if r.validation_ok] == ds
+    assert len([k for k in storage._engines if k != "index"]) <= dagster_storage.KEEP_RUN_FILES
+    stock = SqliteEventLogStorage(str(inst.root_directory) + "/history/runs")
+    runs = inst.get_runs()
+    assert len(runs) == len(ds)
+    for run in runs:
+        ours = [e.dagster_event_type for e in storage.get_logs_for_run(run.run_id) if e.is_dagster_event]
+        theirs = [e.dagster_event_type for e in stock.get_logs_for_run(run.run_id) if e.is_dagster_event]
+        assert ours == theirs and dg.DagsterEventType.ASSET_MATERIALIZATION in theirs
+    key = dg.AssetKey(["bavaria_spindle", "spindle_telemetry", "curated"])
+    assert {m.partition_key for m in stock.fetch_materializations(key, limit=20).records} == set(ds)
+    storage.dispose()
+    assert not storage._engines
