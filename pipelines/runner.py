@@ -8,9 +8,11 @@ lives under ``$DATALAB_HOME/dagster``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import dagster as dg
@@ -138,7 +140,7 @@ def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun
     up to ``parallel`` at once, at most one of them over a large delivery.
     Local profile: ``parallel`` defaults to ``DATALAB_LOCAL_RUNS``; with work
     for one contract, or one lane, the runs go in this process; otherwise in
-    warm worker processes kept for the next call (``_local_workers``).
+    warm worker processes kept for the next calls (``_LocalWorkers``).
     Cluster profile: ``parallel`` defaults to ``DATALAB_MAX_RUNS``; each run is
     driven from its own process and its steps execute on the Celery workers.
     """
@@ -186,12 +188,11 @@ def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun
         with ProcessPoolExecutor(max_workers=width, mp_context=mp.get_context("spawn")) as pool:
             side_by_side(runs, width, heavy, lambda c, b: pool.submit(_run_in_child, c.id, b), settled)
         return out
-    pool = _local_workers(width)
     env, cwd = dict(os.environ), os.getcwd()
     try:
-        side_by_side(runs, width, heavy, lambda c, b: pool.submit(_run_in_worker, env, cwd, c.id, b), settled)
+        with _WORKERS.use(width) as pool:
+            side_by_side(runs, width, heavy, lambda c, b: pool.submit(_run_in_worker, env, cwd, c.id, b), settled)
     except BrokenProcessPool:
-        _LOCAL.pop(width, None)
         raise DatalabError("a worker process running deliveries died (killed, or out of memory?); the deliveries "
                            "it had not settled stay pending: run again, or with DATALAB_LOCAL_RUNS=1 to run "
                            "them in this process") from None
@@ -320,37 +321,81 @@ def _run_in_child(contract_id: str, batch: list[str]) -> list[DeliveryRun]:
     return _run_batch(c, batch, _cluster_instance(s), None, s)
 
 
-# The local profile's worker processes, by how many: started on the first call that runs
-# contracts side by side and kept, so later calls pay neither Dagster's import nor the
-# definitions' build again (a delivery of 10,000 rows is done in about 0.15 s; a fresh
-# process takes seconds to import Dagster). Spawned, not forked: Polars' thread pool does
-# not survive a fork.
-_LOCAL: dict[int, ProcessPoolExecutor] = {}
+# Worker processes with nothing to do for this long are stopped (a server that ran a backlog
+# once does not keep them, and their memory, for good); the next call starts new ones.
+WORKERS_IDLE_S = 600.0
 
 
-def _local_workers(width: int) -> ProcessPoolExecutor:
-    import multiprocessing as mp
+class _LocalWorkers:
+    """The local profile's worker processes, by how many, kept warm between calls.
 
-    pool = _LOCAL.get(width)
-    if pool is None:
-        pool = _LOCAL[width] = ProcessPoolExecutor(max_workers=width, mp_context=mp.get_context("spawn"),
-                                                   initializer=_warm_worker)
-    return pool
+    Started on the first call that runs contracts side by side and kept, so
+    later calls pay neither Dagster's import nor the definitions' build again
+    (a delivery of 10,000 rows is done in about 0.15 s; a fresh process takes
+    seconds to import Dagster), until ``WORKERS_IDLE_S`` pass without a call.
+    Spawned, not forked: Polars' thread pool does not survive a fork. A pool
+    whose worker died is dropped.
+    """
+
+    def __init__(self) -> None:
+        self.pools: dict[int, ProcessPoolExecutor] = {}
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._timer: threading.Timer | None = None
+
+    @contextmanager
+    def use(self, width: int) -> Iterator[ProcessPoolExecutor]:
+        import multiprocessing as mp
+
+        with self._lock:
+            self._busy += 1
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            pool = self.pools.get(width)
+            if pool is None:
+                pool = self.pools[width] = ProcessPoolExecutor(max_workers=width, mp_context=mp.get_context("spawn"),
+                                                               initializer=_warm_worker)
+        try:
+            yield pool
+        except BrokenProcessPool:
+            with self._lock:
+                if self.pools.get(width) is pool:
+                    del self.pools[width]
+            raise
+        finally:
+            with self._lock:
+                self._busy -= 1
+                if not self._busy and self.pools:
+                    self._timer = threading.Timer(WORKERS_IDLE_S, self.stop, kwargs={"only_if_idle": True})
+                    self._timer.daemon = True
+                    self._timer.start()
+
+    def stop(self, only_if_idle: bool = False) -> None:
+        with self._lock:
+            if only_if_idle and self._busy:
+                return
+            pools = list(self.pools.values())
+            self.pools.clear()
+        for pool in pools:
+            pool.shutdown(wait=not only_if_idle, cancel_futures=True)
+
+
+_WORKERS = _LocalWorkers()
 
 
 def start_local_workers(width: int | None = None) -> None:
     """Start (and warm) the local profile's worker processes now, not on the first call that needs them."""
     width = width or settings().local_runs
     if width > 1:
-        pool = _local_workers(width)
-        for f in [pool.submit(_warm_worker) for _ in range(width)]:
-            f.result()
+        with _WORKERS.use(width) as pool:
+            for f in [pool.submit(_warm_worker) for _ in range(width)]:
+                f.result()
 
 
 def stop_local_workers() -> None:
     """Stop the local worker processes (the next call that needs them starts new ones)."""
-    while _LOCAL:
-        _LOCAL.popitem()[1].shutdown(wait=True, cancel_futures=True)
+    _WORKERS.stop()
 
 
 def _warm_worker() -> None:

@@ -128,7 +128,7 @@ def test_two_contracts_run_side_by_side_in_worker_processes(lab: Path, tmp_path:
     spindle, press = _push(contracts, tmp_path, SPINDLE, 3), _push(contracts, tmp_path, PRESS, 2)
     seen: list[DeliveryRun] = []
     out = runner.run_pending(on_event=seen.append)
-    assert 2 in runner._LOCAL  # the worker processes ran them
+    assert 2 in runner._WORKERS.pools  # the worker processes ran them
     assert [r.delivery_id for r in out] == [r.delivery_id for r in seen]
     assert sorted(r.delivery_id for r in out) == sorted(spindle + press)
     assert all(r.validation_ok and r.message == "validated" for r in out)
@@ -147,13 +147,13 @@ def test_a_killed_worker_leaves_its_deliveries_pending_and_the_next_call_runs_th
 
     monkeypatch.setenv("DATALAB_LOCAL_RUNS", "2")
     runner.start_local_workers(2)
-    for pid in list(runner._LOCAL[2]._processes):
+    for pid in list(runner._WORKERS.pools[2]._processes):
         os.kill(pid, signal.SIGKILL)
     time.sleep(0.5)
     ds = _push(contracts, tmp_path, SPINDLE, 1) + _push(contracts, tmp_path, PRESS, 1)
     with pytest.raises(DatalabError, match=r"worker process running deliveries died.*stay pending"):
         runner.run_pending()
-    assert 2 not in runner._LOCAL
+    assert 2 not in runner._WORKERS.pools
     assert set(ds) <= set(state.pending(contracts[SPINDLE].id)) | set(state.pending(contracts[PRESS].id))
     out = runner.run_pending()
     assert sorted(r.delivery_id for r in out) == sorted(ds) and all(r.validation_ok for r in out)
@@ -187,3 +187,30 @@ def test_the_event_log_keeps_connections_open_and_dagster_reads_it_as_its_own(
     assert {m.partition_key for m in stock.fetch_materializations(key, limit=20).records} == set(ds)
     storage.dispose()
     assert not storage._engines
+
+
+def test_idle_workers_are_stopped_and_started_again_when_needed(lab: Path, tmp_path: Path, contracts,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines import runner
+
+    monkeypatch.setattr(runner, "WORKERS_IDLE_S", 0.5)
+    runner.start_local_workers(2)
+    pids = list(runner._WORKERS.pools[2]._processes)
+    time.sleep(2.0)
+    assert not runner._WORKERS.pools
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)
+    monkeypatch.setenv("DATALAB_LOCAL_RUNS", "2")
+    ds = _push(contracts, tmp_path, SPINDLE, 1) + _push(contracts, tmp_path, PRESS, 1)
+    assert sorted(r.delivery_id for r in runner.run_pending() if r.validation_ok) == sorted(ds)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie not yet reaped counts as gone
+        return f.read().split(") ")[-1][0] != "Z"
