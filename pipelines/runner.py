@@ -145,10 +145,18 @@ def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun
     driven from its own process and its steps execute on the Celery workers.
     """
     s = settings()
+    inst = _cluster_instance(s)
+    try:
+        return _run_pending(contract_ref, on_event, parallel, s, inst)
+    finally:
+        inst.dispose()  # its event log's open files (pipelines.dagster_storage), now, not at a later collection
+
+
+def _run_pending(contract_ref: str | None, on_event: Callable[[DeliveryRun], None] | None, parallel: int | None,
+                 s: Settings, inst: dg.DagsterInstance) -> list[DeliveryRun]:
     contracts = contracts_mod.load_all(s.contracts_dir)
     chosen = [contracts_mod.find(contracts, contract_ref)] if contract_ref else sorted(contracts.values(), key=lambda c: c.slug)
     defs = _defs() if s.profile != "cluster" else None
-    inst = _cluster_instance(s)
     todo: list[tuple[Contract, list[str]]] = []
     rows: dict[str, int | None] = {}
     for c in chosen:
@@ -183,7 +191,6 @@ def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun
         # (Dagster's in-process logging setup is not thread-safe); the steps
         # themselves go to the Celery workers.
         import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=width, mp_context=mp.get_context("spawn")) as pool:
             side_by_side(runs, width, heavy, lambda c, b: pool.submit(_run_in_child, c.id, b), settled)
@@ -318,7 +325,11 @@ def _run_one(c: Contract, d: str, inst: dg.DagsterInstance, defs: dg.Definitions
 def _run_in_child(contract_id: str, batch: list[str]) -> list[DeliveryRun]:
     s = settings()  # a fresh process: its own settings (the parent's environment)
     c = contracts_mod.load_all(s.contracts_dir)[contract_id]
-    return _run_batch(c, batch, _cluster_instance(s), None, s)
+    inst = _cluster_instance(s)
+    try:
+        return _run_batch(c, batch, inst, None, s)
+    finally:
+        inst.dispose()
 
 
 # Worker processes with nothing to do for this long are stopped (a server that ran a backlog
@@ -417,7 +428,11 @@ def _run_in_worker(env: dict[str, str], cwd: str, contract_id: str, batch: list[
         os.chdir(cwd)
     s = settings()
     c = contracts_mod.load_all(s.contracts_dir)[contract_id]
-    return _portable_errors(_run_batch, c, batch, _cluster_instance(s), _defs(), s)
+    inst = _cluster_instance(s)
+    try:
+        return _portable_errors(_run_batch, c, batch, inst, _defs(), s)
+    finally:
+        inst.dispose()
 
 
 T = TypeVar("T")

@@ -173,6 +173,7 @@ def test_the_event_log_keeps_connections_open_and_dagster_reads_it_as_its_own(
     # the oldest are closed, every run's events stay
     monkeypatch.setenv("DATALAB_RUN_BATCH", "1")
     monkeypatch.setattr(runner, "_cluster_instance", lambda s: inst)
+    monkeypatch.setattr(inst, "dispose", lambda: None)  # run_pending disposes its instance; this one is looked at after
     ds = _push(contracts, tmp_path, SPINDLE, dagster_storage.KEEP_RUN_FILES + 2)
     assert [r.delivery_id for r in runner.run_pending(SPINDLE) if r.validation_ok] == ds
     assert len([k for k in storage._engines if k != "index"]) <= dagster_storage.KEEP_RUN_FILES
