@@ -665,22 +665,37 @@ def may_evaluate(specs: list[ExpectationSpec]) -> bool:
     return True
 
 
+def plans(specs: list[ExpectationSpec], schema: pl.Schema,
+          indexes: list[int] | None = None) -> tuple[dict[int, _Plan], list[str]]:
+    """The plan of each expectation (or of those at ``indexes``) on a table of ``schema``, and why any has none.
+
+    Validation plans a suite once: the plans that tell it whether this path
+    can take the suite are the ones it hands to :func:`evaluate` (planning
+    took 5 ms a delivery in a profile of 200 small deliveries, about as long
+    as evaluating a 10,000-row one).
+    """
+    out: dict[int, _Plan] = {}
+    problems = []
+    for i in range(len(specs)) if indexes is None else indexes:
+        try:
+            out[i] = _plan(i, specs[i], schema)
+        except Unsupported as e:
+            problems.append(f"[{i}] {specs[i].type} ({specs[i].source}): {e}")
+    return out, problems
+
+
 def unsupported(specs: list[ExpectationSpec], schema: pl.Schema) -> list[str]:
     """Why the fast path cannot evaluate a suite as GX would: one line per expectation it cannot do (empty: it can)."""
-    out = []
-    for i, spec in enumerate(specs):
-        try:
-            _plan(i, spec, schema)
-        except Unsupported as e:
-            out.append(f"[{i}] {spec.type} ({spec.source}): {e}")
-    return out
+    return plans(specs, schema)[1]
 
 
 def evaluate(specs: list[ExpectationSpec], frame: pl.DataFrame | pl.LazyFrame | Path | str,
              indexes: list[int] | None = None,
-             record_as: list[ExpectationSpec] | None = None) -> tuple[list[ExpectationResult], int]:
+             record_as: list[ExpectationSpec] | None = None,
+             planned: dict[int, _Plan] | None = None) -> tuple[list[ExpectationResult], int]:
     """Results of ``specs`` (or those at ``indexes``) on the table, as GX would give them, and its row count.
 
+    ``planned``: :func:`plans`' plans of these specs on this table's schema, if already made.
     ``record_as``: the suite's specs the results are reported under, where
     ``specs`` were rewritten for a chunk (its sensor's condition dropped), as
     the GX chunks report under the suite's own expectations.
@@ -692,28 +707,22 @@ def evaluate(specs: list[ExpectationSpec], frame: pl.DataFrame | pl.LazyFrame | 
     """
     lf = scan(frame)
     schema = lf.collect_schema()
-    chosen = list(range(len(specs))) if indexes is None else list(indexes)
-    plans: dict[int, _Plan] = {}
-    problems = []
-    for i in chosen:
-        try:
-            plans[i] = _plan(i, specs[i], schema)
-        except Unsupported as e:
-            problems.append(f"[{i}] {specs[i].type} ({specs[i].source}): {e}")
-    if problems:
-        raise Unsupported("; ".join(problems))
+    if planned is None:
+        planned, problems = plans(specs, schema, None if indexes is None else list(indexes))
+        if problems:
+            raise Unsupported("; ".join(problems))
     ints = [c for c, d in schema.items() if d.is_integer()]
     aggs = [pl.len().alias("rows"), *(pl.col(c).null_count().alias(f"nulls:{c}") for c in ints)]
-    aggs += [e for p in plans.values() for e in p.aggs]
+    aggs += [e for p in planned.values() for e in p.aggs]
     row = lf.select(aggs).collect().row(0, named=True)
     floated = frozenset(c for c in ints if row[f"nulls:{c}"] > 0)
     partial: dict[int, Any] = {i: p.values(list(row[f"{i}:sample"] or []), floated)
-                               for i, p in plans.items() if p.values is not None}
-    for i, p in plans.items():
+                               for i, p in planned.items() if p.values is not None}
+    for i, p in planned.items():
         if p.extra is not None:
             partial[i] = p.extra(lf)
     results = []
-    for i, p in plans.items():
+    for i, p in planned.items():
         out = p.finish(row, partial.get(i, []))
         results.append(record((record_as or specs)[i], i, out["success"], out["result"]))
     return results, int(row["rows"])

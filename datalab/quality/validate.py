@@ -633,16 +633,13 @@ def validate(
         report = _validate(contract, frame, run_name=run_name, build_docs=build_docs, suites_dir=suites_dir)
     if curation_stats is None:
         curation_stats = _curation_stats(run_name)
-    extra = lab_rules(contract, curation_stats)
-    if not extra:
-        return report
-    for r in extra:
+    for r in lab_rules(contract, curation_stats):
         report.results.append(replace(r, index=report.evaluated))
         report.evaluated += 1
         report.successful += int(r.success)
         report.failed += int(not r.success)
         report.success = report.success and r.success
-    return _write_report(report, t0 - report.seconds)
+    return _write_report(report, t0)
 
 
 def _curation_stats(run_name: str) -> dict[str, Any] | None:
@@ -675,12 +672,12 @@ def _validate(
     by_time = validate_chunks.splittable_by_time(specs)  # a long series may be cut into time ranges
     if s.validate_engine == "fast":
         lf = fast.scan(frame)
-        need_gx = fast.unsupported(specs, lf.collect_schema())
+        planned, need_gx = fast.plans(specs, lf.collect_schema())
         if not need_gx:
             chunks = validate_chunks.plan_chunks(Path(frame), s.validate_chunk_rows, by_time) if chunkable else None
             if chunks is not None:
                 return _validate_fast_chunked(contract, Path(frame), chunks, specs, run_name, t0)
-            return _validate_fast(contract, lf, specs, run_name, t0)
+            return _validate_fast(contract, lf, specs, run_name, t0, planned)
         log.info("suite %s: %d expectation(s) need GX, validating with it: %s", contract.slug, len(need_gx), need_gx)
         notes.append(f"validated by Great Expectations: {len(need_gx)} expectation(s) the Polars path does not "
                      f"evaluate, e.g. {need_gx[0]}")
@@ -719,23 +716,23 @@ def _validate(
     report = _report(contract, specs, results, run_name, len(df), docs_path, notes)
     if len(results) != len(specs):
         report.notes.append(f"{len(specs)} expectations in the suite but {len(results)} results")
-    return _write_report(report, t0)
+    return _timed(report, t0)
 
 
 def _validate_fast(contract: Contract, lf: pl.LazyFrame, specs: list[ExpectationSpec], run_name: str,
-                   t0: float) -> ValidationReport:
+                   t0: float, planned: dict[int, Any] | None = None) -> ValidationReport:
     """The suite evaluated by Polars on the curated table (``datalab.quality.fast``): no pandas copy, no GX import.
 
     Data Docs are GX's pages of GX's stored results, so a fast run does not
     rebuild them (``DATALAB_VALIDATE_ENGINE=gx`` does); the report, the
     delivery's state and the manifest carry the same results either way.
     """
-    results, rows = fast.evaluate(specs, lf)
+    results, rows = fast.evaluate(specs, lf, planned=planned)
     note = ("validated by Polars (datalab.quality.fast), results as Great Expectations computes them; "
             "Data Docs are not rebuilt (DATALAB_VALIDATE_ENGINE=gx rebuilds them)")
     report = _report(contract, specs, results, run_name, rows, None, [note])
     report.engine = ENGINE_POLARS
-    return _write_report(report, t0)
+    return _timed(report, t0)
 
 
 def _validate_fast_chunked(contract: Contract, path: Path, chunks: list[Any], specs: list[ExpectationSpec],
@@ -774,7 +771,7 @@ def _validate_fast_chunked(contract: Contract, path: Path, chunks: list[Any], sp
             "Expectations' chunks are; Data Docs are not rebuilt (DATALAB_VALIDATE_ENGINE=gx rebuilds them)")
     report = _report(contract, specs, results, run_name, rows, None, [note])
     report.engine = ENGINE_POLARS
-    return _write_report(report, t0)
+    return _timed(report, t0)
 
 
 def _suite_for(contract: Contract) -> list[ExpectationSpec]:
@@ -805,7 +802,13 @@ def _report(
     )
 
 
+def _timed(report: ValidationReport, t0: float) -> ValidationReport:
+    report.seconds = round(_time.perf_counter() - t0, 3)
+    return report
+
+
 def _write_report(report: ValidationReport, t0: float) -> ValidationReport:
+    """The report, timed from ``t0`` (the suite and the lab's rules), written once beside the others."""
     out = settings().validation / f"{report.run_name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     report.report_path = str(out)
@@ -901,4 +904,4 @@ def _validate_chunked(
         raise RuntimeError(f"{len(specs)} expectations in the suite but {len(results)} merged results")
     note = (f"validated in {len(chunks)} chunks of at most {s.validate_chunk_rows:,} rows (one sensor each), "
             "results merged exactly; Data Docs are not rebuilt for chunked runs")
-    return _write_report(_report(contract, specs, results, run_name, rows, None, [*(notes or []), note]), t0)
+    return _timed(_report(contract, specs, results, run_name, rows, None, [*(notes or []), note]), t0)
