@@ -104,6 +104,50 @@ def test_late_rows_flagged_against_earlier_delivery(lab: Path, tmp_path: Path, c
     assert st.flags["flag_late"] + st.repeats_excluded == 30 and st.repeats_excluded > 0
 
 
+def test_earlier_deliveries_found_by_their_time_ranges_as_by_their_statistics(lab: Path, tmp_path: Path,
+                                                                              contracts) -> None:
+    """curate.earlier_curated reads dl_curated_spans; in a catalog without the rows (deliveries curated before
+    the table) they are filled in from the statistics, to the same rows and the same answers, for spans that
+    meet none, some and all deliveries."""
+    import sqlalchemy as sa
+
+    from datalab.config import settings
+    from datalab.store import catalog as cat
+    from datalab.store import state
+
+    c = contracts[SPINDLE]
+    recs = []
+    for day in (0, 1, 2):  # three days of 100 s each, no reading in common
+        gen = sample.generate(c, 1_200, seed=day, start=START + dt.timedelta(days=day), defects=sample.Defects.none())
+        recs.append(landing.push(c, [sample.write(gen, tmp_path / f"d{day}.csv")]).delivery_id)
+    fix = sample.write(sample.generate(c, 120, seed=9, start=START, defects=sample.Defects.none()), tmp_path / "fix.csv")
+    recs.append(landing.push(c, [fix], correction=True).delivery_id)
+    for d in (recs[3], recs[0], recs[2]):  # the correction curated first; recs[1] not curated
+        ingest.ingest_raw(c, d)
+        curate.curate_delivery(c, d)
+    s = settings()
+    with cat.Catalog(s.catalog_url).begin() as conn:
+        spans = {r.delivery_id: (r.time_lo, r.time_hi, r.replaces) for r in conn.execute(sa.select(cat.curated_spans))}
+    assert set(spans) == {recs[0], recs[2], recs[3]} and spans[recs[3]][2] and not spans[recs[0]][2]
+    day_us = 86_400 * 1_000_000
+    t0 = curate._as_time_int(START.isoformat())
+    cases = [(recs[1], (None, None)), (recs[1], (t0, t0 + 3 * day_us)), (recs[1], (t0 + day_us, t0 + day_us + 1)),
+             (recs[0], (t0, t0 + 10**8)), (recs[1], (t0, t0 + 10**8)),
+             (recs[3], (None, None)), ("d-none", (None, None))]
+    by_spans = [[d for d, _ in curate.earlier_curated(c, me, s, span)] for me, span in cases]
+    assert by_spans[0] == by_spans[1] == [recs[0], recs[2]]  # the later correction replaces rather than keeps
+    assert by_spans[2] == [] and by_spans[3] == [] and by_spans[4] == [recs[0]]
+    assert by_spans[5] == [recs[0], recs[2]] and by_spans[6] == []
+    with cat.Catalog(s.catalog_url).begin() as conn:  # a catalog from before the table: rows filled in once
+        conn.execute(cat.curated_spans.delete())
+    curate._SPANNED.clear()
+    assert [[d for d, _ in curate.earlier_curated(c, me, s, span)] for me, span in cases] == by_spans
+    with cat.Catalog(s.catalog_url).begin() as conn:
+        assert {r.delivery_id: (r.time_lo, r.time_hi, r.replaces)
+                for r in conn.execute(sa.select(cat.curated_spans))} == spans
+    assert state.has_other_accepted(c.id, recs[0]) and not state.has_other_accepted(contracts[PRESS].id, recs[0])
+
+
 def test_personal_column_pseudonymised(lab: Path, tmp_path: Path, contracts) -> None:
     c = contracts[PRESS]
     gen = sample.generate(c, 3_000, seed=5, start=START)

@@ -233,6 +233,7 @@ def purge_contract(contract_id: str, status: str, reason: str, actor: str, s: Se
                 stage="deleted", stats="{}", validation=None, validation_ok=None, raw_path=None,
                 curated_path=None, updated_at=cat.now_iso()))
             conn.execute(cat.watermarks.delete().where(cat.watermarks.c.delivery_id == d))
+            conn.execute(cat.curated_spans.delete().where(cat.curated_spans.c.delivery_id == d))
             c.audit(actor, "delete", d, status, {"contract": contract_id, "reason": reason, "files": mine}, conn=conn)
     leftovers = _sweep_contract(contract_id, s)
     if leftovers:
@@ -383,7 +384,7 @@ def compact_sqlite(s: Settings) -> list[str]:
     if not s.catalog_url.startswith("sqlite"):
         # PostgreSQL: deleted tuples are reclaimed by VACUUM; run it on the tables we touched.
         with cat.Catalog(s.catalog_url).engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            for t in ("dl_processing", "dl_watermarks", "dl_deliveries"):
+            for t in ("dl_processing", "dl_watermarks", "dl_curated_spans", "dl_deliveries"):
                 conn.exec_driver_sql(f"VACUUM {t}")
     return busy
 

@@ -83,6 +83,27 @@ processing = sa.Table(
     sa.Column("updated_at", sa.String(40), nullable=False),
 )
 
+# A curated delivery's first and last time (TIME_INT: microseconds since the
+# epoch, or the index; the widest range where it has none), so that a new
+# delivery finds the earlier ones whose readings it may repeat by an index
+# range instead of reading every earlier delivery's statistics
+# (curate.earlier_curated: a firm streaming a delivery a minute has 43,000 in
+# a month, and a new delivery's readings are the latest). ``replaces``: its
+# readings replace earlier ones rather than keep them (a declared correction).
+# Its own table, so that an existing catalog gains it by create_all; the rows
+# of deliveries curated before it are filled in from their statistics
+# (curate._fill_spans).
+curated_spans = sa.Table(
+    "dl_curated_spans",
+    metadata,
+    sa.Column("delivery_id", sa.String(64), sa.ForeignKey("dl_deliveries.id"), primary_key=True),
+    sa.Column("contract_id", sa.String(200), nullable=False),
+    sa.Column("time_lo", sa.BigInteger, nullable=False),
+    sa.Column("time_hi", sa.BigInteger, nullable=False),
+    sa.Column("replaces", sa.Boolean, nullable=False, default=False),
+    sa.Index("ix_dl_curated_spans_contract_hi", "contract_id", "time_hi"),
+)
+
 watermarks = sa.Table(
     "dl_watermarks",
     metadata,

@@ -104,6 +104,15 @@ def rows_of(ids: list[str], s: Settings | None = None) -> dict[str, int | None]:
     return out
 
 
+def has_other_accepted(contract_id: str, delivery_id: str, s: Settings | None = None) -> bool:
+    """Whether the contract has an accepted delivery besides ``delivery_id`` (one indexed row, not all of them)."""
+    s = s or settings()
+    d = cat.deliveries
+    q = sa.select(d.c.id).where(d.c.contract_id == contract_id, d.c.status == "accepted", d.c.id != delivery_id).limit(1)
+    with cat.Catalog(s.catalog_url).begin() as conn:
+        return conn.execute(q).first() is not None
+
+
 def accepted(contract_id: str, s: Settings | None = None) -> list[dict[str, Any]]:
     """Every accepted delivery of a contract with its stage, oldest first."""
     s = s or settings()

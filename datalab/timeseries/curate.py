@@ -563,29 +563,63 @@ def earlier_curated(contract: Contract, delivery_id: str, s: Settings,
     when they were curated. ``span`` (the delivery's
     first and last time, as TIME_INT) leaves out deliveries whose recorded
     time range does not meet it: a firm streaming a delivery every minute
-    would otherwise compare each new one with every earlier one.
+    would otherwise compare each new one with every earlier one. The ranges
+    are in ``dl_curated_spans``, read by an index range on their ends.
     """
     lo, hi = span
-    out = []
+    d, p, sp = cat.deliveries, cat.processing, cat.curated_spans
+    c = cat.Catalog(s.catalog_url)
+    _fill_spans(contract, s)
+    q = (
+        sa.select(d.c.id, d.c.received_at, p.c.curated_path, sp.c.replaces)
+        .select_from(sp.join(d, d.c.id == sp.c.delivery_id).join(p, p.c.delivery_id == sp.c.delivery_id))
+        .where(sp.c.contract_id == contract.id, sp.c.delivery_id != delivery_id, d.c.status == "accepted",
+               p.c.curated_path.is_not(None), p.c.stage.in_(("curated", "validated")),
+               sa.or_(p.c.validation_ok.is_(None), p.c.validation_ok.is_(True)))
+        .order_by(d.c.received_at, d.c.id)
+    )
+    if lo is not None and hi is not None:  # no time in common: no key in common
+        q = q.where(sp.c.time_hi >= lo, sp.c.time_lo <= hi)
+    with c.begin() as conn:
+        me = conn.execute(sa.select(d.c.received_at).where(d.c.id == delivery_id, d.c.contract_id == contract.id,
+                                                           d.c.status == "accepted")).scalar()
+        rows = conn.execute(q).all() if me is not None else []
     st = store(s)
-    rows = state.accepted(contract.id, s)
-    me = next((r for r in rows if r["id"] == delivery_id), None)
-    if me is None:
-        return []
-    for r in rows:
-        if r["id"] == delivery_id:
-            continue
-        later = (r["received_at"], r["id"]) > (me["received_at"], me["id"])
-        if r["curated_path"] and r["stage"] in ("curated", "validated") and r["validation_ok"] is not False:
-            cur = (json.loads(r["stats"] or "{}") if isinstance(r["stats"], str) else (r["stats"] or {})).get("curated") or {}
-            if later and (cur.get("correction") or not cur):
-                continue
-            t0, t1 = _as_time_int(cur.get("time_min")), _as_time_int(cur.get("time_max"))
-            if None not in (lo, hi, t0, t1) and (t1 < lo or t0 > hi):  # type: ignore[operator]
-                continue  # no time in common: no key in common
-            if st.exists(r["curated_path"]):
-                out.append((r["id"], st.local(r["curated_path"])))
-    return out
+    return [(r.id, st.local(r.curated_path)) for r in rows
+            if not (r.replaces and (r.received_at, r.id) > (me, delivery_id)) and st.exists(r.curated_path)]
+
+
+# A time range that meets every other: a delivery without a recorded time is compared with all.
+WHOLE_SPAN = (-(2**63), 2**63 - 1)
+# (catalog, contract) whose curated deliveries all have their span row in this process.
+_SPANNED: set[tuple[str, str]] = set()
+
+
+def _span_row(contract_id: str, delivery_id: str, cur: dict[str, Any]) -> dict[str, Any]:
+    """A delivery's ``dl_curated_spans`` row from its curated statistics (``CurationStats.to_dict()``)."""
+    t0, t1 = _as_time_int(cur.get("time_min")), _as_time_int(cur.get("time_max"))
+    lo, hi = (t0, t1) if None not in (t0, t1) else WHOLE_SPAN
+    # no statistics: as before the table, never kept over a later delivery's readings
+    return {"delivery_id": delivery_id, "contract_id": contract_id, "time_lo": lo, "time_hi": hi,
+            "replaces": bool(cur.get("correction")) or not cur}
+
+
+def _fill_spans(contract: Contract, s: Settings) -> None:
+    """The span rows of the contract's deliveries curated before ``dl_curated_spans`` existed, once per process."""
+    key = (s.catalog_url, contract.id)
+    if key in _SPANNED:
+        return
+    d, p, sp = cat.deliveries, cat.processing, cat.curated_spans
+    q = (sa.select(p.c.delivery_id, p.c.stats)
+         .select_from(d.join(p, p.c.delivery_id == d.c.id).outerjoin(sp, sp.c.delivery_id == d.c.id))
+         .where(d.c.contract_id == contract.id, p.c.curated_path.is_not(None), sp.c.delivery_id.is_(None)))
+    with cat.Catalog(s.catalog_url).begin() as conn:
+        missing = conn.execute(q).all()
+        rows = [_span_row(contract.id, r.delivery_id, (json.loads(r.stats or "{}") or {}).get("curated") or {})
+                for r in missing]
+        for k in range(0, len(rows), 1000):
+            conn.execute(sp.insert(), rows[k:k + 1000])
+    _SPANNED.add(key)
 
 
 def exclude_repeats(contract: Contract, delivery_id: str, raw: pl.LazyFrame, correction: bool, scratch: Path,
@@ -605,7 +639,7 @@ def exclude_repeats(contract: Contract, delivery_id: str, raw: pl.LazyFrame, cor
     bucket of the plan) only when some were excluded.
     """
     counts: dict[str, Any] = {"repeats_excluded": 0, "correction": correction, "replaces": {}}
-    if not any(r["id"] != delivery_id for r in state.accepted(contract.id, s)):
+    if not state.has_other_accepted(contract.id, delivery_id, s):
         return raw, counts  # the contract's first delivery: nothing to compare with
     lo, hi = raw.select(TIME_INT.min().alias("lo"), TIME_INT.max().alias("hi")).collect().row(0)
     earlier = earlier_curated(contract, delivery_id, s, (lo, hi))
@@ -922,6 +956,12 @@ def _record_curated(delivery_id: str, stats: CurationStats, receipt: receipts.Re
     """The delivery's state moves to curated with its statistics; a duplicate warning the push missed joins the receipt."""
     if stats.warnings and not receipt.warnings:
         receipts.add_warnings(delivery_id, list(stats.warnings), s)  # the push did not count them (a very large delivery)
+    # The span first: it is read only for deliveries at the curated stage, so there is no moment
+    # at which this delivery is curated and its span missing.
+    sp = cat.curated_spans
+    with cat.Catalog(s.catalog_url).begin() as conn:
+        conn.execute(sp.delete().where(sp.c.delivery_id == delivery_id))
+        conn.execute(sp.insert().values(**_span_row(receipt.contract_id, delivery_id, stats.to_dict())))
     state.set_stage(delivery_id, "curated", s=s, curated_path=store(s).key(out), stats={"curated": stats.to_dict()})
 
 
