@@ -35,10 +35,21 @@ ENV_KEYS = ("DATALAB_HOME", "DATALAB_CONTRACTS", "DATALAB_ENGINE", "DATALAB_SITE
             "DATALAB_URL", "DATALAB_TOKEN", "DAGSTER_HOME")
 
 
+# Ports handed out by free_port in this process. The kernel may give the same free port to two
+# binds in a row once the first socket is closed: two federation sites, given their ports before
+# either started, once got the same one, and the second's health check was answered by the first.
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on now, and never handed out before by this process."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def lab_env(home: Path, contracts: Path) -> dict[str, str]:

@@ -1,0 +1,93 @@
+"""Small deliveries' processing alone (issue 21): N pushed deliveries, then one warm ``run_pending()``.
+
+    .venv/bin/python benchmarks/processing.py --deliveries 200
+    DATALAB_LOCAL_RUNS=1 .venv/bin/python benchmarks/processing.py --deliveries 200 --profile /tmp/run.prof
+
+``benchmarks/small_deliveries.py`` measures the issue's whole scenario
+(pushes over HTTP while the runs go); this measures what the runs alone
+cost, without the service competing for the cores: sample deliveries of
+``--rows`` rows, round-robin over the four time-series contracts that
+``sample.generate`` fills, pushed in process (``landing.push``, timed),
+then one ``pipelines.runner.run_pending()`` in a process that has already
+built the definitions and started its worker processes, as a running lab
+has. Prints deliveries/s of the push and of the processing, and the peak
+RSS of this process and of its largest worker. ``--profile`` writes a
+cProfile of the processing (of this process only: with
+``DATALAB_LOCAL_RUNS`` above 1 the runs are in the workers; set it to 1 to
+profile them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--deliveries", type=int, default=200)
+    ap.add_argument("--rows", type=int, default=10_000)
+    ap.add_argument("--profile", type=Path, help="write a cProfile of the processing here")
+    args = ap.parse_args()
+    os.environ.setdefault("DATALAB_ENGINE", "cpu")
+    base = Path(tempfile.mkdtemp(prefix="datalab-processing-"))
+    try:
+        contracts = Path(shutil.copytree(ROOT / "data_contracts", base / "contracts"))
+        from tests.service_harness import use_lab
+
+        with use_lab(base / "lab", contracts):
+            import small_deliveries
+
+            from datalab.config import settings
+            from datalab.contracts import contract as contracts_mod
+            from datalab.intake import landing
+            from pipelines import runner
+
+            chosen = {cid: c for cid, c in sorted(contracts_mod.load_all(contracts).items())
+                      if c.kind == "timeseries" and c.layout.shape in ("long", "wide")}
+            files = small_deliveries.make_files(chosen, args.deliveries, args.rows, base / "files")
+            runner.run_pending()  # warm: the definitions built, the instance opened
+            runner.start_local_workers()
+            t = time.perf_counter()
+            for c, p in files:
+                landing.push(c, [p])
+            push_s = time.perf_counter() - t
+            prof = cProfile.Profile() if args.profile else None
+            t = time.perf_counter()
+            if prof:
+                prof.enable()
+            runs = runner.run_pending()
+            if prof:
+                prof.disable()
+                prof.dump_stats(str(args.profile))
+            run_s = time.perf_counter() - t
+            width = settings().local_runs
+            runner.stop_local_workers()
+        ok = sum(1 for r in runs if r.validation_ok)
+        print(f"pushed {len(files)} deliveries of {args.rows:,} rows in {push_s:.2f} s ({len(files) / push_s:.1f}/s, "
+              "in process)")
+        print(f"processed {len(runs)} ({ok} passed the suite) in {run_s:.2f} s: {len(runs) / run_s:.2f} deliveries/s "
+              f"({width} runs side by side at most, DATALAB_LOCAL_RUNS)")
+        # A child's peak is known once it has exited (the workers were stopped above); with one
+        # lane there are none, and the figure would be some other child's (a forked one starts at
+        # this process's size).
+        workers = (f", largest worker {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:,.0f} MB"
+                   if width > 1 else "")
+        print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB{workers}")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
