@@ -613,12 +613,15 @@ def _fill_spans(contract: Contract, s: Settings) -> None:
     q = (sa.select(p.c.delivery_id, p.c.stats)
          .select_from(d.join(p, p.c.delivery_id == d.c.id).outerjoin(sp, sp.c.delivery_id == d.c.id))
          .where(d.c.contract_id == contract.id, p.c.curated_path.is_not(None), sp.c.delivery_id.is_(None)))
-    with cat.Catalog(s.catalog_url).begin() as conn:
-        missing = conn.execute(q).all()
-        rows = [_span_row(contract.id, r.delivery_id, (json.loads(r.stats or "{}") or {}).get("curated") or {})
-                for r in missing]
-        for k in range(0, len(rows), 1000):
-            conn.execute(sp.insert(), rows[k:k + 1000])
+    try:
+        with cat.Catalog(s.catalog_url).begin() as conn:
+            missing = conn.execute(q).all()
+            rows = [_span_row(contract.id, r.delivery_id, (json.loads(r.stats or "{}") or {}).get("curated") or {})
+                    for r in missing]
+            for k in range(0, len(rows), 1000):
+                conn.execute(sp.insert(), rows[k:k + 1000])
+    except sa.exc.IntegrityError:
+        pass  # another process filled them in first (the same rows, from the same statistics)
     _SPANNED.add(key)
 
 
