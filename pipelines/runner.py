@@ -186,23 +186,28 @@ def _run_pending(contract_ref: str | None, on_event: Callable[[DeliveryRun], Non
     def heavy(batch: list[str]) -> bool:
         return sum(rows.get(d) or 0 for d in batch) >= BATCH_ROWS
 
-    if s.profile == "cluster":
-        # Each run is driven from its own process, as Dagster's run launcher does
-        # (Dagster's in-process logging setup is not thread-safe); the steps
-        # themselves go to the Celery workers.
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=width, mp_context=mp.get_context("spawn")) as pool:
-            side_by_side(runs, width, heavy, lambda c, b: pool.submit(_run_in_child, c.id, b), settled)
-        return out
     env, cwd = dict(os.environ), os.getcwd()
     try:
-        with _WORKERS.use(width) as pool:
-            side_by_side(runs, width, heavy, lambda c, b: pool.submit(_run_in_worker, env, cwd, c.id, b), settled)
+        if s.profile == "cluster":
+            # Each run is driven from its own process, as Dagster's run launcher does
+            # (Dagster's in-process logging setup is not thread-safe); the steps
+            # themselves go to the Celery workers. A fresh pool per call: the runs
+            # rebuild the definitions' module under this call's settings.
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(max_workers=width, mp_context=mp.get_context("spawn")) as pool:
+                side_by_side(runs, width, heavy, lambda c, b: pool.submit(_run_in_worker, env, cwd, c.id, b), settled)
+        else:
+            with _WORKERS.use(width) as pool:
+                side_by_side(runs, width, heavy, lambda c, b: pool.submit(_run_in_worker, env, cwd, c.id, b), settled)
     except BrokenProcessPool:
-        raise DatalabError("a worker process running deliveries died (killed, or out of memory?); the deliveries "
-                           "it had not settled stay pending: run again, or with DATALAB_LOCAL_RUNS=1 to run "
-                           "them in this process") from None
+        done = {r.delivery_id for r in out}
+        left = [(c.id, d) for c, b in runs for d in b if d not in done]
+        raise DatalabError(
+            f"a worker process running deliveries died (killed, or out of memory?); {len(left)} deliveries of "
+            f"{', '.join(sorted({cid for cid, _ in left}))} stay pending ({', '.join(d for _, d in left[:5])}"
+            f"{', ...' if len(left) > 5 else ''}): run again, or with DATALAB_LOCAL_RUNS=1 to run them in this "
+            "process") from None
     return out
 
 
@@ -322,16 +327,6 @@ def _run_one(c: Contract, d: str, inst: dg.DagsterInstance, defs: dg.Definitions
     return DeliveryRun(c.id, d, ok, st.get("validation_ok"), msg)
 
 
-def _run_in_child(contract_id: str, batch: list[str]) -> list[DeliveryRun]:
-    s = settings()  # a fresh process: its own settings (the parent's environment)
-    c = contracts_mod.load_all(s.contracts_dir)[contract_id]
-    inst = _cluster_instance(s)
-    try:
-        return _run_batch(c, batch, inst, None, s)
-    finally:
-        inst.dispose()
-
-
 # Worker processes with nothing to do for this long are stopped (a server that ran a backlog
 # once does not keep them, and their memory, for good); the next call starts new ones.
 WORKERS_IDLE_S = 600.0
@@ -415,11 +410,13 @@ def _warm_worker() -> None:
 
 
 def _run_in_worker(env: dict[str, str], cwd: str, contract_id: str, batch: list[str]) -> list[DeliveryRun]:
-    """One run in a local worker process, with the caller's environment and working directory.
+    """One run in a worker process, with the caller's environment and working directory.
 
-    The workers outlive a call, and the caller's environment can change
-    between calls (another lab, another engine); each run takes the one it
-    was asked with, as a process spawned for it would.
+    The local profile's workers outlive a call, and the caller's environment
+    can change between calls (another lab, another engine); each run takes
+    the one it was asked with, as a process spawned for it would. The
+    cluster profile reconstructs the job from ``pipelines.definitions``
+    (no definitions passed).
     """
     if dict(os.environ) != env:
         os.environ.clear()
@@ -430,7 +427,7 @@ def _run_in_worker(env: dict[str, str], cwd: str, contract_id: str, batch: list[
     c = contracts_mod.load_all(s.contracts_dir)[contract_id]
     inst = _cluster_instance(s)
     try:
-        return _portable_errors(_run_batch, c, batch, inst, _defs(), s)
+        return _portable_errors(_run_batch, c, batch, inst, _defs() if s.profile != "cluster" else None, s)
     finally:
         inst.dispose()
 

@@ -151,8 +151,9 @@ def test_a_killed_worker_leaves_its_deliveries_pending_and_the_next_call_runs_th
         os.kill(pid, signal.SIGKILL)
     time.sleep(0.5)
     ds = _push(contracts, tmp_path, SPINDLE, 1) + _push(contracts, tmp_path, PRESS, 1)
-    with pytest.raises(DatalabError, match=r"worker process running deliveries died.*stay pending"):
+    with pytest.raises(DatalabError, match=r"worker process running deliveries died.*2 deliveries of .* stay pending") as e:
         runner.run_pending()
+    assert all(x in str(e.value) for x in (*ds, SPINDLE, PRESS))  # what stays pending, by name
     assert 2 not in runner._WORKERS.pools
     assert set(ds) <= set(state.pending(contracts[SPINDLE].id)) | set(state.pending(contracts[PRESS].id))
     out = runner.run_pending()

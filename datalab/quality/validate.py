@@ -661,7 +661,6 @@ def _validate(
     build_docs: bool,
     suites_dir: Path | None,
 ) -> ValidationReport:
-    t0 = _time.perf_counter()
     safe_segment(run_name, "run name")
     specs = _suite_for(contract) + load_handwritten(contract, suites_dir)
     s = settings()
@@ -676,8 +675,8 @@ def _validate(
         if not need_gx:
             chunks = validate_chunks.plan_chunks(Path(frame), s.validate_chunk_rows, by_time) if chunkable else None
             if chunks is not None:
-                return _validate_fast_chunked(contract, Path(frame), chunks, specs, run_name, t0)
-            return _validate_fast(contract, lf, specs, run_name, t0, planned)
+                return _validate_fast_chunked(contract, Path(frame), chunks, specs, run_name)
+            return _validate_fast(contract, lf, specs, run_name, planned)
         log.info("suite %s: %d expectation(s) need GX, validating with it: %s", contract.slug, len(need_gx), need_gx)
         notes.append(f"validated by Great Expectations: {len(need_gx)} expectation(s) the Polars path does not "
                      f"evaluate, e.g. {need_gx[0]}")
@@ -685,7 +684,7 @@ def _validate(
     if chunkable:
         chunks = validate_chunks.plan_chunks(Path(frame), s.validate_chunk_rows, by_time)
     if chunks is not None:
-        return _validate_chunked(contract, Path(frame), chunks, specs, run_name, t0, notes)
+        return _validate_chunked(contract, Path(frame), chunks, specs, run_name, notes)
     df = _to_pandas(frame, _plain_text_columns(specs))
 
     _import_gx()
@@ -716,11 +715,11 @@ def _validate(
     report = _report(contract, specs, results, run_name, len(df), docs_path, notes)
     if len(results) != len(specs):
         report.notes.append(f"{len(specs)} expectations in the suite but {len(results)} results")
-    return _timed(report, t0)
+    return report
 
 
 def _validate_fast(contract: Contract, lf: pl.LazyFrame, specs: list[ExpectationSpec], run_name: str,
-                   t0: float, planned: dict[int, Any] | None = None) -> ValidationReport:
+                   planned: dict[int, Any] | None = None) -> ValidationReport:
     """The suite evaluated by Polars on the curated table (``datalab.quality.fast``): no pandas copy, no GX import.
 
     Data Docs are GX's pages of GX's stored results, so a fast run does not
@@ -732,11 +731,11 @@ def _validate_fast(contract: Contract, lf: pl.LazyFrame, specs: list[Expectation
             "Data Docs are not rebuilt (DATALAB_VALIDATE_ENGINE=gx rebuilds them)")
     report = _report(contract, specs, results, run_name, rows, None, [note])
     report.engine = ENGINE_POLARS
-    return _timed(report, t0)
+    return report
 
 
 def _validate_fast_chunked(contract: Contract, path: Path, chunks: list[Any], specs: list[ExpectationSpec],
-                           run_name: str, t0: float) -> ValidationReport:
+                           run_name: str) -> ValidationReport:
     """The fast path on a large curated file, chunk by chunk (one sensor each), merged exactly as the GX chunks are.
 
     One aggregate query over a whole 10 M-row file held every column it read
@@ -771,7 +770,7 @@ def _validate_fast_chunked(contract: Contract, path: Path, chunks: list[Any], sp
             "Expectations' chunks are; Data Docs are not rebuilt (DATALAB_VALIDATE_ENGINE=gx rebuilds them)")
     report = _report(contract, specs, results, run_name, rows, None, [note])
     report.engine = ENGINE_POLARS
-    return _timed(report, t0)
+    return report
 
 
 def _suite_for(contract: Contract) -> list[ExpectationSpec]:
@@ -800,11 +799,6 @@ def _report(
         rows=rows,
         notes=list(notes or []),
     )
-
-
-def _timed(report: ValidationReport, t0: float) -> ValidationReport:
-    report.seconds = round(_time.perf_counter() - t0, 3)
-    return report
 
 
 def _write_report(report: ValidationReport, t0: float) -> ValidationReport:
@@ -846,7 +840,7 @@ def _chunk_suites(gx: Any, slug: str, specs: list[ExpectationSpec], chosen: list
 
 
 def _validate_chunked(
-    contract: Contract, path: Path, chunks: list[Any], specs: list[ExpectationSpec], run_name: str, t0: float,
+    contract: Contract, path: Path, chunks: list[Any], specs: list[ExpectationSpec], run_name: str,
     notes: list[str] | None = None,
 ) -> ValidationReport:
     """Run the suite on each chunk of a large curated file; merge the results exactly.
@@ -904,4 +898,4 @@ def _validate_chunked(
         raise RuntimeError(f"{len(specs)} expectations in the suite but {len(results)} merged results")
     note = (f"validated in {len(chunks)} chunks of at most {s.validate_chunk_rows:,} rows (one sensor each), "
             "results merged exactly; Data Docs are not rebuilt for chunked runs")
-    return _timed(_report(contract, specs, results, run_name, rows, None, [*(notes or []), note]), t0)
+    return _report(contract, specs, results, run_name, rows, None, [*(notes or []), note])
