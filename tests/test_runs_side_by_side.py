@@ -40,7 +40,8 @@ class _C:
 
 
 def _drive(runs: list[tuple[_C, list[str]]], width: int, heavy: set[str] = frozenset(), fail: str | None = None,
-           seconds: float = 0.05) -> tuple[list[tuple[str, str, float, float]], list[str], BaseException | None]:
+           seconds: float = 0.05, slow: frozenset[str] = frozenset()
+           ) -> tuple[list[tuple[str, str, float, float]], list[str], BaseException | None]:
     """side_by_side over a thread pool: (contract, first delivery, start, end) per run, settled deliveries, error."""
     from pipelines.runner import side_by_side
 
@@ -50,7 +51,7 @@ def _drive(runs: list[tuple[_C, list[str]]], width: int, heavy: set[str] = froze
 
     def work(c: _C, batch: list[str]) -> list[DeliveryRun]:
         t0 = time.monotonic()
-        time.sleep(seconds)
+        time.sleep(seconds * (6 if batch[0] in slow else 1))
         with lock:
             log.append((c.id, batch[0], t0, time.monotonic()))
         if batch[0] == fail:
@@ -74,7 +75,7 @@ def _overlap(a: tuple[str, str, float, float], b: tuple[str, str, float, float])
 def test_a_contracts_runs_never_overlap_and_keep_their_order() -> None:
     a, b, c = _C("a"), _C("b"), _C("c")
     runs = [(a, ["a1"]), (b, ["b1"]), (c, ["c1"]), (a, ["a2"]), (b, ["b2"]), (a, ["a3"])]
-    log, settled, error = _drive(runs, width=3)
+    log, settled, error = _drive(runs, width=3, seconds=0.2)  # long enough that a1 and b1 surely overlap
     assert error is None and sorted(settled) == sorted(d for _c, b_ in runs for d in b_)
     for x in log:
         for y in log:
@@ -99,7 +100,8 @@ def test_at_most_width_runs_and_one_heavy_run_at_once() -> None:
 def test_a_run_that_raises_stops_new_runs_and_lets_running_ones_settle() -> None:
     a, b = _C("a"), _C("b")
     runs = [(a, ["a1"]), (b, ["b1"]), (a, ["a2"]), (b, ["b2"])]
-    log, settled, error = _drive(runs, width=2, fail="a1", seconds=0.1)
+    # b1 outlasts a1, so the error comes while b1 runs: b1 settles, neither a2 nor b2 starts
+    log, settled, error = _drive(runs, width=2, fail="a1", seconds=0.05, slow=frozenset({"b1"}))
     assert isinstance(error, RuntimeError) and "a1 broke" in str(error)
     assert "b1" in settled  # running beside the failing run: waited for and settled
     assert not {"a2", "b2"} & {x[1] for x in log}  # nothing started after the error
