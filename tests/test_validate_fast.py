@@ -226,6 +226,45 @@ def test_validate_uses_the_fast_path_and_writes_the_same_report(contracts, lab: 
     assert saved["engine"] == "polars" and saved["results"] == a["results"]
 
 
+def test_conditioned_expectations_see_only_their_rows_as_gx_does(contracts, lab: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Expectations whose metrics depend on row order or on other rows (increasing, compound keys, column pairs),
+    conditioned on one sensor: GX filters the rows first, and so does the fast path, once per condition."""
+    c = contracts[SPINDLE]
+    df = curated(c, ["BSW-M01", "BSW-M02"], n=40)
+    i = pl.int_range(pl.len())
+    # out of order and repeated keys inside one sensor's rows; the other sensors' rows interleave
+    df = df.with_columns(time=pl.when((pl.col("sensor") == "vibration") & (i % 7 == 0)).then(pl.col("time").min())
+                         .otherwise(pl.col("time")),
+                         raw_unit=pl.when(i % 5 == 0).then(pl.lit("x")).otherwise(pl.col("unit")))
+    df = pl.concat([df, df.filter(pl.col("sensor") == "vibration").head(3)])
+    on = {"condition_parser": "pandas"}
+    hand = [
+        {"type": "expect_column_values_to_be_increasing", "kwargs": {"column": "time", "row_condition": 'sensor=="vibration"', **on}},
+        {"type": "expect_column_values_to_be_increasing", "kwargs": {"column": "time", "row_condition": 'sensor=="nowhere"', **on}},
+        {"type": "expect_compound_columns_to_be_unique", "kwargs": {"column_list": ["entity", "time"], "row_condition": 'sensor=="vibration"', **on}},
+        {"type": "expect_column_pair_values_to_be_equal", "kwargs": {"column_A": "unit", "column_B": "raw_unit", "mostly": 0.5, "row_condition": 'sensor=="oil_pressure"', **on}},
+        {"type": "expect_column_mean_to_be_between", "kwargs": {"column": "value", "min_value": 0, "row_condition": 'sensor=="oil_pressure"', **on}},
+    ]
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    (suites / f"{c.slug}.json").write_text(json.dumps(hand))
+    ours = validate(c, df, run_name="cond-fast", build_docs=False, suites_dir=suites)
+    monkeypatch.setenv("DATALAB_VALIDATE_ENGINE", "gx")
+    theirs = validate(c, df, run_name="cond-gx", build_docs=False, suites_dir=suites)
+    assert ours.engine == "polars" and theirs.engine == "great_expectations"
+    assert len(theirs.results) == len(ours.results)
+    hand_results = list(zip(theirs.results, ours.results, strict=True))[-len(hand):]  # the hand-written come last
+    assert [a.type for a, _ in hand_results] == [h["type"] for h in hand]
+    assert [a.success for a, _ in hand_results] == [False, True, False, True, True]
+    for a, b in hand_results:
+        if a.type == "expect_column_mean_to_be_between":
+            assert b.observed_value == pytest.approx(a.observed_value, rel=1e-12)
+            a, b = dataclasses.replace(a, observed_value=None, message=""), dataclasses.replace(b, observed_value=None, message="")
+        diff = {k: (getattr(a, k), getattr(b, k)) for k in FIELDS if getattr(a, k) != getattr(b, k)}
+        assert not diff, f"{a.type} [{a.index}]: GX vs fast {diff}"
+
+
 def test_a_suite_with_an_expectation_only_gx_evaluates_falls_back_to_gx(contracts, lab: Path, tmp_path: Path) -> None:
     c = contracts[SPINDLE]
     df = curated(c, ["BSW-M01"], n=30)
