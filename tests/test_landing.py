@@ -20,13 +20,16 @@ import sys
 import zipfile
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
 from conftest import CMAPSS, HYDRAULIC, SPINDLE
 
+from datalab.config import settings
 from datalab.intake.landing import Receipt, get_receipt, list_receipts, push, safe_name
+from datalab.timeseries import ingest
 
 HEADER = "machine_id,ts,sensor,value,unit\n"
 
@@ -464,6 +467,20 @@ def test_real_cmapss_accepted(lab, contracts, realdata, fname, rows):
     assert rec.rows == rows
     assert rec.files[0].format == "text (whitespace-separated)"
     assert_kept(lab, rec, [src])
+
+
+def test_cmapss_with_tabs_and_runs_of_blanks_reads_as_single_spaced(lab, contracts, realdata, tmp_path):
+    """Blank-separated means any run of whitespace: tabs and doubled spaces give the rows single spaces give."""
+    lines = (realdata / "cmapss" / "test_FD001.txt").read_text().splitlines()[:200]
+    messy = "\n".join(ln.replace(" ", "\t", 3).replace(" ", "  ", 2) if i % 3 == 0 else ln for i, ln in enumerate(lines))
+    a = push_bytes(lab, contracts[CMAPSS], tmp_path, "tidy.txt", ("\n".join(lines) + "\n").encode())
+    b = push_bytes(lab, contracts[CMAPSS], tmp_path, "messy.txt", (messy + "\n").encode())
+    assert a.status == "accepted" and b.status == "accepted", (a.reasons, b.reasons)
+    assert a.rows == b.rows == 200
+    s = settings()
+    cols = ["entity", "time", "sensor", "raw_value"]
+    read = [pl.read_parquet(ingest.raw_path(contracts[CMAPSS], r.delivery_id, s)).select(cols) for r in (a, b)]
+    assert read[0].equals(read[1])
 
 
 def test_real_cmapss_rul_file_rejected(lab, contracts, realdata):

@@ -294,7 +294,12 @@ class TimeseriesReader:
             _line=pl.int_range(first_line, first_line + len(lines), dtype=pl.Int64)
         )
         if delim == "whitespace":
-            df = df.with_columns(pl.col("line").str.strip_chars().str.replace_all(r"\s+", " "))
+            df = df.with_columns(pl.col("line").str.strip_chars())
+            # Runs of whitespace become one space. Most files (C-MAPSS) already have single spaces
+            # once stripped: finding that out is a fifth of the rewrite's cost (3 against 15 ms at
+            # 10,000 lines), and a line without a run or a tab is what the rewrite would give.
+            if df.select(pl.col("line").str.contains(r"\s\s|[^\S ]").any()).item():
+                df = df.with_columns(pl.col("line").str.replace_all(r"\s+", " "))
             delim = " "
         else:
             df = df.with_columns(pl.col("line").str.strip_chars_end("\r"))
