@@ -76,10 +76,15 @@ def materialize_curated(contract: Contract, context: AssetExecutionContext, lab:
 
     def one(d: str) -> tuple[dict[str, Any], ValidationReport]:
         path = curate.curated_path(contract, d, s)
+        written: list[pl.DataFrame] = []
         try:
             with MemoryWatch() as mw:
-                st = curate.curate_delivery(contract, d, engine, s)
-                report = suite_report(contract, d, path)
+                st = curate.curate_delivery(contract, d, engine, s, on_written=written.append)
+                # A delivery curated in one part is checked in memory (no read of the file it was
+                # just written to); one the suite would validate in chunks is checked from its file.
+                in_memory = written and written[0].height <= s.validate_chunk_rows
+                report = suite_report(contract, d, written[0] if in_memory else path)
+                written.clear()
             return curated_metadata(d, st, path, mw.peak_mb, files), report
         finally:
             files.evict(path)  # with an object store: this worker's copy (the store holds the file)

@@ -9,9 +9,11 @@ delivery is marked failed and publishing leaves it out.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import polars as pl
 
 from datalab.config import Settings
 from datalab.contracts.contract import Contract
@@ -54,8 +56,8 @@ def validated_deliveries(context: dg.AssetExecutionContext, s: Settings,
                                 check_results=[batch_check_result(verdicts)])
 
 
-def suite_report(contract: Contract, delivery_id: str, path) -> ValidationReport:
-    """The suite's report on one curated delivery; nothing recorded yet (``record_verdict``)."""
+def suite_report(contract: Contract, delivery_id: str, path: Path | pl.DataFrame) -> ValidationReport:
+    """The suite's report on one curated delivery (its file, or the table as written); nothing recorded yet (``record_verdict``)."""
     from datalab.quality import validate
 
     return validate.validate(contract, path, run_name=delivery_id)

@@ -198,22 +198,26 @@ class Engine:
         return df, EngineRun("cpu", self._cpu_device(), time.perf_counter() - t0, fallback, peak_rss_mb())
 
     def sink_parquet(self, lf: pl.LazyFrame, path: Path, constants: dict[str, str] | None = None,
-                     on_result: OnResult | None = None, twin: Twin | None = None) -> EngineRun:
+                     on_result: OnResult | None = None, twin: Twin | None = None,
+                     on_written: OnResult | None = None) -> EngineRun:
         """Run ``lf`` and write it to ``path`` atomically (tmp file, then rename).
 
         ``constants``: string columns appended with one value on every row
         (provenance); added to the result, not to the plan. ``on_result``
         sees the result (without them) while it is in memory, before it is
         written: counting there costs no second read of the file.
+        ``on_written`` sees the frame the file holds (with them), once it is
+        in place: a check that follows reads it from memory, not the file.
         ``twin``: a second file of the same rows (:class:`Twin`), written too.
         """
         with MemoryWatch() as mw:
-            run = self._sink_parquet(lf, path, constants or {}, on_result, twin)
+            run = self._sink_parquet(lf, path, constants or {}, on_result, twin, on_written)
         run.peak_rss_mb = round(mw.peak_mb, 1)
         return run
 
     def _sink_parquet(self, lf: pl.LazyFrame, path: Path, constants: dict[str, str],
-                      on_result: OnResult | None = None, twin: Twin | None = None) -> EngineRun:
+                      on_result: OnResult | None = None, twin: Twin | None = None,
+                      on_written: OnResult | None = None) -> EngineRun:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".parquet.tmp")
         t0 = time.perf_counter()
@@ -233,8 +237,9 @@ class Engine:
         if on_result is not None:
             on_result(df)
         tmps = [tmp, *([twin.tmp] if twin is not None else [])]
+        written = df.with_columns(lits)
         try:
-            df.with_columns(lits).write_parquet(tmp, statistics=True)
+            written.write_parquet(tmp, statistics=True)
             if twin is not None:
                 twin.frame(df).write_parquet(twin.tmp, statistics=True)
                 os.replace(twin.tmp, twin.path)
@@ -243,6 +248,8 @@ class Engine:
             for t in tmps:
                 t.unlink(missing_ok=True)
             raise
+        if on_written is not None:
+            on_written(written)
         if on_gpu:
             return EngineRun("gpu", _gpu_name(), time.perf_counter() - t0, None, peak_rss_mb())
         return EngineRun("cpu", self._cpu_device(), time.perf_counter() - t0, fallback, peak_rss_mb())

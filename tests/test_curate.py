@@ -239,6 +239,33 @@ def test_series_buckets_give_the_same_table(lab: Path, tmp_path: Path, contracts
     assert {k: st_one.flags[k] for k in curate.FLAGS if k != "flag_late"} == {k: st_many.flags[k] for k in curate.FLAGS if k != "flag_late"}
 
 
+def test_the_table_handed_on_is_the_file_and_the_suite_says_the_same_of_both(lab: Path, tmp_path: Path, contracts,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``on_written`` gets what the file holds (provenance included) for a delivery curated in one part, and
+    nothing for one curated in buckets; the suite's report on that table equals its report on the file."""
+    from datalab.config import settings
+    from datalab.quality.validate import validate
+
+    c = contracts[PRESS]  # defects, a personal attribute (pseudonyms)
+    sample.write(sample.generate(c, 6_000, seed=5, start=START), tmp_path / "a.csv")
+    rec = landing.push(c, [tmp_path / "a.csv"])
+    assert rec.accepted, rec.reasons
+    got: list[pl.DataFrame] = []
+    curate.curate_delivery(c, rec.delivery_id, on_written=got.append)
+    path = curate.curated_path(c, rec.delivery_id, settings())
+    [frame] = got
+    assert frame.equals(pl.read_parquet(path)) and frame.columns[-3:] == list(curate.PROVENANCE)
+    run_keys = {"seconds", "report_path", "run_name"}
+    a = validate(c, frame, run_name=rec.delivery_id, build_docs=False).to_dict()
+    b = validate(c, path, run_name=rec.delivery_id, build_docs=False).to_dict()
+    assert a["evaluated"] > 10 and a["engine"] == "polars"
+    assert {k: v for k, v in a.items() if k not in run_keys} == {k: v for k, v in b.items() if k not in run_keys}
+    monkeypatch.setenv("DATALAB_CURATE_BUCKET_ROWS", "2000")
+    got.clear()
+    curate.curate_delivery(c, rec.delivery_id, on_written=got.append)
+    assert got == []
+
+
 def test_curated_output_is_deterministic(lab: Path, tmp_path: Path, contracts) -> None:
     """Curating the same delivery twice writes the same bytes (sorted, ties broken by every column)."""
     c = contracts[SPINDLE]

@@ -831,17 +831,19 @@ def read_delivery(contract: Contract, delivery_id: str, scratch: Path, s: Settin
 
 
 def run_plans(contract: Contract, inp: DeliveryInput, engine: Engine, out: Path, cap: int,
-              on_result: OnResult, twin: Twin | None = None) -> PlanRun:
+              on_result: OnResult, twin: Twin | None = None, on_written: OnResult | None = None) -> PlanRun:
     """Curate the delivery into ``out``: one plan when it fits a bucket of ``cap`` rows, else one per bucket.
 
     ``on_result`` sees each part while it is in memory (``Profile.add``), so
     the file is counted without being read back. ``twin``: the delivery's
     published form (:class:`PublishedForm`), written from the same parts.
+    ``on_written``: see :func:`curate_delivery`.
     """
     joins_only = engine.tries_gpu()
     if inp.rows_kept <= cap:
         plan = build_plan(contract, inp.raw, inp.watermarks, inp.pseudonyms, inp.order, joins_only)
-        run = engine.sink_parquet(plan, out, _provenance_of(contract, inp), on_result=on_result, twin=twin)
+        run = engine.sink_parquet(plan, out, _provenance_of(contract, inp), on_result=on_result, twin=twin,
+                                  on_written=on_written)
         return PlanRun(run, buckets=1, long_series={"series": 0, "chunks": 0})
     return _run_buckets(contract, inp, engine, out, cap, joins_only, on_result, twin)
 
@@ -969,7 +971,7 @@ def _record_curated(delivery_id: str, stats: CurationStats, receipt: receipts.Re
 
 
 def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None = None,
-                    s: Settings | None = None) -> CurationStats:
+                    s: Settings | None = None, on_written: OnResult | None = None) -> CurationStats:
     """Curate one ingested delivery; writes the curated Parquet and returns its counts (stored as ``to_dict()``).
 
     The steps: read the delivery and what its plans join (``read_delivery``),
@@ -979,6 +981,10 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
     raw table is fetched for the plans and the curated file uploaded before
     its state says curated; the file stays on this machine for the suite
     check that follows (``store(s).evict`` drops it).
+
+    ``on_written`` is handed the curated table as written, when it was
+    curated in one part (at most a bucket of rows): the suite check that
+    follows evaluates it in memory instead of reading the file back.
     """
     s = s or settings()
     engine = engine or Engine()
@@ -990,7 +996,8 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
         inp = read_delivery(contract, delivery_id, scratch_raw, s, raw_file)
         counted = Profile()
         form = PublishedForm.of(contract, inp.receipt.contract_version, inp.rows_kept, out, s)
-        ran = run_plans(contract, inp, engine, out, s.curate_bucket_rows, counted.add, form.twin if form else None)
+        ran = run_plans(contract, inp, engine, out, s.curate_bucket_rows, counted.add, form.twin if form else None,
+                        on_written)
     scratch_raw.unlink(missing_ok=True)
     prof = counted.result(out)
     _record_watermarks(contract, delivery_id, counted.watermarks(), s)
