@@ -189,6 +189,15 @@ def test_the_event_log_keeps_connections_open_and_dagster_reads_it_as_its_own(
         assert ours == theirs and dg.DagsterEventType.ASSET_MATERIALIZATION in theirs
     key = dg.AssetKey(["bavaria_spindle", "spindle_telemetry", "curated"])
     assert {m.partition_key for m in stock.fetch_materializations(key, limit=20).records} == set(ds)
+    # the asset key's row (updated, not inserted, after its first event) says what Dagster's would
+    last = stock.get_latest_materialization_events([key])[key]
+    assert last is not None and last.run_id == runs[0].run_id  # get_runs lists the newest first
+    assert last.dagster_event.partition == ds[-1]
+    assert stock.get_asset_records([key])[0].asset_entry.last_materialization_record.storage_id == \
+        stock.fetch_materializations(key, limit=1).records[0].storage_id
+    with storage.index_connection() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     storage.dispose()
     assert not storage._engines
 
