@@ -737,7 +737,8 @@ def evaluate(specs: list[ExpectationSpec], frame: pl.DataFrame | pl.LazyFrame | 
     # One aggregate query over every row, and one over the rows of each row condition (a suite
     # conditions most expectations on one sensor: 72 of 81 in cmapss-fd001's). Filtering each
     # sensor's rows once, rather than every expectation masking every row, halved the suite's
-    # time on a 240,000-row delivery of 24 sensors; collect_all runs the queries on one scan.
+    # time on a 240,000-row delivery of 24 sensors (57 to 33 ms; 0.49-0.62 to 0.24-0.30 s at 1.9 M
+    # rows, from the file). collect_all runs the queries together.
     by_rows: dict[tuple[str, str] | None, list[pl.Expr]] = {
         None: [pl.len().alias("rows"), *(pl.col(c).null_count().alias(f"nulls:{c}") for c in ints)]}
     for p in planned.values():
