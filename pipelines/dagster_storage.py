@@ -37,26 +37,38 @@ profile keeps its events in PostgreSQL and does not use it.
 
 from __future__ import annotations
 
+import sqlite3
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy.exc as db_exc
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.event_log.schema import AssetKeyTable
+from dagster._core.storage.event_log.schema import AssetKeyTable, SqlEventLogStorageMetadata
+from dagster._core.storage.event_log.sqlite import sqlite_event_log as _dagster_sqlite
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SQLITE_BUSY_TIMEOUT_SECONDS,
     SqliteEventLogStorage,
 )
-from sqlalchemy import create_engine, event
+from dagster._core.storage.sql import get_alembic_config, safe_commit
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
 # Open files kept besides the index: a run's events go to its own file, so the runs in
 # progress in this process (one at a time, usually) are what is worth keeping.
 KEEP_RUN_FILES = 4
+
+
+@lru_cache(maxsize=1)
+def _migrations() -> ScriptDirectory:
+    """Dagster's migration scripts for these files, read once per process (Dagster reads them for every file)."""
+    return ScriptDirectory.from_config(get_alembic_config(_dagster_sqlite.__file__))
 
 
 def _wal_synchronous_normal(dbapi_conn: Any, _record: Any) -> None:
@@ -112,6 +124,35 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         if found:
             self._tables.add(table_name)
         return found
+
+    def _initdb(self, engine: Engine, for_index_shard: bool = False) -> None:
+        """Dagster's ``_initdb`` without reading the migration scripts from disk each time.
+
+        Dagster's reads the scripts to learn the head revision, then does
+        nothing to a file that has a revision, and creates the tables of a
+        new file and stamps it with the head (reading them again): about
+        70 ms for every run's new file, and 35 ms for the index each time an
+        instance opens it. Here a file at a revision is left alone after one
+        query, and a new, empty file gets Dagster's tables and the head
+        revision from the scripts read once. Anything else (a file with
+        tables and no revision, another process creating the same file)
+        goes to Dagster's own, which knows those cases.
+        """
+        with engine.connect() as conn:
+            if MigrationContext.configure(conn).get_current_revision() is not None:
+                return
+            fresh = not inspect(conn).get_table_names()
+        if fresh:
+            try:
+                SqlEventLogStorageMetadata.create_all(engine)
+                with engine.connect() as conn:
+                    conn.execute(text("PRAGMA journal_mode=WAL;"))
+                    MigrationContext.configure(conn).stamp(_migrations(), "head")
+                    safe_commit(conn)
+                return
+            except (db_exc.DatabaseError, sqlite3.DatabaseError):
+                pass
+        super()._initdb(engine, for_index_shard=for_index_shard)
 
     def _has_asset_key_col_on_connection(self, conn: Connection, column_name: str) -> bool:
         if column_name in self._asset_key_cols:

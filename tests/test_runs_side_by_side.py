@@ -198,6 +198,15 @@ def test_the_event_log_keeps_connections_open_and_dagster_reads_it_as_its_own(
     with storage.index_connection() as conn:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    # every file it created has Dagster's tables at Dagster's head revision, as Dagster's own _initdb leaves them
+    from dagster._core.storage.event_log.sqlite import sqlite_event_log as dagster_sqlite
+    from dagster._core.storage.sql import check_alembic_revision, get_alembic_config
+
+    for shard in ["index", runs[0].run_id, runs[-1].run_id]:
+        with (stock.run_connection(shard) if shard != "index" else stock.index_connection()) as conn:
+            db_rev, head = check_alembic_revision(get_alembic_config(dagster_sqlite.__file__), conn)
+            assert db_rev == head and head is not None
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     storage.dispose()
     assert not storage._engines
 
