@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import dagster as dg
@@ -84,9 +85,42 @@ def _execute(job_name: str, inst: dg.DagsterInstance, tags: dict[str, str], part
 
 
 def _defs() -> dg.Definitions:
+    """The lab's definitions, built again only when the settings or a file under the contracts folder changed.
+
+    Building them took 15-20 ms a call (every contract's assets, jobs and
+    sensors, the dataset assets), paid by every ``run_pending`` and every run
+    in a worker: a tenth of a small delivery's whole ``run_pending``.
+    """
     from pipelines.definitions import build_definitions
 
-    return build_definitions()
+    s = settings()
+    key = (s, _folder_signature(s.contracts_dir))
+    with _DEFS_LOCK:
+        hit = _DEFS.get("built")
+        if hit is not None and hit[0] == key:
+            return hit[1]
+    defs = build_definitions()
+    with _DEFS_LOCK:
+        _DEFS["built"] = (key, defs)
+    return defs
+
+
+_DEFS: dict[str, tuple[Any, dg.Definitions]] = {}
+_DEFS_LOCK = threading.Lock()
+
+
+def _folder_signature(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """Every file under ``folder`` with its modification time and size: what the definitions are built from."""
+    out = []
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            p = Path(root) / name
+            try:
+                st = p.stat()
+            except OSError:  # removed while we looked: the next call sees the folder as it is then
+                continue
+            out.append((str(p.relative_to(folder)), st.st_mtime_ns, st.st_size))
+    return tuple(sorted(out))
 
 
 def _error(result: dg.ExecuteInProcessResult) -> str:
@@ -145,11 +179,14 @@ def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun
     driven from its own process and its steps execute on the Celery workers.
     """
     s = settings()
-    inst = _cluster_instance(s)
-    try:
-        return _run_pending(contract_ref, on_event, parallel, s, inst)
-    finally:
-        inst.dispose()  # its event log's open files (pipelines.dagster_storage), now, not at a later collection
+    if s.profile == "cluster":
+        inst = _cluster_instance(s)
+        try:
+            return _run_pending(contract_ref, on_event, parallel, s, inst)
+        finally:
+            inst.dispose()  # its event log's open files (pipelines.dagster_storage), now, not at a later collection
+    with _LOCAL.lock:
+        return _run_pending(contract_ref, on_event, parallel, s, _LOCAL.instance(s))
 
 
 def _run_pending(contract_ref: str | None, on_event: Callable[[DeliveryRun], None] | None, parallel: int | None,
@@ -327,6 +364,43 @@ def _run_one(c: Contract, d: str, inst: dg.DagsterInstance, defs: dg.Definitions
     return DeliveryRun(c.id, d, ok, st.get("validation_ok"), msg)
 
 
+class _LocalInstance:
+    """The local profile's Dagster instance, kept by a process for its next ``run_pending`` (or run, in a worker).
+
+    Opening it took about 45 ms (dagster.yaml read, the run, schedule and
+    event log storages opened, each checking its schema), paid again by
+    every call: with one pushed delivery, a seventh of ``run_pending``. It
+    is opened again when the settings change (another lab, another home)
+    and the one before is closed then, so a process holds the open files of
+    one instance at most (pipelines.dagster_storage keeps a few per
+    instance). ``lock`` makes a process's ``run_pending`` calls (the
+    service's ``POST /run`` requests run on a pool of threads) go one after
+    the other: they share the instance, and two at once would also have
+    run the same pending deliveries twice, and a contract's runs side by side.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self._inst: dg.DagsterInstance | None = None
+        self._settings: Settings | None = None
+
+    def instance(self, s: Settings) -> dg.DagsterInstance:
+        if self._inst is not None and self._settings == s:
+            os.environ["DAGSTER_HOME"] = str(s.dagster_home)  # as opening it sets it (pipelines.cluster.instance)
+            return self._inst
+        self.close()
+        self._inst, self._settings = _cluster_instance(s), s
+        return self._inst
+
+    def close(self) -> None:
+        if self._inst is not None:
+            self._inst.dispose()
+        self._inst = self._settings = None
+
+
+_LOCAL = _LocalInstance()
+
+
 # Worker processes with nothing to do for this long are stopped (a server that ran a backlog
 # once does not keep them, and their memory, for good); the next call starts new ones.
 WORKERS_IDLE_S = 600.0
@@ -425,9 +499,12 @@ def _run_in_worker(env: dict[str, str], cwd: str, contract_id: str, batch: list[
         os.chdir(cwd)
     s = settings()
     c = contracts_mod.load_all(s.contracts_dir)[contract_id]
+    if s.profile != "cluster":
+        with _LOCAL.lock:
+            return _portable_errors(_run_batch, c, batch, _LOCAL.instance(s), _defs(), s)
     inst = _cluster_instance(s)
     try:
-        return _portable_errors(_run_batch, c, batch, inst, _defs() if s.profile != "cluster" else None, s)
+        return _portable_errors(_run_batch, c, batch, inst, None, s)
     finally:
         inst.dispose()
 

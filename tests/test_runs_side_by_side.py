@@ -236,3 +236,62 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:  # a zombie not yet reaped counts as gone
         return f.read().split(") ")[-1][0] != "Z"
+
+
+def test_a_process_keeps_its_instance_and_definitions_until_something_they_come_from_changes(
+        lab: Path, tmp_path: Path, contracts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run_pending`` reuses the instance and the definitions of its last call; new settings, or a changed
+    file under the contracts folder, give new ones (and the old instance is closed)."""
+    from datalab.config import settings
+    from pipelines import runner
+
+    monkeypatch.setenv("DATALAB_LOCAL_RUNS", "1")
+    opened: list = []
+    real = runner._cluster_instance
+
+    def counting(s):
+        opened.append(real(s))
+        return opened[-1]
+
+    monkeypatch.setattr(runner, "_cluster_instance", counting)
+    runner._LOCAL.close()
+    first = _push(contracts, tmp_path / "a", SPINDLE, 1)
+    assert [r.delivery_id for r in runner.run_pending()] == first
+    defs = runner._defs()
+    second = _push(contracts, tmp_path / "b", SPINDLE, 1, first_seed=50)
+    assert [r.delivery_id for r in runner.run_pending()] == second
+    assert len(opened) == 1 and runner._defs() is defs
+    # a contract file touched: the definitions are built again, the instance stays
+    path = settings().contracts_dir / next(p.name for p in settings().contracts_dir.glob("*.yaml"))
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    assert runner._defs() is not defs
+    # other settings: another instance, and the one before is closed
+    monkeypatch.setenv("DATALAB_RUN_BATCH", "7")
+    assert runner.run_pending() == []
+    assert len(opened) == 2
+    assert not opened[0].event_log_storage._engines  # disposed
+    runner._LOCAL.close()
+
+
+def test_two_threads_running_pending_deliveries_run_each_once(lab: Path, tmp_path: Path, contracts,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service answers ``POST /run`` on a pool of threads: two calls at once take turns, so no delivery
+    is run twice and a contract's runs never overlap."""
+    from pipelines import runner
+
+    monkeypatch.setenv("DATALAB_LOCAL_RUNS", "1")
+    monkeypatch.setenv("DATALAB_RUN_BATCH", "1")
+    ds = _push(contracts, tmp_path, SPINDLE, 4)
+    with ThreadPoolExecutor(2) as pool:
+        got = [f.result() for f in [pool.submit(runner.run_pending) for _ in range(2)]]
+    ran = [r.delivery_id for runs in got for r in runs]
+    assert sorted(ran) == sorted(ds) and all(r.validation_ok for runs in got for r in runs)
+    inst = runner.instance()
+    try:
+        import dagster as dg
+
+        per = [len(inst.get_runs(filters=dg.RunsFilter(tags={"datalab/delivery": d}))) for d in ds]
+    finally:
+        inst.dispose()
+    assert per == [1] * len(ds)
+    runner._LOCAL.close()
