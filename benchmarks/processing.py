@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/processing.py --deliveries 200
     DATALAB_LOCAL_RUNS=1 .venv/bin/python benchmarks/processing.py --deliveries 200 --profile /tmp/run.prof
+    .venv/bin/python benchmarks/processing.py --one-at-a-time 20
 
 ``benchmarks/small_deliveries.py`` measures the issue's whole scenario
 (pushes over HTTP while the runs go); this measures what the runs alone
@@ -11,7 +12,11 @@ cost, without the service competing for the cores: sample deliveries of
 then one ``pipelines.runner.run_pending()`` in a process that has already
 built the definitions and started its worker processes, as a running lab
 has. Prints deliveries/s of the push and of the processing, and the peak
-RSS of this process and of its largest worker. ``--profile`` writes a
+RSS of this process and of its largest worker. ``--one-at-a-time N``
+measures the common case instead, a firm pushing now and then: N
+deliveries, each pushed (in process) and then processed by a
+``run_pending()`` of its own in the warm process, the time of each call
+(median, p95, slowest). ``--profile`` writes a
 cProfile of the processing (of this process only: with
 ``DATALAB_LOCAL_RUNS`` above 1 the runs are in the workers; set it to 1 to
 profile them).
@@ -39,6 +44,8 @@ def main() -> None:
     ap.add_argument("--deliveries", type=int, default=200)
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--profile", type=Path, help="write a cProfile of the processing here")
+    ap.add_argument("--one-at-a-time", type=int, default=0, metavar="N",
+                    help="instead: N deliveries, each pushed and then processed alone (a run_pending per delivery)")
     args = ap.parse_args()
     os.environ.setdefault("DATALAB_ENGINE", "cpu")
     base = Path(tempfile.mkdtemp(prefix="datalab-processing-"))
@@ -56,6 +63,9 @@ def main() -> None:
 
             chosen = {cid: c for cid, c in sorted(contracts_mod.load_all(contracts).items())
                       if c.kind == "timeseries" and c.layout.shape in ("long", "wide")}
+            if args.one_at_a_time:
+                one_at_a_time(chosen, args.one_at_a_time, args.rows, base / "files")
+                return
             files = small_deliveries.make_files(chosen, args.deliveries, args.rows, base / "files")
             runner.run_pending()  # warm: the definitions built, the instance opened
             runner.start_local_workers()
@@ -87,6 +97,32 @@ def main() -> None:
         print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB{workers}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def one_at_a_time(chosen: dict, n: int, rows: int, files_dir: Path) -> None:
+    """Push one delivery, process it with a run_pending() of its own, n times (after 4 to warm up)."""
+    import small_deliveries
+
+    from datalab.intake import landing
+    from pipelines import runner
+
+    files = small_deliveries.make_files(chosen, n + 4, rows, files_dir)
+    runner.run_pending()  # warm: the definitions built, the instance opened
+    seconds = []
+    for k, (c, p) in enumerate(files):
+        landing.push(c, [p])
+        t = time.perf_counter()
+        runs = runner.run_pending()
+        if k >= 4:
+            seconds.append(time.perf_counter() - t)
+        if len(runs) != 1 or runs[0].validation_ok is None:
+            raise SystemExit(f"expected one validated delivery, got {runs}")
+    ms = sorted(x * 1000 for x in seconds)
+    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
+    print(f"{n} deliveries of {rows:,} rows, each pushed and then processed alone (run_pending): "
+          f"median {ms[len(ms) // 2]:.0f} ms, p95 {p95:.0f} ms, slowest {ms[-1]:.0f} ms "
+          f"({len({c.id for c, _ in files})} contracts in turn)")
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
 
 
 if __name__ == "__main__":
