@@ -56,7 +56,8 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SqliteEventLogStorage,
 )
 from dagster._core.storage.sql import get_alembic_config, safe_commit
-from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
@@ -100,7 +101,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             return engine
         engine = create_engine(self.conn_string_for_shard(shard), poolclass=StaticPool,
                                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False})
-        event.listen(engine, "connect", _wal_synchronous_normal)
+        sa_event.listen(engine, "connect", _wal_synchronous_normal)
         if shard not in self._initialized_dbs:
             self._initdb(engine)
             self._initialized_dbs.add(shard)
