@@ -82,7 +82,7 @@ def materialize_curated(contract: Contract, context: AssetExecutionContext, lab:
                 st = curate.curate_delivery(contract, d, engine, s, on_written=written.append)
                 # A delivery curated in one part is checked in memory (no read of the file it was
                 # just written to); one the suite would validate in chunks is checked from its file.
-                in_memory = written and written[0].height <= s.validate_chunk_rows
+                in_memory = bool(written) and written[0].height <= s.validate_chunk_rows
                 report = suite_report(contract, d, written[0] if in_memory else path)
                 written.clear()
             return curated_metadata(d, st, path, mw.peak_mb, files), report

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -70,6 +70,16 @@ KEEP_RUN_FILES = 4
 def _migrations() -> ScriptDirectory:
     """Dagster's migration scripts for these files, read once per process (Dagster reads them for every file)."""
     return ScriptDirectory.from_config(get_alembic_config(_dagster_sqlite.__file__))
+
+
+def _found_once(seen: set[str], name: str, probe: Callable[[], bool]) -> bool:
+    """``probe()`` until it has said yes once: tables and columns are never dropped while the lab runs."""
+    if name in seen:
+        return True
+    if probe():
+        seen.add(name)
+        return True
+    return False
 
 
 def _wal_synchronous_normal(dbapi_conn: Any, _record: Any) -> None:
@@ -119,12 +129,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
                 yield conn
 
     def has_table(self, table_name: str) -> bool:
-        if table_name in self._tables:
-            return True
-        found = super().has_table(table_name)
-        if found:
-            self._tables.add(table_name)
-        return found
+        return _found_once(self._tables, table_name, lambda: super(PooledSqliteEventLogStorage, self).has_table(table_name))
 
     def _initdb(self, engine: Engine, for_index_shard: bool = False) -> None:
         """Dagster's ``_initdb`` without reading the migration scripts from disk each time.
@@ -156,12 +161,8 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         super()._initdb(engine, for_index_shard=for_index_shard)
 
     def _has_asset_key_col_on_connection(self, conn: Connection, column_name: str) -> bool:
-        if column_name in self._asset_key_cols:
-            return True
-        found = super()._has_asset_key_col_on_connection(conn, column_name)
-        if found:
-            self._asset_key_cols.add(column_name)
-        return found
+        return _found_once(self._asset_key_cols, column_name,
+                           lambda: super(PooledSqliteEventLogStorage, self)._has_asset_key_col_on_connection(conn, column_name))
 
     def _store_asset_event(self, conn: Connection, event: EventLogEntry, event_id: int) -> None:
         """Dagster's own (``SqlEventLogStorage._store_asset_event``): the same row, updated first."""

@@ -93,20 +93,18 @@ def _defs() -> dg.Definitions:
     """
     from pipelines.definitions import build_definitions
 
+    global _BUILT
     s = settings()
     key = (s, _folder_signature(s.contracts_dir))
-    with _DEFS_LOCK:
-        hit = _DEFS.get("built")
-        if hit is not None and hit[0] == key:
-            return hit[1]
+    built = _BUILT
+    if built is not None and built[0] == key:
+        return built[1]
     defs = build_definitions()
-    with _DEFS_LOCK:
-        _DEFS["built"] = (key, defs)
+    _BUILT = (key, defs)  # one assignment: a thread reads the pair before or after it, never half of it
     return defs
 
 
-_DEFS: dict[str, tuple[Any, dg.Definitions]] = {}
-_DEFS_LOCK = threading.Lock()
+_BUILT: tuple[Any, dg.Definitions] | None = None  # (what they were built from, the definitions)
 
 
 def _folder_signature(folder: Path) -> tuple[tuple[str, int, int], ...]:
@@ -179,14 +177,23 @@ def run_pending(contract_ref: str | None = None, on_event: Callable[[DeliveryRun
     driven from its own process and its steps execute on the Celery workers.
     """
     s = settings()
-    if s.profile == "cluster":
-        inst = _cluster_instance(s)
-        try:
-            return _run_pending(contract_ref, on_event, parallel, s, inst)
-        finally:
-            inst.dispose()  # its event log's open files (pipelines.dagster_storage), now, not at a later collection
-    with _LOCAL.lock:
-        return _run_pending(contract_ref, on_event, parallel, s, _LOCAL.instance(s))
+    with _run_instance(s) as inst:
+        return _run_pending(contract_ref, on_event, parallel, s, inst)
+
+
+@contextmanager
+def _run_instance(s: Settings) -> Iterator[dg.DagsterInstance]:
+    """The instance runs go on: local, the process's kept one (``_LocalInstance``), its calls taking turns;
+    cluster, a fresh one, disposed after (its open files go now, not at a later collection)."""
+    if s.profile != "cluster":
+        with _LOCAL.lock:
+            yield _LOCAL.instance(s)
+        return
+    inst = _cluster_instance(s)
+    try:
+        yield inst
+    finally:
+        inst.dispose()
 
 
 def _run_pending(contract_ref: str | None, on_event: Callable[[DeliveryRun], None] | None, parallel: int | None,
@@ -499,14 +506,8 @@ def _run_in_worker(env: dict[str, str], cwd: str, contract_id: str, batch: list[
         os.chdir(cwd)
     s = settings()
     c = contracts_mod.load_all(s.contracts_dir)[contract_id]
-    if s.profile != "cluster":
-        with _LOCAL.lock:
-            return _portable_errors(_run_batch, c, batch, _LOCAL.instance(s), _defs(), s)
-    inst = _cluster_instance(s)
-    try:
-        return _portable_errors(_run_batch, c, batch, inst, None, s)
-    finally:
-        inst.dispose()
+    with _run_instance(s) as inst:
+        return _portable_errors(_run_batch, c, batch, inst, _defs() if s.profile != "cluster" else None, s)
 
 
 T = TypeVar("T")

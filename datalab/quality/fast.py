@@ -193,12 +193,6 @@ class _Plan:
     where: tuple[str, str] | None = None
 
 
-def _condition(kw: dict[str, Any], schema: pl.Schema) -> pl.Expr | None:
-    """The Polars filter of the lab's ``column=="text"`` row condition (pandas parser), as GX applies it."""
-    where = _condition_key(kw, schema)
-    return None if where is None else _rows_where(where)
-
-
 def _rows_where(where: tuple[str, str]) -> pl.Expr:
     """The rows of a ``column=="text"`` condition; null rows never match, as in pandas (NaN == "x" is False)."""
     col, text = where
