@@ -286,6 +286,30 @@ def test_bad_value_named_with_line_and_column(lab, contracts, tmp_path, bad, par
     assert not has(rec, "line 2") and not has(rec, "line 3") and not has(rec, "line 5")
 
 
+@pytest.mark.parametrize("blanks", [False, True], ids=["clean-block", "stripped"])
+def test_only_values_that_were_there_and_did_not_cast_are_named(lab, contracts, tmp_path, blanks):
+    """Empty fields and missing-value words come out null as bad values do; only the bad are reasons.
+
+    The reader casts the text itself and then looks at the nulls
+    (``readers._uncast``): with empty fields, a missing-value word and one
+    bad value in the same column, only the bad value's line is named, and
+    the missing ones are null in the raw table. ``blanks`` puts blanks around
+    a field, so the block is stripped and not split by Polars' CSV reader.
+    """
+    c = dataclasses.replace(contracts[SPINDLE], missing_values=("NA",))
+    values = {1: "", 2: "NA", 4: "4x", 5: "", 6: " 7.5 " if blanks else "7.5"}
+    data = HEADER + "".join(line(i, value=values.get(i, f"{i}.25")) for i in range(8))
+    rec = push_bytes(lab, c, tmp_path, "nulls.csv", data.encode())
+    rejected_with(rec, "nulls.csv", "line 6", "'value'", "'4x' is not a number", "rule: logicalType number")
+    assert len(rec.reasons) == 1, rec.reasons
+    del values[4]  # accepted without the bad line: the raw table holds the rest, missing ones null
+    ok = HEADER + "".join(line(i, value=values.get(i, f"{i}.25")) for i in range(8) if i != 4)
+    rec = push_bytes(lab, c, tmp_path, "nulls-ok.csv", ok.encode())
+    assert rec.status == "accepted", rec.reasons
+    raw = pl.read_parquet(ingest.raw_path(c, rec.delivery_id, settings()))
+    assert raw.get_column("raw_value").to_list() == [0.25, None, None, 3.25, None, 7.5, 7.25]
+
+
 def test_unparseable_timestamp_not_also_called_empty(lab, contracts, tmp_path):
     data = HEADER + line(0) + line(1, ts="yesterday") + line(2)
     rec = push_bytes(lab, contracts[SPINDLE], tmp_path, "ts.csv", data.encode())

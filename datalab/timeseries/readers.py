@@ -597,10 +597,18 @@ class TimeseriesReader:
                 continue
             lt = target if isinstance(target, str) else target.logical_type
             x = pl.col(col).str.strip_chars() if strip else pl.col(col)
-            present = x != ""
-            if lt == "number" and self.missing_tokens:
-                present = present & ~x.is_in(self.missing_tokens)
-            clean = pl.when(present).then(x)
+            if lt in ("number", "integer", "boolean"):
+                # The text itself is cast: an empty field does not cast (null)
+                # either way, and rebuilding every column as text with its
+                # empty fields nulled first, to keep for the report, cost a
+                # third of the cast (docs/performance.md). _report_casts
+                # looks at the text of the few rows that came out null.
+                out = self._text_cast(x, lt)
+                if lt == "number" and self.missing_tokens:  # ('NaN' may be one: it casts)
+                    out = pl.when(~x.is_in(self.missing_tokens)).then(out)
+                exprs.append(out.alias(f"_c{i}"))  # type: ignore[union-attr]
+                continue
+            clean = pl.when(x != "").then(x)
             out = self._text_cast(clean, lt)
             exprs += [clean.alias(f"_s{i}"), (out if out is not None else clean).alias(f"_c{i}")]
         res = df.select(*exprs, *extra)
@@ -626,20 +634,52 @@ class TimeseriesReader:
         """Report values that did not cast (casts ``which``, in order); typed columns are cast here."""
         for i in which:
             col, target = casts[i]
-            if f"_s{i}" not in res.columns:  # arrived typed: _cast reports as before
+            if f"_c{i}" not in res.columns:  # arrived typed: _cast reports as before
                 res = res.with_columns(self._cast(df, col, target, unit).alias(f"_c{i}"))
                 continue
             lt = target if isinstance(target, str) else target.logical_type
-            bad = res.get_column(f"_s{i}").is_not_null() & res.get_column(f"_c{i}").is_null()
-            n = int(bad.sum())
+            if f"_s{i}" in res.columns:
+                bad = res.get_column(f"_s{i}").is_not_null() & res.get_column(f"_c{i}").is_null()
+                if not bad.any():
+                    continue
+                rows = res.select("_line", f"_s{i}").filter(bad)
+            else:  # cast from the text itself: of the values that came out null, those that were not empty
+                rows = self._uncast(res, df, i, col, lt)
+            n = len(rows)
             if not n:
                 continue
             what = {"timestamp": "an ISO-8601 timestamp", "integer": "an integer", "number": "a number", "boolean": "true or false"}.get(lt, lt)
-            rows = res.filter(bad).select("_line", f"_s{i}").head(MAX_DETAILED)
-            for ln, v in rows.iter_rows():
+            for ln, v in rows.head(MAX_DETAILED).iter_rows():
                 self.problems.add(f"logicalType {lt}", f"{unit} {ln}, column {col!r}: {str(v)[:60]!r} is not {what}")
             self.problems.counts[f"logicalType {lt}"] += n - min(n, MAX_DETAILED)
         return res
+
+    def _uncast(self, res: pl.DataFrame, df: pl.DataFrame, i: int, col: str, lt: str) -> pl.DataFrame:
+        """(_line, text) of the values of ``col`` that were there and did not cast to ``lt`` (``_c<i>`` of ``res``).
+
+        ``res`` has a row for each row of ``df``. Only the rows whose cast is
+        null are looked at: empty fields (and, for numbers, the contract's
+        missing-value words) are missing, not bad, as ``_cast_all`` read them.
+        """
+        cast, source = res.get_column(f"_c{i}"), df.get_column(col)
+        none = pl.DataFrame(schema={"_line": pl.Int64, "_s": pl.String})
+        nulls = cast.null_count() - source.null_count()  # (a null in the file is null cast)
+        if not nulls:
+            return none
+        # Every empty field (and missing-value word) came out null: if they are all
+        # the nulls, nothing failed, and one count said so (a blank field is not
+        # counted here, so stripped text takes the longer way below).
+        empty = source == ""
+        if lt == "number" and self.missing_tokens:
+            empty = empty | source.is_in(self.missing_tokens)
+        if int(empty.sum()) == nulls:
+            return none
+        text = pl.col("_s").str.strip_chars()
+        there = text != ""
+        if lt == "number" and self.missing_tokens:
+            there = there & ~text.is_in(self.missing_tokens)
+        null = pl.DataFrame({"_line": res.get_column("_line"), "_s": source}).filter(cast.is_null() & source.is_not_null())
+        return null.select("_line", text).filter(there)
 
     def _typed_long(self, df: pl.DataFrame, header: list[str], unit: str = "line", strip: bool = True) -> pl.DataFrame | None:
         c, lay = self.c, self.lay
