@@ -11,7 +11,9 @@ cost, without the service competing for the cores: sample deliveries of
 ``sample.generate`` fills, pushed in process (``landing.push``, timed),
 then one ``pipelines.runner.run_pending()`` in a process that has already
 built the definitions and started its worker processes, as a running lab
-has. Prints deliveries/s of the push and of the processing, and the peak
+has. Prints deliveries/s of the push and of the processing, the CPU the
+processing took (this process and its workers: core-ms per delivery,
+steadier than the rate on a shared host), and the peak
 RSS of this process and of its largest worker. ``--one-at-a-time N``
 measures the common case instead, a firm pushing now and then: N
 deliveries, each pushed (in process) and then processed by a
@@ -69,26 +71,27 @@ def main() -> None:
             files = small_deliveries.make_files(chosen, args.deliveries, args.rows, base / "files")
             runner.run_pending()  # warm: the definitions built, the instance opened
             runner.start_local_workers()
-            t = time.perf_counter()
+            t, cpu0 = time.perf_counter(), time.process_time()
             for c, p in files:
                 landing.push(c, [p])
-            push_s = time.perf_counter() - t
+            push_s, push_cpu = time.perf_counter() - t, time.process_time() - cpu0
             prof = cProfile.Profile() if args.profile else None
-            t = time.perf_counter()
+            t, cpu0 = time.perf_counter(), cpu_seconds()
             if prof:
                 prof.enable()
             runs = runner.run_pending()
             if prof:
                 prof.disable()
                 prof.dump_stats(str(args.profile))
-            run_s = time.perf_counter() - t
+            run_s, run_cpu = time.perf_counter() - t, cpu_seconds() - cpu0
             width = settings().local_runs
             runner.stop_local_workers()
         ok = sum(1 for r in runs if r.validation_ok)
         print(f"pushed {len(files)} deliveries of {args.rows:,} rows in {push_s:.2f} s ({len(files) / push_s:.1f}/s, "
-              "in process)")
+              f"in process; {1000 * push_cpu / len(files):.0f} core-ms per delivery)")
         print(f"processed {len(runs)} ({ok} passed the suite) in {run_s:.2f} s: {len(runs) / run_s:.2f} deliveries/s "
-              f"({width} runs side by side at most, DATALAB_LOCAL_RUNS)")
+              f"({width} runs side by side at most, DATALAB_LOCAL_RUNS); "
+              f"{run_cpu:.2f} CPU s, {1000 * run_cpu / max(1, len(runs)):.0f} core-ms per delivery")
         # A child's peak is known once it has exited (the workers were stopped above); with one
         # lane there are none, and the figure would be some other child's (a forked one starts at
         # this process's size).
@@ -97,6 +100,24 @@ def main() -> None:
         print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB{workers}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def cpu_seconds() -> float:
+    """CPU time (user and system, all threads) of this process and of its live child processes (the workers).
+
+    The host's other load moves the wall-clock rate by 10 % between runs;
+    the CPU a delivery costs moves much less, so small changes show in it.
+    """
+    total = time.process_time()
+    me, tick = os.getpid(), os.sysconf("SC_CLK_TCK")
+    for pid in (d for d in os.listdir("/proc") if d.isdigit()):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:  # ppid; utime and stime follow at 11 and 12
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def one_at_a_time(chosen: dict, n: int, rows: int, files_dir: Path) -> None:

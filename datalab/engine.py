@@ -109,6 +109,11 @@ def gpu_status() -> tuple[bool, str]:
 # docs/performance.md, "Why the code is as it is"). Memory is bounded by the
 # bucket, not by this choice.
 CPU_ENGINE = "in-memory"
+# zstd level of the curated files. Level 1 is what pyarrow writes by default,
+# and so what the parts of a large delivery (``_PartWriter``) always had;
+# Polars' default (3) took a third more time to write a small delivery's
+# file, for files about an eighth smaller (docs/performance.md).
+CURATED_ZSTD_LEVEL = 1
 # Called with each result frame while it is in memory (see Engine.sink_parquet).
 OnResult = Callable[[pl.DataFrame], None]
 
@@ -239,9 +244,9 @@ class Engine:
         tmps = [tmp, *([twin.tmp] if twin is not None else [])]
         written = df.with_columns(lits)
         try:
-            written.write_parquet(tmp, statistics=True)
+            written.write_parquet(tmp, compression_level=CURATED_ZSTD_LEVEL, statistics=True)
             if twin is not None:
-                twin.frame(df).write_parquet(twin.tmp, statistics=True)
+                twin.frame(df).write_parquet(twin.tmp, compression_level=CURATED_ZSTD_LEVEL, statistics=True)
                 os.replace(twin.tmp, twin.path)
             os.replace(tmp, path)
         except BaseException:
@@ -353,7 +358,8 @@ class _PartWriter:
                     tbl = tbl.append_column(name, pa.DictionaryArray.from_arrays(
                         pa.nulls(tbl.num_rows, pa.int8()).fill_null(0), pa.array([value], pa.string())))
                 if writer is None:
-                    writer = pq.ParquetWriter(self.path, tbl.schema, compression="zstd", store_schema=False)
+                    writer = pq.ParquetWriter(self.path, tbl.schema, compression="zstd",
+                                              compression_level=CURATED_ZSTD_LEVEL, store_schema=False)
                 writer.write_table(tbl, row_group_size=1_000_000)
                 del tbl
         except BaseException as e:  # reported to the caller by put() or __exit__
