@@ -76,6 +76,30 @@ def pct(xs: list[float], q: int) -> float | None:
 # --- the processing process ------------------------------------------------------------------------------------
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user and system) of process ``pid`` and its live descendants, from /proc.
+
+    The benchmark's processes share two cores: what each side costs per
+    delivery (the service's pushes, the runs) says where the cores went,
+    which the rates alone do not.
+    """
+    stats: dict[int, tuple[int, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                f = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(d)] = (int(f[1]), (int(f[11]) + int(f[12])) / tick)
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, (0, 0.0))[1]
+        todo += [c for c, (ppid, _) in stats.items() if ppid == p]
+    return total
+
+
 def process(events: Path, expect: int, deadline_s: float) -> None:
     """Run ``run_pending`` until ``expect`` deliveries have a result; one JSON line per result in ``events``."""
     from pipelines import runner
@@ -84,6 +108,7 @@ def process(events: Path, expect: int, deadline_s: float) -> None:
     runner.run_pending()  # warm: definitions built, instance opened (nothing is pending yet)
     runner.start_local_workers()  # and the worker processes that run contracts side by side (DATALAB_LOCAL_RUNS)
     out.write(json.dumps({"ready": time.time()}) + "\n")
+    cpu0 = tree_cpu(os.getpid())
     seen = 0
     deadline = time.monotonic() + deadline_s
 
@@ -104,9 +129,9 @@ def process(events: Path, expect: int, deadline_s: float) -> None:
         calls += 1
         if not runner.run_pending(on_event=on_event):
             time.sleep(0.2)
-    done = time.time()
+    done, cpu = time.time(), tree_cpu(os.getpid()) - cpu0  # before the workers stop
     runner.stop_local_workers()  # so that their peak is counted (a child's is known once it has exited)
-    out.write(json.dumps({"done": done, "seen": seen, "run_pending_calls": calls,
+    out.write(json.dumps({"done": done, "seen": seen, "run_pending_calls": calls, "cpu_s": round(cpu, 2),
                           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                           "worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)})
               + "\n")
@@ -306,9 +331,9 @@ def run(args: argparse.Namespace, base: Path) -> dict[str, Any]:
                 raise RuntimeError(f"the processing process exited with {proc.returncode}")
             time.sleep(0.1)
 
-        t_start = time.time()
+        t_start, service_cpu0 = time.time(), tree_cpu(server.proc.pid)
         pushes = push_all(server.url, tokens, files, args.pushers)
-        t_pushed = time.time()
+        t_pushed, service_cpu = time.time(), tree_cpu(server.proc.pid) - service_cpu0
         (base / "events.expect").write_text(str(len(pushes["pushed"])))
         for e in pushes["errors"][:3]:
             print(f"push refused: {e}", file=sys.stderr)
@@ -350,6 +375,10 @@ def run(args: argparse.Namespace, base: Path) -> dict[str, Any]:
             "latency_max_s": round(max(lat), 3) if lat else None,
             "processing_peak_rss_mb": done.get("peak_rss_mb"), "worker_peak_rss_mb": done.get("worker_peak_rss_mb"),
             "local_runs": _local_runs(home, contracts), "run_pending_calls": done.get("run_pending_calls"),
+            # CPU per pushed delivery: the service (all its workers) over the pushes, the processing
+            # process and its workers from its start to the last result
+            "service_core_ms_per_push": round(1000 * service_cpu / len(pushed)) if pushed else None,
+            "processing_core_ms_per_delivery": round(1000 * done["cpu_s"] / len(pushed)) if pushed and "cpu_s" in done else None,
         }
         if args.single:
             out["single"] = single_runs(server.url, tokens, home, contracts, chosen, args.single, args.rows,
@@ -391,6 +420,8 @@ def main() -> None:
           f"{'met' if p95 is not None and p95 < 10 else 'NOT met'}), p99 {out['latency_p99_s']} s; "
           f"processing peak RSS {out['processing_peak_rss_mb']} MB, largest worker's "
           f"{out['worker_peak_rss_mb']} MB ({out['local_runs']} runs side by side)")
+    print(f"CPU per delivery: the service {out['service_core_ms_per_push']} core-ms a push, the processing "
+          f"{out['processing_core_ms_per_delivery']} core-ms ({out['cpus']} cores in all)")
     for s in out.get("single", []):
         print(f"alone: {s}")
     print(json.dumps(out))

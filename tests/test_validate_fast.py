@@ -363,3 +363,35 @@ def test_a_large_file_is_validated_in_chunks_like_gx_chunks_it(lab: Path, tmp_pa
         diff = {k: (getattr(a, k), getattr(b, k)) for k in FIELDS if getattr(a, k) != getattr(b, k)}
         assert not diff, f"{a.type} [{a.index}] {a.source}: chunked GX vs chunked fast {diff}"
         assert {k: getattr(b, k) for k in keys} == {k: getattr(w, k) for k in keys}
+
+
+def test_a_suite_is_planned_once_per_schema_and_again_when_either_changes(contracts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plans are kept by the expectations' places, types and keywords and the table's schema, nothing else."""
+    specs = kind_of(contracts[SPINDLE]).suite(contracts[SPINDLE])
+    schema = pl.Schema({"entity": pl.String, "time": pl.Datetime("us", "UTC"), "sensor": pl.String,
+                        "value": pl.Float64, "unit": pl.String})
+    made: list[int] = []
+    real = fast._plan
+
+    def counted(i, spec, sch):
+        made.append(i)
+        return real(i, spec, sch)
+
+    monkeypatch.setattr(fast, "_plan", counted)
+    monkeypatch.setattr(fast, "_PLANNED", {})
+    first, why = fast.plans(specs, schema)
+    assert len(made) == len(specs)
+    again, why_again = fast.plans(specs, schema)
+    assert len(made) == len(specs), "the same suite on the same schema is not planned again"
+    assert again.keys() == first.keys() and why_again == why
+    assert all(again[i] is first[i] for i in first)
+    # a changed bound, or a table without a column, is a new plan (and a new reason why not)
+    i = next(k for k, sp in enumerate(specs) if sp.type == "expect_column_values_to_be_between")
+    moved = [dataclasses.replace(sp, kwargs={**sp.kwargs, "max_value": 1e9}) if k == i else sp for k, sp in enumerate(specs)]
+    fast.plans(moved, schema)
+    assert len(made) == 2 * len(specs)
+    narrow = pl.Schema({k: v for k, v in schema.items() if k != "unit"})
+    _, why_narrow = fast.plans(specs, narrow)
+    assert len(made) == 3 * len(specs)
+    assert why_narrow and not why
+    assert all("'unit'" in w and f"({specs[int(w[1:w.index(']')])].source})" in w for w in why_narrow), why_narrow
