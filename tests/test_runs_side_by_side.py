@@ -207,6 +207,17 @@ def test_the_event_log_keeps_connections_open_and_dagster_reads_it_as_its_own(
             db_rev, head = check_alembic_revision(get_alembic_config(dagster_sqlite.__file__), conn)
             assert db_rev == head and head is not None
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    # a run's file is a copy of one made once per process, and holds what Dagster's own makes
+    assert dagster_storage._run_file_template.cache_info().currsize == 1
+
+    def schema(conn) -> list[tuple[str, str, str]]:
+        return conn.exec_driver_sql("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").all()
+
+    with stock.run_connection(runs[0].run_id) as conn:  # (one at a time: Dagster's lock is not reentrant)
+        ours = schema(conn)
+    with stock.run_connection("made-by-dagster") as conn:
+        theirs = schema(conn)
+    assert ours == theirs and len(ours) > 10
     storage.dispose()
     assert not storage._engines
 
