@@ -98,3 +98,38 @@ def test_sqlite_write_gate_is_given_back_on_rollback_and_queues_processes(tmp_pa
         c.audit("t", "probe", "y", "ok")
     assert (tmp_path / "gate.db.writelock").exists()
     assert c.verify_audit() == [] and len(c.audit_entries()) == 1 + 40 + 3
+
+
+def test_tables_another_process_creates_at_the_same_moment_are_taken_as_made(catalog_url: str) -> None:
+    """Two processes starting together both find a table missing; the second CREATE must not fail the request.
+
+    The race is made certain here: just before this process creates the
+    table, "another process" (a second engine) creates it. Plain
+    ``create_all`` then fails ("already exists" in SQLite, a duplicate in
+    PostgreSQL), as it did in the service when its two workers took their
+    first pushes together (a 500, the push not taken); ``create_tables``
+    looks again and goes on.
+    """
+    md = sa.MetaData()
+    table = sa.Table("dl_race_probe", md, sa.Column("k", sa.String(20), primary_key=True))
+    other = sa.create_engine(catalog_url)
+
+    def the_other_process_wins(target, connection, **kw) -> None:
+        if connection.engine is not other:  # (its own CREATE fires this too)
+            md.create_all(other, tables=[table])
+
+    sa.event.listen(table, "before_create", the_other_process_wins)
+    engine = sa.create_engine(catalog_url)
+    try:
+        with pytest.raises(sa.exc.DBAPIError):
+            md.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE dl_race_probe"))
+        cat.create_tables(md, engine)
+        with engine.begin() as conn:
+            conn.execute(table.insert().values(k="made"))
+            assert conn.execute(sa.select(table.c.k)).scalar_one() == "made"
+    finally:
+        sa.event.remove(table, "before_create", the_other_process_wins)
+        engine.dispose()
+        other.dispose()

@@ -129,7 +129,7 @@ def _catalog(s: Settings | None) -> cat.Catalog:
     """The catalog, with this module's tables created (the catalog may predate them)."""
     c = cat.Catalog((s or settings()).catalog_url)
     if c.url not in _READY:
-        cat.metadata.create_all(c.engine, tables=[principals, tokens, idempotency])
+        cat.create_tables(cat.metadata, c.engine, tables=[principals, tokens, idempotency])
         _READY.add(c.url)
     return c
 

@@ -46,7 +46,7 @@ def catalog(s: Settings) -> cat.Catalog:
     """The lab catalog with this module's tables created (once per URL)."""
     c = cat.Catalog(s.catalog_url)
     if s.catalog_url not in _READY:
-        metadata.create_all(c.engine)
+        cat.create_tables(metadata, c.engine)
         _READY.add(s.catalog_url)
     return c
 

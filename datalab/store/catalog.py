@@ -325,6 +325,27 @@ _AUDIT_INSERT = audit.insert()
 _HEAD_SET = audit_head.update().where(audit_head.c.id == 1).values(seq=sa.bindparam("new_seq"), hash=sa.bindparam("new_hash"))
 
 
+def create_tables(md: sa.MetaData, engine: sa.Engine, tables: list[sa.Table] | None = None, attempts: int = 5) -> None:
+    """``md.create_all`` that another process may run at the same moment.
+
+    ``create_all`` asks whether each table exists and then creates it; two
+    processes starting together (the service's workers, a worker and a run)
+    could both find a table missing, and the second CREATE failed ("table
+    ... already exists" in SQLite, a duplicate type or relation in
+    PostgreSQL). The request that hit it answered 500 and its push was not
+    taken. A failure of that kind is followed by another look, which finds
+    what the other process made.
+    """
+    for attempt in range(attempts):
+        try:
+            md.create_all(engine, tables=tables)
+            return
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError) as e:
+            text = str(e.orig if getattr(e, "orig", None) is not None else e).lower()
+            if attempt == attempts - 1 or not ("already exists" in text or "duplicate" in text):
+                raise
+
+
 class Catalog:
     """Access to the lab's tables. Cheap to create; engines are shared per URL."""
 
@@ -336,7 +357,7 @@ class Catalog:
 
                 Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             engine = _make_engine(url)
-            metadata.create_all(engine)
+            create_tables(metadata, engine)
             # The audit head row exists before any append, so every append
             # serialises on its row lock (two first appends cannot race).
             try:
