@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from datalab.config import Settings, safe_segment, settings
 from datalab.contracts.contract import Contract
+from datalab.engine import one_value_column
 from datalab.errors import DatalabError
 from datalab.intake import receipts
 from datalab.intake.formats import sniff
@@ -62,7 +63,6 @@ class RawWriter:
         self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=self.QUEUE)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._id = pa.array([delivery_id], pa.string())
 
     def write(self, batch: pl.DataFrame) -> None:
         self._raise()
@@ -74,8 +74,7 @@ class RawWriter:
         # writing 240,000 C-MAPSS readings). The file holds the same dictionary-encoded text.
         tbl = batch.select([c for c in self.schema if c != "delivery_id"]).to_arrow(
             compat_level=pl.CompatLevel.newest())
-        tbl = tbl.add_column(0, "delivery_id", pa.DictionaryArray.from_arrays(
-            pa.nulls(tbl.num_rows, pa.int8()).fill_null(0), self._id))
+        tbl = tbl.add_column(0, "delivery_id", one_value_column(self.delivery_id, tbl.num_rows))
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             text = [n for n, t in self.schema.items() if t == pl.String()]
