@@ -103,16 +103,18 @@ def _place_template(path: str) -> None:
     """Put the template at ``path`` unless a file is there: written aside, then linked in (never over another)."""
     if os.path.exists(path):
         return
-    tmp = f"{path}.{os.getpid()}.new"
+    tmp = ""
     try:
-        with open(tmp, "wb") as f:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".new-run-", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
             f.write(_run_file_template())
         os.link(tmp, path)
     except OSError:  # created meanwhile by another process, or no hard links here: Dagster's _initdb does it
         pass
     finally:
-        with suppress(OSError):
-            os.unlink(tmp)
+        if tmp:
+            with suppress(OSError):
+                os.unlink(tmp)
 
 
 def _found_once(seen: set[str], name: str, probe: Callable[[], bool]) -> bool:
