@@ -74,6 +74,15 @@ def _migrations() -> ScriptDirectory:
     return ScriptDirectory.from_config(get_alembic_config(_dagster_sqlite.__file__))
 
 
+def _create_at_head(engine: Engine) -> None:
+    """Dagster's tables in an empty file, WAL mode, stamped at the head revision (what Dagster's _initdb makes)."""
+    SqlEventLogStorageMetadata.create_all(engine)
+    with engine.connect() as conn:
+        conn.execute(text("PRAGMA journal_mode=WAL;"))
+        MigrationContext.configure(conn).stamp(_migrations(), "head")
+        safe_commit(conn)
+
+
 @lru_cache(maxsize=1)
 def _run_file_template() -> bytes:
     """A new run file's bytes: Dagster's tables in WAL mode, stamped at the head revision; made once per process.
@@ -87,11 +96,8 @@ def _run_file_template() -> bytes:
         path = os.path.join(d, "run.db")
         engine = create_engine(f"sqlite:///{path}")
         try:
-            SqlEventLogStorageMetadata.create_all(engine)
+            _create_at_head(engine)
             with engine.connect() as conn:
-                conn.execute(text("PRAGMA journal_mode=WAL;"))
-                MigrationContext.configure(conn).stamp(_migrations(), "head")
-                safe_commit(conn)
                 conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE);"))
         finally:
             engine.dispose()  # the last connection closed: the log is in the file
@@ -197,11 +203,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             fresh = not inspect(conn).get_table_names()
         if fresh:
             try:
-                SqlEventLogStorageMetadata.create_all(engine)
-                with engine.connect() as conn:
-                    conn.execute(text("PRAGMA journal_mode=WAL;"))
-                    MigrationContext.configure(conn).stamp(_migrations(), "head")
-                    safe_commit(conn)
+                _create_at_head(engine)
                 return
             except (db_exc.DatabaseError, sqlite3.DatabaseError):
                 pass
