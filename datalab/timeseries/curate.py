@@ -626,7 +626,7 @@ def _fill_spans(contract: Contract, s: Settings) -> None:
 
 
 def exclude_repeats(contract: Contract, delivery_id: str, raw: pl.LazyFrame, correction: bool, scratch: Path,
-                    s: Settings) -> tuple[pl.LazyFrame, dict[str, Any]]:
+                    s: Settings, table: pl.DataFrame | None = None) -> tuple[pl.LazyFrame, dict[str, Any]]:
     """The delivery's raw rows without readings an earlier delivery already holds, and the counts.
 
     The dataset's key (entity, time, sensor) is unique across the deliveries
@@ -639,12 +639,17 @@ def exclude_repeats(contract: Contract, delivery_id: str, raw: pl.LazyFrame, cor
     published (``replaces``: rows per earlier delivery; see
     ``publish.correction_parts``). Rows without an entity or time never
     match. The remaining rows are written to ``scratch`` (read by every
-    bucket of the plan) only when some were excluded.
+    bucket of the plan) only when some were excluded. ``table``: the
+    delivery's series table (:func:`series_table` of ``raw``), whose first
+    and last times are the delivery's, so that ``raw`` is not read for them.
     """
     counts: dict[str, Any] = {"repeats_excluded": 0, "correction": correction, "replaces": {}}
     if not state.has_other_accepted(contract.id, delivery_id, s):
         return raw, counts  # the contract's first delivery: nothing to compare with
-    lo, hi = raw.select(TIME_INT.min().alias("lo"), TIME_INT.max().alias("hi")).collect().row(0)
+    if table is not None:
+        lo, hi = table.get_column("t_min").min(), table.get_column("t_max").max()
+    else:
+        lo, hi = raw.select(TIME_INT.min().alias("lo"), TIME_INT.max().alias("hi")).collect().row(0)
     earlier = earlier_curated(contract, delivery_id, s, (lo, hi))
     if not earlier:
         return raw, counts
@@ -822,14 +827,18 @@ def read_delivery(contract: Contract, delivery_id: str, scratch: Path, s: Settin
     whole = pl.scan_parquet(source)
     rows_in = whole.select(pl.len()).collect().item()  # from the Parquet metadata
     receipt = receipts.get_receipt(delivery_id, s=s)
-    raw, repeats = exclude_repeats(contract, delivery_id, whole, receipt.correction, scratch, s)
+    # The series table of the whole delivery also gives exclude_repeats its time span (one read
+    # of the raw table less); it is made again only when some readings were excluded.
+    table = series_table(whole)
+    raw, repeats = exclude_repeats(contract, delivery_id, whole, receipt.correction, scratch, s, table)
     pseudonyms = {
         a.name: pseudonym.mapping(raw.select(a.name).unique().collect().get_column(a.name), f"{contract.tenant}:{a.name}", s)
         for a in contract.attributes if a.personal
     }
     # A declared correction's readings replace earlier ones: not late.
     wm = None if receipt.correction else watermark_table(contract, delivery_id, s)
-    table = series_table(raw)
+    if raw is not whole:
+        table = series_table(raw)
     return DeliveryInput(raw=raw, rows_in=rows_in, repeats=repeats, receipt=receipt, pseudonyms=pseudonyms,
                          watermarks=wm, table=table, order=series_order(table),
                          raw_file=source if raw is whole else scratch)
