@@ -61,10 +61,19 @@ def raw_metadata(d: str, st: dict[str, Any], path: Path, peak_mb: float, files: 
     }
 
 
-def _where(path: Path, files: Store) -> dict[str, Any]:
-    """The file's location (its path, or its object's URI) and its first rows, read from its first row group."""
+PREVIEW_ROWS = 10
+
+
+def _where(path: Path, files: Store, head: pl.DataFrame | None = None) -> dict[str, Any]:
+    """The file's location (its path, or its object's URI) and its first rows: ``head``, or read from its first row group.
+
+    A curated delivery's first rows are handed over from the table just
+    written: reading them back decoded the first page of every column, 2-4 ms
+    of a small delivery's step.
+    """
     loc = str(path) if files.is_local else files.uri(files.key(path))
-    return {"path": dg.MetadataValue.path(loc), "preview": _md_table(pl.from_arrow(files.parquet_head(path, 10)))}
+    first = head if head is not None else pl.from_arrow(files.parquet_head(path, PREVIEW_ROWS))
+    return {"path": dg.MetadataValue.path(loc), "preview": _md_table(first)}
 
 
 def materialize_curated(contract: Contract, context: AssetExecutionContext, lab: LabResource) -> dg.MaterializeResult:
@@ -84,16 +93,18 @@ def materialize_curated(contract: Contract, context: AssetExecutionContext, lab:
                 # just written to); one the suite would validate in chunks is checked from its file.
                 in_memory = bool(written) and written[0].height <= s.validate_chunk_rows
                 report = suite_report(contract, d, written[0] if in_memory else path)
+                head = written[0].head(PREVIEW_ROWS) if written else None
                 written.clear()
-            return curated_metadata(d, st, path, mw.peak_mb, files), report
+            return curated_metadata(d, st, path, mw.peak_mb, files, head), report
         finally:
             files.evict(path)  # with an object store: this worker's copy (the store holds the file)
 
     return validated_deliveries(context, s, one)
 
 
-def curated_metadata(d: str, st: CurationStats, path: Path, peak_mb: float, files: Store) -> dict[str, Any]:
-    """What the UI shows of a curated delivery: the curation's statistics, how it ran, per-sensor table, first rows."""
+def curated_metadata(d: str, st: CurationStats, path: Path, peak_mb: float, files: Store,
+                     head: pl.DataFrame | None = None) -> dict[str, Any]:
+    """What the UI shows of a curated delivery: the curation's statistics, how it ran, per-sensor table, first rows (``head``, if known)."""
     sensors = pl.DataFrame([{"sensor": k, **{x: v[x] for x in ("unit", "n", "min", "max", "mean", "out_of_range", "outliers")}}
                             for k, v in st.sensors.items()])
     eng = st.engine
@@ -123,7 +134,7 @@ def curated_metadata(d: str, st: CurationStats, path: Path, peak_mb: float, file
         "peak_rss_mb": dg.MetadataValue.float(round(peak_mb, 1)),
         "bytes": dg.MetadataValue.int(st.bytes_out),
         "sensors": _md_table(sensors),
-        **_where(path, files),
+        **_where(path, files, head),
     }
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from assets.common import md_table
 from datalab.intake import landing
 from datalab.runs import plan_batches
 from datalab.store import state
@@ -88,7 +89,10 @@ def test_a_backlog_runs_in_batches_with_a_verdict_and_metadata_per_delivery(lab:
     assert set(md) == {*good, *bad}
     for d in good + bad:
         assert md[d]["delivery_id"].value == d
-        assert md[d]["rows_out"].value == pl.read_parquet(curate.curated_path(contracts[SPINDLE], d, settings())).height
+        curated = pl.read_parquet(curate.curated_path(contracts[SPINDLE], d, settings()))
+        assert md[d]["rows_out"].value == curated.height
+        # the preview (handed over from the table as written) is the file's first rows
+        assert md[d]["preview"].value == md_table(curated.head(10)).value
     raws = inst.fetch_materializations(dg.AssetKey(["bavaria_spindle", "spindle_telemetry", "raw"]), limit=100).records
     assert {m.partition_key for m in raws} == {*good, *bad}
     # one check evaluation per run: passed where all passed, failed naming the failing delivery
