@@ -92,7 +92,7 @@ def materialize_curated(contract: Contract, context: AssetExecutionContext, lab:
                 # A delivery curated in one part is checked in memory (no read of the file it was
                 # just written to); one the suite would validate in chunks is checked from its file.
                 in_memory = bool(written) and written[0].height <= s.validate_chunk_rows
-                report = suite_report(contract, d, written[0] if in_memory else path)
+                report = suite_report(contract, d, written[0] if in_memory else path, st.to_dict())
                 head = written[0].head(PREVIEW_ROWS) if written else None
                 written.clear()
             return curated_metadata(d, st, path, mw.peak_mb, files, head), report

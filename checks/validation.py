@@ -56,11 +56,17 @@ def validated_deliveries(context: dg.AssetExecutionContext, s: Settings,
                                 check_results=[batch_check_result(verdicts)])
 
 
-def suite_report(contract: Contract, delivery_id: str, path: Path | pl.DataFrame) -> ValidationReport:
-    """The suite's report on one curated delivery (its file, or the table as written); nothing recorded yet (``record_verdict``)."""
+def suite_report(contract: Contract, delivery_id: str, path: Path | pl.DataFrame,
+                 curation_stats: dict[str, Any] | None = None) -> ValidationReport:
+    """The suite's report on one curated delivery (its file, or the table as written); nothing recorded yet (``record_verdict``).
+
+    ``curation_stats``: the curation's statistics (``CurationStats.to_dict()``)
+    for the lab's rules, when the caller has them; else they are read from the
+    delivery's state.
+    """
     from datalab.quality import validate
 
-    return validate.validate(contract, path, run_name=delivery_id)
+    return validate.validate(contract, path, run_name=delivery_id, curation_stats=curation_stats)
 
 
 def record_verdict(delivery_id: str, report: ValidationReport, s: Settings) -> None:

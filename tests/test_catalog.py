@@ -133,3 +133,27 @@ def test_tables_another_process_creates_at_the_same_moment_are_taken_as_made(cat
         sa.event.remove(table, "before_create", the_other_process_wins)
         engine.dispose()
         other.dispose()
+
+
+def test_a_stage_without_statistics_keeps_the_recorded_ones(catalog_url: str, lab: Path, tmp_path: Path, contracts,
+                                                           monkeypatch) -> None:
+    """set_stage merges statistics; a stage set without any (a verdict) leaves them as they were, on both catalogs."""
+    from datalab.store import state
+
+    monkeypatch.setenv("DATALAB_CATALOG_URL", catalog_url)
+    c = contracts[PUMPS]
+    one, two = (landing.push(c, [sample.write(sample.generate(c, 50, seed=k), tmp_path / f"{k}.csv")]).delivery_id
+                for k in (1, 2))
+    assert state.get(one) is None and state.get(two) is None
+    state.set_stage(one, "failed", validation_ok=False)  # no row yet: made, with no statistics
+    assert state.get(one)["stage"] == "failed" and state.get(one)["stats"] == {}
+    state.set_stage(one, "raw", raw_path="raw/x.parquet", stats={"raw": {"rows": 3}})
+    state.set_stage(one, "curated", curated_path="c/x.parquet", stats={"curated": {"rows_out": 2}})
+    state.set_stage(one, "validated", validation_ok=True, validation={"success": True, "evaluated": 4})
+    got = state.get(one)
+    assert got["stage"] == "validated" and got["validation_ok"] is True
+    assert got["stats"] == {"raw": {"rows": 3}, "curated": {"rows_out": 2}}
+    assert got["validation"] == {"success": True, "evaluated": 4}
+    assert got["raw_path"] == "raw/x.parquet" and got["curated_path"] == "c/x.parquet"
+    state.set_stage(two, "validated", validation_ok=True)  # another delivery's row is not touched
+    assert state.get(one)["stage"] == "validated" and state.get(two)["stats"] == {}

@@ -38,19 +38,28 @@ def get(delivery_id: str, s: Settings | None = None) -> dict[str, Any] | None:
 
 
 def set_stage(delivery_id: str, stage: str, s: Settings | None = None, stats: dict | None = None, **cols: Any) -> None:
-    """Move a delivery to ``stage``, merging ``stats`` into what is recorded."""
+    """Move a delivery to ``stage``, merging ``stats`` into what is recorded.
+
+    Without ``stats`` the recorded ones stay as they are, and are neither
+    read nor written again: a verdict's update used to read, parse and
+    rewrite the curation's statistics (all its sensors) to leave them alone.
+    """
     s = s or settings()
     c = cat.Catalog(s.catalog_url)
+    p = cat.processing
+    if "validation" in cols and cols["validation"] is not None and not isinstance(cols["validation"], str):
+        cols["validation"] = json.dumps(cols["validation"], default=str)
     with c.begin() as conn:
-        r = conn.execute(sa.select(cat.processing).where(cat.processing.c.delivery_id == delivery_id)).first()
+        if not stats and conn.execute(p.update().where(p.c.delivery_id == delivery_id).values(
+                stage=stage, updated_at=cat.now_iso(), **cols)).rowcount:
+            return
+        r = conn.execute(sa.select(p).where(p.c.delivery_id == delivery_id)).first()
         merged = {**(json.loads(r.stats) if r else {}), **(stats or {})}
-        if "validation" in cols and cols["validation"] is not None and not isinstance(cols["validation"], str):
-            cols["validation"] = json.dumps(cols["validation"], default=str)
         values = {"stage": stage, "stats": json.dumps(merged, default=str), "updated_at": cat.now_iso(), **cols}
         if r is None:
-            conn.execute(cat.processing.insert().values(delivery_id=delivery_id, **values))
+            conn.execute(p.insert().values(delivery_id=delivery_id, **values))
         else:
-            conn.execute(cat.processing.update().where(cat.processing.c.delivery_id == delivery_id).values(**values))
+            conn.execute(p.update().where(p.c.delivery_id == delivery_id).values(**values))
 
 
 def pending(contract_id: str, s: Settings | None = None) -> list[str]:
