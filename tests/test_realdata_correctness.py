@@ -201,6 +201,13 @@ def test_duplicate_share_over_the_limit_warns_and_fails_the_suite(lab: Path, con
     rec = landing.push(c, [src])
     assert rec.accepted and len(rec.warnings) == 1 and f"{repeats:,} of {len(rows):,} rows" in rec.warnings[0]
     assert landing.get_receipt(rec.delivery_id).warnings == rec.warnings  # stored with the receipt
+    # Past the rows whose keys the raw writer keeps, the push counts them from the file: the same warning.
+    other = tmp_path / "dups-other.csv"
+    other.write_text(src.read_text().replace("spindle_temp,40", "spindle_temp,42"))
+    with monkeypatch.context() as m:
+        m.setattr(ingest.RawWriter, "KEYS_KEPT_ROWS", 100)
+        from_file = landing.push(c, [other])
+    assert from_file.delivery_id != rec.delivery_id and from_file.warnings == rec.warnings
     st, rep = _process(c, rec)
     assert st.duplicate_rows == repeats and st.warnings
     failed = [r.type for r in rep.failed_results()]

@@ -353,7 +353,7 @@ def _settle_raw(sink: Any, status: str, contract: Contract) -> list[str]:
     if sink is None:
         return []
     sink.commit() if status == "accepted" else sink.abort()
-    return _duplicate_warnings(contract, sink.path) if status == "accepted" else []
+    return _duplicate_warnings(contract, sink.path, getattr(sink, "keys", None)) if status == "accepted" else []
 
 
 def _store_files(checked: list[tuple[FileReceipt, Path, bool]], contract: Contract, area: str, s: Settings) -> list[str]:
@@ -424,30 +424,34 @@ DUPLICATE_CHECK_MAX_ROWS = 20_000_000
 SMALL_DELIVERY_ROWS = 1_000_000
 
 
-def _duplicate_warnings(contract: Contract, raw: Path) -> list[str]:
+def _duplicate_warnings(contract: Contract, raw: Path, keys: Any = None) -> list[str]:
     """The receipt's warning when the delivery's rows repeat keys past the contract's max_duplicate_share.
 
     Counted on the raw table the push just wrote (one streaming group-by on
     the key), so the firm learns at once that curation would remove or flag
-    that many rows; the suite then fails (validate.lab_rules).
+    that many rows; the suite then fails (validate.lab_rules). ``keys``: the
+    key columns of every row written, where the writer kept them (a small
+    delivery's), counted without reading the file.
     """
     import polars as pl
 
     from datalab.contracts.raw_table import duplicate_warning
 
     lf = pl.scan_parquet(raw)
-    rows = lf.select(pl.len()).collect().item()  # from the footer
+    rows = keys.height if keys is not None else lf.select(pl.len()).collect().item()  # from the footer
     if not rows or rows > DUPLICATE_CHECK_MAX_ROWS:
         return []  # curation counts them anyway and adds its warning to the receipt (add_warnings)
     # Distinct keys by their 64-bit hash: faster than a group-by on the three
     # columns (measured in docs/performance.md); a collision could
     # only hide a duplicate, never invent one.
     distinct = pl.struct("entity", "time", "sensor").hash(seed=23).n_unique()
-    if rows <= SMALL_DELIVERY_ROWS:  # most pushes: three columns read at once cost less than a streaming query's set-up
-        keys = pl.read_parquet(raw, columns=["entity", "time", "sensor"]).select(distinct).item()
+    if keys is not None:
+        found = keys.select(distinct).item()
+    elif rows <= SMALL_DELIVERY_ROWS:  # three columns read at once cost less than a streaming query's set-up
+        found = pl.read_parquet(raw, columns=["entity", "time", "sensor"]).select(distinct).item()
     else:
-        keys = lf.select(distinct).collect(engine="streaming").item()
-    dup = rows - keys
+        found = lf.select(distinct).collect(engine="streaming").item()
+    dup = rows - found
     return [duplicate_warning(dup, rows, contract.curation.max_duplicate_share)] \
         if dup / rows > contract.curation.max_duplicate_share else []
 

@@ -28,6 +28,9 @@ from datalab.store import state
 from datalab.store.storage import store
 from datalab.timeseries.readers import TimeseriesReader, long_schema
 
+# A reading's key in the raw table (the dataset's key).
+KEY_COLUMNS = ["entity", "time", "sensor"]
+
 
 def raw_path(contract: Contract, delivery_id: str, s: Settings) -> Path:
     return s.raw / contract.tenant / contract.product / f"{safe_segment(delivery_id, 'delivery id')}.parquet"
@@ -51,6 +54,9 @@ class RawWriter:
     """
 
     QUEUE = 4
+    # Up to this many rows the key columns of the batches are kept (``keys``): the push counts
+    # duplicate keys on them in memory rather than reading them back from the file.
+    KEYS_KEPT_ROWS = 1_000_000
 
     def __init__(self, contract: Contract, delivery_id: str, s: Settings):
         self.delivery_id = delivery_id
@@ -63,6 +69,14 @@ class RawWriter:
         self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=self.QUEUE)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._keys: list[pl.DataFrame] | None = []
+
+    @property
+    def keys(self) -> pl.DataFrame | None:
+        """Every row's (entity, time, sensor) as written, or None past ``KEYS_KEPT_ROWS`` rows."""
+        if self._keys is None:
+            return None
+        return pl.concat(self._keys) if self._keys else pl.DataFrame(schema={k: self.schema[k] for k in KEY_COLUMNS})
 
     def write(self, batch: pl.DataFrame) -> None:
         self._raise()
@@ -93,6 +107,10 @@ class RawWriter:
             self._thread.start()
         self._queue.put(tbl)
         self.rows += len(batch)
+        if self._keys is not None and self.rows <= self.KEYS_KEPT_ROWS:
+            self._keys.append(batch.select(KEY_COLUMNS))
+        else:
+            self._keys = None
 
     def _drain(self) -> None:
         while (tbl := self._queue.get()) is not None:
