@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import polars as pl
 
@@ -60,32 +60,61 @@ class MemoryWatch:
     """Peak resident memory during one block of work, not the process's lifetime.
 
     A Dagster run materialises many partitions in one process, whose
-    ``ru_maxrss`` only ever grows; a thread sampling the resident size every
+    ``ru_maxrss`` only ever grows; sampling the resident size every
     ``interval`` seconds gives each materialisation its own peak (a spike
     shorter than the interval can be missed, so it is a lower bound).
+
+    One sampler thread per process serves every watch open at the time
+    (they nest: a delivery's step, and the engine's run inside it). A
+    thread started and joined per watch, three per small delivery, was 3 %
+    of a worker's time in ``benchmarks/processing.py``; the sampler waits,
+    taking no CPU, while no watch is open.
     """
+
+    _cond: ClassVar[threading.Condition] = threading.Condition()
+    _open: ClassVar[set[MemoryWatch]] = set()
+    _sampler: ClassVar[threading.Thread | None] = None
 
     def __init__(self, interval: float = 0.02):
         self.interval = interval
         self.start_mb = self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def __enter__(self) -> MemoryWatch:
         self.start_mb = self.peak_mb = rss_mb()
-        self._thread = threading.Thread(target=self._run, name="datalab-memwatch", daemon=True)
-        self._thread.start()
+        cls = MemoryWatch
+        with cls._cond:
+            cls._open.add(self)
+            if cls._sampler is None or not cls._sampler.is_alive():
+                cls._sampler = threading.Thread(target=cls._sample, name="datalab-memwatch", daemon=True)
+                cls._sampler.start()
+            cls._cond.notify()
         return self
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak_mb = max(self.peak_mb, rss_mb())
+    @classmethod
+    def _sample(cls) -> None:
+        with cls._cond:
+            while True:
+                while not cls._open:
+                    cls._cond.wait()
+                cls._cond.wait(min(w.interval for w in cls._open))  # the lock is released while waiting
+                if cls._open:
+                    now = rss_mb()
+                    for w in cls._open:
+                        w.peak_mb = max(w.peak_mb, now)
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        with MemoryWatch._cond:
+            MemoryWatch._open.discard(self)
         self.peak_mb = max(self.peak_mb, rss_mb())
+
+    @classmethod
+    def _after_fork(cls) -> None:
+        """In a forked child: no sampler runs there, and the lock may have been held at the fork."""
+        cls._cond, cls._open, cls._sampler = threading.Condition(), set(), None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=MemoryWatch._after_fork)
 
 
 @lru_cache(maxsize=1)

@@ -207,3 +207,31 @@ def test_one_key_sort_falls_back_when_the_key_would_overflow() -> None:
     table = pl.DataFrame({"sensor": ["a", "b"], "entity": ["x", "y"], "n": [1, 1], "t_min": [0, -(2**61)], "t_max": [2**61, 0]})
     assert curate.series_order(table) is None
     assert curate.series_order(table.with_columns(t_min=pl.lit(None, pl.Int64), t_max=pl.lit(None, pl.Int64))) is None
+
+
+def test_memory_watches_nest_and_share_one_sampler() -> None:
+    """Each open watch sees the peak of what happens inside it; one thread samples for all, and idles after."""
+    import threading
+    import time
+
+    import numpy as np
+
+    from datalab.engine import MemoryWatch, rss_mb
+
+    def samplers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "datalab-memwatch"]
+
+    with MemoryWatch() as outer, MemoryWatch(interval=0.005) as inner:
+        block = np.ones(40_000_000)  # 320 MB, touched
+        time.sleep(0.1)  # the sampler's, while the block is held
+        held = rss_mb()
+        time.sleep(0.05)
+        del block
+    # (the block's pages may have come from memory the process already held, so only what was
+    # resident while it lived is certain)
+    assert inner.peak_mb >= held - 1 and outer.peak_mb >= inner.peak_mb
+    assert len(samplers()) == 1 and not MemoryWatch._open
+    for _ in range(50):
+        with MemoryWatch():
+            pass
+    assert len(samplers()) == 1  # not a thread per watch
