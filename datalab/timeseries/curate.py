@@ -674,12 +674,13 @@ def _exclude(raw: pl.LazyFrame, earlier: list[tuple[str, Path]], correction: boo
     return pl.scan_parquet(scratch), counts
 
 
-def watermark_table(contract: Contract, delivery_id: str, s: Settings) -> pl.DataFrame:
-    """Per entity, the latest time covered by deliveries received before this one."""
+def watermark_table(contract: Contract, delivery_id: str, s: Settings, received_at: Any = None) -> pl.DataFrame:
+    """Per entity, the latest time covered by deliveries received before this one (``received_at``: its receipt's, if known)."""
     c = cat.Catalog(s.catalog_url)
     d, w = cat.deliveries, cat.watermarks
     with c.begin() as conn:
-        me = conn.execute(sa.select(d.c.received_at).where(d.c.id == delivery_id)).scalar_one()
+        me = received_at if received_at is not None else \
+            conn.execute(sa.select(d.c.received_at).where(d.c.id == delivery_id)).scalar_one()
         rows = conn.execute(
             sa.select(w.c.entity, sa.func.max(w.c.max_time))
             .where(w.c.contract_id == contract.id, w.c.received_at < me, w.c.delivery_id != delivery_id)
@@ -688,16 +689,22 @@ def watermark_table(contract: Contract, delivery_id: str, s: Settings) -> pl.Dat
     return pl.DataFrame(rows, schema={"entity": pl.String, "_wm": pl.Int64}, orient="row")
 
 
-def _record_watermarks(contract: Contract, delivery_id: str, wm: pl.DataFrame, s: Settings) -> None:
-    """Store per entity the latest time of this delivery (``wm``: entity, m), for later deliveries' late flag."""
+def _record_watermarks(contract: Contract, delivery_id: str, wm: pl.DataFrame, s: Settings, received_at: Any = None) -> None:
+    """Store per entity the latest time of this delivery (``wm``: entity, m), for later deliveries' late flag.
+
+    ``received_at``: the delivery's, from its receipt (else looked up). The
+    rows go in as one statement with many parameter sets, not one per entity.
+    """
     c = cat.Catalog(s.catalog_url)
+    w = cat.watermarks
     with c.begin() as conn:
-        me = conn.execute(sa.select(cat.deliveries.c.received_at).where(cat.deliveries.c.id == delivery_id)).scalar_one()
-        conn.execute(cat.watermarks.delete().where(cat.watermarks.c.delivery_id == delivery_id))
-        for ent, m in wm.iter_rows():
-            if m is not None:
-                conn.execute(cat.watermarks.insert().values(
-                    contract_id=contract.id, delivery_id=delivery_id, entity=ent, max_time=int(m), received_at=me))
+        me = received_at if received_at is not None else \
+            conn.execute(sa.select(cat.deliveries.c.received_at).where(cat.deliveries.c.id == delivery_id)).scalar_one()
+        conn.execute(w.delete().where(w.c.delivery_id == delivery_id))
+        rows = [dict(contract_id=contract.id, delivery_id=delivery_id, entity=ent, max_time=int(m), received_at=me)
+                for ent, m in wm.iter_rows() if m is not None]
+        if rows:  # (an empty parameter list would run the insert once with no values)
+            conn.execute(w.insert(), rows)
 
 
 class Profile:
@@ -836,7 +843,7 @@ def read_delivery(contract: Contract, delivery_id: str, scratch: Path, s: Settin
         for a in contract.attributes if a.personal
     }
     # A declared correction's readings replace earlier ones: not late.
-    wm = None if receipt.correction else watermark_table(contract, delivery_id, s)
+    wm = None if receipt.correction else watermark_table(contract, delivery_id, s, receipt.received_at)
     if raw is not whole:
         table = series_table(raw)
     return DeliveryInput(raw=raw, rows_in=rows_in, repeats=repeats, receipt=receipt, pseudonyms=pseudonyms,
@@ -1014,7 +1021,7 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
                         on_written)
     scratch_raw.unlink(missing_ok=True)
     prof = counted.result(out)
-    _record_watermarks(contract, delivery_id, counted.watermarks(), s)
+    _record_watermarks(contract, delivery_id, counted.watermarks(), s, inp.receipt.received_at)
     stats = curation_stats(contract, inp, prof, ran, out, t0)
     twin = published_form_path(out)
     if form is not None:
