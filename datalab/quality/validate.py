@@ -809,7 +809,7 @@ def _write_report(report: ValidationReport, t0: float) -> ValidationReport:
     report.seconds = round(_time.perf_counter() - t0, 3)
     tmp = out.with_suffix(".json.tmp")
     # Without indentation: json's C encoder then writes it (with ``indent`` the pure-Python one
-    # did, a tenth of a small delivery's suite, for 81 results); ``jq`` shows it indented.
+    # did: 1.3 against 0.3 ms for C-MAPSS's 81 results, a suite of 30 ms); ``jq`` shows it indented.
     tmp.write_text(json.dumps(report.to_dict()), encoding="utf-8")
     tmp.replace(out)
     return report
