@@ -674,7 +674,7 @@ def _exclude(raw: pl.LazyFrame, earlier: list[tuple[str, Path]], correction: boo
     return pl.scan_parquet(scratch), counts
 
 
-def watermark_table(contract: Contract, delivery_id: str, s: Settings, received_at: Any = None) -> pl.DataFrame:
+def watermark_table(contract: Contract, delivery_id: str, s: Settings, received_at: str | None = None) -> pl.DataFrame:
     """Per entity, the latest time covered by deliveries received before this one (``received_at``: its receipt's, if known)."""
     c = cat.Catalog(s.catalog_url)
     d, w = cat.deliveries, cat.watermarks
@@ -689,7 +689,8 @@ def watermark_table(contract: Contract, delivery_id: str, s: Settings, received_
     return pl.DataFrame(rows, schema={"entity": pl.String, "_wm": pl.Int64}, orient="row")
 
 
-def _record_watermarks(contract: Contract, delivery_id: str, wm: pl.DataFrame, s: Settings, received_at: Any = None) -> None:
+def _record_watermarks(contract: Contract, delivery_id: str, wm: pl.DataFrame, s: Settings,
+                       received_at: str | None = None) -> None:
     """Store per entity the latest time of this delivery (``wm``: entity, m), for later deliveries' late flag.
 
     ``received_at``: the delivery's, from its receipt (else looked up). The
