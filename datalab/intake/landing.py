@@ -21,7 +21,7 @@ import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -47,6 +47,9 @@ from datalab.intake.receipts import (  # noqa: F401  (re-exported: the receipt s
 from datalab.kinds import kind_of
 from datalab.store import catalog as cat
 from datalab.store.storage import store
+
+if TYPE_CHECKING:
+    import polars as pl
 
 Progress = Callable[[str, int, int], None]  # (file name, bytes done, bytes total)
 CHUNK = 8 << 20
@@ -424,7 +427,7 @@ DUPLICATE_CHECK_MAX_ROWS = 20_000_000
 SMALL_DELIVERY_ROWS = 1_000_000
 
 
-def _duplicate_warnings(contract: Contract, raw: Path, keys: Any = None) -> list[str]:
+def _duplicate_warnings(contract: Contract, raw: Path, keys: pl.DataFrame | None = None) -> list[str]:
     """The receipt's warning when the delivery's rows repeat keys past the contract's max_duplicate_share.
 
     Counted on the raw table the push just wrote (one streaming group-by on
@@ -435,22 +438,21 @@ def _duplicate_warnings(contract: Contract, raw: Path, keys: Any = None) -> list
     """
     import polars as pl
 
-    from datalab.contracts.raw_table import duplicate_warning
+    from datalab.contracts.raw_table import KEY, duplicate_warning
 
-    lf = pl.scan_parquet(raw)
-    rows = keys.height if keys is not None else lf.select(pl.len()).collect().item()  # from the footer
+    rows = keys.height if keys is not None else pl.scan_parquet(raw).select(pl.len()).collect().item()  # from the footer
     if not rows or rows > DUPLICATE_CHECK_MAX_ROWS:
         return []  # curation counts them anyway and adds its warning to the receipt (add_warnings)
     # Distinct keys by their 64-bit hash: faster than a group-by on the three
     # columns (measured in docs/performance.md); a collision could
     # only hide a duplicate, never invent one.
-    distinct = pl.struct("entity", "time", "sensor").hash(seed=23).n_unique()
+    distinct = pl.struct(*KEY).hash(seed=23).n_unique()
     if keys is not None:
         found = keys.select(distinct).item()
     elif rows <= SMALL_DELIVERY_ROWS:  # three columns read at once cost less than a streaming query's set-up
-        found = pl.read_parquet(raw, columns=["entity", "time", "sensor"]).select(distinct).item()
+        found = pl.read_parquet(raw, columns=KEY).select(distinct).item()
     else:
-        found = lf.select(distinct).collect(engine="streaming").item()
+        found = pl.scan_parquet(raw).select(distinct).collect(engine="streaming").item()
     dup = rows - found
     return [duplicate_warning(dup, rows, contract.curation.max_duplicate_share)] \
         if dup / rows > contract.curation.max_duplicate_share else []

@@ -625,8 +625,8 @@ def _fill_spans(contract: Contract, s: Settings) -> None:
     _SPANNED.add(key)
 
 
-def exclude_repeats(contract: Contract, delivery_id: str, raw: pl.LazyFrame, correction: bool, scratch: Path,
-                    s: Settings, table: pl.DataFrame | None = None) -> tuple[pl.LazyFrame, dict[str, Any]]:
+def exclude_repeats(contract: Contract, delivery_id: str, raw: pl.LazyFrame, table: pl.DataFrame, correction: bool,
+                    scratch: Path, s: Settings) -> tuple[pl.LazyFrame, dict[str, Any]]:
     """The delivery's raw rows without readings an earlier delivery already holds, and the counts.
 
     The dataset's key (entity, time, sensor) is unique across the deliveries
@@ -639,17 +639,14 @@ def exclude_repeats(contract: Contract, delivery_id: str, raw: pl.LazyFrame, cor
     published (``replaces``: rows per earlier delivery; see
     ``publish.correction_parts``). Rows without an entity or time never
     match. The remaining rows are written to ``scratch`` (read by every
-    bucket of the plan) only when some were excluded. ``table``: the
-    delivery's series table (:func:`series_table` of ``raw``), whose first
-    and last times are the delivery's, so that ``raw`` is not read for them.
+    bucket of the plan) only when some were excluded. ``table`` is the
+    delivery's series table (:func:`series_table` of ``raw``): its first and
+    last times are the delivery's, so ``raw`` is not read again for them.
     """
     counts: dict[str, Any] = {"repeats_excluded": 0, "correction": correction, "replaces": {}}
     if not state.has_other_accepted(contract.id, delivery_id, s):
         return raw, counts  # the contract's first delivery: nothing to compare with
-    if table is not None:
-        lo, hi = table.get_column("t_min").min(), table.get_column("t_max").max()
-    else:
-        lo, hi = raw.select(TIME_INT.min().alias("lo"), TIME_INT.max().alias("hi")).collect().row(0)
+    lo, hi = table.get_column("t_min").min(), table.get_column("t_max").max()
     earlier = earlier_curated(contract, delivery_id, s, (lo, hi))
     if not earlier:
         return raw, counts
@@ -674,36 +671,29 @@ def _exclude(raw: pl.LazyFrame, earlier: list[tuple[str, Path]], correction: boo
     return pl.scan_parquet(scratch), counts
 
 
-def watermark_table(contract: Contract, delivery_id: str, s: Settings, received_at: str | None = None) -> pl.DataFrame:
-    """Per entity, the latest time covered by deliveries received before this one (``received_at``: its receipt's, if known)."""
-    c = cat.Catalog(s.catalog_url)
-    d, w = cat.deliveries, cat.watermarks
-    with c.begin() as conn:
-        me = received_at if received_at is not None else \
-            conn.execute(sa.select(d.c.received_at).where(d.c.id == delivery_id)).scalar_one()
+def watermark_table(contract: Contract, delivery_id: str, received_at: str, s: Settings) -> pl.DataFrame:
+    """Per entity, the latest time covered by deliveries received before this one (at ``received_at``, its receipt's)."""
+    w = cat.watermarks
+    with cat.Catalog(s.catalog_url).begin() as conn:
         rows = conn.execute(
             sa.select(w.c.entity, sa.func.max(w.c.max_time))
-            .where(w.c.contract_id == contract.id, w.c.received_at < me, w.c.delivery_id != delivery_id)
+            .where(w.c.contract_id == contract.id, w.c.received_at < received_at, w.c.delivery_id != delivery_id)
             .group_by(w.c.entity)
         ).all()
     return pl.DataFrame(rows, schema={"entity": pl.String, "_wm": pl.Int64}, orient="row")
 
 
-def _record_watermarks(contract: Contract, delivery_id: str, wm: pl.DataFrame, s: Settings,
-                       received_at: str | None = None) -> None:
+def _record_watermarks(contract: Contract, delivery_id: str, received_at: str, wm: pl.DataFrame, s: Settings) -> None:
     """Store per entity the latest time of this delivery (``wm``: entity, m), for later deliveries' late flag.
 
-    ``received_at``: the delivery's, from its receipt (else looked up). The
-    rows go in as one statement with many parameter sets, not one per entity.
+    ``received_at``: the delivery's, from its receipt. The rows go in as one
+    statement with many parameter sets, not one per entity.
     """
-    c = cat.Catalog(s.catalog_url)
     w = cat.watermarks
-    with c.begin() as conn:
-        me = received_at if received_at is not None else \
-            conn.execute(sa.select(cat.deliveries.c.received_at).where(cat.deliveries.c.id == delivery_id)).scalar_one()
+    rows = [dict(contract_id=contract.id, delivery_id=delivery_id, entity=ent, max_time=int(m), received_at=received_at)
+            for ent, m in wm.iter_rows() if m is not None]
+    with cat.Catalog(s.catalog_url).begin() as conn:
         conn.execute(w.delete().where(w.c.delivery_id == delivery_id))
-        rows = [dict(contract_id=contract.id, delivery_id=delivery_id, entity=ent, max_time=int(m), received_at=me)
-                for ent, m in wm.iter_rows() if m is not None]
         if rows:  # (an empty parameter list would run the insert once with no values)
             conn.execute(w.insert(), rows)
 
@@ -838,13 +828,13 @@ def read_delivery(contract: Contract, delivery_id: str, scratch: Path, s: Settin
     # The series table of the whole delivery also gives exclude_repeats its time span (one read
     # of the raw table less); it is made again only when some readings were excluded.
     table = series_table(whole)
-    raw, repeats = exclude_repeats(contract, delivery_id, whole, receipt.correction, scratch, s, table)
+    raw, repeats = exclude_repeats(contract, delivery_id, whole, table, receipt.correction, scratch, s)
     pseudonyms = {
         a.name: pseudonym.mapping(raw.select(a.name).unique().collect().get_column(a.name), f"{contract.tenant}:{a.name}", s)
         for a in contract.attributes if a.personal
     }
     # A declared correction's readings replace earlier ones: not late.
-    wm = None if receipt.correction else watermark_table(contract, delivery_id, s, receipt.received_at)
+    wm = None if receipt.correction else watermark_table(contract, delivery_id, receipt.received_at, s)
     if raw is not whole:
         table = series_table(raw)
     return DeliveryInput(raw=raw, rows_in=rows_in, repeats=repeats, receipt=receipt, pseudonyms=pseudonyms,
@@ -1022,7 +1012,7 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
                         on_written)
     scratch_raw.unlink(missing_ok=True)
     prof = counted.result(out)
-    _record_watermarks(contract, delivery_id, counted.watermarks(), s, inp.receipt.received_at)
+    _record_watermarks(contract, delivery_id, inp.receipt.received_at, counted.watermarks(), s)
     stats = curation_stats(contract, inp, prof, ran, out, t0)
     twin = published_form_path(out)
     if form is not None:

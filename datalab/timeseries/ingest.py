@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from datalab.config import Settings, safe_segment, settings
 from datalab.contracts.contract import Contract
+from datalab.contracts.raw_table import KEY
 from datalab.engine import one_value_column
 from datalab.errors import DatalabError
 from datalab.intake import receipts
@@ -27,9 +28,6 @@ from datalab.intake.formats import sniff
 from datalab.store import state
 from datalab.store.storage import store
 from datalab.timeseries.readers import TimeseriesReader, long_schema
-
-# A reading's key in the raw table (the dataset's key).
-KEY_COLUMNS = ["entity", "time", "sensor"]
 
 
 def raw_path(contract: Contract, delivery_id: str, s: Settings) -> Path:
@@ -76,7 +74,7 @@ class RawWriter:
         """Every row's (entity, time, sensor) as written, or None past ``KEYS_KEPT_ROWS`` rows."""
         if self._keys is None:
             return None
-        return pl.concat(self._keys) if self._keys else pl.DataFrame(schema={k: self.schema[k] for k in KEY_COLUMNS})
+        return pl.concat(self._keys) if self._keys else pl.DataFrame(schema={k: self.schema[k] for k in KEY})
 
     def write(self, batch: pl.DataFrame) -> None:
         self._raise()
@@ -108,7 +106,7 @@ class RawWriter:
         self._queue.put(tbl)
         self.rows += len(batch)
         if self._keys is not None and self.rows <= self.KEYS_KEPT_ROWS:
-            self._keys.append(batch.select(KEY_COLUMNS))
+            self._keys.append(batch.select(KEY))
         else:
             self._keys = None
 
