@@ -33,6 +33,9 @@ from datalab.store.manifest import Manifest
 Progress = Callable[[str, int, int], None]
 CHUNK = 1 << 20
 RETRIES = 3
+# How long a push keeps answering the lab's "wait" (429 with Retry-After: its
+# rate limit, or its intake pacing while its runs catch up) before giving up.
+BUSY_WAIT_S = 900.0
 
 
 class RemoteError(DatalabError):
@@ -94,6 +97,21 @@ def _multipart(files: list[tuple[str, Path]], progress: Progress | None) -> tupl
     return f"multipart/form-data; boundary={boundary}", length, body()
 
 
+def retry_after(r: httpx.Response) -> int | None:
+    """The seconds a 429 asks to wait (its Retry-After, whole seconds), else None."""
+    if r.status_code != 429:
+        return None
+    value = r.headers.get("Retry-After", "").strip()
+    return min(int(value), 300) if value.isdigit() else None
+
+
+def _message(r: httpx.Response) -> str:
+    try:
+        return str(r.json().get("error") or r.text[:500])
+    except (json.JSONDecodeError, AttributeError):
+        return r.text[:500] or r.reason_phrase
+
+
 class Client:
     """A thin, retrying client for one lab and one token."""
 
@@ -135,14 +153,24 @@ class Client:
     # -- providers -------------------------------------------------------------
 
     def push(self, contract: str, files: list[Path | tuple[str, Path]], progress: Progress | None = None,
-             idempotency_key: str | None = None, correction: bool = False) -> Receipt:
-        """Push one delivery; retried on network errors with the same Idempotency-Key (``correction``: see landing.push)."""
+             idempotency_key: str | None = None, correction: bool = False,
+             on_wait: Callable[[str, int], None] | None = None, busy_wait_s: float = BUSY_WAIT_S) -> Receipt:
+        """Push one delivery (``correction``: see landing.push).
+
+        Retried with the same Idempotency-Key on network errors, and after
+        the lab's Retry-After when it answers 429 (its rate limit, or its
+        intake pacing while the contract's runs catch up: nothing was
+        stored), for at most ``busy_wait_s`` seconds; ``on_wait`` hears each
+        wait (the lab's message, the seconds). Past that, the 429 is raised.
+        """
         items = [(f if isinstance(f, tuple) else (Path(f).name, Path(f))) for f in files]
         for _, p in items:
             if not Path(p).is_file():
                 raise MissingFile(f"{p}: no such file")
         key = idempotency_key or uuid.uuid4().hex
-        for attempt in range(RETRIES):
+        deadline = time.monotonic() + busy_wait_s
+        failures = 0
+        while True:
             ctype, length, body = _multipart([(n, Path(p)) for n, p in items], progress)
             try:
                 r = self.http.post(f"/v1/provider/contracts/{contract}/deliveries", content=body,
@@ -150,12 +178,18 @@ class Client:
                                    headers={"Content-Type": ctype, "Content-Length": str(length),
                                             "Idempotency-Key": key})
             except httpx.TransportError:
-                if attempt == RETRIES - 1:
+                failures += 1
+                if failures == RETRIES:
                     raise
-                time.sleep(0.5 * 2**attempt)
+                time.sleep(0.5 * 2 ** (failures - 1))
+                continue
+            delay = retry_after(r)
+            if delay is not None and time.monotonic() + delay <= deadline:
+                if on_wait:
+                    on_wait(_message(r), delay)
+                time.sleep(delay)
                 continue
             return receipt_from_dict(self._check(r).json())
-        raise AssertionError("unreachable")
 
     def receipts(self, status: str | None = None, contract: str | None = None,
                  limit: int | None = None, offset: int = 0) -> list[Receipt]:

@@ -48,7 +48,7 @@ VARIABLES = (
     "DATALAB_HOME", "DATALAB_CATALOG_URL", "DATALAB_CONTRACTS", "DATALAB_ENGINE", "DATALAB_SITE",
     "DATALAB_ACTOR", "DATALAB_CLEARANCE", "DATALAB_EXPORT_CLEARED", "DATALAB_PSEUDONYM_KEY",
     "DATALAB_AUDIT_KEY", "DATALAB_AUDIT_CHECKPOINTS", "DATALAB_RATE_TOKEN_PER_MIN",
-    "DATALAB_RATE_ADDRESS_PER_MIN", "DATALAB_URL", "DATALAB_TOKEN", "DATALAB_DEBUG",
+    "DATALAB_RATE_ADDRESS_PER_MIN", "DATALAB_INTAKE_MAX_WAITING", "DATALAB_URL", "DATALAB_TOKEN", "DATALAB_DEBUG",
     "DATALAB_CURATE_BUCKET_ROWS", "DATALAB_VALIDATE_CHUNK_ROWS", "DATALAB_VALIDATE_ENGINE", "DATALAB_SITE_URL",
     "DATALAB_DSP_RATE_LIMIT", "DATALAB_DSP_VALIDATE", "DATALAB_DSP_SCHEMAS", "DATALAB_OUTBOX_INTERVAL",
     "DATALAB_OUTBOX_MAX_BACKOFF", "DATALAB_PROFILE", "DATALAB_STORAGE", "DATALAB_SCRATCH", "DATALAB_BROKER_URL",
@@ -109,6 +109,12 @@ class Settings:
     # without a token cannot fill the audit log or slow the firms' pushes.
     rate_token_per_min: int = 6000
     rate_address_per_min: int = 120
+    # Intake pacing (datalab.intake.pacing): while a contract's deliveries are
+    # being processed, at most this many of them wait for it; a push beyond
+    # is answered 429 with Retry-After and nothing stored, until the runs
+    # catch up (0: off). What keeps push-to-validated bounded when firms
+    # push faster than the machine curates; no effect while nothing runs.
+    intake_max_waiting: int = 16
     # ``local`` (the embedded default: in-process executor, Dagster instance
     # in SQLite under home) or ``cluster`` (Dagster on PostgreSQL, queued
     # runs with per-tenant limits, the Celery executor; docs/scale.md).
@@ -285,6 +291,7 @@ def _read_settings() -> Settings:
         validate_engine=_choice("DATALAB_VALIDATE_ENGINE", VALIDATE_ENGINES, "fast"),
         rate_token_per_min=_positive_int("DATALAB_RATE_TOKEN_PER_MIN", 6000, zero_ok=True),
         rate_address_per_min=_positive_int("DATALAB_RATE_ADDRESS_PER_MIN", 120, zero_ok=True),
+        intake_max_waiting=_positive_int("DATALAB_INTAKE_MAX_WAITING", 16, zero_ok=True),
         url=service_url(),
         token=_env("DATALAB_TOKEN"),
         actor=_env("DATALAB_ACTOR"),

@@ -249,7 +249,20 @@ def remote_push(client: Any, contract: str, files: list[Path], progress: Any, co
     if Path(contract).is_file():
         ref = contracts_mod.load(Path(contract)).id
     ref = ref.split("/")[-1] if "/" in ref and not ref.startswith("urn:") else ref
-    return client.push(ref, files, progress=progress, correction=correction)
+    return client.push(ref, files, progress=progress, correction=correction, on_wait=_WaitNotice())
+
+
+class _WaitNotice:
+    """Tells the user, on stderr, that the lab asked the push to wait (at the first wait, then every 30 s)."""
+
+    def __init__(self) -> None:
+        self.waited, self.told = 0, -1
+
+    def __call__(self, message: str, seconds: int) -> None:
+        if self.told < 0 or self.waited - self.told >= 30:
+            typer.echo(f"the lab asks this push to wait ({self.waited} s so far): {message}", err=True)
+            self.told = self.waited
+        self.waited += seconds
 
 
 def remote_list(client: Any, purpose: str | None) -> list[dict[str, Any]]:

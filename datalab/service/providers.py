@@ -24,9 +24,9 @@ from starlette.requests import ClientDisconnect
 from datalab.config import Settings, safe_segment, settings
 from datalab.contracts.contract import Contract
 from datalab.errors import NotFound
-from datalab.intake import landing
+from datalab.intake import landing, pacing
 from datalab.policy import auth
-from datalab.service.deps import contracts, need, refuse
+from datalab.service.deps import ApiError, contracts, need, refuse
 from datalab.service.uploads import UploadError, receive_multipart, receive_octets
 from datalab.store import catalog as cat
 
@@ -117,6 +117,9 @@ async def push(
     if idempotency_key is not None and not IDEM_KEY.match(idempotency_key):
         raise await run_in_threadpool(refuse, request, p.actor, "push", c.id, 400,
                                       "Idempotency-Key: use 1-200 characters of A-Z a-z 0-9 . _ : -", None, s)
+    if (wait := await run_in_threadpool(_paced, request, p, c, idempotency_key, s)) is not None:
+        await _drain(request.stream().__aiter__())
+        raise wait
     ctype = request.headers.get("content-type", "")
     media = ctype.split(";")[0].strip().lower()
     staging = s.staging / "http" / safe_segment(p.tenant or "", "tenant") / secrets.token_hex(8)
@@ -179,6 +182,23 @@ async def push(
                             headers={"Location": f"/v1/provider/receipts/{rec.delivery_id}"})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _paced(request: Request, p: auth.Principal, c: Contract, idempotency_key: str | None, s: Settings) -> ApiError | None:
+    """A 429 when the contract's processing is behind (datalab.intake.pacing), before the body is read.
+
+    A push again of one already landed (its Idempotency-Key is known) is
+    not paced: it stores nothing new and gets its receipt. Refusals are
+    counted and audited as one summary per contract, like the rate limits'
+    (a client pushing again every second would otherwise fill the log).
+    """
+    wait = pacing.must_wait(c.id, s)
+    if wait is None or (idempotency_key and _idem_lookup(s, p.name, idempotency_key) is not None):
+        return None
+    limiter = getattr(request.app.state, "limiter", None)
+    if limiter is not None and limiter.count_refusal("waiting", c.id, request.url.path, wait.message):
+        limiter.flush(s)
+    return ApiError(429, wait.message, {"Retry-After": str(wait.retry_after_s)}, audited=limiter is not None)
 
 
 def _idem_reserve(s: Settings, principal: str, key: str, req_sha: str) -> Any:

@@ -13,6 +13,9 @@ audited one by one (that was the flood): they are counted per (kind, key)
 and written as one ``ratelimit`` audit entry per key with the count and the
 time span, at most every ``FLUSH_S`` seconds and when the server stops.
 
+The intake's pacing (``datalab.intake.pacing``, kind ``waiting``, key the
+contract) counts its 429s here too, with its message as the summary's reason.
+
 The buckets live in the worker process: with ``--workers N`` a client may
 get up to N times the limit if its connections spread over the workers.
 """
@@ -44,6 +47,7 @@ class _Refused:
     first: str = ""
     last: str = ""
     paths: dict[str, int] = field(default_factory=dict)
+    reason: str = ""  # the last refusal's message, where the kind has more to say than its limit
 
 
 class RateLimiter:
@@ -93,13 +97,14 @@ class RateLimiter:
         """Take one token (a request that counts only once its outcome is known, e.g. a 401)."""
         self.retry_after(kind, key, take=True)
 
-    def count_refusal(self, kind: str, key: str, path: str) -> bool:
-        """Count one request refused over the limit; True when a summary is due."""
+    def count_refusal(self, kind: str, key: str, path: str, reason: str = "") -> bool:
+        """Count one request refused over a limit (``reason``: the last message, kept); True when a summary is due."""
         ts = cat.now_iso()
         with self._lock:
             r = self._refused.setdefault((kind, key), _Refused(first=ts))
             r.count += 1
             r.last = ts
+            r.reason = reason[:500] or r.reason
             if len(r.paths) < 20 or path in r.paths:
                 r.paths[path[:100]] = r.paths.get(path[:100], 0) + 1
             return time.monotonic() - self._flushed >= FLUSH_S
@@ -116,6 +121,8 @@ class RateLimiter:
             for (kind, key), r in pending.items():
                 detail: dict[str, Any] = {"status": 429, "count": r.count, "first": r.first, "last": r.last,
                                           "limit_per_min": self.per_min.get(kind), "paths": r.paths}
+                if r.reason:
+                    detail["reason"] = r.reason
                 catalog.audit(f"{kind}:{key}"[:200], "ratelimit", kind, "refused", detail, conn=conn)
         return len(pending)
 

@@ -62,6 +62,9 @@ def set_stage(delivery_id: str, stage: str, s: Settings | None = None, stats: di
             conn.execute(p.update().where(p.c.delivery_id == delivery_id).values(**values))
 
 
+PROCESSED_STAGES = ("validated", "failed")  # a delivery's processing ends in one of these
+
+
 def pending(contract_id: str, s: Settings | None = None) -> list[str]:
     """Accepted deliveries of a contract that are not yet validated, oldest first."""
     s = s or settings()
@@ -71,7 +74,7 @@ def pending(contract_id: str, s: Settings | None = None) -> list[str]:
         sa.select(d.c.id)
         .select_from(d.outerjoin(p, p.c.delivery_id == d.c.id))
         .where(d.c.contract_id == contract_id, d.c.status == "accepted")
-        .where(sa.or_(p.c.stage.is_(None), p.c.stage.notin_(["validated", "failed"])))
+        .where(sa.or_(p.c.stage.is_(None), p.c.stage.notin_(PROCESSED_STAGES)))
         .order_by(d.c.received_at, d.c.id)
     )
     with c.begin() as conn:
@@ -93,12 +96,42 @@ def pending_page(contract_id: str, after: str = "", limit: int = 25, s: Settings
         sa.select(d.c.id)
         .select_from(d.outerjoin(p, p.c.delivery_id == d.c.id))
         .where(d.c.contract_id == contract_id, d.c.status == "accepted", d.c.id > after)
-        .where(sa.or_(p.c.stage.is_(None), p.c.stage.notin_(["validated", "failed"])))
+        .where(sa.or_(p.c.stage.is_(None), p.c.stage.notin_(PROCESSED_STAGES)))
         .order_by(d.c.id)
         .limit(limit)
     )
     with c.begin() as conn:
         return [r.id for r in conn.execute(q)]
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """A contract's recent accepted deliveries that wait for processing, and when the last of them was processed."""
+
+    waiting: int  # accepted, not yet validated or failed
+    last_processed: str | None  # the newest validated or failed one's stage time (ISO, UTC); None: none yet
+
+
+def backlog(contract_id: str, since: dt.datetime, s: Settings | None = None) -> Backlog:
+    """The contract's deliveries received from ``since`` on: how many wait, and when processing last ended one.
+
+    One statement over a bounded range of delivery ids (they start with
+    their UTC receipt second), so its cost follows the recent intake, not
+    the contract's history; the intake's pacing asks it once per push.
+    """
+    s = s or settings()
+    d, p = cat.deliveries, cat.processing
+    done = p.c.stage.in_(PROCESSED_STAGES)
+    q = (
+        sa.select(sa.func.count(d.c.id) - sa.func.count(sa.case((done, 1))),
+                  sa.func.max(sa.case((done, p.c.updated_at))))
+        .select_from(d.outerjoin(p, p.c.delivery_id == d.c.id))
+        .where(d.c.id >= f"d-{since.astimezone(dt.UTC):%Y%m%d%H%M%S}",
+               d.c.contract_id == contract_id, d.c.status == "accepted")
+    )
+    with cat.Catalog(s.catalog_url).begin() as conn:
+        waiting, last = conn.execute(q).one()
+    return Backlog(int(waiting or 0), last)
 
 
 def rows_of(ids: list[str], s: Settings | None = None) -> dict[str, int | None]:
