@@ -182,11 +182,19 @@ def make_files(chosen: dict[str, Any], n: int, rows: int, dst: Path, first_seed:
     return out
 
 
-def push_one(client: httpx.Client, c: Any, path: Path) -> tuple[int, dict[str, Any] | str]:
-    r = client.post(f"/v1/provider/contracts/{c.product}/deliveries",
-                    files=[("file", (path.name, path.read_bytes(), "text/csv"))],
-                    headers={"Idempotency-Key": f"bench-{path.stem}"}, timeout=300)
-    return r.status_code, (r.json() if r.status_code in (200, 201) else r.text[:300])
+def push_one(client: httpx.Client, c: Any, path: Path) -> tuple[int, dict[str, Any] | str, int]:
+    """One push until it is answered other than "wait" (429 with Retry-After: the lab's intake pacing); the waits."""
+    from datalab.client import retry_after
+
+    waits = 0
+    while True:
+        r = client.post(f"/v1/provider/contracts/{c.product}/deliveries",
+                        files=[("file", (path.name, path.read_bytes(), "text/csv"))],
+                        headers={"Idempotency-Key": f"bench-{path.stem}"}, timeout=300)
+        if (delay := retry_after(r)) is None:
+            return r.status_code, (r.json() if r.status_code in (200, 201) else r.text[:300]), waits
+        waits += 1
+        time.sleep(delay)
 
 
 def push_all(url: str, tokens: dict[str, str], files: list[tuple[Any, Path]], pushers: int) -> dict[str, Any]:
@@ -206,15 +214,16 @@ def push_all(url: str, tokens: dict[str, str], files: list[tuple[Any, Path]], pu
                     c, path = todo.get_nowait()
                 except queue.Empty:
                     return
-                t0 = time.time()
+                t0, waits = time.time(), 0
                 try:
-                    status, body = push_one(clients[c.tenant], c, path)
+                    status, body, waits = push_one(clients[c.tenant], c, path)
                 except httpx.HTTPError as e:
                     status, body = 0, f"{type(e).__name__}: {e}"
                 t1 = time.time()
                 with lock:
                     if status == 201 and isinstance(body, dict) and body.get("status") == "accepted":
-                        pushed.append({"delivery": body["delivery_id"], "contract": c.id, "sent": t0, "receipt": t1})
+                        pushed.append({"delivery": body["delivery_id"], "contract": c.id, "sent": t0, "receipt": t1,
+                                       "waits": waits})
                     else:
                         errors.append(f"{path.name}: {status} {body}")
         finally:
@@ -353,6 +362,7 @@ def run(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         failed = [f'{p["contract"]}: {results[p["delivery"]]["message"]}' for p in pushed
                   if p["delivery"] in results and results[p["delivery"]]["validation_ok"] is None]
         lat = [v["validated"] - v["receipt"] for v in validated]
+        lat_sent = [v["validated"] - v["sent"] for v in validated]  # the waits the lab asked for included
         first_push = min((p["sent"] for p in pushed), default=t_start)
         last_valid = max((v["validated"] for v in validated), default=first_push)
         push_span = max((p["receipt"] for p in pushed), default=first_push) - first_push
@@ -365,6 +375,8 @@ def run(args: argparse.Namespace, base: Path) -> dict[str, Any]:
             "pushes_per_s": round(len(pushed) / push_span, 2) if push_span > 0 else None,
             "push_p50_s": pct([p["receipt"] - p["sent"] for p in pushed], 50),
             "push_p99_s": pct([p["receipt"] - p["sent"] for p in pushed], 99),
+            "pushes_asked_to_wait": sum(1 for p in pushed if p["waits"]),
+            "waits_asked": sum(p["waits"] for p in pushed),
             "validated": len(validated),
             "validated_passed": sum(1 for v in validated if results[v["delivery"]]["validation_ok"]),
             "suite_failed_contracts": verdict_failed, "failed": len(failed), "failed_samples": failed[:3],
@@ -373,6 +385,8 @@ def run(args: argparse.Namespace, base: Path) -> dict[str, Any]:
             "validated_per_s": round(len(validated) / span, 2) if span > 0 else None,
             "latency_p50_s": pct(lat, 50), "latency_p95_s": pct(lat, 95), "latency_p99_s": pct(lat, 99),
             "latency_max_s": round(max(lat), 3) if lat else None,
+            "sent_to_validated_p50_s": pct(lat_sent, 50), "sent_to_validated_p95_s": pct(lat_sent, 95),
+            "sent_to_validated_max_s": round(max(lat_sent), 3) if lat_sent else None,
             "processing_peak_rss_mb": done.get("peak_rss_mb"), "worker_peak_rss_mb": done.get("worker_peak_rss_mb"),
             "local_runs": _local_runs(home, contracts), "run_pending_calls": done.get("run_pending_calls"),
             # CPU per pushed delivery: the service (all its workers) over the pushes, the processing
@@ -409,15 +423,18 @@ def main() -> None:
         out = run(args, base)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    sus, p95 = out["validated_per_s"], out["latency_p95_s"]
+    sus, p95, p95_sent = out["validated_per_s"], out["latency_p95_s"], out["sent_to_validated_p95_s"]
     print(f"pushed {out['pushed']}/{out['deliveries']} in {out['push_seconds']} s ({out['pushes_per_s']}/s, "
-          f"push p50 {out['push_p50_s']} s, p99 {out['push_p99_s']} s, {out['push_errors']} errors)")
+          f"push p50 {out['push_p50_s']} s, p99 {out['push_p99_s']} s, {out['push_errors']} errors; "
+          f"{out['pushes_asked_to_wait']} asked to wait by the lab's intake pacing, {out['waits_asked']} waits)")
     print(f"validated {out['validated']} ({out['validated_passed']} passed the suite; failing: "
           f"{out['suite_failed_contracts'] or 'none'}; failed {out['failed']}, not run {out['not_run']}) in "
           f"{out['seconds_first_push_to_last_validated']} s from the first push: {sus} deliveries/s sustained "
           f"(target >= 5: {'met' if sus and sus >= 5 else 'NOT met'})")
-    print(f"push-to-validated p50 {out['latency_p50_s']} s, p95 {p95} s (target < 10: "
-          f"{'met' if p95 is not None and p95 < 10 else 'NOT met'}), p99 {out['latency_p99_s']} s; "
+    met = p95 is not None and p95_sent is not None and max(p95, p95_sent) < 10
+    print(f"push-to-validated from the receipt p50 {out['latency_p50_s']} s, p95 {p95} s, p99 {out['latency_p99_s']} s; "
+          f"from the first send (waits included) p50 {out['sent_to_validated_p50_s']} s, p95 {p95_sent} s "
+          f"(target p95 < 10 both ways: {'met' if met else 'NOT met'}); "
           f"processing peak RSS {out['processing_peak_rss_mb']} MB, largest worker's "
           f"{out['worker_peak_rss_mb']} MB ({out['local_runs']} runs side by side)")
     print(f"CPU per delivery: the service {out['service_core_ms_per_push']} core-ms a push, the processing "
