@@ -114,7 +114,7 @@ class Settings:
     # is answered 429 with Retry-After and nothing stored, until the runs
     # catch up (0: off). What keeps push-to-validated bounded when firms
     # push faster than the machine curates; no effect while nothing runs.
-    intake_max_waiting: int = 16
+    intake_max_waiting: int = 12
     # ``local`` (the embedded default: in-process executor, Dagster instance
     # in SQLite under home) or ``cluster`` (Dagster on PostgreSQL, queued
     # runs with per-tenant limits, the Celery executor; docs/scale.md).
@@ -291,7 +291,7 @@ def _read_settings() -> Settings:
         validate_engine=_choice("DATALAB_VALIDATE_ENGINE", VALIDATE_ENGINES, "fast"),
         rate_token_per_min=_positive_int("DATALAB_RATE_TOKEN_PER_MIN", 6000, zero_ok=True),
         rate_address_per_min=_positive_int("DATALAB_RATE_ADDRESS_PER_MIN", 120, zero_ok=True),
-        intake_max_waiting=_positive_int("DATALAB_INTAKE_MAX_WAITING", 16, zero_ok=True),
+        intake_max_waiting=_positive_int("DATALAB_INTAKE_MAX_WAITING", 12, zero_ok=True),
         url=service_url(),
         token=_env("DATALAB_TOKEN"),
         actor=_env("DATALAB_ACTOR"),
