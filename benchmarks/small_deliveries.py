@@ -19,8 +19,11 @@ repeats another's readings); the files are written before the clock starts.
 Then, at the same moment:
 
 * ``--pushers`` client threads push the deliveries as fast as the service
-  takes them (``POST /v1/provider/contracts/<product>/deliveries``); each
-  delivery's push time is when its receipt came back;
+  takes them (``POST /v1/provider/contracts/<product>/deliveries``); a push
+  the lab asks to wait (429 with Retry-After: its intake pacing,
+  ``datalab.intake.pacing``) is sent again after the wait, as
+  ``datalab.client.Client.push`` does; each delivery's push time is when its
+  receipt came back;
 * a separate processing process runs ``pipelines.runner.run_pending()`` in a
   loop, as the sensor would launch the runs (a contract's pending deliveries
   in runs of up to ``DATALAB_RUN_BATCH``; set it to 1 for a run per delivery), and records the moment each
@@ -30,7 +33,8 @@ Then, at the same moment:
 
 Reports deliveries/s sustained (validated deliveries over the time from the
 first push to the last validation), push throughput, push-to-validated
-latency p50/p95/p99 (from the receipt to the validation), the processing
+latency p50/p95/p99 from the receipt to the validation and p50/p95 from the
+first send (the waits included), how many pushes were asked to wait, the processing
 process's peak RSS, and one JSON line with all of it. Afterwards
 ``--single`` more deliveries are pushed one at a time and each is run alone
 (``run_pending`` in this process, warm), broken down from the Dagster event
