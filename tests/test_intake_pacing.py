@@ -9,6 +9,8 @@ again until the runs have caught up.
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ from datalab.store import catalog as cat
 from datalab.store import state
 from datalab.timeseries import sample
 from tests.conftest import PRESS, PUMPS, SPINDLE, fresh_pg_database
-from tests.service_harness import sample_file, served_copy, use_lab
+from tests.service_harness import lab_env, sample_file, served_copy, use_lab
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -167,12 +169,43 @@ def test_the_service_asks_a_push_to_wait_and_the_client_pushes_again(published_t
             client.push("spindle-telemetry", [sample_file(SPINDLE, tmp_path, 200, 16)], busy_wait_s=0)
         assert "429" in str(e.value) or "wait for processing" in str(e.value)
 
+        # The CLI over HTTP (DATALAB_URL/TOKEN) waits the same way and says so on stderr.
+        env = lab_env(lab.home, lab.contracts)
+        env.update(DATALAB_URL=lab.server.url, DATALAB_TOKEN=lab.tokens["firm-a"],
+                   DATALAB_HOME=str(tmp_path / "client"))
+        cli = subprocess.Popen([sys.executable, "-m", "datalab.cli.commands", "push", "spindle-telemetry",
+                                str(sample_file(SPINDLE, tmp_path, 200, 17))], env=env, cwd=str(tmp_path),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        told = threading.Event()
+        err: list[str] = []
+
+        def read_stderr() -> None:
+            for line in cli.stderr:
+                err.append(line)
+                if "the lab asks this push to wait" in line:
+                    told.set()
+
+        reader = threading.Thread(target=read_stderr)
+        reader.start()
+        try:
+            assert told.wait(60), "".join(err)
+            with use_lab(lab.home, lab.contracts):
+                for r in receipts():
+                    if (state.get(r["delivery_id"]) or {}).get("stage") != "validated":
+                        state.set_stage(r["delivery_id"], "validated", validation_ok=True)
+            out, _ = cli.communicate(timeout=120)
+        finally:
+            cli.kill()
+            reader.join(10)
+        assert cli.returncode == 0 and "ACCEPTED" in out, (out, "".join(err))
+        assert SPINDLE in "".join(err) and "DATALAB_INTAKE_MAX_WAITING" in "".join(err)
+
         lab.server.stop()  # flushes the counted refusals
         with use_lab(lab.home, lab.contracts):
             entries = cat.Catalog(settings().catalog_url).audit_entries()
         summaries = [e for e in entries if e.action == "ratelimit" and e.subject == "waiting"]
         assert summaries and all(e.actor == f"waiting:{SPINDLE}" for e in summaries), summaries
-        assert sum(e.detail["count"] for e in summaries) == 1 + len(heard) + 1
+        assert sum(e.detail["count"] for e in summaries) >= 1 + len(heard) + 1 + 1  # and the CLI's, once or more
         assert "DATALAB_INTAKE_MAX_WAITING" in summaries[-1].detail["reason"]
 
 
