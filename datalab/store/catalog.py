@@ -31,7 +31,7 @@ deliveries = sa.Table(
     metadata,
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("tenant", sa.String(64), nullable=False, index=True),
-    sa.Column("contract_id", sa.String(200), nullable=False, index=True),
+    sa.Column("contract_id", sa.String(200), nullable=False),  # indexed with id, below
     sa.Column("contract_version", sa.String(32), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("reasons", sa.Text, nullable=False, default="[]"),
@@ -40,9 +40,11 @@ deliveries = sa.Table(
     sa.Column("idem_key", sa.String(64), nullable=False, unique=True),
     sa.Column("received_at", sa.String(40), nullable=False),
     sa.Column("pushed_by", sa.String(200), nullable=False),
-    # A contract's recent deliveries by an index range (ids start with their
-    # UTC receipt second): the intake's pacing asks once per push
-    # (state.backlog), and must not read the contract's whole history.
+    # A contract's deliveries, and its recent ones by an index range (ids
+    # start with their UTC receipt second): the intake's pacing asks once per
+    # push (state.backlog), and must not read the contract's whole history.
+    # It serves every query by contract the single-column index of catalogs
+    # made before it (ix_dl_deliveries_contract_id, kept there) served.
     sa.Index("ix_dl_deliveries_contract_recent", "contract_id", "id"),
 )
 
