@@ -18,7 +18,8 @@ RSS of this process and of its largest worker. ``--one-at-a-time N``
 measures the common case instead, a firm pushing now and then: N
 deliveries, each pushed (in process) and then processed by a
 ``run_pending()`` of its own in the warm process, the time of each call
-(median, p95, slowest). ``--profile`` writes a
+(median, p95, slowest). ``--live-partitions N`` first gives each contract N earlier
+live partitions in Dagster, as a lab with a month's history has. ``--profile`` writes a
 cProfile of the processing (of this process only: with
 ``DATALAB_LOCAL_RUNS`` above 1 the runs are in the workers; set it to 1 to
 profile them).
@@ -46,6 +47,9 @@ def main() -> None:
     ap.add_argument("--deliveries", type=int, default=200)
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--profile", type=Path, help="write a cProfile of the processing here")
+    ap.add_argument("--live-partitions", type=int, default=0, metavar="N",
+                    help="give each contract N earlier live Dagster partitions first (a month of a delivery a "
+                         "minute is 43,000, all live within DATALAB_PARTITION_KEEP_DAYS)")
     ap.add_argument("--one-at-a-time", type=int, default=0, metavar="N",
                     help="instead: N deliveries, each pushed and then processed alone (a run_pending per delivery)")
     args = ap.parse_args()
@@ -70,6 +74,14 @@ def main() -> None:
                 return
             files = small_deliveries.make_files(chosen, args.deliveries, args.rows, base / "files")
             runner.run_pending()  # warm: the definitions built, the instance opened
+            if args.live_partitions:
+                from assets.common import partitions_for
+
+                inst = runner.instance()
+                for c in chosen.values():  # keys that sort before today's deliveries, as a history's do
+                    inst.add_dynamic_partitions(partitions_for(c).name, [f"d-20250101{i:06d}-{i % 65536:08x}"
+                                                                         for i in range(args.live_partitions)])
+                inst.dispose()
             runner.start_local_workers()
             t, cpu0 = time.perf_counter(), time.process_time()
             for c, p in files:
