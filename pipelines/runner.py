@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager, suppress
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import dagster as dg
 
-from assets.common import RANGE_END, RANGE_START, partitions_for
+from assets.common import RANGE_END, RANGE_START, partitions_for, partitions_read_once
 from assets.registry import factory_for
 from datalab.config import Settings, settings
 from datalab.contracts import contract as contracts_mod
@@ -84,46 +84,6 @@ def _execute(job_name: str, inst: dg.DagsterInstance, tags: dict[str, str], part
     if partition_key is not None:
         tags = {**tags, "dagster/partition": partition_key}
     return dg.execute_job(recon, instance=inst, run_config=cfg, tags=tags, raise_on_error=False)
-
-
-@contextmanager
-def partitions_read_once(inst: dg.DagsterInstance) -> Iterator[None]:
-    """Within the block, each dynamic partitions definition's keys are read from ``inst`` once.
-
-    Dagster loads every key of a dynamic definition each time it resolves a
-    run's partition range: for the planned events, the outputs, each
-    ``context.partition_keys``, and each ``add_asset_metadata(partition_key=)``
-    (two a delivery here). A run of 12 small deliveries read them 33 times;
-    with 40,000 live partitions (a month of a delivery a minute, within
-    ``DATALAB_PARTITION_KEEP_DAYS``) each read took 115 ms of CPU and the run
-    344 instead of 45 core-ms a delivery (docs/performance.md). A run's own
-    partitions are all there before it starts (whoever launched it added
-    them), so one read serves the run; one that adds or deletes partitions
-    itself reads again. Local profile only, where the run executes in this
-    process on ``inst`` (taking turns on it, ``_LocalInstance``).
-    """
-    read = type(inst).get_dynamic_partitions
-    add, delete = type(inst).add_dynamic_partitions, type(inst).delete_dynamic_partition
-    keys: dict[str, Sequence[str]] = {}
-
-    def cached(partitions_def_name: str) -> Sequence[str]:
-        if partitions_def_name not in keys:
-            keys[partitions_def_name] = read(inst, partitions_def_name)
-        return keys[partitions_def_name]
-
-    def added(partitions_def_name: str, partition_keys: Sequence[str]) -> None:
-        keys.pop(partitions_def_name, None)
-        add(inst, partitions_def_name, partition_keys)
-
-    def deleted(partitions_def_name: str, partition_key: str) -> None:
-        keys.pop(partitions_def_name, None)
-        delete(inst, partitions_def_name, partition_key)
-
-    inst.get_dynamic_partitions, inst.add_dynamic_partitions, inst.delete_dynamic_partition = cached, added, deleted
-    try:
-        yield
-    finally:
-        del inst.get_dynamic_partitions, inst.add_dynamic_partitions, inst.delete_dynamic_partition
 
 
 def _defs() -> dg.Definitions:

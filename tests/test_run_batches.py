@@ -185,9 +185,10 @@ def test_a_run_reads_its_partition_keys_once_not_twice_a_delivery(lab: Path, tmp
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Dagster read every partition key of the contract 33 times in a run of 12 deliveries (each
     ``add_asset_metadata(partition_key=)`` resolves the run's range): with a month's 40,000 live
-    partitions, 344 instead of 45 core-ms a delivery. ``runner.partitions_read_once``: once a run."""
+    partitions, 344 instead of 45 core-ms a delivery. ``partitions_read_once``: once a run."""
     import dagster as dg
 
+    from assets.common import partitions_read_once
     from pipelines import runner
 
     monkeypatch.setenv("DATALAB_RUN_BATCH", "8")
@@ -207,14 +208,34 @@ def test_a_run_reads_its_partition_keys_once_not_twice_a_delivery(lab: Path, tmp
     # none for the contracts with nothing pending
     assert reads == [f"{contracts[SPINDLE].slug}__deliveries"] * 3, reads
 
+    # A run launched without the runner (as the daemon launches the sensor's): the asset steps
+    # read once each, however many deliveries the run holds.
+    from pipelines.definitions import ingest_job_name
+
+    c = contracts[SPINDLE]
+    for n, first in ((2, 20), (8, 30)):
+        batch = _push(contracts, tmp_path, SPINDLE, n, first_seed=first)
+        inst = runner.instance()
+        inst.add_dynamic_partitions(f"{c.slug}__deliveries", batch)
+        reads.clear()
+        result = runner._defs().resolve_job_def(ingest_job_name(c)).execute_in_process(
+            instance=inst, raise_on_error=False, tags={runner.RANGE_START: batch[0], runner.RANGE_END: batch[-1]})
+        assert result.success and all(state.get(d)["stage"] == "validated" for d in batch)
+        if n == 2:
+            two = len(reads)
+    assert len(reads) == two <= 10, reads  # not two more for each delivery (8 deliveries: 25 before)
+
     # Inside the block, a partition added or deleted is seen at the next read.
     inst = runner.instance()
     name = f"{contracts[SPINDLE].slug}__deliveries"
-    with runner.partitions_read_once(inst):
+    with partitions_read_once(inst):
         before = list(inst.get_dynamic_partitions(name))
         assert list(inst.get_dynamic_partitions(name)) == before
         inst.add_dynamic_partitions(name, ["d-29990101000000-later"])
         assert list(inst.get_dynamic_partitions(name)) == [*before, "d-29990101000000-later"]
         inst.delete_dynamic_partition(name, "d-29990101000000-later")
         assert list(inst.get_dynamic_partitions(name)) == before
+        with partitions_read_once(inst):  # an asset step's block inside a run's: the run's cache serves
+            assert list(inst.get_dynamic_partitions(name)) == before
+        assert "get_dynamic_partitions" in vars(inst)  # the outer block's cache is still there
     assert "get_dynamic_partitions" not in vars(inst)  # the instance is itself again
