@@ -204,9 +204,9 @@ def test_a_run_reads_its_partition_keys_once_not_twice_a_delivery(lab: Path, tmp
     out = runner.run_pending()
     assert sorted(r.delivery_id for r in out) == sorted(ids) and all(r.validation_ok for r in out)
     assert len(runner.instance().get_runs()) == 1
-    # the runner's own two (which deliveries have partitions, and their order) and the run's one;
+    # the runner's one (which deliveries have partitions, and their order) and the run's one;
     # none for the contracts with nothing pending
-    assert reads == [f"{contracts[SPINDLE].slug}__deliveries"] * 3, reads
+    assert reads == [f"{contracts[SPINDLE].slug}__deliveries"] * 2, reads
 
     # A run launched without the runner (as the daemon launches the sensor's): the asset steps
     # read once each, however many deliveries the run holds.
