@@ -21,8 +21,8 @@ Pacing stays out of the way where it cannot help:
   the promise, processing catches up later;
 * only deliveries received within ``WINDOW_S`` count, so one that never
   gets processed (a stuck run) cannot hold a contract's pushes for ever;
-* a firm that pushes now and then never meets it (one of the contract's
-  deliveries waiting is far below the bound).
+* a firm that pushes now and then never meets it (a delivery or two of its
+  contract wait at most, far below the bound).
 
 It is per contract, like the runs' order (one contract's runs go one after
 the other): one firm's flood waits on its own backlog, not on the lab's.
