@@ -106,8 +106,13 @@ def retry_after(r: httpx.Response) -> int | None:
 
 
 def _message(r: httpx.Response) -> str:
+    """The lab's message of an error answer: its ``error``, with its ``problems`` if any."""
     try:
-        return str(r.json().get("error") or r.text[:500])
+        body = r.json()
+        msg = str(body.get("error") or r.text)
+        if problems := body.get("problems"):
+            msg = f"{msg}: {'; '.join(problems)}"
+        return msg
     except (json.JSONDecodeError, AttributeError):
         return r.text[:500] or r.reason_phrase
 
@@ -133,13 +138,7 @@ class Client:
     def _check(r: httpx.Response) -> httpx.Response:
         if r.status_code < 400:
             return r
-        try:
-            msg = r.json().get("error") or r.text
-            problems = r.json().get("problems")
-            if problems:
-                msg = f"{msg}: {'; '.join(problems)}"
-        except (json.JSONDecodeError, AttributeError):
-            msg = r.text[:500] or r.reason_phrase
+        msg = _message(r)
         if r.status_code == 404:
             raise NotFound(msg)
         if r.status_code == 403 and msg.startswith("refused by rule"):

@@ -123,3 +123,13 @@ def deliver_validated(spec: Path, cid: str, rows: int, seed: int, start, tmp: Pa
     state.set_stage(rec.delivery_id, "validated", s=s, validation_ok=rep.success, validation=rep.to_dict())
     assert rep.success
     return rec.delivery_id
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh catalog URL on each backend: SQLite in the test's folder, a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'catalog.db'}"
+        return
+    with fresh_pg_database("datalab_test") as url:
+        yield url

@@ -11,17 +11,7 @@ import sqlalchemy as sa
 from datalab.intake import landing
 from datalab.store import catalog as cat
 from datalab.timeseries import sample
-from tests.conftest import PUMPS, fresh_pg_database
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def catalog_url(request, tmp_path: Path, monkeypatch):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'catalog.db'}"
-        yield url
-        return
-    with fresh_pg_database("datalab_test") as url:
-        yield url
+from tests.conftest import PUMPS
 
 
 def test_audit_chain_concurrent_appends(catalog_url: str) -> None:

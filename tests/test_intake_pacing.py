@@ -12,7 +12,6 @@ import datetime as dt
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,17 +21,8 @@ from datalab.intake import landing, pacing
 from datalab.store import catalog as cat
 from datalab.store import state
 from datalab.timeseries import sample
-from tests.conftest import PRESS, PUMPS, SPINDLE, fresh_pg_database
+from tests.conftest import PRESS, PUMPS, SPINDLE
 from tests.service_harness import lab_env, sample_file, served_copy, use_lab
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'catalog.db'}"
-        return
-    with fresh_pg_database("datalab_pacing") as url:
-        yield url
 
 
 def _push(c, tmp_path: Path, seed: int) -> str:

@@ -185,7 +185,7 @@ async def push(
 
 
 def _paced(request: Request, p: auth.Principal, c: Contract, idempotency_key: str | None, s: Settings) -> ApiError | None:
-    """A 429 when the contract's processing is behind (datalab.intake.pacing), before the body is read.
+    """A 429 when the contract's processing is behind (datalab.intake.pacing), decided before the body is stored.
 
     A push again of one already landed (its Idempotency-Key is known) is
     not paced: it stores nothing new and gets its receipt. Refusals are
