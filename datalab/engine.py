@@ -355,6 +355,34 @@ class Engine:
         return EngineRun("gpu" if gpu else "cpu", f"{device}, {len(plans)} buckets", time.perf_counter() - t0, fallback, round(mw.peak_mb, 1))
 
 
+def parquet_encodings(schema: Any) -> dict[str, Any]:
+    """pyarrow ParquetWriter options for curated rows: which columns get dictionaries, which deltas.
+
+    pyarrow's default tries a dictionary for every column. Text and numbers
+    repeat (units, sensor names; readings of a quantised sensor), so they
+    keep it. Times and integers in a series' order hardly repeat: the writer
+    hashed every timestamp into a dictionary it then gave up (plain after
+    1 MB), and zstd squeezed what was left. A delta encoding stores a sorted
+    series' times in a few bits a row: the time column of a 10 M-row
+    delivery went from 39 MB to under 1 MB, the file from 91 to 57 MB, and
+    both writing and reading it cost less (docs/performance.md, "Why the
+    code is as it is"). Every Parquet reader the lab meets (pyarrow, Polars, DuckDB,
+    cudf) reads both encodings.
+    """
+    import pyarrow as pa
+
+    dictionary: list[str] = []
+    delta: dict[str, str] = {}
+    for f in schema:
+        t = f.type
+        if pa.types.is_integer(t) or pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_time(t) \
+                or pa.types.is_duration(t):
+            delta[f.name] = "DELTA_BINARY_PACKED"
+        elif not pa.types.is_boolean(f.type):
+            dictionary.append(f.name)
+    return {"use_dictionary": dictionary, "column_encoding": delta}
+
+
 class _PartWriter:
     """Writes curated parts to one Parquet file on a thread, while the next part is computed.
 
@@ -403,8 +431,8 @@ class _PartWriter:
                 for name, value in self.constants.items():
                     tbl = tbl.append_column(name, one_value_column(value, tbl.num_rows))
                 if writer is None:
-                    writer = pq.ParquetWriter(self.path, tbl.schema, compression="zstd",
-                                              compression_level=CURATED_ZSTD_LEVEL, store_schema=False)
+                    writer = pq.ParquetWriter(self.path, tbl.schema, compression="zstd", compression_level=CURATED_ZSTD_LEVEL,
+                                              store_schema=False, **parquet_encodings(tbl.schema))
                 writer.write_table(tbl, row_group_size=1_000_000)
                 del tbl
         except BaseException as e:  # reported to the caller by put() or __exit__
