@@ -292,3 +292,57 @@ def test_lines_holding_0x1f_are_named_and_later_lines_keep_their_numbers(contrac
     assert [w.split(": ")[1].split(",")[0] for w in why] == ["line 2001", "line 2002", "line 3001", "line 4501", "line 5001"], why
     assert all("0x1F is not allowed" in w for w in why if "line 2001" in w or "line 2002" in w or "line 4501" in w)
     assert "(rule: format)" in why[0] and "not valid" in why[-1]
+
+
+# -- reading ahead on a thread (text_blocks.prefetched) ------------------------------
+
+
+def test_prefetched_keeps_order_and_raises_in_place():
+    def items():
+        yield from range(5)
+        raise OSError("the disk went away")
+
+    got = []
+    with pytest.raises(OSError, match="disk went away"):
+        for x in text_blocks.prefetched(items(), ahead=2):
+            got.append(x)
+    assert got == [0, 1, 2, 3, 4]  # every item before the error, none after
+
+
+def test_prefetched_stops_its_thread_when_the_consumer_stops_early():
+    import threading
+
+    produced = []
+
+    def items():
+        for i in itertools.count():
+            produced.append(i)
+            yield i
+
+    ahead = text_blocks.prefetched(items(), ahead=2)
+    assert [next(ahead) for _ in range(3)] == [0, 1, 2]
+    ahead.close()
+    assert not any(t.name == "datalab-blocks-ahead" for t in threading.enumerate())
+    # it read at most ahead + one more than the consumer took
+    assert len(produced) <= 3 + 2 + 1
+
+
+def test_a_truncated_file_of_many_blocks_keeps_every_block_before_the_break(contracts, tmp_path, fast_blocks, monkeypatch):
+    # The blocks are read ahead of their typing (text_blocks.prefetched); the
+    # stream's error must still come after every block before it, with the
+    # line it broke off at. (The line path's own reader fails such a stream
+    # before its first batch, so it is not the reference here.)
+    monkeypatch.setattr(readers, "BATCH_BYTES", 64 << 10)
+    c = contracts[SPINDLE]
+    path, _ = _generated(c, 40_000, tmp_path)
+    whole, n_whole, why_whole = _read(c, path, True)
+    assert why_whole == [] and n_whole >= 40_000
+    gz = gzip.compress(path.read_bytes())
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(gz[: 2 * len(gz) // 3])
+    fast_blocks.clear()
+    df, records, why = _read(c, cut, True)
+    assert len(fast_blocks) > 10 and all(fast_blocks)
+    assert 0 < records < n_whole
+    assert df.equals(whole.head(len(df)))  # every row read before the break, as in the whole file
+    assert len(why) == 1 and f"after line {records + 1}: the file cannot be read further" in why[0], why

@@ -256,9 +256,11 @@ class TimeseriesReader:
             return
         with open_stream(self.path, self.sniffed.compression) as stream:
             blocks = text_blocks.BlockReader(stream, skip, BATCH_BYTES)
+            # Read and split ahead on a thread while this thread types the block before
+            # (text_blocks.prefetched); closed, so its thread has stopped, before the stream is.
+            ahead = text_blocks.prefetched((b, text_blocks.split_clean(b, header, delim)) for b in blocks)
             try:
-                for block in blocks:
-                    clean = text_blocks.split_clean(block, header, delim)
+                for block, clean in ahead:
                     if clean is not None:
                         yield clean
                         continue
@@ -271,6 +273,8 @@ class TimeseriesReader:
                 self.problems.add("format", f"{e}; the file cannot be read further (not delimited text, or corrupt?)")
             except Exception as e:  # Arrow, OS, EOF and zstd errors alike
                 self._cannot_read_further(blocks.next_line, e)
+            finally:
+                ahead.close()
 
     def _repair_utf8(self, raw: pa.Array, first_line: int) -> pa.Array:
         out = []
