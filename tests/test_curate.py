@@ -326,6 +326,12 @@ def test_series_are_packed_by_size_into_bounded_buckets() -> None:
     # rows with a null entity or sensor are found by their bucket like any other; no row twice
     got = pl.concat([curate.bucket_rows(raw, b).collect() for b in buckets])
     assert sorted(got["v"].to_list()) == list(range(raw.select(pl.len()).collect().item()))
+    # picked by the series' names (a bucket of few series), the same rows as by their hashes, nulls too
+    series = raw.select("sensor", "entity").unique().collect()
+    for b in buckets:
+        by_hash = curate.bucket_rows(raw, b).collect()
+        assert curate.bucket_rows(raw, b, series).collect().equals(by_hash)
+    assert curate.bucket_rows(raw, [], series).collect().is_empty()
 
 
 
