@@ -579,3 +579,36 @@ def test_near_duplicate_series_named(contracts, realdata: Path, tmp_path: Path) 
     fine = datasheet.fine_counts(schema, (), shifted.lazy())
     assert fine["condition"].n_unique() > 1 and datasheet.near_duplicates_of(fine) == warns
     assert datasheet.near_duplicates_of(fine.filter(pl.col("entity") == "97")) == []
+
+
+@pytest.mark.parametrize(("repeated", "margin", "exact"), [(0.01, None, False), (0.09, None, True), (0.01, 0.5, True)],
+                         ids=["well-under-the-share", "over-it", "under-it-but-the-estimate-is-unsure"])
+def test_a_large_push_counts_its_duplicates_exactly_only_where_the_estimate_cannot_rule_out_a_warning(
+        lab: Path, contracts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, repeated: float,
+        margin: float | None, exact: bool) -> None:
+    # Past SMALL_DELIVERY_ROWS the push first estimates the distinct keys; the exact count (a
+    # hash set of every key) runs only where the estimate, give or take its margin, cannot rule
+    # out a warning. The receipt's warning is the exact count's, as before.
+    c = contracts[SPINDLE]
+    monkeypatch.setattr(landing, "SMALL_DELIVERY_ROWS", 100)
+    monkeypatch.setattr(ingest.RawWriter, "KEYS_KEPT_ROWS", 100)
+    if margin is not None:
+        monkeypatch.setattr(landing, "ESTIMATE_MARGIN", margin)
+    counted: list[int] = []
+    real = landing._distinct_keys
+    monkeypatch.setattr(landing, "_distinct_keys", lambda raw: counted.append(1) or real(raw))
+    n = 20_000
+    lines = ["machine_id,ts,sensor,value,unit"]
+    lines += [f"BSW-M0{1 + i % 3},2026-01-05T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z,spindle_temp,40,Cel"
+              for i in range(n)]
+    k = round(repeated * n / (1 - repeated))
+    lines += lines[1:k + 1]
+    src = tmp_path / f"d{k}.csv"
+    src.write_text("\n".join(lines) + "\n")
+    rec = landing.push(c, [src])
+    assert rec.accepted
+    assert bool(counted) == exact
+    if k / (n + k) > c.curation.max_duplicate_share:
+        assert len(rec.warnings) == 1 and f"{k:,} of {n + k:,} rows" in rec.warnings[0]
+    else:
+        assert rec.warnings == []

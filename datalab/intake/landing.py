@@ -425,6 +425,11 @@ def _record(catalog: cat.Catalog, rec: Receipt, key: str, stored: list[str], act
 DUPLICATE_CHECK_MAX_ROWS = 20_000_000
 # Up to this many rows the push counts duplicate keys in memory (three columns; a few MB).
 SMALL_DELIVERY_ROWS = 1_000_000
+# How far Polars' estimate of the distinct keys (HyperLogLog, 2^14 registers: a standard error
+# of 0.81 %) is taken to err at most: between three and four standard errors. Measured on random
+# keys: standard deviations of 0.64-0.95 % in 75 trials of 1.1 to 10 M keys, none past 1.9 %;
+# on keys shaped like a delivery's (one sensor, three machines, a reading a second): up to 2.5 %.
+ESTIMATE_MARGIN = 0.03
 
 
 def _duplicate_warnings(contract: Contract, raw: Path, keys: pl.DataFrame | None = None) -> list[str]:
@@ -452,10 +457,30 @@ def _duplicate_warnings(contract: Contract, raw: Path, keys: pl.DataFrame | None
     elif rows <= SMALL_DELIVERY_ROWS:  # three columns read at once cost less than a streaming query's set-up
         found = pl.read_parquet(raw, columns=KEY).select(distinct).item()
     else:
-        found = pl.scan_parquet(raw).select(distinct).collect(engine="streaming").item()
+        # A large delivery is first screened by an estimate (one streaming pass, a few kB of
+        # state): when even the fewest distinct keys the estimate allows leave the duplicates
+        # under the contract's share, there is no warning to give, and the exact count (a hash
+        # set of every key: 1.5 s of CPU and 0.8 s of a 10 M-row push) is not made. Only a
+        # delivery near or over the share is counted exactly. Should the estimate ever err by
+        # more than its margin, the push misses a warning that curation's exact count then adds
+        # to the receipt (add_warnings), as it does past DUPLICATE_CHECK_MAX_ROWS.
+        estimate = pl.scan_parquet(raw).select(pl.struct(*KEY).hash(seed=23).approx_n_unique()) \
+            .collect(engine="streaming").item()
+        if rows - estimate / (1 + ESTIMATE_MARGIN) <= contract.curation.max_duplicate_share * rows:
+            return []
+        found = _distinct_keys(raw)
     dup = rows - found
     return [duplicate_warning(dup, rows, contract.curation.max_duplicate_share)] \
         if dup / rows > contract.curation.max_duplicate_share else []
+
+
+def _distinct_keys(raw: Path) -> int:
+    """The exact number of distinct keys (entity, time, sensor) in a raw table, by their 64-bit hash, streaming."""
+    import polars as pl
+
+    from datalab.contracts.raw_table import KEY
+
+    return pl.scan_parquet(raw).select(pl.struct(*KEY).hash(seed=23).n_unique()).collect(engine="streaming").item()
 
 
 def _retire_key(catalog: cat.Catalog, delivery_id: str) -> None:
