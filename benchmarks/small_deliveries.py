@@ -21,9 +21,12 @@ Then, at the same moment:
 * ``--pushers`` client threads push the deliveries as fast as the service
   takes them (``POST /v1/provider/contracts/<product>/deliveries``); a push
   the lab asks to wait (429 with Retry-After: its intake pacing,
-  ``datalab.intake.pacing``) is sent again after the wait, as
-  ``datalab.client.Client.push`` does; each delivery's push time is when its
-  receipt came back;
+  ``datalab.intake.pacing``) asks the lab whether it takes it now
+  (``GET .../intake``, no body) after each wait and is sent again once it
+  does, and a pusher's next push under a contract told to wait in the last
+  10 s asks first, as ``datalab.client.Client.push`` does
+  (``--resend-bodies``: sent again after each wait without asking); each
+  delivery's push time is when its receipt came back;
 * a separate processing process runs ``pipelines.runner.run_pending()`` in a
   loop, as the sensor would launch the runs (a contract's pending deliveries
   in runs of up to ``DATALAB_RUN_BATCH``; set it to 1 for a run per delivery), and records the moment each
@@ -186,19 +189,48 @@ def make_files(chosen: dict[str, Any], n: int, rows: int, dst: Path, first_seed:
     return out
 
 
-def push_one(client: httpx.Client, c: Any, path: Path) -> tuple[int, dict[str, Any] | str, int]:
-    """One push until it is answered other than "wait" (429 with Retry-After: the lab's intake pacing); the waits."""
-    from datalab.client import retry_after
+# Whether a push told to wait asks the lab (GET .../intake, no body) before sending its body again,
+# and so does the next push under that contract, as datalab.client.Client.push does;
+# --resend-bodies turns it off (the client before it asked).
+ASK_FIRST = True
 
+
+def _ask(client: httpx.Client, c: Any) -> int:
+    """Ask the lab until it takes a push under ``c`` (GET .../intake, no body); the waits it asked for."""
     waits = 0
+    while True:
+        a = client.get(f"/v1/provider/contracts/{c.product}/intake", timeout=60)
+        if a.status_code != 200 or a.json().get("open", True):
+            return waits
+        waits += 1
+        time.sleep(int(a.json().get("retry_after_s") or 1))
+
+
+def push_one(client: httpx.Client, c: Any, path: Path, told: dict[str, float]) -> tuple[int, dict[str, Any] | str, int, int]:
+    """One push until it is answered other than "wait" (429 with Retry-After: the lab's intake pacing).
+
+    As ``datalab.client.Client.push``: after a wait, and before the first try
+    under a contract told to wait within ``ASK_FIRST_S`` (``told``: this
+    pusher's memory of that), the lab is asked before the body is sent.
+    Returns (status, receipt or error text, waits, bodies sent and refused).
+    """
+    from datalab.client import ASK_FIRST_S, retry_after
+
+    waits = refused = 0
+    if ASK_FIRST and time.monotonic() - told.get(c.id, -ASK_FIRST_S) < ASK_FIRST_S:
+        waits += _ask(client, c)
     while True:
         r = client.post(f"/v1/provider/contracts/{c.product}/deliveries",
                         files=[("file", (path.name, path.read_bytes(), "text/csv"))],
                         headers={"Idempotency-Key": f"bench-{path.stem}"}, timeout=300)
         if (delay := retry_after(r)) is None:
-            return r.status_code, (r.json() if r.status_code in (200, 201) else r.text[:300]), waits
+            return r.status_code, (r.json() if r.status_code in (200, 201) else r.text[:300]), waits, refused
+        told[c.id] = time.monotonic()
         waits += 1
+        refused += 1
         time.sleep(delay)
+        if ASK_FIRST:
+            waits += _ask(client, c)
 
 
 def push_all(url: str, tokens: dict[str, str], files: list[tuple[Any, Path]], pushers: int) -> dict[str, Any]:
@@ -212,22 +244,23 @@ def push_all(url: str, tokens: dict[str, str], files: list[tuple[Any, Path]], pu
 
     def worker() -> None:
         clients = {t: httpx.Client(base_url=url, headers={"Authorization": f"Bearer {tok}"}) for t, tok in tokens.items()}
+        told: dict[str, float] = {}  # contract -> when this pusher was last told to wait
         try:
             while True:
                 try:
                     c, path = todo.get_nowait()
                 except queue.Empty:
                     return
-                t0, waits = time.time(), 0
+                t0, waits, resent = time.time(), 0, 0
                 try:
-                    status, body, waits = push_one(clients[c.tenant], c, path)
+                    status, body, waits, resent = push_one(clients[c.tenant], c, path, told)
                 except httpx.HTTPError as e:
                     status, body = 0, f"{type(e).__name__}: {e}"
                 t1 = time.time()
                 with lock:
                     if status == 201 and isinstance(body, dict) and body.get("status") == "accepted":
                         pushed.append({"delivery": body["delivery_id"], "contract": c.id, "sent": t0, "receipt": t1,
-                                       "waits": waits})
+                                       "waits": waits, "resent": resent})
                     else:
                         errors.append(f"{path.name}: {status} {body}")
         finally:
@@ -381,6 +414,7 @@ def run(args: argparse.Namespace, base: Path) -> dict[str, Any]:
             "push_p99_s": pct([p["receipt"] - p["sent"] for p in pushed], 99),
             "pushes_asked_to_wait": sum(1 for p in pushed if p["waits"]),
             "waits_asked": sum(p["waits"] for p in pushed),
+            "bodies_refused": sum(p["resent"] for p in pushed),
             "validated": len(validated),
             "validated_passed": sum(1 for v in validated if results[v["delivery"]]["validation_ok"]),
             "suite_failed_contracts": verdict_failed, "failed": len(failed), "failed_samples": failed[:3],
@@ -415,6 +449,8 @@ def main() -> None:
     ap.add_argument("--single", type=int, default=3, help="deliveries then run alone, one at a time, broken down")
     ap.add_argument("--deadline", type=float, default=3600, help="the processing process gives up after this many s")
     ap.add_argument("--json", type=Path, help="also write the summary here")
+    ap.add_argument("--resend-bodies", action="store_true",
+                    help="a push told to wait sends its body again after the wait without asking first (GET .../intake)")
     ap.add_argument("--process", type=Path, help=argparse.SUPPRESS)  # internal: be the processing process
     ap.add_argument("--expect", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -422,6 +458,8 @@ def main() -> None:
         process(args.process, args.expect, args.deadline)
         return
     os.environ.setdefault("DATALAB_ENGINE", "cpu")
+    global ASK_FIRST
+    ASK_FIRST = not args.resend_bodies
     base = Path(tempfile.mkdtemp(prefix="datalab-small-"))
     try:
         out = run(args, base)
@@ -430,7 +468,8 @@ def main() -> None:
     sus, p95, p95_sent = out["validated_per_s"], out["latency_p95_s"], out["sent_to_validated_p95_s"]
     print(f"pushed {out['pushed']}/{out['deliveries']} in {out['push_seconds']} s ({out['pushes_per_s']}/s, "
           f"push p50 {out['push_p50_s']} s, p99 {out['push_p99_s']} s, {out['push_errors']} errors; "
-          f"{out['pushes_asked_to_wait']} asked to wait by the lab's intake pacing, {out['waits_asked']} waits)")
+          f"{out['pushes_asked_to_wait']} asked to wait by the lab's intake pacing, {out['waits_asked']} waits, "
+          f"{out['bodies_refused']} bodies sent and refused)")
     print(f"validated {out['validated']} ({out['validated_passed']} passed the suite; failing: "
           f"{out['suite_failed_contracts'] or 'none'}; failed {out['failed']}, not run {out['not_run']}) in "
           f"{out['seconds_first_push_to_last_validated']} s from the first push: {sus} deliveries/s sustained "

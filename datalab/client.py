@@ -36,6 +36,9 @@ RETRIES = 3
 # How long a push keeps answering the lab's "wait" (429 with Retry-After: its
 # rate limit, or its intake pacing while its runs catch up) before giving up.
 BUSY_WAIT_S = 900.0
+# For this long after the lab asked a push under a contract to wait, the next push under it asks
+# first (GET .../intake) instead of sending its body to hear the same: about the lab's LIVE_S.
+ASK_FIRST_S = 10.0
 
 
 class RemoteError(DatalabError):
@@ -124,6 +127,7 @@ class Client:
         self.url = url.rstrip("/")
         self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=10.0),
                                  headers={"Authorization": f"Bearer {token}", "User-Agent": "datalab-cli"})
+        self._told_to_wait: dict[str, float] = {}  # contract -> when a push under it last heard 429
 
     def close(self) -> None:
         self.http.close()
@@ -159,8 +163,12 @@ class Client:
         Retried with the same Idempotency-Key on network errors, and after
         the lab's Retry-After when it answers 429 (its rate limit, or its
         intake pacing while the contract's runs catch up: nothing was
-        stored), for at most ``busy_wait_s`` seconds; ``on_wait`` hears each
-        wait (the lab's message, the seconds). Past that, the 429 is raised.
+        stored), for at most ``busy_wait_s`` seconds; before the body is
+        sent again the lab is asked whether it takes the push now
+        (:meth:`_wait_for_intake`), so a wait costs a question, not an
+        upload; so does the first try of a push under a contract whose last
+        push was told to wait less than ``ASK_FIRST_S`` ago. ``on_wait`` hears each wait (the lab's message, the
+        seconds). Past that, the 429 is raised.
         """
         items = [(f if isinstance(f, tuple) else (Path(f).name, Path(f))) for f in files]
         for _, p in items:
@@ -169,6 +177,8 @@ class Client:
         key = idempotency_key or uuid.uuid4().hex
         deadline = time.monotonic() + busy_wait_s
         failures = 0
+        if time.monotonic() - self._told_to_wait.get(contract, -ASK_FIRST_S) < ASK_FIRST_S:
+            self._wait_for_intake(contract, deadline, on_wait)  # the last push was told to wait: ask first
         while True:
             ctype, length, body = _multipart([(n, Path(p)) for n, p in items], progress)
             try:
@@ -183,12 +193,47 @@ class Client:
                 time.sleep(0.5 * 2 ** (failures - 1))
                 continue
             delay = retry_after(r)
+            if delay is not None:
+                self._told_to_wait[contract] = time.monotonic()
             if delay is not None and time.monotonic() + delay <= deadline:
                 if on_wait:
                     on_wait(_message(r), delay)
                 time.sleep(delay)
+                self._wait_for_intake(contract, deadline, on_wait)
                 continue
             return receipt_from_dict(self._check(r).json())
+
+    def _wait_for_intake(self, contract: str, deadline: float, on_wait: Callable[[str, int], None] | None) -> None:
+        """After a 429, ask the lab whether it takes the push now before sending the body again.
+
+        A refused push has sent its whole body; asking first
+        (``GET .../intake``, no body) spares sending it again for every
+        second the contract's runs still need. Returns when the answer is
+        open, when the lab has no such question (an older lab: 404) or
+        answers anything else, and at the deadline; the push then follows
+        and is paced as any other.
+        """
+        while time.monotonic() < deadline:
+            try:
+                r = self.http.get(f"/v1/provider/contracts/{contract}/intake")
+            except httpx.TransportError:
+                return
+            delay = retry_after(r)  # the rate limit's 429, asked too often
+            if delay is None and r.status_code == 200:
+                body = r.json()
+                if body.get("open", True):
+                    return
+                delay = int(body.get("retry_after_s") or 1)
+                message = str(body.get("reason") or "")
+            elif delay is not None:
+                message = _message(r)
+            else:
+                return
+            if time.monotonic() + delay > deadline:
+                return
+            if on_wait:
+                on_wait(message, delay)
+            time.sleep(delay)
 
     def receipts(self, status: str | None = None, contract: str | None = None,
                  limit: int | None = None, offset: int = 0) -> list[Receipt]:

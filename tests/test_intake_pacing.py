@@ -12,6 +12,7 @@ import datetime as dt
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,7 @@ def test_a_contract_waits_only_while_its_processing_runs_and_is_behind(
 # --- the service ----------------------------------------------------------------------------------------------
 
 PUSH = "/v1/provider/contracts/spindle-telemetry/deliveries"
+INTAKE = "/v1/provider/contracts/spindle-telemetry/intake"
 
 
 @pytest.mark.slow
@@ -120,6 +122,16 @@ def test_the_service_asks_a_push_to_wait_and_the_client_pushes_again(published_t
         msg = refused.json()["error"]
         assert SPINDLE in msg and "2 accepted deliveries wait" in msg and "DATALAB_INTAKE_MAX_WAITING" in msg, msg
         assert len(receipts()) == before  # nothing stored, no receipt
+        # The question before a body is sent again: the same rule, no body, not a refusal.
+        with lab.as_("firm-a") as c:
+            asked = c.get(INTAKE)
+        assert asked.status_code == 200 and asked.headers["Retry-After"] == "1", asked.text
+        body = asked.json()
+        assert body["open"] is False and body["waiting"] == 2 and body["bound"] == 2 and body["reason"] == msg
+        with lab.as_("firm-b") as c:  # another firm's contract does not exist for it
+            assert c.get(INTAKE).status_code == 404
+        with lab.as_("firm-a-ro") as c:  # a token that cannot push has nothing to ask
+            assert c.get(INTAKE).status_code == 403
         staging = lab.home / "staging" / "http"
         assert not any(p.is_file() for p in staging.rglob("*")) if staging.exists() else True
         # A push again of one already landed stores nothing new: its receipt, not a wait.
@@ -139,20 +151,37 @@ def test_the_service_asks_a_push_to_wait_and_the_client_pushes_again(published_t
             t = threading.Thread(target=lambda: got.append(client.push("spindle-telemetry", [files[3]],
                                                                        on_wait=on_wait)))
             t.start()
-            assert waited.wait(30), "the client was never asked to wait"
+            # Told to wait by its push, then at least once more by the question it asks before
+            # sending the body again (GET .../intake), and only then do the runs catch up.
+            deadline = time.monotonic() + 30
+            while len(heard) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(heard) >= 2, heard
             end(second.json()["delivery_id"])
             t.join(60)
-        assert not t.is_alive() and got and got[0].accepted, got
-        assert heard and heard[0][1] == 1 and SPINDLE in heard[0][0]
-        assert len(receipts()) == before + 1
+            assert not t.is_alive() and got and got[0].accepted, got
+            assert heard and heard[0][1] == 1 and SPINDLE in heard[0][0]
+            assert len(receipts()) == before + 1
+            # The contract is at its bound again (the third and the client's wait). Told to wait a
+            # moment ago, the same client asks before its next push instead of sending the body.
+            heard.clear()
+            t = threading.Thread(target=lambda: got.append(client.push(
+                "spindle-telemetry", [sample_file(SPINDLE, tmp_path, 200, 15)], on_wait=on_wait)))
+            t.start()
+            deadline = time.monotonic() + 30
+            while not heard and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert heard, "the client did not wait"
+            end(third.json()["delivery_id"])
+            t.join(60)
+        assert not t.is_alive() and len(got) == 2 and got[1].accepted, got
+        assert len(receipts()) == before + 2
 
         # Past its patience, the client gives up with the lab's answer.
-        end(third.json()["delivery_id"])
-        with use_lab(lab.home, lab.contracts):  # fill the contract to its bound again
+        with use_lab(lab.home, lab.contracts):
             cs = settings()
             waiting = state.backlog(SPINDLE, dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5), cs).waiting
-        assert waiting == 1  # the client's push
-        assert push(sample_file(SPINDLE, tmp_path, 200, 15), "k5").status_code == 201
+        assert waiting == 2  # the client's two pushes: at the bound
         from datalab.errors import DatalabError
 
         with Client(lab.server.url, lab.tokens["firm-a"]) as client, pytest.raises(DatalabError) as e:
@@ -195,7 +224,10 @@ def test_the_service_asks_a_push_to_wait_and_the_client_pushes_again(published_t
             entries = cat.Catalog(settings().catalog_url).audit_entries()
         summaries = [e for e in entries if e.action == "ratelimit" and e.subject == "waiting"]
         assert summaries and all(e.actor == f"waiting:{SPINDLE}" for e in summaries), summaries
-        assert sum(e.detail["count"] for e in summaries) >= 1 + len(heard) + 1 + 1  # and the CLI's, once or more
+        # The pushes refused are the test's own, the client's first, the impatient client's and the
+        # CLI's first: every other wait was a question (GET .../intake), which is not a refusal and
+        # sends no body, the client's second push included.
+        assert sum(e.detail["count"] for e in summaries) == 4, summaries
         assert "DATALAB_INTAKE_MAX_WAITING" in summaries[-1].detail["reason"]
 
 

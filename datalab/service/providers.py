@@ -67,6 +67,31 @@ def list_contracts(p: auth.Principal = Depends(firm_read)) -> list[dict[str, Any
     return [_contract_view(c) for c in sorted(contracts(s).values(), key=lambda c: c.id) if c.tenant == p.tenant]
 
 
+# Before the contract's own route: its path parameter would take ".../intake" as a contract name.
+@router.get("/contracts/{ref:path}/intake",
+            summary="Whether a push under the contract would be taken now, or asked to wait (intake pacing)",
+            responses={200: {"description": "open: true, or open: false with Retry-After and the reason"}})
+def intake(ref: str, request: Request, p: auth.Principal = Depends(firm_push)) -> JSONResponse:
+    """The question a client asks before sending a body again after the lab asked it to wait.
+
+    A push refused by the intake's pacing (429) has sent its whole body for
+    nothing; pushing again each second sends it again. This answers the
+    same rule (``datalab.intake.pacing.must_wait``) for no body at all, so
+    a client waits here and sends the body once the answer is open. A
+    question is not a refusal: it is answered 200 either way (``open``
+    false with Retry-After and the reason) and not audited; the push that
+    follows is paced and audited as any other.
+    """
+    s = settings()
+    c = own_contract(request, p, ref, s)
+    wait = pacing.must_wait(c.id, s) if c.status == "active" else None
+    if wait is None:
+        return JSONResponse({"contract": c.id, "open": True})
+    return JSONResponse({"contract": c.id, "open": False, "waiting": wait.waiting, "bound": wait.bound,
+                         "retry_after_s": wait.retry_after_s, "reason": wait.message},
+                        headers={"Retry-After": str(wait.retry_after_s)})
+
+
 @router.get("/contracts/{ref:path}", summary="One of the calling firm's contracts (id, product or tenant/product)")
 def get_contract(ref: str, request: Request, p: auth.Principal = Depends(firm_read)) -> dict[str, Any]:
     return _contract_view(own_contract(request, p, ref, settings()))
