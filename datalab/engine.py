@@ -10,7 +10,6 @@ fallback is always visible in the asset's metadata and the manifest.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import resource
@@ -153,10 +152,15 @@ class Twin:
 
     The published form of a firm that withholds its name (its pseudonyms in
     the provenance columns and in ``entity``: datalab.policy.firm_names) is
-    such a twin of the curated file. Written from the result while it is in
-    memory, it costs one more encoding of the rows, where publishing the
-    firm's rows later cost a read, a decode and that encoding (the
-    measurements are in docs/performance.md, "Why the code is as it is").
+    such a twin of the curated file. A delivery curated in one part writes
+    it from the result while it is in memory (one more encoding of a small
+    frame); one curated in parts gets it as a copy of the finished file
+    with the renamed columns' dictionary pages rewritten
+    (``datalab.parquet_rename``, through :func:`_write_twin`), where a
+    second encoding of every row took a third of the curation's CPU.
+    Publishing the firm's rows without a twin cost a read, a decode and an
+    encoding (the measurements are in docs/performance.md, "Why the code
+    is as it is").
     ``rename``: per text column, the function giving each distinct value's
     replacement (called once per value per part; nulls stay null).
     """
@@ -181,6 +185,10 @@ class Twin:
             values = pa.array([fn(v) for v in enc.dictionary.to_pylist()], pa.string())
             tbl = tbl.set_column(i, name, pa.DictionaryArray.from_arrays(enc.indices, values))
         return tbl
+
+    def renames(self) -> dict[str, Callable[[str], str]]:
+        """Per column, each value's replacement in the twin: the renamed columns and the constants' new values."""
+        return {**self.rename, **{k: (lambda _v, new=v: new) for k, v in self.constants.items()}}
 
     def frame(self, df: pl.DataFrame) -> pl.DataFrame:
         """The twin of one result frame (Polars), with its constants."""
@@ -314,7 +322,7 @@ class Engine:
         the one being written (``_PartWriter``). The run counts as GPU only
         if every part ran there; the first fallback reason is kept.
         ``constants`` and ``on_result`` (called for each part, in order) as
-        for :meth:`sink_parquet`; the ``twin``'s parts are written on a thread of their own.
+        for :meth:`sink_parquet`; the ``twin`` is made from the finished file (:func:`_write_twin`).
         """
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".parquet.tmp")
@@ -323,9 +331,7 @@ class Engine:
         runs: list[EngineRun] = []
         mw = MemoryWatch().__enter__()
         try:
-            with _PartWriter(tmp, constants or {}) as writer, \
-                    _PartWriter(twin.tmp, twin.constants, twin.arrow) if twin is not None \
-                    else contextlib.nullcontext() as twin_writer:
+            with _PartWriter(tmp, constants or {}) as writer:
                 for lf in plans:
                     df, r = self.collect(lf)
                     runs.append(r)
@@ -337,9 +343,9 @@ class Engine:
                     # same (plain UTF-8 columns).
                     tbl = df.to_arrow(compat_level=pl.CompatLevel.newest())
                     writer.put(tbl)
-                    if twin_writer is not None:
-                        twin_writer.put(tbl)
                     del df, tbl
+            if twin is not None:
+                _write_twin(tmp, twin, set(constants or {}))
         except BaseException:
             for t in tmps:
                 t.unlink(missing_ok=True)
@@ -381,6 +387,31 @@ def parquet_encodings(schema: Any) -> dict[str, Any]:
         elif not pa.types.is_boolean(f.type):
             dictionary.append(f.name)
     return {"use_dictionary": dictionary, "column_encoding": delta}
+
+
+def _write_twin(path: Path, twin: Twin, constants: set[str]) -> None:
+    """The twin of the finished file ``path``: its dictionary pages renamed, or (where that cannot be) its rows rewritten.
+
+    The rows of a part file are dictionary-encoded text where the twin
+    differs (``parquet_rename``): renaming the dictionaries costs
+    milliseconds where encoding every row a second time took a third of a
+    large curation's CPU (docs/performance.md). A file the renaming does not
+    take (a machine id column that outgrew its dictionary) is read back part
+    by part and written the twin's way, as before.
+    """
+    from datalab import parquet_rename
+
+    try:
+        parquet_rename.renamed_copy(path, twin.tmp, twin.renames())
+        return
+    except parquet_rename.NotRenamable:
+        pass
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(path)
+    with _PartWriter(twin.tmp, twin.constants, twin.arrow) as out:
+        for i in range(f.metadata.num_row_groups):
+            out.put(f.read_row_group(i).drop_columns([c for c in constants if c in f.schema_arrow.names]))
 
 
 class _PartWriter:
