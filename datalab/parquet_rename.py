@@ -313,8 +313,17 @@ def renamed_copy(src_path: Path, dst_path: Path, rename: dict[str, Callable[[str
 
     Every other byte of the rows is copied as it is. Raises
     :class:`NotRenamable` (and leaves no ``dst_path``) for a file it does
-    not rewrite (see the module's docstring).
+    not rewrite (see the module's docstring), a damaged one included;
+    errors of the disk (``OSError``) are raised as they are.
     """
+    try:
+        _renamed_copy(src_path, dst_path, rename)
+    except (IndexError, KeyError, TypeError, struct.error, RecursionError, UnicodeError) as e:
+        dst_path.unlink(missing_ok=True)
+        raise NotRenamable(f"{src_path.name}: cannot be read as the writer writes it ({type(e).__name__}: {e})") from e
+
+
+def _renamed_copy(src_path: Path, dst_path: Path, rename: dict[str, Callable[[str], str]]) -> None:
     meta, footer_at = read_footer(src_path)
     names = {b".".join(_get(_get(c, 3), 3)[1]).decode("utf-8") for rg in _get(meta, 4)[1][:1] for c in _get(rg, 1)[1]}
     if missing := sorted(set(rename) - names):

@@ -150,6 +150,16 @@ def test_what_it_does_not_rewrite_is_refused_before_anything_is_left(tmp_path: P
     junk = tmp_path / "junk.parquet"
     junk.write_bytes(b"PAR1" + b"\xff" * 64 + (40).to_bytes(4, "little") + b"PAR1")
     _refused(junk, dst)
+    # a footer cut short, or its bytes flipped: refused, never another error
+    raw = good.read_bytes()
+    n = int.from_bytes(raw[-8:-4], "little")
+    footer_at = len(raw) - 8 - n
+    for k, damage in enumerate((lambda f: f[: len(f) // 2], lambda f: bytes(b ^ 0x5A for b in f),
+                                lambda f: f[:10] + b"\x0c" * (len(f) - 10))):
+        bad = tmp_path / f"bad{k}.parquet"
+        footer = damage(raw[footer_at:-8])
+        bad.write_bytes(raw[:footer_at] + footer + len(footer).to_bytes(4, "little") + b"PAR1")
+        _refused(bad, dst)
 
 
 def test_a_file_it_refuses_still_gets_its_twin_the_slow_way(tmp_path: Path) -> None:
