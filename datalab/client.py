@@ -163,12 +163,13 @@ class Client:
         Retried with the same Idempotency-Key on network errors, and after
         the lab's Retry-After when it answers 429 (its rate limit, or its
         intake pacing while the contract's runs catch up: nothing was
-        stored), for at most ``busy_wait_s`` seconds; before the body is
+        stored), for at most ``busy_wait_s`` seconds. Before the body is
         sent again the lab is asked whether it takes the push now
         (:meth:`_wait_for_intake`), so a wait costs a question, not an
-        upload; so does the first try of a push under a contract whose last
-        push was told to wait less than ``ASK_FIRST_S`` ago. ``on_wait`` hears each wait (the lab's message, the
-        seconds). Past that, the 429 is raised.
+        upload; so is the first try of a push under a contract whose last
+        push was told to wait less than ``ASK_FIRST_S`` ago. ``on_wait``
+        hears each wait (the lab's message, the seconds). Past that, the
+        429 is raised.
         """
         items = [(f if isinstance(f, tuple) else (Path(f).name, Path(f))) for f in files]
         for _, p in items:
@@ -204,9 +205,10 @@ class Client:
             return receipt_from_dict(self._check(r).json())
 
     def _wait_for_intake(self, contract: str, deadline: float, on_wait: Callable[[str, int], None] | None) -> None:
-        """After a 429, ask the lab whether it takes the push now before sending the body again.
+        """Ask the lab whether it takes a push under ``contract`` now, before a body is sent (again).
 
-        A refused push has sent its whole body; asking first
+        Asked after a 429, and before the first try when the contract's last
+        push was told to wait. A refused push has sent its whole body; asking first
         (``GET .../intake``, no body) spares sending it again for every
         second the contract's runs still need. Returns when the answer is
         open, when the lab has no such question (an older lab: 404) or

@@ -396,8 +396,8 @@ def _write_twin(path: Path, twin: Twin, constants: set[str]) -> None:
     differs (``parquet_rename``): renaming the dictionaries costs
     milliseconds where encoding every row a second time took a third of a
     large curation's CPU (docs/performance.md). A file the renaming does not
-    take (a machine id column that outgrew its dictionary) is read back part
-    by part and written the twin's way, as before.
+    take (a machine id column that outgrew its dictionary) is read back row
+    group by row group and written the twin's way, as before.
     """
     from datalab import parquet_rename
 
