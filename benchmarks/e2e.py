@@ -47,6 +47,12 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_s() -> float:
+    """This process's CPU time so far, user and system, all threads (Polars', the writers')."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def run_datalab(path: Path | list[Path]) -> dict:
     from datalab.config import settings
     from datalab.contracts import contract
@@ -58,10 +64,16 @@ def run_datalab(path: Path | list[Path]) -> dict:
     s = settings()
     c = contract.load_all(s.contracts_dir)[SPINDLE]
     stages: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # CPU seconds of the process (all its threads) per stage
+    cpu_at = [cpu_s()]
 
     def done(stage: str, t0: float) -> None:
         stages[stage] = time.perf_counter() - t0
-        print(f"  datalab {stage}: {stages[stage]:.2f} s (peak RSS so far {rss_mb():,.0f} MB)", file=sys.stderr, flush=True)
+        now = cpu_s()
+        cpu[stage], cpu_at[0] = now - cpu_at[0], now
+        cores = cpu[stage] / stages[stage] if stages[stage] > 0 else 0.0
+        print(f"  datalab {stage}: {stages[stage]:.2f} s, {cpu[stage]:.2f} s of CPU ({cores:.1f} cores; "
+              f"peak RSS so far {rss_mb():,.0f} MB)", file=sys.stderr, flush=True)
 
     t = time.perf_counter()
     rec = landing.push(c, list(path) if isinstance(path, list) else [path])
@@ -89,7 +101,7 @@ def run_datalab(path: Path | list[Path]) -> dict:
     t = time.perf_counter()
     res = publish.publish("bench")
     done("publish", t)
-    return {"rows": st.rows_out, "stages": stages, "validation_ok": rep.success, "version": res.version}
+    return {"rows": st.rows_out, "stages": stages, "cpu_stages": cpu, "validation_ok": rep.success, "version": res.version}
 
 
 def run_polars(path: Path | list[Path], out: Path) -> dict:
@@ -198,6 +210,8 @@ def main() -> None:
     st = results["datalab"]["stages"]
     total = sum(st.values())
     print("\ndatalab stages: " + ", ".join(f"{k} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in st.items()))
+    cpu = results["datalab"].get("cpu_stages") or {}
+    print("datalab CPU:    " + ", ".join(f"{k} {v:.1f} s" for k, v in cpu.items()) + f"; {sum(cpu.values()):.1f} s in all")
     print(f"validation passed: {results['datalab']['validation_ok']}; version {results['datalab']['version']}")
 
 

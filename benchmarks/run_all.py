@@ -99,6 +99,7 @@ def _datalab_worker(path: Path) -> dict[str, Any]:
         "flags": {k: v for k, v in st.items() if k.startswith("flag_")},
         "validation": {"success": res["validation_ok"]},
         "stages": {k: round(v, 4) for k, v in res["stages"].items()},
+        "cpu_stages": {k: round(v, 3) for k, v in res.get("cpu_stages", {}).items()},
         "seconds": round(wall, 4),
         "engine": st.get("engine"),
         "version": res["version"],
@@ -221,6 +222,9 @@ def table(size: dict) -> str:
         total = sum(d["stages"].values())
         lines.append(f"datalab: validation {100 * d['stages'].get('validate', 0) / total:.0f} % of the staged time; "
                      f"engine {(d.get('engine') or {}).get('device', '?')}")
+        if cpu := d.get("cpu_stages"):
+            lines.append("datalab CPU seconds (all threads): " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+                         + f"; {sum(cpu.values()):.1f} in all, {sum(cpu.values()) / total:.1f} cores on average")
     g = size["results"].get("datalab-gpu")
     if g and "error" not in g and "not_available" not in g:
         eng = g.get("engine") or {}

@@ -237,7 +237,8 @@ def test_idle_workers_are_stopped_and_started_again_when_needed(lab: Path, tmp_p
     assert not any(_alive(p) for p in pids)
     monkeypatch.setenv("DATALAB_LOCAL_RUNS", "2")
     ds = _push(contracts, tmp_path, SPINDLE, 1) + _push(contracts, tmp_path, PRESS, 1)
-    assert sorted(r.delivery_id for r in runner.run_pending() if r.validation_ok) == sorted(ds)
+    got = runner.run_pending()
+    assert sorted(r.delivery_id for r in got if r.validation_ok) == sorted(ds), got  # (the runs' messages, if not)
 
 
 def _warmth() -> tuple[int, str | None]:
