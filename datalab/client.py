@@ -222,7 +222,10 @@ class Client:
                 return
             delay = retry_after(r)  # the rate limit's 429, asked too often
             if delay is None and r.status_code == 200:
-                body = r.json()
+                try:
+                    body = r.json()
+                except ValueError:  # not the lab's answer (a proxy's page): the push says what it is
+                    return
                 if body.get("open", True):
                     return
                 delay = int(body.get("retry_after_s") or 1)

@@ -435,11 +435,12 @@ ESTIMATE_MARGIN = 0.03
 def _duplicate_warnings(contract: Contract, raw: Path, keys: pl.DataFrame | None = None) -> list[str]:
     """The receipt's warning when the delivery's rows repeat keys past the contract's max_duplicate_share.
 
-    Counted on the raw table the push just wrote (one streaming group-by on
-    the key), so the firm learns at once that curation would remove or flag
-    that many rows; the suite then fails (validate.lab_rules). ``keys``: the
-    key columns of every row written, where the writer kept them (a small
-    delivery's), counted without reading the file.
+    Counted on the raw table the push just wrote (distinct keys by their
+    hash; a large delivery is screened by an estimate first, below), so the
+    firm learns at once that curation would remove or flag that many rows;
+    the suite then fails (validate.lab_rules). ``keys``: the key columns of
+    every row written, where the writer kept them (a small delivery's),
+    counted without reading the file.
     """
     import polars as pl
 
@@ -448,10 +449,7 @@ def _duplicate_warnings(contract: Contract, raw: Path, keys: pl.DataFrame | None
     rows = keys.height if keys is not None else pl.scan_parquet(raw).select(pl.len()).collect().item()  # from the footer
     if not rows or rows > DUPLICATE_CHECK_MAX_ROWS:
         return []  # curation counts them anyway and adds its warning to the receipt (add_warnings)
-    # Distinct keys by their 64-bit hash: faster than a group-by on the three
-    # columns (measured in docs/performance.md); a collision could
-    # only hide a duplicate, never invent one.
-    distinct = pl.struct(*KEY).hash(seed=23).n_unique()
+    distinct = _key_hash().n_unique()
     if keys is not None:
         found = keys.select(distinct).item()
     elif rows <= SMALL_DELIVERY_ROWS:  # three columns read at once cost less than a streaming query's set-up
@@ -464,8 +462,7 @@ def _duplicate_warnings(contract: Contract, raw: Path, keys: pl.DataFrame | None
         # delivery near or over the share is counted exactly. Should the estimate ever err by
         # more than its margin, the push misses a warning that curation's exact count then adds
         # to the receipt (add_warnings), as it does past DUPLICATE_CHECK_MAX_ROWS.
-        estimate = pl.scan_parquet(raw).select(pl.struct(*KEY).hash(seed=23).approx_n_unique()) \
-            .collect(engine="streaming").item()
+        estimate = pl.scan_parquet(raw).select(_key_hash().approx_n_unique()).collect(engine="streaming").item()
         if rows - estimate / (1 + ESTIMATE_MARGIN) <= contract.curation.max_duplicate_share * rows:
             return []
         found = _distinct_keys(raw)
@@ -474,13 +471,25 @@ def _duplicate_warnings(contract: Contract, raw: Path, keys: pl.DataFrame | None
         if dup / rows > contract.curation.max_duplicate_share else []
 
 
-def _distinct_keys(raw: Path) -> int:
-    """The exact number of distinct keys (entity, time, sensor) in a raw table, by their 64-bit hash, streaming."""
+def _key_hash() -> pl.Expr:
+    """A row's key (entity, time, sensor) as one 64-bit hash.
+
+    Distinct keys are counted by it: faster than a group-by on the three
+    columns (measured in docs/performance.md); a collision could only hide
+    a duplicate, never invent one.
+    """
     import polars as pl
 
     from datalab.contracts.raw_table import KEY
 
-    return pl.scan_parquet(raw).select(pl.struct(*KEY).hash(seed=23).n_unique()).collect(engine="streaming").item()
+    return pl.struct(*KEY).hash(seed=23)
+
+
+def _distinct_keys(raw: Path) -> int:
+    """The exact number of distinct keys in a raw table, streaming."""
+    import polars as pl
+
+    return pl.scan_parquet(raw).select(_key_hash().n_unique()).collect(engine="streaming").item()
 
 
 def _retire_key(catalog: cat.Catalog, delivery_id: str) -> None:

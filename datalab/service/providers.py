@@ -84,7 +84,7 @@ def intake(ref: str, request: Request, p: auth.Principal = Depends(firm_push)) -
     """
     s = settings()
     c = own_contract(request, p, ref, s)
-    wait = pacing.must_wait(c.id, s) if c.status == "active" else None
+    wait = pacing.must_wait(c.id, s)  # the rule the push meets (``_paced``), nothing else
     if wait is None:
         return JSONResponse({"contract": c.id, "open": True})
     return JSONResponse({"contract": c.id, "open": False, "waiting": wait.waiting, "bound": wait.bound,
