@@ -265,6 +265,38 @@ def test_conditioned_expectations_see_only_their_rows_as_gx_does(contracts, lab:
         assert not diff, f"{a.type} [{a.index}]: GX vs fast {diff}"
 
 
+def test_compound_keys_with_missing_values_match_gx_whichever_way_the_repeats_are_found(
+        contracts, lab: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Repeated keys are found by repeated times within a series (fast._repeated_keys), or as one struct
+    where the key has no temporal or integer column: every ``ignore_row_if``, keys with missing entity,
+    sensor or time, repeats of those, and a row condition, the same counts and samples as GX."""
+    c = contracts[SPINDLE]
+    df = curated(c, ["BSW-M01", "BSW-M02"], n=30)
+    i = pl.int_range(pl.len())
+    df = df.with_columns(entity=pl.when(i % 11 == 0).then(None).otherwise(pl.col("entity")),
+                         time=pl.when(i % 13 == 0).then(None).otherwise(pl.col("time")),
+                         sensor=pl.when(i % 17 == 0).then(None).otherwise(pl.col("sensor")))
+    df = pl.concat([df, df.filter((i % 11 == 0) | (i % 13 == 0) | (i % 17 == 0)).head(12), df.slice(40, 5)])
+    on = {"condition_parser": "pandas"}
+    hand = [{"type": "expect_compound_columns_to_be_unique",
+             "kwargs": {"column_list": cols, "ignore_row_if": how, "mostly": 0.5, **extra}}
+            for cols in (["entity", "time", "sensor"], ["time", "entity"], ["entity", "sensor"])
+            for how in ("all_values_are_missing", "any_value_is_missing", "never")
+            for extra in ({}, {"row_condition": 'sensor=="vibration"', **on})]
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    (suites / f"{c.slug}.json").write_text(json.dumps(hand))
+    ours = validate(c, df, run_name="keys-fast", build_docs=False, suites_dir=suites)
+    monkeypatch.setenv("DATALAB_VALIDATE_ENGINE", "gx")
+    theirs = validate(c, df, run_name="keys-gx", build_docs=False, suites_dir=suites)
+    assert ours.engine == "polars" and theirs.engine == "great_expectations"
+    pairs = list(zip(theirs.results, ours.results, strict=True))[-len(hand):]
+    assert any(not a.success for a, _ in pairs) and any(a.success for a, _ in pairs)
+    for a, b in pairs:
+        diff = {k: (getattr(a, k), getattr(b, k)) for k in FIELDS if getattr(a, k) != getattr(b, k)}
+        assert not diff, f"{a.type} {a.kwargs}: GX vs fast {diff}"
+
+
 def test_a_suite_with_an_expectation_only_gx_evaluates_falls_back_to_gx(contracts, lab: Path, tmp_path: Path) -> None:
     c = contracts[SPINDLE]
     df = curated(c, ["BSW-M01"], n=30)
