@@ -86,13 +86,16 @@ def materialize_curated(contract: Contract, context: AssetExecutionContext, lab:
     def one(d: str) -> tuple[dict[str, Any], ValidationReport]:
         path = curate.curated_path(contract, d, s)
         written: list[pl.DataFrame] = []
+        parts = validate.PartSuite.start(contract)
         try:
             with MemoryWatch() as mw:
-                st = curate.curate_delivery(contract, d, engine, s, on_written=written.append)
+                st = curate.curate_delivery(contract, d, engine, s, on_written=written.append,
+                                            on_part=parts.add if parts is not None else None)
                 # A delivery curated in one part is checked in memory (no read of the file it was
-                # just written to); one the suite would validate in chunks is checked from its file.
+                # just written to), and one curated in parts part by part while each was in memory;
+                # one the suite would validate in chunks, or could not take that way, from its file.
                 in_memory = bool(written) and written[0].height <= s.validate_chunk_rows
-                report = suite_report(contract, d, written[0] if in_memory else path, st.to_dict())
+                report = suite_report(contract, d, written[0] if in_memory else path, st.to_dict(), parts)
                 head = written[0].head(PREVIEW_ROWS) if written else None
                 written.clear()
             return curated_metadata(d, st, path, mw.peak_mb, files, head), report

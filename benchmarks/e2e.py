@@ -84,10 +84,12 @@ def run_datalab(path: Path | list[Path]) -> dict:
     done("ingest", t)
     t = time.perf_counter()
     validate.import_in_background(c)  # as the curated asset does: GX (if the suite needs it) imports while the plan runs
-    st = curate.curate_delivery(c, rec.delivery_id)
+    parts = validate.PartSuite.start(c)  # as the curated asset does: the suite on each part while it is in memory
+    st = curate.curate_delivery(c, rec.delivery_id, on_part=parts.add if parts is not None else None)
     done("curate", t)
     t = time.perf_counter()
-    rep = validate.validate(c, curate.curated_path(c, rec.delivery_id, s), run_name=rec.delivery_id, build_docs=False)
+    rep = (parts.report(rec.delivery_id, st.to_dict(), st.rows_out) if parts is not None else None) \
+        or validate.validate(c, curate.curated_path(c, rec.delivery_id, s), run_name=rec.delivery_id, build_docs=False)
     from datalab.store import state
 
     state.set_stage(rec.delivery_id, "validated" if rep.success else "failed", s=s, validation_ok=rep.success, validation=rep.to_dict())

@@ -18,7 +18,7 @@ import polars as pl
 from assets.common import partitions_read_once
 from datalab.config import Settings
 from datalab.contracts.contract import Contract
-from datalab.quality.validate import ValidationReport
+from datalab.quality.validate import PartSuite, ValidationReport
 from datalab.store import state
 
 
@@ -59,15 +59,21 @@ def validated_deliveries(context: dg.AssetExecutionContext, s: Settings,
 
 
 def suite_report(contract: Contract, delivery_id: str, path: Path | pl.DataFrame,
-                 curation_stats: dict[str, Any] | None = None) -> ValidationReport:
+                 curation_stats: dict[str, Any] | None = None, parts: PartSuite | None = None) -> ValidationReport:
     """The suite's report on one curated delivery (its file, or the table as written); nothing recorded yet (``record_verdict``).
 
     ``curation_stats``: the curation's statistics (``CurationStats.to_dict()``)
     for the lab's rules, when the caller has them; else they are read from the
-    delivery's state.
+    delivery's state. ``parts``: the suite already evaluated on the parts of
+    a delivery curated in parts (``validate.PartSuite``); used when it saw
+    every row (``curation_stats`` then needed), else the file is validated.
     """
     from datalab.quality import validate
 
+    if parts is not None and curation_stats is not None:
+        report = parts.report(delivery_id, curation_stats, int(curation_stats["rows_out"]))
+        if report is not None:
+            return report
     return validate.validate(contract, path, run_name=delivery_id, curation_stats=curation_stats)
 
 

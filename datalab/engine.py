@@ -314,7 +314,8 @@ class Engine:
         return EngineRun("cpu", self._cpu_device(), time.perf_counter() - t0, fallback, peak_rss_mb())
 
     def sink_parquet_parts(self, plans: list[pl.LazyFrame], path: Path, constants: dict[str, str] | None = None,
-                           on_result: OnResult | None = None, twin: Twin | None = None) -> EngineRun:
+                           on_result: OnResult | None = None, twin: Twin | None = None,
+                           on_part: OnResult | None = None) -> EngineRun:
         """Run ``plans`` one after the other and write their results, in order, to one Parquet file.
 
         Used for deliveries larger than one curation bucket: at most two
@@ -323,6 +324,10 @@ class Engine:
         if every part ran there; the first fallback reason is kept.
         ``constants`` and ``on_result`` (called for each part, in order) as
         for :meth:`sink_parquet`; the ``twin`` is made from the finished file (:func:`_write_twin`).
+        ``on_part`` sees each part as the file holds it (constants included),
+        after it went to the writer: it runs beside the part's encoding
+        (the suite's evaluation, ``validate.PartSuite``), and the last
+        part's beside the writer's tail instead of after it.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".parquet.tmp")
@@ -343,6 +348,8 @@ class Engine:
                     # same (plain UTF-8 columns).
                     tbl = df.to_arrow(compat_level=pl.CompatLevel.newest())
                     writer.put(tbl)
+                    if on_part is not None:
+                        on_part(df.with_columns(pl.lit(v, pl.String).alias(k) for k, v in (constants or {}).items()))
                     del df, tbl
             if twin is not None:
                 _write_twin(tmp, twin, set(constants or {}))

@@ -631,8 +631,14 @@ def validate(
     t0 = _time.perf_counter()
     with heap.pandas_heap():
         report = _validate(contract, frame, run_name=run_name, build_docs=build_docs, suites_dir=suites_dir)
+    return _with_lab_rules(report, contract, curation_stats, t0)
+
+
+def _with_lab_rules(report: ValidationReport, contract: Contract, curation_stats: dict[str, Any] | None,
+                    t0: float) -> ValidationReport:
+    """The suite's report with the lab's own rules on the curation's counts appended, written (timed from ``t0``)."""
     if curation_stats is None:
-        curation_stats = _curation_stats(run_name)
+        curation_stats = _curation_stats(report.run_name)
     for r in lab_rules(contract, curation_stats):
         report.results.append(replace(r, index=report.evaluated))
         report.evaluated += 1
@@ -771,6 +777,118 @@ def _validate_fast_chunked(contract: Contract, path: Path, chunks: list[Any], sp
     report = _report(contract, specs, results, run_name, rows, None, [note])
     report.engine = ENGINE_POLARS
     return report
+
+
+class PartSuite:
+    """The suite evaluated on each part of a large delivery while curation holds it in memory (fast path).
+
+    A delivery larger than a curation bucket is curated in parts
+    (``Engine.sink_parquet_parts``), and its suite then read the finished
+    file back in chunks of one sensor (:func:`_validate_fast_chunked`): a
+    second decoding of every row and a pass to plan the chunks. Here each
+    part, as it is written, is cut into the runs of one sensor it is sorted
+    in (slices, no copy), and each run is evaluated like a file chunk:
+    chosen and merged by the same functions (``validate_chunks``), so the
+    counts and verdicts are those of the file's chunks. Samples of
+    unexpected values come in the file's row order, as GX lists them on
+    the whole table (the file's chunks listed them sensor by sensor).
+
+    An expectation conditioned on a sensor the delivery does not hold runs,
+    as written, on the first run (as on the first file chunk); its result is
+    kept only if no later part holds that sensor. Anything the fast path
+    does not take (a suite that needs GX, a column it cannot type) leaves
+    ``report`` None: the caller validates the file as before.
+    """
+
+    def __init__(self, contract: Contract, specs: list[ExpectationSpec]):
+        self.contract, self.specs = contract, specs
+        self._kwargs = [sp.kwargs for sp in specs]
+        self._got: list[ExpectationResult] = []
+        self._if_absent: dict[str | None, list[ExpectationResult]] = {}  # from the first run, by condition sensor
+        self._seen: set[str | None] = set()
+        self.rows = 0
+        self.runs = 0
+        self.seconds = 0.0
+        self.broken: str | None = None
+
+    @classmethod
+    def start(cls, contract: Contract, suites_dir: Path | None = None) -> PartSuite | None:
+        """A part suite for ``contract``, or None where only the file can be validated (GX, unmergeable or unsplittable suites)."""
+        if settings().validate_engine != "fast" or not kind_of(contract).validate_in_chunks:
+            return None
+        specs = _suite_for(contract) + load_handwritten(contract, suites_dir)
+        if not (fast.may_evaluate(specs) and all(validate_chunks.mergeable(sp.type, sp.kwargs) for sp in specs)
+                and validate_chunks.splittable_by_time(specs)):  # a long series' time chunks are parts of their own
+            return None
+        return cls(contract, specs)
+
+    def add(self, part: pl.DataFrame) -> None:
+        """Evaluate one part (the rows as the file holds them, in its order); an error makes ``report`` None."""
+        if self.broken is not None:
+            return
+        t0 = _time.perf_counter()
+        try:
+            for run in _sensor_runs(part):
+                self._evaluate(run)
+        except Exception as e:  # the file is validated instead, which reports it
+            self.broken = f"{type(e).__name__}: {e}"
+            log.info("suite %s: parts not evaluated in memory (%s); the file is validated", self.contract.slug, self.broken)
+        self.seconds += _time.perf_counter() - t0
+
+    def _evaluate(self, rows: pl.DataFrame) -> None:
+        import polars as pl
+
+        sensor = rows.get_column("sensor")[0]
+        chunk = validate_chunks.Chunk(pl.lit(True), sensor)
+        first = self.runs == 0
+        # The first run also runs what is conditioned on every other sensor, as written (kept if none holds it).
+        chosen = validate_chunks.chunk_suite(self._kwargs, chunk, {sensor} if not first else set(), first)
+        self.runs += 1
+        self.rows += rows.height
+        self._seen.add(sensor)
+        if not chosen:
+            return
+        run = list(self.specs)
+        for i, kw in chosen:
+            run[i] = replace(self.specs[i], kwargs=kw)
+        results, _ = fast.evaluate(run, rows, [i for i, _ in chosen], record_as=self.specs)
+        for r in results:
+            other = validate_chunks.condition_sensor(self._kwargs[r.index])
+            if first and other is not None and other != sensor and "row_condition" in run[r.index].kwargs:
+                self._if_absent.setdefault(other, []).append(r)
+            else:
+                self._got.append(r)
+
+    def report(self, run_name: str, curation_stats: dict[str, Any] | None, rows_out: int) -> ValidationReport | None:
+        """The delivery's report (lab rules included, written), or None if the parts seen are not its ``rows_out`` rows."""
+        if self.broken is not None or self.runs == 0 or self.rows != rows_out:
+            return None
+        t0 = _time.perf_counter() - self.seconds
+        got = self._got + [r for sensor, rs in self._if_absent.items() if sensor not in self._seen for r in rs]
+        results = [r.with_message() for r in validate_chunks.merge_by_index(got)]
+        if len(results) != len(self.specs):
+            return None
+        note = (f"validated by Polars (datalab.quality.fast) on the curated parts while in memory, in {self.runs} runs "
+                "of one sensor, results merged exactly as Great Expectations' chunks are; Data Docs are not rebuilt "
+                "(DATALAB_VALIDATE_ENGINE=gx rebuilds them)")
+        report = _report(self.contract, self.specs, results, run_name, self.rows, None, [note])
+        report.engine = ENGINE_POLARS
+        return _with_lab_rules(report, self.contract, curation_stats, t0)
+
+
+def _sensor_runs(part: pl.DataFrame) -> list[pl.DataFrame]:
+    """The part's rows of each sensor: slices where each sensor's rows are one run (a curated part is sorted so), else filters."""
+    import polars as pl
+
+    runs = part.get_column("sensor").rle()
+    if runs.struct.field("value").n_unique() == runs.len():
+        out, at = [], 0
+        for n in runs.struct.field("len").to_list():
+            out.append(part.slice(at, n))
+            at += n
+        return out
+    return [part.filter(pl.col("sensor").eq_missing(pl.lit(v, pl.String)))
+            for v in part.get_column("sensor").unique(maintain_order=True).to_list()]
 
 
 def _suite_for(contract: Contract) -> list[ExpectationSpec]:

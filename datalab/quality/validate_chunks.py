@@ -201,8 +201,14 @@ def merge(chunks: list[list[ExpectationResult]]) -> list[ExpectationResult]:
 
 
 def _merge_one(parts: list[ExpectationResult]) -> ExpectationResult:
-    """One result from the same expectation's results on every chunk (its message is the caller's to rewrite)."""
+    """One result from the same expectation's results on every chunk (its message is the caller's to rewrite).
+
+    A result only one chunk gave is that chunk's, as GX gave it (e.g. a
+    percentage of no rows is None there, where a merge of several says 0).
+    """
     first = parts[0]
+    if len(parts) == 1:
+        return first
     errors = [p.exception for p in parts if p.exception]
     if errors:
         return replace(first, exception=errors[0], success=False)

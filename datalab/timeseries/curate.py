@@ -860,13 +860,14 @@ def read_delivery(contract: Contract, delivery_id: str, scratch: Path, s: Settin
 
 
 def run_plans(contract: Contract, inp: DeliveryInput, engine: Engine, out: Path, cap: int,
-              on_result: OnResult, twin: Twin | None = None, on_written: OnResult | None = None) -> PlanRun:
+              on_result: OnResult, twin: Twin | None = None, on_written: OnResult | None = None,
+              on_part: OnResult | None = None) -> PlanRun:
     """Curate the delivery into ``out``: one plan when it fits a bucket of ``cap`` rows, else one per bucket.
 
     ``on_result`` sees each part while it is in memory (``Profile.add``), so
     the file is counted without being read back. ``twin``: the delivery's
     published form (:class:`PublishedForm`), written from the same parts.
-    ``on_written``: see :func:`curate_delivery`.
+    ``on_written``, ``on_part``: see :func:`curate_delivery`.
     """
     joins_only = engine.tries_gpu()
     if inp.rows_kept <= cap:
@@ -874,7 +875,7 @@ def run_plans(contract: Contract, inp: DeliveryInput, engine: Engine, out: Path,
         run = engine.sink_parquet(plan, out, _provenance_of(contract, inp), on_result=on_result, twin=twin,
                                   on_written=on_written)
         return PlanRun(run, buckets=1, long_series={"series": 0, "chunks": 0})
-    return _run_buckets(contract, inp, engine, out, cap, joins_only, on_result, twin)
+    return _run_buckets(contract, inp, engine, out, cap, joins_only, on_result, twin, on_part)
 
 
 def _provenance_of(contract: Contract, inp: DeliveryInput) -> dict[str, str]:
@@ -883,7 +884,7 @@ def _provenance_of(contract: Contract, inp: DeliveryInput) -> dict[str, str]:
 
 
 def _run_buckets(contract: Contract, inp: DeliveryInput, engine: Engine, out: Path, cap: int, joins_only: bool,
-                 on_result: OnResult, twin: Twin | None = None) -> PlanRun:
+                 on_result: OnResult, twin: Twin | None = None, on_part: OnResult | None = None) -> PlanRun:
     """A delivery larger than a bucket: its series in buckets of at most ``cap`` rows, each its own plan.
 
     A series longer than a bucket is cut by time (long_series); the one-key
@@ -907,7 +908,8 @@ def _run_buckets(contract: Contract, inp: DeliveryInput, engine: Engine, out: Pa
             plans += long_series_plans(contract, rows, r, cap, inp.watermarks, inp.pseudonyms, order, joins_only,
                                        engine, scratch / str(i))
         long_info = {"series": long.height, "chunks": len(plans) - len(keys)}
-        run = engine.sink_parquet_parts(plans, out, _provenance_of(contract, inp), on_result=on_result, twin=twin)
+        run = engine.sink_parquet_parts(plans, out, _provenance_of(contract, inp), on_result=on_result, twin=twin,
+                                        on_part=on_part)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(parts_dir, ignore_errors=True)
@@ -1000,7 +1002,8 @@ def _record_curated(delivery_id: str, stats: CurationStats, receipt: receipts.Re
 
 
 def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None = None,
-                    s: Settings | None = None, on_written: OnResult | None = None) -> CurationStats:
+                    s: Settings | None = None, on_written: OnResult | None = None,
+                    on_part: OnResult | None = None) -> CurationStats:
     """Curate one ingested delivery; writes the curated Parquet and returns its counts (stored as ``to_dict()``).
 
     The steps: read the delivery and what its plans join (``read_delivery``),
@@ -1014,6 +1017,8 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
     ``on_written`` is handed the curated table as written, when it was
     curated in one part (at most a bucket of rows): the suite check that
     follows evaluates it in memory instead of reading the file back.
+    ``on_part`` is handed each part of a delivery curated in parts, as the
+    file holds it, in order (``validate.PartSuite.add``).
     """
     s = s or settings()
     engine = engine or Engine()
@@ -1026,7 +1031,7 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
         counted = Profile()
         form = PublishedForm.of(contract, inp.receipt.contract_version, inp.rows_kept, out, s)
         ran = run_plans(contract, inp, engine, out, s.curate_bucket_rows, counted.add, form.twin if form else None,
-                        on_written)
+                        on_written, on_part)
     scratch_raw.unlink(missing_ok=True)
     prof = counted.result(out)
     _record_watermarks(contract, delivery_id, inp.receipt.received_at, counted.watermarks(), s)
