@@ -163,3 +163,28 @@ def test_the_curated_asset_checks_a_delivery_in_parts_from_memory(lab: Path, tmp
         assert state.get(d)["stats"]["curated"]["series_buckets"] > 1
         assert "curated parts" in saved["notes"][0], saved["notes"]
         assert saved["rows"] == state.get(d)["stats"]["curated"]["rows_out"]
+
+
+def test_neighbours_are_compared_only_where_equal_keys_are_neighbours(lab: Path, tmp_path: Path, contracts) -> None:
+    """The key check by neighbours (a curated run) gives the window's counts and samples; shuffled, or with a
+    missing key value, the run is not taken for grouped and the window decides."""
+    from datalab.quality import fast
+
+    c = contracts[SPINDLE]
+    d = _push(c, tmp_path, sample.Defects(key_duplicates=0.03, spikes=0.01), seed=11)
+    curate.curate_delivery(c, d)
+    df = pl.read_parquet(curate.curated_path(c, d, settings()))
+    run = df.filter(pl.col("sensor") == df.get_column("sensor")[0])
+    specs = [s for s in validate._suite_for(c) if s.type == "expect_compound_columns_to_be_unique"]
+    assert specs and set(specs[0].kwargs["column_list"]) == validate.SERIES_KEY
+    assert validate._grouped_by_series(run)
+    by_window, _ = fast.evaluate(specs, run)
+    by_neighbours, _ = fast.evaluate(specs, run, grouped_by=validate.SERIES_KEY)
+    assert by_window[0].unexpected_count > 0
+    assert by_window == by_neighbours
+    shuffled = run.sample(fraction=1.0, shuffle=True, seed=1)
+    assert not validate._grouped_by_series(shuffled)
+    holed = run.with_columns(time=pl.when(pl.int_range(pl.len()) == 5).then(None).otherwise(pl.col("time")))
+    assert not validate._grouped_by_series(holed)
+    # the hint is not taken where a key column holds a null, even if a caller gives it
+    assert fast.evaluate(specs, holed, grouped_by=validate.SERIES_KEY)[0] == fast.evaluate(specs, holed)[0]

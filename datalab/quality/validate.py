@@ -851,7 +851,8 @@ class PartSuite:
         run = list(self.specs)
         for i, kw in chosen:
             run[i] = replace(self.specs[i], kwargs=kw)
-        results, _ = fast.evaluate(run, rows, [i for i, _ in chosen], record_as=self.specs)
+        results, _ = fast.evaluate(run, rows, [i for i, _ in chosen], record_as=self.specs,
+                                   grouped_by=SERIES_KEY if _grouped_by_series(rows) else frozenset())
         for r in results:
             other = validate_chunks.condition_sensor(self._kwargs[r.index])
             if first and other is not None and other != sensor and "row_condition" in run[r.index].kwargs:
@@ -874,6 +875,29 @@ class PartSuite:
         report = _report(self.contract, self.specs, results, run_name, self.rows, None, [note])
         report.engine = ENGINE_POLARS
         return _with_lab_rules(report, self.contract, curation_stats, t0)
+
+
+# A reading's key in a curated table: a run of one sensor holds each machine's readings together, in time order.
+SERIES_KEY = frozenset({"entity", "time", "sensor"})
+
+
+def _grouped_by_series(rows: pl.DataFrame) -> bool:
+    """Whether a run of one sensor holds each entity's rows together and in time order, with no null entity or time.
+
+    A curated part is sorted so (the plan's one-key order); checked here,
+    not assumed, so that equal keys are known to be neighbours before
+    ``fast.evaluate`` compares neighbours only (``grouped_by``).
+    """
+    import polars as pl
+
+    if not SERIES_KEY <= set(rows.columns) or any(rows.get_column(c).null_count() for c in SERIES_KEY):
+        return False
+    entity = rows.get_column("entity")
+    runs = entity.rle()
+    if runs.struct.field("value").n_unique() != runs.len():
+        return False
+    return bool(rows.select(((pl.col("entity") != pl.col("entity").shift(1)) | (pl.col("time") >= pl.col("time").shift(1)))
+                            .fill_null(True).all()).item())
 
 
 def _sensor_runs(part: pl.DataFrame) -> list[pl.DataFrame]:
