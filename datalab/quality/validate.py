@@ -890,7 +890,7 @@ def _grouped_by_series(rows: pl.DataFrame) -> bool:
     """
     import polars as pl
 
-    if not SERIES_KEY <= set(rows.columns) or any(rows.get_column(c).null_count() for c in SERIES_KEY):
+    if not set(rows.columns) >= SERIES_KEY or any(rows.get_column(c).null_count() for c in SERIES_KEY):
         return False
     entity = rows.get_column("entity")
     runs = entity.rle()
