@@ -195,6 +195,7 @@ def main() -> None:
     kinds = (a.only,) if a.only else ("polars", "datalab")
     for kind in kinds:
         env = {**os.environ, "DATALAB_HOME": str(work / f"home-{kind}"), "DATALAB_ENGINE": os.environ.get("DATALAB_ENGINE", "cpu")}
+        os.sync()  # the generator's (or the run before's) writes flushed first, as in run_all.run_one
         p = subprocess.run([sys.executable, __file__, "--worker", kind, "--file", *map(str, paths)], env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:

@@ -163,6 +163,10 @@ def run_one(kind: str, path: Path, work: Path, timeout: float | None) -> dict[st
     out = work / f"out-{kind}"
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--file", str(path), "--out", str(out)]
+    # What the generator or the run before wrote is flushed first: on a 2-core machine the kernel
+    # writing back ~0.6-1 GB of dirty pages during a run slowed its writes by up to 1 s (the push's
+    # staging copy), so whichever tool ran first or after datalab paid for the others' writes.
+    os.sync()
     log(f"{kind}: start")
     t = time.perf_counter()
     try:
