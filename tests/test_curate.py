@@ -449,3 +449,15 @@ def test_split_rows_keeps_each_parts_rows_in_order(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"raw\.parquet: row .* belongs to no part"):
         split.split_rows(src, pl.when(pl.col("i") < 9_000).then(pl.lit(0, pl.Int32)), 1, tmp_path / "bad")
     assert not list((tmp_path / "bad").glob("*.parquet"))
+
+
+def test_the_raw_table_is_split_only_where_filtering_it_per_part_costs_more() -> None:
+    """Filters of a few series by name are cheap; many parts, or buckets picked by hash, pay for one split pass."""
+    one_series = [[h] for h in range(12)]  # 50 M spindle rows: twelve buckets of one series
+    assert not curate.split_pays(one_series, 0)
+    assert not curate.split_pays([[1, 2, 3]] * 4, 0)  # 10 M rows: four buckets of three
+    assert not curate.split_pays([], 12)  # twelve long series, each streamed to its own file
+    assert curate.split_pays([[h] for h in range(40)], 0)
+    hashed = [list(range(curate.NAMED_SERIES_MAX + 1))] * 8  # buckets past the named limit: picked by hash
+    assert curate.split_pays(hashed, 0) and not curate.split_pays(hashed[:4], 0)
+    assert curate.scan_weight(1) < curate.scan_weight(3) < curate.scan_weight(curate.NAMED_SERIES_MAX + 1)

@@ -1,13 +1,13 @@
 """One pass that splits a delivery's raw table into a file per curation bucket.
 
 A delivery larger than one curation bucket is curated bucket by bucket
-(``curate.series_buckets``), and each bucket's plan read the whole raw table
-to pick its series: a scan and a hash of every row per bucket. With four
-buckets (10 M rows) that is 1.2 s; the number of buckets grows with the
-delivery, so the reading grew with its square: 12 buckets at 50 M rows, 25
-at 200 M, each reading all 200 M rows (the measurements are in
-docs/performance.md, "Why the code is as it is"). From ``SPLIT_FROM_PARTS``
-buckets on, the rows are split once instead: the raw table is read batch by
+(``curate.series_buckets``), and each bucket's plan reads the whole raw table
+to pick its series: a scan of every row per bucket (and one per long
+series, streamed to a file of its own). The number of buckets grows with
+the delivery, so that reading grows with its square (the measurements are
+in docs/performance.md, "Why the code is as it is"). Where those scans
+would cost more than ``SPLIT_FROM_PARTS`` scans of one series
+(``curate.split_pays``), the rows are split once instead: the raw table is read batch by
 batch, each row's bucket computed by an expression, and the rows appended to
 that bucket's file in the order they were read (the plans' results depend
 on it: the first of two readings with one key is the one kept unflagged).
@@ -24,9 +24,14 @@ from typing import Any
 
 import polars as pl
 
-# Buckets from which the split pays: one more write and read of the rows against a scan of the whole
-# table per bucket (at 4 buckets the two cost the same).
-SPLIT_FROM_PARTS = 8
+# The scans from which the split pays, counted in scans of one series by name (curate.scan_weight):
+# one more write and read of every row against a scan of the whole table per part. A scan picking
+# one series by name took 0.07-0.08 s per 10 M rows, three series 0.17 s, a bucket picked by hash
+# 0.3 s; the split about 3.4 s per 10 M rows, some 40 one-series scans (2026-12-06, 2 cores).
+# Measured with 12 one-series parts: 10 M rows curated in 4.6-4.8 s by scans against 6.9-7.4 s
+# split, 50 M rows in 22.4-23.2 s at a 1.6 GB peak against 32.4-36.1 s at 2.2-2.3 GB. (It was 8
+# parts when every scan hashed every row.)
+SPLIT_FROM_PARTS = 32
 BATCH_ROWS = 1_000_000
 FLUSH_ROWS = 250_000
 
