@@ -188,3 +188,24 @@ def test_neighbours_are_compared_only_where_equal_keys_are_neighbours(lab: Path,
     assert not validate._grouped_by_series(holed)
     # the hint is not taken where a key column holds a null, even if a caller gives it
     assert fast.evaluate(specs, holed, grouped_by=validate.SERIES_KEY)[0] == fast.evaluate(specs, holed)[0]
+
+
+def test_a_part_not_in_series_order_is_checked_by_the_window(lab: Path, tmp_path: Path, contracts) -> None:
+    """A part whose sensor runs are shuffled inside (repeated keys no longer neighbours) gives the whole table's
+    counts: the part suite checks the order before it lets neighbours decide."""
+    c = contracts[SPINDLE]
+    d = _push(c, tmp_path, sample.Defects(key_duplicates=0.03), seed=12)
+    curate.curate_delivery(c, d)
+    df = pl.read_parquet(curate.curated_path(c, d, settings()))
+    shuffled = pl.concat([run.sample(fraction=1.0, shuffle=True, seed=3)
+                          for run in df.partition_by("sensor", maintain_order=True)])
+    parts = validate.PartSuite.start(c)
+    assert parts is not None
+    parts.add(shuffled)
+    whole = validate.validate(c, shuffled, run_name="shuffled-whole", build_docs=False, curation_stats={})
+    ours = parts.report("shuffled-parts", {}, shuffled.height)
+    assert ours is not None
+    keys = [(a, b) for a, b in zip(whole.results, ours.results, strict=True) if a.type == "expect_compound_columns_to_be_unique"]
+    assert keys and keys[0][0].unexpected_count > 0
+    for a, b in zip(whole.results, ours.results, strict=True):
+        assert {k: getattr(a, k) for k in COMPARED} == {k: getattr(b, k) for k in COMPARED}, a.message
