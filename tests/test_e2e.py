@@ -44,7 +44,7 @@ def test_spine_end_to_end(lab: Path, tmp_path: Path, contracts) -> None:
     recs = _push_batch(contracts, tmp_path, 10, START)
     assert all(r.accepted for r in recs)
     runs = runner.run_pending()
-    assert [r.validation_ok for r in runs] == [True, True, True]
+    assert [r.validation_ok for r in runs] == [True, True, True], [(r.delivery_id, r.success, r.message) for r in runs]
     # the Dagster instance recorded the materialisations with their metadata
     import dagster as dg
 
