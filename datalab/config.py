@@ -415,3 +415,36 @@ def _positive_int(name: str, default: int, zero_ok: bool = False) -> int:
     if value < 0 or (value == 0 and not zero_ok):
         raise SettingsError(f"{name}={raw!r}: expected {what}")
     return value
+
+
+def lab_key(path: Path) -> bytes:
+    """The 32-byte secret kept in ``path`` (64 hex digits, mode 0600), created there on first use.
+
+    Several processes may ask at once for a key no one created yet (a lab's
+    first runs side by side): each writes a key whole under a name of its
+    own and links it into place, so exactly one wins, and no process ever
+    reads a file another is still writing (an empty key would have keyed
+    every pseudonym with nothing). A file that is not such a key is refused,
+    naming the file and the rule, never replaced.
+    """
+    import contextlib
+    import secrets as _secrets
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{_secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(_secrets.token_hex(32))
+                f.flush()
+                os.fsync(f.fileno())
+            with contextlib.suppress(FileExistsError):  # another process created it first: its key is the lab's
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    text = path.read_text(encoding="ascii", errors="replace").strip()
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        raise UsageError(f"{path}: not a lab key (rule: 64 hexadecimal digits, a 32-byte secret); "
+                         "restore the lab's key file or remove it only if nothing was keyed with it yet")
+    return bytes.fromhex(text)

@@ -10,25 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import secrets
 
 import polars as pl
 
-from datalab.config import Settings, settings
+from datalab.config import Settings, lab_key, settings
 
 
 def key(s: Settings | None = None) -> bytes:
+    """The lab's pseudonym key: ``DATALAB_PSEUDONYM_KEY``, else the key file under secrets (created once, :func:`lab_key`)."""
     s = s or settings()
     if s.pseudonym_key:
         return s.pseudonym_key
-    path = s.secrets / "pseudonym.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    return bytes.fromhex(path.read_text().strip())
+    return lab_key(s.secrets / "pseudonym.key")
 
 
 def pseudonym(k: bytes, scope: str, value: str) -> str:

@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import json
 import os
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -177,7 +176,7 @@ def audit_key() -> bytes:
     read the key cannot recompute the hashes of rows they edit. Several
     hosts sharing one PostgreSQL catalog share the key through the variable.
     """
-    from datalab.config import settings
+    from datalab.config import lab_key, settings
 
     s = settings()
     if s.audit_key:
@@ -186,20 +185,7 @@ def audit_key() -> bytes:
     cached = _KEYS.get(str(path))
     if cached is not None:
         return cached
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Written whole under another name, then linked: a second process never reads a half-written key.
-        tmp = path.with_name(f".audit.key.{os.getpid()}.{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    key = bytes.fromhex(path.read_text().strip())
+    key = lab_key(path)  # written whole under another name, then linked: never read half-written
     _KEYS[str(path)] = key
     return key
 
