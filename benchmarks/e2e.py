@@ -88,8 +88,8 @@ def run_datalab(path: Path | list[Path]) -> dict:
     st = curate.curate_delivery(c, rec.delivery_id, on_part=parts.add if parts is not None else None)
     done("curate", t)
     t = time.perf_counter()
-    rep = (parts.report(rec.delivery_id, st.to_dict(), st.rows_out) if parts is not None else None) \
-        or validate.validate(c, curate.curated_path(c, rec.delivery_id, s), run_name=rec.delivery_id, build_docs=False)
+    rep = validate.validate(c, curate.curated_path(c, rec.delivery_id, s), run_name=rec.delivery_id, build_docs=False,
+                            curation_stats=st.to_dict(), parts=parts)
     from datalab.store import state
 
     state.set_stage(rec.delivery_id, "validated" if rep.success else "failed", s=s, validation_ok=rep.success, validation=rep.to_dict())

@@ -65,16 +65,11 @@ def suite_report(contract: Contract, delivery_id: str, path: Path | pl.DataFrame
     ``curation_stats``: the curation's statistics (``CurationStats.to_dict()``)
     for the lab's rules, when the caller has them; else they are read from the
     delivery's state. ``parts``: the suite already evaluated on the parts of
-    a delivery curated in parts (``validate.PartSuite``); used when it saw
-    every row (``curation_stats`` then needed), else the file is validated.
+    a delivery curated in parts (``validate.PartSuite``; see ``validate.validate``).
     """
     from datalab.quality import validate
 
-    if parts is not None and curation_stats is not None:
-        report = parts.report(delivery_id, curation_stats, int(curation_stats["rows_out"]))
-        if report is not None:
-            return report
-    return validate.validate(contract, path, run_name=delivery_id, curation_stats=curation_stats)
+    return validate.validate(contract, path, run_name=delivery_id, curation_stats=curation_stats, parts=parts)
 
 
 def record_verdict(delivery_id: str, report: ValidationReport, s: Settings) -> None:

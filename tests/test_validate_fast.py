@@ -226,6 +226,20 @@ def test_validate_uses_the_fast_path_and_writes_the_same_report(contracts, lab: 
     assert saved["engine"] == "polars" and saved["results"] == a["results"]
 
 
+def _hand_written_both_ways(c: Contract, df: pl.DataFrame, hand: list[dict], tmp_path: Path,
+                            monkeypatch: pytest.MonkeyPatch, run: str) -> list[tuple[ExpectationResult, ExpectationResult]]:
+    """The ``hand``-written suite validated by GX and by the fast path: (GX's, ours) for each of its expectations."""
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    (suites / f"{c.slug}.json").write_text(json.dumps(hand))
+    ours = validate(c, df, run_name=f"{run}-fast", build_docs=False, suites_dir=suites)
+    monkeypatch.setenv("DATALAB_VALIDATE_ENGINE", "gx")
+    theirs = validate(c, df, run_name=f"{run}-gx", build_docs=False, suites_dir=suites)
+    assert ours.engine == "polars" and theirs.engine == "great_expectations"
+    assert len(theirs.results) == len(ours.results)
+    return list(zip(theirs.results, ours.results, strict=True))[-len(hand):]  # the hand-written come last
+
+
 def test_conditioned_expectations_see_only_their_rows_as_gx_does(contracts, lab: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Expectations whose metrics depend on row order or on other rows (increasing, compound keys, column pairs),
@@ -246,15 +260,7 @@ def test_conditioned_expectations_see_only_their_rows_as_gx_does(contracts, lab:
         {"type": "expect_column_pair_values_to_be_equal", "kwargs": {"column_A": "unit", "column_B": "raw_unit", "mostly": 0.5, "row_condition": 'sensor=="oil_pressure"', **on}},
         {"type": "expect_column_mean_to_be_between", "kwargs": {"column": "value", "min_value": 0, "row_condition": 'sensor=="oil_pressure"', **on}},
     ]
-    suites = tmp_path / "suites"
-    suites.mkdir()
-    (suites / f"{c.slug}.json").write_text(json.dumps(hand))
-    ours = validate(c, df, run_name="cond-fast", build_docs=False, suites_dir=suites)
-    monkeypatch.setenv("DATALAB_VALIDATE_ENGINE", "gx")
-    theirs = validate(c, df, run_name="cond-gx", build_docs=False, suites_dir=suites)
-    assert ours.engine == "polars" and theirs.engine == "great_expectations"
-    assert len(theirs.results) == len(ours.results)
-    hand_results = list(zip(theirs.results, ours.results, strict=True))[-len(hand):]  # the hand-written come last
+    hand_results = _hand_written_both_ways(c, df, hand, tmp_path, monkeypatch, "cond")
     assert [a.type for a, _ in hand_results] == [h["type"] for h in hand]
     assert [a.success for a, _ in hand_results] == [False, True, False, True, True]
     for a, b in hand_results:
@@ -283,14 +289,7 @@ def test_compound_keys_with_missing_values_match_gx_whichever_way_the_repeats_ar
             for cols in (["entity", "time", "sensor"], ["time", "entity"], ["entity", "sensor"])
             for how in ("all_values_are_missing", "any_value_is_missing", "never")
             for extra in ({}, {"row_condition": 'sensor=="vibration"', **on})]
-    suites = tmp_path / "suites"
-    suites.mkdir()
-    (suites / f"{c.slug}.json").write_text(json.dumps(hand))
-    ours = validate(c, df, run_name="keys-fast", build_docs=False, suites_dir=suites)
-    monkeypatch.setenv("DATALAB_VALIDATE_ENGINE", "gx")
-    theirs = validate(c, df, run_name="keys-gx", build_docs=False, suites_dir=suites)
-    assert ours.engine == "polars" and theirs.engine == "great_expectations"
-    pairs = list(zip(theirs.results, ours.results, strict=True))[-len(hand):]
+    pairs = _hand_written_both_ways(c, df, hand, tmp_path, monkeypatch, "keys")
     assert any(not a.success for a, _ in pairs) and any(a.success for a, _ in pairs)
     for a, b in pairs:
         diff = {k: (getattr(a, k), getattr(b, k)) for k in FIELDS if getattr(a, k) != getattr(b, k)}

@@ -48,7 +48,8 @@ def _in_parts_and_from_the_file(c: Contract, d: str, monkeypatch: pytest.MonkeyP
     assert parts is not None
     st = curate.curate_delivery(c, d, on_part=parts.add)
     assert st.series_buckets > 1 and parts.runs > 1
-    ours = parts.report(d, st.to_dict(), st.rows_out)
+    ours = validate.validate(c, curate.curated_path(c, d, settings()), run_name=d, build_docs=False, suites_dir=suites_dir,
+                             curation_stats=st.to_dict(), parts=parts)  # the parts' report, not the file's
     theirs = validate.validate(c, curate.curated_path(c, d, settings()), run_name=f"{d}-file", build_docs=False,
                                suites_dir=suites_dir, curation_stats=st.to_dict())
     return ours, theirs, st
@@ -133,6 +134,9 @@ def test_what_the_fast_path_cannot_take_is_left_to_the_file(lab: Path, tmp_path:
     st = curate.curate_delivery(c, d, on_part=parts.add)
     assert parts.broken is not None and "ghost" in parts.broken
     assert parts.report(d, st.to_dict(), st.rows_out) is None
+    rep = validate.validate(c, curate.curated_path(c, d, settings()), run_name=d, build_docs=False, suites_dir=suites,
+                            curation_stats=st.to_dict(), parts=parts)  # the file, as before
+    assert "curated parts" not in rep.notes[0] and not rep.success
     # the gx engine, forced: the file, as before
     monkeypatch.setenv("DATALAB_VALIDATE_ENGINE", "gx")
     assert validate.PartSuite.start(c) is None
