@@ -769,3 +769,52 @@ def test_a_push_does_not_import_pandas(lab, contracts, realdata):
                          env=dict(os.environ), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["accepted", "False"], out.stdout
+
+
+# --- the staging copy: hashed on its own thread while it is written --------------
+
+
+def test_staging_copy_keeps_every_byte_and_hashes_them_all(tmp_path: Path) -> None:
+    """A file of many chunks (and a partial last one) is copied byte for byte; the hash covers the whole
+    file; progress is reported in order and ends at the file's size; past the size limit the whole file
+    is still hashed and nothing is stored."""
+    from datalab.intake import landing
+
+    src = tmp_path / "big.bin"
+    data = os.urandom(landing.CHUNK * 9 + 12345)  # more chunks than the hasher's ring holds
+    src.write_bytes(data)
+    seen: list[tuple[int, int]] = []
+    sha, size, over = landing._stage(src, tmp_path / "staged", 1 << 40, "big.bin", lambda n, done, total: seen.append((done, total)))
+    assert (sha, size, over) == (hashlib.sha256(data).hexdigest(), len(data), False)
+    assert (tmp_path / "staged").read_bytes() == data
+    assert seen[-1] == (len(data), len(data)) and [d for d, _ in seen] == sorted({d for d, _ in seen})
+
+    sha, size, over = landing._stage(src, tmp_path / "over", 1000, "big.bin", None)
+    assert (sha, size, over) == (hashlib.sha256(data).hexdigest(), len(data), True)
+    assert (tmp_path / "over").read_bytes() == b""
+
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    assert landing._stage(empty, tmp_path / "e", 1 << 40, "empty.bin", None) == (hashlib.sha256(b"").hexdigest(), 0, False)
+
+
+def test_staging_copy_that_fails_raises_and_leaves_no_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails mid-copy (a full disk) is raised to the pusher, and the hasher's thread ends."""
+    import threading
+
+    from datalab.intake import landing
+
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(landing.CHUNK * 4))
+    calls = []
+
+    def failing(f, chunk) -> None:
+        calls.append(len(chunk))
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        f.write(chunk)
+
+    monkeypatch.setattr(landing, "_write_all", failing)
+    with pytest.raises(OSError, match="No space left"):
+        landing._stage(src, tmp_path / "staged", 1 << 40, "big.bin", None)
+    assert not [t for t in threading.enumerate() if t.name == "datalab-stage-hash"]
