@@ -203,13 +203,20 @@ def test_plan_has_no_python_udfs(contracts) -> None:
     assert "python" not in plan.lower() and "map_" not in plan.lower()
 
 
-@pytest.mark.parametrize("split_from", [None, 1], ids=["filtered", "split"])
+@pytest.mark.parametrize(("split_from", "tail_min"), [(None, None), (1, None), (None, 0)],
+                         ids=["filtered", "split", "small-last-part"])
 def test_series_buckets_give_the_same_table(lab: Path, tmp_path: Path, contracts, monkeypatch: pytest.MonkeyPatch,
-                                            split_from: int | None) -> None:
+                                            split_from: int | None, tail_min: int | None) -> None:
     """A delivery curated in series buckets (bounded memory) equals the one-go result, row for row,
-    whether each bucket filters the raw rows or the rows were split into a file per bucket first."""
+    whether each bucket filters the raw rows or the rows were split into a file per bucket first,
+    and with a series of the last bucket moved to a part of its own (curate.small_last_part)."""
     from datalab.timeseries import split
 
+    if tail_min is not None:
+        monkeypatch.setattr(curate, "TAIL_SERIES_MIN_ROWS", tail_min)
+        made: list[tuple[list[list[int]], list[list[int]]]] = []
+        real = curate.small_last_part
+        monkeypatch.setattr(curate, "small_last_part", lambda b, n: made.append((b, real(b, n))) or made[-1][1])
     if split_from is not None:
         monkeypatch.setattr(split, "SPLIT_FROM_PARTS", split_from)
         monkeypatch.setattr(split, "BATCH_ROWS", 1_000)  # several batches, several flushes per part
@@ -218,7 +225,8 @@ def test_series_buckets_give_the_same_table(lab: Path, tmp_path: Path, contracts
     gen = sample.generate(c, 9_000, seed=11, start=START)
     st_one, one = _land_and_curate(c, gen, tmp_path / "one.csv")
     assert st_one.series_buckets == 1
-    monkeypatch.setenv("DATALAB_CURATE_BUCKET_ROWS", "2000")
+    # (with the cut: four buckets of two or three series, spread; else first fit, the last of one series)
+    monkeypatch.setenv("DATALAB_CURATE_BUCKET_ROWS", "4000" if tail_min is not None else "2000")
     gen2 = sample.generate(c, 9_000, seed=11, start=START)
     sample.write(gen2, tmp_path / "two.csv")
     # same rows, another delivery: re-push needs other bytes, so append a blank line
@@ -229,6 +237,9 @@ def test_series_buckets_give_the_same_table(lab: Path, tmp_path: Path, contracts
     st_many = curate.curate_delivery(c, rec.delivery_id)
     assert st_many.series_buckets > 1
     assert f"{st_many.series_buckets} buckets" in st_many.engine["device"]
+    if tail_min is not None:
+        (before, after), = made
+        assert len(after) == len(before) + 1 == st_many.series_buckets  # the last part was cut
     assert not list(curate.curated_path(c, rec.delivery_id, __import__("datalab.config").config.settings()).parent.glob(".*.parts"))
     many = pl.read_parquet(curate.curated_path(c, rec.delivery_id, __import__("datalab.config").config.settings()))
     keys = ["entity", "sensor", "time", "raw_value", "raw_unit"]
@@ -348,6 +359,19 @@ def test_a_delivery_over_one_bucket_is_spread_over_at_least_four() -> None:
     lopsided = pl.DataFrame({"h": [1, 2, 3], "n": [900, 50, 40]}, schema={"h": pl.UInt64, "n": pl.UInt32})
     assert curate.series_buckets(lopsided, 950) == [[1, 2], [3]]
     assert sorted(curate.series_buckets(lopsided, 950, at_least=4)) == [[1], [2], [3]]
+
+def test_the_last_part_is_cut_to_its_smallest_long_enough_series() -> None:
+    """The last bucket's smallest series goes to a part of its own, at the end, when it is long enough to
+    pay for the plan it adds; a last bucket of one series, or a short smallest series, is left as it is."""
+    n = curate.TAIL_SERIES_MIN_ROWS
+    sizes = {1: 3 * n, 2: 2 * n, 3: 2 * n, 4: n, 5: n // 2}
+    assert curate.small_last_part([[1], [3, 4, 2]], sizes) == [[1], [3, 2], [4]]
+    assert curate.small_last_part([[2, 3], [1]], sizes) == [[2, 3], [1]]
+    assert curate.small_last_part([[1], [2, 5]], sizes) == [[1], [2, 5]]  # 5 is too short to pay
+    assert curate.small_last_part([], sizes) == []
+    moved = curate.small_last_part([[1, 2], [3, 4]], sizes)
+    assert sorted(h for b in moved for h in b) == [1, 2, 3, 4] and moved[-1] == [4]
+
 
 def test_parts_are_written_in_order_and_a_failed_part_leaves_no_file(tmp_path: Path) -> None:
     """The part writer overlaps writing with the next part's plan: order kept, nothing left behind on error."""
