@@ -793,9 +793,12 @@ def test_staging_copy_keeps_every_byte_and_hashes_them_all(tmp_path: Path) -> No
     assert (sha, size, over) == (hashlib.sha256(data).hexdigest(), len(data), True)
     assert (tmp_path / "over").read_bytes() == b""
 
-    empty = tmp_path / "empty.bin"
-    empty.write_bytes(b"")
-    assert landing._stage(empty, tmp_path / "e", 1 << 40, "empty.bin", None) == (hashlib.sha256(b"").hexdigest(), 0, False)
+    # a small file is hashed on the pusher's thread, in one buffer
+    for size in (0, 1, landing.CHUNK, landing.CHUNK * 2 + 7, landing.CHUNK * landing._Hasher.THREAD_FROM):
+        small = tmp_path / f"small-{size}.bin"
+        small.write_bytes(data[:size])
+        assert landing._stage(small, tmp_path / f"s-{size}", 1 << 40, small.name, None) == (hashlib.sha256(data[:size]).hexdigest(), size, False)
+        assert (tmp_path / f"s-{size}").read_bytes() == data[:size]
 
 
 def test_staging_copy_that_fails_raises_and_leaves_no_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -805,7 +808,7 @@ def test_staging_copy_that_fails_raises_and_leaves_no_thread(tmp_path: Path, mon
     from datalab.intake import landing
 
     src = tmp_path / "big.bin"
-    src.write_bytes(os.urandom(landing.CHUNK * 4))
+    src.write_bytes(os.urandom(landing.CHUNK * 8))  # large enough for the hasher's own thread
     calls = []
 
     def failing(f, chunk) -> None:
@@ -815,6 +818,8 @@ def test_staging_copy_that_fails_raises_and_leaves_no_thread(tmp_path: Path, mon
         f.write(chunk)
 
     monkeypatch.setattr(landing, "_write_all", failing)
+    started = []
+    monkeypatch.setattr(landing._Hasher, "_run", lambda self, run=landing._Hasher._run: started.append(1) or run(self))
     with pytest.raises(OSError, match="No space left"):
         landing._stage(src, tmp_path / "staged", 1 << 40, "big.bin", None)
-    assert not [t for t in threading.enumerate() if t.name == "datalab-stage-hash"]
+    assert started and not [t for t in threading.enumerate() if t.name == "datalab-stage-hash"]

@@ -85,20 +85,27 @@ class _Hasher:
     release the GIL, so the two now run side by side (measured in
     docs/performance.md). The chunks live in a ring of ``RING`` buffers:
     :meth:`buffer` hands out the next one once the hasher is done with it,
-    so a chunk is never overwritten before it was hashed.
+    so a chunk is never overwritten before it was hashed. A file of at most
+    ``THREAD_FROM`` chunks is hashed on the caller's thread, in one buffer:
+    a thread and a ring would cost more than they save there (a push of many
+    small files).
     """
 
     RING = 3
+    THREAD_FROM = 4
 
-    def __init__(self) -> None:
+    def __init__(self, size: int) -> None:
         self._h = hashlib.sha256()
-        self._bufs = [bytearray(CHUNK) for _ in range(self.RING)]
-        self._free = threading.Semaphore(self.RING)
+        ring = self.RING if size > self.THREAD_FROM * CHUNK else 1
+        self._bufs = [bytearray(CHUNK) for _ in range(ring)]
+        self._free = threading.Semaphore(ring)
         self._q: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._next = 0
-        self._thread = threading.Thread(target=self._run, name="datalab-stage-hash", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if ring > 1:
+            self._thread = threading.Thread(target=self._run, name="datalab-stage-hash", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         while (chunk := self._q.get()) is not None:
@@ -114,11 +121,15 @@ class _Hasher:
         """The next buffer to read into (waits until the hasher has finished with it)."""
         self._free.acquire()
         buf = self._bufs[self._next]
-        self._next = (self._next + 1) % self.RING
+        self._next = (self._next + 1) % len(self._bufs)
         return buf
 
     def put(self, chunk: memoryview) -> None:
-        self._q.put(chunk)
+        if self._thread is None:  # a small file: hashed here
+            self._h.update(chunk)
+            self._free.release()
+        else:
+            self._q.put(chunk)
 
     def unused(self) -> None:
         """The buffer last handed out holds nothing to hash (end of file)."""
@@ -126,13 +137,13 @@ class _Hasher:
 
     def stop(self) -> None:
         """End the hasher's thread without a digest (the copy failed)."""
-        self._q.put(None)
-        self._thread.join()
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join()
 
     def digest(self) -> str:
         """The SHA-256 of every chunk put, once the hasher has caught up."""
-        self._q.put(None)
-        self._thread.join()
+        self.stop()
         if self._error is not None:
             raise self._error
         return self._h.hexdigest()
@@ -144,8 +155,8 @@ def _stage(src: Path, dst: Path, limit: int, name: str, progress: Progress | Non
     Returns (sha256, bytes, over_limit). The hash always covers the whole
     file, so the receipt identifies exactly what was pushed.
     """
-    hasher = _Hasher()
     total = src.stat().st_size
+    hasher = _Hasher(total)
     done = reported = 0
     over = total > limit
     try:
