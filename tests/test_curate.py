@@ -360,6 +360,7 @@ def test_a_delivery_over_one_bucket_is_spread_over_at_least_four() -> None:
     assert curate.series_buckets(lopsided, 950) == [[1, 2], [3]]
     assert sorted(curate.series_buckets(lopsided, 950, at_least=4)) == [[1], [2], [3]]
 
+
 def test_the_last_part_is_cut_to_its_smallest_long_enough_series() -> None:
     """The last bucket's smallest series goes to a part of its own, at the end, when it is long enough to
     pay for the plan it adds; a last bucket of one series, or a short smallest series, is left as it is."""
