@@ -774,12 +774,39 @@ def test_a_push_does_not_import_pandas(lab, contracts, realdata):
 # --- the staging copy: hashed on its own thread while it is written --------------
 
 
-def test_staging_copy_keeps_every_byte_and_hashes_them_all(tmp_path: Path) -> None:
-    """A file of many chunks (and a partial last one) is copied byte for byte; the hash covers the whole
-    file; progress is reported in order and ends at the file's size; past the size limit the whole file
-    is still hashed and nothing is stored."""
+def _no_kernel_copy(monkeypatch: pytest.MonkeyPatch, how: str) -> list[int]:
+    """Make ``copy_file_range`` unusable as ``how`` says (or count its calls for "kernel"); the calls made."""
+    import errno
+
     from datalab.intake import landing
 
+    calls: list[int] = []
+    real = getattr(os, "copy_file_range", None)
+    if how == "kernel":
+        if real is None:
+            pytest.skip("os.copy_file_range is Linux only")
+        monkeypatch.setattr(landing, "KERNEL_STEP", 3 * landing.CHUNK + 17)  # several steps, none on a chunk boundary
+        monkeypatch.setattr(os, "copy_file_range", lambda *a: calls.append(1) or real(*a))
+    elif how == "other-file-system":
+        def refuse(*a: object) -> int:
+            calls.append(1)
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    elif real is not None:  # "not-linux"
+        monkeypatch.delattr(os, "copy_file_range")
+    return calls
+
+
+@pytest.mark.parametrize("how", ["kernel", "other-file-system", "not-linux"])
+def test_staging_copy_keeps_every_byte_and_hashes_them_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """A file of many chunks (and a partial last one) is copied byte for byte; the hash covers the whole
+    file; progress is reported in order and ends at the file's size; past the size limit the whole file
+    is still hashed and nothing is stored. The same where the kernel copies (``_KernelCopy``) and where
+    it cannot (another file system; no ``copy_file_range``), the copy then passing through the process."""
+    from datalab.intake import landing
+
+    calls = _no_kernel_copy(monkeypatch, how)
     src = tmp_path / "big.bin"
     data = os.urandom(landing.CHUNK * 9 + 12345)  # more chunks than the hasher's ring holds
     src.write_bytes(data)
@@ -788,21 +815,25 @@ def test_staging_copy_keeps_every_byte_and_hashes_them_all(tmp_path: Path) -> No
     assert (sha, size, over) == (hashlib.sha256(data).hexdigest(), len(data), False)
     assert (tmp_path / "staged").read_bytes() == data
     assert seen[-1] == (len(data), len(data)) and [d for d, _ in seen] == sorted({d for d, _ in seen})
+    assert len(calls) == {"kernel": 5, "other-file-system": 1, "not-linux": 0}[how]  # 4 steps and the one that finds the end
 
     sha, size, over = landing._stage(src, tmp_path / "over", 1000, "big.bin", None)
     assert (sha, size, over) == (hashlib.sha256(data).hexdigest(), len(data), True)
     assert (tmp_path / "over").read_bytes() == b""
 
     # a small file is hashed on the pusher's thread, in one buffer
+    before = len(calls)
     for size in (0, 1, landing.CHUNK, landing.CHUNK * 2 + 7, landing.CHUNK * landing._Hasher.THREAD_FROM):
         small = tmp_path / f"small-{size}.bin"
         small.write_bytes(data[:size])
         assert landing._stage(small, tmp_path / f"s-{size}", 1 << 40, small.name, None) == (hashlib.sha256(data[:size]).hexdigest(), size, False)
         assert (tmp_path / f"s-{size}").read_bytes() == data[:size]
+    assert len(calls) == before  # never copied by the kernel
 
 
-def test_staging_copy_that_fails_raises_and_leaves_no_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A write that fails mid-copy (a full disk) is raised to the pusher, and the hasher's thread ends."""
+@pytest.mark.parametrize("how", ["kernel", "other-file-system"])
+def test_staging_copy_that_fails_raises_and_leaves_no_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """A copy that fails mid-file (a full disk) is raised to the pusher, and the hasher's thread ends."""
     import threading
 
     from datalab.intake import landing
@@ -810,16 +841,31 @@ def test_staging_copy_that_fails_raises_and_leaves_no_thread(tmp_path: Path, mon
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(landing.CHUNK * 8))  # large enough for the hasher's own thread
     calls = []
+    if how == "kernel":
+        _no_kernel_copy(monkeypatch, how)
+        real = os.copy_file_range
 
-    def failing(f, chunk) -> None:
-        calls.append(len(chunk))
-        if len(calls) == 3:
-            raise OSError(28, "No space left on device")
-        f.write(chunk)
+        def failing_kernel(*a: int) -> int:
+            calls.append(1)
+            if len(calls) == 2:
+                raise OSError(28, "No space left on device")
+            return real(*a)
 
-    monkeypatch.setattr(landing, "_write_all", failing)
+        monkeypatch.setattr(os, "copy_file_range", failing_kernel)
+        runs = landing._KernelCopy
+    else:
+        _no_kernel_copy(monkeypatch, how)
+
+        def failing(f, chunk) -> None:
+            calls.append(len(chunk))
+            if len(calls) == 3:
+                raise OSError(28, "No space left on device")
+            f.write(chunk)
+
+        monkeypatch.setattr(landing, "_write_all", failing)
+        runs = landing._Hasher
     started = []
-    monkeypatch.setattr(landing._Hasher, "_run", lambda self, run=landing._Hasher._run: started.append(1) or run(self))
+    monkeypatch.setattr(runs, "_run", lambda self, run=runs._run: started.append(1) or run(self))
     with pytest.raises(OSError, match="No space left"):
         landing._stage(src, tmp_path / "staged", 1 << 40, "big.bin", None)
     assert started and not [t for t in threading.enumerate() if t.name == "datalab-stage-hash"]
