@@ -149,7 +149,7 @@ def test_run_all_is_one_command(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     p = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--rows", "3000", "--only", "polars", "duckdb",
-         "datalab-gpu", "--results", str(tmp_path)],
+         "datalab-gpu", "--results", str(tmp_path), "--rounds", "2"],
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )
     assert p.returncode == 0, p.stderr[-3000:]
@@ -162,6 +162,32 @@ def test_run_all_is_one_command(tmp_path: Path) -> None:
         assert "not available" in res["datalab-gpu"]["not_available"]
         assert "not available" in p.stdout
     assert next(tmp_path.glob("bench-*.png")).stat().st_size > 10_000
+    # two rounds: each tool ran twice (the second round in the other order), the table shows the median run
+    rounds = report["sizes"][0]["rounds"]
+    assert set(rounds) == {"polars", "duckdb"} and all(len(v) == 2 for v in rounds.values())
+    assert res["polars"]["seconds"] in [r["seconds"] for r in rounds["polars"]] and res["polars"]["rounds"] == 2
+    assert "2 rounds, each in a rotated order" in p.stdout and "round 2 of 2" in p.stderr
+
+
+def test_rounds_give_the_median_run_and_datalabs_lead_round_by_round() -> None:
+    """run_all --rounds: the median run per tool, and the ratio of each round's walls, median and range."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import run_all
+
+    def run(s: float) -> dict:
+        return {"seconds": s, "rows_out": 1}
+
+    size = {"rounds": {"datalab": [run(10.0), run(12.0), run(11.0)],
+                       "duckdb": [run(16.0), run(15.0), {"tool": "duckdb", "error": "exit 1"}]}}
+    assert run_all.median_run(size["rounds"]["datalab"])["seconds"] == 11.0
+    assert run_all.median_run(size["rounds"]["duckdb"])["seconds"] == 15.0  # of the two that ran: the lower middle
+    assert run_all.median_run([{"tool": "x", "error": "exit 1"}]) == {"tool": "x", "error": "exit 1"}
+    assert run_all.round_ratios(size, "duckdb") == [1.6, 1.25]  # the third round has no DuckDB run
+    lines = run_all.rounds_lines(size)
+    assert lines[0].startswith("3 rounds")
+    duck = next(ln for ln in lines if "DuckDB" in ln)
+    assert "walls 16.00, 15.00, failed s" in duck and "datalab faster by 1.43x" in duck and "1.25-1.60x" in duck
+    assert run_all.rounds_lines({"rounds": {"datalab": [run(1.0)]}}) == []
 
 
 def test_engine_benchmark_runs_both_engines_and_compares_them(tmp_path: Path) -> None:
