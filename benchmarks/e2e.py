@@ -27,6 +27,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# This checkout's datalab, not whichever one the environment's editable install
+# names: a benchmark run from a second worktree (an old commit beside the new
+# one, sharing one .venv) must measure that worktree's code. Without this the
+# worker process imported the install's checkout on both sides of such a pair.
+if str(ROOT) not in sys.path[:1]:
+    sys.path.insert(0, str(ROOT))
 SPINDLE = "urn:datalab:bavaria-spindle:spindle-telemetry"
 
 
