@@ -203,3 +203,20 @@ def test_engine_benchmark_runs_both_engines_and_compares_them(tmp_path: Path) ->
     if gpu["engine"]["engine"] == "cpu":  # no usable GPU here: the fallback is recorded, with its reason
         assert gpu["engine"]["fallback"]
     assert "DATALAB_ENGINE=gpu" in p.stdout and "curated tables of the two runs: equal" in p.stdout
+
+
+def test_the_end_to_end_benchmark_measures_its_own_checkout(tmp_path: Path) -> None:
+    """benchmarks/e2e.py run from another tree imports that tree's datalab, not the environment's install.
+
+    Old-against-new pairs run it from a second worktree that shares the first's
+    .venv (an editable install of the first): without its own tree first on
+    sys.path, both sides of a pair measured the same code.
+    """
+    tree = tmp_path / "other-tree"
+    (tree / "benchmarks").mkdir(parents=True)
+    (tree / "benchmarks" / "e2e.py").write_text((ROOT / "benchmarks" / "e2e.py").read_text())
+    (tree / "datalab").mkdir()
+    (tree / "datalab" / "__init__.py").write_text("raise SystemExit('datalab of the other tree')\n")
+    p = subprocess.run([sys.executable, str(tree / "benchmarks" / "e2e.py"), "--worker", "datalab", "--file", str(tmp_path / "x.csv")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "datalab of the other tree" in p.stderr, (p.stdout[-1000:], p.stderr[-2000:])
