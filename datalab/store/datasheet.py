@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from datalab.config import Settings
@@ -581,7 +582,10 @@ def plots(vdir: Path, m: Manifest, f: dict[str, Any], lf: pl.LazyFrame, s: Setti
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.2 * rows), squeeze=False)
     for k, ((_, sensor, unit), vals) in enumerate(zip(sensors, passes.samples, strict=True)):
         ax = axes[k // cols][k % cols]
-        ax.hist(vals, bins=40)
+        # One filled outline, not 40 bars: the same counts and edges as ax.hist
+        # (np.histogram, 40 bins), drawn in about half the time (docs/performance.md).
+        counts, edges = np.histogram(vals, bins=40)
+        ax.stairs(counts, edges, fill=True)
         ax.set_title(f"{sensor} [{unit}]", fontsize=8)
         ax.tick_params(labelsize=6)
     for k in range(len(sensors), rows * cols):
