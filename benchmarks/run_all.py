@@ -268,9 +268,9 @@ def round_ratios(size: dict, kind: str) -> list[float]:
 def rounds_lines(size: dict) -> list[str]:
     """One line per tool when a size ran in several rounds: its walls, and datalab's lead round by round."""
     rounds = size.get("rounds") or {}
-    if max((len(v) for v in rounds.values()), default=0) < 2:
+    n = max((len(v) for v in rounds.values()), default=0)
+    if n < 2:
         return []
-    n = max(len(v) for v in rounds.values())
     out = [f"{n} rounds, each in a rotated order; the table shows each tool's median run"]
     for kind in KINDS:
         runs = rounds.get(kind)
@@ -375,7 +375,6 @@ def main(argv: list[str] | None = None) -> int:
     sizes_wanted = a.rows or [1_000_000]
     if a.rounds < 1:
         ap.error("--rounds must be at least 1")
-    rounds = a.rounds
     kinds = list(a.only or KINDS)
     gpu_ok, gpu_why = (False, "not asked for")
     if "datalab-gpu" in kinds:
@@ -396,10 +395,11 @@ def main(argv: list[str] | None = None) -> int:
                     size["results"][kind] = {"tool": kind, "not_available": f"not available: {gpu_why}"}
                 else:
                     runnable.append(kind)
-            for r in range(rounds):
-                if rounds > 1:
-                    log(f"round {r + 1} of {rounds}")
-                for kind in runnable[r % len(runnable):] + runnable[:r % len(runnable)] if runnable else []:
+            for r in range(a.rounds if runnable else 0):
+                if a.rounds > 1:
+                    log(f"round {r + 1} of {a.rounds}")
+                shift = r % len(runnable)  # each round starts one tool later
+                for kind in runnable[shift:] + runnable[:shift]:
                     size["rounds"].setdefault(kind, []).append(run_one(kind, path, work, a.timeout))
             for kind in runnable:
                 size["results"][kind] = median_run(size["rounds"][kind])

@@ -869,3 +869,15 @@ def test_staging_copy_that_fails_raises_and_leaves_no_thread(tmp_path: Path, mon
     with pytest.raises(OSError, match="No space left"):
         landing._stage(src, tmp_path / "staged", 1 << 40, "big.bin", None)
     assert started and not [t for t in threading.enumerate() if t.name == "datalab-stage-hash"]
+
+
+def test_staging_copy_that_cannot_be_read_back_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel's copy is hashed from what it stored: bytes that cannot be read back fail the push, naming the file."""
+    from datalab.intake import landing
+
+    _no_kernel_copy(monkeypatch, "kernel")
+    src = tmp_path / "big.csv"
+    src.write_bytes(os.urandom(landing.CHUNK * 6))
+    monkeypatch.setattr(os, "preadv", lambda *a: 0)
+    with pytest.raises(OSError, match=r"big\.csv: .* bytes copied into staging from byte 0 on could not be read back"):
+        landing._stage(src, tmp_path / "staged", 1 << 40, "big.csv", None)

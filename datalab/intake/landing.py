@@ -150,6 +150,30 @@ class _Hasher:
         return self._h.hexdigest()
 
 
+class _Reported:
+    """Bytes staged so far, reported to ``progress`` at most every ``PROGRESS_EVERY`` bytes and at the end."""
+
+    def __init__(self, progress: Progress | None, name: str, total: int) -> None:
+        self.progress, self.name, self.total = progress, name, total
+        self.done = self._reported = 0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.progress and (self.done - self._reported >= PROGRESS_EVERY or self.done == self.total):
+            self._report()
+
+    def end(self) -> int:
+        """Report the last bytes, if not yet; the bytes staged."""
+        if self.progress and self.done != self._reported:
+            self._report()
+        return self.done
+
+    def _report(self) -> None:
+        assert self.progress is not None
+        self.progress(self.name, self.done, self.total)
+        self._reported = self.done
+
+
 # Bytes per ``copy_file_range`` call of the kernel copy (``_KernelCopy``).
 KERNEL_STEP = 8 << 20
 # errno values with which ``copy_file_range`` says it cannot copy these two
@@ -173,8 +197,9 @@ class _KernelCopy:
     writes it.
     """
 
-    def __init__(self, dst_fd: int) -> None:
+    def __init__(self, dst_fd: int, name: str) -> None:
         self._fd = dst_fd
+        self._name = name  # the pushed file's name, for the error
         self._h = hashlib.sha256()
         self._copied = 0  # bytes of dst the copy has finished
         self._hashed = 0
@@ -196,7 +221,8 @@ class _KernelCopy:
                 while self._hashed < end:
                     n = os.preadv(self._fd, [view[:min(CHUNK, end - self._hashed)]], self._hashed)
                     if n <= 0:
-                        raise OSError(f"staging: {end - self._hashed} copied bytes could not be read back")
+                        raise OSError(f"{self._name}: {end - self._hashed:,} bytes copied into staging from byte "
+                                      f"{self._hashed:,} on could not be read back to hash them (rule: a receipt's hash is of the bytes stored)")
                     self._h.update(view[:n])
                     self._hashed += n
                 if finished:
@@ -227,32 +253,27 @@ def _stage_in_kernel(src: Path, dst: Path, total: int, name: str, progress: Prog
     copy_file_range = getattr(os, "copy_file_range", None)
     if copy_file_range is None:  # not Linux
         return None
-    done = reported = 0
+    staged = _Reported(progress, name, total)
     with open(src, "rb", buffering=0) as fin, open(dst, "w+b", buffering=0) as fout:
-        hasher = _KernelCopy(fout.fileno())
+        hasher = _KernelCopy(fout.fileno(), name)
         try:
             while True:
                 try:
                     n = copy_file_range(fin.fileno(), fout.fileno(), KERNEL_STEP)
                 except OSError as e:
-                    if done == 0 and e.errno in _NO_KERNEL_COPY:
+                    if staged.done == 0 and e.errno in _NO_KERNEL_COPY:
                         hasher.stop()
                         return None
                     raise
                 if not n:
                     break
                 hasher.advance(n)
-                done += n
-                if progress and (done - reported >= PROGRESS_EVERY or done == total):
-                    progress(name, done, total)
-                    reported = done
+                staged.add(n)
         except BaseException:
             hasher.stop()
             raise
         sha = hasher.digest()
-    if progress and done != reported:
-        progress(name, done, total)
-    return sha, done, False
+    return sha, staged.end(), False
 
 
 def _stage(src: Path, dst: Path, limit: int, name: str, progress: Progress | None) -> tuple[str, int, bool]:
@@ -270,7 +291,7 @@ def _stage(src: Path, dst: Path, limit: int, name: str, progress: Progress | Non
         if staged is not None:
             return staged
     hasher = _Hasher(total)
-    done = reported = 0
+    staged = _Reported(progress, name, total)
     over = total > limit
     try:
         with open(src, "rb", buffering=0) as fin, open(dst, "wb", buffering=0) as fout:
@@ -282,19 +303,14 @@ def _stage(src: Path, dst: Path, limit: int, name: str, progress: Progress | Non
                     break
                 chunk = memoryview(buf)[:n]
                 hasher.put(chunk)
-                done += n
                 if not over:
                     _write_all(fout, chunk)
-                if progress and (done - reported >= PROGRESS_EVERY or done == total):
-                    progress(name, done, total)
-                    reported = done
+                staged.add(n)
     except BaseException:
         hasher.stop()
         raise
     sha = hasher.digest()
-    if progress and done != reported:
-        progress(name, done, total)
-    return sha, done, over
+    return sha, staged.end(), over
 
 
 def _idem_key(contract: Contract, shas: list[str]) -> str:
