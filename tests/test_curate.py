@@ -299,13 +299,14 @@ def test_push_writes_the_raw_table_once(lab: Path, tmp_path: Path, contracts) ->
     raw = ingest.raw_path(c, rec.delivery_id, settings())
     assert raw.exists(), "an accepted push leaves its raw table"
     pushed = pl.read_parquet(raw)
-    # min/max kept where they can prune (time, value), not for text in delivery order
+    # min/max kept where they can prune (time, value, the series columns), not for other text
     import pyarrow.parquet as pq
 
     rg = pq.ParquetFile(raw).metadata.row_group(0)
     stats = {rg.column(i).path_in_schema: rg.column(i).statistics for i in range(rg.num_columns)}
     assert stats["time"] is not None and stats["time"].has_min_max and stats["raw_value"].has_min_max
-    assert stats["entity"] is None and stats["sensor"] is None
+    assert stats["entity"].has_min_max and stats["sensor"].has_min_max
+    assert stats["raw_unit"] is None and stats["delivery_id"] is None
     st = ingest.ingest_raw(c, rec.delivery_id)
     assert st["parsed_at"] == "push" and st["rows"] == len(pushed) and st["records"] == rec.rows
     st2 = ingest.ingest_raw(c, rec.delivery_id, reparse=True)
@@ -486,3 +487,99 @@ def test_the_raw_table_is_split_only_where_filtering_it_per_part_costs_more() ->
     hashed = [list(range(curate.NAMED_SERIES_MAX + 1))] * 8  # buckets past the named limit: picked by hash
     assert curate.split_pays(hashed, 0) and not curate.split_pays(hashed[:4], 0)
     assert curate.scan_weight(1) < curate.scan_weight(3) < curate.scan_weight(curate.NAMED_SERIES_MAX + 1)
+
+
+def _reader_batches(c, path: Path) -> list[pl.DataFrame]:
+    from datalab.intake.formats import sniff
+    from datalab.timeseries.readers import TimeseriesReader
+
+    reader = TimeseriesReader(c, path, path.name, sniff(path, path.name, c.layout.delimiter))
+    batches = list(reader.batches())
+    assert not reader.problems
+    return batches
+
+
+def test_raw_table_row_groups_hold_one_series_each_in_delivery_order(lab: Path, tmp_path: Path, contracts,
+                                                                      monkeypatch) -> None:
+    """The raw writer cuts its rows by series: a row group per series where it has enough rows, in delivery order.
+
+    The statistics of such a row group name one sensor and one entity, so a
+    scan for some series skips the others; rows without enough of their
+    series, or without a sensor or an entity, go to a mixed row group.
+    Nothing is lost, nothing added, and every series' rows keep the order
+    they were delivered in.
+    """
+    import pyarrow.parquet as pq
+
+    from datalab.config import settings
+
+    c = contracts[SPINDLE]
+    gen = sample.generate(c, 24_000, seed=7, start=START)
+    batches = _reader_batches(c, sample.write(gen, tmp_path / "d.csv"))
+    # A rare series (a few rows) and rows without a sensor or entity, spread over the batches.
+    extra = batches[0].head(30).with_columns(
+        sensor=pl.when(pl.int_range(pl.len()) % 3 == 0).then(None).otherwise(pl.lit("rare_sensor")),
+        entity=pl.when(pl.int_range(pl.len()) % 3 == 1).then(None).otherwise(pl.col("entity")))
+    batches = [*batches[:1], extra, *batches[1:]]
+    monkeypatch.setattr(ingest.RawWriter, "GROUP_ROWS", 7_000)
+    monkeypatch.setattr(ingest.RawWriter, "SERIES_GROUP_MIN", 300)
+    w = ingest.RawWriter(c, "d-series-groups", settings())
+    for b in batches:
+        w.write(b)
+    w.commit()
+    delivered = pl.concat(batches).select(pl.lit("d-series-groups").alias("delivery_id"), *ingest.long_schema(c))
+    got = pl.read_parquet(w.path)
+    assert got.height == delivered.height
+    series = ["sensor", "entity"]
+    assert got.sort(got.columns, nulls_last=True).equals(delivered.sort(delivered.columns, nulls_last=True))
+    for key, rows in delivered.group_by(series):
+        same = pl.all_horizontal(pl.col(k).eq_missing(v) for k, v in zip(series, key, strict=True))
+        assert got.filter(same).equals(rows), key  # the series' rows, in delivery order
+    md = pq.ParquetFile(w.path).metadata
+    one_series, mixed = 0, 0
+    for i in range(md.num_row_groups):
+        rg = md.row_group(i)
+        st = {rg.column(j).path_in_schema: rg.column(j).statistics for j in range(rg.num_columns)}
+        assert st["sensor"].has_min_max and st["entity"].has_min_max
+        single = st["sensor"].min == st["sensor"].max and st["entity"].min == st["entity"].max \
+            and not st["sensor"].null_count and not st["entity"].null_count
+        one_series += single
+        mixed += not single
+    assert md.num_row_groups > 12 and one_series >= md.num_row_groups - 4, (one_series, md.num_row_groups)
+    assert mixed >= 1  # the rare series and the rows without a sensor or entity
+    # A scan for one series reads only its row groups (and the mixed ones).
+    pick = (pl.col("sensor") == "vibration") & (pl.col("entity") == delivered["entity"].drop_nulls()[0])
+    assert pl.scan_parquet(w.path).filter(pick).collect().equals(delivered.filter(pick))
+
+
+def test_curation_is_the_same_whatever_the_raw_tables_row_groups(lab: Path, tmp_path: Path, contracts,
+                                                                 monkeypatch) -> None:
+    """The same delivery curated from a raw table cut by series and from one in delivery order: the same bytes' rows."""
+    from datalab.config import settings
+
+    c = contracts[SPINDLE]
+    gen = sample.generate(c, 24_000, seed=11, start=START)
+    path = sample.write(gen, tmp_path / "d.csv")
+    monkeypatch.setattr(ingest.RawWriter, "GROUP_ROWS", 6_000)
+    monkeypatch.setattr(ingest.RawWriter, "SERIES_GROUP_MIN", 200)
+    monkeypatch.setenv("DATALAB_CURATE_BUCKET_ROWS", "8000")  # several buckets, each a scan by series
+    rec = landing.push(c, [path])
+    assert rec.accepted, rec.reasons
+    import pyarrow.parquet as pq
+
+    raw = ingest.raw_path(c, rec.delivery_id, settings())
+    assert pq.ParquetFile(raw).metadata.num_row_groups >= 12  # a row group per series
+    by_series = curate.curate_delivery(c, rec.delivery_id)
+    a = pl.read_parquet(curate.curated_path(c, rec.delivery_id, settings()))
+    # the raw table again, in delivery order (no series has enough rows for a group of its own)
+    monkeypatch.setattr(ingest.RawWriter, "SERIES_GROUP_MIN", 10**9)
+    w = ingest.RawWriter(c, rec.delivery_id, settings())
+    for b in _reader_batches(c, path):
+        w.write(b)
+    w.commit()
+    assert pq.ParquetFile(raw).metadata.num_row_groups < 12
+    in_order = curate.curate_delivery(c, rec.delivery_id)
+    b = pl.read_parquet(curate.curated_path(c, rec.delivery_id, settings()))
+    assert by_series.series_buckets > 1 and a.height == by_series.rows_out
+    assert a.equals(b)
+    assert by_series.flags == in_order.flags and by_series.exact_duplicates_removed == in_order.exact_duplicates_removed

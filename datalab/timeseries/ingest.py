@@ -34,24 +34,77 @@ def raw_path(contract: Contract, delivery_id: str, s: Settings) -> Path:
     return s.raw / contract.tenant / contract.product / f"{safe_segment(delivery_id, 'delivery id')}.parquet"
 
 
+# The raw table's series columns: its row groups hold one series each where they can (RawWriter),
+# grouped by a hash of the two into this many numbers (a prime, under int16's range).
+SERIES = ("sensor", "entity")
+SERIES_BUCKETS = 32749
+
+
+def series_groups(df: pl.DataFrame, min_rows: int) -> list[pl.DataFrame]:
+    """``df`` cut into row groups: one per series of at least ``min_rows`` rows, the other rows together, last.
+
+    Rows are grouped by a hash of their (sensor, entity) into
+    ``SERIES_BUCKETS`` numbers, sorted by those with a stable radix sort
+    and gathered once: a series keeps its rows' order (delivery order), and
+    so do the rows of the mixed group, which is all curation's order needs
+    (duplicates of a reading share its series). Two series whose hashes
+    meet share a row group; its statistics then span both, which only
+    makes them prune less. Exact groups (``partition_by``, or dictionary
+    codes) cost two to three times as much, on the push's writer thread.
+    """
+    import numpy as np
+
+    if df.height < min_rows:
+        return [df]
+    df = df.rechunk()  # a gather from one chunk is several times faster (no copy if it is one already)
+    h = (pl.col(SERIES[0]).hash(seed=0) ^ pl.col(SERIES[1]).hash(seed=1)) % SERIES_BUCKETS
+    bucket = df.select(h.cast(pl.Int16)).to_series().to_numpy()
+    sizes = np.bincount(bucket, minlength=SERIES_BUCKETS)
+    big = np.flatnonzero(sizes >= min_rows)
+    if not len(big):
+        return [df]
+    rank = np.full(SERIES_BUCKETS, len(big), np.int16)
+    rank[big] = np.arange(len(big), dtype=np.int16)
+    group = rank[bucket]
+    rows = df[pl.Series(np.argsort(group, kind="stable"), dtype=pl.Int64)]  # int16: a radix sort
+    out, at = [], 0
+    for n in np.bincount(group, minlength=len(big) + 1).tolist():
+        if n:
+            out.append(rows.slice(at, n))
+        at += n
+    return out
+
+
 class RawWriter:
-    """Writes a delivery's parsed batches to its raw Parquet file, atomically.
+    """Writes a delivery's parsed batches to its raw Parquet file, atomically, its row groups one series each.
 
     The push check parses every row anyway; it hands its batches to a
     ``RawWriter`` so an accepted delivery's raw table exists the moment its
     receipt does and ingest need not parse the files a second time. Nothing
     is visible under the final name until ``commit``; ``abort`` leaves no file.
 
-    Encoding and compressing a batch (pyarrow, which releases the GIL) runs
-    on a writer thread while the reader parses the next one, which hides
-    most of the time the writes took in line. The queue holds at most
-    ``QUEUE`` batches, so memory stays bounded by a few batches. Only the
-    text columns are dictionary-encoded (they repeat; numbers and timestamps
-    do not): faster, and smaller. The measurements are in
+    The batches go to a writer thread, which gathers ``GROUP_ROWS`` rows,
+    cuts them by series (``series_groups``) and encodes each series' rows
+    as a row group of its own, while the reader parses the next batches
+    (Polars and pyarrow release the GIL). Curation reads the raw table once
+    per bucket of series, by name: with one series per row group and
+    min/max statistics on ``sensor`` and ``entity``, Polars skips the row
+    groups of the other series instead of decoding and comparing every row
+    of the file for every bucket. Rows keep their delivery order within
+    their series, which is all curation's order needs (a reading's
+    duplicates share its series). The queue holds at most ``QUEUE``
+    batches, so memory stays bounded by those and one group of rows.
+
+    Only the text columns are dictionary-encoded (they repeat; numbers and
+    timestamps do not): faster, and smaller. The measurements are in
     docs/performance.md ("Why the code is as it is").
     """
 
     QUEUE = 4
+    # Rows the writer thread gathers before cutting them by series, and the
+    # least rows a series needs there for a row group of its own.
+    GROUP_ROWS = 1 << 17
+    SERIES_GROUP_MIN = 1 << 12
     # Up to this many rows the key columns of the batches are kept (``keys``): the push counts
     # duplicate keys on them in memory rather than reading them back from the file.
     KEYS_KEPT_ROWS = 1_000_000
@@ -64,7 +117,7 @@ class RawWriter:
         self.rows = 0
         self.records = 0  # source records (set by the caller that parses them)
         self._writer: pq.ParquetWriter | None = None
-        self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=self.QUEUE)
+        self._queue: queue.Queue[pl.DataFrame | None] = queue.Queue(maxsize=self.QUEUE)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._keys: list[pl.DataFrame] | None = []
@@ -78,37 +131,11 @@ class RawWriter:
 
     def write(self, batch: pl.DataFrame) -> None:
         self._raise()
-        # Arrow string views, as Polars holds them: no copy into large strings
-        # (a measurable part of the push). Written without the Arrow schema,
-        # so any reader sees plain UTF-8 columns, as before.
-        # The delivery id, the same on every row, goes in as a dictionary of one value: as a
-        # text column the writer hashed every row to find that one value again (a quarter of
-        # writing 240,000 C-MAPSS readings). The file holds the same dictionary-encoded text.
-        tbl = batch.select([c for c in self.schema if c != "delivery_id"]).to_arrow(
-            compat_level=pl.CompatLevel.newest())
-        tbl = tbl.add_column(0, "delivery_id", one_value_column(self.delivery_id, tbl.num_rows))
-        if self._writer is None:
+        if self._thread is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            text = [n for n, t in self.schema.items() if t == pl.String()]
-            # No statistics for the text columns: the raw table is in delivery
-            # order, so every row group holds nearly every entity and sensor
-            # and their min/max prune nothing, while computing them took a
-            # good part of the writer's CPU. Time and value keep theirs.
-            # LZ4, not zstd: curation reads the raw table once per bucket
-            # (and once for its series), and LZ4 decodes faster: curation is
-            # faster and the writer spends less CPU, for a larger file
-            # (uncompressed is larger still, and no faster to curate). The
-            # measurements are in docs/performance.md ("Why the code is as it is").
-            # Times (and integer readings) as deltas: a few bits a row where
-            # the deliveries' times mostly rise, instead of 8 bytes LZ4 can
-            # hardly shrink; the file is smaller and curation reads it faster.
-            delta = {n: "DELTA_BINARY_PACKED" for n, t in self.schema.items() if t.is_temporal() or t.is_integer()}
-            self._writer = pq.ParquetWriter(self.tmp, tbl.schema, compression="lz4", use_dictionary=text, store_schema=False,
-                                            write_statistics=[n for n in self.schema if n not in text],
-                                            column_encoding=delta)
             self._thread = threading.Thread(target=self._drain, name=f"raw-writer-{self.delivery_id}", daemon=True)
             self._thread.start()
-        self._queue.put(tbl)
+        self._queue.put(batch.select([c for c in self.schema if c != "delivery_id"]))
         self.rows += len(batch)
         if self._keys is not None and self.rows <= self.KEYS_KEPT_ROWS:
             self._keys.append(batch.select(KEY))
@@ -116,12 +143,66 @@ class RawWriter:
             self._keys = None
 
     def _drain(self) -> None:
-        while (tbl := self._queue.get()) is not None:
-            if self._error is None and self._writer is not None:
-                try:
-                    self._writer.write_table(tbl)
-                except BaseException as e:  # handed to the caller on its next call
-                    self._error = e
+        """The writer thread: gathers batches, writes them by series; an error is kept for the caller."""
+        pending: list[pl.DataFrame] = []
+        rows = 0
+        while (batch := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drained, so that write() never blocks
+            try:
+                if pending and batch.schema != pending[0].schema:
+                    raise ValueError(f"raw table of {self.delivery_id}: a batch's schema {dict(batch.schema)} "
+                                     f"differs from the file's {dict(pending[0].schema)}")
+                pending.append(batch)
+                rows += len(batch)
+                if rows >= self.GROUP_ROWS:
+                    self._write_groups(pending)
+                    rows = 0
+            except BaseException as e:  # handed to the caller on its next call
+                self._error = e
+        if pending and self._error is None:
+            try:
+                self._write_groups(pending)
+            except BaseException as e:
+                self._error = e
+
+    def _write_groups(self, pending: list[pl.DataFrame]) -> None:
+        """Write the ``pending`` batches (emptied here: their memory goes as soon as they are one frame) by series."""
+        df = pl.concat(pending, rechunk=True)  # a gather from one chunk is several times faster
+        pending.clear()
+        parts = series_groups(df, self.SERIES_GROUP_MIN)
+        del df  # the parts are slices of the rows in their new order
+        for part in parts:
+            # Arrow string views, as Polars holds them: no copy into large strings
+            # (a measurable part of the push). Written without the Arrow schema,
+            # so any reader sees plain UTF-8 columns, as before.
+            # The delivery id, the same on every row, goes in as a dictionary of one value: as a
+            # text column the writer hashed every row to find that one value again (a quarter of
+            # writing 240,000 C-MAPSS readings). The file holds the same dictionary-encoded text.
+            tbl = part.to_arrow(compat_level=pl.CompatLevel.newest())
+            tbl = tbl.add_column(0, "delivery_id", one_value_column(self.delivery_id, tbl.num_rows))
+            if self._writer is None:
+                self._writer = self._open(tbl.schema)
+            self._writer.write_table(tbl, row_group_size=max(1, tbl.num_rows))
+
+    def _open(self, schema: pa.Schema) -> pq.ParquetWriter:
+        text = [n for n, t in self.schema.items() if t == pl.String()]
+        # Min/max statistics for the series columns only among the text
+        # columns: they let a reader of some series skip the others' row
+        # groups. For the other text columns they would prune nothing while
+        # computing them took a good part of the writer's CPU. Time and value keep theirs.
+        # LZ4, not zstd: curation reads the raw table once per bucket
+        # (and once for its series), and LZ4 decodes faster: curation is
+        # faster and the writer spends less CPU, for a larger file
+        # (uncompressed is larger still, and no faster to curate). The
+        # measurements are in docs/performance.md ("Why the code is as it is").
+        # Times (and integer readings) as deltas: a few bits a row where
+        # the deliveries' times mostly rise, instead of 8 bytes LZ4 can
+        # hardly shrink; the file is smaller and curation reads it faster.
+        delta = {n: "DELTA_BINARY_PACKED" for n, t in self.schema.items() if t.is_temporal() or t.is_integer()}
+        return pq.ParquetWriter(self.tmp, schema, compression="lz4", use_dictionary=text, store_schema=False,
+                                write_statistics=[n for n in self.schema if n not in text or n in SERIES],
+                                column_encoding=delta)
 
     def _raise(self) -> None:
         if self._error is not None:
@@ -135,11 +216,11 @@ class RawWriter:
 
     def commit(self) -> Path:
         self._stop()
+        self._raise()
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             pl.DataFrame(schema=self.schema).write_parquet(self.tmp)
         else:
-            self._raise()
             self._writer.close()
             self._writer = None
         os.replace(self.tmp, self.path)
