@@ -196,6 +196,28 @@ class SeriesOrder:
             codes, self.series.get_column("_s"), return_dtype=pl.UInt32,
         ).alias("_s")
 
+    def sorted_by_key(self, raw: pl.LazyFrame) -> pl.LazyFrame:
+        """``raw`` sorted by the key ``_k``, exact duplicates dropped (:func:`drop_exact_duplicates`), with ``_s``.
+
+        The key names a row's series and time, so the sort carries only the
+        key and the other columns, and ``sensor``, ``entity`` and ``time``
+        are put back from the key after it: the sort's gather was the
+        plan's largest step, most of it copying those three columns
+        (docs/performance.md, "Why the code is as it is"). Rows with the
+        same key have the same series and time, so the duplicates found on
+        the key and the other columns are the same rows. Not for an engine
+        that tries the GPU (``rows_plan``'s ``joins_only``): its plan stays
+        as it was.
+        """
+        schema = raw.collect_schema()
+        rest = [n for n in schema.names() if n not in ("sensor", "entity", "time")]
+        lf = self.attach(raw).select(self.key().alias("_k"), *rest).sort("_k", maintain_order=True)
+        lf = drop_exact_duplicates(lf, ["_k", *rest])
+        offset = pl.col("_k") % self.stride
+        lf = lf.with_columns(_s=(pl.col("_k") // self.stride).cast(pl.UInt32),
+                             time=pl.when(offset != self.stride - 1).then(offset + self.t0).cast(schema["time"]))
+        return lf.join(self.series.lazy(), on="_s", how="left", maintain_order="left")
+
     def attach(self, lf: pl.LazyFrame, joins_only: bool = False) -> pl.LazyFrame:
         """``lf`` with its series rank ``_s``; ``joins_only`` for the GPU engine, which has no ``replace_strict``."""
         if joins_only:
@@ -295,12 +317,16 @@ def rows_plan(
     if order is None:
         lf = raw.unique(maintain_order=True).sort(["sensor", "entity", "time"], nulls_last=True, maintain_order=True)
         key_duplicate = pl.len().over(KEY) > 1
-    else:
+    elif joins_only:
         # The same order by one Int64 key (see SeriesOrder): 10x faster. The
         # key also names (entity, time, sensor), so duplicates of any kind
         # sit next to each other: see drop_exact_duplicates.
         lf = order.attach(raw, joins_only)
         lf = drop_exact_duplicates(lf.with_columns(_k=order.key()).sort("_k", maintain_order=True), raw.collect_schema().names())
+        key_duplicate = SAME_KEY_AS_A_NEIGHBOUR
+        series = "_s"
+    else:
+        lf = order.sorted_by_key(raw)
         key_duplicate = SAME_KEY_AS_A_NEIGHBOUR
         series = "_s"
     lf = lf.join(sensor_table(contract).lazy(), on="sensor", how="left", maintain_order="left")
