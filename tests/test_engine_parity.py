@@ -132,9 +132,13 @@ def test_one_key_sort_gives_the_multi_column_order(lab: Path, cases) -> None:
 def test_series_rank_by_lookups_equals_the_join(lab: Path, cases) -> None:
     """SeriesOrder.rank (lookups, CPU) gives every row the rank the join with the series table gives (GPU)."""
     for name, c, raw in cases:
+        i = pl.int_range(pl.len())
         for frame in (raw, raw.with_columns(  # and with null sensors and entities mixed in
-            sensor=pl.when(pl.int_range(pl.len()) % 7 == 0).then(None).otherwise(pl.col("sensor")),
-            entity=pl.when(pl.int_range(pl.len()) % 5 == 0).then(None).otherwise(pl.col("entity")),
+            sensor=pl.when(i % 7 == 0).then(None).otherwise(pl.col("sensor")),
+            entity=pl.when(i % 5 == 0).then(None).otherwise(pl.col("entity")),
+        ), raw.with_columns(  # a sensor the contract does not know; units it does not know, or none
+            sensor=pl.when(i % 11 == 0).then(pl.lit("mystery_sensor")).otherwise(pl.col("sensor")),
+            raw_unit=pl.when(i % 13 == 0).then(pl.lit("furlong")).when(i % 17 == 0).then(None).otherwise(pl.col("raw_unit")),
         )):
             order = curate.series_order(curate.series_table(frame.lazy()))
             assert order is not None, name
@@ -145,6 +149,9 @@ def test_series_rank_by_lookups_equals_the_join(lab: Path, cases) -> None:
             plan = curate.build_plan(c, frame.lazy(), None, None, order).collect()
             joins = curate.build_plan(c, frame.lazy(), None, None, order, joins_only=True).collect()
             assert_frame_equal(plan, joins, check_exact=True)
+            if "mystery_sensor" in frame.get_column("sensor"):  # the unknowns were there, and flagged
+                assert plan.filter((pl.col("raw_unit") == "furlong") & ~pl.col("flag_missing")).get_column("flag_unit_unknown").all()
+                assert plan.filter(pl.col("sensor") == "mystery_sensor").get_column("unit").is_null().all()
 
 
 def test_one_key_sort_places_nulls_last_and_keeps_delivery_order(contracts) -> None:

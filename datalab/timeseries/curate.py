@@ -214,9 +214,35 @@ class SeriesOrder:
         lf = self.attach(raw).select(self.key().alias("_k"), *rest).sort("_k", maintain_order=True)
         lf = drop_exact_duplicates(lf, ["_k", *rest])
         offset = pl.col("_k") % self.stride
-        lf = lf.with_columns(_s=(pl.col("_k") // self.stride).cast(pl.UInt32),
-                             time=pl.when(offset != self.stride - 1).then(offset + self.t0).cast(schema["time"]))
-        return lf.join(self.series.lazy(), on="_s", how="left", maintain_order="left")
+        return lf.with_columns(_s=(pl.col("_k") // self.stride).cast(pl.UInt32),
+                               time=pl.when(offset != self.stride - 1).then(offset + self.t0).cast(schema["time"]))
+
+    def lookups(self, contract: Contract) -> list[pl.Expr]:
+        """A row's ``sensor`` and ``entity``, its sensor's unit and limits and its unit's conversion, from ``_s``.
+
+        What the plan joined on text columns (the sensor table on
+        ``sensor``, the conversion table on ``raw_unit`` and ``unit``), as
+        gathers from small tables indexed by the series rank (0..n-1): the
+        same values, without the joins' hashing of every row's text and
+        their gathers of every column (57 against 119 ms for a 2.5 M-row
+        bucket). The raw unit is numbered among the conversion table's
+        spellings (one lookup); an unknown spelling, or none, converts to
+        nothing, as the join found nothing for it.
+        """
+        per = self.series.join(sensor_table(contract), on="sensor", how="left").sort("_s")
+        rank = pl.col("_s")
+        looked_up = ["sensor", "entity", *(c for c in sensor_table(contract).columns if c != "sensor")]
+        out = [pl.lit(per.get_column(c)).gather(rank).alias(c) for c in looked_up]
+        conv = conversion_table(contract)
+        spellings = conv.get_column("raw_unit").unique().sort()
+        n = len(spellings) + 1  # the last number: a spelling the table does not hold
+        grid = (per.select("_s", "unit").join(pl.DataFrame({"raw_unit": [*spellings, None], "_r": range(n)},
+                                                            schema={"raw_unit": pl.String, "_r": pl.Int64}), how="cross")
+                .join(conv, on=["raw_unit", "unit"], how="left").sort("_s", "_r"))
+        spelling = pl.col("raw_unit").replace_strict(spellings, pl.int_range(len(spellings), dtype=pl.Int64, eager=True),
+                                                     default=n - 1, return_dtype=pl.Int64)
+        at = rank.cast(pl.Int64) * n + spelling
+        return [*out, *(pl.lit(grid.get_column(c)).gather(at).alias(c) for c in ("_factor", "_offset"))]
 
     def attach(self, lf: pl.LazyFrame, joins_only: bool = False) -> pl.LazyFrame:
         """``lf`` with its series rank ``_s``; ``joins_only`` for the GPU engine, which has no ``replace_strict``."""
@@ -326,11 +352,13 @@ def rows_plan(
         key_duplicate = SAME_KEY_AS_A_NEIGHBOUR
         series = "_s"
     else:
-        lf = order.sorted_by_key(raw)
+        # The same, and the sensors' units, limits and conversions looked up by the series rank.
+        lf = order.sorted_by_key(raw).with_columns(order.lookups(contract))
         key_duplicate = SAME_KEY_AS_A_NEIGHBOUR
         series = "_s"
-    lf = lf.join(sensor_table(contract).lazy(), on="sensor", how="left", maintain_order="left")
-    lf = lf.join(conversion_table(contract).lazy(), on=["raw_unit", "unit"], how="left", maintain_order="left")
+    if order is None or joins_only:
+        lf = lf.join(sensor_table(contract).lazy(), on="sensor", how="left", maintain_order="left")
+        lf = lf.join(conversion_table(contract).lazy(), on=["raw_unit", "unit"], how="left", maintain_order="left")
     lf = lf.with_columns(_miss=missing_reading(contract)).with_columns(
         value=pl.when(~pl.col("_miss")).then(pl.col("raw_value") * pl.col("_factor") + pl.col("_offset")),
         flag_missing=pl.col("_miss"),
