@@ -339,6 +339,8 @@ def _column_map(i: int, spec: ExpectationSpec, schema: pl.Schema, cond: pl.Expr 
             raise Unsupported("value_set is not a list")
         values = list(values)
         if isinstance(dtype, _TEXT) and all(isinstance(v, str) for v in values):
+            if cond is None:
+                return _text_map_by_runs(i, col, present, mostly, lambda v: ~v.cast(pl.String).is_in(values))
             bad = ~_text(col).is_in(values)
         elif dtype == pl.Boolean and all(isinstance(v, bool) for v in values):
             bad = ~c.is_in(values)
@@ -356,7 +358,10 @@ def _column_map(i: int, spec: ExpectationSpec, schema: pl.Schema, cond: pl.Expr 
         regex = kw.get("regex")
         if not isinstance(regex, str):
             raise Unsupported("regex is not a string")
-        bad = ~c.str.contains(rust_regex(regex))
+        pattern = rust_regex(regex)
+        if cond is None:
+            return _text_map_by_runs(i, col, present, mostly, lambda v: ~v.str.contains(pattern))
+        bad = ~c.str.contains(pattern)
     elif t == "expect_column_value_lengths_to_be_between":
         _need(schema, col, _TEXT, "text")
         _range(kw)
@@ -375,6 +380,26 @@ def _column_map(i: int, spec: ExpectationSpec, schema: pl.Schema, cond: pl.Expr 
     keep = present if cond is None else cond & present
     bad = bad.fill_null(False)
     return _map_plan(i, col, present, cond, mostly, (keep & bad).sum(), _first(c.filter(keep & bad), i))
+
+
+def _text_map_by_runs(i: int, col: str, present: pl.Expr, mostly: float,
+                      bad_of: Callable[[pl.Expr], pl.Expr]) -> _Plan:
+    """A column-map expectation on text, its test (``bad_of``) run once per run of equal values, not per row.
+
+    A curated table is sorted by sensor, entity and time, so its text
+    columns come in long runs of one value (a 2.5 M-row part holds a dozen
+    entities): the regex on a machine id, matched row by row, took 19.4 ms
+    of an 837,000-row run, 2.3 ms by runs (docs/performance.md). The counts
+    and the first unexpected values, in row order, are those of the rows:
+    each run stands for its length. On rows in no particular order the runs
+    are the rows, and the result is the same.
+    """
+    runs = pl.col(col).rle()
+    value, n = runs.struct.field("value"), runs.struct.field("len")
+    bad = (value.is_not_null() & bad_of(value)).fill_null(False)
+    unexpected = (n.cast(pl.Int64) * bad.cast(pl.Int64)).sum()
+    sample = value.filter(bad).repeat_by(n.filter(bad)).explode().head(PARTIAL_UNEXPECTED_COUNT).implode()
+    return _map_plan(i, col, present, None, mostly, unexpected, sample.alias(f"{i}:sample"))
 
 
 def _map_plan(i: int, col: str, present: pl.Expr, cond: pl.Expr | None, mostly: float, unexpected: pl.Expr,
