@@ -547,6 +547,14 @@ def test_raw_table_row_groups_hold_one_series_each_in_delivery_order(lab: Path, 
         mixed += not single
     assert md.num_row_groups > 12 and one_series >= md.num_row_groups - 4, (one_series, md.num_row_groups)
     assert mixed >= 1  # the rare series and the rows without a sensor or entity
+    assert ingest.written_by_series(w.path)  # (its footer says so: curation then cuts more buckets)
+    monkeypatch.setattr(ingest.RawWriter, "SERIES_GROUP_MIN", 10**9)
+    w2 = ingest.RawWriter(c, "d-in-delivery-order", settings())
+    for b in batches:
+        w2.write(b)
+    w2.commit()
+    assert not ingest.written_by_series(w2.path) and pl.read_parquet(w2.path).drop("delivery_id").equals(
+        delivered.drop("delivery_id"))
     # A scan for one series reads only its row groups (and the mixed ones).
     pick = (pl.col("sensor") == "vibration") & (pl.col("entity") == delivered["entity"].drop_nulls()[0])
     assert pl.scan_parquet(w.path).filter(pick).collect().equals(delivered.filter(pick))
@@ -563,6 +571,7 @@ def test_curation_is_the_same_whatever_the_raw_tables_row_groups(lab: Path, tmp_
     monkeypatch.setattr(ingest.RawWriter, "GROUP_ROWS", 6_000)
     monkeypatch.setattr(ingest.RawWriter, "SERIES_GROUP_MIN", 200)
     monkeypatch.setenv("DATALAB_CURATE_BUCKET_ROWS", "8000")  # several buckets, each a scan by series
+    monkeypatch.setattr(curate, "BUCKET_MIN_ROWS", 1_000)  # by series: a bucket per series
     rec = landing.push(c, [path])
     assert rec.accepted, rec.reasons
     import pyarrow.parquet as pq
@@ -580,6 +589,18 @@ def test_curation_is_the_same_whatever_the_raw_tables_row_groups(lab: Path, tmp_
     assert pq.ParquetFile(raw).metadata.num_row_groups < 12
     in_order = curate.curate_delivery(c, rec.delivery_id)
     b = pl.read_parquet(curate.curated_path(c, rec.delivery_id, settings()))
-    assert by_series.series_buckets > 1 and a.height == by_series.rows_out
-    assert a.equals(b)
+    assert by_series.series_buckets >= 12 > in_order.series_buckets > 1 and a.height == by_series.rows_out
+    # the same rows; the parts come in another order (first fit packs the four buckets largest first)
+    assert a.equals(b.sort("sensor", "entity", "time", nulls_last=True, maintain_order=True))
     assert by_series.flags == in_order.flags and by_series.exact_duplicates_removed == in_order.exact_duplicates_removed
+
+
+def test_a_raw_table_written_by_series_is_curated_in_a_bucket_per_series() -> None:
+    """One bucket per series (down to BUCKET_MIN_ROWS rows each) only where each is still picked by name."""
+    m, per = curate.MIN_BUCKETS, curate.BUCKET_MIN_ROWS
+    assert curate.buckets_wanted(12, 20 * per, by_series=True) == 12
+    assert curate.buckets_wanted(12, 20 * per, by_series=False) == m  # read whole for every bucket: as before
+    assert curate.buckets_wanted(12, 6 * per, by_series=True) == 6  # no bucket under BUCKET_MIN_ROWS
+    assert curate.buckets_wanted(24, 20 * per, by_series=True) == 20
+    assert curate.buckets_wanted(3, 20 * per, by_series=True) == m
+    assert curate.buckets_wanted(1_000, 20 * per, by_series=True) == m  # buckets picked by hash: whole reads

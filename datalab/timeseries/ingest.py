@@ -38,10 +38,25 @@ def raw_path(contract: Contract, delivery_id: str, s: Settings) -> Path:
 # grouped by a hash of the two into this many numbers (a prime, under int16's range).
 SERIES = ("sensor", "entity")
 SERIES_BUCKETS = 32749
+# The raw file's footer says so (key-value metadata) when most of its rows are in row groups of
+# one series each: curation then cuts it into more buckets, each reading only its own row groups.
+BY_SERIES_KEY = "datalab.raw_row_groups"
+BY_SERIES_SHARE = 0.9
 
 
-def series_groups(df: pl.DataFrame, min_rows: int) -> list[pl.DataFrame]:
+def written_by_series(path: Path) -> bool:
+    """Whether the raw file at ``path`` holds most rows in row groups of one series (``RawWriter``'s footer mark)."""
+    try:
+        meta = pq.read_metadata(path).metadata or {}
+    except (OSError, pa.ArrowException):  # not Parquet at all: the scan that follows says so, with the file's name
+        return False
+    return meta.get(BY_SERIES_KEY.encode()) == b"series"
+
+
+def series_groups(df: pl.DataFrame, min_rows: int) -> tuple[list[pl.DataFrame], int]:
     """``df`` cut into row groups: one per series of at least ``min_rows`` rows, the other rows together, last.
+
+    Returns the groups and how many rows the mixed one holds.
 
     Rows are grouped by a hash of their (sensor, entity) into
     ``SERIES_BUCKETS`` numbers, sorted by those with a stable radix sort
@@ -55,24 +70,26 @@ def series_groups(df: pl.DataFrame, min_rows: int) -> list[pl.DataFrame]:
     import numpy as np
 
     if df.height < min_rows:
-        return [df]
+        return ([df] if df.height else []), df.height
     df = df.rechunk()  # a gather from one chunk is several times faster (no copy if it is one already)
     h = (pl.col(SERIES[0]).hash(seed=0) ^ pl.col(SERIES[1]).hash(seed=1)) % SERIES_BUCKETS
     bucket = df.select(h.cast(pl.Int16)).to_series().to_numpy()
     sizes = np.bincount(bucket, minlength=SERIES_BUCKETS)
     big = np.flatnonzero(sizes >= min_rows)
     if not len(big):
-        return [df]
+        return [df], df.height
     rank = np.full(SERIES_BUCKETS, len(big), np.int16)
     rank[big] = np.arange(len(big), dtype=np.int16)
     group = rank[bucket]
     rows = df[pl.Series(np.argsort(group, kind="stable"), dtype=pl.Int64)]  # int16: a radix sort
     out, at = [], 0
-    for n in np.bincount(group, minlength=len(big) + 1).tolist():
+    sizes = np.bincount(group, minlength=len(big) + 1).tolist()
+    for n in sizes:
         if n:
             out.append(rows.slice(at, n))
         at += n
-    return out
+    return out, sizes[-1]
+
 
 
 class RawWriter:
@@ -121,6 +138,7 @@ class RawWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._keys: list[pl.DataFrame] | None = []
+        self._mixed_rows = 0  # rows written in row groups of several series (the writer thread's count)
 
     @property
     def keys(self) -> pl.DataFrame | None:
@@ -170,7 +188,8 @@ class RawWriter:
         """Write the ``pending`` batches (emptied here: their memory goes as soon as they are one frame) by series."""
         df = pl.concat(pending, rechunk=True)  # a gather from one chunk is several times faster
         pending.clear()
-        parts = series_groups(df, self.SERIES_GROUP_MIN)
+        parts, mixed = series_groups(df, self.SERIES_GROUP_MIN)
+        self._mixed_rows += mixed
         del df  # the parts are slices of the rows in their new order
         for part in parts:
             # Arrow string views, as Polars holds them: no copy into large strings
@@ -221,6 +240,8 @@ class RawWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             pl.DataFrame(schema=self.schema).write_parquet(self.tmp)
         else:
+            if self.rows and self._mixed_rows <= (1 - BY_SERIES_SHARE) * self.rows:
+                self._writer.add_key_value_metadata({BY_SERIES_KEY: "series"})
             self._writer.close()
             self._writer = None
         os.replace(self.tmp, self.path)
