@@ -197,8 +197,8 @@ class Twin:
                                *(pl.lit(v, pl.String).alias(k) for k, v in self.constants.items()))
 
 
-def one_value_column(value: str, rows: int) -> Any:
-    """An Arrow column of ``rows`` times ``value``: a dictionary of one text and int8 indices, all zero.
+def one_value_column(value: str, rows: int, index: str = "int8") -> Any:
+    """An Arrow column of ``rows`` times ``value``: a dictionary of one text and ``index`` indices, all zero.
 
     Written to Parquet it is the same dictionary-encoded text as a text
     column, without the writer hashing every row to find the one value. The
@@ -209,7 +209,7 @@ def one_value_column(value: str, rows: int) -> Any:
     import numpy as np
     import pyarrow as pa
 
-    zeros = pa.Array.from_buffers(pa.int8(), rows, [None, pa.py_buffer(np.zeros(rows, np.int8))])
+    zeros = pa.Array.from_buffers(pa.type_for_alias(index), rows, [None, pa.py_buffer(np.zeros(rows, index))])
     text = pl.Series([value], dtype=pl.String).to_arrow(compat_level=pl.CompatLevel.oldest())
     return pa.DictionaryArray.from_arrays(zeros, text)
 

@@ -555,6 +555,18 @@ def test_raw_table_row_groups_hold_one_series_each_in_delivery_order(lab: Path, 
     w2.commit()
     assert not ingest.written_by_series(w2.path) and pl.read_parquet(w2.path).drop("delivery_id").equals(
         delivered.drop("delivery_id"))
+    # Every series' hash number the same: one bucket of several series, found and written as a mixed group.
+    monkeypatch.setattr(ingest.RawWriter, "SERIES_GROUP_MIN", 300)
+    monkeypatch.setattr(ingest, "SERIES_BUCKETS", 1)
+    w3 = ingest.RawWriter(c, "d-one-bucket", settings())
+    for b in batches:
+        w3.write(b)
+    w3.commit()
+    got3 = pl.read_parquet(w3.path)
+    assert not ingest.written_by_series(w3.path) and got3.height == delivered.height
+    for key, rows in delivered.group_by(series):
+        same = pl.all_horizontal(pl.col(k).eq_missing(v) for k, v in zip(series, key, strict=True))
+        assert got3.filter(same).drop("delivery_id").equals(rows.drop("delivery_id")), key
     # A scan for one series reads only its row groups (and the mixed ones).
     pick = (pl.col("sensor") == "vibration") & (pl.col("entity") == delivered["entity"].drop_nulls()[0])
     assert pl.scan_parquet(w.path).filter(pick).collect().equals(delivered.filter(pick))

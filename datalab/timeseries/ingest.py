@@ -53,43 +53,82 @@ def written_by_series(path: Path) -> bool:
     return meta.get(BY_SERIES_KEY.encode()) == b"series"
 
 
-def series_groups(df: pl.DataFrame, min_rows: int) -> tuple[list[pl.DataFrame], int]:
+def series_groups(df: pl.DataFrame, min_rows: int) -> tuple[list[tuple[pl.DataFrame, tuple[str, str] | None]], int]:
     """``df`` cut into row groups: one per series of at least ``min_rows`` rows, the other rows together, last.
 
-    Returns the groups and how many rows the mixed one holds.
+    Returns the groups and how many rows are in groups of several series.
+    A group of one series comes with its (sensor, entity) and without those
+    two columns (they are one value: ``RawWriter`` writes them as such, so
+    they are neither gathered nor hashed again); any other group comes
+    with its key None and every column.
 
     Rows are grouped by a hash of their (sensor, entity) into
     ``SERIES_BUCKETS`` numbers, sorted by those with a stable radix sort
     and gathered once: a series keeps its rows' order (delivery order), and
     so do the rows of the mixed group, which is all curation's order needs
-    (duplicates of a reading share its series). Two series whose hashes
-    meet share a row group; its statistics then span both, which only
-    makes them prune less. Exact groups (``partition_by``, or dictionary
-    codes) cost two to three times as much, on the push's writer thread.
+    (duplicates of a reading share its series). Two series whose numbers
+    meet share a row group (their 64-bit hashes differ within it: it is
+    written as a mixed one); its statistics then span both, which only makes
+    them prune less. Exact groups (``partition_by``, or dictionary codes)
+    cost two to three times as much, on the push's writer thread.
     """
     import numpy as np
 
     if df.height < min_rows:
-        return ([df] if df.height else []), df.height
+        return ([(df, None)] if df.height else []), df.height
     df = df.rechunk()  # a gather from one chunk is several times faster (no copy if it is one already)
-    h = (pl.col(SERIES[0]).hash(seed=0) ^ pl.col(SERIES[1]).hash(seed=1)) % SERIES_BUCKETS
-    bucket = df.select(h.cast(pl.Int16)).to_series().to_numpy()
+    full = df.select(pl.col(SERIES[0]).hash(seed=0) ^ pl.col(SERIES[1]).hash(seed=1)).to_series().to_numpy()
+    bucket = (full % SERIES_BUCKETS).astype(np.int16)
     sizes = np.bincount(bucket, minlength=SERIES_BUCKETS)
     big = np.flatnonzero(sizes >= min_rows)
     if not len(big):
-        return [df], df.height
+        return [(df, None)], df.height
     rank = np.full(SERIES_BUCKETS, len(big), np.int16)
     rank[big] = np.arange(len(big), dtype=np.int16)
     group = rank[bucket]
-    rows = df[pl.Series(np.argsort(group, kind="stable"), dtype=pl.Int64)]  # int16: a radix sort
-    out, at = [], 0
-    sizes = np.bincount(group, minlength=len(big) + 1).tolist()
-    for n in sizes:
-        if n:
-            out.append(rows.slice(at, n))
-        at += n
-    return out, sizes[-1]
+    order = np.argsort(group, kind="stable")  # int16: a radix sort
+    counts = np.bincount(group, minlength=len(big) + 1)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    hashes = full[order]
+    keys = df.select(SERIES)
+    rest = df.drop(SERIES)[pl.Series(order, dtype=pl.Int64)]
+    out: list[tuple[pl.DataFrame, tuple[str, str] | None]] = []
+    mixed = 0
+    for k, (at, n) in enumerate(zip(starts.tolist(), counts.tolist(), strict=True)):
+        if not n:
+            continue
+        first = int(order[at])
+        key = (keys.item(first, SERIES[0]), keys.item(first, SERIES[1]))
+        if k < len(big) and None not in key and hashes[at] == hashes[at:at + n].min() == hashes[at:at + n].max():
+            out.append((rest.slice(at, n), key))
+        else:  # the rows of several series (or without a name): every column
+            out.append((rest.slice(at, n).with_columns(keys[pl.Series(order[at:at + n], dtype=pl.Int64)]), None))
+            mixed += n
+    return out, mixed
 
+
+def _series_table(part: pl.DataFrame, key: tuple[str, str] | None, names: list[str]) -> pa.Table:
+    """One row group as Arrow, its columns in the file's order (``names``) and its series columns text dictionaries.
+
+    Arrow string views, as Polars holds them: no copy into large strings (a
+    measurable part of the push). A group of one series gets ``sensor`` and
+    ``entity`` as dictionaries of one value (nothing to hash, statistics
+    from the one value); a mixed group its own dictionaries of them. Either
+    way the file holds the same dictionary-encoded text, and its readers
+    see plain text (the file is written without the Arrow schema).
+    """
+    tbl = part.to_arrow(compat_level=pl.CompatLevel.newest())
+    n = tbl.num_rows
+    cols = {}
+    for name in SERIES:
+        if key is not None:
+            cols[name] = one_value_column(key[SERIES.index(name)], n, "int32")
+        else:
+            import pyarrow.compute as pc  # (28 ms to import, once)
+
+            enc = pc.dictionary_encode(tbl.column(name)).combine_chunks()
+            cols[name] = pa.DictionaryArray.from_arrays(enc.indices, enc.dictionary.cast(pa.large_string()))
+    return pa.table({c: cols[c] if c in cols else tbl.column(c) for c in names})
 
 
 class RawWriter:
@@ -188,17 +227,15 @@ class RawWriter:
         """Write the ``pending`` batches (emptied here: their memory goes as soon as they are one frame) by series."""
         df = pl.concat(pending, rechunk=True)  # a gather from one chunk is several times faster
         pending.clear()
+        names = df.columns
         parts, mixed = series_groups(df, self.SERIES_GROUP_MIN)
         self._mixed_rows += mixed
         del df  # the parts are slices of the rows in their new order
-        for part in parts:
-            # Arrow string views, as Polars holds them: no copy into large strings
-            # (a measurable part of the push). Written without the Arrow schema,
-            # so any reader sees plain UTF-8 columns, as before.
+        for part, key in parts:
+            tbl = _series_table(part, key, names)
             # The delivery id, the same on every row, goes in as a dictionary of one value: as a
             # text column the writer hashed every row to find that one value again (a quarter of
             # writing 240,000 C-MAPSS readings). The file holds the same dictionary-encoded text.
-            tbl = part.to_arrow(compat_level=pl.CompatLevel.newest())
             tbl = tbl.add_column(0, "delivery_id", one_value_column(self.delivery_id, tbl.num_rows))
             if self._writer is None:
                 self._writer = self._open(tbl.schema)
