@@ -77,7 +77,23 @@ def _write_all(f: Any, data: memoryview) -> None:
         data = data[n:]
 
 
-class _Hasher:
+class _ThreadHash:
+    """A SHA-256 computed on a thread: ``digest`` ends the thread (``stop``) and re-raises what failed on it."""
+
+    _h: Any
+    _error: BaseException | None
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def digest(self) -> str:
+        self.stop()
+        if self._error is not None:
+            raise self._error
+        return self._h.hexdigest()
+
+
+class _Hasher(_ThreadHash):
     """SHA-256 of the chunks handed to it, on its own thread, while the caller writes them.
 
     Hashing a chunk and writing it took about the same time each (0.56 and
@@ -137,17 +153,10 @@ class _Hasher:
         self._free.release()
 
     def stop(self) -> None:
-        """End the hasher's thread without a digest (the copy failed)."""
+        """End the hasher's thread (with no digest asked for: the copy failed)."""
         if self._thread is not None:
             self._q.put(None)
             self._thread.join()
-
-    def digest(self) -> str:
-        """The SHA-256 of every chunk put, once the hasher has caught up."""
-        self.stop()
-        if self._error is not None:
-            raise self._error
-        return self._h.hexdigest()
 
 
 class _Reported:
@@ -182,7 +191,7 @@ KERNEL_STEP = 8 << 20
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM}
 
 
-class _KernelCopy:
+class _KernelCopy(_ThreadHash):
     """``src`` copied to ``dst`` by the kernel (``copy_file_range``), hashed from ``dst`` behind the copy.
 
     Written through this process (read into a buffer, written out), the
@@ -240,12 +249,6 @@ class _KernelCopy:
             self._finished = True
             self._cv.notify()
         self._thread.join()
-
-    def digest(self) -> str:
-        self.stop()
-        if self._error is not None:
-            raise self._error
-        return self._h.hexdigest()
 
 
 def _stage_in_kernel(src: Path, dst: Path, total: int, name: str, progress: Progress | None) -> tuple[str, int, bool] | None:

@@ -229,9 +229,10 @@ class SeriesOrder:
         spellings (one lookup); an unknown spelling, or none, converts to
         nothing, as the join found nothing for it.
         """
-        per = self.series.join(sensor_table(contract), on="sensor", how="left").sort("_s")
+        sensors = sensor_table(contract)
+        per = self.series.join(sensors, on="sensor", how="left").sort("_s")
         rank = pl.col("_s")
-        looked_up = ["sensor", "entity", *(c for c in sensor_table(contract).columns if c != "sensor")]
+        looked_up = ["sensor", "entity", *(c for c in sensors.columns if c != "sensor")]
         out = [pl.lit(per.get_column(c)).gather(rank).alias(c) for c in looked_up]
         conv = conversion_table(contract)
         spellings = conv.get_column("raw_unit").unique().sort()

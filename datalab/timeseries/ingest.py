@@ -99,7 +99,7 @@ def series_groups(df: pl.DataFrame, min_rows: int) -> tuple[list[tuple[pl.DataFr
             continue
         first = int(order[at])
         key = (keys.item(first, SERIES[0]), keys.item(first, SERIES[1]))
-        if k < len(big) and None not in key and hashes[at] == hashes[at:at + n].min() == hashes[at:at + n].max():
+        if k < len(big) and None not in key and hashes[at:at + n].min() == hashes[at:at + n].max():
             out.append((rest.slice(at, n), key))
         else:  # the rows of several series (or without a name): every column
             out.append((rest.slice(at, n).with_columns(keys[pl.Series(order[at:at + n], dtype=pl.Int64)]), None))
@@ -107,7 +107,7 @@ def series_groups(df: pl.DataFrame, min_rows: int) -> tuple[list[tuple[pl.DataFr
     return out, mixed
 
 
-def _series_table(part: pl.DataFrame, key: tuple[str, str] | None, names: list[str]) -> pa.Table:
+def _row_group_table(part: pl.DataFrame, key: tuple[str, str] | None, names: list[str]) -> pa.Table:
     """One row group as Arrow, its columns in the file's order (``names``) and its series columns text dictionaries.
 
     Arrow string views, as Polars holds them: no copy into large strings (a
@@ -120,9 +120,9 @@ def _series_table(part: pl.DataFrame, key: tuple[str, str] | None, names: list[s
     tbl = part.to_arrow(compat_level=pl.CompatLevel.newest())
     n = tbl.num_rows
     cols = {}
-    for name in SERIES:
+    for i, name in enumerate(SERIES):
         if key is not None:
-            cols[name] = one_value_column(key[SERIES.index(name)], n, "int32")
+            cols[name] = one_value_column(key[i], n, "int32")
         else:
             import pyarrow.compute as pc  # (28 ms to import, once)
 
@@ -232,7 +232,7 @@ class RawWriter:
         self._mixed_rows += mixed
         del df  # the parts are slices of the rows in their new order
         for part, key in parts:
-            tbl = _series_table(part, key, names)
+            tbl = _row_group_table(part, key, names)
             # The delivery id, the same on every row, goes in as a dictionary of one value: as a
             # text column the writer hashed every row to find that one value again (a quarter of
             # writing 240,000 C-MAPSS readings). The file holds the same dictionary-encoded text.
