@@ -33,6 +33,15 @@ from datalab.contracts.policy import policy_words
 from datalab.kinds import Kind, kind_of_manifest
 from datalab.store.manifest import Manifest
 from datalab.store.markdown import cell as md_cell
+from datalab.store.row_facts import (
+    VALUE_SEED,
+    StoredFacts,
+    clean_value,
+    fine_aggs,
+    fine_keys,
+    is_ts,
+    shift_code,
+)
 
 # Warn when one group holds more than this share (dominance) ...
 DOMINANT_SHARE = 0.6
@@ -74,10 +83,6 @@ def _firm_label(c: Contract, s: Settings) -> str:
 SHIFTS = {0: "night (22-06)", 1: "early (06-14)", 2: "late (14-22)"}
 
 
-def _shift_code() -> pl.Expr:
-    return (((pl.col("time").dt.hour().cast(pl.Int8) + 2) // 8) % 3).fill_null(0)
-
-
 def _shares(df: pl.DataFrame, col: str, total: int) -> list[dict[str, Any]]:
     return [{"group": r[col], "rows": r["rows"], "share": round(r["rows"] / total, 4) if total else 0.0}
             for r in df.sort(col).iter_rows(named=True)]
@@ -95,28 +100,12 @@ def _warn_shares(what: str, shares: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _clean_value(schema: dict[str, str]) -> pl.Expr:
-    """``value`` where it is in the contract's range and no robust outlier, else null.
-
-    Distributions and statistics describe these; the flagged values are
-    counted separately (a few spikes would otherwise hide the distribution).
-    """
-    bad = [pl.col(f) for f in ("flag_out_of_range", "flag_outlier") if f in schema]
-    if not bad:
-        return pl.col("value")
-    return pl.when(~pl.any_horizontal(*bad)).then(pl.col("value")).otherwise(None)
-
-
-def _is_ts(schema: dict[str, str]) -> bool:
-    return schema.get("time", "").startswith("Datetime")
-
-
 def fine_counts(schema: dict[str, str], flags: tuple[str, ...], lf: pl.LazyFrame) -> pl.DataFrame:
     """Row, time-span and flag counts per (firm, contract, entity, sensor, shift): one pass over the version.
 
     ``flags``: the flag columns of the version's kind (``Kind.flag_words``).
     """
-    ts = _is_ts(schema)
+    ts = is_ts(schema)
     # One pass for every count of the card: a group-by on the finest key the
     # card needs (firm, machine type, entity, sensor, operating condition),
     # from which totals, per-firm, per-type, per-machine, flag and condition
@@ -132,21 +121,25 @@ def fine_counts(schema: dict[str, str], flags: tuple[str, ...], lf: pl.LazyFrame
     # (wrapping sums of UInt64: the sum of the parts' sums is the whole's):
     # their own pass was 0.6 s of a 10 M-row publish (near_duplicates_of).
     flag_cols = [f for f in flags if f in schema]
-    keys = ["tenant", "contract_id", "entity", "sensor", *(["condition"] if ts else [])]
-    hashes = {"value_hash": pl.col("value").hash(seed=VALUE_SEED).sum()} if "value" in schema else {}
-    fine = (lf.with_columns(condition=_shift_code()) if ts else lf).group_by(keys).agg(
-        rows=pl.len(), time_min=pl.col("time").min(), time_max=pl.col("time").max(),
-        gaps=pl.col("flag_gap_before").sum(), missing=pl.col("flag_missing").sum(),
-        **{f"_{f}": pl.col(f).sum() for f in flag_cols}, **hashes).collect(engine="streaming")
-    if ts:
-        fine = fine.with_columns(condition=pl.col("condition").replace_strict(SHIFTS, return_dtype=pl.String))
-    return fine
+    fine = (lf.with_columns(condition=shift_code()) if ts else lf).group_by(fine_keys(schema, ("tenant", "contract_id"))).agg(
+        **fine_aggs(schema, flag_cols)).collect(engine="streaming")
+    return named_conditions(fine) if ts else fine
 
 
-def sensor_stats(schema: dict[str, str], lf: pl.LazyFrame) -> pl.DataFrame:
-    """Per (contract, sensor): unit, rows, missing and flagged counts, and the statistics of the clean values."""
-    clean = _clean_value(schema)
-    per_sensor = lf.group_by("contract_id", "sensor").agg(
+def named_conditions(fine: pl.DataFrame) -> pl.DataFrame:
+    """The fine counts with their operating conditions named (``SHIFTS``) instead of coded."""
+    return fine.with_columns(condition=pl.col("condition").replace_strict(SHIFTS, return_dtype=pl.String))
+
+
+def sensor_stats(schema: dict[str, str], lf: pl.LazyFrame, moments: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Per (contract, sensor): unit, rows, missing and flagged counts, and the statistics of the clean values.
+
+    ``moments``: all of it but the medians, if already known (the
+    deliveries' stored facts, :meth:`row_facts.StoredFacts.sensors`); the
+    medians do not add up over deliveries and are always read from the rows.
+    """
+    clean = clean_value(schema)
+    per_sensor = moments if moments is not None else lf.group_by("contract_id", "sensor").agg(
         unit=pl.col("unit").first(), rows=pl.len(), missing=pl.col("value").is_null().sum(),
         flagged=(pl.col("value").is_not_null() & clean.is_null()).sum(),
         mean=clean.mean(), std=clean.std(), min=clean.min(),
@@ -179,13 +172,24 @@ class RowPasses:
     samples: list[Any]  # numpy arrays: clean values of the first PLOTTED_SENSORS sensors (at most SAMPLE_VALUES each)
 
 
-def row_passes(schema: dict[str, str], flags: tuple[str, ...], lf: pl.LazyFrame) -> RowPasses:
-    """Every pass over the version's rows the card needs: they need only its schema and its kind's flag columns."""
-    fine = fine_counts(schema, flags, lf)
-    sensors = sensor_stats(schema, lf)
+def row_passes(schema: dict[str, str], flags: tuple[str, ...], lf: pl.LazyFrame,
+               stored: StoredFacts | None = None) -> RowPasses:
+    """Every pass over the version's rows the card needs: they need only its schema and its kind's flag columns.
+
+    ``stored``: the fine counts and sensor moments of every delivery of the
+    version, counted at curation (:mod:`datalab.store.row_facts`): merged
+    instead of counted again; the rest is read from the rows.
+    """
+    if stored is not None:
+        fine = stored.fine(schema, flags)
+        fine = named_conditions(fine) if is_ts(schema) else fine
+        sensors = sensor_stats(schema, lf, stored.sensors())
+    else:
+        fine = fine_counts(schema, flags, lf)
+        sensors = sensor_stats(schema, lf)
     cov = coverage(schema, lf, span=(fine["time_min"].min(), fine["time_max"].max()))
     samples = [
-        lf.filter((pl.col("contract_id") == cid) & (pl.col("sensor") == sensor)).select(_clean_value(schema).alias("v")).drop_nulls()
+        lf.filter((pl.col("contract_id") == cid) & (pl.col("sensor") == sensor)).select(clean_value(schema).alias("v")).drop_nulls()
         .head(SAMPLE_VALUES).collect(engine="streaming")["v"].to_numpy()
         for cid, sensor in sensors.select("contract_id", "sensor").head(PLOTTED_SENSORS).iter_rows()
     ]
@@ -195,16 +199,17 @@ def row_passes(schema: dict[str, str], flags: tuple[str, ...], lf: pl.LazyFrame)
 class PendingPasses:
     """:func:`row_passes` running on a daemon thread; :meth:`result` waits and re-raises its error."""
 
-    def __init__(self, schema: dict[str, str], flags: tuple[str, ...], lf: pl.LazyFrame):
+    def __init__(self, schema: dict[str, str], flags: tuple[str, ...], lf: pl.LazyFrame,
+                 stored: StoredFacts | None = None):
         self._out: RowPasses | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(schema, flags, lf), name="datalab-datasheet-passes",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(schema, flags, lf, stored),
+                                        name="datalab-datasheet-passes", daemon=True)
         self._thread.start()
 
-    def _run(self, schema: dict[str, str], flags: tuple[str, ...], lf: pl.LazyFrame) -> None:
+    def _run(self, schema: dict[str, str], flags: tuple[str, ...], lf: pl.LazyFrame, stored: StoredFacts | None) -> None:
         try:
-            self._out = row_passes(schema, flags, lf)
+            self._out = row_passes(schema, flags, lf, stored)
         except BaseException as e:  # handed to result()
             self._error = e
 
@@ -216,9 +221,10 @@ class PendingPasses:
         return self._out
 
 
-def start_row_passes(schema: dict[str, str], flags: tuple[str, ...], lf: pl.LazyFrame) -> PendingPasses:
+def start_row_passes(schema: dict[str, str], flags: tuple[str, ...], lf: pl.LazyFrame,
+                     stored: StoredFacts | None = None) -> PendingPasses:
     """Start :func:`row_passes` for a version with ``schema`` on a thread (see :class:`RowPasses`)."""
-    return PendingPasses(schema, flags, lf)
+    return PendingPasses(schema, flags, lf, stored)
 
 
 def facts(m: Manifest, contracts: dict[str, Contract], lf: pl.LazyFrame, s: Settings,
@@ -227,7 +233,7 @@ def facts(m: Manifest, contracts: dict[str, Contract], lf: pl.LazyFrame, s: Sett
     used = {cid: contracts[cid] for cid in m.contract_ids if cid in contracts}
     firms = {c.tenant: _firm_label(c, s) for c in used.values()}
     domain = {cid: str(c.raw.get("domain") or c.product) for cid, c in used.items()}
-    ts = _is_ts(m.schema)
+    ts = is_ts(m.schema)
     passes = passes or row_passes(m.schema, tuple(flag_words(m)), lf)
     fine = passes.fine
     flag_cols = [f for f in flag_words(m) if f in m.schema]
@@ -302,10 +308,6 @@ def facts(m: Manifest, contracts: dict[str, Contract], lf: pl.LazyFrame, s: Sett
 
 # A series of fewer readings than this is not compared (short series match by chance).
 NEAR_DUPLICATE_MIN_READINGS = 20
-# Seed of the value hashes whose sums fingerprint a series.
-VALUE_SEED = 7
-
-
 def near_duplicate_series(lf: pl.LazyFrame) -> list[str]:
     """Warnings for entities whose readings repeat another entity's, value for value.
 
@@ -532,7 +534,7 @@ def _margins(fig: Any, left: float = 0.8, right: float = 0.4, bottom: float = 0.
 
 def coverage(schema: dict[str, str], lf: pl.LazyFrame, span: tuple[Any, Any]) -> Coverage:
     """One pass counting rows per firm and time bucket; about 60 buckets over ``span`` (the version's first and last time)."""
-    ts = _is_ts(schema)
+    ts = is_ts(schema)
     lo, hi = span
     if ts:
         seconds = (hi - lo).total_seconds() if lo is not None else 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,12 +31,13 @@ from datalab.errors import DatalabError
 from datalab.kinds import kind_of
 from datalab.policy import firm_names, sovereignty
 from datalab.store import catalog as cat
-from datalab.store import state, table_stream
+from datalab.store import row_facts, state, table_stream
 from datalab.store.manifest import DataFile, Excluded, Lineage, LineageContract, Manifest, SiteRef
 from datalab.store.manifests import list_versions, read_manifest, sha256_file
 from datalab.store.storage import Fetched, Store, iceberg_properties, store
 
 NAMESPACE = "datalab"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -165,6 +167,26 @@ def _entities(path: Path) -> list[str]:
     if pl.read_parquet_schema(path).get("entity") != pl.String:
         return []
     return pl.scan_parquet(path).select(pl.col("entity").unique()).collect(engine="streaming")["entity"].drop_nulls().to_list()
+
+
+def stored_facts(vp: VersionPlan, flags: tuple[str, ...]) -> row_facts.StoredFacts | None:
+    """The card's counts that curation stored with each delivery (``datalab.store.row_facts``), if they hold for this version.
+
+    A delivery some of whose rows a later correction replaces holds fewer
+    rows in the version than it was counted with: the card is then counted
+    from the rows, as for a delivery curated before facts were stored.
+    """
+    deliveries: list[tuple[dict[str, str], dict[str, Any] | None]] = []
+    for d in vp.included:
+        if vp.replaced_by.get(d["id"]):
+            log.info("dataset %s: the card is counted from the rows (rows of %s are replaced by a correction)", vp.name, d["id"])
+            return None
+        c = vp.contracts[d["contract"]]
+        deliveries.append(({"tenant": c.tenant, "contract_id": c.id}, _curated_stats(d).get("card_facts")))
+    stored, why = row_facts.stored_for(deliveries, vp.schema, dict(vp.rows.collect_schema()), flags)
+    if why is not None:
+        log.info("dataset %s: the card is counted from the rows (%s)", vp.name, why)
+    return stored
 
 
 def _rows_pseudonymised(m: Manifest | None) -> set[str]:
@@ -481,7 +503,8 @@ def _publish_with(name: str, actor: str, s: Settings, here: Fetched, t0: float) 
     # The card's passes over the rows (Polars) run beside the Iceberg work
     # below (Python): datasheet.RowPasses.
     flags = tuple(dict.fromkeys(f for k in vp.kinds for f in k.flag_words))
-    passes = datasheet.start_row_passes(vp.schema, flags, vp.rows) if all(k.datasheet_facts for k in vp.kinds) else None
+    passes = datasheet.start_row_passes(vp.schema, flags, vp.rows, stored_facts(vp, flags)) \
+        if all(k.datasheet_facts for k in vp.kinds) else None
     written = write_table(vp, version, why, s)
     manifest = build_manifest(vp, version, why, written, s, t0)
     vdir = s.versions / name / version

@@ -47,7 +47,7 @@ from datalab.engine import Engine, EngineRun, OnResult, Twin
 from datalab.intake import receipts
 from datalab.policy import firm_names, pseudonym
 from datalab.store import catalog as cat
-from datalab.store import state
+from datalab.store import row_facts, state
 from datalab.store.storage import store
 from datalab.timeseries import long_series, schema, split
 from datalab.timeseries.ingest import raw_path, written_by_series
@@ -845,64 +845,59 @@ class Profile:
     """Counts and per-sensor statistics of a curated file, gathered from its parts while they are in memory.
 
     Each bucket's result is counted before it is written
-    (``Engine.sink_parquet(..., on_result=profile.add)``): row and flag
-    counts, time range, entities, per-sensor counts, ranges and first unit,
-    and each entity's latest time (the watermark). They add up exactly over
-    the parts, whose order is the file's. Only the per-sensor mean and
-    standard deviation, which do not add up exactly in floating point, come
-    from a pass over the finished file (two columns). Reading the whole
-    curated file back twice instead (all counts, then the watermarks) took
-    0.7 s of a 6 s curation at 10 M rows.
+    (``Engine.sink_parquet(..., on_result=profile.add)``) in one group-by on
+    integer keys (``row_facts.run_table``: per run of one machine and sensor
+    and operating condition): row and flag counts, time range, entities,
+    per-sensor counts, ranges, first unit, mean and standard deviation (by
+    Chan's update of count, mean and M2), each entity's latest time (the
+    watermark), and the card's counts (``datalab.store.row_facts``), which
+    publish merges instead of reading the version's rows. They add up over
+    the parts, whose order is the file's. Four queries over each part and a
+    pass over the finished file for the means took 1.5 s of CPU per 10 M
+    rows, and the card's own group-bys 1 s more (docs/performance.md).
     """
 
     def __init__(self) -> None:
-        self._totals: list[pl.DataFrame] = []
-        self._entities: list[pl.DataFrame] = []
-        self._sensors: list[pl.DataFrame] = []
-        self._latest: list[pl.DataFrame] = []
+        self._runs: list[pl.DataFrame] = []
+        self._schema: dict[str, str] = {}
 
     def add(self, df: pl.DataFrame) -> None:
-        # Four queries over the part, run together (collect_all): one after the other they took
-        # 21 ms of a 240,000-reading delivery's curation, together 14 ms.
-        lf = df.lazy()
-        totals, entities, sensors, latest = pl.collect_all([lf.select(
-            rows=pl.len().cast(pl.Int64),
-            values_converted=(pl.col("value").is_not_null() & (pl.col("value") != pl.col("raw_value"))).sum().cast(pl.Int64),
-            time_min=pl.col("time").min(),
-            time_max=pl.col("time").max(),
+        self._runs.append(row_facts.run_table(df, FLAGS, before={
+            "_converted": pl.col("value").is_not_null() & (pl.col("value") != pl.col("raw_value")),
             # Rows that repeat the key of the row before them (the part is in
-            # key order and a series never spans parts): with the exact
-            # duplicates removed, the rows that repeat an earlier row's key.
-            key_repeats=(pl.col("flag_key_duplicate") & pl.col("entity").eq_missing(pl.col("entity").shift(1))
-                         & pl.col("sensor").eq_missing(pl.col("sensor").shift(1))
-                         & pl.col("time").eq_missing(pl.col("time").shift(1))).sum().cast(pl.Int64),
-            **{f: pl.col(f).sum().cast(pl.Int64) for f in FLAGS},
-        ), lf.select(pl.col("entity").unique()), lf.group_by("sensor", maintain_order=True).agg(
-            n=pl.len().cast(pl.Int64), nulls=pl.col("value").null_count().cast(pl.Int64), min=pl.col("value").min(),
-            max=pl.col("value").max(), unit=pl.col("unit").first(),
-            out_of_range=pl.col("flag_out_of_range").sum().cast(pl.Int64), outliers=pl.col("flag_outlier").sum().cast(pl.Int64),
-        ), lf.group_by("entity").agg(TIME_INT.max().alias("m"))])
-        self._totals.append(totals)
-        self._entities.append(entities)
-        self._sensors.append(sensors)
-        self._latest.append(latest)
+            # key order): with the exact duplicates removed, the rows that
+            # repeat an earlier row's key.
+            "_repeat": pl.col("flag_key_duplicate") & pl.col("entity").eq_missing(pl.col("entity").shift(1))
+            & pl.col("sensor").eq_missing(pl.col("sensor").shift(1)) & pl.col("time").eq_missing(pl.col("time").shift(1)),
+        }, extra={
+            "values_converted": pl.col("_converted").sum(), "key_repeats": pl.col("_repeat").sum(),
+            "v_min": pl.col("value").min(), "v_max": pl.col("value").max(), **row_facts.moments("v_", pl.col("value")),
+        }))
+        self._schema = self._schema or {k: str(v) for k, v in df.schema.items()}
+
+    def _all(self) -> pl.DataFrame:
+        return pl.concat(self._runs) if self._runs else pl.DataFrame()
 
     def watermarks(self) -> pl.DataFrame:
         """Per entity, the latest time (epoch microseconds) of the delivery: columns entity, m."""
-        return pl.concat(self._latest).group_by("entity").agg(pl.col("m").max()).sort("entity", nulls_last=True)
+        return (self._all().group_by("entity").agg(m=pl.col("time_max").max().cast(pl.Int64))
+                .sort("entity", nulls_last=True))
 
-    def result(self, path: Path) -> dict[str, Any]:
-        """The profile of the curated file at ``path`` (whose parts were all added)."""
-        totals = pl.concat(self._totals).select(
-            pl.col("rows").sum(), pl.col("values_converted").sum(), pl.col("time_min").min(), pl.col("time_max").max(),
-            pl.col("key_repeats").sum(), *[pl.col(f).sum() for f in FLAGS])
-        agg = {**totals.row(0, named=True), "entities": pl.concat(self._entities).get_column("entity").n_unique()}
-        spread = pl.scan_parquet(path).group_by("sensor").agg(
-            mean=pl.col("value").mean(), std=pl.col("value").std()).collect(engine="streaming")
-        per = (pl.concat(self._sensors).group_by("sensor", maintain_order=True).agg(
-            pl.col("n").sum(), pl.col("nulls").sum(), pl.col("min").min(), pl.col("max").max(), pl.col("unit").first(),
-            pl.col("out_of_range").sum(), pl.col("outliers").sum())
-            .join(spread, on="sensor", how="left", nulls_equal=True)
+    def result(self) -> dict[str, Any]:
+        """The profile of the curated file (whose parts were all added)."""
+        runs = self._all()
+        agg = runs.select(
+            rows=pl.col("rows").sum().cast(pl.Int64), values_converted=pl.col("values_converted").sum().cast(pl.Int64),
+            time_min=pl.col("time_min").min(), time_max=pl.col("time_max").max(),
+            key_repeats=pl.col("key_repeats").sum().cast(pl.Int64),
+            **{f: pl.col(f"_{f}").sum().cast(pl.Int64) for f in FLAGS},
+        ).row(0, named=True) | {"entities": runs.get_column("entity").n_unique()}
+        per = (row_facts.with_merged_mean(runs, "v_", ["sensor"]).group_by("sensor", maintain_order=True).agg(
+            pl.col("rows").sum().cast(pl.Int64).alias("n"), pl.col("nulls").sum().cast(pl.Int64),
+            pl.col("v_min").min().alias("min"), pl.col("v_max").max().alias("max"), *row_facts.merged_moments("v_", ["sensor"]),
+            pl.col("unit").first(), pl.col("_flag_out_of_range").sum().cast(pl.Int64).alias("out_of_range"),
+            pl.col("_flag_outlier").sum().cast(pl.Int64).alias("outliers"))
+            .with_columns(mean=pl.col("v_mean"), std=pl.when(pl.col("v_n") > 1).then((pl.col("v_m2") / (pl.col("v_n") - 1)).sqrt()))
             .select("sensor", "n", "nulls", "min", "max", "mean", "std", "unit", "out_of_range", "outliers").sort("sensor"))
         sensors = {r["sensor"]: {k: v for k, v in r.items() if k != "sensor"} for r in per.iter_rows(named=True)}
         constant = sorted(k for k, v in sensors.items() if v["n"] > 1 and (v["std"] == 0.0 or v["min"] == v["max"]))
@@ -911,6 +906,7 @@ class Profile:
             "flags": {f: int(agg[f]) for f in FLAGS},
             "sensors": sensors,
             "constant_sensors": constant,
+            "card_facts": row_facts.delivery_facts([row_facts.PartFacts(r) for r in self._runs], self._schema, FLAGS),
         }
 
 
@@ -1114,6 +1110,7 @@ def curation_stats(contract: Contract, inp: DeliveryInput, prof: dict[str, Any],
         sensors=prof["sensors"],
         pseudonymised_columns=sorted(inp.pseudonyms),
         time_bases=_time_bases(out),
+        card_facts=prof["card_facts"],
         engine=ran.run.to_dict(),
         series_buckets=ran.buckets,
         long_series=ran.long_series,
@@ -1167,7 +1164,7 @@ def curate_delivery(contract: Contract, delivery_id: str, engine: Engine | None 
         ran = run_plans(contract, inp, engine, out, s.curate_bucket_rows, counted.add, form.twin if form else None,
                         on_written, on_part)
     scratch_raw.unlink(missing_ok=True)
-    prof = counted.result(out)
+    prof = counted.result()
     _record_watermarks(contract, delivery_id, inp.receipt.received_at, counted.watermarks(), s)
     stats = curation_stats(contract, inp, prof, ran, out, t0)
     twin = published_form_path(out)

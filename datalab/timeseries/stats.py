@@ -61,6 +61,9 @@ class CurationStats:
     # firm's pseudonyms, written by curation), its rows' machine ids and the fingerprint of its mask
     # (firm_names.mask_digest); never copied into a manifest (datalab.store.publish.CURATION_REST)
     published_form: dict[str, Any] | None = None
+    # the card's fine counts and sensor moments of the delivery (datalab.store.row_facts), merged at publish
+    # instead of counted from the rows again; None where too many (or counted before they were kept)
+    card_facts: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The statistics as the catalog stores them: flags as top-level keys; the duplicate counts,
@@ -93,4 +96,5 @@ class CurationStats:
             "seconds": self.seconds,
             "bytes_out": self.bytes_out,
             **({"published_form": self.published_form} if self.published_form else {}),
+            **({"card_facts": self.card_facts} if self.card_facts else {}),
         }
