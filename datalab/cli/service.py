@@ -8,6 +8,7 @@ asks ``remote()`` whether to go over HTTP.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,9 @@ def serve(
     from datalab.policy import audit_checkpoints
 
     audit_checkpoints.checkpoint(s=s)  # the head anchored outside the database at every start and stop
+    from datalab.service.app import WARM_START
+
+    os.environ[WARM_START] = "1"  # each worker process imports and loads what deliveries need as it starts
     try:
         uvicorn.run("datalab.service.app:create_app", factory=True, host=host, port=port, workers=workers,
                     log_level=log_level, server_header=False, timeout_keep_alive=30, http="h11",

@@ -500,6 +500,11 @@ def render_html(md: str, title: str) -> str:
     return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
 
 
+def preload() -> None:
+    """Import matplotlib's pyplot (Agg) now, for a long-lived process (``datalab.warm``)."""
+    _import_pyplot()
+
+
 def _import_pyplot() -> Any:
     import matplotlib
 
