@@ -169,6 +169,24 @@ def test_run_all_is_one_command(tmp_path: Path) -> None:
     assert "2 rounds, each in a rotated order" in p.stdout and "round 2 of 2" in p.stderr
 
 
+def test_run_all_times_a_cold_and_a_warm_datalab_process(tmp_path: Path) -> None:
+    """datalab and datalab-warm on one tiny delivery: the same curation, the warm-up measured apart and not timed."""
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--rows", "3000", "--only", "datalab", "datalab-warm",
+         "--results", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(next(tmp_path.glob("bench-*.json")).read_text())["sizes"][0]["results"]
+    cold, warm = res["datalab"], res["datalab-warm"]
+    assert warm["warm_up_s"] > 0 and "warm_up_s" not in cold
+    assert {k: cold[k] for k in ("rows_out", "values_converted", "flags", "version")} == \
+        {k: warm[k] for k in ("rows_out", "values_converted", "flags", "version")}
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("datalab, warm process (cpu)"))
+    assert " yes " in line  # same counts as the cold run
+    assert "datalab warm-up (not timed" in p.stderr
+
+
 def test_rounds_give_the_median_run_and_datalabs_lead_round_by_round() -> None:
     """run_all --rounds: the median run per tool, and the ratio of each round's walls, median and range."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -188,6 +206,13 @@ def test_rounds_give_the_median_run_and_datalabs_lead_round_by_round() -> None:
     duck = next(ln for ln in lines if "DuckDB" in ln)
     assert "walls 16.00, 15.00, failed s" in duck and "datalab faster by 1.43x" in duck and "1.25-1.60x" in duck
     assert run_all.rounds_lines({"rounds": {"datalab": [run(1.0)]}}) == []
+    # with a warm process too: each alternative's line gives both leads, the warm run's against the warm runs
+    size["rounds"]["datalab-warm"] = [run(8.0), run(10.0), run(9.0)]
+    assert run_all.round_ratios(size, "duckdb", "datalab-warm") == [2.0, 1.5]
+    duck = next(ln for ln in run_all.rounds_lines(size) if "DuckDB" in ln)
+    assert "datalab faster by 1.43x" in duck and "datalab warm faster by 1.75x (median of the rounds' ratios; 1.50-2.00x)" in duck
+    warm = next(ln for ln in run_all.rounds_lines(size) if "warm process" in ln)
+    assert "walls 8.00, 10.00, 9.00 s" in warm and "faster" not in warm
 
 
 def test_engine_benchmark_runs_both_engines_and_compares_them(tmp_path: Path) -> None:
