@@ -44,17 +44,15 @@ def test_a_broken_contract_does_not_stop_the_warm_up(tmp_path: Path, monkeypatch
     assert warm.warm_process(publishes=False) > 0
 
 
-@pytest.mark.parametrize("flag", ["1", None])
-def test_the_service_warms_as_it_starts_only_when_served(lab: Path, monkeypatch: pytest.MonkeyPatch, flag: str | None) -> None:
+@pytest.mark.parametrize("served", [True, False])
+def test_the_service_warms_as_it_starts_only_when_served(lab: Path, monkeypatch: pytest.MonkeyPatch, served: bool) -> None:
+    """``datalab serve`` runs create_served_app (each worker warms as it starts); an app built for a test does not."""
     from datalab import warm
     from datalab.service import app as app_mod
 
     started: list[bool] = []
     monkeypatch.setattr(warm, "warm_in_background", lambda publishes=True: started.append(publishes))
-    if flag:
-        monkeypatch.setenv(app_mod.WARM_START, flag)
-    else:
-        monkeypatch.delenv(app_mod.WARM_START, raising=False)
-    with TestClient(app_mod.create_app()) as client:
+    with TestClient(app_mod.create_served_app() if served else app_mod.create_app()) as client:
         assert client.get("/healthz").status_code == 200
-    assert started == ([True] if flag else [])
+    assert started == ([True] if served else [])
+    assert "create_served_app" in (ROOT / "datalab" / "cli" / "service.py").read_text()

@@ -8,7 +8,6 @@ asks ``remote()`` whether to go over HTTP.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -96,11 +95,9 @@ def serve(
     from datalab.policy import audit_checkpoints
 
     audit_checkpoints.checkpoint(s=s)  # the head anchored outside the database at every start and stop
-    from datalab.service.app import WARM_START
-
-    os.environ[WARM_START] = "1"  # each worker process imports and loads what deliveries need as it starts
     try:
-        uvicorn.run("datalab.service.app:create_app", factory=True, host=host, port=port, workers=workers,
+        # create_served_app: each worker process imports and loads what deliveries need as it starts (datalab.warm)
+        uvicorn.run("datalab.service.app:create_served_app", factory=True, host=host, port=port, workers=workers,
                     log_level=log_level, server_header=False, timeout_keep_alive=30, http="h11",
                     h11_max_incomplete_event_size=MAX_HEAD_BYTES)
     finally:

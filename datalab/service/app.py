@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -67,19 +66,23 @@ def _has_token(request: Request) -> bool:
     return scheme.lower() == "bearer" and auth.token_id(token.strip()) is not None
 
 
-# ``datalab serve`` sets this for its worker processes: each imports the delivery and publish path and loads the
-# contracts on a thread as it starts (datalab.warm), so the first push and publish do not pay it. An app built
-# for a test does not.
-WARM_START = "DATALAB_SERVICE_WARM"
+def create_served_app() -> FastAPI:
+    """The application as ``datalab serve`` runs it: each worker process warms itself as it starts.
+
+    Its imports of the delivery and publish path and its contracts are loaded
+    on a thread (``datalab.warm``), so the first push and publish do not pay
+    them; an app built for a test (:func:`create_app`) does not.
+    """
+    return create_app(warm=True)
 
 
-def create_app() -> FastAPI:
-    """Build the application; the lab is whatever ``DATALAB_HOME`` etc. say."""
+def create_app(warm: bool = False) -> FastAPI:
+    """Build the application; the lab is whatever ``DATALAB_HOME`` etc. say (``warm``: :func:`create_served_app`)."""
     limiter = ratelimit.from_settings(settings())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if os.environ.get(WARM_START) == "1":  # set by ``datalab serve``: each worker process warms as it starts
+        if warm:
             from datalab.warm import warm_in_background
 
             warm_in_background()
