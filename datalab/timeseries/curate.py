@@ -853,8 +853,9 @@ class Profile:
     watermark), and the card's counts (``datalab.store.row_facts``), which
     publish merges instead of reading the version's rows. They add up over
     the parts, whose order is the file's. Four queries over each part and a
-    pass over the finished file for the means took 1.5 s of CPU per 10 M
-    rows, and the card's own group-bys 1 s more (docs/performance.md).
+    pass over the finished file for the means took 0.84-1.03 s of CPU per
+    10 M rows; the one group-by, the card's counts included, 0.87-0.97 s
+    (docs/performance.md, ``store.row_facts``).
     """
 
     def __init__(self) -> None:
