@@ -177,7 +177,7 @@ def test_rows_replaced_by_a_correction_are_counted_from_the_rows(flab: dict[str,
     assert publish.stored_facts(replaced, flags) is None
 
 
-def test_too_many_fine_counts_are_not_kept(flab: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_too_many_or_too_long_fine_counts_are_not_kept(flab: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     s = settings()
     df = pl.read_parquet(s.home / state.get(flab["small"], s)["curated_path"])
     schema = {k: str(v) for k, v in df.schema.items()}
@@ -185,6 +185,11 @@ def test_too_many_fine_counts_are_not_kept(flab: dict[str, Any], monkeypatch: py
     assert row_facts.delivery_facts([part], schema, curate.FLAGS) is not None
     fine = pl.DataFrame(row_facts.delivery_facts([part], schema, curate.FLAGS)["fine"])
     monkeypatch.setattr(row_facts, "MAX_FINE_ROWS", fine.height - 1)
+    assert row_facts.delivery_facts([part], schema, curate.FLAGS) is None
+    monkeypatch.setattr(row_facts, "MAX_FINE_ROWS", fine.height)
+    assert row_facts.delivery_facts([part], schema, curate.FLAGS) is not None
+    names = sum(len(str(x).encode()) for c in ("entity", "sensor") for x in fine[c].drop_nulls().to_list())
+    monkeypatch.setattr(row_facts, "MAX_NAME_BYTES", names - 1)  # long machine ids: kept out of the catalog
     assert row_facts.delivery_facts([part], schema, curate.FLAGS) is None
     assert row_facts.delivery_facts([part], {k: v for k, v in schema.items() if k != "unit"}, curate.FLAGS) is None
 

@@ -40,6 +40,8 @@ FORMAT = 1
 # A delivery whose fine counts have more rows than this (machines x sensors x 3 shifts) keeps none:
 # its publish counts from the rows. The facts are stored as JSON with the delivery's statistics.
 MAX_FINE_ROWS = 20_000
+# ... or whose machine and sensor names take more than this many bytes (a firm's ids are its own text).
+MAX_NAME_BYTES = 2 << 20
 # Seed of the value hashes whose sums fingerprint a series (datalab.store.datasheet.near_duplicate_series).
 VALUE_SEED = 7
 # The columns the facts are counted from: the version must hold them with the types they had.
@@ -190,14 +192,16 @@ def delivery_facts(parts: list[PartFacts], schema: dict[str, str], flags: Sequen
     """The delivery's facts from its parts', as stored with its statistics (JSON); None where it has none to keep.
 
     None when a column they are counted from is missing, or the fine counts
-    exceed ``MAX_FINE_ROWS`` rows (publish then counts from the rows).
+    exceed ``MAX_FINE_ROWS`` rows or ``MAX_NAME_BYTES`` of names (publish
+    then counts from the rows): they are kept in the catalog, with the
+    delivery's statistics, and must stay small whatever a firm's ids are.
     """
     if not parts or not set(COUNTED_FROM) <= set(schema):
         return None
     flags = [f for f in flags if f in schema]
     runs = pl.concat([p.runs for p in parts])
     fine = runs.group_by(fine_keys(schema), maintain_order=True).agg(**_fine_merge(flags, "value_hash" in runs.columns))
-    if fine.height > MAX_FINE_ROWS:
+    if fine.height > MAX_FINE_ROWS or _name_bytes(fine) > MAX_NAME_BYTES:
         return None
     sensors = _sensor_merge(runs, ["sensor"])
     return {
@@ -208,6 +212,11 @@ def delivery_facts(parts: list[PartFacts], schema: dict[str, str], flags: Sequen
         "fine": _columns(fine),
         "sensors": _columns(sensors),
     }
+
+
+def _name_bytes(fine: pl.DataFrame) -> int:
+    """Bytes of the text keys (machine and sensor names) the stored facts would hold."""
+    return sum(int(fine.get_column(c).cast(pl.String).str.len_bytes().sum() or 0) for c in ("entity", "sensor"))
 
 
 def _columns(df: pl.DataFrame) -> dict[str, list[Any]]:
