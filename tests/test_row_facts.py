@@ -222,3 +222,25 @@ def test_the_shift_from_ticks_is_the_shift_of_the_calendar_hour(unit: str, zone:
     got = df.select(row_facts.shift_code(df.schema["time"]))
     assert got.to_series().to_list() == want.to_series().to_list()
     assert set(got.to_series().to_list()) == {0, 1, 2}
+
+
+def test_a_part_out_of_series_order_is_grouped_by_its_names(flab: dict[str, Any]) -> None:
+    """Segments for a part in series order, a hash group-by for one that is not: the same facts either way."""
+    s = settings()
+    df = pl.read_parquet(s.home / state.get(flab["big"], s)["curated_path"]).drop("delivery_id", strict=False)
+    schema = {k: str(v) for k, v in df.schema.items()}
+    shuffled = df.sample(fraction=1.0, shuffle=True, seed=5)
+    in_order = row_facts.run_table(df, curate.FLAGS)
+    assert in_order.height < df.height // row_facts.ROWS_PER_SEGMENT  # by segment: a few per series
+    scattered = row_facts.run_table(shuffled, curate.FLAGS)
+    assert scattered.height == in_order.select("entity", "sensor", "condition").unique().height  # by name
+    a = row_facts.delivery_facts([row_facts.PartFacts(in_order)], schema, curate.FLAGS)
+    b = row_facts.delivery_facts([row_facts.PartFacts(scattered)], schema, curate.FLAGS)
+    assert a is not None and b is not None
+    keys = ["entity", "sensor", "condition"]
+    assert _sorted(pl.DataFrame(a["fine"]), keys).equals(_sorted(pl.DataFrame(b["fine"]), keys))
+    sa, sb = pl.DataFrame(a["sensors"]).sort("sensor"), pl.DataFrame(b["sensors"]).sort("sensor")
+    exact = ["sensor", "rows", "nulls", "flagged", "n", "min", "max"]
+    assert sa.select(exact).equals(sb.select(exact))
+    assert sa["mean"].to_list() == pytest.approx(sb["mean"].to_list(), rel=1e-9)
+    assert sa["m2"].to_list() == pytest.approx(sb["m2"].to_list(), rel=1e-9)
