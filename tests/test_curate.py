@@ -617,3 +617,23 @@ def test_a_raw_table_written_by_series_is_curated_in_a_bucket_per_series() -> No
     assert curate.buckets_wanted(24, 20 * per, by_series=True) == 20
     assert curate.buckets_wanted(3, 20 * per, by_series=True) == m
     assert curate.buckets_wanted(1_000, 20 * per, by_series=True) == m  # buckets picked by hash: whole reads
+
+
+def test_a_bucket_of_one_series_takes_its_rank_as_a_constant() -> None:
+    """SeriesOrder.one_series: the rank looked up row by row, for one series known in advance; never for two."""
+    table = pl.DataFrame({"sensor": ["vibration", "temp", "temp", None], "entity": ["M1", "M1", "M2", "M1"],
+                          "n": [5, 5, 5, 5], "t_min": [0, 0, 0, 0], "t_max": [9, 9, 9, 9]})
+    order = curate.series_order(table)
+    assert order is not None
+    rows = pl.DataFrame({"sensor": ["temp", "temp", None, "vibration"], "entity": ["M2", "M2", "M1", "M1"]})
+    looked_up = rows.select(order.rank()).to_series().to_list()
+    for i, r in enumerate(rows.iter_rows(named=True)):
+        h = pl.DataFrame(r, schema={"sensor": pl.String, "entity": pl.String}).select(curate.SERIES_HASH).item()
+        one = order.one_series([h])
+        assert one.only == looked_up[i]  # a null sensor too
+        mine = rows.filter(pl.col("sensor").eq_missing(r["sensor"]) & pl.col("entity").eq_missing(r["entity"]))
+        assert mine.with_columns(one.rank())["_s"].to_list() == mine.with_columns(order.rank())["_s"].to_list()
+    h = rows.head(1).select(curate.SERIES_HASH).item()
+    assert order.one_series([h, h + 1]).only is None  # a bucket of two series
+    twice = curate.SeriesOrder(pl.concat([order.series, order.series]), order.t0, order.stride, order.nulls)
+    assert twice.one_series([h]).only is None  # a hash two series share: looked up row by row
