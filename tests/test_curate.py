@@ -637,3 +637,28 @@ def test_a_bucket_of_one_series_takes_its_rank_as_a_constant() -> None:
     assert order.one_series([h, h + 1]).only is None  # a bucket of two series
     twice = curate.SeriesOrder(pl.concat([order.series, order.series]), order.t0, order.stride, order.nulls)
     assert twice.one_series([h]).only is None  # a hash two series share: looked up row by row
+
+
+def test_the_plan_of_a_one_series_bucket_is_the_plan_of_any_bucket(contracts, tmp_path: Path) -> None:
+    """Rank, lookups and the median and MAD of one series known in advance: the same rows and flags."""
+    c = contracts[SPINDLE]
+    path = sample.write(sample.generate(c, 24_000, seed=23, start=START), tmp_path / "d.csv")
+    raw = pl.concat(_reader_batches(c, path)).with_columns(delivery_id=pl.lit("d-one")).select(
+        "delivery_id", *ingest.long_schema(c))
+    # in range (0-150 °C) but far from the series' median (about 40 °C): robust outliers, one reading in ten
+    # (so many that a mean in place of the median would hide them)
+    spike = (pl.col("sensor") == "spindle_temp") & (pl.col("raw_unit") == "Cel") & (pl.int_range(pl.len()) % 10 == 0)
+    raw = raw.with_columns(raw_value=pl.when(spike).then(pl.lit(149.0)).otherwise(pl.col("raw_value")))
+    table = curate.series_table(raw.lazy())
+    order = curate.series_order(table)
+    assert order is not None
+    outliers = 0
+    for r in table.sort("sensor", "entity", nulls_last=True).iter_rows(named=True):
+        one = raw.filter(pl.col("sensor").eq_missing(r["sensor"]) & pl.col("entity").eq_missing(r["entity"]))
+        narrowed = order.one_series([one.head(1).select(curate.SERIES_HASH).item()])
+        assert narrowed.only is not None
+        want = curate.build_plan(c, one.lazy(), order=order).collect()
+        got = curate.build_plan(c, one.lazy(), order=narrowed).collect()
+        assert got.equals(want), r
+        outliers += int(got["flag_outlier"].sum())
+    assert outliers > 0  # the median and MAD were put to work

@@ -252,7 +252,10 @@ class SeriesOrder:
         per = self.series.join(sensors, on="sensor", how="left").sort("_s")
         rank = pl.col("_s")
         looked_up = ["sensor", "entity", *(c for c in sensors.columns if c != "sensor")]
-        out = [pl.lit(per.get_column(c)).gather(rank).alias(c) for c in looked_up]
+        if self.only is not None:  # one series: its values, not a gather per row
+            out = [pl.lit(per.get_column(c)[self.only], per.schema[c]).alias(c) for c in looked_up]
+        else:
+            out = [pl.lit(per.get_column(c)).gather(rank).alias(c) for c in looked_up]
         conv = conversion_table(contract)
         spellings = conv.get_column("raw_unit").unique().sort()
         n = len(spellings) + 1  # the last number: a spelling the table does not hold
@@ -435,7 +438,11 @@ def build_plan(
         previous = pl.when(first).then(pl.lit(piece.before, pl.Int64)).otherwise(previous)
         same_series = first | same_series
     # Key duplicates, and robust outliers per series among in-range values.
-    if piece is None:
+    if piece is None and order is not None and order.only is not None and not joins_only:
+        # One series (a bucket of one, SeriesOrder.one_series): its statistics, not windows over a single group.
+        med = pl.col("value").filter(GOOD).median()
+        mad = (pl.col("value") - pl.col("_med")).abs().filter(GOOD).median()
+    elif piece is None:
         med = pl.col("value").filter(GOOD).median().over(series)
         mad = (pl.col("value") - pl.col("_med")).abs().filter(GOOD).median().over(series)
     else:
