@@ -18,7 +18,10 @@ process so that each peak memory is its own:
                    imports and finds a GPU (else shown as not available);
 * ``polars``       plain Polars streaming script (alternatives/polars_plain.py);
 * ``duckdb``       DuckDB SQL, COPY to Parquet (alternatives/duckdb_sql.py);
-* ``pandas_gx``    pandas + Great Expectations (alternatives/pandas_gx.py).
+* ``pandas_gx``    pandas + Great Expectations (alternatives/pandas_gx.py);
+* ``io_floor``     the I/O floor: pyarrow reads the CSV on every core and writes
+                   it as zstd Parquet, nothing else (alternatives/io_floor.py);
+                   its line says how many times the floor datalab took.
 
 Prints a table (rows/s, MB/s of CSV, wall time per stage, peak RSS, whether
 the counts agree with datalab's curated table) and writes
@@ -57,7 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SEED = 42
-KINDS = ("datalab", "datalab-warm", "datalab-gpu", "polars", "duckdb", "pandas_gx")
+KINDS = ("datalab", "datalab-warm", "datalab-gpu", "polars", "duckdb", "pandas_gx", "io_floor")
 LABELS = {
     "datalab": "datalab push->published (cpu)",
     "datalab-warm": "datalab, warm process (cpu)",
@@ -65,8 +68,9 @@ LABELS = {
     "polars": "plain Polars script",
     "duckdb": "DuckDB SQL",
     "pandas_gx": "pandas + Great Expectations",
+    "io_floor": "I/O floor (CSV -> zstd Parquet)",
 }
-ALTERNATIVES = {"polars": "polars_plain", "duckdb": "duckdb_sql", "pandas_gx": "pandas_gx"}
+ALTERNATIVES = {"polars": "polars_plain", "duckdb": "duckdb_sql", "pandas_gx": "pandas_gx", "io_floor": "io_floor"}
 # Counts that say two runs did the same curation (datalab's curated table is the reference).
 AGREE = ("rows_out", "exact_duplicates_removed", "values_converted", "flag_missing", "flag_unit_unknown",
          "flag_out_of_range", "flag_key_duplicate", "flag_outlier", "flag_gap_before")
@@ -232,8 +236,8 @@ def table(size: dict) -> str:
             lines.append(f"{label:32}  {r.get('not_available') or r['error']}")
             continue
         secs = r["seconds"]
-        diff = disagreements(r, ref)
-        same = "ref" if kind == "datalab" else ("yes" if not diff else "NO")
+        diff = [] if r.get("floor") else disagreements(r, ref)
+        same = "ref" if kind == "datalab" else ("n/a" if r.get("floor") else ("yes" if not diff else "NO"))
         stages = ", ".join(f"{k} {v:.2f}" for k, v in r["stages"].items())
         lines.append(f"{label:32}{r['rows_out']:>11,}{secs:>8.2f}{size['lines'] / secs:>12,.0f}{mb / secs:>7.1f}"
                      f"{r['peak_rss_mb']:>13,.0f}  {('yes' if r['validation']['success'] else 'no'):<6}{same:<12}{stages}")
@@ -287,7 +291,11 @@ def rounds_lines(size: dict) -> list[str]:
         line = f"  {LABELS[kind]:30} walls {walls} s"
         for ref, who in (("datalab", "datalab"), ("datalab-warm", "datalab warm")):
             ratios = round_ratios(size, kind, ref) if not kind.startswith("datalab") else []
-            if ratios:
+            if ratios and kind == "io_floor":  # how many times the floor datalab took
+                times = [1 / x for x in ratios]
+                line += (f"; {who} took {statistics.median(times):.2f}x the floor (median of the rounds' ratios;"
+                         f" {min(times):.2f}-{max(times):.2f}x)")
+            elif ratios:
                 line += (f"; {who} faster by {statistics.median(ratios):.2f}x (median of the rounds' ratios;"
                          f" {min(ratios):.2f}-{max(ratios):.2f}x)")
         out.append(line)

@@ -149,7 +149,7 @@ def test_run_all_is_one_command(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     p = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--rows", "3000", "--only", "polars", "duckdb",
-         "datalab-gpu", "--results", str(tmp_path), "--rounds", "2"],
+         "datalab-gpu", "io_floor", "--results", str(tmp_path), "--rounds", "2"],
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )
     assert p.returncode == 0, p.stderr[-3000:]
@@ -164,7 +164,11 @@ def test_run_all_is_one_command(tmp_path: Path) -> None:
     assert next(tmp_path.glob("bench-*.png")).stat().st_size > 10_000
     # two rounds: each tool ran twice (the second round in the other order), the table shows the median run
     rounds = report["sizes"][0]["rounds"]
-    assert set(rounds) == {"polars", "duckdb"} and all(len(v) == 2 for v in rounds.values())
+    assert set(rounds) == {"polars", "duckdb", "io_floor"} and all(len(v) == 2 for v in rounds.values())
+    # the I/O floor: the CSV's rows read and written, nothing compared with a curation
+    assert res["io_floor"]["rows_out"] == report["sizes"][0]["lines"] and res["io_floor"]["floor"]
+    floor = next(ln for ln in p.stdout.splitlines() if ln.startswith("I/O floor"))
+    assert " n/a " in floor and "differs" not in p.stdout
     assert res["polars"]["seconds"] in [r["seconds"] for r in rounds["polars"]] and res["polars"]["rounds"] == 2
     assert "2 rounds, each in a rotated order" in p.stdout and "round 2 of 2" in p.stderr
 
@@ -211,6 +215,10 @@ def test_rounds_give_the_median_run_and_datalabs_lead_round_by_round() -> None:
     assert run_all.round_ratios(size, "duckdb", "datalab-warm") == [2.0, 1.5]
     duck = next(ln for ln in run_all.rounds_lines(size) if "DuckDB" in ln)
     assert "datalab faster by 1.43x" in duck and "datalab warm faster by 1.75x (median of the rounds' ratios; 1.50-2.00x)" in duck
+    size["rounds"]["io_floor"] = [run(4.0), run(5.0), run(4.5)]
+    floor = next(ln for ln in run_all.rounds_lines(size) if "I/O floor" in ln)
+    assert "datalab took 2.44x the floor (median of the rounds' ratios; 2.40-2.50x)" in floor
+    assert "datalab warm took 2.00x the floor" in floor
     warm = next(ln for ln in run_all.rounds_lines(size) if "warm process" in ln)
     assert "walls 8.00, 10.00, 9.00 s" in warm and "faster" not in warm
 
