@@ -398,6 +398,19 @@ def rows_plan(
 GOOD = pl.col("value").is_not_null() & ~pl.col("flag_out_of_range")
 
 
+def _centre_and_spread(series: list[str] | str, order: SeriesOrder | None, joins_only: bool,
+                       piece: SeriesPiece | None) -> tuple[pl.Expr, pl.Expr]:
+    """Each row's series median and MAD among in-range values (``_med``, ``_mad``): windows over the series;
+    plain aggregates for a plan of one series (``SeriesOrder.one_series``); given, for a long series' chunk."""
+    if piece is not None:
+        return pl.lit(piece.median, pl.Float64), pl.lit(piece.mad, pl.Float64)
+    med = pl.col("value").filter(GOOD).median()
+    mad = (pl.col("value") - pl.col("_med")).abs().filter(GOOD).median()
+    if order is not None and order.only is not None and not joins_only:
+        return med, mad  # one series: not windows over a single group
+    return med.over(series), mad.over(series)
+
+
 def build_plan(
     contract: Contract,
     raw: pl.LazyFrame,
@@ -438,15 +451,7 @@ def build_plan(
         previous = pl.when(first).then(pl.lit(piece.before, pl.Int64)).otherwise(previous)
         same_series = first | same_series
     # Key duplicates, and robust outliers per series among in-range values.
-    if piece is None and order is not None and order.only is not None and not joins_only:
-        # One series (a bucket of one, SeriesOrder.one_series): its statistics, not windows over a single group.
-        med = pl.col("value").filter(GOOD).median()
-        mad = (pl.col("value") - pl.col("_med")).abs().filter(GOOD).median()
-    elif piece is None:
-        med = pl.col("value").filter(GOOD).median().over(series)
-        mad = (pl.col("value") - pl.col("_med")).abs().filter(GOOD).median().over(series)
-    else:
-        med, mad = pl.lit(piece.median, pl.Float64), pl.lit(piece.mad, pl.Float64)
+    med, mad = _centre_and_spread(series, order, joins_only, piece)
     lf = lf.with_columns(flag_key_duplicate=key_duplicate, _med=med).with_columns(_mad=mad)
     lf = lf.with_columns(
         flag_outlier=(GOOD & (pl.col("_mad") > 0)
