@@ -102,6 +102,27 @@ def covered(request, order: list[str]) -> list[str]:
     return order[order.index(request.tags[RANGE_START]):order.index(request.tags[RANGE_END]) + 1]
 
 
+@contextlib.contextmanager
+def lab_with_dataset(root: Path, dataset: str, inputs: list[str], **env: str) -> Iterator[tuple[Path, pytest.MonkeyPatch]]:
+    """A lab of its own under ``root`` (for a module's fixture): the repository's contracts copied to
+    ``root/contracts`` with a dataset spec ``dataset`` over ``inputs`` (site munich), the CPU engine,
+    ``env`` as further DATALAB_* variables, and no site, catalog, pseudonym key or store from outside.
+    Yields the contracts folder and the monkeypatch (undone on exit)."""
+    import shutil
+
+    import yaml
+
+    spec = root / "contracts"
+    shutil.copytree(ROOT / "data_contracts", spec)
+    (spec / "datasets" / f"{dataset}.yaml").write_text(yaml.safe_dump({"name": dataset, "site": "munich", "inputs": inputs}))
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"DATALAB_HOME": str(root / "lab"), "DATALAB_CONTRACTS": str(spec), "DATALAB_ENGINE": "cpu", **env}.items():
+            mp.setenv(k, v)
+        for k in ("DATALAB_SITE", "DATALAB_CATALOG_URL", "DATALAB_PSEUDONYM_KEY", "DATALAB_STORAGE"):
+            mp.delenv(k, raising=False)
+        yield spec, mp
+
+
 def deliver_validated(spec: Path, cid: str, rows: int, seed: int, start, tmp: Path) -> str:
     """Push one sample delivery of contract ``cid`` (from the contracts in ``spec``) and take it through
     ingest, curation and validation with the core alone; its delivery id. The suite must pass."""

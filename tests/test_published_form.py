@@ -30,7 +30,7 @@ from datalab.policy import firm_names, retention
 from datalab.store import catalog as cat
 from datalab.store import publish, state, table_stream
 from datalab.timeseries import curate
-from tests.conftest import PUMPS, ROOT, SPINDLE, deliver_validated
+from tests.conftest import PUMPS, ROOT, SPINDLE, deliver_validated, lab_with_dataset
 
 START = dt.datetime(2026, 5, 4, 6, tzinfo=dt.UTC)
 
@@ -48,17 +48,9 @@ def flab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """The spindle firm (confidential: withheld) with a delivery curated in buckets and one in a single plan,
     and the pumps firm (internal: named) with one delivery."""
     root = tmp_path_factory.mktemp("pubform")
-    spec = root / "contracts"
-    shutil.copytree(ROOT / "data_contracts", spec)
-    _dataset(spec, "forms", [SPINDLE, PUMPS])
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DATALAB_HOME", str(root / "lab"))
-        mp.setenv("DATALAB_CONTRACTS", str(spec))
-        mp.setenv("DATALAB_ENGINE", "cpu")
-        mp.setenv("DATALAB_CURATE_BUCKET_ROWS", "1000")  # the 3,000-reading delivery runs in buckets
+    with lab_with_dataset(root, "forms", [SPINDLE, PUMPS], DATALAB_CURATE_BUCKET_ROWS="1000") as (spec, mp):
+        # (the 3,000-reading delivery runs in buckets)
         mp.setattr(curate, "PUBLISHED_FORM_ROWS", 100)  # both spindle deliveries get a form ...
-        for k in ("DATALAB_SITE", "DATALAB_CATALOG_URL", "DATALAB_PSEUDONYM_KEY", "DATALAB_STORAGE"):
-            mp.delenv(k, raising=False)
         big = deliver_validated(spec, SPINDLE, 3000, 11, START, root)
         small = deliver_validated(spec, SPINDLE, 400, 12, START + dt.timedelta(days=3), root)
         named = deliver_validated(spec, PUMPS, 500, 13, START, root)

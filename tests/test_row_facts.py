@@ -16,20 +16,18 @@ import dataclasses
 import datetime as dt
 import itertools
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
-import yaml
 
 from datalab.config import settings
 from datalab.store import datasheet, publish, row_facts, state
 from datalab.store.storage import store
 from datalab.timeseries import curate
-from tests.conftest import CMAPSS, HYDRAULIC, PUMPS, ROOT, SPINDLE, deliver_validated
+from tests.conftest import CMAPSS, HYDRAULIC, PUMPS, SPINDLE, deliver_validated, lab_with_dataset
 
 START = dt.datetime(2026, 5, 4, 6, tzinfo=dt.UTC)
 NAME = "facts"
@@ -40,16 +38,7 @@ FLOATS = ("mean", "std")
 def flab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Two spindle deliveries (3,000 readings curated in buckets of 1,000, and 400 in one plan) and one of pumps."""
     root = tmp_path_factory.mktemp("rowfacts")
-    spec = root / "contracts"
-    shutil.copytree(ROOT / "data_contracts", spec)
-    (spec / "datasets" / f"{NAME}.yaml").write_text(yaml.safe_dump({"name": NAME, "site": "munich", "inputs": [SPINDLE, PUMPS]}))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DATALAB_HOME", str(root / "lab"))
-        mp.setenv("DATALAB_CONTRACTS", str(spec))
-        mp.setenv("DATALAB_ENGINE", "cpu")
-        mp.setenv("DATALAB_CURATE_BUCKET_ROWS", "1000")
-        for k in ("DATALAB_SITE", "DATALAB_CATALOG_URL", "DATALAB_PSEUDONYM_KEY", "DATALAB_STORAGE"):
-            mp.delenv(k, raising=False)
+    with lab_with_dataset(root, NAME, [SPINDLE, PUMPS], DATALAB_CURATE_BUCKET_ROWS="1000") as (spec, _):
         big = deliver_validated(spec, SPINDLE, 3000, 21, START, root)
         small = deliver_validated(spec, SPINDLE, 400, 22, START + dt.timedelta(days=3), root)
         pumps = deliver_validated(spec, PUMPS, 500, 23, START, root)

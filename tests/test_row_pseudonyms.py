@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from datalab.contracts import contract as contracts_mod
 from datalab.policy import retention
 from datalab.policy.firm_names import contract_label, machine_label, tenant_label
 from datalab.store import publish, pull, state, vdiff
-from tests.conftest import PUMPS, ROOT, SPINDLE, deliver_validated
+from tests.conftest import PUMPS, SPINDLE, deliver_validated, lab_with_dataset
 
 START = dt.datetime(2026, 3, 2, 5, tzinfo=dt.UTC)
 NAME = "rows-mixed"
@@ -80,16 +79,7 @@ def rlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     1.0.2 after another spindle delivery (append only).
     """
     root = tmp_path_factory.mktemp("rowpseudo")
-    spec = root / "contracts"
-    shutil.copytree(ROOT / "data_contracts", spec)
-    (spec / "datasets" / f"{NAME}.yaml").write_text(yaml.safe_dump({"name": NAME, "site": "munich", "inputs": [SPINDLE, PUMPS]}))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DATALAB_HOME", str(root / "lab"))
-        mp.setenv("DATALAB_CONTRACTS", str(spec))
-        mp.setenv("DATALAB_ENGINE", "cpu")
-        mp.delenv("DATALAB_SITE", raising=False)
-        mp.delenv("DATALAB_CATALOG_URL", raising=False)
-        mp.delenv("DATALAB_PSEUDONYM_KEY", raising=False)
+    with lab_with_dataset(root, NAME, [SPINDLE, PUMPS]) as (spec, _):
         _classify(spec, "internal")
         deliver_validated(spec, SPINDLE, 600, 1, START, root)
         deliver_validated(spec, PUMPS, 600, 2, START, root)

@@ -21,6 +21,7 @@ import re
 import secrets
 import shutil
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,14 +78,15 @@ def _write_all(f: Any, data: memoryview) -> None:
         data = data[n:]
 
 
-class _ThreadHash:
+class _ThreadHash(ABC):
     """A SHA-256 computed on a thread: ``digest`` ends the thread (``stop``) and re-raises what failed on it."""
 
     _h: Any
     _error: BaseException | None
 
+    @abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Let the thread hash what it was given, and join it."""
 
     def digest(self) -> str:
         self.stop()

@@ -77,11 +77,6 @@ def iceberg_catalog(s: Settings) -> Any:
     return c
 
 
-def schema_of(df: pl.DataFrame | pl.LazyFrame) -> dict[str, str]:
-    sch = df.collect_schema() if isinstance(df, pl.LazyFrame) else df.schema
-    return {k: str(v) for k, v in sch.items()}
-
-
 def bump(prev: str | None, old: dict[str, str] | None, new: dict[str, str]) -> tuple[str, str]:
     """Next version and why: major (removed/retyped), minor (added), patch (data)."""
     if prev is None or old is None:
@@ -197,7 +192,7 @@ def stored_facts(vp: VersionPlan, flags: tuple[str, ...]) -> row_facts.StoredFac
             return None
         c = vp.contracts[d["contract"]]
         deliveries.append(({"tenant": c.tenant, "contract_id": c.id}, _curated_stats(d).get("card_facts")))
-    stored, why = row_facts.stored_for(deliveries, vp.schema, dict(vp.rows.collect_schema()), flags)
+    stored, why = row_facts.stored_for(deliveries, vp.schema, vp.types, flags)
     if why is not None:
         log.info("dataset %s: the card is counted from the rows (%s)", vp.name, why)
     return stored
@@ -235,7 +230,8 @@ class VersionPlan:
     replaced_by: dict[str, tuple[Path, ...]]
     rows: pl.LazyFrame
     personal: list[str]
-    schema: dict[str, str]
+    schema: dict[str, str]  # column -> type as text (the manifest's, the content key's)
+    types: dict[str, pl.DataType]  # the same types, as Polars types (resolved once: a footer read per delivery)
     prev: dict[str, Any] | None
     prev_manifest: Manifest | None
     delivery_ids: list[str]
@@ -288,7 +284,8 @@ def plan_version(name: str, actor: str, s: Settings, here: Fetched) -> VersionPl
     lf = pl.concat(frames, how="diagonal_relaxed")
     lf = lf.drop([c for c in spec.drop_columns if c in lf.collect_schema()])
     personal = sovereignty.gate(lambda: sovereignty.check_personal(lf, plan.inputs, contracts), catalog, actor, name, spec.site)
-    new_schema = schema_of(lf)
+    types = dict(lf.collect_schema())
+    new_schema = {k: str(v) for k, v in types.items()}
     prev = latest(name, s)
     prev_manifest = read_manifest(name, prev["version"], s) if prev else None
     delivery_ids = sorted(d["id"] for d in included)
@@ -298,7 +295,7 @@ def plan_version(name: str, actor: str, s: Settings, here: Fetched) -> VersionPl
     key_parts: list[Any] = [delivery_ids, new_schema, plan.policy.to_dict(), spec.site] + ([{"rows_pseudonymised": masked_rows}] if masked_rows else [])
     content_key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()
     kinds = list({k.name: k for k in (kind_of(contracts[c]) for c in spec.inputs)}.values())
-    return VersionPlan(name, spec, sites, contracts, plan, included, excluded, replaced_by, lf, personal, new_schema,
+    return VersionPlan(name, spec, sites, contracts, plan, included, excluded, replaced_by, lf, personal, new_schema, types,
                        prev, prev_manifest, delivery_ids, masked_rows, content_key, kinds, here)
 
 
@@ -327,11 +324,10 @@ def write_table(vp: VersionPlan, version: str, why: str, s: Settings) -> Written
         append_only = current is not None and current.snapshot_id == prev["snapshot_id"]
     # Data files written by Polars, then registered in one transaction (one
     # commit): see table_stream.
-    pl_schema = dict(vp.rows.collect_schema())
     new_ids = [d for d in vp.delivery_ids if d not in prev_ids]
     masks = row_masks([d for d in vp.included if not append_only or d["id"] in new_ids], contracts, vp.here, s)  # the parts written
     parts = [_part(d, contracts, vp.replaced_by, vp.here, masks.get(d["id"])) for d in vp.included]
-    arrow_schema = table_stream.arrow_schema(pl_schema)
+    arrow_schema = table_stream.arrow_schema(vp.types)
     if not ice.table_exists(ident):
         tbl = ice.create_table(ident, schema=arrow_schema)
     else:
@@ -342,7 +338,7 @@ def write_table(vp: VersionPlan, version: str, why: str, s: Settings) -> Written
             tbl = ice.load_table(ident)
     st = store(s)
     data_dir = st.local(f"{st.key_of_uri(tbl.location())}/data")  # refused if the table is outside the lab's store
-    paths = table_stream.write_files(parts, pl_schema, data_dir, set(new_ids) if append_only else None)
+    paths = table_stream.write_files(parts, vp.types, data_dir, set(new_ids) if append_only else None)
     fresh = _save_data_files(paths, st)
 
     def register(t: Any) -> None:

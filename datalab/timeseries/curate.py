@@ -1063,8 +1063,8 @@ def _run_buckets(contract: Contract, inp: DeliveryInput, engine: Engine, out: Pa
     scratch = out.parent / f".{out.stem}.long"
     parts_dir = out.parent / f".{out.stem}.parts"
     try:
-        bucket_raw, long_raw = _bucket_inputs(inp, keys, long, parts_dir)
         long_hashes = set(long.select(SERIES_HASH).to_series().to_list())
+        bucket_raw, long_raw = _bucket_inputs(inp, keys, long, long_hashes, parts_dir)
         plans = [build_plan(contract, r, inp.watermarks, inp.pseudonyms,
                             order.one_series(k) if order is not None and not long_hashes & set(k) else order, joins_only)
                  for k, r in zip(keys, bucket_raw, strict=True)]
@@ -1080,16 +1080,15 @@ def _run_buckets(contract: Contract, inp: DeliveryInput, engine: Engine, out: Pa
     return PlanRun(run, buckets=len(plans), long_series=long_info)
 
 
-def _bucket_inputs(inp: DeliveryInput, keys: list[list[int]], long: pl.DataFrame,
+def _bucket_inputs(inp: DeliveryInput, keys: list[list[int]], long: pl.DataFrame, long_hashes: set[int],
                    parts_dir: Path) -> tuple[list[pl.LazyFrame], list[pl.LazyFrame]]:
-    """The rows of each bucket (``keys``: their series hashes) and of each long series (``long``, in order).
+    """The rows of each bucket (``keys``: their series hashes) and of each long series (``long``, hashed ``long_hashes``).
 
     Where their scans would cost ``split.SPLIT_FROM_PARTS`` scans of one
     series or more (:func:`scan_weight`), one pass writes them to a file
     each (``split.split_rows``); below, each is a filter over the raw rows.
     """
     if not split_pays(keys, long.height) or inp.raw_file is None:
-        long_hashes = set(long.select(SERIES_HASH).to_series().to_list())
         return [_short_rows(inp.raw, k, long, long_hashes, inp.table) for k in keys], [inp.raw] * long.height
     hashes = pl.Series([h for k in keys for h in k], dtype=pl.UInt64)
     which = pl.Series([i for i, k in enumerate(keys) for _ in k], dtype=pl.Int32)
